@@ -1,0 +1,61 @@
+"""Fan-out bookkeeping: which subscribers want which channel.
+
+The hub does no I/O and wakes no task: :meth:`Hub.publish` calls each
+subscriber's ``deliver`` in turn, and a subscriber's ``deliver`` is expected to
+append pre-encoded bytes to its connection's output and return at once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tidings.core.message import Message
+
+
+class Subscriber(Protocol):
+    """Anything that can take a message of a channel it subscribed to."""
+
+    def deliver(self, message: Message) -> None:
+        """Take ``message``; must not block and must not raise."""
+
+
+class Hub:
+    """Channel name → subscribers, and delivery of each message to them."""
+
+    __slots__ = ("_subscribers", "delivered")
+
+    def __init__(self) -> None:
+        # dicts as ordered sets: delivery order is subscription order.
+        self._subscribers: dict[str, dict[Subscriber, None]] = {}
+        #: Messages handed to subscribers since start (one per subscriber per message).
+        self.delivered = 0
+
+    def subscribe(self, channel: str, subscriber: Subscriber) -> None:
+        self._subscribers.setdefault(channel, {})[subscriber] = None
+
+    def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.pop(subscriber, None)
+            if not subscribers:
+                del self._subscribers[channel]
+
+    def subscribers(self, channel: str) -> int:
+        """How many subscribers ``channel`` has."""
+        return len(self._subscribers.get(channel, ()))
+
+    def channels(self) -> int:
+        """How many channels have at least one subscriber."""
+        return len(self._subscribers)
+
+    def publish(self, message: Message) -> int:
+        """Deliver ``message`` to the channel's subscribers; return how many."""
+        subscribers = self._subscribers.get(message.channel)
+        if not subscribers:
+            return 0
+        # A copy: a subscriber may unsubscribe itself (or be cut off) in deliver().
+        targets = tuple(subscribers)
+        for subscriber in targets:
+            subscriber.deliver(message)
+        self.delivered += len(targets)
+        return len(targets)

@@ -1,0 +1,155 @@
+"""A channel log: ordered messages, retention by count and age, reads from a cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tidings.core.cursor import END, ORIGIN, Position, Start, new_epoch
+from tidings.core.message import Message
+from tidings.errors import InvalidCursor
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much history a channel keeps: at most ``size`` messages, ``ttl`` seconds."""
+
+    size: int = 1000
+    ttl: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages a reader asked for that the log no longer has.
+
+    ``start`` is the cursor the reader gave, ``resume`` the position the read
+    continues from, ``reason`` is ``"expired"`` (dropped by retention) or
+    ``"epoch"`` (the log the cursor belongs to was lost), and ``missed`` the
+    number of messages lost, when the log knows it.
+    """
+
+    channel: str
+    start: Position
+    resume: Position
+    reason: str
+    missed: int | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "from": str(self.start),
+            "to": str(self.resume),
+            "reason": self.reason,
+            "missed": self.missed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """The answer to :meth:`ChannelLog.read`.
+
+    ``after`` is the position the messages follow (past the gap, if any),
+    ``next`` the cursor to continue from; ``more`` says the read stopped at
+    its limit with more messages retained after ``next``.
+    """
+
+    messages: list[Message]
+    after: Position
+    next: Position
+    gap: Gap | None = None
+    more: bool = False
+
+
+class ChannelLog:
+    """The ordered, bounded message log of one channel.
+
+    Sequence numbers are contiguous within an epoch, so a cursor's distance to
+    the oldest retained message is the exact number of messages missed.
+    """
+
+    __slots__ = ("_head", "_items", "_last_seq", "channel", "epoch", "retention")
+
+    def __init__(self, channel: str, retention: Retention, epoch: str | None = None) -> None:
+        self.channel = channel
+        self.retention = retention
+        self.epoch = epoch or new_epoch()
+        # Retained messages are _items[_head:]; trimming moves _head and
+        # compacts now and then, so reads index in O(1).
+        self._items: list[Message] = []
+        self._head = 0
+        self._last_seq = 0
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    @property
+    def end(self) -> Position:
+        """The position after the newest message."""
+        return Position(self.epoch, self._last_seq)
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the oldest retained message (``last + 1`` if none)."""
+        return self._last_seq - len(self) + 1
+
+    def append(self, data: bytes, now_ms: int) -> Message:
+        """Add a message (``data`` is compact JSON) and return it."""
+        self._last_seq += 1
+        message = Message(self.channel, Position(self.epoch, self._last_seq), data, now_ms)
+        self._items.append(message)
+        if len(self) > self.retention.size:
+            self._drop(len(self) - self.retention.size)
+        return message
+
+    def trim(self, now_ms: int) -> int:
+        """Drop messages older than the TTL; return how many were dropped."""
+        cutoff = now_ms - int(self.retention.ttl * 1000)
+        items, head, count = self._items, self._head, 0
+        while head + count < len(items) and items[head + count].time <= cutoff:
+            count += 1
+        if count:
+            self._drop(count)
+        return count
+
+    def _drop(self, count: int) -> None:
+        self._head += count
+        if self._head > 64 and self._head * 2 > len(self._items):
+            del self._items[: self._head]
+            self._head = 0
+
+    def read(self, start: Start, limit: int) -> Read:
+        """Read up to ``limit`` messages after ``start``.
+
+        Raises :class:`InvalidCursor` for a position ahead of this epoch's end.
+        """
+        if start is END:
+            return Read([], self.end, self.end)
+        first = self.first_seq
+        gap: Gap | None = None
+        if start is ORIGIN:
+            after = first - 1
+        else:
+            assert isinstance(start, Position)
+            if start.epoch != self.epoch:
+                after = first - 1
+                gap = Gap(self.channel, start, Position(self.epoch, after), "epoch", None)
+            elif start.seq > self._last_seq:
+                raise InvalidCursor(
+                    f"cursor {start} is ahead of the end of channel {self.channel!r} "
+                    f"({self.end}); it does not belong to this log"
+                )
+            elif start.seq < first - 1:
+                after = first - 1
+                missed = after - start.seq
+                gap = Gap(self.channel, start, Position(self.epoch, after), "expired", missed)
+            else:
+                after = start.seq
+        index = self._head + (after - first + 1)
+        messages = self._items[index : index + limit]
+        more = index + limit < len(self._items)
+        last = messages[-1].seq if messages else after
+        return Read(messages, Position(self.epoch, after), Position(self.epoch, last), gap, more)
+
+    def select(self, predicate: Callable[[Message], bool]) -> list[Message]:
+        """Retained messages matching ``predicate`` (for tests and tools)."""
+        return [m for m in self._items[self._head :] if predicate(m)]

@@ -1,0 +1,47 @@
+"""A published message, as the core keeps it."""
+
+from __future__ import annotations
+
+from tidings.core.cursor import Position
+
+
+class Message:
+    """One message of a channel log.
+
+    ``data`` is the published JSON value, already validated and compactly
+    encoded; ``json`` is the message object every technique sends
+    (``{"channel", "id", "data", "time"}``), built once here.
+
+    The ``wire_*`` slots are caches owned by :mod:`tidings.wire`: each wire
+    format is encoded at most once per message, then shared by every
+    connection that wants it.
+    """
+
+    __slots__ = (
+        "channel", "data", "id", "json", "position", "time", "wire_longpoll", "wire_sse", "wire_ws",
+    )
+
+    def __init__(self, channel: str, position: Position, data: bytes, time: int) -> None:
+        self.channel = channel
+        self.position = position
+        self.id = str(position)
+        self.data = data
+        #: Unix time of publication in milliseconds.
+        self.time = time
+        # Channel names and ids never need JSON escaping (see core.names, core.cursor).
+        self.json = b'{"channel":"%s","id":"%s","data":%s,"time":%d}' % (
+            channel.encode(),
+            self.id.encode(),
+            data,
+            time,
+        )
+        self.wire_longpoll: bytes | None = None
+        self.wire_sse: bytes | None = None
+        self.wire_ws: bytes | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.position.seq
+
+    def __repr__(self) -> str:
+        return f"<Message {self.channel} {self.id}>"

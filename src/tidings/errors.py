@@ -1,0 +1,123 @@
+"""The whole tidings error tree.
+
+::
+
+    TidingsError
+    ├── UsageError            you called the API wrongly (a bug in the caller's code)
+    ├── ProtocolError         the peer sent something we refuse; carries the answer to give
+    │   ├── BadRequest            400  malformed JSON, query, command, ...
+    │   │   ├── InvalidChannel        400  channel name outside the documented alphabet/length
+    │   │   └── InvalidCursor         400  malformed cursor, or one ahead of the log
+    │   ├── NotFound              404
+    │   ├── MethodNotAllowed      405  (knows which methods the URL takes)
+    │   ├── RequestTimeout        408  request not sent in time
+    │   ├── PayloadTooLarge       413
+    │   └── HeadersTooLarge       431
+    └── BrokerError           the message store failed (503); nothing was accepted
+
+Each :class:`ProtocolError` knows the HTTP status and the WebSocket close code
+to answer with, plus a short machine-readable ``code`` and a message a person
+can read. The server turns them into JSON bodies
+(``{"error": code, "message": text}``) or WebSocket error replies.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "BrokerError",
+    "HeadersTooLarge",
+    "InvalidChannel",
+    "InvalidCursor",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProtocolError",
+    "RequestTimeout",
+    "TidingsError",
+    "UsageError",
+]
+
+
+class TidingsError(Exception):
+    """Base class of every error tidings raises on purpose."""
+
+
+class UsageError(TidingsError):
+    """The caller used a tidings API wrongly; fix the calling code."""
+
+
+class ProtocolError(TidingsError):
+    """The peer sent something tidings refuses.
+
+    ``status`` is the HTTP status to answer with, ``close_code`` the WebSocket
+    close code to use when the error ends a WebSocket, ``code`` a stable
+    machine-readable name and ``str(error)`` the human explanation.
+    """
+
+    status = 400
+    close_code = 1008  # policy violation
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON body of an error answer."""
+        return {"error": self.code, "message": str(self)}
+
+
+class BadRequest(ProtocolError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidChannel(BadRequest):
+    code = "invalid_channel"
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+
+
+class NotFound(ProtocolError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ProtocolError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
+class RequestTimeout(ProtocolError):
+    status = 408
+    code = "request_timeout"
+
+
+class PayloadTooLarge(ProtocolError):
+    status = 413
+    close_code = 1009  # message too big
+    code = "payload_too_large"
+
+
+class HeadersTooLarge(ProtocolError):
+    status = 431
+    code = "headers_too_large"
+
+
+class BrokerError(TidingsError):
+    """The message store failed; the operation was not carried out."""
+
+    status = 503
+    close_code = 1011
+    code = "broker_unavailable"
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.code, "message": str(self)}

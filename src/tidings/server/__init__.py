@@ -1,0 +1,5 @@
+"""The asyncio server: connections, routing, and one module per technique."""
+
+from tidings.server.app import Server
+
+__all__ = ["Server"]

@@ -1,0 +1,153 @@
+"""The server: listening socket, connections, and the tasks it owns.
+
+Use it as an async context manager::
+
+    async with Server(Settings(port=0)) as server:
+        print(server.url)
+        await server.wait_closed()
+
+Every task the server starts is tracked and cancelled or awaited by
+:meth:`Server.aclose`; nothing runs after it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
+
+from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
+from tidings.server.connection import HttpConnection
+from tidings.server.cors import Cors
+from tidings.server.longpoll import Waiter
+from tidings.server.routes import Router
+from tidings.server.stream import Stream
+from tidings.settings import Settings
+
+logger = logging.getLogger("tidings.server")
+
+#: Seconds between retention sweeps of the broker.
+MAINTENANCE_INTERVAL = 1.0
+
+
+class Server:
+    def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
+        self.settings = settings or Settings()
+        self.broker: Broker = broker or MemoryBroker(self.settings.retention)
+        self.cors = Cors(self.settings.cors_origins)
+        self.router = Router(self)
+        self.http_connections: set[HttpConnection] = set()
+        self.streams: set[Stream] = set()
+        self.waiters: set[Waiter] = set()
+        self.stats: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Server | None = None
+        self._closed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.port = self.settings.port
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen; :attr:`port` is the real port (useful with ``port=0``)."""
+        self._listener = await self.loop.create_server(
+            lambda: HttpConnection(self), self.settings.host, self.settings.port,
+            reuse_address=True, backlog=4096,
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.spawn(self._housekeeping())
+        logger.info("tidings serving on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        elif host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def aclose(self) -> None:
+        """Stop listening, say goodbye to every client, and end every task."""
+        if self._closed.is_set():
+            return
+        if self._listener is not None:
+            self._listener.close()
+        for waiter in list(self.waiters):
+            waiter.expire()
+        for stream in list(self.streams):
+            stream.close_with("shutdown", "the server is shutting down; reconnect and resume")
+        for conn in list(self.http_connections):
+            if not conn.busy:
+                conn.close()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            # Publishes in flight finish (their messages are accepted); housekeeping is cancelled.
+            _done, still = await asyncio.wait(pending, timeout=5)
+            for task in still:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*still, return_exceptions=True)
+        for conn in list(self.http_connections):
+            conn.close()
+        if self._listener is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listener.wait_closed(), 5)
+        await self.broker.aclose()
+        self._closed.set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coroutine`` as a task the server owns (awaited or cancelled at close)."""
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("task failed", exc_info=task.exception())
+
+    async def _housekeeping(self) -> None:
+        """Retention sweeps every second, heartbeats every ``heartbeat_interval``."""
+        heartbeat_due = self.loop.time() + self.settings.heartbeat_interval
+        while True:
+            await asyncio.sleep(min(MAINTENANCE_INTERVAL, self.settings.heartbeat_interval))
+            self.broker.maintain()
+            now = self.loop.time()
+            if now >= heartbeat_due:
+                heartbeat_due = now + self.settings.heartbeat_interval
+                for stream in list(self.streams):
+                    stream.heartbeat(now)
+
+    # introspection -----------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        hub = self.broker.hub
+        return {
+            "status": "ok",
+            "connections": {
+                "http": len(self.http_connections),
+                "streams": len(self.streams),
+                "long_polls": len(self.waiters),
+            },
+            "channels_with_subscribers": hub.channels(),
+            "published": self.stats["published"],
+            "delivered": hub.delivered,
+            "slow_consumers_cut_off": self.stats["slow_consumers"],
+        }
+

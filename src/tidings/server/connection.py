@@ -1,0 +1,250 @@
+"""One HTTP/1.1 connection: request parsing with limits, responses, keep-alive.
+
+Requests are parsed by ``httptools``; each complete request goes to
+:meth:`Router.dispatch`, which either answers at once (poll, publish, errors),
+parks the connection (long poll), or hands the socket to another protocol
+object (SSE, WebSocket) with ``transport.set_protocol``, dropping the HTTP
+parser so that a long-lived connection costs only what its technique needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from tidings.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    ProtocolError,
+    RequestTimeout,
+)
+from tidings.server.request import Request
+from tidings.wire import http
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+logger = logging.getLogger("tidings.server")
+
+#: Pipelined requests queued behind a slow one before reading pauses.
+MAX_PIPELINED = 16
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HttpConnection(asyncio.Protocol):
+    """The protocol object of a connection while it speaks plain HTTP."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.transport: asyncio.Transport | None = None
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.queue: deque[Request] = deque()
+        self.busy = False  # a request is being answered (long poll, publish)
+        self.closing = False
+        self.handed_over = False
+        self.timer: asyncio.TimerHandle | None = None
+        #: Called when the connection is lost while a request is parked (long poll).
+        self.on_lost: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._error: ProtocolError | None = None
+
+    # asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.server.http_connections.add(self)
+        self._arm(self.settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(data[upgrade.args[0]:])
+        except httptools.HttpParserCallbackError:
+            error = self._error or BadRequest("malformed HTTP request")
+            self.fail(error)
+        except httptools.HttpParserError as exc:
+            self.fail(BadRequest(f"malformed HTTP request: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._disarm()
+        self.server.http_connections.discard(self)
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
+
+    # httptools callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        self._arm(self.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.settings.max_url_length:
+            self._error = BadRequest(
+                f"request line is longer than {self.settings.max_url_length} bytes",
+                code="request_line_too_long",
+            )
+            raise self._error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.settings.max_header_size:
+            self._error = HeadersTooLarge(
+                f"request headers are larger than {self.settings.max_header_size} bytes"
+            )
+            raise self._error
+        if len(self._headers) >= self.settings.max_headers:
+            self._error = HeadersTooLarge(f"more than {self.settings.max_headers} header fields")
+            raise self._error
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = self._headers.get(key)
+        self._headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_message_size:
+            self._error = PayloadTooLarge(
+                f"body of {length} bytes is over the limit of "
+                f"{self.settings.max_message_size} bytes"
+            )
+            raise self._error
+        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.settings.max_message_size:
+            self._error = PayloadTooLarge(
+                f"body is over the limit of {self.settings.max_message_size} bytes"
+            )
+            raise self._error
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        try:
+            request = Request(
+                method=self.parser.get_method().decode("ascii"),
+                target=self._url,
+                headers=self._headers,
+                body=b"".join(self._body),
+                keep_alive=self.parser.should_keep_alive(),
+                upgrade=self.parser.should_upgrade(),
+            )
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+        if not self.busy and not request.upgrade:
+            self._next()
+
+    # answering ---------------------------------------------------------------
+
+    def _next(self) -> None:
+        while self.queue and not self.busy and not self.closing and not self.handed_over:
+            request = self.queue.popleft()
+            if self.transport is not None and len(self.queue) == MAX_PIPELINED:
+                self.transport.resume_reading()
+            self.server.router.dispatch(self, request)
+        if not self.busy and not self.queue and not self.closing and not self.handed_over:
+            self._arm(self.settings.keep_alive_timeout)
+
+    def _upgrade(self, rest: bytes) -> None:
+        """The parser stopped at an ``Upgrade`` request; ``rest`` follows it."""
+        if not self.queue:
+            self.fail(BadRequest("malformed upgrade request"))
+            return
+        request = self.queue.pop()
+        if self.busy or self.queue:
+            self.fail(BadRequest("upgrade request pipelined behind other requests"))
+            return
+        request.keep_alive = False  # the parser cannot go on after an upgrade
+        self.server.router.dispatch(self, request, rest)
+
+    def park(self) -> None:
+        """The current request will be answered later with :meth:`respond`."""
+        self.busy = True
+
+    def respond(self, data: bytes, keep_alive: bool = True) -> None:
+        """Send a whole response; then serve the next request or close."""
+        self.busy = False
+        self.on_lost = None
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        transport.write(data)
+        if not keep_alive:
+            self.closing = True
+            transport.close()
+        else:
+            self._next()
+
+    def fail(self, error: ProtocolError) -> None:
+        """Answer ``error`` and close: after a protocol error the stream is not trusted."""
+        if self.closing or self.transport is None:
+            return
+        self.queue.clear()
+        self.respond(http.error_response(error, self.server.cors.headers(self._headers),
+                                         keep_alive=False))
+
+    def detach(self) -> asyncio.Transport:
+        """Give up the socket to a stream (SSE, WebSocket), which sets itself as its protocol."""
+        assert self.transport is not None
+        self.handed_over = True
+        self._disarm()
+        self.parser = None
+        self.server.http_connections.discard(self)
+        transport, self.transport = self.transport, None
+        return transport
+
+    # timers ------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.server.loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.busy or self.transport is None or self.closing:
+            return
+        if self._url or self._headers:
+            self.fail(RequestTimeout(
+                f"request not received within {self.settings.header_timeout} seconds"
+            ))
+        else:
+            self.closing = True
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close now (server shutdown); a parked request is answered by its owner first."""
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.close()

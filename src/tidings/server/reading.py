@@ -1,0 +1,70 @@
+"""Reading several channel logs from one cursor: shared by every technique."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidings.brokers.base import Broker
+from tidings.core.cursor import Position, Start, format_multi
+from tidings.core.log import Gap
+from tidings.core.message import Message
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages of one or more channels after a cursor, merged in publication order."""
+
+    messages: list[Message]
+    begins: dict[str, Position]  #: where each channel's messages start (past any gap)
+    positions: dict[str, Position]  #: where each channel continues after this batch
+    gaps: list[Gap]
+    more: bool
+
+    def cursor(self, multi: bool) -> str:
+        """The ``next`` cursor: a message id for one channel, else the multi-channel form."""
+        if multi:
+            return format_multi(self.positions)
+        (position,) = self.positions.values()
+        return str(position)
+
+
+def read_batch(broker: Broker, starts: dict[str, Start], limit: int) -> Batch:
+    """Read up to ``limit`` messages in all, oldest first across channels."""
+    begins: dict[str, Position] = {}
+    positions: dict[str, Position] = {}
+    gaps: list[Gap] = []
+    messages: list[Message] = []
+    more = False
+    for channel, start in starts.items():
+        read = broker.read(channel, start, limit)
+        begins[channel] = read.after
+        positions[channel] = read.next
+        if read.gap is not None:
+            gaps.append(read.gap)
+        messages.extend(read.messages)
+        more = more or read.more
+    if len(starts) > 1 and messages:
+        messages.sort(key=_publication_order)
+        if len(messages) > limit:
+            more = True
+            for dropped in messages[limit:]:
+                current = positions[dropped.channel]
+                if dropped.seq <= current.seq:
+                    positions[dropped.channel] = Position(current.epoch, dropped.seq - 1)
+            del messages[limit:]
+    return Batch(messages, begins, positions, gaps, more)
+
+
+def _publication_order(message: Message) -> int:
+    return message.time
+
+
+def read_all(broker: Broker, channel: str, start: Start, page: int = 1000) -> Batch:
+    """Everything retained after ``start`` in one channel (for streams catching up)."""
+    batch = read_batch(broker, {channel: start}, page)
+    while batch.more:
+        following = read_batch(broker, {channel: batch.positions[channel]}, page)
+        batch.messages.extend(following.messages)
+        batch.positions = following.positions
+        batch.more = following.more
+    return batch

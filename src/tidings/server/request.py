@@ -1,0 +1,73 @@
+"""A parsed HTTP request, and the questions handlers ask of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote
+
+from tidings.errors import BadRequest
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes
+    headers: dict[str, str]  #: lower-cased names; repeated fields joined with ", "
+    body: bytes = b""
+    keep_alive: bool = True
+    upgrade: bool = False
+    path: str = field(init=False)
+    query: list[tuple[str, str]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        raw_path, _, raw_query = self.target.partition(b"?")
+        try:
+            self.path = unquote(raw_path.decode("ascii"), errors="strict")
+            self.query = parse_qsl(raw_query.decode("ascii"), keep_blank_values=True,
+                                   errors="strict")
+        except (UnicodeError, ValueError):
+            raise BadRequest("request target is not valid percent-encoded ASCII") from None
+
+    def arg(self, name: str) -> str | None:
+        """The last value of query parameter ``name``, or ``None``."""
+        value = None
+        for key, item in self.query:
+            if key == name:
+                value = item
+        return value
+
+    def args(self, name: str) -> list[str]:
+        """Every value of query parameter ``name``, in order."""
+        return [item for key, item in self.query if key == name]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    @property
+    def wants_websocket(self) -> bool:
+        return self.upgrade and "websocket" in self.headers.get("upgrade", "").lower()
+
+    @property
+    def wants_event_stream(self) -> bool:
+        return "text/event-stream" in self.headers.get("accept", "")
+
+    def wait_seconds(self) -> float | None:
+        """The long-poll wait from ``?wait=`` or ``Prefer: wait=N``, or ``None``."""
+        text = self.arg("wait")
+        if text is None:
+            prefer = self.headers.get("prefer")
+            if prefer is not None:
+                for preference in prefer.split(","):
+                    name, _, value = preference.strip().partition("=")
+                    if name.strip().lower() == "wait":
+                        text = value.strip()
+        if text is None:
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise BadRequest(f"wait must be a number of seconds, not {text[:20]!r}",
+                             code="invalid_wait") from None
+        if not 0 <= seconds < float("inf"):
+            raise BadRequest("wait must be a non-negative number of seconds", code="invalid_wait")
+        return seconds

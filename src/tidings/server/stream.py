@@ -1,0 +1,83 @@
+"""What SSE streams and WebSockets share: a long-lived connection with an output limit.
+
+Backpressure policy (docs/topics/backpressure.md): the transport's write
+buffer may hold ``output_buffer_limit`` bytes that the client has not read.
+Past that, asyncio calls :meth:`pause_writing`, and the stream is cut off:
+it is told why (a last SSE event or a WebSocket close frame), unsubscribed at
+once, and closed. Nobody else waits for it; the client resumes from its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from tidings.core.message import Message
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+logger = logging.getLogger("tidings.server")
+
+#: Seconds a cut-off or closing connection gets to flush before it is aborted.
+CLOSE_GRACE = 5.0
+
+
+class Stream(asyncio.Protocol):
+    """Base of :class:`SseStream` and :class:`WebSocketSession`."""
+
+    __slots__ = ("channels", "closed", "server", "transport")
+
+    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
+        self.server = server
+        self.transport = transport
+        self.channels: dict[str, None] = {}
+        self.closed = False
+        transport.set_write_buffer_limits(high=server.settings.output_buffer_limit)
+        transport.set_protocol(self)
+
+    def subscribe(self, channel: str) -> None:
+        self.channels[channel] = None
+        self.server.broker.hub.subscribe(channel, self)
+
+    def unsubscribe(self, channel: str) -> None:
+        if self.channels.pop(channel, 0) is None:
+            self.server.broker.hub.unsubscribe(channel, self)
+
+    def deliver(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def heartbeat(self, now: float) -> None:
+        raise NotImplementedError
+
+    def pause_writing(self) -> None:
+        if not self.closed:
+            logger.info("cutting off a slow consumer (%s)", self.transport.get_extra_info("peername"))
+            self.server.stats["slow_consumers"] += 1
+            self.close_with(
+                "slow_consumer",
+                f"more than {self.server.settings.output_buffer_limit} bytes were waiting "
+                f"to be sent; resume from your last cursor",
+            )
+
+    def resume_writing(self) -> None:
+        pass
+
+    def close_with(self, code: str, reason: str) -> None:
+        """Tell the client why, stop delivering, close after the last bytes leave."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Stop delivering and close the socket (flushing what was written)."""
+        if self.closed:
+            return
+        self.closed = True
+        for channel in list(self.channels):
+            self.unsubscribe(channel)
+        self.server.streams.discard(self)
+        self.transport.close()
+        self.server.loop.call_later(CLOSE_GRACE, self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()

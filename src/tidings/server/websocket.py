@@ -1,0 +1,197 @@
+"""WebSockets: a live connection that receives messages and sends commands.
+
+The handshake is checked by the ``websockets`` package; after it, frames
+from the client go through the lean :class:`FrameParser` and frames to the
+client are written as pre-encoded bytes. docs/protocol.md describes the
+commands, replies and close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from websockets.datastructures import Headers as WsHeaders
+from websockets.http11 import Request as WsRequest
+from websockets.server import ServerProtocol
+
+from tidings.core.cursor import Start, parse_since
+from tidings.core.message import Message
+from tidings.errors import BadRequest, ProtocolError, TidingsError
+from tidings.server.reading import read_all
+from tidings.server.request import Request
+from tidings.server.stream import Stream
+from tidings.wire import commands, websocket
+from tidings.wire.websocket import FrameError, FrameParser
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+    from tidings.server.connection import HttpConnection
+
+logger = logging.getLogger("tidings.server")
+
+#: Bytes a command may take beyond the message size limit (the envelope).
+COMMAND_OVERHEAD = 4096
+
+
+def handshake(conn: HttpConnection, request: Request) -> bytes | None:
+    """Check the upgrade request; send the answer; return ``None`` if it was refused."""
+    headers = WsHeaders()
+    for name, value in request.headers.items():
+        headers[name] = value
+    protocol = ServerProtocol(origins=None, max_size=None, logger=logger)
+    response = protocol.accept(WsRequest(request.target.decode("ascii"), headers))
+    if response.status_code != 101:
+        conn.respond(response.serialize(), keep_alive=False)
+        return None
+    return response.serialize()
+
+
+class WebSocketSession(Stream):
+    """An open WebSocket with its subscriptions."""
+
+    __slots__ = ("last_seen", "parser", "pending")
+
+    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
+        super().__init__(server, transport)
+        self.parser: FrameParser | None = FrameParser(
+            server.settings.max_message_size + COMMAND_OVERHEAD
+        )
+        self.last_seen = server.loop.time()
+        #: Publish commands still waiting for the broker.
+        self.pending = 0
+
+    def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
+        self.transport.write(response)
+        self.server.streams.add(self)
+        for channel, start in starts.items():
+            self._subscribe(channel, start, None)
+        if rest:
+            self.data_received(rest)
+
+    # receiving ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None or self.closed:
+            return
+        self.last_seen = self.server.loop.time()
+        try:
+            events = parser.feed(data)
+        except FrameError as exc:
+            self.close(exc.code, exc.reason)
+            return
+        for event in events:
+            if self.closed:
+                return
+            if isinstance(event, websocket.TextMessage):
+                self._command(event.text)
+            elif isinstance(event, websocket.Ping):
+                self.transport.write(websocket.frame(websocket.OP_PONG, event.payload))
+            elif isinstance(event, websocket.CloseReceived):
+                # Echo the close (RFC 6455 section 5.5.1), then close the TCP connection.
+                self.close(event.code or websocket.CLOSE_NORMAL, "")
+            elif isinstance(event, websocket.BinaryMessage):
+                self.close(websocket.CLOSE_UNSUPPORTED_DATA, "commands are JSON text frames")
+            # Pong: last_seen is all it is for.
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def _command(self, text: str) -> None:
+        try:
+            command = commands.parse(text)
+        except commands.CommandError as exc:
+            self.transport.write(commands.error_frame(exc.req, exc.error))
+            return
+        try:
+            if isinstance(command, commands.Subscribe):
+                start = parse_since(command.since, [command.channel])[command.channel]
+                self._subscribe(command.channel, start, command.req)
+            elif isinstance(command, commands.Unsubscribe):
+                self.unsubscribe(command.channel)
+                self.transport.write(commands.ack_frame(command.req, channel=command.channel))
+            elif isinstance(command, commands.Publish):
+                self._publish(command)
+            else:
+                self.transport.write(commands.ack_frame(command.req))
+        except ProtocolError as exc:
+            self.transport.write(commands.error_frame(command.req, exc))
+
+    def _subscribe(self, channel: str, start: Start, req: commands.Req | None) -> None:
+        if channel in self.channels:
+            raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
+        if len(self.channels) >= self.server.settings.max_channels_per_subscription:
+            raise BadRequest(
+                f"at most {self.server.settings.max_channels_per_subscription} subscriptions "
+                "per connection",
+                code="too_many_subscriptions",
+            )
+        batch = read_all(self.server.broker, channel, start)
+        (begin,) = batch.begins.values()
+        out = [commands.subscribed_frame(channel, str(begin)) if req is None
+               else commands.ack_frame(req, channel=channel, next=str(begin))]
+        out.extend(commands.gap_frame(gap.to_json()) for gap in batch.gaps)
+        out.extend(websocket.message_frame(m) for m in batch.messages)
+        self.transport.write(b"".join(out))
+        self.subscribe(channel)
+
+    def _publish(self, command: commands.Publish) -> None:
+        if len(command.data) > self.server.settings.max_message_size:
+            raise ProtocolError(
+                f"data is over the limit of {self.server.settings.max_message_size} bytes",
+                code="payload_too_large",
+            )
+        self.pending += 1
+        self.server.spawn(self._publish_and_ack(command))
+
+    async def _publish_and_ack(self, command: commands.Publish) -> None:
+        try:
+            message = await self.server.broker.publish(command.channel, command.data)
+        except TidingsError as exc:
+            reply = commands.error_frame(
+                command.req, ProtocolError(str(exc), code=getattr(exc, "code", "error"))
+            )
+        else:
+            reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
+        finally:
+            self.pending -= 1
+        if not self.closed:
+            self.transport.write(reply)
+
+    # sending -----------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        self.transport.write(message.wire_ws or websocket.message_frame(message))
+
+    def heartbeat(self, now: float) -> None:
+        timeout = 2.5 * self.server.settings.heartbeat_interval
+        if now - self.last_seen > timeout:
+            self.close(websocket.CLOSE_IDLE_TIMEOUT, f"no answer to pings for {timeout:.0f} s")
+        else:
+            self.transport.write(websocket.PING)
+
+    def close_with(self, code: str, reason: str) -> None:
+        close_code = websocket.CLOSE_SLOW_CONSUMER if code == "slow_consumer" else (
+            websocket.CLOSE_GOING_AWAY)
+        self.close(close_code, f"{code}: {reason}")
+
+    def close(self, code: int, reason: str) -> None:
+        """Send a close frame and close the connection."""
+        if self.closed:
+            return
+        self.parser = None
+        self.transport.write(websocket.close_frame(code, reason))
+        self._finish()
+
+
+def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
+           rest: bytes) -> None:
+    """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``."""
+    starts = parse_since(request.arg("since"), channels) if channels else {}
+    response = handshake(conn, request)
+    if response is None:
+        return
+    session = WebSocketSession(server, conn.detach())
+    session.start(response, starts, rest)

@@ -1,0 +1,118 @@
+"""The WebSocket command protocol: what a client may send, and the replies.
+
+Client → server, one JSON object per text frame, each with a request id
+``req`` (a string or an integer) that the reply echoes::
+
+    {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17"}
+    {"type": "unsubscribe", "req": 2, "channel": "prices"}
+    {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2}}
+    {"type": "ping",        "req": 4}
+
+Server → client: ``ack`` or ``error`` for each command, and ``message``,
+``gap``, ``subscribed`` frames. docs/protocol.md is the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.core.names import check_channel
+from tidings.errors import BadRequest, ProtocolError
+from tidings.wire import jsonvalue
+from tidings.wire.websocket import text_frame
+
+Req = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    req: Req
+    channel: str
+    since: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    req: Req
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    req: Req
+    channel: str
+    data: bytes  # compact JSON
+
+
+@dataclass(frozen=True, slots=True)
+class PingCommand:
+    req: Req
+
+
+Command = Subscribe | Unsubscribe | Publish | PingCommand
+
+
+class CommandError(Exception):
+    """A command was refused; answer with :func:`error_frame` and keep the connection."""
+
+    def __init__(self, req: Req | None, error: ProtocolError) -> None:
+        super().__init__(str(error))
+        self.req = req
+        self.error = error
+
+
+def parse(text: str) -> Command:
+    """Parse one command; raise :class:`CommandError` if it is not valid."""
+    req: Req | None = None
+    try:
+        value = jsonvalue.decode(text, "command")
+        if not isinstance(value, dict):
+            raise BadRequest("a command is a JSON object", code="invalid_command")
+        raw_req = value.get("req")
+        if isinstance(raw_req, str | int) and not isinstance(raw_req, bool):
+            req = raw_req
+        else:
+            raise BadRequest("command needs a request id 'req' (string or integer)",
+                             code="invalid_command")
+        kind = value.get("type")
+        if kind == "ping":
+            return PingCommand(req)
+        if kind not in ("subscribe", "unsubscribe", "publish"):
+            raise BadRequest(f"unknown command type {kind!r}", code="unknown_command")
+        channel = _channel(value)
+        if kind == "subscribe":
+            since = value.get("since")
+            if since is not None and not isinstance(since, str):
+                raise BadRequest("'since' must be a string", code="invalid_command")
+            return Subscribe(req, channel, since)
+        if kind == "unsubscribe":
+            return Unsubscribe(req, channel)
+        if "data" not in value:
+            raise BadRequest("publish needs 'data'", code="invalid_command")
+        return Publish(req, channel, jsonvalue.encode(value["data"]))
+    except ProtocolError as exc:
+        raise CommandError(req, exc) from None
+
+
+def _channel(value: dict[str, Any]) -> str:
+    channel = value.get("channel")
+    if not isinstance(channel, str):
+        raise BadRequest("command needs a 'channel' string", code="invalid_command")
+    return check_channel(channel)
+
+
+def ack_frame(req: Req, **fields: Any) -> bytes:
+    return text_frame(jsonvalue.encode({"type": "ack", "req": req, **fields}))
+
+
+def error_frame(req: Req | None, error: ProtocolError) -> bytes:
+    return text_frame(jsonvalue.encode({"type": "error", "req": req, **error.to_json()}))
+
+
+def subscribed_frame(channel: str, cursor: str) -> bytes:
+    return text_frame(jsonvalue.encode({"type": "subscribed", "channel": channel, "next": cursor}))
+
+
+def gap_frame(gap_json: dict[str, object]) -> bytes:
+    return text_frame(jsonvalue.encode({"type": "gap", **gap_json}))

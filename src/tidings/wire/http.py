@@ -1,0 +1,48 @@
+"""HTTP/1.1 responses as bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from tidings.errors import MethodNotAllowed, ProtocolError
+from tidings.wire import jsonvalue
+
+Headers = Sequence[tuple[str, str]]
+
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def head(status: int, headers: Headers, *, keep_alive: bool = True) -> bytes:
+    """Status line and headers, ending with the blank line."""
+    lines = [_STATUS_LINES[status]]
+    lines.extend(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")) for name, value in headers)
+    if not keep_alive:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bool = True) -> bytes:
+    """A whole response with a ``Content-Length`` body."""
+    if status != 304 and status >= 200:
+        headers = [*headers, ("Content-Length", str(len(body)))]
+    return head(status, headers, keep_alive=keep_alive) + body
+
+
+JSON = ("Content-Type", "application/json")
+
+
+def json_response(status: int, value: Any, headers: Headers = (), *,
+                  keep_alive: bool = True) -> bytes:
+    return response(status, [JSON, *headers], jsonvalue.encode(value), keep_alive=keep_alive)
+
+
+def error_response(error: ProtocolError, headers: Headers = (), *,
+                   keep_alive: bool = True) -> bytes:
+    """The JSON error answer for ``error`` (``{"error": code, "message": text}``)."""
+    extra = list(headers)
+    if isinstance(error, MethodNotAllowed):
+        extra.append(("Allow", ", ".join(error.allow)))
+    return json_response(error.status, error.to_json(), extra, keep_alive=keep_alive)

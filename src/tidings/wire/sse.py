@@ -1,0 +1,47 @@
+"""Server-Sent Events: the event bytes each message, gap and heartbeat becomes.
+
+See https://html.spec.whatwg.org/multipage/server-sent-events.html. Every
+``data:`` is one line of compact JSON, so no event ever needs splitting.
+"""
+
+from __future__ import annotations
+
+from tidings.core.log import Gap
+from tidings.core.message import Message
+from tidings.wire import jsonvalue
+
+#: An SSE comment: keeps proxies from closing an idle stream.
+HEARTBEAT = b":\n\n"
+
+
+def message_event(message: Message) -> bytes:
+    """The event of a single-channel stream: ``id:`` is the message id. Encoded once."""
+    event = message.wire_sse
+    if event is None:
+        event = message.wire_sse = b"id: %s\ndata: %s\n\n" % (message.id.encode(), message.json)
+    return event
+
+
+def message_event_with_cursor(message: Message, cursor: str) -> bytes:
+    """The event of a multi-channel stream: ``id:`` carries the whole cursor."""
+    return b"id: %s\ndata: %s\n\n" % (cursor.encode(), message.json)
+
+
+def gap_event(gap: Gap, cursor: str) -> bytes:
+    """``event: gap``; its id moves the client's cursor past the gap."""
+    return b"event: gap\nid: %s\ndata: %s\n\n" % (cursor.encode(), jsonvalue.encode(gap.to_json()))
+
+
+def opening(retry_ms: int, cursor: str) -> bytes:
+    """First bytes of a stream: the reconnection delay and the starting cursor.
+
+    An event with an ``id:`` and no ``data:`` fires nothing in the browser but
+    sets ``lastEventId``, so an EventSource that reconnects before any message
+    arrived still resumes from where it started.
+    """
+    return b"retry: %d\nid: %s\n\n" % (retry_ms, cursor.encode())
+
+
+def closing(code: str, reason: str) -> bytes:
+    """``event: close`` sent before the server ends a stream on purpose."""
+    return b"event: close\ndata: %s\n\n" % jsonvalue.encode({"error": code, "message": reason})
