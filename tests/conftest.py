@@ -40,3 +40,12 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 async def server(make_server: ServerFactory) -> Server:
     """A server with default settings."""
     return await make_server()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: tests that need a service must run there."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("CI") and skipped:
+        print(f"\nCI: {len(skipped)} test(s) skipped; in CI every test must run.")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

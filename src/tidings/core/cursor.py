@@ -86,8 +86,9 @@ def parse_start(text: str) -> Start:
 def parse_since(text: str | None, channels: list[str]) -> dict[str, Start]:
     """Parse a ``since`` value for a subscription to ``channels``.
 
-    Accepts a bare id or ``0`` (applied to every channel) or a multi-channel
-    cursor; channels the cursor does not name start at the end.
+    Accepts ``0`` (every channel from its oldest message), a message id (only
+    for one channel) or a multi-channel cursor; channels the cursor does not
+    name start at the end.
     """
     if text is None:
         return dict.fromkeys(channels, END)
@@ -97,6 +98,11 @@ def parse_since(text: str | None, channels: list[str]) -> dict[str, Start]:
         raise InvalidCursor(f"cursor is longer than {MAX_CURSOR_LENGTH} characters")
     if "=" not in text:
         start = parse_start(text)
+        if start is not ORIGIN and len(channels) > 1:
+            raise InvalidCursor(
+                "a message id names a position in one channel; "
+                "use a multi-channel cursor (a=ID,b=ID) or 0"
+            )
         return dict.fromkeys(channels, start)
     named = parse_multi(text)
     return {channel: named.get(channel, END) for channel in channels}

@@ -123,12 +123,24 @@ class Server:
             logger.error("task failed", exc_info=task.exception())
 
     async def _housekeeping(self) -> None:
-        """Retention sweeps every second, heartbeats every ``heartbeat_interval``."""
-        heartbeat_due = self.loop.time() + self.settings.heartbeat_interval
+        """Request deadlines, retention sweeps and heartbeats, from one task.
+
+        It wakes every ``tick`` seconds; deadlines are therefore enforced to
+        within a tick, and no request pays for a timer of its own.
+        """
+        settings = self.settings
+        tick = min(MAINTENANCE_INTERVAL, settings.heartbeat_interval,
+                   settings.header_timeout / 4, settings.keep_alive_timeout / 4)
+        heartbeat_due = self.loop.time() + settings.heartbeat_interval
+        maintenance_due = 0.0
         while True:
-            await asyncio.sleep(min(MAINTENANCE_INTERVAL, self.settings.heartbeat_interval))
-            self.broker.maintain()
+            await asyncio.sleep(tick)
             now = self.loop.time()
+            for conn in [c for c in self.http_connections if 0 < c.deadline < now]:
+                conn.timed_out()
+            if now >= maintenance_due:
+                maintenance_due = now + MAINTENANCE_INTERVAL
+                self.broker.maintain()
             if now >= heartbeat_due:
                 heartbeat_due = now + self.settings.heartbeat_interval
                 for stream in list(self.streams):

@@ -49,7 +49,9 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False  # a request is being answered (long poll, publish)
         self.closing = False
         self.handed_over = False
-        self.timer: asyncio.TimerHandle | None = None
+        #: Loop time after which the connection is closed (0: no deadline);
+        #: checked by the server's sweep, so a request costs no timer object.
+        self.deadline = 0.0
         #: Called when the connection is lost while a request is parked (long poll).
         self.on_lost: Any = None
         self._reset()
@@ -219,20 +221,17 @@ class HttpConnection(asyncio.Protocol):
         transport, self.transport = self.transport, None
         return transport
 
-    # timers ------------------------------------------------------------------
+    # deadlines ---------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.server.loop.call_later(seconds, self._timed_out)
+        self.deadline = self.server.loop.time() + seconds
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
 
-    def _timed_out(self) -> None:
-        self.timer = None
+    def timed_out(self) -> None:
+        """Called by the server's sweep once :attr:`deadline` has passed."""
+        self.deadline = 0.0
         if self.busy or self.transport is None or self.closing:
             return
         if self._url or self._headers:

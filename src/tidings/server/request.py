@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote, unquote_plus
 
 from tidings.errors import BadRequest
 
@@ -22,9 +22,9 @@ class Request:
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition(b"?")
         try:
-            self.path = unquote(raw_path.decode("ascii"), errors="strict")
-            self.query = parse_qsl(raw_query.decode("ascii"), keep_blank_values=True,
-                                   errors="strict")
+            path = raw_path.decode("ascii")
+            self.path = unquote(path, errors="strict") if "%" in path else path
+            self.query = _parse_query(raw_query.decode("ascii"))
         except (UnicodeError, ValueError):
             raise BadRequest("request target is not valid percent-encoded ASCII") from None
 
@@ -71,3 +71,17 @@ class Request:
         if not 0 <= seconds < float("inf"):
             raise BadRequest("wait must be a non-negative number of seconds", code="invalid_wait")
         return seconds
+
+
+def _parse_query(query: str) -> list[tuple[str, str]]:
+    """``a=1&b=2`` → pairs; decodes ``%XX`` and ``+`` only where present (the rare case)."""
+    pairs = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = unquote_plus(name, errors="strict")
+            value = unquote_plus(value, errors="strict")
+        pairs.append((name, value))
+    return pairs

@@ -42,7 +42,8 @@ class SseStream(Stream):
         """Send the head, the backlog after each start, then go live."""
         out = [http.head(200, [*SSE_HEADERS, *cors], keep_alive=False)]
         retry = self.server.settings.sse_retry_ms
-        batches = [read_all(self.server.broker, channel, start) for channel, start in starts.items()]
+        broker = self.server.broker
+        batches = [read_all(broker, channel, start) for channel, start in starts.items()]
         positions = self.positions
         if positions is None:
             (batch,) = batches

@@ -53,7 +53,8 @@ class Stream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if not self.closed:
-            logger.info("cutting off a slow consumer (%s)", self.transport.get_extra_info("peername"))
+            peer = self.transport.get_extra_info("peername")
+            logger.info("cutting off a slow consumer (%s)", peer)
             self.server.stats["slow_consumers"] += 1
             self.close_with(
                 "slow_consumer",

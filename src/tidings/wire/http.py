@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -11,13 +12,21 @@ from tidings.wire import jsonvalue
 
 Headers = Sequence[tuple[str, str]]
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_line(name: str, value: str) -> bytes:
+    # Most header lines repeat (content types, CORS, common lengths): encode each once.
+    return b"%s: %s\r\n" % (name.encode("ascii"), value.encode("latin-1"))
 
 
 def head(status: int, headers: Headers, *, keep_alive: bool = True) -> bytes:
     """Status line and headers, ending with the blank line."""
     lines = [_STATUS_LINES[status]]
-    lines.extend(b"%s: %s\r\n" % (name.encode(), value.encode("latin-1")) for name, value in headers)
+    lines.extend(_header_line(name, value) for name, value in headers)
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")

@@ -12,11 +12,13 @@ connection and is encoded once (:func:`message_frame`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from tidings.core.message import Message
 
+_apply_mask_c: Callable[[bytes, bytes], bytes] | None
 try:  # the C helper shipped with the websockets package
     from websockets.speedups import apply_mask as _apply_mask_c
 except ImportError:  # pragma: no cover - pure-Python fallback
@@ -154,7 +156,7 @@ class FrameParser:
                 break
             b0, b1 = buffer[offset], buffer[offset + 1]
             if b0 & 0x70:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension negotiated)")
+                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
             if not b1 & 0x80:
                 raise FrameError(CLOSE_PROTOCOL_ERROR, "client frame is not masked")
             fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
