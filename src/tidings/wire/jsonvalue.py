@@ -37,6 +37,9 @@ def encode(value: Any) -> bytes:
         return _encoder.encode(value).encode("utf-8")
     except RecursionError:
         raise BadRequest("value is nested too deeply", code="invalid_json") from None
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from the escape "\\ud800"
+        raise BadRequest("value has a string that is not valid Unicode (lone surrogate)",
+                         code="invalid_json") from None
 
 
 def compact(body: bytes) -> bytes:

@@ -72,7 +72,8 @@ def message_frame(message: Message) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    encoded = reason.encode()[:123]
+    # At most 123 bytes, cut on a character boundary: the reason must stay valid UTF-8.
+    encoded = reason.encode()[:123].decode("utf-8", "ignore").encode()
     return frame(OP_CLOSE, struct.pack("!H", code) + encoded)
 
 
