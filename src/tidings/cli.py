@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -14,8 +13,9 @@ from collections.abc import Sequence
 
 import httpx
 
-from tidings.errors import TidingsError, UsageError
+from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.settings import Settings
+from tidings.wire import jsonvalue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -97,12 +97,13 @@ async def serve(settings: Settings) -> None:
 
     server = Server(settings)
     await server.start()
-    print(f"tidings serving on {server.url}", flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # Printed once the signals are handled: whoever waits for this line may stop us at once.
+    print(f"tidings serving on {server.url}", flush=True)
     await stop.wait()
     print("tidings: shutting down", file=sys.stderr, flush=True)
     await server.aclose()
@@ -111,9 +112,9 @@ async def serve(settings: Settings) -> None:
 def run_publish(args: argparse.Namespace) -> int:
     text = args.json if args.json is not None else sys.stdin.read()
     try:
-        json.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"not valid JSON: {exc}") from None
+        jsonvalue.decode(text, "the message")  # as strict as the server: no NaN or Infinity
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
     url = f"{args.url.rstrip('/')}/channels/{args.channel}"
     try:
         response = httpx.post(url, content=text.encode(),

@@ -88,16 +88,44 @@ class Settings:
         unknown = set(server) - known
         if unknown:
             raise UsageError(f"{path}: unknown keys in [server]: {sorted(unknown)}")
+        defaults = cls()
+        for key, value in server.items():
+            _check_type(path, "server", key, value, getattr(defaults, key))
         if "cors_origins" in server:
             server["cors_origins"] = tuple(server["cors_origins"])
         base = cls(**server)
         namespaces = {}
         for name, values in config.get("namespaces", {}).items():
+            if not isinstance(values, dict):
+                raise UsageError(f"{path}: [namespaces] holds tables such as [namespaces.{name}]")
             extra = set(values) - {"history_size", "history_ttl"}
             if extra:
                 raise UsageError(f"{path}: unknown keys in [namespaces.{name}]: {sorted(extra)}")
-            namespaces[name] = Retention(
-                int(values.get("history_size", base.history_size)),
-                float(values.get("history_ttl", base.history_ttl)),
-            )
+            section = f"namespaces.{name}"
+            size = values.get("history_size", base.history_size)
+            ttl = values.get("history_ttl", base.history_ttl)
+            _check_type(path, section, "history_size", size, base.history_size)
+            _check_type(path, section, "history_ttl", ttl, base.history_ttl)
+            if size < 1 or ttl <= 0:
+                raise UsageError(f"{path}: [{section}] history_size must be at least 1 "
+                                 "and history_ttl positive")
+            namespaces[name] = Retention(int(size), float(ttl))
         return dataclasses.replace(base, namespaces=namespaces)
+
+
+def _check_type(path: str | Path, section: str, key: str, value: Any, default: Any) -> None:
+    """Raise :class:`UsageError` unless ``value`` has the type of the setting's ``default``."""
+    if isinstance(default, tuple):
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        kind = "a list of strings"
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        kind = "a number"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "an integer"
+    else:
+        ok = isinstance(value, str)
+        kind = "a string"
+    if not ok:
+        raise UsageError(f"{path}: [{section}] {key} must be {kind}, not {value!r}")

@@ -46,6 +46,7 @@ class Server:
         self.stats: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Server | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self.port = self.settings.port
@@ -59,7 +60,7 @@ class Server:
             reuse_address=True, backlog=4096,
         )
         self.port = self._listener.sockets[0].getsockname()[1]
-        self.spawn(self._housekeeping())
+        self._housekeeper = self.spawn(self._housekeeping())
         logger.info("tidings serving on %s", self.url)
 
     @property
@@ -94,6 +95,8 @@ class Server:
         for conn in list(self.http_connections):
             if not conn.busy:
                 conn.close()
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()  # it never ends by itself: do not wait for it
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             # Publishes in flight finish (their messages are accepted); housekeeping is cancelled.

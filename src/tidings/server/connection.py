@@ -24,7 +24,7 @@ from tidings.errors import (
     RequestTimeout,
 )
 from tidings.server.request import Request
-from tidings.wire import http
+from tidings.wire import http, jsonvalue
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -54,6 +54,8 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         #: Called when the connection is lost while a request is parked (long poll).
         self.on_lost: Any = None
+        #: An error answer held back until the parked request is answered (order matters).
+        self._failure: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -72,7 +74,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self._failure is not None:
             return
         try:
             self.parser.feed_data(data)
@@ -156,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._error = exc
             raise
+        self._reset()  # nothing is half-received now: an idle timeout is not a 408
         self.queue.append(request)
         if len(self.queue) > MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -197,19 +200,36 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self.closing:
             return
         transport.write(data)
+        if self._failure is not None:
+            transport.write(self._failure)
+            keep_alive = False
         if not keep_alive:
             self.closing = True
             transport.close()
         else:
             self._next()
 
+    def answer(self, status: int, headers: http.Headers, body: bytes = b"",
+               keep_alive: bool = True) -> None:
+        """Build a response (``Connection: close`` when not keeping alive) and :meth:`respond`."""
+        self.respond(http.response(status, headers, body, keep_alive=keep_alive), keep_alive)
+
+    def answer_json(self, status: int, value: object, headers: http.Headers = (),
+                    keep_alive: bool = True) -> None:
+        self.answer(status, [http.JSON, *headers], jsonvalue.encode(value), keep_alive)
+
     def fail(self, error: ProtocolError) -> None:
         """Answer ``error`` and close: after a protocol error the stream is not trusted."""
         if self.closing or self.transport is None:
             return
         self.queue.clear()
-        self.respond(http.error_response(error, self.server.cors.headers(self._headers),
-                                         keep_alive=False))
+        answer = http.error_response(error, self.server.cors.headers(self._headers),
+                                     keep_alive=False)
+        if self.busy:
+            # Responses go out in request order: this one follows the parked request's.
+            self._failure = answer
+            return
+        self.respond(answer, keep_alive=False)
 
     def detach(self) -> asyncio.Transport:
         """Give up the socket to a stream (SSE, WebSocket), which sets itself as its protocol."""

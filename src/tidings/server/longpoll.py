@@ -13,7 +13,7 @@ from tidings.core.message import Message
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE, Headers
 from tidings.server.reading import Batch
-from tidings.wire import http, poll
+from tidings.wire import poll
 
 
 def tail_body(message: Message) -> bytes:
@@ -51,14 +51,14 @@ class Waiter:
             body = poll.body((message,), self.batch.cursor(True), (), False)
         else:
             body = tail_body(message)
-        self.conn.respond(http.response(200, [*JSON_NO_CACHE, *self.cors], body), self.keep_alive)
+        self.conn.answer(200, [*JSON_NO_CACHE, *self.cors], body, self.keep_alive)
 
     def expire(self) -> None:
         """The wait ended with nothing new: answer with no messages and the same cursor."""
         self.timer = None
         self._forget()
         body = poll.body((), self.batch.cursor(self.multi), (), False)
-        self.conn.respond(http.response(200, [*JSON_NO_CACHE, *self.cors], body), self.keep_alive)
+        self.conn.answer(200, [*JSON_NO_CACHE, *self.cors], body, self.keep_alive)
 
     def _forget(self) -> None:
         hub = self.conn.server.broker.hub
@@ -74,6 +74,6 @@ def answer(conn: HttpConnection, batch: Batch, multi: bool, wait: float, cors: H
            keep_alive: bool) -> None:
     if batch.messages or batch.gaps or wait <= 0:
         body = poll.body(batch.messages, batch.cursor(multi), batch.gaps, batch.more)
-        conn.respond(http.response(200, [*JSON_NO_CACHE, *cors], body), keep_alive)
+        conn.answer(200, [*JSON_NO_CACHE, *cors], body, keep_alive)
         return
     Waiter(conn, batch, multi, cors, keep_alive, wait)

@@ -21,11 +21,11 @@ def answer(conn: HttpConnection, batch: Batch, multi: bool, if_none_match: str |
     cursor = batch.cursor(multi)
     if batch.gaps:
         body = poll.body(batch.messages, cursor, batch.gaps, batch.more)
-        conn.respond(http.response(200, [*JSON_NO_CACHE, *cors], body), keep_alive)
+        conn.answer(200, [*JSON_NO_CACHE, *cors], body, keep_alive)
         return
     tag = poll.etag(cursor)
     if not batch.messages and if_none_match is not None and tag in if_none_match:
-        conn.respond(http.response(304, [("ETag", tag), *cors]), keep_alive)
+        conn.answer(304, [("ETag", tag), *cors], b"", keep_alive)
         return
     body = poll.body(batch.messages, cursor, (), batch.more)
-    conn.respond(http.response(200, [*JSON_NO_CACHE, ("ETag", tag), *cors], body), keep_alive)
+    conn.answer(200, [*JSON_NO_CACHE, ("ETag", tag), *cors], body, keep_alive)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from tidings.errors import TidingsError
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
-from tidings.wire import http, jsonvalue
+from tidings.wire import jsonvalue
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -30,8 +30,8 @@ async def _publish(server: Server, conn: HttpConnection, channel: str, data: byt
     except TidingsError as exc:
         status = getattr(exc, "status", 500)
         body = {"error": getattr(exc, "code", "error"), "message": str(exc)}
-        conn.respond(http.json_response(status, body, cors), keep_alive)
+        conn.answer_json(status, body, cors, keep_alive)
         return
     server.stats["published"] += 1
     body = {"channel": message.channel, "id": message.id, "time": message.time}
-    conn.respond(http.json_response(201, body, cors), keep_alive)
+    conn.answer_json(201, body, cors, keep_alive)

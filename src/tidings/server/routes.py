@@ -76,7 +76,7 @@ class Router:
         elif path == "/healthz":
             if method != "GET":
                 raise MethodNotAllowed(f"{method} is not allowed on /healthz", allow=("GET",))
-            conn.respond(http.json_response(200, self.server.health()), request.keep_alive)
+            conn.answer_json(200, self.server.health(), (), request.keep_alive)
         else:
             raise NotFound(f"no such URL: {path[:100]}")
 
@@ -116,4 +116,4 @@ class Router:
 
     def _preflight(self, conn: HttpConnection, request: Request, methods: str) -> None:
         headers = self.server.cors.preflight(request.headers, methods)
-        conn.respond(http.response(204, headers), request.keep_alive)
+        conn.answer(204, headers, b"", request.keep_alive)

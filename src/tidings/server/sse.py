@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Position, Start, format_multi
 from tidings.core.message import Message
+from tidings.errors import ProtocolError
 from tidings.server.reading import read_all
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
@@ -43,7 +44,12 @@ class SseStream(Stream):
         out = [http.head(200, [*SSE_HEADERS, *cors], keep_alive=False)]
         retry = self.server.settings.sse_retry_ms
         broker = self.server.broker
-        batches = [read_all(broker, channel, start) for channel, start in starts.items()]
+        try:
+            batches = [read_all(broker, channel, start) for channel, start in starts.items()]
+        except ProtocolError as exc:  # a cursor ahead of the log: nothing was sent yet
+            self.transport.write(http.error_response(exc, cors, keep_alive=False))
+            self._finish()
+            return
         positions = self.positions
         if positions is None:
             (batch,) = batches

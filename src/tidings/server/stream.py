@@ -10,7 +10,9 @@ once, and closed. Nobody else waits for it; the client resumes from its cursor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from tidings.core.message import Message
@@ -34,7 +36,14 @@ class Stream(asyncio.Protocol):
         self.transport = transport
         self.channels: dict[str, None] = {}
         self.closed = False
-        transport.set_write_buffer_limits(high=server.settings.output_buffer_limit)
+        limit = server.settings.output_buffer_limit
+        transport.set_write_buffer_limits(high=limit)
+        # Bound the kernel's send buffer too: autotuned, it can hold megabytes
+        # (4 MB on loopback) before the transport's buffer, and the limit, see any.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
         transport.set_protocol(self)
 
     def subscribe(self, channel: str) -> None:

@@ -22,7 +22,7 @@ from tidings.errors import BadRequest, ProtocolError, TidingsError
 from tidings.server.reading import read_all
 from tidings.server.request import Request
 from tidings.server.stream import Stream
-from tidings.wire import commands, websocket
+from tidings.wire import commands, http, websocket
 from tidings.wire.websocket import FrameError, FrameParser
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ logger = logging.getLogger("tidings.server")
 #: Bytes a command may take beyond the message size limit (the envelope).
 COMMAND_OVERHEAD = 4096
 
+#: Headers of a refused handshake that the JSON error answer sets itself.
+_HEADERS_REPLACED = frozenset({"connection", "content-length", "content-type", "date"})
+
 
 def handshake(conn: HttpConnection, request: Request) -> bytes | None:
     """Check the upgrade request; send the answer; return ``None`` if it was refused."""
@@ -43,7 +46,14 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
     protocol = ServerProtocol(origins=None, max_size=None, logger=logger)
     response = protocol.accept(WsRequest(request.target.decode("ascii"), headers))
     if response.status_code != 101:
-        conn.respond(response.serialize(), keep_alive=False)
+        # The same JSON error body as every other refusal; keep headers such as
+        # Sec-WebSocket-Version that tell the client what would work.
+        extra = [(name, value) for name, value in response.headers.raw_items()
+                 if name.lower() not in _HEADERS_REPLACED]
+        body = {"error": "invalid_handshake",
+                "message": response.body.decode("utf-8", "replace").strip()}
+        conn.respond(http.json_response(response.status_code, body, extra, keep_alive=False),
+                     keep_alive=False)
         return None
     return response.serialize()
 
@@ -190,6 +200,8 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
            rest: bytes) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``."""
     starts = parse_since(request.arg("since"), channels) if channels else {}
+    for channel, start in starts.items():
+        server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
     response = handshake(conn, request)
     if response is None:
         return

@@ -35,7 +35,7 @@ def head(status: int, headers: Headers, *, keep_alive: bool = True) -> bytes:
 
 def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bool = True) -> bytes:
     """A whole response with a ``Content-Length`` body."""
-    if status != 304 and status >= 200:
+    if status >= 200 and status not in (204, 304):
         headers = [*headers, ("Content-Length", str(len(body)))]
     return head(status, headers, keep_alive=keep_alive) + body
 
