@@ -23,7 +23,7 @@ from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
-from tidings.server.longpoll import Waiter
+from tidings.server.longpoll import Expiries, Waiter
 from tidings.server.routes import Router
 from tidings.server.stream import Stream
 from tidings.settings import Settings
@@ -32,6 +32,8 @@ logger = logging.getLogger("tidings.server")
 
 #: Seconds between retention sweeps of the broker.
 MAINTENANCE_INTERVAL = 1.0
+#: Seconds :meth:`Server.aclose` lets closing streams flush before cutting them.
+SHUTDOWN_FLUSH_SECONDS = 1.0
 
 
 class Server:
@@ -43,12 +45,17 @@ class Server:
         self.http_connections: set[HttpConnection] = set()
         self.streams: set[Stream] = set()
         self.waiters: set[Waiter] = set()
+        #: Streams sent a backlog over their output limit (see server/stream.py).
+        self.catching_up: set[Stream] = set()
+        #: Closed streams still flushing, with the loop time at which they are aborted.
+        self.draining: dict[asyncio.Transport, float] = {}
         self.stats: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Server | None = None
         self._housekeeper: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
+        self.expiries = Expiries(self.loop)
         self.port = self.settings.port
 
     # lifecycle ---------------------------------------------------------------
@@ -107,6 +114,13 @@ class Server:
                 await asyncio.gather(*still, return_exceptions=True)
         for conn in list(self.http_connections):
             conn.close()
+        # Streams told to go away get a moment to flush their last words; then they are cut.
+        deadline = self.loop.time() + SHUTDOWN_FLUSH_SECONDS
+        while self.draining and self.loop.time() < deadline:  # noqa: ASYNC110 - bounded
+            await asyncio.sleep(0.01)
+        for transport in list(self.draining):
+            transport.abort()
+        self.draining.clear()
         if self._listener is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
@@ -141,6 +155,11 @@ class Server:
             now = self.loop.time()
             for conn in [c for c in self.http_connections if 0 < c.deadline < now]:
                 conn.timed_out()
+            for transport in [t for t, deadline in self.draining.items() if deadline < now]:
+                del self.draining[transport]
+                transport.abort()
+            self.catching_up.difference_update(
+                [stream for stream in self.catching_up if stream.backlog_drained()])
             if now >= maintenance_due:
                 maintenance_due = now + MAINTENANCE_INTERVAL
                 self.broker.maintain()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -40,12 +39,19 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class HttpConnection(asyncio.Protocol):
     """The protocol object of a connection while it speaks plain HTTP."""
 
+    __slots__ = (
+        "_body", "_body_size", "_error", "_failure", "_header_bytes", "_headers", "_url",
+        "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "server",
+        "settings", "transport",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.settings = server.settings
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpRequestParser(self)
-        self.queue: deque[Request] = deque()
+        #: Requests received but not answered yet (pipelining); a list, as it stays tiny.
+        self.queue: list[Request] = []
         self.busy = False  # a request is being answered (long poll, publish)
         self.closing = False
         self.handed_over = False
@@ -169,7 +175,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         while self.queue and not self.busy and not self.closing and not self.handed_over:
-            request = self.queue.popleft()
+            request = self.queue.pop(0)
             if self.transport is not None and len(self.queue) == MAX_PIPELINED:
                 self.transport.resume_reading()
             self.server.router.dispatch(self, request)

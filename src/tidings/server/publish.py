@@ -8,11 +8,11 @@ from tidings.errors import TidingsError
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
 from tidings.wire import jsonvalue
+from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
-Headers = list[tuple[str, str]]
 
 
 def publish(server: Server, conn: HttpConnection, request: Request, channel: str,

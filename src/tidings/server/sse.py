@@ -11,11 +11,11 @@ from tidings.errors import ProtocolError
 from tidings.server.reading import read_all
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
+from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
-Headers = list[tuple[str, str]]
 
 SSE_HEADERS: Headers = [
     ("Content-Type", "text/event-stream"),
@@ -66,7 +66,7 @@ class SseStream(Stream):
                 for message in batch.messages:
                     positions[message.channel] = message.position
                     out.append(sse.message_event_with_cursor(message, format_multi(positions)))
-        self.transport.write(b"".join(out))
+        self.write_backlog(b"".join(out))
         for channel in starts:
             self.subscribe(channel)
         self.server.streams.add(self)

@@ -5,6 +5,11 @@ buffer may hold ``output_buffer_limit`` bytes that the client has not read.
 Past that, asyncio calls :meth:`pause_writing`, and the stream is cut off:
 it is told why (a last SSE event or a WebSocket close frame), unsubscribed at
 once, and closed. Nobody else waits for it; the client resumes from its cursor.
+
+The backlog a stream is sent when it starts (or, on a WebSocket, subscribes)
+is allowed on top of the limit: a client resuming far behind is not a slow
+consumer. The server's sweep restores the plain limit once the backlog has
+drained (:meth:`Stream.backlog_drained`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ logger = logging.getLogger("tidings.server")
 
 #: Seconds a cut-off or closing connection gets to flush before it is aborted.
 CLOSE_GRACE = 5.0
+#: The smallest kernel send buffer a stream gets, whatever the output limit.
+MIN_SEND_BUFFER = 64 * 1024
 
 
 class Stream(asyncio.Protocol):
@@ -43,8 +50,24 @@ class Stream(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(limit, MIN_SEND_BUFFER))
         transport.set_protocol(self)
+
+    def write_backlog(self, data: bytes) -> None:
+        """Write retained messages a client asked for, allowed on top of the output limit."""
+        limit = self.server.settings.output_buffer_limit
+        if len(data) > limit // 2:
+            self.transport.set_write_buffer_limits(high=limit + len(data))
+            self.server.catching_up.add(self)
+        self.transport.write(data)
+
+    def backlog_drained(self) -> bool:
+        """Restore the plain output limit if the backlog has left; say whether it has."""
+        limit = self.server.settings.output_buffer_limit
+        if self.closed or self.transport.get_write_buffer_size() <= limit:
+            self.transport.set_write_buffer_limits(high=limit)
+            return True
+        return False
 
     def subscribe(self, channel: str) -> None:
         self.channels[channel] = None
@@ -86,8 +109,11 @@ class Stream(asyncio.Protocol):
         for channel in list(self.channels):
             self.unsubscribe(channel)
         self.server.streams.discard(self)
+        self.server.catching_up.discard(self)
         self.transport.close()
-        self.server.loop.call_later(CLOSE_GRACE, self.transport.abort)
+        # Aborted by the server's sweep if the client does not read what is left.
+        self.server.draining[self.transport] = self.server.loop.time() + CLOSE_GRACE
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
+        self.server.draining.pop(self.transport, None)

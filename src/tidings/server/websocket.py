@@ -144,7 +144,7 @@ class WebSocketSession(Stream):
                else commands.ack_frame(req, channel=channel, next=str(begin))]
         out.extend(commands.gap_frame(gap.to_json()) for gap in batch.gaps)
         out.extend(websocket.message_frame(m) for m in batch.messages)
-        self.transport.write(b"".join(out))
+        self.write_backlog(b"".join(out))
         self.subscribe(channel)
 
     def _publish(self, command: commands.Publish) -> None:

@@ -34,10 +34,20 @@ def head(status: int, headers: Headers, *, keep_alive: bool = True) -> bytes:
 
 
 def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bool = True) -> bytes:
-    """A whole response with a ``Content-Length`` body."""
+    """A whole response with a ``Content-Length`` body.
+
+    Heads repeat (every long-poll waiter of a channel gets the same one), so
+    each distinct head is built once and cached.
+    """
+    return _cached_head(status, tuple(headers), keep_alive, len(body)) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_head(status: int, headers: tuple[tuple[str, str], ...], keep_alive: bool,
+                 length: int) -> bytes:
     if status >= 200 and status not in (204, 304):
-        headers = [*headers, ("Content-Length", str(len(body)))]
-    return head(status, headers, keep_alive=keep_alive) + body
+        headers = (*headers, ("Content-Length", str(length)))
+    return head(status, headers, keep_alive=keep_alive)
 
 
 JSON = ("Content-Type", "application/json")
