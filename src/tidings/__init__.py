@@ -4,10 +4,27 @@ The public API; everything else lives in private-by-convention modules.
 """
 
 from tidings.brokers import Broker, MemoryBroker
+from tidings.client import (
+    Backoff,
+    Client,
+    Connected,
+    Disconnected,
+    Gap,
+    Message,
+    Publisher,
+    Subscription,
+    TransportChanged,
+    connect,
+)
 from tidings.errors import (
     BadRequest,
     BrokerError,
+    ClientClosed,
+    ClientError,
+    ConnectionFailed,
+    MissedMessages,
     ProtocolError,
+    RequestRefused,
     TidingsError,
     UsageError,
 )
@@ -17,14 +34,29 @@ from tidings.settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backoff",
     "BadRequest",
     "Broker",
     "BrokerError",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "Connected",
+    "ConnectionFailed",
+    "Disconnected",
+    "Gap",
     "MemoryBroker",
+    "Message",
+    "MissedMessages",
     "ProtocolError",
+    "Publisher",
+    "RequestRefused",
     "Server",
     "Settings",
+    "Subscription",
     "TidingsError",
+    "TransportChanged",
     "UsageError",
     "__version__",
+    "connect",
 ]

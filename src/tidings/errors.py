@@ -13,12 +13,18 @@
     │   ├── RequestTimeout        408  request not sent in time
     │   ├── PayloadTooLarge       413
     │   └── HeadersTooLarge       431
-    └── BrokerError           the message store failed (503); nothing was accepted
+    ├── BrokerError           the message store failed (503); nothing was accepted
+    └── ClientError           raised by the Python client (tidings.client)
+        ├── ClientClosed          the client or publisher was closed; open a new one
+        ├── ConnectionFailed      the server could not be reached, or the link broke mid-request
+        ├── RequestRefused        the server answered with an error; carries status, code, message
+        └── MissedMessages        a gap, raised only with on_gap="raise"; carries the Gap event
 
 Each :class:`ProtocolError` knows the HTTP status and the WebSocket close code
 to answer with, plus a short machine-readable ``code`` and a message a person
 can read. The server turns them into JSON bodies
-(``{"error": code, "message": text}``) or WebSocket error replies.
+(``{"error": code, "message": text}``) or WebSocket error replies; the client
+turns those answers back into :class:`RequestRefused`.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "BrokerError",
+    "ClientClosed",
+    "ClientError",
+    "ConnectionFailed",
     "HeadersTooLarge",
     "InvalidChannel",
     "InvalidCursor",
     "MethodNotAllowed",
+    "MissedMessages",
     "NotFound",
     "PayloadTooLarge",
     "ProtocolError",
+    "RequestRefused",
     "RequestTimeout",
     "TidingsError",
     "UsageError",
@@ -121,3 +132,48 @@ class BrokerError(TidingsError):
 
     def to_json(self) -> dict[str, object]:
         return {"error": self.code, "message": str(self)}
+
+
+class ClientError(TidingsError):
+    """An error of the Python client (:mod:`tidings.client`)."""
+
+
+class ClientClosed(ClientError):
+    """The client (or publisher) was closed; it cannot be used again. Open a new one."""
+
+
+class ConnectionFailed(ClientError):
+    """The server could not be reached (refused, DNS, timeout) or the connection broke.
+
+    Publishing raises it at once: the caller decides whether to retry. A
+    publish that broke after it was sent may or may not have been accepted.
+    Subscriptions never raise it; they reconnect by themselves.
+    """
+
+
+class RequestRefused(ClientError):
+    """The server refused a request.
+
+    ``status`` is the HTTP status (``None`` for a WebSocket command error),
+    ``code`` the server's machine-readable ``error`` (e.g. ``invalid_channel``)
+    and ``message`` its explanation, also in ``str(error)``.
+    """
+
+    def __init__(self, status: int | None, code: str, message: str) -> None:
+        where = f"{status} " if status is not None else ""
+        super().__init__(f"{where}{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class MissedMessages(ClientError):
+    """Messages were lost (a gap), raised only when the subscription asked for it.
+
+    ``gap`` is the :class:`tidings.Gap` event that would have been delivered.
+    The subscription ends; subscribe again with ``since=gap.to`` to go on.
+    """
+
+    def __init__(self, gap: object) -> None:
+        super().__init__(f"missed messages: {gap}")
+        self.gap = gap

@@ -1,0 +1,45 @@
+"""The Python client: subscribe and publish without knowing the wire.
+
+::
+
+    async with tidings.connect("http://127.0.0.1:8000") as client:
+        async for item in client.subscribe("prices", "news"):
+            match item:
+                case tidings.Message(channel=channel, data=data):
+                    print(channel, data)
+                case tidings.Gap(channel=channel, missed=missed):
+                    print(f"{channel}: lost {missed} messages")
+
+Modules: ``_client`` (Client, Subscription, the reconnect loop), one module per
+technique (``websocket``, ``sse``, ``longpoll``, ``poll``), ``publisher`` (the
+synchronous publisher), and the I/O-free cores ``_cursors`` (resume rules),
+``_sse`` (event-stream parser) and ``_backoff``. docs/client.md is the guide.
+"""
+
+from tidings.client._backoff import Backoff
+from tidings.client._client import AUTO_ORDER, TRANSPORTS, Client, Subscription, connect
+from tidings.client.events import (
+    Connected,
+    Disconnected,
+    Gap,
+    Message,
+    StatusEvent,
+    TransportChanged,
+)
+from tidings.client.publisher import Publisher
+
+__all__ = [
+    "AUTO_ORDER",
+    "TRANSPORTS",
+    "Backoff",
+    "Client",
+    "Connected",
+    "Disconnected",
+    "Gap",
+    "Message",
+    "Publisher",
+    "StatusEvent",
+    "Subscription",
+    "TransportChanged",
+    "connect",
+]

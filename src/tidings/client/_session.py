@@ -1,0 +1,141 @@
+"""One connection attempt of one subscription, as the technique modules see it.
+
+A technique module (``websocket``, ``sse``, ``longpoll``, ``poll``) exposes
+``async def read(session)``. It connects, calls :meth:`Session.established`
+once the technique works, then hands every message and gap object to
+:meth:`Session.message` / :meth:`Session.gap`, and tells the session where
+the server says reading starts (:meth:`Session.learn_cursor`). It ends by
+raising (see below), or by returning when :meth:`Session.upgrade_due` says
+it is time to try a better technique.
+
+Failures are raised as the exceptions of this module, which decide what the
+reconnect loop does next: :class:`Unreachable` (back off, same technique),
+:class:`TechniqueFailed` (``auto`` tries the next technique at once),
+:class:`Dropped` (back off, resume). :class:`tidings.RequestRefused` for a
+4xx the server explained ends the subscription: every technique would get it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tidings.client._common import refusal_of_status
+from tidings.client._cursors import BrokenStream, CursorBook
+from tidings.client.events import Gap, Message
+from tidings.errors import MissedMessages
+
+if TYPE_CHECKING:
+    from tidings.client._client import Client
+
+
+class Unreachable(Exception):
+    """The server could not be reached at all (refused, DNS, connect timeout)."""
+
+
+class TechniqueFailed(Exception):
+    """The server was reached but the technique did not start working."""
+
+
+class Dropped(Exception):
+    """A working connection ended."""
+
+
+class Session:
+    """The state one technique needs for one connection attempt."""
+
+    def __init__(
+        self,
+        client: Client,
+        book: CursorBook,
+        technique: str,
+        deliver: Callable[[Message | Gap], Any],
+        on_gap: str,
+        fallback: bool,
+        established: Callable[[Session], None],
+    ) -> None:
+        self.client = client
+        self.book = book
+        self.technique = technique
+        self.is_established = False
+        self._deliver = deliver
+        self._on_gap = on_gap
+        self._fallback = fallback
+        self._on_established = established
+        self._upgrade_at: float | None = None
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self.book.channels
+
+    def read_target(self) -> tuple[str, httpx.QueryParams]:
+        """The URL and channel parameters of a read with an HTTP technique."""
+        if len(self.channels) == 1:
+            return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams()
+        return self.client._url("/subscribe"), httpx.QueryParams(
+            [("channel", c) for c in self.channels])
+
+    def failure(self, reason: str) -> Exception:
+        """The exception for a connection that ended: :class:`Dropped` once established."""
+        return Dropped(reason) if self.is_established else TechniqueFailed(reason)
+
+    def check(self, response: httpx.Response) -> None:
+        """Raise the right exception if ``response`` is not a ``200``."""
+        if response.status_code == 200:
+            return
+        refused = refusal_of_status(response.status_code, response.content)
+        if refused is not None:
+            raise refused
+        raise self.failure(f"HTTP {response.status_code} {response.reason_phrase}")
+
+    async def established(self) -> None:
+        """The technique works: call before the first message, at most once per session."""
+        if not self.is_established:
+            self.is_established = True
+            if self._fallback:
+                self._upgrade_at = self.client._now() + self.client.upgrade_after
+            self._on_established(self)
+
+    def upgrade_due(self) -> bool:
+        """True when ``auto`` runs a fallback long enough to try the better techniques again."""
+        return self._upgrade_at is not None and self.client._now() >= self._upgrade_at
+
+    def learn(self, channel: str, position: object) -> None:
+        """The server says reading ``channel`` starts after ``position`` (a WebSocket ack)."""
+        if not isinstance(position, str):
+            raise BrokenStream(f"a position must be a string, not {position!r}")
+        self.book.learn(channel, position)
+
+    def learn_cursor(self, cursor: object) -> None:
+        """The server says where this read starts (``next``, SSE ``id:``)."""
+        if not isinstance(cursor, str):
+            raise BrokenStream(f"a cursor must be a string, not {cursor!r}")
+        self.book.learn_cursor(cursor)
+
+    async def message(self, value: Mapping[str, Any]) -> None:
+        """A message object from the server: delivered unless it is a duplicate."""
+        message = self.book.accept_message(value)
+        if message is not None:
+            await self._deliver(message)
+
+    async def gap(self, value: Mapping[str, Any]) -> None:
+        """A gap object from the server: a :class:`Gap` event, or :class:`MissedMessages`."""
+        gap = self.book.accept_gap(value)
+        if gap is None:
+            return
+        if self._on_gap == "raise":
+            raise MissedMessages(gap)
+        await self._deliver(gap)
+
+    async def batch(self, body: object) -> bool:
+        """A poll or long-poll answer: gaps, then messages, then ``next``. Returns ``more``."""
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise BrokenStream(f"not a poll answer: {str(body)[:100]}")
+        for gap in body.get("gaps") or ():
+            await self.gap(gap)
+        for message in body["messages"]:
+            await self.message(message)
+        self.learn_cursor(body.get("next"))
+        return body.get("more") is True

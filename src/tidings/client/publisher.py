@@ -1,0 +1,59 @@
+"""A synchronous publisher, for code that is not async (a Django view, a cron job)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tidings.client._common import base_urls, checked_channel, encode_data, published_id
+from tidings.errors import ClientClosed, ConnectionFailed
+
+
+class Publisher:
+    """Publish with plain HTTP ``POST`` requests over one kept-alive connection::
+
+        with tidings.Publisher("http://127.0.0.1:8000") as publisher:
+            message_id = publisher.publish("prices", {"AAPL": 187.2})
+
+    Raises :class:`tidings.UsageError` for a bad URL (at once) or a value that
+    is not JSON, :class:`tidings.ConnectionFailed` if the server cannot be
+    reached, :class:`tidings.RequestRefused` with the server's explanation if it
+    refuses, and :class:`tidings.ClientClosed` after :meth:`close`. Nothing is
+    retried: a publish that broke may have been accepted. Threads may share
+    one publisher (``httpx.Client`` is thread-safe).
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url, _ = base_urls(url)
+        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self.closed = False
+
+    def publish(self, channel: str, data: Any) -> str:
+        """Publish ``data`` (any JSON value) on ``channel``; return the new message id."""
+        if self.closed:
+            raise ClientClosed("the publisher is closed; create a new one")
+        checked_channel(channel)
+        body = encode_data(data)
+        try:
+            response = self._http.post(f"{self.url}/channels/{channel}", content=body,
+                                       headers={"Content-Type": "application/json"})
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot publish to {self.url}: "
+                                   f"{exc or type(exc).__name__}") from None
+        return published_id(response)
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._http.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,223 @@
+"""WebSocket: one connection per client, shared by its subscriptions.
+
+A :class:`Link` is one WebSocket to ``/subscribe`` (no channel in the URL:
+commands only). Subscriptions attach to it with ``subscribe`` commands and
+detach with ``unsubscribe``; a reader task routes ``message`` and ``gap``
+frames to the subscription that owns the channel and replies to the command
+waiting for them. ``publish`` goes over the link too, acknowledged with the
+new id. A subscription naming a channel another one already reads on the
+shared link gets a private link (the server allows one subscription per
+channel and connection).
+
+Backpressure: each subscription's frames wait in its own queue; one that
+falls more than ``ROUTE_LIMIT`` frames behind is detached and resumes from its
+last id, like the server cuts a slow consumer, instead of holding up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from tidings.client._common import refusal_of_status
+from tidings.client._session import Session, TechniqueFailed
+from tidings.errors import ConnectionFailed, RequestRefused
+
+if TYPE_CHECKING:
+    from tidings.client._client import Client
+
+#: Frames a subscription may have waiting before it is detached as too slow.
+ROUTE_LIMIT = 10_000
+#: The largest frame accepted from the server.
+MAX_FRAME = 16 * 1024 * 1024
+
+
+class _Lost:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class Route:
+    """The frames of one subscription's channels, in the order they came."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | _Lost] = asyncio.Queue()
+        self.lost = False
+
+    def put(self, item: dict[str, Any] | _Lost) -> None:
+        if self.lost:
+            return
+        if isinstance(item, _Lost) or self.queue.qsize() >= ROUTE_LIMIT:
+            self.lost = True
+            if not isinstance(item, _Lost):
+                item = _Lost(f"subscriber more than {ROUTE_LIMIT} frames behind")
+        self.queue.put_nowait(item)
+
+
+class Link:
+    """One WebSocket and the subscriptions it carries. Open with :meth:`open`."""
+
+    def __init__(self, ws: ClientConnection, client: Client, private: bool) -> None:
+        self.ws = ws
+        self.private = private
+        self.routes: dict[str, Route] = {}
+        self.closed_reason: str | None = None
+        self._client = client
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reqs = itertools.count(1)
+
+    @classmethod
+    async def open(cls, client: Client, private: bool = False) -> Link:
+        """Connect; raises what ``websockets`` raises (classified by the caller)."""
+        ws = await ws_connect(
+            client._ws_url("/subscribe"),
+            open_timeout=client.connect_timeout,
+            compression=None,
+            max_size=MAX_FRAME,
+            additional_headers=client.headers,
+        )
+        link = cls(ws, client, private)
+        client._spawn(link._read_frames())
+        return link
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_reason is None
+
+    async def request(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Send a command and return its ``ack``.
+
+        Raises :class:`RequestRefused` for an ``error`` reply and
+        :class:`ConnectionFailed` if the link breaks or no reply comes in time.
+        """
+        if self.closed_reason is not None:
+            raise ConnectionFailed(f"WebSocket closed: {self.closed_reason}")
+        req = next(self._reqs)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[req] = reply
+        try:
+            await self.ws.send(json.dumps({**command, "req": req}, allow_nan=False))
+            async with asyncio.timeout(self._client.request_timeout):
+                frame = await reply
+        except ConnectionClosed as exc:
+            raise ConnectionFailed(f"WebSocket closed: {_describe(exc)}") from None
+        except TimeoutError:
+            raise ConnectionFailed(f"no answer to {command['type']!r} in time") from None
+        finally:
+            self._pending.pop(req, None)
+        if frame.get("type") == "error":
+            raise RequestRefused(None, str(frame.get("error")), str(frame.get("message", "")))
+        return frame
+
+    async def aclose(self) -> None:
+        await self.ws.close()
+
+    async def _read_frames(self) -> None:
+        reason = "closed"
+        try:
+            async for text in self.ws:
+                frame = json.loads(text)
+                if not isinstance(frame, dict):
+                    raise ValueError("a frame that is not a JSON object")
+                kind = frame.get("type")
+                if kind in ("message", "gap"):
+                    route = self.routes.get(frame.get("channel"))  # type: ignore[arg-type]
+                    if route is not None:
+                        route.put(frame)
+                elif kind in ("ack", "error"):
+                    reply = self._pending.get(frame.get("req"))  # type: ignore[arg-type]
+                    if reply is not None and not reply.done():
+                        reply.set_result(frame)
+            reason = _describe_close(self.ws)
+        except ConnectionClosed as exc:
+            reason = _describe(exc)
+        except ValueError as exc:  # bad JSON: the server broke the protocol
+            reason = f"invalid frame from the server: {exc}"
+            await self.ws.close(1002, "invalid frame")
+        finally:
+            self.closed_reason = reason
+            for reply in self._pending.values():
+                if not reply.done():
+                    reply.set_exception(ConnectionFailed(f"WebSocket closed: {reason}"))
+            for route in self.routes.values():
+                route.put(_Lost(reason))
+
+
+def _describe_close(ws: ClientConnection) -> str:
+    if ws.close_code is None:
+        return "connection lost"
+    return f"closed by the server ({ws.close_code} {ws.close_reason})".replace(" )", ")")
+
+
+def _describe(exc: ConnectionClosed) -> str:
+    if exc.rcvd is None:
+        return "connection lost"
+    return f"closed by the server ({exc.rcvd.code} {exc.rcvd.reason})".replace(" )", ")")
+
+
+async def read(session: Session) -> None:
+    """Read the session's channels over a shared (or private) link until it breaks."""
+    client = session.client
+    channels = session.channels
+    try:
+        link = await client._acquire_link(channels)
+    except InvalidStatus as exc:
+        response = exc.response
+        refused = refusal_of_status(response.status_code, response.body or b"")
+        if refused is not None:
+            raise refused from None
+        raise TechniqueFailed(f"WebSocket refused: HTTP {response.status_code}") from None
+    except InvalidHandshake as exc:
+        raise TechniqueFailed(f"WebSocket handshake failed: {exc}") from None
+    route = Route()
+    for channel in channels:
+        link.routes[channel] = route
+    try:
+        try:
+            for channel in channels:
+                command: dict[str, Any] = {"type": "subscribe", "channel": channel}
+                since = session.book.since_of(channel)
+                if since is not None:
+                    command["since"] = since
+                ack = await link.request(command)
+                session.learn(channel, ack.get("next"))
+        except ConnectionFailed as exc:
+            raise session.failure(str(exc)) from None
+        await session.established()
+        while True:
+            item = await route.queue.get()
+            if isinstance(item, _Lost):
+                raise session.failure(item.reason)
+            if item["type"] == "message":
+                await session.message(item)
+            else:
+                await session.gap(item)
+    finally:
+        await _detach(client, link, channels, route)
+
+
+async def _detach(client: Client, link: Link, channels: tuple[str, ...], route: Route) -> None:
+    """Stop routing ``channels``; unsubscribe them if the link is still open."""
+    for channel in channels:
+        if link.routes.get(channel) is route:
+            del link.routes[channel]
+    if link.private or client.closed:
+        with contextlib.suppress(Exception):
+            await link.aclose()
+        return
+    if link.is_open:
+        try:
+            for channel in channels:
+                await link.request({"type": "unsubscribe", "channel": channel})
+        except (ConnectionFailed, RequestRefused):
+            # The server no longer agrees on what this link carries: start afresh.
+            await link.aclose()
