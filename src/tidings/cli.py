@@ -1,4 +1,4 @@
-"""The ``tidings`` command: ``serve`` and ``publish``."""
+"""The ``tidings`` command: ``serve``, ``publish``, ``subscribe``, ``conformance`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import httpx
 
 from tidings.errors import BadRequest, TidingsError, UsageError
-from tidings.settings import Settings
+from tidings.settings import Settings, check_transports
 from tidings.wire import jsonvalue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--history-ttl", type=float, help="seconds a message is kept (3600)")
     serve.add_argument("--cors-origin", action="append", dest="cors_origins",
                        help="allowed browser origin; repeat for several ('*' allows all)")
+    serve.add_argument("--transports", metavar="LIST",
+                       help="reading techniques to serve, comma-separated "
+                            "(default websocket,sse,longpoll,poll)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=run_serve)
@@ -61,6 +64,39 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
                          help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
     publish.set_defaults(run=run_publish)
+
+    subscribe = commands.add_parser(
+        "subscribe", help="print each message of channels as one JSON line, as it arrives")
+    subscribe.add_argument("channels", nargs="+", metavar="CHANNEL")
+    subscribe.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
+                           help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
+    subscribe.add_argument("--transport", default="auto",
+                           choices=["auto", "websocket", "sse", "longpoll", "poll"])
+    subscribe.add_argument("--since", help="resume after this id (0: oldest retained)")
+    subscribe.set_defaults(run=run_subscribe)
+
+    conformance = commands.add_parser(
+        "conformance", help="check that the server at URL keeps the tidings protocol")
+    conformance.add_argument("url")
+    conformance.add_argument("--only", action="append", metavar="CHECK",
+                             help="run only this check; repeat for several")
+    conformance.add_argument("--heartbeat-timeout", type=float, default=30.0,
+                             help="seconds to wait for a heartbeat (default 30)")
+    conformance.set_defaults(run=run_conformance)
+
+    demo = commands.add_parser(
+        "demo", help="run the server with a simulated stock feed and pages that show it")
+    demo.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
+    demo.add_argument("--rate", type=float, default=5.0,
+                      help="ticks published per second on channel 'stocks' (default 5)")
+    demo.add_argument("--config", help="TOML config file (see docs/operations.md)")
+    demo.add_argument("--transports", metavar="LIST",
+                      help="reading techniques to serve, comma-separated "
+                           "(default websocket,sse,longpoll,poll)")
+    demo.add_argument("--log-level", default="warning",
+                      choices=["debug", "info", "warning", "error"])
+    demo.set_defaults(run=run_demo, history_size=None, history_ttl=None, cors_origins=None)
     return parser
 
 
@@ -70,12 +106,23 @@ def load_settings(args: argparse.Namespace) -> Settings:
         host=args.host, port=args.port, history_size=args.history_size,
         history_ttl=args.history_ttl,
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
+        transports=_transport_list(args.transports) if args.transports is not None else None,
     )
     if settings.history_size < 1:
         raise UsageError("--history-size must be at least 1")
     if settings.history_ttl <= 0:
         raise UsageError("--history-ttl must be positive")
     return settings
+
+
+def _transport_list(text: str) -> tuple[str, ...]:
+    """``--transports websocket,sse`` → ``("websocket", "sse")``; raise :class:`UsageError`."""
+    transports = tuple(name.strip() for name in text.split(",") if name.strip())
+    try:
+        check_transports(transports)
+    except UsageError as exc:
+        raise UsageError(f"--transports: {exc}") from None
+    return transports
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -118,6 +165,20 @@ async def serve(settings: Settings) -> None:
     await server.aclose()
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    """``tidings demo``: see docs/demo.md."""
+    from tidings.demo import run_demo as serve_demo
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = load_settings(args)
+    try:
+        asyncio.run(serve_demo(settings, args.rate))
+    except OSError as exc:
+        print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_publish(args: argparse.Namespace) -> int:
     text = args.json if args.json is not None else sys.stdin.read()
     try:
@@ -136,6 +197,56 @@ def run_publish(args: argparse.Namespace) -> int:
         return 1
     print(response.text)
     return 0
+
+
+def run_subscribe(args: argparse.Namespace) -> int:
+    """Messages on stdout (one JSON line each); gaps, reconnects and technique changes on stderr."""
+    try:
+        return asyncio.run(_subscribe(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    from tidings.client import Connected, Disconnected, Gap, StatusEvent, TransportChanged
+    from tidings.client import connect as connect_client
+    from tidings.errors import ClientError
+
+    def on_status(event: StatusEvent) -> None:
+        if isinstance(event, Connected):
+            note = f"connected over {event.transport}"
+        elif isinstance(event, Disconnected):
+            note = (f"disconnected ({event.reason}); reconnecting in "
+                    f"{event.retry_in:.1f} s")
+        elif isinstance(event, TransportChanged):
+            note = f"switched from {event.previous} to {event.transport} ({event.reason})"
+        print(f"tidings: {note}", file=sys.stderr, flush=True)
+
+    try:
+        async with connect_client(args.url, args.transport, on_status=on_status) as client:
+            async for item in client.subscribe(*args.channels, since=args.since):
+                if isinstance(item, Gap):
+                    missed = "unknown" if item.missed is None else item.missed
+                    print(f"tidings: gap on {item.channel}: {missed} message(s) missed "
+                          f"({item.reason}), from {item.from_} to {item.to}",
+                          file=sys.stderr, flush=True)
+                    continue
+                line = {"channel": item.channel, "id": item.id, "data": item.data,
+                        "time": item.time}
+                sys.stdout.write(jsonvalue.encode(line).decode() + "\n")
+                sys.stdout.flush()
+    except ClientError as exc:
+        print(f"tidings: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_conformance(args: argparse.Namespace) -> int:
+    from tidings import conformance
+
+    ok = asyncio.run(conformance.run(args.url, only=args.only,
+                                     heartbeat_timeout=args.heartbeat_timeout))
+    return 0 if ok else 1
 
 
 __all__ = ["TidingsError", "main"]

@@ -8,6 +8,7 @@
     │   ├── BadRequest            400  malformed JSON, query, command, ...
     │   │   ├── InvalidChannel        400  channel name outside the documented alphabet/length
     │   │   └── InvalidCursor         400  malformed cursor, or one ahead of the log
+    │   ├── TransportDisabled     403  the operator turned this reading technique off
     │   ├── NotFound              404
     │   ├── MethodNotAllowed      405  (knows which methods the URL takes)
     │   ├── RequestTimeout        408  request not sent in time
@@ -46,6 +47,7 @@ __all__ = [
     "RequestRefused",
     "RequestTimeout",
     "TidingsError",
+    "TransportDisabled",
     "UsageError",
 ]
 
@@ -91,6 +93,13 @@ class InvalidChannel(BadRequest):
 
 class InvalidCursor(BadRequest):
     code = "invalid_cursor"
+
+
+class TransportDisabled(ProtocolError):
+    """The technique a read asked for is not in the server's ``transports`` setting."""
+
+    status = 403
+    code = "transport_disabled"
 
 
 class NotFound(ProtocolError):

@@ -11,6 +11,7 @@ Config file::
     history_size = 1000          # messages kept per channel
     history_ttl = 3600           # seconds a message is kept
     cors_origins = ["https://example.com"]
+    transports = ["websocket", "sse", "longpoll", "poll"]   # any subset
 
     [namespaces.prices]          # channels named "prices:..."
     history_size = 100
@@ -28,6 +29,9 @@ from typing import Any
 from tidings.core.log import Retention
 from tidings.core.names import namespace_of
 from tidings.errors import UsageError
+
+#: The reading techniques, by the names used everywhere (settings, CLI, clients).
+TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ class Settings:
     output_buffer_limit: int = 256 * 1024  #: unsent bytes before a subscriber is cut off
 
     cors_origins: tuple[str, ...] = ("*",)
+    #: The reading techniques served; a request for another gets ``403 transport_disabled``.
+    transports: tuple[str, ...] = TRANSPORTS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
+        check_transports(self.transports)
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
@@ -91,9 +101,13 @@ class Settings:
         defaults = cls()
         for key, value in server.items():
             _check_type(path, "server", key, value, getattr(defaults, key))
-        if "cors_origins" in server:
-            server["cors_origins"] = tuple(server["cors_origins"])
-        base = cls(**server)
+        for key in ("cors_origins", "transports"):
+            if key in server:
+                server[key] = tuple(server[key])
+        try:
+            base = cls(**server)
+        except UsageError as exc:
+            raise UsageError(f"{path}: [server] {exc}") from None
         namespaces = {}
         for name, values in config.get("namespaces", {}).items():
             if not isinstance(values, dict):
@@ -111,6 +125,15 @@ class Settings:
                                  "and history_ttl positive")
             namespaces[name] = Retention(int(size), float(ttl))
         return dataclasses.replace(base, namespaces=namespaces)
+
+
+def check_transports(transports: tuple[str, ...]) -> None:
+    """Raise :class:`UsageError` unless ``transports`` is a non-empty set of known names."""
+    unknown = [name for name in transports if name not in TRANSPORTS]
+    if unknown:
+        raise UsageError(f"unknown transports {unknown}; choose from {', '.join(TRANSPORTS)}")
+    if not transports:
+        raise UsageError(f"enable at least one transport of {', '.join(TRANSPORTS)}")
 
 
 def _check_type(path: str | Path, section: str, key: str, value: Any, default: Any) -> None:

@@ -437,7 +437,9 @@ class Subscription:
             raise session.failure(f"invalid data from the server: {exc}") from None
         except ConnectionFailed as exc:
             raise session.failure(str(exc)) from None
-        except RequestRefused:
+        except RequestRefused as exc:
+            if exc.code == "transport_disabled":  # the operator's switch: try the next one
+                raise TechniqueFailed(str(exc)) from None
             raise
         finally:
             self._limit = None

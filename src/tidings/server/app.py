@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
 from typing import Any
 
 from tidings.brokers.base import Broker
@@ -25,6 +27,7 @@ from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries, Waiter
 from tidings.server.routes import Router
+from tidings.server.static import StaticFiles
 from tidings.server.stream import Stream
 from tidings.settings import Settings
 
@@ -37,8 +40,17 @@ SHUTDOWN_FLUSH_SECONDS = 1.0
 
 
 class Server:
-    def __init__(self, settings: Settings | None = None, broker: Broker | None = None) -> None:
+    """The server; ``pages`` maps URL paths to files served as they are (read once, here).
+
+    ``/tidings.js`` (the browser client) is always served; ``pages`` may add
+    to it or replace it. Raises :class:`~tidings.errors.UsageError` if a page
+    cannot be read or its path belongs to the protocol.
+    """
+
+    def __init__(self, settings: Settings | None = None, broker: Broker | None = None,
+                 pages: Mapping[str, Path] | None = None) -> None:
         self.settings = settings or Settings()
+        self.static = StaticFiles(pages)
         self.broker: Broker = broker or MemoryBroker(self.settings.retention)
         self.cors = Cors(self.settings.cors_origins)
         self.router = Router(self)
@@ -174,6 +186,8 @@ class Server:
         hub = self.broker.hub
         return {
             "status": "ok",
+            "time": int(time.time() * 1000),
+            "transports": list(self.settings.transports),
             "connections": {
                 "http": len(self.http_connections),
                 "streams": len(self.streams),

@@ -6,7 +6,9 @@
                                  text/event-stream``), long poll (``?wait=`` or
                                  ``Prefer: wait=``), else a regular poll
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
-``/healthz``           GET       liveness and a few counters
+``/healthz``           GET       liveness, a few counters and the server's clock
+``/tidings.js``        GET       static files (server/static.py): the browser
+(and pages given)      HEAD      client and the embedder's pages, exact paths
 any of them            OPTIONS   CORS preflight
 =====================  ========  =============================================
 """
@@ -17,8 +19,14 @@ from typing import TYPE_CHECKING
 
 from tidings.core.cursor import parse_since
 from tidings.core.names import check_channel
-from tidings.errors import BadRequest, MethodNotAllowed, NotFound, ProtocolError
-from tidings.server import longpoll, poll, publish, websocket
+from tidings.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    ProtocolError,
+    TransportDisabled,
+)
+from tidings.server import longpoll, poll, publish, static, websocket
 from tidings.server.connection import HttpConnection
 from tidings.server.reading import read_batch
 from tidings.server.request import Request
@@ -37,6 +45,7 @@ class Router:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.settings = server.settings
+        self.transports = frozenset(server.settings.transports)
 
     def dispatch(self, conn: HttpConnection, request: Request, rest: bytes = b"") -> None:
         """Answer ``request`` (or start answering it); never raises."""
@@ -77,6 +86,14 @@ class Router:
             if method != "GET":
                 raise MethodNotAllowed(f"{method} is not allowed on /healthz", allow=("GET",))
             conn.answer_json(200, self.server.health(), (), request.keep_alive)
+        elif path in self.server.static:
+            if method not in static.ALLOWED_METHODS:
+                raise MethodNotAllowed(f"{method} is not allowed on {path[:100]}",
+                                       allow=static.ALLOWED_METHODS)
+            cors = self.server.cors.headers(request.headers)
+            conn.respond(self.server.static.answer(path, method, request.header("if-none-match"),
+                                                   cors, request.keep_alive),
+                         request.keep_alive)
         else:
             raise NotFound(f"no such URL: {path[:100]}")
 
@@ -87,15 +104,18 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         if request.wants_websocket:
+            self._check_enabled("websocket")
             websocket.accept(self.server, conn, request, channels, rest)
             return
         cors = self.server.cors.headers(request.headers)
         if request.wants_event_stream:
+            self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
             SseStream(self.server, conn.detach(), multi).start(starts, cors)
             return
         wait = request.wait_seconds()
+        self._check_enabled("poll" if wait is None else "longpoll")
         starts = parse_since(request.arg("since"), channels)
         batch = read_batch(self.server.broker, starts, self._limit(request))
         if wait is None:
@@ -104,6 +124,12 @@ class Router:
         else:
             wait = min(wait, self.settings.max_wait)
             longpoll.answer(conn, batch, multi, wait, cors, request.keep_alive)
+
+    def _check_enabled(self, transport: str) -> None:
+        if transport not in self.transports:
+            enabled = ", ".join(self.settings.transports)
+            raise TransportDisabled(f"{transport} is turned off on this server; "
+                                    f"it serves {enabled}")
 
     def _limit(self, request: Request) -> int:
         text = request.arg("limit")

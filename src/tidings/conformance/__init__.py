@@ -1,0 +1,101 @@
+"""A conformance suite any tidings server must pass, run against a URL.
+
+::
+
+    tidings conformance http://127.0.0.1:8000
+    python -c "import asyncio, tidings.conformance as c; asyncio.run(c.run(URL))"
+
+Each check talks to the server with clients we did not write (httpx,
+``websockets``, raw sockets) and, for the delivery guarantees, with the
+tidings client too, so that neither can hide a server bug. Checks use
+channels named ``conformance:<random>-...`` (the ``conformance`` namespace)
+and never collide with each other, with other runs, or with real channels.
+docs/conformance.md says what each check proves.
+
+Modules: ``_context`` (what a check gets, how it fails), ``_wire`` (raw
+clients), ``_readers`` (one reader per technique), and the checks grouped by
+theme: ``checks_delivery``, ``checks_gaps``, ``checks_streams``,
+``checks_input``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from tidings.conformance import checks_delivery, checks_gaps, checks_input, checks_streams
+from tidings.conformance._context import Check, CheckFailed, Context, describe
+from tidings.errors import UsageError
+
+#: Every check by name, in the order :func:`run` runs them.
+CHECKS: dict[str, Check] = {
+    "publish_and_receive": checks_delivery.publish_and_receive,
+    "exactly_once_in_order": checks_delivery.exactly_once_in_order,
+    "resume_from_id": checks_delivery.resume_from_id,
+    "switch_technique": checks_delivery.switch_technique,
+    "gap_beyond_retention": checks_gaps.gap_beyond_retention,
+    "gap_after_epoch_change": checks_gaps.gap_after_epoch_change,
+    "multi_channel": checks_delivery.multi_channel,
+    "heartbeats": checks_streams.heartbeats,
+    "slow_consumer": checks_streams.slow_consumer,
+    "bad_input": checks_input.bad_input,
+    "etag_304": checks_input.etag_304,
+    "cors": checks_input.cors,
+}
+
+#: Seconds one check may take in all, on top of ``heartbeat_timeout``.
+CHECK_BUDGET = 180.0
+
+
+async def run(url: str, *, only: Sequence[str] | None = None, heartbeat_timeout: float = 30.0,
+              out: TextIO = sys.stdout) -> bool:
+    """Run the checks (``only`` these, by name) against the server at ``url``.
+
+    Prints ``PASS name (1.2 s)`` or ``FAIL name: reason`` per check, then
+    ``N passed, N failed``; returns True if every check passed. Raises
+    :class:`UsageError` for a URL that is not ``http(s)://`` or an unknown
+    check name.
+    """
+    context = Context.create(url, heartbeat_timeout=heartbeat_timeout)
+    return await run_checks(context, only=only, out=out)
+
+
+async def run_checks(context: Context, *, only: Sequence[str] | None = None,
+                     out: TextIO = sys.stdout) -> bool:
+    """:func:`run` with a ready :class:`Context` (tests shorten its ``timeout``)."""
+    names = list(only) if only else list(CHECKS)
+    unknown = [name for name in names if name not in CHECKS]
+    if unknown:
+        raise UsageError(f"no check named {', '.join(unknown)}; the checks are "
+                         f"{', '.join(CHECKS)}")
+    passed = failed = 0
+    for name in names:
+        started = time.monotonic()
+        reason = await run_one(context, name)
+        if reason is None:
+            passed += 1
+            print(f"PASS {name} ({time.monotonic() - started:.1f} s)", file=out, flush=True)
+        else:
+            failed += 1
+            print(f"FAIL {name}: {reason}", file=out, flush=True)
+    print(f"{passed} passed, {failed} failed", file=out, flush=True)
+    return failed == 0
+
+
+async def run_one(context: Context, name: str) -> str | None:
+    """Run check ``name``; return ``None`` if it passed, else the reason, in one line."""
+    budget = CHECK_BUDGET + context.heartbeat_timeout
+    try:
+        async with asyncio.timeout(budget):
+            await CHECKS[name](context)
+    except TimeoutError:
+        return f"did not finish within {budget:g} s"
+    except Exception as exc:
+        return " ".join(describe(exc).split())
+    return None
+
+
+__all__ = ["CHECKS", "Check", "CheckFailed", "Context", "run", "run_checks", "run_one"]

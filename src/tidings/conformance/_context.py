@@ -1,0 +1,135 @@
+"""What every check gets (:class:`Context`) and how it fails (:class:`CheckFailed`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tidings.errors import TidingsError, UsageError
+
+#: The namespace of every channel a run uses: an operator can give it its own
+#: retention (``[namespaces.conformance]``), and nothing else is touched.
+NAMESPACE = "conformance"
+
+
+class CheckFailed(AssertionError):
+    """The server broke the protocol; the message says how, in one line."""
+
+
+def require(condition: object, reason: str) -> None:
+    """Fail the check with ``reason`` unless ``condition`` holds (never stripped by ``-O``)."""
+    if not condition:
+        raise CheckFailed(reason)
+
+
+def require_equal(actual: object, expected: object, what: str) -> None:
+    if actual != expected:
+        raise CheckFailed(f"{what}: expected {expected!r}, got {actual!r}")
+
+
+@dataclass(frozen=True)
+class Context:
+    """One run's view of the server under test.
+
+    ``url`` is the base URL (``http://host:port``, no trailing slash);
+    ``prefix`` starts every channel name, unique per run so that checks and
+    runs never read each other's messages; ``timeout`` bounds every single
+    step (one answer, one event); ``heartbeat_timeout`` how long an idle
+    stream may wait for a heartbeat.
+    """
+
+    url: str
+    prefix: str
+    timeout: float = 10.0
+    heartbeat_timeout: float = 30.0
+
+    @classmethod
+    def create(cls, url: str, *, timeout: float = 10.0,
+               heartbeat_timeout: float = 30.0) -> Context:
+        """A context with a fresh channel prefix; :class:`UsageError` for a URL that is not HTTP."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"the server URL must be http://HOST[:PORT] or https://..., "
+                             f"not {url!r}")
+        if timeout <= 0 or heartbeat_timeout <= 0:
+            raise UsageError("timeouts must be positive")
+        return cls(url.rstrip("/"), f"{NAMESPACE}:{secrets.token_hex(4)}-", timeout,
+                   heartbeat_timeout)
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("https:")
+
+    @property
+    def origin(self) -> str:
+        """The server's own origin: the one a deployment that restricts CORS most likely allows."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def http(self, **options: Any) -> httpx.AsyncClient:
+        """An httpx client for the server; every step is bounded by ``timeout``."""
+        return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(self.timeout),
+                                 **options)
+
+    @contextlib.asynccontextmanager
+    async def step(self, what: str, within: float | None = None) -> AsyncIterator[None]:
+        """Bound one step; a timeout fails the check saying what was awaited."""
+        seconds = self.timeout if within is None else within
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError:
+            raise CheckFailed(f"nothing within {seconds:g} s while {what}") from None
+
+
+#: A check: a coroutine function that returns when the server passes and
+#: raises :class:`CheckFailed` (or any error) when it does not.
+Check = Callable[[Context], Coroutine[Any, Any, None]]
+
+
+@contextlib.contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Prefix the reason of a failure inside the block with ``label`` (a technique, a case)."""
+    try:
+        yield
+    except CheckFailed as exc:
+        raise CheckFailed(f"{label}: {exc}") from None
+    except (OSError, httpx.HTTPError, ConnectionClosed, InvalidHandshake, TidingsError) as exc:
+        raise CheckFailed(f"{label}: {describe(exc)}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong, for a failure that is not a :class:`CheckFailed`."""
+    if isinstance(exc, CheckFailed):
+        return str(exc)
+    text = " ".join(str(exc).split())
+    if isinstance(exc, httpx.RequestError):
+        with contextlib.suppress(RuntimeError):  # no request attached
+            request = exc.request
+            text = f"{request.method} {request.url.raw_path.decode()}" + (f": {text}" if text
+                                                                          else "")
+    return f"{type(exc).__name__}: {text or '(no details)'}"

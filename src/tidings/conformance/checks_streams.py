@@ -1,0 +1,215 @@
+"""Long-lived streams: heartbeats on idle ones, and a slow consumer cut off alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import struct
+from collections.abc import Awaitable
+
+import httpx
+
+from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._wire import (
+    SseBlock,
+    SseStream,
+    client_frame,
+    close_raw,
+    open_raw,
+    open_sse,
+    publish,
+    raw_websocket,
+    read_response,
+    read_ws_frame,
+    request_head,
+)
+
+PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
+
+
+async def _gather_labelled(parts: dict[str, Awaitable[None]]) -> None:
+    """Run ``parts`` together; raise the first failure, labelled with its name."""
+    async def labelled_part(name: str, part: Awaitable[None]) -> None:
+        with labelled(name):
+            await part
+
+    results = await asyncio.gather(*(labelled_part(name, part) for name, part in parts.items()),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def heartbeats(ctx: Context) -> None:
+    """An idle event stream gets a comment line, an idle WebSocket a ping, within the timeout."""
+    channel = ctx.channel("idle")
+    await _gather_labelled({"sse": _sse_heartbeat(ctx, channel),
+                            "websocket": _ws_heartbeat(ctx, channel)})
+
+
+async def _sse_heartbeat(ctx: Context, channel: str) -> None:
+    async with ctx.http() as http, open_sse(ctx, http, f"/channels/{channel}") as stream:
+        async with ctx.step("waiting for a heartbeat comment on an idle event stream",
+                            within=ctx.heartbeat_timeout):
+            block: SseBlock = await stream.next_block()
+        require(block.comments and block.event is None and block.data is None,
+                f"an idle event stream sent {block!r}, not a comment")
+
+
+async def _ws_heartbeat(ctx: Context, channel: str) -> None:
+    reader, writer = await raw_websocket(ctx, f"/channels/{channel}")
+    try:
+        async with ctx.step("waiting for a ping on an idle WebSocket",
+                            within=ctx.heartbeat_timeout):
+            while True:
+                opcode, payload = await read_ws_frame(reader)
+                if opcode == PING:
+                    writer.write(client_frame(PONG, payload))
+                    return
+                if opcode == CLOSE:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                    raise CheckFailed(f"an idle WebSocket was closed ({code}) before any ping")
+                require(opcode == TEXT, f"unexpected frame opcode {opcode}")
+    finally:
+        await close_raw(writer)
+
+
+#: Published to the slow consumers: about 4 MB in 4 KB messages.
+SLOW_MESSAGES = 1000
+FILLER = "x" * 4000
+#: Messages the normal subscriber may lag behind the publisher.
+WINDOW = 32
+
+
+async def slow_consumer(ctx: Context) -> None:
+    """Subscribers that never read are cut off; a normal one gets every message meanwhile.
+
+    Two raw subscribers (SSE and WebSocket) with a 4 KiB receive buffer never
+    read while about 4 MB are published. The normal SSE subscriber must get
+    every message in order; the slow ones, when they finally read, must find
+    the end of the connection (or ``event: close`` / close code 4008) well
+    before the last message.
+    """
+    channel = ctx.channel("slow")
+    path = f"/channels/{channel}"
+    async with (ctx.http() as http, open_sse(ctx, http, path) as normal,
+                contextlib.AsyncExitStack() as stack):
+        sse_reader, sse_writer = await open_raw(ctx, receive_buffer=4096, limit=1024)
+        stack.push_async_callback(close_raw, sse_writer)
+        ws_reader, ws_writer = await raw_websocket(ctx, path, receive_buffer=4096, limit=1024)
+        stack.push_async_callback(close_raw, ws_writer)
+        sse_writer.write(request_head(ctx, "GET", path, "Accept: text/event-stream"))
+        status, _, _ = await read_response(ctx, sse_reader, "opening the slow event stream")
+        require_equal(status, 200, "the slow event stream")
+        async with ctx.step("waiting for the opening block of the slow event stream"):
+            await sse_reader.readuntil(b"\n\n")
+        async with ctx.step("waiting for the subscribed frame of the slow WebSocket"):
+            await read_ws_frame(ws_reader)
+        # The slow WebSocket never reads, but it writes: pings keep it from
+        # being closed as a client that does not answer the server's pings.
+        keepalive = asyncio.create_task(_ping_forever(ws_writer))
+        try:
+            published = await _publish_watched(ctx, http, channel, normal)
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+        last = published[-1]
+        with labelled("the slow SSE subscriber"):
+            data = await _drain(ctx, sse_reader, last)
+            if b"event: close" in data:
+                require(b"slow_consumer" in data[data.rindex(b"event: close"):],
+                        "event: close without slow_consumer")
+        with labelled("the slow WebSocket subscriber"):
+            await _drain_ws(ctx, ws_reader, last)
+        await stack.aclose()
+        with labelled("the normal subscriber, after the cut"):
+            new = await publish(http, channel, "still live")
+            async with ctx.step("waiting for a message"):
+                event = await normal.next_event()
+            require_equal(event.id, new, "the next event id")
+
+
+async def _publish_watched(ctx: Context, http: httpx.AsyncClient, channel: str,
+                           normal: SseStream) -> list[str]:
+    """Publish :data:`SLOW_MESSAGES` while ``normal`` reads them all; return their ids.
+
+    The publisher stays at most :data:`WINDOW` messages ahead of the normal
+    subscriber, so that only the subscribers that never read fall behind.
+    """
+    received: list[str] = []
+    progress = asyncio.Event()
+
+    async def collect() -> None:
+        try:
+            while len(received) < SLOW_MESSAGES:
+                event = await normal.next_event()
+                require(event.is_message,
+                        f"the normal subscriber got {event!r}: was it cut off?")
+                received.append(str(event.id))
+                progress.set()
+        finally:
+            progress.set()  # the publisher must not wait for a reader that stopped
+
+    collecting = asyncio.create_task(collect())
+    published: list[str] = []
+    try:
+        async with ctx.step(f"publishing {SLOW_MESSAGES} messages of 4 KB",
+                            within=max(60.0, 6 * ctx.timeout)):
+            for n in range(SLOW_MESSAGES):
+                while len(received) < n - WINDOW and not collecting.done():
+                    progress.clear()
+                    await progress.wait()
+                if collecting.done():
+                    break
+                published.append(await publish(http, channel, {"n": n, "filler": FILLER}))
+        with labelled("the normal subscriber"):
+            async with ctx.step("waiting for the last messages"):
+                await collecting
+    finally:
+        collecting.cancel()
+        await asyncio.gather(collecting, return_exceptions=True)
+    with labelled("the normal subscriber"):
+        require_equal(received, published, "the ids it received")
+    return published
+
+
+async def _ping_forever(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ssl.SSLError):
+        while True:
+            writer.write(client_frame(PING, b"conformance"))
+            await asyncio.sleep(0.2)
+
+
+async def _drain(ctx: Context, reader: asyncio.StreamReader, last: str) -> bytes:
+    """Read what the server left for a slow subscriber, up to the end of the connection."""
+    chunks: list[bytes] = []
+    marker = f'"id":"{last}"'.encode()
+    try:
+        async with ctx.step("reading until the server closes the connection"):
+            while chunk := await reader.read(1 << 16):
+                chunks.append(chunk)
+                require(marker not in chunk, "it was never cut off: it got the last message")
+    except (ConnectionError, ssl.SSLError):
+        pass  # reset: cut off too
+    data = b"".join(chunks)
+    require(marker not in data, "it was never cut off: it got the last message")
+    return data
+
+
+async def _drain_ws(ctx: Context, reader: asyncio.StreamReader, last: str) -> None:
+    try:
+        async with ctx.step("reading until the server closes the connection"):
+            while True:
+                opcode, payload = await read_ws_frame(reader)
+                if opcode == CLOSE:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+                    require_equal(code, 4008, "the close code")
+                    return
+                if opcode == TEXT:
+                    frame = json.loads(payload)
+                    require(frame.get("id") != last,
+                            "it was never cut off: it got the last message")
+    except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        pass  # closed without a close frame, or reset: cut off

@@ -1,0 +1,905 @@
+// tidings.js — the browser client of tidings: one ES module, no dependencies, no build step.
+//
+//   import { connect } from "/tidings.js";
+//   const client = connect("http://127.0.0.1:8000");
+//   client.subscribe("stocks", { onMessage: (m) => console.log(m.id, m.data) });
+//
+// It reads with the best technique that works (WebSocket, then SSE, then long
+// poll, then poll), resumes from the last id of every channel after any
+// disconnect or technique change, never delivers a message twice or out of
+// order, and reports a gap when the server could not keep what was missed.
+// docs/browser-client.md is the user's guide; docs/protocol.md the wire contract.
+
+export const TECHNIQUES = Object.freeze(["websocket", "sse", "longpoll", "poll"]);
+
+/** Every time is in milliseconds. */
+export const DEFAULTS = Object.freeze({
+  transports: TECHNIQUES,
+  attemptTimeout: 5000, // a technique must work within this, or the next one is tried
+  sseFirstEventTimeout: 3000, // an event stream silent this long after its head is buffered
+  idleTimeout: 60000, // a stream with no bytes at all (the server's heartbeat is 20 s) is dead
+  pingInterval: 25000, // WebSocket ping commands, to notice a dead connection
+  requestTimeout: 10000, // publishing, polls, ping answers
+  backoff: Object.freeze({ initial: 250, max: 30000, factor: 2 }),
+  upgradeAfter: 300000, // on a fallback, try the better techniques again after this long
+  pollInterval: 1000,
+  longpollWait: 25000, // how long the server may hold a long poll (it cuts to its max_wait)
+});
+
+const STATES = ["connecting", "open", "fallback", "reconnecting", "closed"];
+const CHANNEL_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
+const ID_RE = /^([a-z0-9]{8})-(0|[1-9][0-9]{0,17})$/;
+
+/** An error answered by the server (`status` is null over a WebSocket) or a client misuse. */
+export class TidingsError extends Error {
+  constructor(message, { status = null, code = "client_error" } = {}) {
+    super(message);
+    this.name = "TidingsError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export function connect(url, options = {}) {
+  return new Client(url, options);
+}
+
+// ---------------------------------------------------------------------------
+// Positions and cursors: the client's resume rules, without I/O.
+
+function parseId(text) {
+  const match = typeof text === "string" ? ID_RE.exec(text) : null;
+  if (match === null) throw new Outcome("retry", `malformed id from the server: ${text}`);
+  return { epoch: match[1], seq: BigInt(match[2]), id: text };
+}
+
+function checkChannel(name) {
+  if (typeof name !== "string" || !CHANNEL_RE.test(name)) {
+    throw new TidingsError(
+      `invalid channel name ${JSON.stringify(name)}: 1 to 128 of A-Z a-z 0-9 _ - . : @`);
+  }
+  return name;
+}
+
+/** `since` of a subscription → Map channel → {pos, fromOrigin}; throws on a bad value. */
+function parseSince(since, names) {
+  const starts = new Map(names.map((name) => [name, { pos: null, fromOrigin: false }]));
+  if (since === undefined || since === null) return starts;
+  const bad = (why) => new TidingsError(`invalid since ${JSON.stringify(since)}: ${why}`);
+  if (typeof since !== "string" || since === "") throw bad("use 0, a message id or a=ID,b=ID");
+  const startOf = (text) => {
+    if (text === "0") return { pos: null, fromOrigin: true };
+    if (!ID_RE.test(text)) throw bad(`${JSON.stringify(text)} is not EPOCH-SEQ`);
+    return { pos: parseId(text), fromOrigin: false };
+  };
+  if (!since.includes("=")) {
+    if (since !== "0" && names.length > 1) throw bad("a message id names one channel");
+    for (const name of names) starts.set(name, startOf(since));
+    return starts;
+  }
+  for (const part of since.split(",")) {
+    const at = part.indexOf("=");
+    if (at < 0) throw bad(`${JSON.stringify(part)} is not CHANNEL=ID`);
+    const name = part.slice(0, at);
+    if (starts.has(name)) starts.set(name, startOf(part.slice(at + 1)));
+  }
+  return starts;
+}
+
+/** Why a reader ended: "failed" → try the next technique now; "retry" → back off, same one. */
+class Outcome extends Error {
+  constructor(kind, reason) {
+    super(reason);
+    this.kind = kind;
+  }
+}
+
+const STOPPED = new Outcome("stopped", "stopped");
+
+// ---------------------------------------------------------------------------
+// The client.
+
+class Client {
+  constructor(url, options = {}) {
+    const base = new URL(url, globalThis.location ? globalThis.location.href : undefined);
+    if (base.protocol !== "http:" && base.protocol !== "https:") {
+      throw new TidingsError(`the server URL must be http(s), not ${base.protocol}`);
+    }
+    this.url = base.origin + base.pathname.replace(/\/+$/, "");
+    this._wsUrl = this.url.replace(/^http/, "ws");
+    this.options = {
+      ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) },
+    };
+    const order = [...this.options.transports];
+    if (!order.length || order.some((t) => !TECHNIQUES.includes(t)) ||
+        new Set(order).size !== order.length) {
+      throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
+    }
+    this.options.transports = order;
+    /** One of connecting, open, fallback, reconnecting, closed. */
+    this.state = "connecting";
+    /** The technique in use (null while none works). */
+    this.transport = null;
+    /** What reading has cost: requests made (WebSocket handshakes too), bytes and messages. */
+    this.stats = { requests: 0, bytesReceived: 0, messages: 0 };
+    this._channels = new Map(); // name → {pos, fromOrigin, subs: Set<Subscription>}
+    this._listeners = { state: new Set(), error: new Set() };
+    this._index = 0; // the technique tried now: everything before it failed
+    this._attempt = 0; // reconnections since the last connection that worked
+    this._reader = null;
+    this._wake = null;
+    this._closed = false;
+    this._why = null; // why the technique before this one failed, for the next state event
+    this._run().catch((error) => this._report(error));
+  }
+
+  /** `fn(state, {transport, previous, reason})` on each change; returns a function that stops it. */
+  on(event, fn) {
+    const set = this._listeners[event];
+    if (!set) throw new TidingsError(`no event ${JSON.stringify(event)}; use state or error`);
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  /**
+   * Read `channels` (a name or an array): `onMessage({channel, id, data, time})` once per
+   * message, in order; `onGap({channel, from, to, reason, missed})` when messages were lost.
+   * `since`: omitted → from now on, "0" → the oldest retained, an id, or "a=ID,b=ID".
+   * A channel that the client already reads keeps its position; `since` applies to new ones.
+   */
+  subscribe(channels, { onMessage, onGap, since } = {}) {
+    if (this._closed) throw new TidingsError("the client is closed");
+    const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
+    if (!names.length || new Set(names).size !== names.length) {
+      throw new TidingsError("name each channel once, and at least one");
+    }
+    const starts = parseSince(since, names);
+    const subscription = new Subscription(this, names, onMessage, onGap);
+    const added = [];
+    for (const name of names) {
+      let channel = this._channels.get(name);
+      if (!channel) {
+        channel = { ...starts.get(name), subs: new Set() };
+        this._channels.set(name, channel);
+        added.push(name);
+      }
+      channel.subs.add(subscription);
+    }
+    if (added.length) this._channelsChanged(added, []);
+    return subscription;
+  }
+
+  /** Publish `data` (any JSON value); resolves with the message id once it is in the log. */
+  async publish(channel, data) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    const body = JSON.stringify(data);
+    if (body === undefined) throw new TidingsError("data must be a JSON value");
+    const reader = this._reader;
+    if (reader && reader.technique === "websocket" && reader.isOpen()) {
+      return reader.publish(channel, JSON.parse(body));
+    }
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.options.requestTimeout);
+    let response;
+    let answer;
+    try {
+      this.stats.requests += 1;
+      response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}`, {
+        method: "POST", body, headers: { "Content-Type": "application/json" },
+        cache: "no-store", signal: controller.signal,
+      });
+      answer = await response.json().catch(() => null);
+    } catch (error) {
+      throw new TidingsError(`cannot publish: ${error.message}`, { code: "connection_failed" });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status !== 201 || !answer || typeof answer.id !== "string") {
+      throw refusal(response.status, answer);
+    }
+    return answer.id;
+  }
+
+  /** Stop reading and end every subscription; the client cannot be used again. */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._setState("closed", null, "closed by the page");
+    if (this._reader) this._reader.stop();
+    this._wakeUp();
+    for (const channel of this._channels.values()) {
+      for (const subscription of channel.subs) subscription.closed = true;
+    }
+    this._channels.clear();
+  }
+
+  // the reconnect loop ------------------------------------------------------
+
+  async _run() {
+    const order = this.options.transports;
+    while (!this._closed) {
+      if (this._channels.size === 0) {
+        await new Promise((resolve) => { this._wake = resolve; });
+        continue;
+      }
+      const technique = order[this._index];
+      const reader = new READERS[technique](this, technique);
+      this._reader = reader;
+      let outcome = null;
+      try {
+        await reader.run();
+      } catch (error) {
+        outcome = error instanceof Outcome ? error : new Outcome("retry", String(error));
+      } finally {
+        reader.dispose();
+        this._reader = null;
+      }
+      if (this._closed || outcome === null || outcome === STOPPED) continue; // restart at once
+      if (outcome.kind === "failed" && this._index + 1 < order.length) {
+        this._index += 1;
+        this._why = `${technique} failed: ${outcome.message}`;
+        continue;
+      }
+      if (outcome.kind === "failed") this._index = 0; // all failed: from the best, later
+      const delay = this._backoffDelay();
+      this._setState(this.transport === null && this.state === "connecting"
+        ? "connecting" : "reconnecting", null, outcome.message, delay);
+      await this._sleep(delay);
+    }
+  }
+
+  _working(reader) {
+    this._attempt = 0;
+    const best = this._index === 0;
+    this._setState(best ? "open" : "fallback", reader.technique, this._why);
+    this._why = null;
+    if (!best) {
+      reader.upgradeTimer = setTimeout(() => {
+        if (this._reader !== reader) return;
+        this._index = 0;
+        this._why = `trying ${this.options.transports[0]} again after ${reader.technique}`;
+        reader.stop();
+      }, this.options.upgradeAfter);
+    }
+  }
+
+  _backoffDelay() {
+    const { initial, max, factor } = this.options.backoff;
+    const ceiling = Math.min(max, initial * factor ** this._attempt);
+    this._attempt += 1;
+    return Math.random() * ceiling; // full jitter: clients cut off together come back apart
+  }
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this._wake = () => { clearTimeout(timer); resolve(); };
+    });
+  }
+
+  _wakeUp() {
+    const wake = this._wake;
+    this._wake = null;
+    if (wake) wake();
+  }
+
+  _setState(state, transport, reason, retryIn) {
+    const previous = this.transport;
+    if (state === this.state && transport === previous) return;
+    this.state = state;
+    this.transport = transport;
+    const detail = { transport, previous, reason: reason || null };
+    if (retryIn !== undefined) detail.retryIn = retryIn;
+    for (const fn of [...this._listeners.state]) guard(() => fn(state, detail), this);
+  }
+
+  _report(error) {
+    if (this._listeners.error.size === 0) {
+      console.error("tidings:", error);
+      return;
+    }
+    for (const fn of [...this._listeners.error]) {
+      try { fn(error); } catch (inner) { console.error("tidings:", inner); }
+    }
+  }
+
+  // channels and what readers hand in -------------------------------------------
+
+  _channelsChanged(added, removed) {
+    this._wakeUp(); // the loop may be waiting for a first channel
+    if (this._reader) this._reader.channelsChanged(added, removed);
+  }
+
+  _unsubscribe(subscription) {
+    const removed = [];
+    for (const name of subscription.channels) {
+      const channel = this._channels.get(name);
+      if (!channel) continue;
+      channel.subs.delete(subscription);
+      if (channel.subs.size === 0) {
+        this._channels.delete(name);
+        removed.push(name);
+      }
+    }
+    if (removed.length && !this._closed) this._channelsChanged([], removed);
+  }
+
+  /** The `since` of one channel: its last id, "0", or null (the end). */
+  _sinceOf(name) {
+    const channel = this._channels.get(name);
+    if (!channel) return null;
+    if (channel.pos) return channel.pos.id;
+    return channel.fromOrigin ? "0" : null;
+  }
+
+  /** /subscribe?channel=..&since=a=ID,b=ID — one multi-channel cursor for every HTTP technique. */
+  _readUrl(names, extra = "") {
+    const query = names.map((name) => `channel=${encodeURIComponent(name)}`);
+    const parts = names.filter((n) => this._sinceOf(n) !== null)
+      .map((n) => `${n}=${this._sinceOf(n)}`);
+    if (parts.length) query.push(`since=${encodeURIComponent(parts.join(","))}`);
+    return `${this.url}/subscribe?${query.join("&")}${extra}`;
+  }
+
+  /** The server says reading `name` starts after `id`; kept only while no position is known. */
+  _learn(name, id) {
+    const channel = this._channels.get(name);
+    if (channel && channel.pos === null) {
+      channel.pos = parseId(id);
+      channel.fromOrigin = false;
+    }
+  }
+
+  _learnCursor(cursor, names) {
+    if (typeof cursor !== "string" || cursor === "") return;
+    if (!cursor.includes("=")) {
+      if (names.length === 1) this._learn(names[0], cursor);
+      return;
+    }
+    for (const part of cursor.split(",")) {
+      const at = part.indexOf("=");
+      const value = part.slice(at + 1);
+      if (at > 0 && value !== "0") this._learn(part.slice(0, at), value);
+    }
+  }
+
+  /** Deliver a message object; "hole" if it does not follow the last one (reconnect from it). */
+  _acceptMessage(message) {
+    if (!message || typeof message !== "object") throw new Outcome("retry", "not a message");
+    const channel = this._channels.get(message.channel);
+    if (!channel) return "ok"; // unsubscribed while it was on its way
+    const pos = parseId(message.id);
+    const last = channel.pos;
+    if (last !== null) {
+      if (pos.epoch !== last.epoch) return "hole"; // a new epoch comes with a gap, first
+      if (pos.seq <= last.seq) return "ok"; // a duplicate after a resume: drop it
+      if (pos.seq !== last.seq + 1n) return "hole";
+    }
+    channel.pos = pos;
+    channel.fromOrigin = false;
+    this.stats.messages += 1;
+    const delivered = { channel: message.channel, id: message.id, data: message.data,
+                        time: message.time };
+    for (const subscription of [...channel.subs]) subscription._message(delivered);
+    return "ok";
+  }
+
+  _acceptGap(gap) {
+    if (!gap || typeof gap !== "object") throw new Outcome("retry", "not a gap");
+    const channel = this._channels.get(gap.channel);
+    if (!channel) return;
+    const resume = parseId(gap.to);
+    const last = channel.pos;
+    if (last !== null && last.epoch === resume.epoch && resume.seq <= last.seq) return;
+    channel.pos = resume;
+    channel.fromOrigin = false;
+    const event = { channel: gap.channel, from: gap.from, to: gap.to, reason: gap.reason,
+                    missed: typeof gap.missed === "number" ? gap.missed : null };
+    for (const subscription of [...channel.subs]) subscription._gap(event);
+  }
+
+  /**
+   * Is the server there at all? Tells a refused technique from a server that is down
+   * (a browser does not say why a WebSocket failed). Resolves with /healthz's answer
+   * ({} if it is not JSON), or null when the server cannot be reached.
+   */
+  async _reachable() {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.options.attemptTimeout);
+    try {
+      this.stats.requests += 1;
+      const response = await fetch(`${this.url}/healthz`,
+                                   { cache: "no-store", signal: controller.signal });
+      return await response.json().catch(() => ({}));
+    } catch {
+      return null;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+class Subscription {
+  constructor(client, channels, onMessage, onGap) {
+    this.client = client;
+    this.channels = channels;
+    this.closed = false;
+    this._onMessage = onMessage;
+    this._onGap = onGap;
+  }
+
+  unsubscribe() {
+    if (this.closed) return;
+    this.closed = true;
+    this.client._unsubscribe(this);
+  }
+
+  _message(message) {
+    if (!this.closed && this._onMessage) guard(() => this._onMessage(message), this.client);
+  }
+
+  _gap(gap) {
+    if (!this.closed && this._onGap) guard(() => this._onGap(gap), this.client);
+  }
+}
+
+function guard(fn, client) {
+  try {
+    fn();
+  } catch (error) {
+    client._report(error); // a page's callback must not break reading
+  }
+}
+
+function refusal(status, answer) {
+  const code = answer && typeof answer.error === "string" ? answer.error : "http_error";
+  const message = answer && typeof answer.message === "string" ? answer.message : `HTTP ${status}`;
+  return new TidingsError(`${status} ${code}: ${message}`, { status, code });
+}
+
+/** An estimate of a response head's size: the status line and the headers a script can see. */
+function headBytes(response) {
+  let size = 17;
+  for (const [name, value] of response.headers) size += name.length + value.length + 4;
+  return size + 2;
+}
+
+// ---------------------------------------------------------------------------
+// Readers: one per technique. `run()` resolves when stopped on purpose and
+// rejects with an Outcome otherwise; `markWorking()` once the technique works.
+
+class Reader {
+  constructor(client, technique) {
+    this.client = client;
+    this.options = client.options;
+    this.technique = technique;
+    this.names = [...client._channels.keys()];
+    this.controller = new AbortController();
+    this.stopped = false;
+    this.working = false;
+    this.upgradeTimer = null;
+  }
+
+  stop() {
+    this.stopped = true;
+    this.controller.abort();
+  }
+
+  dispose() {
+    clearTimeout(this.upgradeTimer);
+    this.stop();
+  }
+
+  isOpen() {
+    return false;
+  }
+
+  /** HTTP readers read a fixed set of channels: a change restarts them from the cursors. */
+  channelsChanged() {
+    this.stop();
+  }
+
+  markWorking() {
+    if (!this.working && !this.stopped) {
+      this.working = true;
+      this.client._working(this);
+    }
+  }
+
+  async run() {
+    try {
+      await this.read();
+    } catch (error) {
+      if (this.stopped) return;
+      throw error;
+    }
+  }
+
+  /** A network failure: before it worked, ask whether the server is there at all. */
+  async networkFailure(what) {
+    if (this.stopped) throw STOPPED;
+    const health = this.working ? null : await this.client._reachable();
+    if (this.stopped) throw STOPPED;
+    if (health && Array.isArray(health.transports) &&
+        !health.transports.includes(this.technique)) {
+      throw new Outcome("failed", `transport_disabled: the server turned ${this.technique} off`);
+    }
+    if (health) throw new Outcome("failed", `${what}, though the server answers`);
+    throw new Outcome("retry", what);
+  }
+
+  refused(status, answer) {
+    const error = refusal(status, answer);
+    if (status >= 500 || status === 408 || status === 429) throw new Outcome("retry", error.message);
+    throw new Outcome("failed", error.message);
+  }
+
+  /** GET `url` and read its whole body within `timeout`: {status, body, response}. */
+  async getJson(url, headers, timeout) {
+    const controller = new AbortController();
+    const abort = () => controller.abort();
+    this.controller.signal.addEventListener("abort", abort);
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; controller.abort(); }, timeout);
+    try {
+      this.client.stats.requests += 1;
+      const response = await fetch(url, { headers, cache: "no-store", signal: controller.signal });
+      const buffer = await response.arrayBuffer();
+      this.client.stats.bytesReceived += headBytes(response) + buffer.byteLength;
+      let body = null;
+      if (buffer.byteLength) {
+        try {
+          body = JSON.parse(new TextDecoder().decode(buffer));
+        } catch {
+          body = null;
+        }
+      }
+      return { status: response.status, body, response };
+    } catch (error) {
+      if (this.stopped) throw STOPPED;
+      if (timedOut) {
+        throw new Outcome(this.working ? "retry" : "failed", `no answer within ${timeout} ms`);
+      }
+      return await this.networkFailure(`request failed (${error.message})`);
+    } finally {
+      clearTimeout(timer);
+      this.controller.signal.removeEventListener("abort", abort);
+    }
+  }
+
+  /** Gaps, then messages, of a poll answer; false if a message did not follow (ask again). */
+  handleAnswer(body) {
+    if (!body || !Array.isArray(body.messages)) throw new Outcome("retry", "not a poll answer");
+    for (const gap of body.gaps || []) this.client._acceptGap(gap);
+    for (const message of body.messages) {
+      if (this.client._acceptMessage(message) === "hole") return false;
+    }
+    this.client._learnCursor(body.next, this.names);
+    return true;
+  }
+
+  sleep(ms) {
+    return new Promise((resolve, reject) => {
+      if (this.stopped) return reject(STOPPED);
+      const onAbort = () => { clearTimeout(timer); reject(STOPPED); };
+      const timer = setTimeout(() => {
+        this.controller.signal.removeEventListener("abort", onAbort);
+        resolve();
+      }, ms);
+      this.controller.signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+}
+
+class PollReader extends Reader {
+  async read() {
+    let etag = null;
+    for (;;) {
+      const timeout = this.working ? this.options.requestTimeout : this.options.attemptTimeout;
+      const headers = etag ? { "If-None-Match": etag } : {};
+      const { status, body, response } = await this.getJson(this.client._readUrl(this.names),
+                                                            headers, timeout);
+      let more = false;
+      if (status === 200) {
+        this.markWorking();
+        const inOrder = this.handleAnswer(body);
+        etag = inOrder ? response.headers.get("ETag") : null;
+        more = !inOrder || body.more === true;
+      } else if (status !== 304) {
+        this.refused(status, body);
+      }
+      this.markWorking(); // a 304
+      if (!more) await this.sleep(this.options.pollInterval);
+    }
+  }
+}
+
+class LongPollReader extends Reader {
+  async read() {
+    for (;;) {
+      // The first request answers at once: it shows the technique works.
+      const wait = this.working ? this.options.longpollWait : 0;
+      const timeout = this.working ? wait + this.options.requestTimeout
+                                   : this.options.attemptTimeout;
+      const url = this.client._readUrl(this.names, `&wait=${wait / 1000}`);
+      const { status, body } = await this.getJson(url, {}, timeout);
+      if (status !== 200) this.refused(status, body);
+      this.markWorking();
+      this.handleAnswer(body);
+    }
+  }
+}
+
+/**
+ * SSE over fetch streaming rather than EventSource: the reader sees the stream's
+ * first bytes (the server's `retry:`/`id:` block, sent at once), so a stream
+ * that a proxy buffers is told apart from a quiet one within
+ * `sseFirstEventTimeout`, and the cursor is sent as `?since=` by the client.
+ */
+class SseReader extends Reader {
+  async read() {
+    const controller = new AbortController();
+    const abort = () => controller.abort();
+    this.controller.signal.addEventListener("abort", abort);
+    let why = null; // why this reader aborted its own request
+    const cut = (reason) => { why = reason; controller.abort(); };
+    let timer = setTimeout(() => cut("timeout"), this.options.attemptTimeout);
+    try {
+      let response;
+      try {
+        this.client.stats.requests += 1;
+        response = await fetch(this.client._readUrl(this.names), {
+          headers: { Accept: "text/event-stream" }, cache: "no-store", signal: controller.signal,
+        });
+      } catch (error) {
+        if (this.stopped) throw STOPPED;
+        if (why === "timeout") {
+          throw new Outcome("failed", `no answer within ${this.options.attemptTimeout} ms`);
+        }
+        return await this.networkFailure(`request failed (${error.message})`);
+      }
+      clearTimeout(timer);
+      if (response.status !== 200) {
+        const answer = await response.json().catch(() => null);
+        this.refused(response.status, answer);
+      }
+      const type = response.headers.get("Content-Type") || "";
+      if (!type.startsWith("text/event-stream") || !response.body) {
+        throw new Outcome("failed", `not an event stream (${type || "no content type"})`);
+      }
+      this.client.stats.bytesReceived += headBytes(response);
+      timer = setTimeout(() => cut("buffered"), this.options.sseFirstEventTimeout);
+      // Until the first event the "buffered" timer runs; then each chunk restarts the idle one.
+      await this.readStream(response.body.getReader(), () => {
+        if (!this.working) return;
+        clearTimeout(timer);
+        timer = setTimeout(() => cut("idle"), this.options.idleTimeout);
+      });
+    } catch (error) {
+      if (this.stopped) throw STOPPED;
+      if (why === "buffered") {
+        throw new Outcome("failed", "the stream opened but no event came within " +
+                          `${this.options.sseFirstEventTimeout} ms: a proxy buffers it`);
+      }
+      if (why === "idle") {
+        throw new Outcome("retry", `no data for ${this.options.idleTimeout} ms`);
+      }
+      if (error instanceof Outcome) throw error;
+      throw new Outcome("retry", `stream broken (${error.message})`);
+    } finally {
+      clearTimeout(timer);
+      this.controller.signal.removeEventListener("abort", abort);
+    }
+  }
+
+  /** Parse events as the HTML standard says; `alive()` on every chunk. */
+  async readStream(reader, alive) {
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let event = "";
+    let data = [];
+    let sawField = false;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) throw new Outcome("retry", "the server ended the stream");
+      this.client.stats.bytesReceived += value.byteLength;
+      let text = buffer + decoder.decode(value, { stream: true });
+      // A CR at the end may be the first half of a CRLF: keep it for the next chunk.
+      const held = text.endsWith("\r") ? "\r" : "";
+      if (held) text = text.slice(0, -1);
+      const lines = text.split(/\r\n|\r|\n/);
+      buffer = lines.pop() + held;
+      for (const line of lines) {
+        if (line === "") {
+          if (sawField) this.markWorking(); // the opening block or a heartbeat has arrived
+          if (data.length) this.dispatch(event || "message", data.join("\n"));
+          event = "";
+          data = [];
+          sawField = false;
+          continue;
+        }
+        sawField = true;
+        if (line.startsWith(":")) continue; // a heartbeat comment
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" ")) value = value.slice(1);
+        if (field === "event") event = value;
+        else if (field === "data") data.push(value);
+        else if (field === "id") this.client._learnCursor(value, this.names);
+      }
+      alive();
+    }
+  }
+
+  dispatch(event, text) {
+    let value;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw new Outcome("retry", "an event that is not JSON");
+    }
+    if (event === "message") {
+      if (this.client._acceptMessage(value) === "hole") {
+        throw new Outcome("retry", "a message out of order; resuming from the last id");
+      }
+    } else if (event === "gap") {
+      this.client._acceptGap(value);
+    } else if (event === "close") {
+      throw new Outcome("retry", `the server closed the stream (${value && value.error})`);
+    }
+  }
+}
+
+class WebSocketReader extends Reader {
+  constructor(client, technique) {
+    super(client, technique);
+    this.socket = null;
+    this.pending = new Map(); // req → {resolve, reject, timer}
+    this.nextReq = 1;
+    this.pinger = null;
+  }
+
+  isOpen() {
+    return this.working && this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  channelsChanged(added, removed) {
+    if (!this.isOpen()) return; // the opening subscribes to every current channel
+    for (const name of removed) this.command({ type: "unsubscribe", channel: name });
+    for (const name of added) this.subscribeChannel(name);
+  }
+
+  dispose() {
+    super.dispose();
+    clearInterval(this.pinger);
+    for (const { reject, timer } of this.pending.values()) {
+      clearTimeout(timer);
+      reject(new TidingsError("the WebSocket closed before the answer",
+                              { code: "connection_failed" }));
+    }
+    this.pending.clear();
+  }
+
+  publish(channel, data) {
+    return this.command({ type: "publish", channel, data }).then((ack) => ack.id);
+  }
+
+  subscribeChannel(name) {
+    const command = { type: "subscribe", channel: name };
+    const since = this.client._sinceOf(name);
+    if (since !== null) command.since = since;
+    this.command(command).then(
+      (ack) => this.client._learn(name, ack.next),
+      (error) => {
+        if (error.code !== "connection_failed") this.client._report(error);
+      });
+  }
+
+  command(fields) {
+    return new Promise((resolve, reject) => {
+      const req = this.nextReq++;
+      const timer = setTimeout(() => {
+        this.pending.delete(req);
+        reject(new TidingsError(`no answer to ${fields.type} within ` +
+                                `${this.options.requestTimeout} ms`, { code: "timeout" }));
+        if (fields.type === "ping" && this.socket) {
+          this.socket.close(3000, "no answer to ping");
+          this.socket.onclose({ code: 3000, reason: "no answer to ping" });
+        }
+      }, this.options.requestTimeout);
+      this.pending.set(req, { resolve, reject, timer });
+      this.socket.send(JSON.stringify({ ...fields, req }));
+    });
+  }
+
+  read() {
+    return new Promise((resolve, reject) => {
+      let opened = false;
+      let failure = null;
+      this.client.stats.requests += 1;
+      const socket = new WebSocket(`${this.client._wsUrl}/subscribe`);
+      this.socket = socket;
+      let settled = false;
+      const finish = (event) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        clearInterval(this.pinger);
+        if (this.stopped) resolve();
+        else if (failure) reject(failure);
+        else if (!opened) {
+          this.networkFailure("the WebSocket did not open").then(resolve, reject);
+        } else {
+          const reason = event.reason ? `: ${event.reason}` : "";
+          reject(new Outcome("retry", `the WebSocket closed with ${event.code}${reason}`));
+        }
+      };
+      // Settle at once rather than trust a close event to follow close() on every browser.
+      const giveUp = (event) => { socket.close(1000); finish(event); };
+      const timer = setTimeout(() => giveUp({ code: 1006, reason: "timeout" }),
+                               this.options.attemptTimeout);
+      this.controller.signal.addEventListener("abort", () => giveUp({ code: 1000 }));
+      socket.onopen = () => {
+        clearTimeout(timer);
+        opened = true;
+        this.client.stats.bytesReceived += 160; // about the size of the 101 answer
+        this.markWorking();
+        for (const name of this.client._channels.keys()) this.subscribeChannel(name);
+        this.pinger = setInterval(() => this.command({ type: "ping" }).catch(() => {}),
+                                  this.options.pingInterval);
+      };
+      socket.onmessage = (event) => {
+        if (failure) return;
+        const text = typeof event.data === "string" ? event.data : "";
+        this.client.stats.bytesReceived += text.length + (text.length < 126 ? 2 : 4);
+        try {
+          this.frame(JSON.parse(text));
+        } catch (error) {
+          failure = error instanceof Outcome ? error : new Outcome("retry", String(error));
+          giveUp({ code: 1000 });
+        }
+      };
+      socket.onclose = finish;
+    });
+  }
+
+  frame(frame) {
+    switch (frame && frame.type) {
+      case "message":
+        if (this.client._acceptMessage(frame) === "hole") {
+          throw new Outcome("retry", "a message out of order; resuming from the last id");
+        }
+        break;
+      case "gap":
+        this.client._acceptGap(frame);
+        break;
+      case "subscribed":
+        this.client._learn(frame.channel, frame.next);
+        break;
+      case "ack":
+      case "error": {
+        const pending = this.pending.get(frame.req);
+        if (!pending) break;
+        this.pending.delete(frame.req);
+        clearTimeout(pending.timer);
+        if (frame.type === "ack") pending.resolve(frame);
+        else pending.reject(new TidingsError(`${frame.error}: ${frame.message}`,
+                                             { code: frame.error }));
+        break;
+      }
+      default:
+        break;
+    }
+  }
+}
+
+const READERS = {
+  websocket: WebSocketReader,
+  sse: SseReader,
+  longpoll: LongPollReader,
+  poll: PollReader,
+};
+
+export { STATES };

@@ -1,0 +1,141 @@
+"""The conformance suite against our own server, one test per check; and how it reports.
+
+``TIDINGS_CONFORMANCE_URL=http://host:port pytest tests/conformance`` runs the
+checks against that server instead of one started here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tidings import Server, UsageError, cli
+from tidings.conformance import CHECKS, Context, run, run_checks, run_one
+from tidings.core.log import Retention
+
+UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+EXTERNAL_URL = os.environ.get("TIDINGS_CONFORMANCE_URL")
+
+#: Small settings for speed: frequent heartbeats, and a short history for the
+#: conformance namespace so that the retention check publishes ~200 messages.
+FAST = {"heartbeat_interval": 0.3, "namespaces": {"conformance": Retention(200, 3600.0)}}
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+async def test_check(make_server, name: str) -> None:
+    if EXTERNAL_URL:
+        context = Context.create(EXTERNAL_URL, timeout=10 * UNIT)
+    else:
+        server = await make_server(**FAST)
+        context = Context.create(server.url, timeout=10 * UNIT, heartbeat_timeout=3 * UNIT)
+    assert await run_one(context, name) is None
+
+
+def report_lines(out: io.StringIO) -> list[str]:
+    return out.getvalue().splitlines()
+
+
+async def test_run_prints_one_line_per_check_and_the_totals(make_server) -> None:
+    # A deployment that allows browsers of another origin only fails the CORS check.
+    server = await make_server(cors_origins=("https://elsewhere.example",))
+    out = io.StringIO()
+    assert await run(server.url, only=["etag_304", "cors"], out=out) is False
+    passed, failed, totals = report_lines(out)
+    assert re.fullmatch(r"PASS etag_304 \(\d+\.\d s\)", passed)
+    assert failed.startswith("FAIL cors: a publish: Access-Control-Allow-Origin is None")
+    assert totals == "1 passed, 1 failed"
+
+    out = io.StringIO()
+    assert await run(server.url, only=["etag_304"], out=out) is True
+    assert report_lines(out)[-1] == "1 passed, 0 failed"
+
+
+@contextlib.asynccontextmanager
+async def fake_server(answer: bytes | None) -> AsyncIterator[str]:
+    """A server that answers every request with ``answer``, or never answers (``None``)."""
+    connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections[task] = writer
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if answer is not None:
+                    writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            connections.pop(task, None)
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        for writer in list(connections.values()):
+            writer.transport.abort()
+        async with asyncio.timeout(5 * UNIT):
+            await asyncio.gather(*connections, return_exceptions=True)
+            await server.wait_closed()
+
+
+@pytest.fixture
+async def broken_url() -> AsyncIterator[str]:
+    """Answers everything with 200 and an empty JSON object: nothing a tidings server says."""
+    async with fake_server(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 2\r\n\r\n{}") as url:
+        yield url
+
+
+@pytest.fixture
+async def silent_url() -> AsyncIterator[str]:
+    async with fake_server(None) as url:
+        yield url
+
+
+async def test_every_check_fails_against_a_broken_server(broken_url: str) -> None:
+    out = io.StringIO()
+    context = Context.create(broken_url, timeout=2 * UNIT, heartbeat_timeout=2 * UNIT)
+    async with asyncio.timeout(30 * UNIT):
+        assert await run_checks(context, out=out) is False
+    *lines, totals = report_lines(out)
+    assert totals == f"0 passed, {len(CHECKS)} failed"
+    assert [line.split(":")[0] for line in lines] == [f"FAIL {name}" for name in CHECKS]
+    assert all(len(line.split(": ", 1)[1]) > 10 for line in lines), lines
+
+
+async def test_a_silent_server_fails_each_check_within_its_step_timeout(silent_url: str) -> None:
+    out = io.StringIO()
+    context = Context.create(silent_url, timeout=0.5 * UNIT, heartbeat_timeout=0.5 * UNIT)
+    started = time.monotonic()
+    names = ["publish_and_receive", "heartbeats", "slow_consumer", "bad_input"]
+    assert await run_checks(context, only=names, out=out) is False
+    assert time.monotonic() - started < len(names) * 2 * UNIT
+    *lines, totals = report_lines(out)
+    assert totals == f"0 passed, {len(names)} failed"
+    assert all(line.startswith("FAIL ") for line in lines), lines
+
+
+async def test_usage_errors() -> None:
+    with pytest.raises(UsageError, match="no check named nope"):
+        await run("http://127.0.0.1:9", only=["nope"], out=io.StringIO())
+    with pytest.raises(UsageError, match="http"):
+        await run("ftp://example.com", out=io.StringIO())
+
+
+async def test_the_cli_exit_code_says_whether_every_check_passed(make_server) -> None:
+    server: Server = await make_server()
+    url = server.url
+    assert await asyncio.to_thread(cli.main, ["conformance", url, "--only", "etag_304"]) == 0
+    restricted = await make_server(cors_origins=("https://elsewhere.example",))
+    assert await asyncio.to_thread(cli.main, ["conformance", restricted.url,
+                                              "--only", "cors"]) == 1
