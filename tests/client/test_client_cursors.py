@@ -130,3 +130,21 @@ def test_backoff_settings_are_checked() -> None:
         Backoff(initial=0)
     with pytest.raises(UsageError):
         Backoff(initial=5, maximum=1)
+
+
+def test_the_users_cursor_moves_only_past_what_was_handed_out() -> None:
+    book = CursorBook(["a", "b"])
+    book.learn("a", "abcdefgh-4")
+    book.learn("b", "bcdefghi-0")
+    received = [book.accept_message(msg("a", f"abcdefgh-{seq}")) for seq in (5, 6, 7)]
+    assert book.since() == "a=abcdefgh-7,b=bcdefghi-0"
+    assert book.handed_since() == "a=abcdefgh-4,b=bcdefghi-0"
+    first = received[0]
+    assert first is not None
+    book.hand(first)
+    assert book.handed_since() == "a=abcdefgh-5,b=bcdefghi-0"
+    gap = book.accept_gap({"channel": "b", "from": "bcdefghi-0", "to": "bcdefghi-9",
+                           "reason": "expired", "missed": 9})
+    assert gap is not None
+    book.hand(gap)
+    assert book.handed_since() == "a=abcdefgh-5,b=bcdefghi-9"

@@ -35,7 +35,7 @@ async def test_check(make_server, name: str) -> None:
     else:
         server = await make_server(**FAST)
         context = Context.create(server.url, timeout=10 * UNIT, heartbeat_timeout=3 * UNIT)
-    assert await run_one(context, name) is None
+    assert await run_one(await context.discover(), name) == ("PASS", "")
 
 
 def report_lines(out: io.StringIO) -> list[str]:
@@ -139,3 +139,16 @@ async def test_the_cli_exit_code_says_whether_every_check_passed(make_server) ->
     restricted = await make_server(cors_origins=("https://elsewhere.example",))
     assert await asyncio.to_thread(cli.main, ["conformance", restricted.url,
                                               "--only", "cors"]) == 1
+
+
+async def test_techniques_the_server_turned_off_are_skipped_and_refused(make_server) -> None:
+    server = await make_server(transports=("longpoll",))
+    out = io.StringIO()
+    names = ["switch_technique", "heartbeats", "bad_input", "etag_304"]
+    assert await run(server.url, only=names, heartbeat_timeout=2 * UNIT, out=out) is True
+    switch, heartbeats, bad_input, etag, totals = report_lines(out)
+    assert switch.startswith("PASS switch_technique")
+    assert heartbeats == "SKIP heartbeats: the server does not serve sse or websocket"
+    assert bad_input.startswith("PASS bad_input")  # which checks the 403 transport_disabled
+    assert etag == "SKIP etag_304: the server does not serve poll"
+    assert totals == "2 passed, 0 failed"

@@ -9,6 +9,7 @@ are skipped, which ``tests/conftest.py`` turns into a failure under CI.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,8 +40,14 @@ async def demo() -> AsyncIterator[Demo]:
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Any]:
-    """A fresh page; JavaScript errors on it fail the test."""
+def expected_errors() -> list[str]:
+    """Patterns of console errors a test expects (e.g. refused WebSocket handshakes)."""
+    return []
+
+
+@pytest.fixture
+async def page(expected_errors: list[str]) -> AsyncIterator[Any]:
+    """A fresh page; JavaScript errors on it fail the test, unless expected."""
     if not HAVE_CHROMIUM:
         pytest.skip(f"no browser at {CHROMIUM}: apt-get install chromium")
     async with async_api.async_playwright() as playwright:
@@ -54,7 +61,9 @@ async def page() -> AsyncIterator[Any]:
             page.on("console", lambda message: errors.append(message.text)
                     if message.type == "error" else None)
             yield page
-            assert not errors, errors
+            unexpected = [error for error in errors
+                          if not any(re.search(pattern, error) for pattern in expected_errors)]
+            assert not unexpected, unexpected
         finally:
             await browser.close()
 
@@ -110,3 +119,26 @@ async def test_the_lab_receives_on_all_four_techniques(demo: Demo, page: Any) ->
     by_name = dict(zip(TECHNIQUES, stats, strict=True))
     assert by_name["websocket"]["requests"] == 1
     assert by_name["longpoll"]["requests"] >= 2
+
+
+async def test_with_techniques_turned_off_the_pages_say_so(
+        page: Any, expected_errors: list[str]) -> None:
+    # the browser logs each refused attempt of the client (403: technique turned off)
+    expected_errors += ["WebSocket connection to .* failed: .* 403", "status of 403"]
+    settings = Settings(host="127.0.0.1", port=0, transports=("sse", "poll"))
+    async with await start_demo(settings, rate=RATE, market=Market(seed=12)) as demo:
+        await page.goto(demo.url + "/")
+        # the page's client falls back to the best technique offered, and shows it
+        await page.wait_for_function("document.getElementById('transport').textContent === 'sse'")
+        await page.wait_for_function("document.querySelectorAll('#prices tbody tr').length === 20")
+        await page.goto(demo.url + "/lab")
+        await page.wait_for_function(
+            "document.querySelectorAll('#columns [data-technique]').length === 4")
+        for technique in ("sse", "poll"):
+            count = f"document.querySelector(\"[data-technique='{technique}'] .count\").textContent"
+            await page.wait_for_function(f"Number({count}) >= 2")
+        states = await page.eval_on_selector_all(
+            "#columns [data-technique] .state", "pills => pills.map(p => p.textContent)")
+        assert states[0] == states[2] == "off"  # websocket, longpoll
+        assert await page.evaluate("window.tidingsLab.columns.map(c => c.client === null)") == [
+            True, False, True, False]

@@ -17,14 +17,15 @@ import base64
 import contextlib
 import json
 import os
-import re
 import struct
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection
+
+from tidings.conformance._wire import SseBlock as SseEvent
+from tidings.conformance._wire import SseStream
 
 UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
 
@@ -93,90 +94,31 @@ def epoch_of(message_id: str) -> str:
 # SSE -------------------------------------------------------------------------
 
 
-@dataclass
-class SseEvent:
-    """One dispatched block of an event stream (blank-line terminated)."""
-
-    event: str | None = None
-    data: str | None = None
-    id: str | None = None
-    retry: int | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def is_message(self) -> bool:
-        return self.data is not None and self.event in (None, "message")
-
-    def json(self) -> Any:
-        assert self.data is not None
-        return json.loads(self.data)
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """Lines as the SSE standard splits them: on CR, LF or CRLF only.
-
-    (``httpx``'s ``aiter_lines`` also splits on U+2028 and friends, which
-    may legally appear inside an event's data.)
-    """
-    buffer = b""
-    async for chunk in response.aiter_bytes():
-        buffer += chunk
-        start = 0
-        for match in _LINE_END.finditer(buffer):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break  # maybe the first half of CRLF: wait for the next chunk
-            yield buffer[start:match.start()].decode("utf-8")
-            start = match.end()
-        buffer = buffer[start:]
-    # An unterminated last line is discarded, as the standard says.
-
-
 class SseReader:
-    """Parses the event stream of an open ``httpx`` streaming response."""
+    """Parses the event stream of an open ``httpx`` streaming response.
+
+    The parsing is the conformance suite's (:class:`tidings.conformance._wire.SseStream`,
+    by the rules of the HTML standard); this adds timeouts for tests.
+    """
 
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
-        self._lines = _sse_lines(response)
-        #: The id an EventSource would send as ``Last-Event-ID`` on reconnecting.
-        self.last_id: str | None = None
+        self._stream = SseStream(response.aiter_bytes())
+
+    @property
+    def last_id(self) -> str | None:
+        """The id an EventSource would send as ``Last-Event-ID`` on reconnecting."""
+        return self._stream.last_id
 
     async def next_block(self, within: float = 5 * UNIT) -> SseEvent:
         """The next non-empty block (an event, or comments only); raise at end of stream."""
         async with asyncio.timeout(within):
-            block = SseEvent()
-            seen = False
-            async for line in self._lines:
-                if line == "":
-                    if seen:
-                        return block
-                    continue
-                seen = True
-                if line.startswith(":"):
-                    block.comments.append(line[1:])
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    block.data = value if block.data is None else f"{block.data}\n{value}"
-                elif name == "event":
-                    block.event = value
-                elif name == "id":
-                    block.id = value
-                    self.last_id = value
-                elif name == "retry" and value.isdigit():
-                    block.retry = int(value)
-            raise EOFError("the event stream ended")
+            return await self._stream.next_block()
 
     async def next_event(self, within: float = 5 * UNIT) -> SseEvent:
         """The next block that carries an event (skipping heartbeat comments)."""
         async with asyncio.timeout(within):
-            while True:
-                block = await self.next_block(within)
-                if block.data is not None or block.event is not None:
-                    return block
+            return await self._stream.next_event()
 
     async def messages(self, count: int, within: float = 5 * UNIT) -> list[SseEvent]:
         """The next ``count`` message events; fail on any other event."""

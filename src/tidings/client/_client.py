@@ -311,8 +311,12 @@ class Subscription:
 
     @property
     def cursor(self) -> str | None:
-        """Where this subscription stands: pass it as ``since=`` to resume after it."""
-        return self._book.since()
+        """Where this subscription stands: pass it as ``since=`` to resume after it.
+
+        It moves past a message or gap only once ``async for`` has handed it
+        to you, so a cursor saved after handling an item never skips any.
+        """
+        return self._book.handed_since()
 
     def __aiter__(self) -> Subscription:
         return self
@@ -326,6 +330,7 @@ class Subscription:
             if item.error is not None:
                 raise item.error
             raise StopAsyncIteration
+        self._book.hand(item)
         return item
 
     async def __aenter__(self) -> Subscription:

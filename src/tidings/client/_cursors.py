@@ -64,12 +64,18 @@ class CursorBook:
             for channel, start in starts.items()
         }
         self._from_origin = {channel for channel, start in starts.items() if start is ORIGIN}
+        # Where each channel started, and the last position handed to the user:
+        # the user's cursor must not run ahead of what the user has taken.
+        self._starts: dict[str, Position | None] = dict(self._positions)
+        self._handed: dict[str, Position] = {}
 
     # where to resume ---------------------------------------------------------
 
     def since_of(self, channel: str) -> str | None:
         """The ``since`` of one channel: its last id, ``"0"``, or ``None`` (the end)."""
-        position = self._positions[channel]
+        return self._since_of(channel, self._positions[channel])
+
+    def _since_of(self, channel: str, position: Position | None) -> str | None:
         if position is not None:
             return str(position)
         return "0" if channel in self._from_origin else None
@@ -79,15 +85,29 @@ class CursorBook:
 
         One channel: :meth:`since_of`. Several: a multi-channel cursor naming
         each channel with a known position (or ``0``); ``None`` if none has one.
+        This is where reading resumes after a reconnect: past what was
+        received, even if the user has not taken it yet.
         """
+        return self._join({c: self._positions[c] for c in self.channels})
+
+    def handed_since(self) -> str | None:
+        """Like :meth:`since`, but only past what was :meth:`hand`-ed to the user."""
+        return self._join({c: self._handed.get(c, self._starts[c]) for c in self.channels})
+
+    def _join(self, positions: dict[str, Position | None]) -> str | None:
         if len(self.channels) == 1:
-            return self.since_of(self.channels[0])
+            (channel,) = self.channels
+            return self._since_of(channel, positions[channel])
         parts = []
         for channel in self.channels:
-            since = self.since_of(channel)
+            since = self._since_of(channel, positions[channel])
             if since is not None:
                 parts.append(f"{channel}={since}")
         return ",".join(parts) or None
+
+    def hand(self, item: Message | Gap) -> None:
+        """``item`` reached the user: :meth:`handed_since` moves past it."""
+        self._handed[item.channel] = _position(item.id if isinstance(item, Message) else item.to)
 
     @property
     def positions(self) -> dict[str, str]:
@@ -103,7 +123,7 @@ class CursorBook:
         position is never moved by a starting point, only by messages and gaps.
         """
         if channel in self._positions and self._positions[channel] is None:
-            self._positions[channel] = _position(position)
+            self._positions[channel] = self._starts[channel] = _position(position)
             self._from_origin.discard(channel)
 
     def learn_cursor(self, cursor: str) -> None:

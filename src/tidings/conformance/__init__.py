@@ -27,7 +27,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from tidings.conformance import checks_delivery, checks_gaps, checks_input, checks_streams
-from tidings.conformance._context import Check, CheckFailed, Context, describe
+from tidings.conformance._context import (
+    Check,
+    CheckFailed,
+    Context,
+    NotApplicable,
+    describe,
+)
 from tidings.errors import UsageError
 
 #: Every check by name, in the order :func:`run` runs them.
@@ -65,37 +71,51 @@ async def run(url: str, *, only: Sequence[str] | None = None, heartbeat_timeout:
 
 async def run_checks(context: Context, *, only: Sequence[str] | None = None,
                      out: TextIO = sys.stdout) -> bool:
-    """:func:`run` with a ready :class:`Context` (tests shorten its ``timeout``)."""
+    """:func:`run` with a ready :class:`Context` (tests shorten its ``timeout``).
+
+    Unless the context names them, the techniques to check are those the
+    server's ``/healthz`` lists (all four if it says nothing); a check that
+    needs only techniques the server turned off prints ``SKIP name: reason``
+    and counts as neither passed nor failed.
+    """
     names = list(only) if only else list(CHECKS)
     unknown = [name for name in names if name not in CHECKS]
     if unknown:
         raise UsageError(f"no check named {', '.join(unknown)}; the checks are "
                          f"{', '.join(CHECKS)}")
+    context = await context.discover()
     passed = failed = 0
     for name in names:
         started = time.monotonic()
-        reason = await run_one(context, name)
-        if reason is None:
+        outcome, reason = await run_one(context, name)
+        if outcome == "PASS":
             passed += 1
             print(f"PASS {name} ({time.monotonic() - started:.1f} s)", file=out, flush=True)
         else:
-            failed += 1
-            print(f"FAIL {name}: {reason}", file=out, flush=True)
+            failed += outcome == "FAIL"
+            print(f"{outcome} {name}: {reason}", file=out, flush=True)
     print(f"{passed} passed, {failed} failed", file=out, flush=True)
     return failed == 0
 
 
-async def run_one(context: Context, name: str) -> str | None:
-    """Run check ``name``; return ``None`` if it passed, else the reason, in one line."""
+async def run_one(context: Context, name: str) -> tuple[str, str]:
+    """Run check ``name``: ``("PASS", "")``, ``("SKIP", why)`` or ``("FAIL", reason)``.
+
+    The reason is one line; every check is bounded by :data:`CHECK_BUDGET`
+    plus the heartbeat timeout.
+    """
     budget = CHECK_BUDGET + context.heartbeat_timeout
     try:
         async with asyncio.timeout(budget):
             await CHECKS[name](context)
+    except NotApplicable as exc:
+        return "SKIP", str(exc)
     except TimeoutError:
-        return f"did not finish within {budget:g} s"
+        return "FAIL", f"did not finish within {budget:g} s"
     except Exception as exc:
-        return " ".join(describe(exc).split())
-    return None
+        return "FAIL", " ".join(describe(exc).split())
+    return "PASS", ""
 
 
-__all__ = ["CHECKS", "Check", "CheckFailed", "Context", "run", "run_checks", "run_one"]
+__all__ = ["CHECKS", "Check", "CheckFailed", "Context", "NotApplicable", "run", "run_checks",
+           "run_one"]

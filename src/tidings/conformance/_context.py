@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -20,8 +21,16 @@ from tidings.errors import TidingsError, UsageError
 NAMESPACE = "conformance"
 
 
+#: The four techniques, best first, named as in the ``transports`` setting.
+TECHNIQUES = ("websocket", "sse", "longpoll", "poll")
+
+
 class CheckFailed(AssertionError):
     """The server broke the protocol; the message says how, in one line."""
+
+
+class NotApplicable(Exception):
+    """The check cannot run against this server (it turned off the techniques it needs)."""
 
 
 def require(condition: object, reason: str) -> None:
@@ -50,6 +59,8 @@ class Context:
     prefix: str
     timeout: float = 10.0
     heartbeat_timeout: float = 30.0
+    #: The techniques the server serves (its ``/healthz`` says); ``None``: not asked yet.
+    transports: tuple[str, ...] | None = None
 
     @classmethod
     def create(cls, url: str, *, timeout: float = 10.0,
@@ -66,6 +77,37 @@ class Context:
 
     def channel(self, name: str) -> str:
         return f"{self.prefix}{name}"
+
+    def serves(self, technique: str) -> bool:
+        return technique in (TECHNIQUES if self.transports is None else self.transports)
+
+    @property
+    def techniques(self) -> tuple[str, ...]:
+        """The techniques to check, best first."""
+        return tuple(t for t in TECHNIQUES if self.serves(t))
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """Every reader to check: the raw techniques, then the same through the tidings client."""
+        return (*self.techniques, *(f"client-{t}" for t in self.techniques))
+
+    def require_serving(self, *techniques: str) -> None:
+        """Raise :class:`NotApplicable` unless the server serves one of ``techniques``."""
+        if not any(self.serves(t) for t in techniques):
+            raise NotApplicable(f"the server does not serve {' or '.join(techniques)}")
+
+    async def discover(self) -> Context:
+        """This context with :attr:`transports` from the server's ``/healthz`` (all if unsaid)."""
+        if self.transports is not None:
+            return self
+        served: tuple[str, ...] = TECHNIQUES
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            async with self.http() as http:
+                health = (await http.get("/healthz")).json()
+            listed = health.get("transports") if isinstance(health, dict) else None
+            if isinstance(listed, list) and listed and set(listed) <= set(TECHNIQUES):
+                served = tuple(t for t in TECHNIQUES if t in listed)
+        return dataclasses.replace(self, transports=served)
 
     @property
     def ws_url(self) -> str:

@@ -22,9 +22,6 @@ from tidings.client import Backoff, Connected, Gap, StatusEvent, Subscription, c
 from tidings.conformance._context import CheckFailed, Context, require
 from tidings.conformance._wire import SseStream, check_poll_answer, open_sse, open_ws, recv_frame
 
-TECHNIQUES = ("websocket", "sse", "longpoll", "poll")
-#: Every reader: the raw techniques, then the same through the tidings client.
-READERS = (*TECHNIQUES, *(f"client-{technique}" for technique in TECHNIQUES))
 GAP_FIELDS = ("channel", "from", "to", "reason", "missed")
 MESSAGE_FIELDS = ("channel", "id", "data", "time")
 #: Seconds between two polls that found nothing new (regular polling).
@@ -197,7 +194,7 @@ class ClientReader:
 @contextlib.asynccontextmanager
 async def open_reader(ctx: Context, name: str, channels: Sequence[str], since: str | None, *,
                       last_event_id: bool = False) -> AsyncIterator[Reader]:
-    """Open reader ``name`` (one of :data:`READERS`) on ``channels`` from ``since``.
+    """Open reader ``name`` (one of :attr:`Context.readers`) on ``channels`` from ``since``.
 
     With ``last_event_id``, SSE resumes from ``since`` with the
     ``Last-Event-ID`` header, as a reconnecting EventSource does. When this
@@ -230,6 +227,8 @@ async def open_reader(ctx: Context, name: str, channels: Sequence[str], since: s
             if since is None:
                 # Fix the starting position now: "the end of the log" moves.
                 path, params = _query(channels, None)
+                if name == "longpoll":
+                    params["wait"] = 0
                 response = await http.get(path, params=params)
                 require(response.status_code == 200,
                         f"GET {path} answered {response.status_code}: {response.text[:200]}")
@@ -272,3 +271,26 @@ async def read_messages(ctx: Context, reader: Reader, count: int,
     """The next ``count`` items, which must all be messages."""
     return [item.body for item in await read_items(ctx, reader, count, what,
                                                    messages_only=True)]
+
+
+#: The techniques used to look at a channel, cheapest first.
+LOOKING = ("poll", "longpoll", "sse", "websocket")
+
+
+def _looking(ctx: Context) -> str:
+    return next(t for t in LOOKING if ctx.serves(t))
+
+
+async def end_of(ctx: Context, channel: str) -> str:
+    """The cursor at the current end of ``channel``, with the cheapest technique served."""
+    async with open_reader(ctx, _looking(ctx), [channel], None) as reader:
+        cursor = reader.cursor
+    require(cursor is not None, f"no starting position for {channel}")
+    return str(cursor)
+
+
+async def read_from(ctx: Context, channel: str, since: str, count: int) -> list[Item]:
+    """The first ``count`` items after ``since``, with the cheapest technique served."""
+    name = _looking(ctx)
+    async with open_reader(ctx, name, [channel], since) as reader:
+        return await read_items(ctx, reader, count, f"reading {channel} from {since} ({name})")

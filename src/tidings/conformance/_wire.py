@@ -104,11 +104,6 @@ def check_poll_answer(answer: Any) -> dict[str, Any]:
     return dict(answer)
 
 
-async def end_of(http: httpx.AsyncClient, channel: str) -> str:
-    """The cursor at the current end of ``channel`` (a poll without ``since``)."""
-    return str((await poll(http, f"/channels/{channel}"))["next"])
-
-
 def require_error(response: httpx.Response, status: int, code: str, what: str) -> dict[str, Any]:
     """``response`` must be ``status`` with a JSON body ``{"error": code, "message": text}``."""
     require(response.status_code == status,

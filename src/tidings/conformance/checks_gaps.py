@@ -13,8 +13,8 @@ import asyncio
 import httpx
 
 from tidings.conformance._context import NAMESPACE, CheckFailed, Context, labelled, require_equal
-from tidings.conformance._readers import READERS, Item, open_reader, read_items
-from tidings.conformance._wire import epoch_of, poll, publish, publish_many, seq_of
+from tidings.conformance._readers import Item, open_reader, read_from, read_items
+from tidings.conformance._wire import epoch_of, publish, publish_many, seq_of
 
 #: The most messages the retention check publishes on one channel.
 MAX_MESSAGES = 5000
@@ -37,12 +37,9 @@ async def gap_beyond_retention(ctx: Context) -> None:
         async with ctx.step(f"publishing up to {MAX_MESSAGES} messages",
                             within=max(60.0, 6 * ctx.timeout)):
             while True:
-                answer = await poll(http, f"/channels/{channel}", {"since": "0", "limit": 1})
-                require_equal(answer.get("gap"), None, "a poll with since=0 (never a gap)")
-                if not answer["messages"]:
-                    raise CheckFailed(f"a poll with since=0 returned nothing after "
-                                      f"{published} messages")
-                oldest = str(answer["messages"][0]["id"])
+                (look,) = await read_from(ctx, channel, "0", 1)
+                require_equal(look.kind, "message", "the first item from since=0 (never a gap)")
+                oldest = look.id
                 # A reader that saw the first message misses the second once it is gone.
                 if seq_of(oldest) > seq_of(first) + 1:
                     break
@@ -58,7 +55,7 @@ async def gap_beyond_retention(ctx: Context) -> None:
     before_oldest = f"{epoch_of(oldest)}-{seq_of(oldest) - 1}"
     expected = Item("gap", {"channel": channel, "from": first, "to": before_oldest,
                             "reason": "expired", "missed": seq_of(before_oldest) - seq_of(first)})
-    for name in READERS:
+    for name in ctx.readers:
         with labelled(name):
             async with open_reader(ctx, name, [channel], first, last_event_id=True) as reader:
                 gap, after = await read_items(ctx, reader, 2, f"resuming from {first}")
@@ -75,7 +72,7 @@ async def gap_after_epoch_change(ctx: Context) -> None:
     foreign = "zzzzzzzz-1" if epoch != "zzzzzzzz" else "yyyyyyyy-1"
     expected = Item("gap", {"channel": channel, "from": foreign, "to": f"{epoch}-0",
                             "reason": "epoch", "missed": None})
-    for name in READERS:
+    for name in ctx.readers:
         with labelled(name):
             async with open_reader(ctx, name, [channel], foreign, last_event_id=True) as reader:
                 gap, *messages = await read_items(ctx, reader, 4, f"resuming from {foreign}")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._readers import open_reader, read_items
 from tidings.conformance._wire import (
     client_frame,
     close_raw,
@@ -17,7 +19,6 @@ from tidings.conformance._wire import (
     json_body,
     open_raw,
     open_ws,
-    poll,
     publish,
     read_response,
     read_ws_frame,
@@ -37,42 +38,59 @@ async def bad_input(ctx: Context) -> None:
     async with ctx.http() as http:
         known = await publish(http, channel, "known")
         path = f"/channels/{channel}"
-        cases = [
-            ("POST", path, {"content": b"{not json"}, 400, "invalid_json"),
-            ("POST", path, {"content": b"NaN"}, 400, "invalid_json"),
-            ("POST", path, {"content": b'"\xff"'}, 400, "invalid_json"),
-            ("POST", "/channels/bad!name", {"content": b"1"}, 400, "invalid_channel"),
-            ("POST", "/channels/" + "x" * 129, {"content": b"1"}, 400, "invalid_channel"),
-            ("GET", "/channels/bad!name", {}, 400, "invalid_channel"),
-            ("GET", path, {"params": {"since": "nope"}}, 400, "invalid_cursor"),
-            ("GET", path, {"params": {"since": ""}}, 400, "invalid_cursor"),
-            ("GET", path, {"params": {"since": f"{epoch_of(known)}-999999999"}}, 400,
+        # (the technique the request reads with, or None) method, target, options, answer
+        cases: list[tuple[str | None, str, str, dict[str, Any], int, str]] = [
+            (None, "POST", path, {"content": b"{not json"}, 400, "invalid_json"),
+            (None, "POST", path, {"content": b"NaN"}, 400, "invalid_json"),
+            (None, "POST", path, {"content": b'"\xff"'}, 400, "invalid_json"),
+            (None, "POST", "/channels/bad!name", {"content": b"1"}, 400, "invalid_channel"),
+            (None, "POST", "/channels/" + "x" * 129, {"content": b"1"}, 400, "invalid_channel"),
+            ("poll", "GET", "/channels/bad!name", {}, 400, "invalid_channel"),
+            ("poll", "GET", path, {"params": {"since": "nope"}}, 400, "invalid_cursor"),
+            ("poll", "GET", path, {"params": {"since": ""}}, 400, "invalid_cursor"),
+            ("poll", "GET", path, {"params": {"since": f"{epoch_of(known)}-999999999"}}, 400,
              "invalid_cursor"),
-            ("GET", path, {"headers": {"Accept": "text/event-stream", "Last-Event-ID": "nope"}},
-             400, "invalid_cursor"),
-            ("GET", path, {"params": {"wait": "soon"}}, 400, "invalid_wait"),
-            ("GET", "/subscribe", {}, 400, "no_channel"),
-            ("GET", f"/{ctx.prefix}nowhere", {}, 404, "not_found"),
-            ("GET", "/channels", {}, 404, "not_found"),
-            ("PUT", path, {"content": b"1"}, 405, "method_not_allowed"),
-            ("DELETE", path, {}, 405, "method_not_allowed"),
-            ("POST", f"/subscribe?channel={channel}", {"content": b"1"}, 405,
+            ("sse", "GET", path, {"headers": {"Accept": "text/event-stream",
+                                              "Last-Event-ID": "nope"}}, 400, "invalid_cursor"),
+            ("longpoll", "GET", path, {"params": {"wait": "soon"}}, 400, "invalid_wait"),
+            ("poll", "GET", "/subscribe", {}, 400, "no_channel"),
+            (None, "GET", f"/{ctx.prefix}nowhere", {}, 404, "not_found"),
+            (None, "GET", "/channels", {}, 404, "not_found"),
+            (None, "PUT", path, {"content": b"1"}, 405, "method_not_allowed"),
+            (None, "DELETE", path, {}, 405, "method_not_allowed"),
+            (None, "POST", f"/subscribe?channel={channel}", {"content": b"1"}, 405,
              "method_not_allowed"),
         ]
-        for method, target, options, status, code in cases:
+        # A technique the server turned off is refused, not served.
+        disabled_reads: dict[str, dict[str, Any]] = {
+            "sse": {"headers": {"Accept": "text/event-stream"}},
+            "longpoll": {"params": {"wait": "1"}},
+            "poll": {},
+        }
+        cases += [(None, "GET", path, options, 403, "transport_disabled")
+                  for technique, options in disabled_reads.items() if not ctx.serves(technique)]
+        for technique, method, target, options, status, code in cases:
+            if technique is not None and not ctx.serves(technique):
+                continue
             what = f"{method} {target} {options or ''}".strip()
-            response = await http.request(method, target, **options)  # type: ignore[arg-type]
+            response = await http.request(method, target, **options)
             require_error(response, status, code, what)
             if status == 405:
                 allow = {m.strip() for m in response.headers.get("allow", "").split(",")}
                 require("GET" in allow, f"{what}: the Allow header {allow} lacks GET")
         with labelled("413"):
             await _payload_too_large(ctx, channel)
-        await _websocket_errors(ctx, channel)
+        if ctx.serves("websocket"):
+            await _websocket_errors(ctx, channel)
+        else:
+            with labelled("a WebSocket upgrade when WebSocket is turned off"):
+                await _websocket_disabled(ctx, path)
         with labelled("still serving after the bad input"):
             new = await publish(http, channel, "after")
-            answer = await poll(http, path, {"since": known})
-            require_equal([m["id"] for m in answer["messages"]], [new], "messages after it")
+            reader = ctx.techniques[0]
+            async with open_reader(ctx, reader, [channel], known) as opened:
+                (item,) = await read_items(ctx, opened, 1, f"reading with {reader}")
+            require_equal((item.kind, item.id), ("message", new), "the message after it")
 
 
 async def _payload_too_large(ctx: Context, channel: str) -> None:
@@ -99,6 +117,21 @@ async def _payload_too_large(ctx: Context, channel: str) -> None:
     raise CheckFailed(f"a body of {OVERSIZE_BODIES[-1]} bytes is not refused with 413")
 
 
+async def _websocket_disabled(ctx: Context, path: str) -> None:
+    try:
+        async with open_ws(ctx, path):
+            raise CheckFailed("it was upgraded")
+    except InvalidStatus as exc:
+        require_error(_as_httpx(exc), 403, "transport_disabled", "the answer")
+
+
+def _as_httpx(exc: InvalidStatus) -> httpx.Response:
+    """The refusal of a WebSocket handshake, as an httpx response."""
+    return httpx.Response(exc.response.status_code,
+                          headers=list(exc.response.headers.raw_items()),
+                          content=bytes(exc.response.body or b""))
+
+
 async def _websocket_errors(ctx: Context, channel: str) -> None:
     """Bad commands get error frames on an open WebSocket; a binary frame closes it with 1003."""
     with labelled("a WebSocket upgrade with a bad since"):
@@ -106,10 +139,7 @@ async def _websocket_errors(ctx: Context, channel: str) -> None:
             async with open_ws(ctx, f"/channels/{channel}?since=nope"):
                 raise CheckFailed("it was upgraded")
         except InvalidStatus as exc:
-            response = httpx.Response(exc.response.status_code,
-                                      headers=list(exc.response.headers.raw_items()),
-                                      content=bytes(exc.response.body or b""))
-            require_error(response, 400, "invalid_cursor", "the answer")
+            require_error(_as_httpx(exc), 400, "invalid_cursor", "the answer")
     bad_commands = [
         ("not json", None, "invalid_json"),
         ("[1, 2]", None, "invalid_command"),
@@ -163,6 +193,7 @@ async def _websocket_errors(ctx: Context, channel: str) -> None:
 
 async def etag_304(ctx: Context) -> None:
     """Polls carry ``ETag: "<next>"``; sending it back answers ``304`` until something is new."""
+    ctx.require_serving("poll")
     channel = ctx.channel("etag")
     path = f"/channels/{channel}"
     async with ctx.http() as http:
@@ -187,11 +218,16 @@ async def etag_304(ctx: Context) -> None:
 
 
 async def cors(ctx: Context) -> None:
-    """Poll, SSE and publish answer CORS for the server's own origin; preflights get 204."""
+    """Publish, poll, long poll and SSE answer CORS for the server's own origin; preflights 204."""
     channel = ctx.channel("cors")
     path = f"/channels/{channel}"
     origin = {"Origin": ctx.origin}
     allowed = ("*", ctx.origin)
+    reads: dict[str, dict[str, Any]] = {
+        "poll": {"headers": {}, "params": {"since": "0"}},
+        "longpoll": {"headers": {}, "params": {"since": "0", "wait": "1"}},
+        "sse": {"headers": {"Accept": "text/event-stream"}, "params": {}},
+    }
 
     def require_cors(response: httpx.Response, what: str) -> None:
         value = response.headers.get("access-control-allow-origin")
@@ -202,14 +238,16 @@ async def cors(ctx: Context) -> None:
         published = await http.post(path, content=b"1", headers=origin)
         require_equal(published.status_code, 201, "a publish")
         require_cors(published, "a publish")
-        polled = await http.get(path, params={"since": "0"}, headers=origin)
-        require_cors(polled, "a poll")
-        exposed = polled.headers.get("access-control-expose-headers", "").lower()
-        require("etag" in exposed, f"a poll: ETag is not exposed ({exposed!r})")
-        async with http.stream("GET", path, headers={**origin, "Accept": "text/event-stream"}
-                               ) as stream:
-            require_equal(stream.status_code, 200, "an event stream")
-            require_cors(stream, "an event stream")
+        for technique, options in reads.items():
+            if not ctx.serves(technique):
+                continue
+            async with http.stream("GET", path, headers={**origin, **options["headers"]},
+                                   params=options["params"]) as read:
+                require_equal(read.status_code, 200, f"a {technique} read")
+                require_cors(read, f"a {technique} read")
+                exposed = read.headers.get("access-control-expose-headers", "").lower()
+                require(technique == "sse" or "etag" in exposed,
+                        f"a {technique} read: ETag is not exposed ({exposed!r})")
         preflight = await http.options(path, headers={
             **origin, "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "content-type"})

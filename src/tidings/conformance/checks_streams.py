@@ -12,9 +12,9 @@ from collections.abc import Awaitable
 import httpx
 
 from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._readers import Reader, end_of, open_reader, read_items
 from tidings.conformance._wire import (
     SseBlock,
-    SseStream,
     client_frame,
     close_raw,
     open_raw,
@@ -44,9 +44,11 @@ async def _gather_labelled(parts: dict[str, Awaitable[None]]) -> None:
 
 async def heartbeats(ctx: Context) -> None:
     """An idle event stream gets a comment line, an idle WebSocket a ping, within the timeout."""
+    ctx.require_serving("sse", "websocket")
     channel = ctx.channel("idle")
-    await _gather_labelled({"sse": _sse_heartbeat(ctx, channel),
-                            "websocket": _ws_heartbeat(ctx, channel)})
+    parts = {"sse": _sse_heartbeat(ctx, channel) if ctx.serves("sse") else None,
+             "websocket": _ws_heartbeat(ctx, channel) if ctx.serves("websocket") else None}
+    await _gather_labelled({name: part for name, part in parts.items() if part is not None})
 
 
 async def _sse_heartbeat(ctx: Context, channel: str) -> None:
@@ -86,53 +88,72 @@ WINDOW = 32
 async def slow_consumer(ctx: Context) -> None:
     """Subscribers that never read are cut off; a normal one gets every message meanwhile.
 
-    Two raw subscribers (SSE and WebSocket) with a 4 KiB receive buffer never
-    read while about 4 MB are published. The normal SSE subscriber must get
-    every message in order; the slow ones, when they finally read, must find
-    the end of the connection (or ``event: close`` / close code 4008) well
-    before the last message.
+    Raw subscribers (SSE and WebSocket) with a 4 KiB receive buffer never
+    read while about 4 MB are published. The normal subscriber (SSE, or the
+    best technique served) must get every message in order; the slow ones,
+    when they finally read, must find the end of the connection (or
+    ``event: close`` / close code 4008) before the last message.
     """
+    ctx.require_serving("sse", "websocket")
     channel = ctx.channel("slow")
     path = f"/channels/{channel}"
-    async with (ctx.http() as http, open_sse(ctx, http, path) as normal,
-                contextlib.AsyncExitStack() as stack):
-        sse_reader, sse_writer = await open_raw(ctx, receive_buffer=4096, limit=1024)
-        stack.push_async_callback(close_raw, sse_writer)
-        ws_reader, ws_writer = await raw_websocket(ctx, path, receive_buffer=4096, limit=1024)
-        stack.push_async_callback(close_raw, ws_writer)
-        sse_writer.write(request_head(ctx, "GET", path, "Accept: text/event-stream"))
-        status, _, _ = await read_response(ctx, sse_reader, "opening the slow event stream")
-        require_equal(status, 200, "the slow event stream")
-        async with ctx.step("waiting for the opening block of the slow event stream"):
-            await sse_reader.readuntil(b"\n\n")
-        async with ctx.step("waiting for the subscribed frame of the slow WebSocket"):
-            await read_ws_frame(ws_reader)
-        # The slow WebSocket never reads, but it writes: pings keep it from
-        # being closed as a client that does not answer the server's pings.
-        keepalive = asyncio.create_task(_ping_forever(ws_writer))
-        try:
-            published = await _publish_watched(ctx, http, channel, normal)
-        finally:
-            keepalive.cancel()
-            await asyncio.gather(keepalive, return_exceptions=True)
-        last = published[-1]
-        with labelled("the slow SSE subscriber"):
-            data = await _drain(ctx, sse_reader, last)
-            if b"event: close" in data:
-                require(b"slow_consumer" in data[data.rindex(b"event: close"):],
-                        "event: close without slow_consumer")
-        with labelled("the slow WebSocket subscriber"):
-            await _drain_ws(ctx, ws_reader, last)
-        await stack.aclose()
-        with labelled("the normal subscriber, after the cut"):
+    normal_name = "sse" if ctx.serves("sse") else ctx.techniques[0]
+    async with ctx.http() as http, contextlib.AsyncExitStack() as stack:
+        start = await end_of(ctx, channel)
+        normal = await stack.enter_async_context(open_reader(ctx, normal_name, [channel], start))
+        slow_sse = await _open_slow_sse(ctx, path, stack) if ctx.serves("sse") else None
+        slow_ws = await _open_slow_ws(ctx, path, stack) if ctx.serves("websocket") else None
+        published = await _publish_watched(ctx, http, channel, normal)
+        if slow_sse is not None:
+            with labelled("the slow SSE subscriber"):
+                data = await _drain(ctx, slow_sse, published[-1])
+                if b"event: close" in data:
+                    require(b"slow_consumer" in data[data.rindex(b"event: close"):],
+                            "event: close without slow_consumer")
+        if slow_ws is not None:
+            with labelled("the slow WebSocket subscriber"):
+                await _drain_ws(ctx, slow_ws, published[-1])
+        with labelled(f"the normal subscriber ({normal_name}), after the cut"):
             new = await publish(http, channel, "still live")
-            async with ctx.step("waiting for a message"):
-                event = await normal.next_event()
-            require_equal(event.id, new, "the next event id")
+            (item,) = await read_items(ctx, normal, 1, "waiting for a message",
+                                       messages_only=True)
+            require_equal(item.id, new, "the next message")
+
+
+async def _open_slow_sse(ctx: Context, path: str,
+                         stack: contextlib.AsyncExitStack) -> asyncio.StreamReader:
+    """An event stream that reads its head and opening block, and then nothing."""
+    reader, writer = await open_raw(ctx, receive_buffer=4096, limit=1024)
+    stack.push_async_callback(close_raw, writer)
+    writer.write(request_head(ctx, "GET", path, "Accept: text/event-stream"))
+    status, _, _ = await read_response(ctx, reader, "opening the slow event stream")
+    require_equal(status, 200, "the slow event stream")
+    async with ctx.step("waiting for the opening block of the slow event stream"):
+        await reader.readuntil(b"\n\n")
+    return reader
+
+
+async def _open_slow_ws(ctx: Context, path: str,
+                        stack: contextlib.AsyncExitStack) -> asyncio.StreamReader:
+    """A WebSocket that reads its subscribed frame, and then nothing; it pings though."""
+    reader, writer = await raw_websocket(ctx, path, receive_buffer=4096, limit=1024)
+    stack.push_async_callback(close_raw, writer)
+    async with ctx.step("waiting for the subscribed frame of the slow WebSocket"):
+        await read_ws_frame(reader)
+    # It never reads, but it writes: pings keep it from being closed as a
+    # client that does not answer the server's pings.
+    keepalive = asyncio.create_task(_ping_forever(writer))
+
+    async def stop() -> None:
+        keepalive.cancel()
+        await asyncio.gather(keepalive, return_exceptions=True)
+
+    stack.push_async_callback(stop)
+    return reader
 
 
 async def _publish_watched(ctx: Context, http: httpx.AsyncClient, channel: str,
-                           normal: SseStream) -> list[str]:
+                           normal: Reader) -> list[str]:
     """Publish :data:`SLOW_MESSAGES` while ``normal`` reads them all; return their ids.
 
     The publisher stays at most :data:`WINDOW` messages ahead of the normal
@@ -144,10 +165,9 @@ async def _publish_watched(ctx: Context, http: httpx.AsyncClient, channel: str,
     async def collect() -> None:
         try:
             while len(received) < SLOW_MESSAGES:
-                event = await normal.next_event()
-                require(event.is_message,
-                        f"the normal subscriber got {event!r}: was it cut off?")
-                received.append(str(event.id))
+                item = await normal.next()
+                require(item.kind == "message", f"the normal subscriber got a gap {item.body}")
+                received.append(item.id)
                 progress.set()
         finally:
             progress.set()  # the publisher must not wait for a reader that stopped

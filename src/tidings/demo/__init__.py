@@ -36,9 +36,8 @@ def pages() -> dict[str, Path]:
 class Demo:
     """A running demo: :attr:`server` and its :attr:`feed` task.
 
-    Close it with :meth:`aclose` (or ``async with``): the feed is cancelled
-    first, because the server would otherwise give it, as a task it owns that
-    never ends by itself, its whole grace period for tasks in flight.
+    Close it with :meth:`aclose` (or ``async with``); the feed is a background
+    task of the server, cancelled when the server closes.
     """
 
     def __init__(self, server: Server, feed: asyncio.Task[None]) -> None:
@@ -50,9 +49,6 @@ class Demo:
         return self.server.url
 
     async def aclose(self) -> None:
-        self.feed.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.feed
         await self.server.aclose()
 
     async def __aenter__(self) -> Demo:
@@ -72,7 +68,7 @@ async def start_demo(settings: Settings, rate: float = DEFAULT_RATE,
         raise UsageError(f"--rate must be above 0 and at most {MAX_RATE:g} ticks a second")
     server = Server(settings, pages=pages())
     await server.start()
-    return Demo(server, server.spawn(run_feed(server, rate, market)))
+    return Demo(server, server.spawn(run_feed(server, rate, market), background=True))
 
 
 async def run_demo(settings: Settings, rate: float = DEFAULT_RATE) -> None:

@@ -64,7 +64,8 @@ class Server:
         self.stats: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Server | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
+        #: Tasks that never end by themselves; :meth:`aclose` cancels them first.
+        self._background: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self.expiries = Expiries(self.loop)
@@ -79,7 +80,7 @@ class Server:
             reuse_address=True, backlog=4096,
         )
         self.port = self._listener.sockets[0].getsockname()[1]
-        self._housekeeper = self.spawn(self._housekeeping())
+        self.spawn(self._housekeeping(), background=True)
         logger.info("tidings serving on %s", self.url)
 
     @property
@@ -114,8 +115,8 @@ class Server:
         for conn in list(self.http_connections):
             if not conn.busy:
                 conn.close()
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()  # it never ends by itself: do not wait for it
+        for task in self._background:
+            task.cancel()  # they never end by themselves: do not wait for them
         pending = [t for t in self._tasks if not t.done()]
         if pending:
             # Publishes in flight finish (their messages are accepted); housekeeping is cancelled.
@@ -139,15 +140,24 @@ class Server:
         await self.broker.aclose()
         self._closed.set()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coroutine`` as a task the server owns (awaited or cancelled at close)."""
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], *,
+              background: bool = False) -> asyncio.Task[Any]:
+        """Run ``coroutine`` as a task the server owns.
+
+        At :meth:`aclose`, tasks are given up to 5 seconds to finish (a
+        publish in flight completes) and then cancelled; ``background`` tasks
+        (loops that never end by themselves, such as a feed) are cancelled at once.
+        """
         task = self.loop.create_task(coroutine)
         self._tasks.add(task)
+        if background:
+            self._background.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("task failed", exc_info=task.exception())
 

@@ -40,7 +40,9 @@ async function measureOffset(samples = 10) {
       received = performance.timeOrigin + timing.responseStart;
     }
     const rtt = received - sent;
-    if (!best || rtt < best.rtt) best = { rtt, offset: body.time - (sent + received) / 2 };
+    if (!best || rtt < best.rtt) {
+      best = { rtt, offset: body.time - (sent + received) / 2, transports: body.transports };
+    }
   }
   return best;
 }
@@ -66,7 +68,7 @@ function bytes(value) {
 let clock = null;
 
 class Column {
-  constructor(technique) {
+  constructor(technique, offered) {
     this.technique = technique;
     const node = $("column").content.firstElementChild.cloneNode(true);
     node.dataset.technique = technique.name;
@@ -82,6 +84,12 @@ class Column {
     this.latencies = [];
     this.count = 0;
     this.base = { requests: 0, bytesReceived: 0 };
+    this.client = null;
+    if (!offered) {
+      this.showState("off", { reason: "turned off on this server (--transports)" });
+      this.chart.options.empty = "not offered by the server";
+      return;
+    }
     this.client = connect(location.origin, { transports: [technique.name] });
     this.client.on("state", (state, detail) => this.showState(state, detail));
     this.client.subscribe(CHANNEL, {
@@ -117,12 +125,12 @@ class Column {
     this.count = 0;
     this.latencies = [];
     this.chart.clear();
-    const stats = this.client.stats || {};
+    const stats = (this.client && this.client.stats) || {};
     this.base = { requests: stats.requests || 0, bytesReceived: stats.bytesReceived || 0 };
   }
 
   render() {
-    const stats = this.client.stats || {};
+    const stats = (this.client && this.client.stats) || {};
     const requests = (stats.requests || 0) - this.base.requests;
     const received = (stats.bytesReceived || 0) - this.base.bytesReceived;
     this.field("count").textContent = this.count.toLocaleString("en");
@@ -145,7 +153,9 @@ try {
   console.warn("cannot measure the clock offset:", error);
 }
 
-const columns = TECHNIQUES.map((technique) => new Column(technique));
+// /healthz names the techniques the server offers; a column for one it does not stays idle.
+const offered = (clock && clock.transports) || TECHNIQUES.map((technique) => technique.name);
+const columns = TECHNIQUES.map((technique) => new Column(technique, offered.includes(technique.name)));
 $("reset").addEventListener("click", () => columns.forEach((column) => column.reset()));
 
 const arrivals = [];
