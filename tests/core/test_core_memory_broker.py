@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from tidings.brokers import memory
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import END, ORIGIN, Position
 from tidings.core.log import Retention
@@ -116,11 +119,9 @@ def test_read_applies_age_retention_without_maintain() -> None:
     assert read.gap is not None and read.gap.reason == "expired" and read.gap.missed == 1
 
 
-def test_idle_empty_logs_are_forgotten_and_come_back_with_a_new_epoch() -> None:
-    clock = Clock()
-    broker = make(clock, Settings(history_ttl=10), idle=100)
+def forget_news(clock: Clock, broker: MemoryBroker) -> Message:
+    """Publish one message on "news", then let it expire and the empty log be forgotten."""
     message = broker.publish_nowait("news", b"1")
-    old_epoch = message.position.epoch
     clock.advance(10)
     broker.maintain()  # trims the message; the log is empty now
     assert broker.channels() == 1
@@ -130,8 +131,33 @@ def test_idle_empty_logs_are_forgotten_and_come_back_with_a_new_epoch() -> None:
     clock.advance(51)
     broker.maintain()
     assert broker.channels() == 0
+    return message
+
+
+def test_a_forgotten_log_comes_back_where_it_was() -> None:
+    clock = Clock()
+    broker = make(clock, Settings(history_ttl=10), idle=100)
+    message = forget_news(clock, broker)
+    # A reader that had seen everything goes on with no gap ...
     read = broker.read("news", message.position, 100)
-    assert broker.log("news").epoch != old_epoch
+    assert (read.gap, read.messages, read.next) == (None, [], message.position)
+    # ... one that had not is told exactly what expired ...
+    behind = broker.read("news", Position(message.position.epoch, 0), 100)
+    assert behind.gap is not None and behind.gap.reason == "expired"
+    assert behind.gap.missed == 1
+    # ... and the log's ids go on.
+    following = broker.publish_nowait("news", b"2")
+    assert following.position == Position(message.position.epoch, 2)
+
+
+def test_past_the_tombstone_limit_a_forgotten_log_gets_a_new_epoch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "MAX_TOMBSTONES", 0)
+    clock = Clock()
+    broker = make(clock, Settings(history_ttl=10), idle=100)
+    message = forget_news(clock, broker)
+    read = broker.read("news", message.position, 100)
+    assert broker.log("news").epoch != message.position.epoch
     assert read.gap is not None
     assert read.gap.reason == "epoch"
     assert read.gap.missed is None

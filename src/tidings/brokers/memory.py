@@ -2,6 +2,14 @@
 
 A restart loses every log; the new logs get new epochs, so cursors from
 before the restart get a gap signal instead of a silent skip.
+
+A log whose messages have all expired and that nobody reads is forgotten
+after ``idle_log_seconds``, keeping only its epoch and last sequence number
+(a tombstone, a few dozen bytes). If the channel is used again, its log goes
+on from there, so a client that had seen everything resumes with no gap, and
+one that had not gets an exact ``expired`` gap. Only past
+:data:`MAX_TOMBSTONES` forgotten channels are the oldest tombstones dropped;
+their cursors then get an ``epoch`` gap.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from tidings.core.cursor import Start
 from tidings.core.fanout import Hub
 from tidings.core.log import ChannelLog, Read, Retention
 from tidings.core.message import Message
+
+#: Forgotten channels whose epoch and position are still remembered.
+MAX_TOMBSTONES = 100_000
 
 
 def wall_clock_ms() -> int:
@@ -37,12 +48,16 @@ class MemoryBroker(Broker):
         # Last time each log was touched, for forgetting idle empty logs.
         self._touched: dict[str, int] = {}
         self._idle_ms = int(idle_log_seconds * 1000)
+        # Forgotten empty logs: channel -> (epoch, last sequence number), oldest first.
+        self._tombstones: dict[str, tuple[str, int]] = {}
 
     def log(self, channel: str) -> ChannelLog:
-        """The log of ``channel``, created empty (with a new epoch) if needed."""
+        """The log of ``channel``, created empty if needed (going on from its tombstone)."""
         log = self._logs.get(channel)
         if log is None:
-            log = self._logs[channel] = ChannelLog(channel, self._retention(channel))
+            epoch, last_seq = self._tombstones.pop(channel, (None, 0))
+            log = self._logs[channel] = ChannelLog(channel, self._retention(channel), epoch,
+                                                   last_seq)
         return log
 
     async def publish(self, channel: str, data: bytes) -> Message:
@@ -75,6 +90,10 @@ class MemoryBroker(Broker):
             ):
                 del self._logs[channel]
                 del self._touched[channel]
+                if log.end.seq:
+                    self._tombstones[channel] = (log.epoch, log.end.seq)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            del self._tombstones[next(iter(self._tombstones))]
 
     def channels(self) -> int:
         """How many channel logs are held."""

@@ -69,7 +69,9 @@ class ChannelLog:
 
     __slots__ = ("_head", "_items", "_last_seq", "channel", "epoch", "retention")
 
-    def __init__(self, channel: str, retention: Retention, epoch: str | None = None) -> None:
+    def __init__(self, channel: str, retention: Retention, epoch: str | None = None,
+                 last_seq: int = 0) -> None:
+        """An empty log; ``epoch`` and ``last_seq`` continue a log whose messages all expired."""
         self.channel = channel
         self.retention = retention
         self.epoch = epoch or new_epoch()
@@ -77,7 +79,7 @@ class ChannelLog:
         # compacts now and then, so reads index in O(1).
         self._items: list[Message] = []
         self._head = 0
-        self._last_seq = 0
+        self._last_seq = last_seq
 
     def __len__(self) -> int:
         return len(self._items) - self._head
