@@ -10,7 +10,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import httpx
 
@@ -125,17 +126,21 @@ def _transport_list(text: str) -> tuple[str, ...]:
     return transports
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the server's ``main`` on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional on some platforms
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(args)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is optional on some platforms
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(serve(settings))
+        run_loop(serve(settings))
     except OSError as exc:
         print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
@@ -172,7 +177,7 @@ def run_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(args)
     try:
-        asyncio.run(serve_demo(settings, args.rate))
+        run_loop(serve_demo(settings, args.rate))
     except OSError as exc:
         print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
