@@ -1,4 +1,5 @@
-"""The ``tidings`` command: ``serve``, ``publish``, ``subscribe``, ``conformance`` and ``demo``."""
+"""The ``tidings`` command: ``serve``, ``publish``, ``subscribe``, ``conformance``, ``demo``
+and ``bridge``."""
 
 from __future__ import annotations
 
@@ -92,13 +93,65 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=5.0,
                       help="ticks published per second on channel 'stocks' (default 5)")
     demo.add_argument("--config", help="TOML config file (see docs/operations.md)")
+    demo.add_argument("--database", metavar="DSN",
+                      help="run the feed through PostgreSQL: prices in a table, published "
+                           "by the bridge (docs/bridge.md)")
     demo.add_argument("--transports", metavar="LIST",
                       help="reading techniques to serve, comma-separated "
                            "(default websocket,sse,longpoll,poll)")
     demo.add_argument("--log-level", default="warning",
                       choices=["debug", "info", "warning", "error"])
     demo.set_defaults(run=run_demo, history_size=None, history_ttl=None, cors_origins=None)
+    _add_bridge(commands)
     return parser
+
+
+def _add_bridge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tidings bridge install|uninstall|status|run``: see docs/bridge.md."""
+    bridge = commands.add_parser(
+        "bridge", help="publish PostgreSQL row changes into channels (docs/bridge.md)")
+
+    def usage(_args: argparse.Namespace) -> int:
+        bridge.print_help()
+        return 2
+
+    bridge.set_defaults(run=usage)
+    actions = bridge.add_subparsers(dest="bridge_command", metavar="ACTION")
+
+    def action(name: str, help_text: str, run: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help_text)
+        sub.add_argument("dsn", metavar="DSN",
+                         help="PostgreSQL connection string, e.g. postgresql://user@host/db")
+        sub.add_argument("--schema", default="tidings",
+                         help="the schema of the outbox (default tidings)")
+        sub.set_defaults(run=lambda args: _bridge_command(run, args))
+        return sub
+
+    install = action("install", "capture a table's changes (idempotent)", "run_install")
+    install.add_argument("--table", required=True, help="the table, or schema.table")
+    install.add_argument("--channel", required=True, metavar="TEMPLATE",
+                         help="channel template over the row's columns, e.g. 'prices:{symbol}'")
+    uninstall = action("uninstall", "stop capturing a table (all tables and the schema "
+                       "without --table)", "run_uninstall")
+    uninstall.add_argument("--table", help="the table, or schema.table")
+    action("status", "list the captured tables and the changes waiting", "run_status")
+    run = action("run", "publish the changes to a running server over HTTP", "run_bridge")
+    run.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
+                     help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
+    run.add_argument("--api-key", default=os.environ.get("TIDINGS_API_KEY"),
+                     help="sent as Authorization: Bearer (default $TIDINGS_API_KEY)")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+
+
+def _bridge_command(name: str, args: argparse.Namespace) -> int:
+    try:
+        from tidings.bridges.postgres import commands
+    except ImportError as exc:
+        raise UsageError(f"the bridge needs psycopg ({exc}): "
+                         "pip install 'tidings[postgres]'") from None
+    code: int = getattr(commands, name)(args)
+    return code
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -152,6 +205,18 @@ async def serve(settings: Settings) -> None:
 
     server = Server(settings)
     await server.start()
+    if settings.bridges:
+        try:
+            from tidings.bridges.postgres import attach
+
+            attach(server, settings.bridges)
+        except ImportError as exc:
+            await server.aclose()
+            raise UsageError(f"[[bridges]] needs psycopg ({exc}): "
+                             "pip install 'tidings[postgres]'") from None
+        except UsageError:
+            await server.aclose()
+            raise
     # Connections and parked requests are many objects that live for seconds to
     # hours; rescanning them often costs more than it frees (a quarter of the CPU
     # at 10,000 long polls, docs/benchmarks.md). Start-up objects are frozen out
@@ -177,7 +242,7 @@ def run_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(args)
     try:
-        run_loop(serve_demo(settings, args.rate))
+        run_loop(serve_demo(settings, args.rate, args.database))
     except OSError as exc:
         print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1
@@ -191,9 +256,12 @@ def run_publish(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
     url = f"{args.url.rstrip('/')}/channels/{args.channel}"
+    headers = {"Content-Type": "application/json"}
+    api_key = os.environ.get("TIDINGS_API_KEY")
+    if api_key:  # the server's key, when its access control is on (docs/security.md)
+        headers["Authorization"] = f"Bearer {api_key}"
     try:
-        response = httpx.post(url, content=text.encode(),
-                              headers={"Content-Type": "application/json"}, timeout=10)
+        response = httpx.post(url, content=text.encode(), headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         print(f"tidings: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -8,12 +8,17 @@
     │   ├── BadRequest            400  malformed JSON, query, command, ...
     │   │   ├── InvalidChannel        400  channel name outside the documented alphabet/length
     │   │   └── InvalidCursor         400  malformed cursor, or one ahead of the log
+    │   ├── Unauthorized          401  no valid credentials (WebSocket close 4001)
+    │   ├── Forbidden             403  the credentials do not allow it (WebSocket close 4003)
     │   ├── TransportDisabled     403  the operator turned this reading technique off
+    │   ├── OriginNotAllowed      403  a WebSocket upgrade from an origin not in cors_origins
     │   ├── NotFound              404
     │   ├── MethodNotAllowed      405  (knows which methods the URL takes)
     │   ├── RequestTimeout        408  request not sent in time
     │   ├── PayloadTooLarge       413
-    │   └── HeadersTooLarge       431
+    │   ├── TooManyRequests       429  over a rate or per-address limit; may carry Retry-After
+    │   ├── HeadersTooLarge       431
+    │   └── ServerBusy            503  the server holds max_connections already
     ├── BrokerError           the message store failed (503); nothing was accepted
     └── ClientError           raised by the Python client (tidings.client)
         ├── ClientClosed          the client or publisher was closed; open a new one
@@ -36,18 +41,23 @@ __all__ = [
     "ClientClosed",
     "ClientError",
     "ConnectionFailed",
+    "Forbidden",
     "HeadersTooLarge",
     "InvalidChannel",
     "InvalidCursor",
     "MethodNotAllowed",
     "MissedMessages",
     "NotFound",
+    "OriginNotAllowed",
     "PayloadTooLarge",
     "ProtocolError",
     "RequestRefused",
     "RequestTimeout",
+    "ServerBusy",
     "TidingsError",
+    "TooManyRequests",
     "TransportDisabled",
+    "Unauthorized",
     "UsageError",
 ]
 
@@ -95,11 +105,34 @@ class InvalidCursor(BadRequest):
     code = "invalid_cursor"
 
 
+class Unauthorized(ProtocolError):
+    """Credentials are missing, expired or invalid (``code`` says which)."""
+
+    status = 401
+    close_code = 4001
+    code = "unauthorized"
+
+
+class Forbidden(ProtocolError):
+    """Valid credentials that do not allow the action."""
+
+    status = 403
+    close_code = 4003
+    code = "forbidden"
+
+
 class TransportDisabled(ProtocolError):
     """The technique a read asked for is not in the server's ``transports`` setting."""
 
     status = 403
     code = "transport_disabled"
+
+
+class OriginNotAllowed(ProtocolError):
+    """A browser page from an origin not in ``cors_origins`` tried to open a WebSocket."""
+
+    status = 403
+    code = "origin_not_allowed"
 
 
 class NotFound(ProtocolError):
@@ -127,9 +160,32 @@ class PayloadTooLarge(ProtocolError):
     code = "payload_too_large"
 
 
+class TooManyRequests(ProtocolError):
+    """Over a limit on how often or how much one client may ask.
+
+    ``retry_after`` (seconds, or ``None``) is sent as ``Retry-After`` on HTTP.
+    """
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class HeadersTooLarge(ProtocolError):
     status = 431
     code = "headers_too_large"
+
+
+class ServerBusy(ProtocolError):
+    """The server is at ``max_connections``; the client should try again later."""
+
+    status = 503
+    close_code = 1013  # try again later
+    code = "too_many_connections"
 
 
 class BrokerError(TidingsError):

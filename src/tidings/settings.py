@@ -16,6 +16,21 @@ Config file::
     [namespaces.prices]          # channels named "prices:..."
     history_size = 100
     history_ttl = 60
+    subscribe = "anyone"         # or "token" (docs/security.md)
+    publish = "api_key"          # or "token", "anyone"
+
+    [auth]                       # any of it turns access control on (docs/security.md)
+    api_key = "..."              # or the environment variable TIDINGS_API_KEY
+    jwt_hs256_secret = "..."
+    jwt_public_key_file = "jwt-public.pem"   # RSA or EC public key, PEM
+    jwt_algorithms = ["RS256"]   # default: RS256 for an RSA key, ES256 for an EC key
+    default_subscribe = "token"  # for namespaces without a rule
+    default_publish = "api_key"
+
+    [[bridges]]                  # publish a PostgreSQL database's changes (docs/bridge.md)
+    dsn = "postgresql://app@localhost/shop"
+    schema = "tidings"           # where the outbox lives (optional)
+    tables = [{table = "prices", channel = "prices:{symbol}"}]   # installed at start (optional)
 """
 
 from __future__ import annotations
@@ -28,10 +43,64 @@ from typing import Any
 
 from tidings.core.log import Retention
 from tidings.core.names import namespace_of
+from tidings.core.policy import (
+    PUBLISH_RULES,
+    SAFE_DEFAULT_PUBLISH,
+    SAFE_DEFAULT_SUBSCRIBE,
+    SUBSCRIBE_RULES,
+    Policy,
+    Rule,
+)
 from tidings.errors import UsageError
 
 #: The reading techniques, by the names used everywhere (settings, CLI, clients).
 TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """A ``[[bridges]]`` entry: publish the changes of a PostgreSQL database."""
+
+    dsn: str
+    schema: str = "tidings"
+    #: ``(table, channel template)`` pairs installed (idempotently) when the bridge connects.
+    tables: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """The ``[auth]`` section and the namespaces' access rules (docs/security.md).
+
+    Left at its defaults, access control is off and everything is open. Any
+    key set (or ``configured``, an ``[auth]`` section in the config file, or a
+    namespace rule) turns it on; namespaces without a rule then follow
+    ``default_subscribe`` / ``default_publish`` (safe defaults: a token to
+    subscribe, the API key to publish).
+    """
+
+    api_key: str | None = None  #: else the environment variable TIDINGS_API_KEY
+    jwt_hs256_secret: str | None = None
+    jwt_public_key_file: str | None = None  #: PEM, RSA or EC
+    jwt_algorithms: tuple[str, ...] = ()  #: for the public key; default by key type
+    default_subscribe: str = SAFE_DEFAULT_SUBSCRIBE
+    default_publish: str = SAFE_DEFAULT_PUBLISH
+    rules: dict[str, Rule] = field(default_factory=dict)  #: namespace -> rule
+    configured: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            Rule(self.default_subscribe, self.default_publish)
+        except ValueError as exc:
+            raise UsageError(f"[auth] default_{exc}") from None
+
+    @property
+    def enabled(self) -> bool:
+        return self != AuthSettings()
+
+    def policy(self, enabled: bool | None = None) -> Policy:
+        """The decision rules; ``enabled`` overrides :attr:`enabled` (an API key from the env)."""
+        return Policy(self.enabled if enabled is None else enabled, dict(self.rules),
+                      Rule(self.default_subscribe, self.default_publish))
 
 
 @dataclass(frozen=True)
@@ -53,6 +122,14 @@ class Settings:
     header_timeout: float = 10.0  #: seconds a client may take to send request headers
     keep_alive_timeout: float = 60.0  #: seconds an idle keep-alive connection is kept
 
+    # Client limits (docs/security.md); 0 turns a limit off.
+    max_connections: int = 100_000  #: open connections in total; more get 503 and are closed
+    #: Open connections from one client address; more get 429 and are closed. Off by
+    #: default: behind a reverse proxy every client has the proxy's address.
+    max_connections_per_ip: int = 0
+    max_publish_rate: float = 1000.0  #: publishes per second per client address (HTTP and WS)
+    publish_burst: int = 1000  #: publishes one address may make at once before the rate applies
+
     # Reading.
     poll_limit: int = 100  #: messages in a poll answer when ``limit`` is not given
     max_poll_limit: int = 1000  #: the largest ``limit`` accepted
@@ -66,6 +143,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     #: The reading techniques served; a request for another gets ``403 transport_disabled``.
     transports: tuple[str, ...] = TRANSPORTS
+    #: Database bridges ``tidings serve`` runs in-process.
+    bridges: tuple[BridgeConfig, ...] = ()
+    #: Who may subscribe and publish (``[auth]`` and namespace rules); open by default.
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
@@ -90,11 +171,11 @@ class Settings:
                 config = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read config file {path}: {exc}") from None
-        unknown_sections = set(config) - {"server", "namespaces"}
+        unknown_sections = set(config) - {"server", "namespaces", "bridges", "auth"}
         if unknown_sections:
             raise UsageError(f"{path}: unknown sections {sorted(unknown_sections)}")
         server = dict(config.get("server", {}))
-        known = {f.name for f in dataclasses.fields(cls)} - {"namespaces"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"namespaces", "bridges", "auth"}
         unknown = set(server) - known
         if unknown:
             raise UsageError(f"{path}: unknown keys in [server]: {sorted(unknown)}")
@@ -108,11 +189,13 @@ class Settings:
             base = cls(**server)
         except UsageError as exc:
             raise UsageError(f"{path}: [server] {exc}") from None
+        auth = _auth(path, config.get("auth"))
         namespaces = {}
+        rules = {}
         for name, values in config.get("namespaces", {}).items():
             if not isinstance(values, dict):
                 raise UsageError(f"{path}: [namespaces] holds tables such as [namespaces.{name}]")
-            extra = set(values) - {"history_size", "history_ttl"}
+            extra = set(values) - {"history_size", "history_ttl", "subscribe", "publish"}
             if extra:
                 raise UsageError(f"{path}: unknown keys in [namespaces.{name}]: {sorted(extra)}")
             section = f"namespaces.{name}"
@@ -124,7 +207,77 @@ class Settings:
                 raise UsageError(f"{path}: [{section}] history_size must be at least 1 "
                                  "and history_ttl positive")
             namespaces[name] = Retention(int(size), float(ttl))
-        return dataclasses.replace(base, namespaces=namespaces)
+            if "subscribe" in values or "publish" in values:
+                try:
+                    rules[name] = Rule(values.get("subscribe", auth.default_subscribe),
+                                       values.get("publish", auth.default_publish))
+                except ValueError as exc:
+                    raise UsageError(f"{path}: [{section}] {exc}") from None
+        if rules:
+            auth = dataclasses.replace(auth, rules=rules)
+        bridges = _bridges(path, config.get("bridges", []))
+        return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth)
+
+
+def _auth(path: str | Path, section: Any) -> AuthSettings:
+    """The ``[auth]`` section (absent: access control stays off unless a namespace has rules)."""
+    if section is None:
+        return AuthSettings()
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: auth must be a table: [auth]")
+    known = {"api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
+             "default_subscribe", "default_publish"}
+    unknown = set(section) - known
+    if unknown:
+        raise UsageError(f"{path}: unknown keys in [auth]: {sorted(unknown)}")
+    for key, value in section.items():
+        _check_type(path, "auth", key, value, () if key == "jwt_algorithms" else "")
+    choices = {"default_subscribe": SUBSCRIBE_RULES, "default_publish": PUBLISH_RULES}
+    for key, allowed in choices.items():
+        if key in section and section[key] not in allowed:
+            raise UsageError(f"{path}: [auth] {key} must be one of {', '.join(allowed)}, "
+                             f"not {section[key]!r}")
+    values = dict(section)
+    if "jwt_algorithms" in values:
+        values["jwt_algorithms"] = tuple(values["jwt_algorithms"])
+    if isinstance(values.get("jwt_public_key_file"), str):
+        # A relative path is relative to the config file, not to the working directory.
+        values["jwt_public_key_file"] = str(Path(path).parent / values["jwt_public_key_file"])
+    return AuthSettings(**values, configured=True)
+
+
+def _bridges(path: str | Path, entries: Any) -> tuple[BridgeConfig, ...]:
+    """The ``[[bridges]]`` entries; raise :class:`UsageError` for a bad one."""
+    usage = ('write each as [[bridges]] with dsn = "postgresql://..." and optionally '
+             'schema = "tidings" and tables = [{table = "prices", channel = "prices:{symbol}"}]')
+    if not isinstance(entries, list):
+        raise UsageError(f"{path}: bridges: {usage}")
+    bridges = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: [[bridges]] #{number}"
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: {usage}")
+        extra = set(entry) - {"dsn", "schema", "tables"}
+        if extra:
+            raise UsageError(f"{where}: unknown keys {sorted(extra)}; {usage}")
+        dsn, schema = entry.get("dsn"), entry.get("schema", "tidings")
+        if not isinstance(dsn, str) or not dsn:
+            raise UsageError(f"{where}: dsn must be a connection string such as "
+                             "\"postgresql://user@host/dbname\"")
+        if not isinstance(schema, str):
+            raise UsageError(f"{where}: schema must be a string, not {schema!r}")
+        tables = entry.get("tables", [])
+        if not isinstance(tables, list):
+            raise UsageError(f"{where}: tables must be a list; {usage}")
+        pairs = []
+        for table in tables:
+            if (not isinstance(table, dict) or set(table) != {"table", "channel"}
+                    or not all(isinstance(value, str) for value in table.values())):
+                raise UsageError(f"{where}: each of tables needs table and channel "
+                                 f"(strings) and nothing else, not {table!r}")
+            pairs.append((table["table"], table["channel"]))
+        bridges.append(BridgeConfig(dsn, schema, tuple(pairs)))
+    return tuple(bridges)
 
 
 def check_transports(transports: tuple[str, ...]) -> None:

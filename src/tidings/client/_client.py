@@ -30,9 +30,11 @@ from tidings.client._common import (
     encode_data,
     published_id,
     refusal_of_status,
+    refused,
 )
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
 from tidings.client._session import Dropped, Session, TechniqueFailed, Unreachable
+from tidings.client._token import BearerAuth, TokenGetter, TokenSource
 from tidings.client.events import (
     Connected,
     Disconnected,
@@ -86,7 +88,11 @@ class Client:
     * ``upgrade_after`` (300 s) — ``auto`` on a fallback tries the better
       techniques again after that long;
     * ``buffer`` (1000) — messages read ahead of the consumer per subscription;
-    * ``headers`` — extra HTTP headers (e.g. ``Authorization``) on every request;
+    * ``headers`` — extra HTTP headers on every request;
+    * ``token`` — a token string, or a function (plain or async) returning
+      one, sent as ``Authorization: Bearer``. With a function, a token the
+      server refuses as expired is replaced by a fresh one and the
+      subscription resumes from its cursor, nothing lost (docs/security.md);
     * ``on_status`` — called with :class:`Connected`, :class:`Disconnected`
       and :class:`TransportChanged` events (it must not block).
     """
@@ -105,6 +111,7 @@ class Client:
         upgrade_after: float = 300.0,
         buffer: int = 1000,
         headers: Mapping[str, str] | None = None,
+        token: str | TokenGetter | None = None,
         on_status: Callable[[StatusEvent], object] | None = None,
     ) -> None:
         self._base, self._ws_base = base_urls(url)
@@ -132,8 +139,10 @@ class Client:
         self.on_status = on_status
         self.closed = False
         self._order: tuple[str, ...] = AUTO_ORDER if transport == "auto" else (transport,)
+        self._tokens = TokenSource(token)
         self._http = httpx.AsyncClient(
             headers=self.headers,
+            auth=BearerAuth(self._tokens) if token is not None else None,
             timeout=httpx.Timeout(request_timeout, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
@@ -215,6 +224,13 @@ class Client:
                 self._url(f"/channels/{channel}"), content=body,
                 headers={"Content-Type": "application/json"},
             )
+            if response.status_code == 401 and self._tokens.refreshable and (
+                    refused(response).code == "token_expired"):
+                self._tokens.invalidate()  # once, with a fresh token
+                response = await self._http.post(
+                    self._url(f"/channels/{channel}"), content=body,
+                    headers={"Content-Type": "application/json"},
+                )
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot publish to {self._base}: {_explain(exc)}") from None
         return published_id(response)
@@ -445,6 +461,9 @@ class Subscription:
         except RequestRefused as exc:
             if exc.code == "transport_disabled":  # the operator's switch: try the next one
                 raise TechniqueFailed(str(exc)) from None
+            if exc.code == "token_expired" and self._client._tokens.refreshable:
+                self._client._tokens.invalidate()  # reconnect with a fresh one, resume
+                raise Dropped(str(exc)) from None
             raise
         finally:
             self._limit = None

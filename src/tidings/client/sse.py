@@ -50,6 +50,8 @@ async def read(session: Session) -> None:
                     await session.gap(_json(item.data))
                 elif item.type == "close":
                     detail = _json(item.data)
+                    if detail.get("error") == "token_expired":
+                        client._tokens.invalidate()
                     raise session.failure(
                         f"server closed the stream: {detail.get('error')}: {detail.get('message')}"
                     )

@@ -83,7 +83,7 @@ class Link:
             open_timeout=client.connect_timeout,
             compression=None,
             max_size=MAX_FRAME,
-            additional_headers=client.headers,
+            additional_headers={**client.headers, **await client._tokens.headers()},
         )
         link = cls(ws, client, private)
         client._spawn(link._read_frames())
@@ -133,6 +133,9 @@ class Link:
                     route = self.routes.get(frame.get("channel"))  # type: ignore[arg-type]
                     if route is not None:
                         route.put(frame)
+                elif kind == "error" and frame.get("req") is None and (
+                        frame.get("error") == "token_expired"):
+                    self._client._tokens.invalidate()  # the server closes with 4001 next
                 elif kind in ("ack", "error"):
                     reply = self._pending.get(frame.get("req"))  # type: ignore[arg-type]
                     if reply is not None and not reply.done():

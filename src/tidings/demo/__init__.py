@@ -59,21 +59,38 @@ class Demo:
 
 
 async def start_demo(settings: Settings, rate: float = DEFAULT_RATE,
-                     market: Market | None = None) -> Demo:
+                     market: Market | None = None, database: str | None = None) -> Demo:
     """Start a server with the demo pages and the feed (a task the server owns).
 
+    With ``database`` (a PostgreSQL DSN) the feed updates a table and the
+    PostgreSQL bridge publishes the changes (:mod:`tidings.demo.database`).
     The caller must ``await demo.aclose()``.
     """
     if not 0 < rate <= MAX_RATE:
         raise UsageError(f"--rate must be above 0 and at most {MAX_RATE:g} ticks a second")
+    market = Market() if market is None else market
+    if database is not None:
+        from tidings.demo import database as through_postgres
+
+        try:
+            await through_postgres.prepare(database, market)
+        except Exception as exc:  # psycopg's errors, and a malformed DSN
+            raise UsageError(f"cannot prepare the demo's table in {database}: {exc}") from None
     server = Server(settings, pages=pages())
     await server.start()
-    return Demo(server, server.spawn(run_feed(server, rate, market), background=True))
+    if database is None:
+        feed = server.spawn(run_feed(server, rate, market), background=True)
+    else:
+        through_postgres.attach_bridge(server, database)
+        feed = server.spawn(through_postgres.run_database_feed(database, rate, market),
+                            background=True)
+    return Demo(server, feed)
 
 
-async def run_demo(settings: Settings, rate: float = DEFAULT_RATE) -> None:
+async def run_demo(settings: Settings, rate: float = DEFAULT_RATE,
+                   database: str | None = None) -> None:
     """Serve the demo until SIGINT or SIGTERM, then close cleanly."""
-    demo = await start_demo(settings, rate)
+    demo = await start_demo(settings, rate, database=database)
     server = demo.server
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,7 +102,8 @@ async def run_demo(settings: Settings, rate: float = DEFAULT_RATE) -> None:
         f"; serving only {', '.join(settings.transports)}")
     print(f"tidings demo on {server.url}/\n"
           f"  the four techniques side by side: {server.url}/lab\n"
-          f"  {rate:g} ticks a second on channel {CHANNEL!r}{only}; Ctrl-C to stop", flush=True)
+          f"  {rate:g} ticks a second on channel {CHANNEL!r}{only}"
+          f"{' through PostgreSQL' if database else ''}; Ctrl-C to stop", flush=True)
     await stop.wait()
     print("tidings: shutting down", file=sys.stderr, flush=True)
     await demo.aclose()

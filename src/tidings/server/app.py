@@ -17,12 +17,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
+from tidings.core.limits import ConnectionCounts, RateLimiter
+from tidings.errors import ProtocolError, ServerBusy, TooManyRequests
+from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries, Waiter
@@ -53,6 +56,8 @@ class Server:
         self.static = StaticFiles(pages)
         self.broker: Broker = broker or MemoryBroker(self.settings.retention)
         self.cors = Cors(self.settings.cors_origins)
+        #: Credentials and the access policy (server/auth.py); open unless configured.
+        self.auth = Authenticator(self.settings.auth)
         self.router = Router(self)
         self.http_connections: set[HttpConnection] = set()
         self.streams: set[Stream] = set()
@@ -62,6 +67,15 @@ class Server:
         #: Closed streams still flushing, with the loop time at which they are aborted.
         self.draining: dict[asyncio.Transport, float] = {}
         self.stats: Counter[str] = Counter()
+        self.connection_counts = ConnectionCounts(self.settings.max_connections,
+                                                  self.settings.max_connections_per_ip)
+        #: The client address of every admitted connection, whichever protocol object owns it.
+        self.peers: dict[asyncio.BaseTransport, str] = {}
+        self.publish_limiter = (
+            RateLimiter(self.settings.max_publish_rate, max(1, self.settings.publish_burst))
+            if self.settings.max_publish_rate > 0 else None)
+        #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
+        self.health_extra: dict[str, Callable[[], object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Server | None = None
         #: Tasks that never end by themselves; :meth:`aclose` cancels them first.
@@ -185,16 +199,72 @@ class Server:
             if now >= maintenance_due:
                 maintenance_due = now + MAINTENANCE_INTERVAL
                 self.broker.maintain()
+            if self.auth.enabled:
+                self._end_expired_tokens()
             if now >= heartbeat_due:
                 heartbeat_due = now + self.settings.heartbeat_interval
                 for stream in list(self.streams):
                     stream.heartbeat(now)
 
+    def _end_expired_tokens(self) -> None:
+        """Close streams and end long polls whose token has expired (within a tick)."""
+        wall = time.time()
+        for stream in [s for s in self.streams if 0 < s.expires <= wall]:
+            stream.token_expired()
+        for waiter in [w for w in self.waiters if 0 < w.expires <= wall]:
+            waiter.token_expired()
+
+    # client limits (docs/security.md) -----------------------------------------
+
+    def admit(self, transport: asyncio.BaseTransport) -> ProtocolError | None:
+        """Count a new connection; return the error to answer if it is over a limit.
+
+        An admitted transport must be released (:meth:`release`) when it closes, by
+        whichever protocol object owns it then (HTTP, SSE or WebSocket).
+        """
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        refused = self.connection_counts.admit(address)
+        if refused is None:
+            self.peers[transport] = address
+            return None
+        self.stats["connections_refused"] += 1
+        if refused == "total":
+            return ServerBusy(f"the server holds its limit of {self.settings.max_connections} "
+                              "connections; try again later")
+        return TooManyRequests(
+            f"more than {self.settings.max_connections_per_ip} connections from {address}",
+            code="too_many_connections")
+
+    def release(self, transport: asyncio.BaseTransport | None) -> None:
+        """An admitted connection closed (safe to call more than once)."""
+        address = self.peers.pop(transport, None) if transport is not None else None
+        if address is not None:
+            self.connection_counts.release(address)
+
+    def check_publish_rate(self, transport: asyncio.BaseTransport | None,
+                           key: str | None = None) -> None:
+        """Raise :class:`TooManyRequests` if the client on ``transport`` publishes too fast.
+
+        The bucket is ``key`` if given (a verified identity, such as a token's
+        subject), else the client address.
+        """
+        limiter = self.publish_limiter
+        if limiter is None or transport is None:
+            return
+        wait = limiter.take(key or self.peers.get(transport, ""), self.loop.time())
+        if wait:
+            self.stats["publishes_rate_limited"] += 1
+            raise TooManyRequests(
+                f"more than {self.settings.max_publish_rate:g} publishes per second "
+                f"(burst {self.settings.publish_burst}); retry in {wait:.2f} s",
+                retry_after=wait)
+
     # introspection -----------------------------------------------------------
 
     def health(self) -> dict[str, object]:
         hub = self.broker.hub
-        return {
+        health: dict[str, object] = {
             "status": "ok",
             "time": int(time.time() * 1000),
             "transports": list(self.settings.transports),
@@ -208,4 +278,7 @@ class Server:
             "delivered": hub.delivered,
             "slow_consumers_cut_off": self.stats["slow_consumers"],
         }
+        for name, section in self.health_extra.items():
+            health[name] = section()
+        return health
 

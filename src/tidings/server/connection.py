@@ -35,14 +35,18 @@ MAX_PIPELINED = 16
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+#: Seconds a connection refused for a limit is kept (reading and dropping what the
+#: client sends) so that it can read the answer before the socket closes.
+REFUSAL_LINGER = 1.0
+
 
 class HttpConnection(asyncio.Protocol):
     """The protocol object of a connection while it speaks plain HTTP."""
 
     __slots__ = (
         "_body", "_body_size", "_error", "_failure", "_header_bytes", "_headers", "_url",
-        "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "server",
-        "settings", "transport",
+        "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "refused",
+        "server", "settings", "transport",
     )
 
     def __init__(self, server: Server) -> None:
@@ -55,6 +59,7 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False  # a request is being answered (long poll, publish)
         self.closing = False
         self.handed_over = False
+        self.refused = False  # over a connection limit: answered, waiting to close
         #: Loop time after which the connection is closed (0: no deadline);
         #: checked by the server's sweep, so a request costs no timer object.
         self.deadline = 0.0
@@ -77,7 +82,26 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
         self.server.http_connections.add(self)
+        refusal = self.server.admit(transport)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         self._arm(self.settings.header_timeout)
+
+    def _refuse(self, error: ProtocolError) -> None:
+        """Answer ``error`` before any request, then close once the client has read it.
+
+        Closing at once could reset the connection under a request the client is
+        still sending, and it would never see the answer; so the write side is
+        shut and what arrives is dropped until the client closes or the linger ends.
+        """
+        assert self.transport is not None
+        self.refused = self.closing = True
+        self.parser = None
+        self.transport.write(http.error_response(error, keep_alive=False))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(min(REFUSAL_LINGER, self.settings.header_timeout))
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self._failure is not None:
@@ -96,6 +120,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         self._disarm()
         self.server.http_connections.discard(self)
+        self.server.release(self.transport)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost()
@@ -258,6 +283,9 @@ class HttpConnection(asyncio.Protocol):
     def timed_out(self) -> None:
         """Called by the server's sweep once :attr:`deadline` has passed."""
         self.deadline = 0.0
+        if self.refused and self.transport is not None:
+            self.transport.close()
+            return
         if self.busy or self.transport is None or self.closing:
             return
         if self._url or self._headers:
@@ -270,6 +298,6 @@ class HttpConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close now (server shutdown); a parked request is answered by its owner first."""
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and (not self.closing or self.refused):
             self.closing = True
             self.transport.close()

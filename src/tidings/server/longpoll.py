@@ -15,6 +15,7 @@ import asyncio
 import math
 
 from tidings.core.message import Message
+from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE
 from tidings.server.reading import Batch
@@ -36,11 +37,13 @@ def tail_body(message: Message) -> bytes:
 class Waiter:
     """A parked long-poll request."""
 
-    __slots__ = ("batch", "conn", "cors", "keep_alive", "multi", "parked")
+    __slots__ = ("batch", "conn", "cors", "expires", "keep_alive", "multi", "parked")
 
     def __init__(self, conn: HttpConnection, batch: Batch, multi: bool, cors: Headers,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, expires: float = 0.0) -> None:
         self.conn = conn
+        #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
+        self.expires = expires
         self.batch = batch
         self.multi = multi
         self.cors = cors
@@ -68,6 +71,14 @@ class Waiter:
         if self.parked:
             self._forget()
             self._answer(poll.body((), self.batch.cursor(self.multi), (), False))
+
+    def token_expired(self) -> None:
+        """The token expired during the wait: ``401 token_expired``; the client resumes."""
+        if self.parked:
+            self._forget()
+            error = Unauthorized("the token has expired; poll again with a new one from the "
+                                 "same cursor", code="token_expired")
+            self.conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
 
     def _answer(self, body: bytes) -> None:
         self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
@@ -104,9 +115,9 @@ class Expiries:
 
 
 def answer(conn: HttpConnection, batch: Batch, multi: bool, wait: float, cors: Headers,
-           keep_alive: bool) -> None:
+           keep_alive: bool, expires: float = 0.0) -> None:
     if batch.messages or batch.gaps or wait <= 0:
         body = poll.body(batch.messages, batch.cursor(multi), batch.gaps, batch.more)
         conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
         return
-    conn.server.expiries.add(Waiter(conn, batch, multi, cors, keep_alive), wait)
+    conn.server.expiries.add(Waiter(conn, batch, multi, cors, keep_alive, expires), wait)

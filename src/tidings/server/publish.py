@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 def publish(server: Server, conn: HttpConnection, request: Request, channel: str,
             cors: Headers) -> None:
     """Validate the body, then answer ``201`` once the message is in the log."""
+    server.check_publish_rate(conn.transport)
     data = jsonvalue.compact(request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, cors, request.keep_alive))

@@ -64,6 +64,8 @@ class Router:
                                        allow=CHANNEL_METHODS)
             channel = check_channel(path[len(CHANNEL_PREFIX):])
             if method == "POST":
+                auth = self.server.auth
+                auth.check_publish(channel, auth.identify(request))
                 cors = self.server.cors.headers(request.headers)
                 publish.publish(self.server, conn, request, channel, cors)
             elif method == "GET":
@@ -103,16 +105,21 @@ class Router:
         if len(channels) > limit:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
+        auth = self.server.auth
+        credentials = auth.identify(request)
+        auth.check_subscribe(channels, credentials)
         if request.wants_websocket:
             self._check_enabled("websocket")
-            websocket.accept(self.server, conn, request, channels, rest)
+            websocket.accept(self.server, conn, request, channels, rest, credentials)
             return
         cors = self.server.cors.headers(request.headers)
         if request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            SseStream(self.server, conn.detach(), multi).start(starts, cors)
+            stream = SseStream(self.server, conn.detach(), multi)
+            stream.expires = credentials.expires
+            stream.start(starts, cors)
             return
         wait = request.wait_seconds()
         self._check_enabled("poll" if wait is None else "longpoll")
@@ -123,7 +130,8 @@ class Router:
                         request.keep_alive)
         else:
             wait = min(wait, self.settings.max_wait)
-            longpoll.answer(conn, batch, multi, wait, cors, request.keep_alive)
+            longpoll.answer(conn, batch, multi, wait, cors, request.keep_alive,
+                            credentials.expires)
 
     def _check_enabled(self, transport: str) -> None:
         if transport not in self.transports:

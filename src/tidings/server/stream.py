@@ -36,13 +36,16 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`."""
 
-    __slots__ = ("channels", "closed", "server", "transport")
+    __slots__ = ("channels", "closed", "expires", "server", "transport")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         self.server = server
         self.transport = transport
         self.channels: dict[str, None] = {}
         self.closed = False
+        #: When the client's token expires, in Unix seconds (0: never); the server's
+        #: sweep calls :meth:`token_expired` then (docs/security.md).
+        self.expires = 0.0
         limit = server.settings.output_buffer_limit
         transport.set_write_buffer_limits(high=limit)
         # Bound the kernel's send buffer too: autotuned, it can hold megabytes
@@ -101,6 +104,11 @@ class Stream(asyncio.Protocol):
         """Tell the client why, stop delivering, close after the last bytes leave."""
         raise NotImplementedError
 
+    def token_expired(self) -> None:
+        """The client's token expired: tell it to come back with a new one, and close."""
+        self.close_with("token_expired", "the token has expired; reconnect with a new one "
+                        "and resume from your last cursor")
+
     def _finish(self) -> None:
         """Stop delivering and close the socket (flushing what was written)."""
         if self.closed:
@@ -117,3 +125,4 @@ class Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
         self.server.draining.pop(self.transport, None)
+        self.server.release(self.transport)

@@ -18,7 +18,14 @@ from websockets.server import ServerProtocol
 
 from tidings.core.cursor import Start, parse_since
 from tidings.core.message import Message
-from tidings.errors import BadRequest, ProtocolError, TidingsError
+from tidings.errors import (
+    BadRequest,
+    OriginNotAllowed,
+    ProtocolError,
+    TidingsError,
+    Unauthorized,
+)
+from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.reading import read_all
 from tidings.server.request import Request
 from tidings.server.stream import Stream
@@ -61,7 +68,7 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
 class WebSocketSession(Stream):
     """An open WebSocket with its subscriptions."""
 
-    __slots__ = ("last_seen", "parser", "pending")
+    __slots__ = ("credentials", "last_seen", "parser", "pending")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         super().__init__(server, transport)
@@ -71,6 +78,8 @@ class WebSocketSession(Stream):
         self.last_seen = server.loop.time()
         #: Publish commands still waiting for the broker.
         self.pending = 0
+        #: Who the client is (server/auth.py); an ``auth`` command replaces it.
+        self.credentials = ANONYMOUS
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
@@ -117,17 +126,33 @@ class WebSocketSession(Stream):
             return
         try:
             if isinstance(command, commands.Subscribe):
+                self.server.auth.check_subscribe([command.channel], self.credentials)
                 start = parse_since(command.since, [command.channel])[command.channel]
                 self._subscribe(command.channel, start, command.req)
             elif isinstance(command, commands.Unsubscribe):
                 self.unsubscribe(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
             elif isinstance(command, commands.Publish):
+                self.server.auth.check_publish(command.channel, self.credentials)
                 self._publish(command)
+            elif isinstance(command, commands.AuthCommand):
+                self._authenticate(command)
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except ProtocolError as exc:
             self.transport.write(commands.error_frame(command.req, exc))
+
+    def _authenticate(self, command: commands.AuthCommand) -> None:
+        """Replace the connection's token; the new one must still grant every subscription."""
+        auth = self.server.auth
+        credentials = auth.verify(command.token)
+        auth.check_subscribe(list(self.channels), credentials)
+        self.credentials = credentials
+        self.expires = credentials.expires
+        claims = credentials.claims
+        self.transport.write(commands.ack_frame(
+            command.req, sub=claims.sub if claims else None,
+            exp=claims.expires if claims else None))
 
     def _subscribe(self, channel: str, start: Start, req: commands.Req | None) -> None:
         if channel in self.channels:
@@ -153,6 +178,7 @@ class WebSocketSession(Stream):
                 f"data is over the limit of {self.server.settings.max_message_size} bytes",
                 code="payload_too_large",
             )
+        self.server.check_publish_rate(self.transport)
         self.pending += 1
         self.server.spawn(self._publish_and_ack(command))
 
@@ -187,6 +213,15 @@ class WebSocketSession(Stream):
             websocket.CLOSE_GOING_AWAY)
         self.close(close_code, f"{code}: {reason}")
 
+    def token_expired(self) -> None:
+        """An error frame the client can read, then close 4001 (an ``auth`` in time avoids it)."""
+        if self.closed:
+            return
+        error = Unauthorized("the token has expired; reconnect with a new one and resume, or "
+                             "send an auth command before it expires", code="token_expired")
+        self.transport.write(commands.error_frame(None, error))
+        self.close(error.close_code, "token_expired")
+
     def close(self, code: int, reason: str) -> None:
         """Send a close frame and close the connection."""
         if self.closed:
@@ -197,8 +232,18 @@ class WebSocketSession(Stream):
 
 
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
-           rest: bytes) -> None:
-    """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``."""
+           rest: bytes, credentials: Credentials = ANONYMOUS) -> None:
+    """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
+
+    A browser page from an origin not in ``cors_origins`` is refused (``403``)
+    before the handshake: a WebSocket is not covered by CORS, and without the
+    check any site could open one with its visitors' cookies. Clients that send
+    no ``Origin`` (not browsers) are let in.
+    """
+    origin = request.header("origin")
+    if origin is not None and not server.cors.allows(origin):
+        raise OriginNotAllowed(f"WebSocket connections from origin {origin[:200]!r} "
+                               "are not allowed (cors_origins)")
     starts = parse_since(request.arg("since"), channels) if channels else {}
     for channel, start in starts.items():
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
@@ -206,4 +251,6 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     if response is None:
         return
     session = WebSocketSession(server, conn.detach())
+    session.credentials = credentials
+    session.expires = credentials.expires
     session.start(response, starts, rest)

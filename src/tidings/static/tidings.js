@@ -24,6 +24,11 @@ export const DEFAULTS = Object.freeze({
   upgradeAfter: 300000, // on a fallback, try the better techniques again after this long
   pollInterval: 1000,
   longpollWait: 25000, // how long the server may hold a long poll (it cuts to its max_wait)
+  // A token (docs/security.md): a string, or a function returning one or a promise of one,
+  // called again when the server says the token expired. Sent as ?token= on reads (an
+  // EventSource-style request and a WebSocket cannot carry headers without a preflight),
+  // as Authorization: Bearer on publish.
+  token: null,
 });
 
 const STATES = ["connecting", "open", "fallback", "reconnecting", "closed"];
@@ -130,6 +135,7 @@ class Client {
     this._wake = null;
     this._closed = false;
     this._why = null; // why the technique before this one failed, for the next state event
+    this._tokenValue = typeof this.options.token === "string" ? this.options.token : null;
     this._run().catch((error) => this._report(error));
   }
 
@@ -184,9 +190,12 @@ class Client {
     let response;
     let answer;
     try {
+      const token = await this._token();
+      const headers = { "Content-Type": "application/json" };
+      if (token !== null) headers.Authorization = `Bearer ${token}`;
       this.stats.requests += 1;
       response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}`, {
-        method: "POST", body, headers: { "Content-Type": "application/json" },
+        method: "POST", body, headers,
         cache: "no-store", signal: controller.signal,
       });
       answer = await response.json().catch(() => null);
@@ -212,6 +221,32 @@ class Client {
       for (const subscription of channel.subs) subscription.closed = true;
     }
     this._channels.clear();
+  }
+
+  // the token ----------------------------------------------------------------
+
+  /** The token to send (null: none); calls the token function when none is held. */
+  async _token() {
+    const source = this.options.token;
+    if (this._tokenValue === null && typeof source === "function") {
+      const value = await source();
+      if (typeof value !== "string" || value === "") {
+        throw new TidingsError("the token function must return a non-empty string");
+      }
+      this._tokenValue = value;
+    }
+    return this._tokenValue;
+  }
+
+  /** `?token=…` or `&token=…` for a read URL, or "" without a token. */
+  async _tokenParam(first) {
+    const token = await this._token();
+    return token === null ? "" : `${first ? "?" : "&"}token=${encodeURIComponent(token)}`;
+  }
+
+  /** The server refused the token as expired: the next request fetches a new one. */
+  _tokenExpired() {
+    if (typeof this.options.token === "function") this._tokenValue = null;
   }
 
   // the reconnect loop ------------------------------------------------------
@@ -531,6 +566,11 @@ class Reader {
 
   refused(status, answer) {
     const error = refusal(status, answer);
+    if (status === 401 && error.code === "token_expired" &&
+        typeof this.options.token === "function") {
+      this.client._tokenExpired();
+      throw new Outcome("retry", error.message); // again with a fresh token, from the cursor
+    }
     if (status >= 500 || status === 408 || status === 429) throw new Outcome("retry", error.message);
     throw new Outcome("failed", error.message);
   }
@@ -598,8 +638,8 @@ class PollReader extends Reader {
     for (;;) {
       const timeout = this.working ? this.options.requestTimeout : this.options.attemptTimeout;
       const headers = etag ? { "If-None-Match": etag } : {};
-      const { status, body, response } = await this.getJson(this.client._readUrl(this.names),
-                                                            headers, timeout);
+      const url = this.client._readUrl(this.names) + await this.client._tokenParam(false);
+      const { status, body, response } = await this.getJson(url, headers, timeout);
       let more = false;
       if (status === 200) {
         this.markWorking();
@@ -622,7 +662,8 @@ class LongPollReader extends Reader {
       const wait = this.working ? this.options.longpollWait : 0;
       const timeout = this.working ? wait + this.options.requestTimeout
                                    : this.options.attemptTimeout;
-      const url = this.client._readUrl(this.names, `&wait=${wait / 1000}`);
+      const url = this.client._readUrl(this.names, `&wait=${wait / 1000}`) +
+        await this.client._tokenParam(false);
       const { status, body } = await this.getJson(url, {}, timeout);
       if (status !== 200) this.refused(status, body);
       this.markWorking();
@@ -648,8 +689,9 @@ class SseReader extends Reader {
     try {
       let response;
       try {
+        const url = this.client._readUrl(this.names) + await this.client._tokenParam(false);
         this.client.stats.requests += 1;
-        response = await fetch(this.client._readUrl(this.names), {
+        response = await fetch(url, {
           headers: { Accept: "text/event-stream" }, cache: "no-store", signal: controller.signal,
         });
       } catch (error) {
@@ -747,6 +789,7 @@ class SseReader extends Reader {
     } else if (event === "gap") {
       this.client._acceptGap(value);
     } else if (event === "close") {
+      if (value && value.error === "token_expired") this.client._tokenExpired();
       throw new Outcome("retry", `the server closed the stream (${value && value.error})`);
     }
   }
@@ -814,12 +857,14 @@ class WebSocketReader extends Reader {
     });
   }
 
-  read() {
+  async read() {
+    const query = await this.client._tokenParam(true);
+    if (this.stopped) return undefined;
     return new Promise((resolve, reject) => {
       let opened = false;
       let failure = null;
       this.client.stats.requests += 1;
-      const socket = new WebSocket(`${this.client._wsUrl}/subscribe`);
+      const socket = new WebSocket(`${this.client._wsUrl}/subscribe${query}`);
       this.socket = socket;
       let settled = false;
       const finish = (event) => {
@@ -830,8 +875,11 @@ class WebSocketReader extends Reader {
         if (this.stopped) resolve();
         else if (failure) reject(failure);
         else if (!opened) {
+          // A browser hides why a handshake failed: an expired token looks like any refusal.
+          this.client._tokenExpired();
           this.networkFailure("the WebSocket did not open").then(resolve, reject);
         } else {
+          if (event.code === 4001) this.client._tokenExpired(); // reconnect with a new one
           const reason = event.reason ? `: ${event.reason}` : "";
           reject(new Outcome("retry", `the WebSocket closed with ${event.code}${reason}`));
         }

@@ -7,6 +7,7 @@ Client → server, one JSON object per text frame, each with a request id
     {"type": "unsubscribe", "req": 2, "channel": "prices"}
     {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2}}
     {"type": "ping",        "req": 4}
+    {"type": "auth",        "req": 5, "token": "<JWT>"}
 
 Server → client: ``ack`` or ``error`` for each command, and ``message``,
 ``gap``, ``subscribed`` frames. docs/protocol.md is the reference.
@@ -50,7 +51,15 @@ class PingCommand:
     req: Req
 
 
-Command = Subscribe | Unsubscribe | Publish | PingCommand
+@dataclass(frozen=True, slots=True)
+class AuthCommand:
+    """A fresh token for the connection, replacing the one it has (before it expires)."""
+
+    req: Req
+    token: str
+
+
+Command = Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand
 
 
 class CommandError(Exception):
@@ -78,6 +87,11 @@ def parse(text: str) -> Command:
         kind = value.get("type")
         if kind == "ping":
             return PingCommand(req)
+        if kind == "auth":
+            token = value.get("token")
+            if not isinstance(token, str) or not token:
+                raise BadRequest("auth needs a 'token' string", code="invalid_command")
+            return AuthCommand(req, token)
         if kind not in ("subscribe", "unsubscribe", "publish"):
             raise BadRequest(f"unknown command type {kind!r}", code="unknown_command")
         channel = _channel(value)

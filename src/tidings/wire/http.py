@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from tidings.errors import MethodNotAllowed, ProtocolError
+from tidings.errors import MethodNotAllowed, ProtocolError, TooManyRequests
 from tidings.wire import jsonvalue
 
 Headers = Sequence[tuple[str, str]]
@@ -64,4 +65,6 @@ def error_response(error: ProtocolError, headers: Headers = (), *,
     extra = list(headers)
     if isinstance(error, MethodNotAllowed):
         extra.append(("Allow", ", ".join(error.allow)))
+    elif isinstance(error, TooManyRequests) and error.retry_after is not None:
+        extra.append(("Retry-After", str(max(1, math.ceil(error.retry_after)))))
     return json_response(error.status, error.to_json(), extra, keep_alive=keep_alive)

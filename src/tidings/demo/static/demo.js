@@ -53,9 +53,17 @@ function record(symbol, time, price) {
   if (symbol === chosen) chart.push(time, price);
 }
 
+// A tick of the direct feed carries every quote; through PostgreSQL (tidings demo
+// --database) each message is one committed row change from the bridge.
+function quotesOf(data) {
+  if (typeof data !== "object" || !data) return [];
+  if (Array.isArray(data.quotes)) return data.quotes;
+  if (data.row && data.op !== "delete") return [data.row];
+  return [];
+}
+
 function applyTick(data, time, live) {
-  if (typeof data !== "object" || !data || !Array.isArray(data.quotes)) return;
-  for (const { symbol, price, change } of data.quotes) {
+  for (const { symbol, price, change } of quotesOf(data)) {
     const entry = rowFor(symbol);
     const cells = entry.row.cells;
     if (live && entry.price !== null && price !== entry.price) {

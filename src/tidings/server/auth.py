@@ -1,0 +1,199 @@
+"""Credentials: the server's API key and JWT connection tokens (docs/security.md).
+
+:class:`Authenticator` finds the credentials of a request — ``Authorization:
+Bearer``, then ``?token=``, then the ``tidings_token`` cookie — and verifies
+them; :mod:`tidings.core.policy` decides what they allow. Each algorithm is
+pinned to its own key: HS256 tokens are checked only with the HS256 secret,
+RS*/ES* tokens only with the public key, so neither ``alg: none`` nor an HS256
+token "signed" with the public key can pass.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from tidings.core.policy import Claims, Policy, Refusal
+from tidings.errors import Forbidden, ProtocolError, Unauthorized, UsageError
+from tidings.server.request import Request
+from tidings.settings import AuthSettings
+
+#: The cookie a browser may carry its token in.
+TOKEN_COOKIE = "tidings_token"
+#: Algorithms accepted for each kind of public key; the config may narrow them.
+PUBLIC_KEY_ALGORITHMS = {"RSA": ("RS256", "RS384", "RS512"), "EC": ("ES256", "ES384", "ES512")}
+_DEFAULT_ALGORITHM = {"RSA": "RS256", "EC": "ES256"}
+#: The longest token accepted, in characters (a bound on work done for garbage).
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Who a caller is: a token's claims (or ``None``) and whether it gave the API key."""
+
+    claims: Claims | None = None
+    api_key: bool = False
+
+    @property
+    def expires(self) -> float:
+        """The token's ``exp`` in Unix seconds, or 0 (never: no token, or the API key)."""
+        if self.api_key or self.claims is None or self.claims.expires is None:
+            return 0.0
+        return self.claims.expires
+
+
+ANONYMOUS = Credentials()
+
+
+class Authenticator:
+    """Verifies credentials with the keys of :class:`AuthSettings`.
+
+    Raises :class:`UsageError` at construction for a key file that cannot be
+    read or algorithms that do not fit the key.
+    """
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self.api_key = settings.api_key or os.environ.get("TIDINGS_API_KEY") or None
+        self.policy: Policy = settings.policy(settings.enabled or self.api_key is not None)
+        self.enabled = self.policy.enabled
+        #: algorithm -> the one key that verifies it
+        self._keys: dict[str, Any] = {}
+        if settings.jwt_hs256_secret:
+            self._keys["HS256"] = settings.jwt_hs256_secret.encode()
+        if settings.jwt_public_key_file:
+            key, kind = _public_key(settings.jwt_public_key_file)
+            algorithms = settings.jwt_algorithms or (_DEFAULT_ALGORITHM[kind],)
+            wrong = [a for a in algorithms if a not in PUBLIC_KEY_ALGORITHMS[kind]]
+            if wrong:
+                raise UsageError(f"[auth] jwt_algorithms {wrong} do not fit an {kind} key; "
+                                 f"choose from {', '.join(PUBLIC_KEY_ALGORITHMS[kind])}")
+            for algorithm in algorithms:
+                self._keys[algorithm] = key
+        elif settings.jwt_algorithms:
+            raise UsageError("[auth] jwt_algorithms needs jwt_public_key_file")
+
+    # finding and verifying ---------------------------------------------------
+
+    def identify(self, request: Request) -> Credentials:
+        """The credentials ``request`` carries; raise :class:`Unauthorized` if they are bad.
+
+        With access control off, nothing is looked at: everyone is anonymous.
+        """
+        if not self.enabled:
+            return ANONYMOUS
+        authorization = request.header("authorization")
+        if authorization is not None:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Unauthorized("Authorization must be 'Bearer <token or API key>'",
+                                   code="invalid_token")
+            return self.verify(value.strip(), api_key_allowed=True)
+        token = request.arg("token")
+        if token is None:
+            token = _cookie(request.header("cookie"), TOKEN_COOKIE)
+        if token is None:
+            return ANONYMOUS
+        return self.verify(token)
+
+    def verify(self, token: str, api_key_allowed: bool = False) -> Credentials:
+        """Credentials for ``token`` (a JWT, or the API key if allowed).
+
+        Raises :class:`Unauthorized` with the reason if it is neither.
+        """
+        if api_key_allowed and self.api_key is not None and hmac.compare_digest(
+                token.encode(), self.api_key.encode()):
+            return Credentials(api_key=True)
+        return Credentials(self.claims(token))
+
+    def claims(self, token: str) -> Claims:
+        """The claims of a valid JWT; raise :class:`Unauthorized` with the reason otherwise."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized(f"token longer than {MAX_TOKEN_LENGTH} characters",
+                               code="invalid_token")
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError:
+            raise Unauthorized("the token is not a JWT", code="invalid_token") from None
+        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+        if key is None or not isinstance(algorithm, str):
+            accepted = ", ".join(sorted(self._keys)) or "none (no JWT key configured)"
+            raise Unauthorized(f"tokens signed with {str(algorithm)[:20]!r} are not accepted; "
+                               f"accepted: {accepted}", code="invalid_token")
+        try:
+            payload = jwt.decode(token, key, algorithms=[algorithm],
+                                 options={"require": ["exp"], "verify_aud": False})
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired; get a new one",
+                               code="token_expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("the token is not valid yet (nbf)",
+                               code="token_not_yet_valid") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        return _claims(payload)
+
+    # deciding ----------------------------------------------------------------
+
+    def check_subscribe(self, channels: Sequence[str], credentials: Credentials) -> None:
+        """Raise :class:`Unauthorized` / :class:`Forbidden` unless every channel is allowed."""
+        _raise(self.policy.may_subscribe_all(channels, credentials.claims, credentials.api_key))
+
+    def check_publish(self, channel: str, credentials: Credentials) -> None:
+        """Raise :class:`Unauthorized` / :class:`Forbidden` unless publishing is allowed."""
+        _raise(self.policy.may_publish(channel, credentials.claims, credentials.api_key))
+
+
+def _raise(refusal: Refusal | None) -> None:
+    if refusal is None:
+        return
+    error: type[ProtocolError] = Unauthorized if refusal.kind == "unauthorized" else Forbidden
+    raise error(refusal.reason, code=refusal.code)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    channels = payload.get("channels", {})
+    if not isinstance(channels, dict):
+        raise Unauthorized("the channels claim must be an object with subscribe and publish "
+                           "lists", code="invalid_token")
+    grants = []
+    for action in ("subscribe", "publish"):
+        patterns = channels.get(action, [])
+        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+            raise Unauthorized(f"channels.{action} must be a list of names or patterns",
+                               code="invalid_token")
+        grants.append(tuple(patterns))
+    sub = payload.get("sub")
+    exp = payload.get("exp")
+    return Claims(sub if isinstance(sub, str) else None,
+                  float(exp) if isinstance(exp, int | float) else None, grants[0], grants[1])
+
+
+def _public_key(path: str) -> tuple[Any, str]:
+    try:
+        with open(path, "rb") as f:
+            key = load_pem_public_key(f.read())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"[auth] cannot read jwt_public_key_file {path}: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, "EC"
+    raise UsageError(f"[auth] {path}: an RSA or EC public key is needed, "
+                     f"not {type(key).__name__}")
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value.strip('"')
+    return None

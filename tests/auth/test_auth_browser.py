@@ -1,0 +1,73 @@
+"""tidings.js with a token function in headless Chromium: refreshed on expiry, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from authkit import AUTH, UNIT, http_client, publish_ok, token
+
+CHROMIUM = "/usr/bin/chromium"
+TTL = 1.5 * UNIT
+FAST = {"pollInterval": 100, "longpollWait": 30000, "attemptTimeout": 3000,
+        "backoff": {"initial": 50, "max": 200}}
+
+
+async def launch() -> tuple[Any, Any]:
+    if not Path(CHROMIUM).exists():  # noqa: ASYNC240 - once, before any I/O
+        message = f"{CHROMIUM} is missing: apt-get install chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+    playwright = await async_playwright().start()
+    browser = await playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+    return playwright, browser
+
+
+# Poll reads like long poll (the same refusal path); left out to keep the file short.
+@pytest.mark.parametrize("technique", ["websocket", "sse", "longpoll"])
+async def test_the_browser_client_refreshes_an_expired_token(make_server: Any,
+                                                              technique: str) -> None:
+    server = await make_server(auth=AUTH)
+    minted: list[str] = []
+
+    def mint_token() -> str:
+        # The first one is already expired: the client must notice and ask again.
+        minted.append(token(subscribe=["chat:a"], ttl=TTL if minted else -5))
+        return minted[-1]
+
+    playwright, browser = await launch()
+    try:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        # A Python function the page calls; it returns a promise, like a fetch() would.
+        await page.expose_function("mintToken", mint_token)
+        await page.goto(f"{server.url}/tidings.js")  # any page of the server's origin
+        await page.evaluate("""async ([url, options]) => {
+            const { connect } = await import("/tidings.js");
+            window.ids = [];
+            window.client = connect(url, { ...options, token: () => window.mintToken() });
+            window.client.subscribe("chat:a", {
+                since: "0", onMessage: (m) => window.ids.push(m.id) });
+        }""", [server.url, {**FAST, "transports": [technique]}])
+        published = []
+        async with http_client(server) as client:
+            for n in range(10):
+                published.append(await publish_ok(client, "chat:a", n))
+                await asyncio.sleep(TTL / 4)
+        await page.wait_for_function(f"() => window.ids.length >= {len(published)}",
+                                     timeout=15_000 * UNIT)
+        assert await page.evaluate("window.ids") == published
+        assert len(minted) >= 3  # the expired one, then at least one refresh on expiry
+        await page.evaluate("window.client.close()")
+        assert errors == []
+    finally:
+        await browser.close()
+        await playwright.stop()

@@ -1,0 +1,83 @@
+"""``tidings bridge run`` and ``tidings serve`` with ``[[bridges]]``, as child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from pgkit import Pg, long_poll
+from pgkit import pg_fixture as pg_fixture  # the pg fixture
+
+from conftest import UNIT
+from tidings import Server
+from tidings.bridges.postgres import install
+
+
+async def start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tidings", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def stop(process: asyncio.subprocess.Process) -> tuple[int, str]:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10 * UNIT):
+        _out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, err.decode()
+
+
+async def test_bridge_run_publishes_to_a_server_over_http(pg: Pg, server: Server) -> None:
+    await pg.execute("CREATE TABLE {s}.prices (symbol text PRIMARY KEY, price numeric)")
+    await install(pg.conn, f"{pg.tables}.prices", "prices:{symbol}", pg.outbox)
+    await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', 1)")  # before the bridge runs
+    process = await start("bridge", "run", pg.dsn, "--url", server.url, "--schema", pg.outbox)
+    try:
+        await pg.execute("UPDATE {s}.prices SET price = 2")
+        messages = await long_poll(server.url, "prices:AAPL", 2)
+    finally:
+        code, err = await stop(process)
+    assert [m["data"]["op"] for m in messages] == ["insert", "update"]
+    assert code == 0, err
+    assert "bridge stopped" in err
+
+
+async def test_bridge_run_stops_with_a_clear_error(pg: Pg, server: Server) -> None:
+    process = await start("bridge", "run", pg.dsn, "--url", server.url, "--schema", pg.outbox)
+    async with asyncio.timeout(10 * UNIT):
+        _out, err = await process.communicate()  # it ends by itself
+    assert process.returncode == 2
+    assert "tidings bridge install" in err.decode()
+
+
+async def test_serve_runs_the_bridges_of_its_config_file(pg: Pg, tmp_path: Path) -> None:
+    await pg.execute("CREATE TABLE {s}.prices (symbol text PRIMARY KEY, price numeric)")
+    config = tmp_path / "tidings.toml"
+    config.write_text(
+        f'[[bridges]]\ndsn = "{pg.dsn}"\nschema = "{pg.outbox}"\n'
+        f'tables = [{{table = "{pg.tables}.prices", channel = "prices:{{symbol}}"}}]\n')
+    process = await start("serve", "--port", "0", "--config", str(config),
+                          "--log-level", "warning")
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(10 * UNIT):
+            line = (await process.stdout.readline()).decode()
+        url = line.removeprefix("tidings serving on ").strip()
+        assert url.startswith("http://"), line
+        # The bridge installs the table when it connects: keep writing until a change arrives.
+        reader = asyncio.create_task(long_poll(url, "prices:AAPL", 1))
+        async with asyncio.timeout(10 * UNIT):
+            price = 0
+            while not reader.done():
+                price += 1
+                await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', %s) ON CONFLICT "
+                                 "(symbol) DO UPDATE SET price = excluded.price", [price])
+                await asyncio.wait([reader], timeout=0.1)
+        [message] = reader.result()
+        assert message["data"]["row"]["symbol"] == "AAPL"
+    finally:
+        code, err = await stop(process)
+    assert code == 0, err
