@@ -42,6 +42,16 @@ class Credentials:
     api_key: bool = False
 
     @property
+    def rate_key(self) -> str | None:
+        """Whose publish-rate bucket this caller uses: the API key's, the token subject's,
+        or ``None`` for the client address's."""
+        if self.api_key:
+            return "api-key"
+        if self.claims is not None and self.claims.sub is not None:
+            return f"token:{self.claims.sub}"
+        return None
+
+    @property
     def expires(self) -> float:
         """The token's ``exp`` in Unix seconds, or 0 (never: no token, or the API key)."""
         if self.api_key or self.claims is None or self.claims.expires is None:

@@ -16,9 +16,13 @@ if TYPE_CHECKING:
 
 
 def publish(server: Server, conn: HttpConnection, request: Request, channel: str,
-            cors: Headers) -> None:
-    """Validate the body, then answer ``201`` once the message is in the log."""
-    server.check_publish_rate(conn.transport)
+            cors: Headers, rate_key: str | None = None) -> None:
+    """Validate the body, then answer ``201`` once the message is in the log.
+
+    ``rate_key`` names the publisher's rate bucket (its token or the API key);
+    without one, the client address's bucket is used.
+    """
+    server.check_publish_rate(conn.transport, rate_key)
     data = jsonvalue.compact(request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, cors, request.keep_alive))

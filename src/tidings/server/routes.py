@@ -65,9 +65,10 @@ class Router:
             channel = check_channel(path[len(CHANNEL_PREFIX):])
             if method == "POST":
                 auth = self.server.auth
-                auth.check_publish(channel, auth.identify(request))
+                credentials = auth.identify(request)
+                auth.check_publish(channel, credentials)
                 cors = self.server.cors.headers(request.headers)
-                publish.publish(self.server, conn, request, channel, cors)
+                publish.publish(self.server, conn, request, channel, cors, credentials.rate_key)
             elif method == "GET":
                 self._read(conn, request, [channel], False, rest)
             else:

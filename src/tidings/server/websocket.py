@@ -178,7 +178,7 @@ class WebSocketSession(Stream):
                 f"data is over the limit of {self.server.settings.max_message_size} bytes",
                 code="payload_too_large",
             )
-        self.server.check_publish_rate(self.transport)
+        self.server.check_publish_rate(self.transport, self.credentials.rate_key)
         self.pending += 1
         self.server.spawn(self._publish_and_ack(command))
 

@@ -1,0 +1,25 @@
+"""The publish rate is counted per publisher: a token's subject, the API key, else the address."""
+
+from __future__ import annotations
+
+from authkit import API_KEY, AUTH, bearer, http_client, token
+
+from conftest import ServerFactory
+
+
+async def test_each_token_subject_and_the_api_key_have_their_own_bucket(
+        make_server: ServerFactory) -> None:
+    server = await make_server(auth=AUTH, max_publish_rate=0.001, publish_burst=2)
+    alice = bearer(token(publish=["chat:*"], sub="alice"))
+    bob = bearer(token(publish=["chat:*"], sub="bob"))
+    async with http_client(server) as http:
+        async def publish(headers: dict[str, str], channel: str) -> int:
+            response = await http.post(f"/channels/{channel}", json=1, headers=headers)
+            return response.status_code
+
+        # All from 127.0.0.1: only the identities tell the buckets apart.
+        assert [await publish(alice, "chat:a") for _ in range(3)] == [201, 201, 429]
+        assert [await publish(bob, "chat:a") for _ in range(3)] == [201, 201, 429]
+        assert [await publish(bearer(API_KEY), "public:x") for _ in range(3)] == [201, 201, 429]
+        # Anonymous publishers share the address's bucket.
+        assert [await publish({}, "open:x") for _ in range(3)] == [201, 201, 429]
