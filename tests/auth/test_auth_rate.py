@@ -23,3 +23,24 @@ async def test_each_token_subject_and_the_api_key_have_their_own_bucket(
         assert [await publish(bearer(API_KEY), "public:x") for _ in range(3)] == [201, 201, 429]
         # Anonymous publishers share the address's bucket.
         assert [await publish({}, "open:x") for _ in range(3)] == [201, 201, 429]
+
+
+async def test_the_sync_publisher_sends_its_token(make_server: ServerFactory) -> None:
+    import asyncio
+
+    import tidings
+    from tidings.errors import RequestRefused
+
+    server = await make_server(auth=AUTH)
+
+    def publish(token_: str | None) -> str:
+        with tidings.Publisher(server.url, token=token_) as publisher:
+            return publisher.publish("public:news", {"a": 1})
+
+    assert (await asyncio.to_thread(publish, API_KEY)).endswith("-1")
+    try:
+        await asyncio.to_thread(publish, None)
+    except RequestRefused as exc:
+        assert exc.status == 401
+    else:
+        raise AssertionError("published without the API key")

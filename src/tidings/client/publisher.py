@@ -23,11 +23,17 @@ class Publisher:
     refuses, and :class:`tidings.ClientClosed` after :meth:`close`. Nothing is
     retried: a publish that broke may have been accepted. Threads may share
     one publisher (``httpx.Client`` is thread-safe).
+
+    ``token`` is the server's API key or a token granting the channels
+    (docs/security.md), sent as ``Authorization: Bearer``.
     """
 
     def __init__(self, url: str, *, timeout: float = 10.0,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, token: str | None = None) -> None:
         self.url, _ = base_urls(url)
+        headers = dict(headers or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(timeout=timeout, headers=headers)
         self.closed = False
 
