@@ -18,6 +18,7 @@ fits an SSE ``id:`` field as it is.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -68,8 +69,13 @@ ORIGIN: Final = _Special("ORIGIN")
 Start = Position | _Special
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_position(text: str) -> Position:
-    """Parse one message id; raise :class:`InvalidCursor` if it is malformed."""
+    """Parse one message id; raise :class:`InvalidCursor` if it is malformed.
+
+    Cached: the clients of a channel mostly send the same few cursors (the
+    last id they were given), and a :class:`Position` is immutable.
+    """
     match = _POSITION_RE.fullmatch(text)
     if match is None:
         raise InvalidCursor(f"malformed cursor {text[:60]!r}; expected EPOCH-SEQ")
