@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from clients import until
 
 from conftest import UNIT, ServerFactory
 from tidings import Server
 
 ORIGIN = "https://a.example"
 OTHER = "https://b.example"
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Wait for server state that has no event to await (a request being parked)."""
-    async with asyncio.timeout(5 * UNIT):
-        while not condition():  # noqa: ASYNC110 - nothing to await from outside the server
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -184,7 +178,7 @@ async def test_parked_and_expired_long_polls_carry_cors(server: Server,
         "/channels/lp", params={"since": expired.json()["next"], "wait": "10"},
         headers=headers))
     async with asyncio.timeout(5 * UNIT):
-        await wait_until(lambda: bool(server.waiters))  # parked: the publish wakes it
+        await until(lambda: bool(server.waiters))  # parked: the publish wakes it
         await client.post("/channels/lp", json=1)
         woken = await parked
     assert woken.json()["messages"][0]["data"] == 1

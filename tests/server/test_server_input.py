@@ -14,12 +14,13 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from clients import until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -135,13 +136,6 @@ async def still_serving(server: Server) -> AsyncIterator[None]:
         assert message["type"] == "message"
         assert message["data"] == marker
         assert message["id"] == published.json()["id"]
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Wait for server state that has no event to await (a request being parked)."""
-    async with asyncio.timeout(5 * UNIT):
-        while not condition():  # noqa: ASYNC110 - nothing to await from outside the server
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -565,7 +559,7 @@ async def test_pipelined_behind_a_parked_long_poll(server: Server,
         writer.write(b"GET /channels/lp?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"GET /channels/lp?since=0 HTTP/1.1\r\nHost: x\r\n\r\n")
         # Let the server park the long poll, then wake it.
-        await wait_until(lambda: bool(server.waiters))
+        await until(lambda: bool(server.waiters))
         message_id = await publish(client, "lp", "woke")
         woken = await read_response(reader)
         poll = await read_response(reader)
@@ -804,7 +798,7 @@ async def test_upgrade_pipelined_behind_a_request_is_refused(
                      b"GET /channels/a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
-        await wait_until(lambda: bool(server.waiters))
+        await until(lambda: bool(server.waiters))
         message_id = await publish(client, "up", 1)
         woken = await read_response(reader)
         assert [m["id"] for m in woken.json()["messages"]] == [message_id]
@@ -823,7 +817,7 @@ async def test_garbage_pipelined_behind_a_parked_request(server: Server,
         writer.write(parked + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n7"
                      b"NOT HTTP AT ALL\r\n\r\n")
         if parked.startswith(b"GET"):
-            await wait_until(lambda: bool(server.waiters))
+            await until(lambda: bool(server.waiters))
             await publish(client, "gp", 7)
         first = await read_response(reader)
         assert first.status_code in (200, 201), first.content
