@@ -96,9 +96,21 @@ class HttpConnection(asyncio.Protocol):
         shut and what arrives is dropped until the client closes or the linger ends.
         """
         assert self.transport is not None
+        self.transport.write(http.error_response(error, keep_alive=False))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an error answer without losing it ("lingering close").
+
+        A client may still be sending (a request we refused halfway): closing
+        at once would make the kernel reset the connection, which can destroy
+        the answer before the client reads it. So the write side is shut, what
+        arrives is dropped, and the socket is closed when the client closes or
+        after :data:`REFUSAL_LINGER` seconds.
+        """
+        assert self.transport is not None
         self.refused = self.closing = True
         self.parser = None
-        self.transport.write(http.error_response(error, keep_alive=False))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._arm(min(REFUSAL_LINGER, self.settings.header_timeout))
@@ -233,7 +245,8 @@ class HttpConnection(asyncio.Protocol):
         transport.write(data)
         if self._failure is not None:
             transport.write(self._failure)
-            keep_alive = False
+            self._linger()
+            return
         if not keep_alive:
             self.closing = True
             transport.close()
@@ -260,7 +273,9 @@ class HttpConnection(asyncio.Protocol):
             # Responses go out in request order: this one follows the parked request's.
             self._failure = answer
             return
-        self.respond(answer, keep_alive=False)
+        self.busy = False
+        self.transport.write(answer)
+        self._linger()
 
     def detach(self) -> asyncio.Transport:
         """Give up the socket to a stream (SSE, WebSocket), which sets itself as its protocol."""
