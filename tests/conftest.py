@@ -49,3 +49,59 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") and skipped:
         print(f"\nCI: {len(skipped)} test(s) skipped; in CI every test must run.")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Redis servers of the tests' own (tests/rediskit.py); never the shared one on 6379.
+# Without redis-server (and redis-cli) these fixtures skip, which CI counts as a failure.
+
+from collections.abc import Iterator  # noqa: E402
+
+from rediskit import RedisClusterProcesses, RedisProcess, redis_missing  # noqa: E402
+
+
+def _require_redis() -> None:
+    reason = redis_missing()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_process() -> Iterator[RedisProcess]:
+    """A fresh, started Redis for this test only: stop, restart, pause it at will."""
+    _require_redis()
+    with RedisProcess() as redis:
+        yield redis
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisProcess]:
+    """One Redis for the whole session; tests take it through ``redis_url``. Do not stop it."""
+    _require_redis()
+    with RedisProcess() as redis:
+        yield redis
+
+
+@pytest.fixture
+def redis_url(shared_redis: RedisProcess) -> str:
+    """The session's Redis, emptied (FLUSHALL) for this test: ``redis://127.0.0.1:PORT/0``."""
+    if shared_redis.paused:
+        shared_redis.resume()
+    if not shared_redis.running:  # a test stopped it after all: bring it back
+        shared_redis.restart()
+    shared_redis.command("FLUSHALL")
+    return shared_redis.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcesses]:
+    """One local Redis Cluster (three masters) for the session; see ``redis_cluster_url``."""
+    _require_redis()
+    with RedisClusterProcesses() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterProcesses) -> str:
+    """The session's cluster with every master emptied; the URL of its first node."""
+    redis_cluster.flushall()
+    return redis_cluster.startup_url

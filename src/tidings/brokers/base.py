@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 
 from tidings.core.cursor import Start
 from tidings.core.fanout import Hub
@@ -13,22 +14,40 @@ from tidings.core.message import Message
 class Broker(abc.ABC):
     """Keeps channel logs and tells the local :class:`Hub` about new messages.
 
-    Contract, checked by ``tests/brokers/``:
+    Contract, checked for every broker by ``tests/brokers/``:
 
-    * :meth:`publish` returns only once the message is in the log; every
-      subscriber registered on :attr:`hub` before it returned sees it, in
-      log order.
+    * :meth:`publish` returns only once the message is in the log (raising
+      :class:`~tidings.errors.BrokerError` if it could not be stored). Every
+      subscriber registered on :attr:`hub` sees each message once, in log
+      order; with a shared store, messages published elsewhere arrive a
+      moment later.
     * :meth:`read` from any cursor returns what is retained after it, with a
       gap when the cursor is older than the retained window or of another epoch.
-    * :meth:`read` followed by :meth:`Hub.subscribe` with no ``await`` in
-      between misses nothing and repeats nothing.
+    * Reads are synchronous so that a read followed by :meth:`Hub.subscribe`,
+      with no ``await`` in between, misses nothing and repeats nothing. A
+      broker whose logs live elsewhere keeps a local replica of the channels
+      in use: :meth:`ready` says whether :meth:`read` can answer ``starts``
+      now, and otherwise ``await prepare(starts)`` makes it so (or raises
+      :class:`~tidings.errors.BrokerError`).
+    * If the log of a channel loses messages under live subscribers (a shared
+      store emptied or unreachable for too long), :meth:`Hub.skip` tells them.
     """
 
     hub: Hub
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect to what the broker needs; called once by the server before it listens."""
+
     @abc.abstractmethod
     async def publish(self, channel: str, data: bytes) -> Message:
         """Append ``data`` (compact JSON) to ``channel``; fan it out; return it."""
+
+    def ready(self, starts: Mapping[str, Start]) -> bool:
+        """Whether :meth:`read` can answer each channel's start without waiting."""
+        return True
+
+    async def prepare(self, starts: Mapping[str, Start]) -> None:  # noqa: B027 - optional
+        """Make :meth:`ready` true for ``starts``; raise ``BrokerError`` if the store is away."""
 
     @abc.abstractmethod
     def read(self, channel: str, start: Start, limit: int) -> Read:
@@ -36,7 +55,11 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def maintain(self) -> None:
-        """Apply retention by age and forget idle empty logs; call about once a second."""
+        """Apply retention by age and forget idle logs; call about once a second."""
+
+    def health(self) -> dict[str, object]:
+        """What ``/healthz`` shows under ``broker``."""
+        return {"kind": type(self).__name__}
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release what the broker holds."""

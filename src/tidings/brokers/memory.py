@@ -95,6 +95,9 @@ class MemoryBroker(Broker):
         while len(self._tombstones) > MAX_TOMBSTONES:
             del self._tombstones[next(iter(self._tombstones))]
 
+    def health(self) -> dict[str, object]:
+        return {"kind": "memory", "status": "ok", "channels": len(self._logs)}
+
     def channels(self) -> int:
         """How many channel logs are held."""
         return len(self._logs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from tidings.core.log import Gap
 from tidings.core.message import Message
 
 
@@ -17,6 +18,9 @@ class Subscriber(Protocol):
 
     def deliver(self, message: Message) -> None:
         """Take ``message``; must not block and must not raise."""
+
+    def skip(self, gap: Gap) -> None:
+        """Learn that messages were lost while subscribed (``gap.resume`` follows); no raise."""
 
 
 class Hub:
@@ -59,3 +63,15 @@ class Hub:
             subscriber.deliver(message)
         self.delivered += len(targets)
         return len(targets)
+
+    def skip(self, gap: Gap) -> None:
+        """Tell the channel's subscribers that the log lost messages (see :class:`Gap`).
+
+        Only a replicated log can lose messages under live subscribers (a
+        shared store that was emptied or fell behind); the messages that follow
+        are delivered after this as usual.
+        """
+        subscribers = self._subscribers.get(gap.channel)
+        if subscribers:
+            for subscriber in tuple(subscribers):
+                subscriber.skip(gap)

@@ -96,12 +96,18 @@ class ChannelLog:
 
     def append(self, data: bytes, now_ms: int) -> Message:
         """Add a message (``data`` is compact JSON) and return it."""
+        message = Message(self.channel, Position(self.epoch, self._last_seq + 1), data, now_ms)
+        self.add(message)
+        return message
+
+    def add(self, message: Message) -> None:
+        """Add a message numbered elsewhere (a replica of another log); it must come next."""
+        if message.position != Position(self.epoch, self._last_seq + 1):
+            raise ValueError(f"{message!r} does not follow {self.end} in {self.channel!r}")
         self._last_seq += 1
-        message = Message(self.channel, Position(self.epoch, self._last_seq), data, now_ms)
         self._items.append(message)
         if len(self) > self.retention.size:
             self._drop(len(self) - self.retention.size)
-        return message
 
     def trim(self, now_ms: int) -> int:
         """Drop messages older than the TTL; return how many were dropped."""

@@ -89,6 +89,7 @@ class Server:
 
     async def start(self) -> None:
         """Listen; :attr:`port` is the real port (useful with ``port=0``)."""
+        await self.broker.start()
         self._listener = await self.loop.create_server(
             lambda: HttpConnection(self), self.settings.host, self.settings.port,
             reuse_address=True, backlog=4096,
@@ -264,8 +265,9 @@ class Server:
 
     def health(self) -> dict[str, object]:
         hub = self.broker.hub
+        broker = self.broker.health()
         health: dict[str, object] = {
-            "status": "ok",
+            "status": "ok" if broker.get("status", "ok") == "ok" else "degraded",
             "time": int(time.time() * 1000),
             "transports": list(self.settings.transports),
             "connections": {
@@ -277,6 +279,7 @@ class Server:
             "published": self.stats["published"],
             "delivered": hub.delivered,
             "slow_consumers_cut_off": self.stats["slow_consumers"],
+            "broker": broker,
         }
         for name, section in self.health_extra.items():
             health[name] = section()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 
+from tidings.core.log import Gap
 from tidings.core.message import Message
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
@@ -65,6 +66,12 @@ class Waiter:
         else:
             body = message.wire_longpoll or tail_body(message)
         self._answer(body)
+
+    def skip(self, gap: Gap) -> None:
+        """The log lost messages during the wait: answer with the gap and the cursor past it."""
+        self._forget()
+        self.batch.positions[gap.channel] = gap.resume
+        self._answer(poll.body((), self.batch.cursor(self.multi), (gap,), False))
 
     def expire(self) -> None:
         """The wait ended with nothing new: answer with no messages and the same cursor."""

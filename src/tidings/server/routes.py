@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import parse_since
+from tidings.core.cursor import Start, parse_since
 from tidings.core.names import check_channel
 from tidings.errors import (
     BadRequest,
+    BrokerError,
     MethodNotAllowed,
     NotFound,
     ProtocolError,
     TransportDisabled,
 )
 from tidings.server import longpoll, poll, publish, static, websocket
+from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.reading import read_batch
 from tidings.server.request import Request
@@ -114,25 +116,53 @@ class Router:
             websocket.accept(self.server, conn, request, channels, rest, credentials)
             return
         cors = self.server.cors.headers(request.headers)
+        broker = self.server.broker
         if request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
             stream = SseStream(self.server, conn.detach(), multi)
             stream.expires = credentials.expires
-            stream.start(starts, cors)
+            if broker.ready(starts):
+                stream.start(starts, cors)
+            else:
+                self.server.spawn(stream.start_when_ready(starts, cors))
             return
         wait = request.wait_seconds()
         self._check_enabled("poll" if wait is None else "longpoll")
         starts = parse_since(request.arg("since"), channels)
-        batch = read_batch(self.server.broker, starts, self._limit(request))
+        limit = self._limit(request)
+        if wait is not None:
+            wait = min(wait, self.settings.max_wait)
+        if broker.ready(starts):
+            self._answer_read(conn, request, starts, multi, limit, wait, cors, credentials)
+        else:
+            conn.park()
+            self.server.spawn(self._answer_read_when_ready(conn, request, starts, multi, limit,
+                                                           wait, cors, credentials))
+
+    def _answer_read(self, conn: HttpConnection, request: Request, starts: dict[str, Start],
+                     multi: bool, limit: int, wait: float | None, cors: http.Headers,
+                     credentials: Credentials) -> None:
+        batch = read_batch(self.server.broker, starts, limit)
         if wait is None:
             poll.answer(conn, batch, multi, request.header("if-none-match"), cors,
                         request.keep_alive)
         else:
-            wait = min(wait, self.settings.max_wait)
             longpoll.answer(conn, batch, multi, wait, cors, request.keep_alive,
                             credentials.expires)
+
+    async def _answer_read_when_ready(self, conn: HttpConnection, request: Request,
+                                      starts: dict[str, Start], multi: bool, limit: int,
+                                      wait: float | None, cors: http.Headers,
+                                      credentials: Credentials) -> None:
+        """A poll or long poll of channels the broker must fetch first (a shared store)."""
+        try:
+            await self.server.broker.prepare(starts)
+            self._answer_read(conn, request, starts, multi, limit, wait, cors, credentials)
+        except (ProtocolError, BrokerError) as exc:
+            conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
+                         request.keep_alive)
 
     def _check_enabled(self, transport: str) -> None:
         if transport not in self.transports:

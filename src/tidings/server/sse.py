@@ -6,8 +6,9 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Position, Start, format_multi
+from tidings.core.log import Gap
 from tidings.core.message import Message
-from tidings.errors import ProtocolError
+from tidings.errors import BrokerError, ProtocolError
 from tidings.server.reading import read_all
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
@@ -71,6 +72,18 @@ class SseStream(Stream):
             self.subscribe(channel)
         self.server.streams.add(self)
 
+    async def start_when_ready(self, starts: dict[str, Start], cors: Headers) -> None:
+        """:meth:`start` once the broker has fetched the channels (a shared store)."""
+        try:
+            await self.server.broker.prepare(starts)
+        except BrokerError as exc:
+            if not self.closed:
+                self.transport.write(http.error_response(exc, cors, keep_alive=False))
+                self._finish()
+            return
+        if not self.closed:
+            self.start(starts, cors)
+
     def deliver(self, message: Message) -> None:
         positions = self.positions
         if positions is None:
@@ -78,6 +91,14 @@ class SseStream(Stream):
         else:
             positions[message.channel] = message.position
             self.transport.write(sse.message_event_with_cursor(message, format_multi(positions)))
+
+    def skip(self, gap: Gap) -> None:
+        positions = self.positions
+        if positions is None:
+            self.transport.write(sse.gap_event(gap, str(gap.resume)))
+        else:
+            positions[gap.channel] = gap.resume
+            self.transport.write(sse.gap_event(gap, format_multi(positions)))
 
     def heartbeat(self, now: float) -> None:
         self.transport.write(sse.HEARTBEAT)

@@ -20,6 +20,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from tidings.core.log import Gap
 from tidings.core.message import Message
 
 if TYPE_CHECKING:
@@ -81,6 +82,9 @@ class Stream(asyncio.Protocol):
             self.server.broker.hub.unsubscribe(channel, self)
 
     def deliver(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def skip(self, gap: Gap) -> None:
         raise NotImplementedError
 
     def heartbeat(self, now: float) -> None:

@@ -17,9 +17,11 @@ from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 from tidings.core.cursor import Start, parse_since
+from tidings.core.log import Gap
 from tidings.core.message import Message
 from tidings.errors import (
     BadRequest,
+    BrokerError,
     OriginNotAllowed,
     ProtocolError,
     TidingsError,
@@ -40,6 +42,9 @@ logger = logging.getLogger("tidings.server")
 
 #: Bytes a command may take beyond the message size limit (the envelope).
 COMMAND_OVERHEAD = 4096
+
+#: Commands a client may send while one of its subscriptions waits for the broker.
+MAX_HELD_COMMANDS = 1000
 
 #: Headers of a refused handshake that the JSON error answer sets itself.
 _HEADERS_REPLACED = frozenset({"connection", "content-length", "content-type", "date"})
@@ -68,7 +73,7 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
 class WebSocketSession(Stream):
     """An open WebSocket with its subscriptions."""
 
-    __slots__ = ("credentials", "last_seen", "parser", "pending")
+    __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         super().__init__(server, transport)
@@ -80,6 +85,8 @@ class WebSocketSession(Stream):
         self.pending = 0
         #: Who the client is (server/auth.py); an ``auth`` command replaces it.
         self.credentials = ANONYMOUS
+        #: Commands received while a subscription waits for the broker, handled after it.
+        self.held: list[str] | None = None
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
@@ -119,6 +126,13 @@ class WebSocketSession(Stream):
         return None
 
     def _command(self, text: str) -> None:
+        if self.held is not None:  # a subscription is waiting for the broker: keep order
+            if len(self.held) >= MAX_HELD_COMMANDS:
+                self.close(websocket.CLOSE_POLICY,
+                           f"more than {MAX_HELD_COMMANDS} commands while a subscription waits")
+            else:
+                self.held.append(text)
+            return
         try:
             command = commands.parse(text)
         except commands.CommandError as exc:
@@ -163,6 +177,36 @@ class WebSocketSession(Stream):
                 "per connection",
                 code="too_many_subscriptions",
             )
+        if not self.server.broker.ready({channel: start}):
+            self.held = []
+            self.server.spawn(self._subscribe_when_ready(channel, start, req))
+            return
+        self._subscribe_now(channel, start, req)
+
+    async def _subscribe_when_ready(self, channel: str, start: Start,
+                                    req: commands.Req | None) -> None:
+        """Fetch the channel from the broker, subscribe, then handle the commands held meanwhile."""
+        try:
+            await self.server.broker.prepare({channel: start})
+            if not self.closed:
+                self._subscribe_now(channel, start, req)
+        except BrokerError as exc:
+            error = ProtocolError(str(exc), code=exc.code)
+            if not self.closed:
+                self.transport.write(commands.error_frame(req, error))
+        except ProtocolError as exc:
+            if not self.closed:
+                self.transport.write(commands.error_frame(req, exc))
+        held, self.held = self.held or [], None
+        for index, text in enumerate(held):
+            if self.closed:
+                return
+            self._command(text)
+            if self.held is not None:  # waiting again: keep the rest in order behind it
+                self.held.extend(held[index + 1:])
+                return
+
+    def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None) -> None:
         batch = read_all(self.server.broker, channel, start)
         (begin,) = batch.begins.values()
         out = [commands.subscribed_frame(channel, str(begin)) if req is None
@@ -200,6 +244,9 @@ class WebSocketSession(Stream):
 
     def deliver(self, message: Message) -> None:
         self.transport.write(message.wire_ws or websocket.message_frame(message))
+
+    def skip(self, gap: Gap) -> None:
+        self.transport.write(commands.gap_frame(gap.to_json()))
 
     def heartbeat(self, now: float) -> None:
         timeout = 2.5 * self.server.settings.heartbeat_interval
@@ -245,8 +292,31 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
         raise OriginNotAllowed(f"WebSocket connections from origin {origin[:200]!r} "
                                "are not allowed (cors_origins)")
     starts = parse_since(request.arg("since"), channels) if channels else {}
+    if server.broker.ready(starts):
+        _upgrade(server, conn, request, starts, rest, credentials)
+    else:
+        conn.park()
+        server.spawn(_upgrade_when_ready(server, conn, request, starts, rest, credentials))
+
+
+async def _upgrade_when_ready(server: Server, conn: HttpConnection, request: Request,
+                              starts: dict[str, Start], rest: bytes,
+                              credentials: Credentials) -> None:
+    """:func:`_upgrade` once the broker has fetched the channels (a shared store)."""
+    try:
+        await server.broker.prepare(starts)
+        _upgrade(server, conn, request, starts, rest, credentials)
+    except (ProtocolError, BrokerError) as exc:
+        cors = server.cors.headers(request.headers)
+        conn.respond(http.error_response(exc, cors, keep_alive=False), keep_alive=False)
+
+
+def _upgrade(server: Server, conn: HttpConnection, request: Request, starts: dict[str, Start],
+             rest: bytes, credentials: Credentials) -> None:
     for channel, start in starts.items():
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
+    if conn.transport is None:
+        return  # the client left while the broker was fetching
     response = handshake(conn, request)
     if response is None:
         return

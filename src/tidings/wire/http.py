@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
-from tidings.errors import MethodNotAllowed, ProtocolError, TooManyRequests
+from tidings.errors import BrokerError, MethodNotAllowed, ProtocolError, TooManyRequests
 from tidings.wire import jsonvalue
 
 Headers = Sequence[tuple[str, str]]
@@ -59,7 +59,7 @@ def json_response(status: int, value: Any, headers: Headers = (), *,
     return response(status, [JSON, *headers], jsonvalue.encode(value), keep_alive=keep_alive)
 
 
-def error_response(error: ProtocolError, headers: Headers = (), *,
+def error_response(error: ProtocolError | BrokerError, headers: Headers = (), *,
                    keep_alive: bool = True) -> bytes:
     """The JSON error answer for ``error`` (``{"error": code, "message": text}``)."""
     extra = list(headers)
