@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server (in-memory broker)")
+    serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
     serve.add_argument("--config", help="TOML config file (see docs/operations.md)")
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--transports", metavar="LIST",
                        help="reading techniques to serve, comma-separated "
                             "(default websocket,sse,longpoll,poll)")
+    serve.add_argument("--broker", metavar="URL",
+                       help="where channel logs live: memory (default) or "
+                            "redis://HOST:PORT/DB, shared by several nodes")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=run_serve)
@@ -161,6 +164,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         history_ttl=args.history_ttl,
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
         transports=_transport_list(args.transports) if args.transports is not None else None,
+        broker=getattr(args, "broker", None),
     )
     if settings.history_size < 1:
         raise UsageError("--history-size must be at least 1")

@@ -12,6 +12,7 @@ Config file::
     history_ttl = 3600           # seconds a message is kept
     cors_origins = ["https://example.com"]
     transports = ["websocket", "sse", "longpoll", "poll"]   # any subset
+    broker = "redis://127.0.0.1:6379/0"   # default "memory" (docs/topics/redis.md)
 
     [namespaces.prices]          # channels named "prices:..."
     history_size = 100
@@ -103,6 +104,16 @@ class AuthSettings:
                       Rule(self.default_subscribe, self.default_publish))
 
 
+BROKER_SCHEMES = ("redis://", "rediss://")
+
+
+def check_broker(broker: str) -> None:
+    """Raise :class:`UsageError` unless ``broker`` is ``memory`` or a Redis URL."""
+    if broker != "memory" and not broker.startswith(BROKER_SCHEMES):
+        raise UsageError(f"broker must be 'memory' or a redis:// or rediss:// URL, "
+                         f"not {broker[:100]!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -140,6 +151,10 @@ class Settings:
     sse_retry_ms: int = 2000  #: the ``retry:`` hint sent to EventSource
     output_buffer_limit: int = 256 * 1024  #: unsent bytes before a subscriber is cut off
 
+    #: Where channel logs live: ``"memory"`` (this process) or a ``redis://`` /
+    #: ``rediss://`` URL shared by several nodes (a Redis Cluster is detected).
+    broker: str = "memory"
+
     cors_origins: tuple[str, ...] = ("*",)
     #: The reading techniques served; a request for another gets ``403 transport_disabled``.
     transports: tuple[str, ...] = TRANSPORTS
@@ -151,6 +166,7 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
         check_transports(self.transports)
+        check_broker(self.broker)
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""

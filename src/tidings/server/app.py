@@ -21,8 +21,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
-from tidings.brokers.memory import MemoryBroker
 from tidings.core.limits import ConnectionCounts, RateLimiter
 from tidings.errors import ProtocolError, ServerBusy, TooManyRequests
 from tidings.server.auth import Authenticator
@@ -54,7 +54,7 @@ class Server:
                  pages: Mapping[str, Path] | None = None) -> None:
         self.settings = settings or Settings()
         self.static = StaticFiles(pages)
-        self.broker: Broker = broker or MemoryBroker(self.settings.retention)
+        self.broker: Broker = broker or make_broker(self.settings)
         self.cors = Cors(self.settings.cors_origins)
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth)

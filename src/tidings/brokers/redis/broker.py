@@ -1,0 +1,508 @@
+"""The Redis broker: channel logs in Redis, shared by every tidings node.
+
+Each channel's log is a Redis stream (keys.py) that Lua scripts append to and
+read (scripts.py). A node keeps a :class:`~replica.Replica` of each channel
+it serves, so reads stay synchronous (the contract in brokers/base.py):
+
+* a replica is loaded the first time a client reads the channel on this node
+  (:meth:`RedisBroker.prepare`): the node subscribes to the channel's pub/sub
+  name on its link, *then* fetches the retained entries, so nothing published
+  in between is missed;
+* new messages arrive once per node over sharded pub/sub, whatever the number
+  of local subscribers, and the local hub fans them out;
+* a client whose cursor is ahead of the replica (it read a newer message on
+  another node) waits for a sync instead of being refused;
+* a replica nobody has read for ``idle_replica_seconds`` is forgotten and
+  its pub/sub name unsubscribed.
+
+When Redis is unreachable, publishes fail with :class:`BrokerError` (503)
+and reads of channels this node does not hold yet too, while subscribers
+stay connected. When it comes back, each link resubscribes and every replica
+syncs: what was published meanwhile is delivered, and a log that was lost
+(or trimmed past the replica) becomes a gap for its subscribers.
+docs/topics/redis.md has the design and its failure cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from tidings.brokers.base import Broker
+from tidings.brokers.redis import scripts
+from tidings.brokers.redis.keys import ChannelKeys, channel_of
+from tidings.brokers.redis.link import Address, Link
+from tidings.brokers.redis.replica import Changes, Replica
+from tidings.core.cursor import Position, Start, new_epoch
+from tidings.core.fanout import Hub
+from tidings.core.log import Read, Retention
+from tidings.core.message import Message
+from tidings.errors import BrokerError, UsageError
+
+logger = logging.getLogger("tidings.redis")
+
+#: How long Redis keeps the metadata of a channel that was read but never published to (ms).
+UNUSED_META_TTL_MS = 24 * 3600 * 1000
+#: Seconds between pings on an idle link, and of silence after which it is dropped.
+LINK_PING_SECONDS = 5.0
+LINK_SILENCE_SECONDS = 15.0
+#: Reconnection delays (seconds): doubling from the first to the last.
+RECONNECT_DELAYS = (0.05, 2.0)
+#: Syncs run at once after a reconnection.
+SYNC_CONCURRENCY = 32
+
+AnyRedis = Redis | RedisCluster
+
+
+class RedisBroker(Broker):
+    """Channel logs in Redis (or a Redis Cluster), with a local replica per channel in use."""
+
+    def __init__(
+        self,
+        url: str,
+        retention: Callable[[str], Retention] = lambda channel: Retention(),
+        *,
+        timeout: float = 5.0,
+        idle_replica_seconds: float = 60.0,
+    ) -> None:
+        self.hub = Hub()
+        self.url = url
+        try:
+            options = parse_url(url)
+        except ValueError as exc:
+            raise UsageError(f"invalid Redis URL {url!r}: {exc}") from None
+        self._options = options
+        self._db = int(options.get("db", 0) or 0)
+        self._retention = retention
+        self._timeout = timeout
+        self._idle = idle_replica_seconds
+        self._client: AnyRedis | None = None
+        self.cluster = False
+        self._publish: Any = None
+        self._sync: Any = None
+        self._replicas: dict[str, Replica] = {}
+        self._replica_links: dict[str, Link] = {}
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._sync_locks: dict[str, asyncio.Lock] = {}
+        self._sync_wanted: set[str] = set()
+        self._links: dict[Address, Link] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._last_error: str | None = None
+        self._failed = False
+        self._started = asyncio.Event()
+
+    # lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect; if Redis is not there yet, go on connecting in the background."""
+        try:
+            await self._connect()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failure(exc)
+            logger.warning("Redis at %s is unreachable (%s); retrying in the background",
+                           self._where(), exc)
+            self._spawn(self._connect_later())
+
+    async def _connect_later(self) -> None:
+        delay = RECONNECT_DELAYS[0]
+        while not self._closed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAYS[1])
+            try:
+                await self._connect()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failure(exc)
+                continue
+            logger.info("connected to Redis at %s", self._where())
+            return
+
+    async def _connect(self) -> None:
+        common: dict[str, Any] = {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        probe = Redis.from_url(self.url, **common)
+        try:
+            async with asyncio.timeout(self._timeout):
+                info = await probe.info("cluster")
+        finally:
+            await probe.aclose()
+        client: AnyRedis
+        if info.get("cluster_enabled"):
+            client = RedisCluster.from_url(self.url, **common)
+            async with asyncio.timeout(self._timeout):
+                await client.initialize()
+            self.cluster = True
+        else:
+            client = Redis.from_url(self.url, **common)
+        self._publish = client.register_script(scripts.PUBLISH)
+        self._sync = client.register_script(scripts.SYNC)
+        self._client = client
+        self._succeeded()
+        self._started.set()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self._links.values():
+            link.close()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # publishing --------------------------------------------------------------
+
+    async def publish(self, channel: str, data: bytes) -> Message:
+        keys = ChannelKeys.of(channel, self._db)
+        retention = self._retention(channel)
+        client = self._require_client()
+        try:
+            async with asyncio.timeout(self._timeout):
+                epoch, seq, now = await self._publish(
+                    keys=[keys.log, keys.meta, keys.notify],
+                    args=[new_epoch(), UNUSED_META_TTL_MS, data, retention.size,
+                          int(retention.ttl * 1000)],
+                    client=client,
+                )
+        except TimeoutError:
+            self._failure("timeout")
+            raise BrokerError(f"Redis at {self._where()} did not answer within "
+                              f"{self._timeout} s; the message may or may not be "
+                              "stored") from None
+        except (RedisError, OSError) as exc:
+            self._failure(exc)
+            raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); "
+                              "the message was not published") from None
+        self._succeeded()
+        message = Message(channel, Position(epoch.decode(), int(seq)), data, int(now))
+        replica = self._replicas.get(channel)
+        if replica is not None:
+            self._apply(replica, replica.offer(message))
+        return message
+
+    # reading -----------------------------------------------------------------
+
+    def ready(self, starts: Mapping[str, Start]) -> bool:
+        now = time.monotonic()
+        replicas = self._replicas
+        for channel, start in starts.items():
+            replica = replicas.get(channel)
+            if replica is None or (log := replica.log) is None:
+                return False
+            if isinstance(start, Position) and (start.epoch != log.epoch
+                                                or start.seq > log.end.seq):
+                return False  # from another node's future, or of another epoch: ask Redis
+            replica.used = now
+        return True
+
+    async def prepare(self, starts: Mapping[str, Start]) -> None:
+        for channel, start in starts.items():
+            replica = self._replicas.get(channel)
+            if replica is None or replica.log is None:
+                await self._load(channel)
+                replica = self._replicas[channel]
+            elif not self.ready({channel: start}):
+                await self._sync_replica(replica)
+            replica.used = time.monotonic()
+
+    def read(self, channel: str, start: Start, limit: int) -> Read:
+        replica = self._replicas.get(channel)
+        if replica is None or replica.log is None:
+            raise BrokerError(f"channel {channel!r} was read before it was prepared")
+        log = replica.log
+        if len(log):
+            log.trim(int(time.time() * 1000))
+        return log.read(start, limit)
+
+    # replicas ----------------------------------------------------------------
+
+    async def _load(self, channel: str) -> None:
+        """Follow ``channel`` on its link, then fetch its log (one load at a time)."""
+        loading = self._loading.get(channel)
+        if loading is not None:
+            await asyncio.shield(loading)
+            return
+        loading = self._loading[channel] = asyncio.get_running_loop().create_future()
+        loading.add_done_callback(_consume)
+        replica = self._replicas[channel] = Replica(channel, self._retention(channel))
+        replica.used = time.monotonic()
+        try:
+            link = await self._link_for(channel)
+            self._replica_links[channel] = link
+            async with self._deadline():
+                await link.subscribe(ChannelKeys.of(channel, self._db).notify)
+            await self._sync_replica(replica)
+        except BaseException as exc:
+            self._forget(channel)
+            loading.set_exception(exc if isinstance(exc, BrokerError) else
+                                  BrokerError(f"could not load {channel!r} from Redis"))
+            raise
+        else:
+            loading.set_result(None)
+        finally:
+            del self._loading[channel]
+
+    async def _sync_replica(self, replica: Replica) -> None:
+        """Bring ``replica`` up to date with Redis; deliver what it was missing."""
+        channel = replica.channel
+        lock = self._sync_locks.setdefault(channel, asyncio.Lock())
+        async with lock:
+            if self._replicas.get(channel) is not replica:
+                return  # forgotten meanwhile
+            self._sync_wanted.discard(channel)
+            keys = ChannelKeys.of(channel, self._db)
+            log = replica.log
+            started = replica.received
+            client = self._require_client()
+            try:
+                async with self._deadline():
+                    epoch, last, raw = await self._sync(
+                        keys=[keys.log, keys.meta],
+                        args=[new_epoch(), UNUSED_META_TTL_MS, log.epoch if log else "",
+                              log.end.seq if log else 0, replica.retention.size],
+                        client=client,
+                    )
+            except BrokerError:
+                self._sync_wanted.add(channel)
+                raise
+            except (RedisError, OSError) as exc:
+                self._failure(exc)
+                self._sync_wanted.add(channel)
+                raise BrokerError(f"Redis at {self._where()} is unavailable ({exc})") from None
+            self._succeeded()
+            epoch_text = epoch.decode()
+            entries = [_entry(channel, epoch_text, item) for item in reversed(raw)]
+            self._apply(replica, replica.synced(epoch_text, int(last), entries, started))
+
+    def _apply(self, replica: Replica, changes: Changes) -> None:
+        hub = self.hub
+        if changes.gap is not None:
+            hub.skip(changes.gap)
+        for message in changes.messages:
+            hub.publish(message)
+        if changes.sync:
+            self._schedule_sync(replica)
+
+    def _schedule_sync(self, replica: Replica) -> None:
+        channel = replica.channel
+        if channel in self._sync_wanted:
+            return
+        self._sync_wanted.add(channel)
+        self._spawn(self._sync_in_background(replica))
+
+    async def _sync_in_background(self, replica: Replica) -> None:
+        with contextlib.suppress(BrokerError):
+            await self._sync_replica(replica)
+        # On failure it stays wanted; the link's reconnection syncs it again.
+
+    def _forget(self, channel: str) -> None:
+        self._replicas.pop(channel, None)
+        self._sync_locks.pop(channel, None)
+        self._sync_wanted.discard(channel)
+        link = self._replica_links.pop(channel, None)
+        if link is not None:
+            link.unsubscribe(ChannelKeys.of(channel, self._db).notify)
+
+    def _on_message(self, name: str, payload: bytes) -> None:
+        try:
+            channel = channel_of(name)
+        except ValueError:
+            return
+        replica = self._replicas.get(channel)
+        if replica is None:
+            return
+        try:
+            message = _decode(channel, payload)
+        except ValueError:
+            logger.warning("ignored a malformed message on %s", name)
+            return
+        self._apply(replica, replica.offer(message))
+
+    # links -------------------------------------------------------------------
+
+    async def _link_for(self, channel: str) -> Link:
+        """The connected link of the Redis node that holds ``channel``."""
+        client = self._require_client()
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(ChannelKeys.of(channel).notify)
+            if node is None:
+                raise BrokerError(f"no Redis Cluster node holds the slot of {channel!r}")
+            address = self._address(node.host, int(node.port))
+        else:
+            address = self._address(self._options.get("host", "localhost"),
+                                     int(self._options.get("port", 6379)))
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = Link(address, self._on_message, self._on_link_lost)
+            try:
+                await link.connect(self._timeout)
+            except (OSError, TimeoutError, BrokerError) as exc:
+                del self._links[address]
+                self._failure(exc)
+                raise BrokerError(f"cannot reach Redis at {address}: {exc}") from None
+        if not link.connected:
+            self._failure(f"no pub/sub connection to {address}")
+            raise BrokerError(f"Redis at {address} is unreachable; reconnecting")
+        return link
+
+    def _address(self, host: str, port: int) -> Address:
+        options = self._options
+        return Address(host, port, options.get("username"), options.get("password"),
+                       "connection_class" in options)  # rediss:// sets an SSL connection class
+
+    def _on_link_lost(self, link: Link) -> None:
+        if self._closed:
+            return
+        self._failure(f"lost the pub/sub connection to {link.address}")
+        logger.warning("lost the pub/sub connection to Redis at %s; reconnecting", link.address)
+        self._spawn(self._reconnect(link))
+
+    async def _reconnect(self, link: Link) -> None:
+        delay = RECONNECT_DELAYS[0]
+        while not self._closed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAYS[1])
+            try:
+                await link.connect(self._timeout)
+                channels = [c for c, owner in self._replica_links.items() if owner is link]
+                async with self._deadline():
+                    await asyncio.gather(*(link.subscribe(ChannelKeys.of(c, self._db).notify)
+                                           for c in channels))
+            except (OSError, TimeoutError, BrokerError) as exc:
+                self._failure(exc)
+                link.close()
+                continue
+            logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
+                        link.address, len(channels))
+            self._succeeded()
+            await self._sync_all(channels)
+            return
+
+    async def _sync_all(self, channels: list[str]) -> None:
+        limit = asyncio.Semaphore(SYNC_CONCURRENCY)
+
+        async def one(channel: str) -> None:
+            replica = self._replicas.get(channel)
+            if replica is None:
+                return
+            async with limit:
+                with contextlib.suppress(BrokerError):
+                    await self._sync_replica(replica)
+
+        await asyncio.gather(*(one(channel) for channel in channels))
+
+    # upkeep ------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        now_ms = int(time.time() * 1000)
+        now = time.monotonic()
+        hub = self.hub
+        for channel, replica in list(self._replicas.items()):
+            log = replica.log
+            if log is None:
+                continue
+            if len(log):
+                log.trim(now_ms)
+            if (now - replica.used > self._idle and not hub.subscribers(channel)
+                    and channel not in self._loading):
+                self._forget(channel)
+        loop_now = asyncio.get_running_loop().time()
+        for link in self._links.values():
+            if not link.connected:
+                continue
+            silence = loop_now - link.last_heard
+            if silence > LINK_SILENCE_SECONDS:
+                logger.warning("Redis at %s has been silent for %.0f s; reconnecting",
+                               link.address, silence)
+                link.close()
+            elif silence > LINK_PING_SECONDS:
+                link.ping()
+        for channel in list(self._sync_wanted):
+            wanted = self._replicas.get(channel)
+            owner = self._replica_links.get(channel)
+            if wanted is not None and owner is not None and owner.connected:
+                self._sync_wanted.discard(channel)
+                self._schedule_sync(wanted)
+
+    def health(self) -> dict[str, object]:
+        links = list(self._links.values())
+        return {
+            "kind": "redis",
+            "status": "unavailable" if self._failed or self._client is None else "ok",
+            "redis": self._where(),
+            "cluster": self.cluster,
+            "channels": len(self._replicas),
+            "links": {"connected": sum(link.connected for link in links), "total": len(links)},
+            "last_error": self._last_error,
+        }
+
+    # helpers -----------------------------------------------------------------
+
+    def _require_client(self) -> AnyRedis:
+        if self._client is None:
+            raise BrokerError(f"not connected to Redis at {self._where()} yet; retrying")
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError:
+            self._failure("timeout")
+            raise BrokerError(f"Redis at {self._where()} did not answer within "
+                              f"{self._timeout} s") from None
+
+    def _failure(self, error: object) -> None:
+        self._failed = True
+        self._last_error = str(error) or type(error).__name__
+
+    def _succeeded(self) -> None:
+        if self._failed and all(link.connected for link in self._links.values()):
+            self._failed = False
+
+    def _where(self) -> str:
+        options = self._options
+        return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{self._db}"
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Mark a shared future's exception as seen (its waiters got it already)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _decode(channel: str, payload: bytes) -> Message:
+    """A pub/sub payload from scripts.PUBLISH: ``EPOCH-SEQ TIME DATA``."""
+    head, clock, data = payload.split(b" ", 2)
+    epoch, _, seq = head.decode().rpartition("-")
+    if not epoch:
+        raise ValueError("no epoch")
+    return Message(channel, Position(epoch, int(seq)), data, int(clock))
+
+
+def _entry(channel: str, epoch: str, item: list[Any]) -> Message:
+    """A stream entry ``[b"SEQ-0", [b"t", TIME, b"d", DATA]]`` as a message."""
+    entry_id, fields = item
+    seq = int(entry_id.split(b"-", 1)[0])
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Message(channel, Position(epoch, seq), values[b"d"], int(values[b"t"]))

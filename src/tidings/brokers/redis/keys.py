@@ -1,0 +1,38 @@
+"""Where a channel lives in Redis.
+
+Every name of a channel shares the hash tag ``{channel}``, so in a Redis
+Cluster its stream, its metadata and its pub/sub channel sit on one slot, and
+one Lua script can touch them all. Channel names never contain braces
+(:mod:`tidings.core.names`), so the tag is always the whole name.
+
+=======================  ====================================================
+``tidings:{C}:log``      stream: one entry per retained message, id ``SEQ-0``,
+                         fields ``t`` (Unix ms) and ``d`` (the JSON data)
+``tidings:{C}:meta``     hash: ``epoch``, ``seq`` (last sequence number),
+                         ``t`` (time of the last message)
+``tidings:{C}:DB``       sharded pub/sub channel (``SPUBLISH``) carrying each
+                         new message to the nodes that follow ``C``; pub/sub
+                         ignores databases, so the database number is in it
+=======================  ====================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKeys:
+    log: str
+    meta: str
+    notify: str
+
+    @classmethod
+    def of(cls, channel: str, db: int = 0) -> ChannelKeys:
+        tag = f"tidings:{{{channel}}}"
+        return cls(f"{tag}:log", f"{tag}:meta", f"{tag}:{db}")
+
+
+def channel_of(notify: str) -> str:
+    """The channel name inside a pub/sub channel name from :meth:`ChannelKeys.of`."""
+    return notify[notify.index("{") + 1 : notify.index("}")]

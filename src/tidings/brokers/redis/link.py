@@ -1,0 +1,150 @@
+"""One pub/sub connection to one Redis node: the channels this node follows there.
+
+A link speaks just enough RESP for sharded pub/sub (``SSUBSCRIBE``,
+``SUNSUBSCRIBE``, ``PING``, ``AUTH``) over an asyncio protocol, parsing with
+hiredis. It does not reconnect by itself: when the connection breaks it
+calls ``on_lost``, and the broker reconnects it and resubscribes
+(broker.py), because only the broker knows what must be fetched again.
+
+Replies to commands come back in the order the commands were sent, with
+pushed messages in between; :attr:`_expected` pairs each reply with its
+command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl as ssl_module
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import hiredis
+
+from tidings.errors import BrokerError
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def command(*args: bytes | str) -> bytes:
+    """One command in RESP."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class Link(asyncio.Protocol):
+    """A subscriber connection; ``on_message(name, payload)`` gets every pushed message."""
+
+    def __init__(self, address: Address, on_message: Callable[[str, bytes], None],
+                 on_lost: Callable[[Link], None]) -> None:
+        self.address = address
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._reader = hiredis.Reader()
+        self._expected: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
+            collections.deque())
+        #: Pub/sub names subscribed on the current connection (confirmed or on the way).
+        self.names: set[str] = set()
+        #: Loop time at which the node last said anything.
+        self.last_heard = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
+    async def connect(self, seconds: float) -> None:
+        """Open the connection (and authenticate); raise ``OSError`` or ``BrokerError``."""
+        loop = asyncio.get_running_loop()
+        context = ssl_module.create_default_context() if self.address.tls else None
+        async with asyncio.timeout(seconds):
+            await loop.create_connection(lambda: self, self.address.host, self.address.port,
+                                         ssl=context)
+            if self.address.password is not None:
+                auth = ([self.address.username] if self.address.username else [])
+                await self._call(command("AUTH", *auth, self.address.password))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self._reader = hiredis.Reader()
+        self.names.clear()
+        self.last_heard = asyncio.get_running_loop().time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.names.clear()
+        while self._expected:
+            _kind, future = self._expected.popleft()
+            if future is not None and not future.done():
+                future.set_exception(BrokerError(f"the connection to Redis {self.address} broke"))
+        self._on_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
+        reader = self._reader
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            if isinstance(reply, list) and reply and reply[0] == b"smessage":
+                self._on_message(reply[1].decode(), reply[2])
+            elif (isinstance(reply, list) and reply and reply[0] == b"sunsubscribe"
+                  and reply[1].decode() in self.names):
+                # Unasked: the slot moved to another node (Redis Cluster). Start
+                # over; the broker reconnects and subscribes where the slot is now.
+                self.close()
+                return
+            elif self._expected:
+                _kind, future = self._expected.popleft()
+                if future is None or future.done():
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(BrokerError(f"Redis {self.address} refused: {reply}"))
+                else:
+                    future.set_result(None)
+
+    def subscribe(self, name: str) -> asyncio.Future[None]:
+        """Follow ``name``; the future is done once Redis confirmed it."""
+        future = asyncio.get_running_loop().create_future()
+        if self._transport is None:
+            future.set_exception(BrokerError(f"not connected to Redis {self.address}"))
+            return future
+        self.names.add(name)
+        self._send(command("SSUBSCRIBE", name), "subscribe", future)
+        return future
+
+    def unsubscribe(self, name: str) -> None:
+        if self._transport is not None and name in self.names:
+            self.names.discard(name)
+            self._send(command("SUNSUBSCRIBE", name), "unsubscribe", None)
+
+    def ping(self) -> None:
+        """Ask for a sign of life (:attr:`last_heard` moves when it comes)."""
+        if self._transport is not None:
+            self._send(command("PING"), "ping", None)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _send(self, data: bytes, kind: str, future: asyncio.Future[None] | None) -> None:
+        assert self._transport is not None
+        self._expected.append((kind, future))
+        self._transport.write(data)
+
+    async def _call(self, data: bytes) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._send(data, "call", future)
+        await future
