@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tidings.core.cursor import Start
 from tidings.core.fanout import Hub
@@ -34,6 +34,9 @@ class Broker(abc.ABC):
     """
 
     hub: Hub
+    #: Called with ``True``/``False`` and an explanation when the store becomes
+    #: reachable or unreachable (the server tells its streams).
+    on_status: Callable[[bool, str], None] | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to what the broker needs; called once by the server before it listens."""

@@ -55,6 +55,7 @@ class Server:
         self.settings = settings or Settings()
         self.static = StaticFiles(pages)
         self.broker: Broker = broker or make_broker(self.settings)
+        self.broker.on_status = self._broker_status
         self.cors = Cors(self.settings.cors_origins)
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth)
@@ -262,6 +263,19 @@ class Server:
                 retry_after=wait)
 
     # introspection -----------------------------------------------------------
+
+    def _broker_status(self, available: bool, detail: str) -> None:
+        """Tell every stream that the broker went away or came back (docs/protocol.md)."""
+        status: dict[str, object]
+        if available:
+            status = {"broker": "ok", "message": "the message store is back; what was "
+                      "published meanwhile follows, or a gap if it was lost"}
+        else:
+            status = {"broker": "unavailable", "message": "the message store is unreachable "
+                      f"({detail}): nothing new arrives and publishing is refused, but "
+                      "nothing is lost yet; stay connected"}
+        for stream in list(self.streams):
+            stream.notice(status)
 
     def health(self) -> dict[str, object]:
         hub = self.broker.hub

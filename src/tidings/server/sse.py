@@ -100,6 +100,9 @@ class SseStream(Stream):
             positions[gap.channel] = gap.resume
             self.transport.write(sse.gap_event(gap, format_multi(positions)))
 
+    def notice(self, status: dict[str, object]) -> None:
+        self.transport.write(sse.status_event(status))
+
     def heartbeat(self, now: float) -> None:
         self.transport.write(sse.HEARTBEAT)
 

@@ -87,6 +87,10 @@ class Stream(asyncio.Protocol):
     def skip(self, gap: Gap) -> None:
         raise NotImplementedError
 
+    def notice(self, status: dict[str, object]) -> None:
+        """Tell the client about the server's state (a ``status`` event or frame)."""
+        raise NotImplementedError
+
     def heartbeat(self, now: float) -> None:
         raise NotImplementedError
 

@@ -248,6 +248,9 @@ class WebSocketSession(Stream):
     def skip(self, gap: Gap) -> None:
         self.transport.write(commands.gap_frame(gap.to_json()))
 
+    def notice(self, status: dict[str, object]) -> None:
+        self.transport.write(commands.status_frame(status))
+
     def heartbeat(self, now: float) -> None:
         timeout = 2.5 * self.server.settings.heartbeat_interval
         if now - self.last_seen > timeout:

@@ -128,5 +128,9 @@ def subscribed_frame(channel: str, cursor: str) -> bytes:
     return text_frame(jsonvalue.encode({"type": "subscribed", "channel": channel, "next": cursor}))
 
 
+def status_frame(status: dict[str, object]) -> bytes:
+    return text_frame(jsonvalue.encode({"type": "status", **status}))
+
+
 def gap_frame(gap_json: dict[str, object]) -> bytes:
     return text_frame(jsonvalue.encode({"type": "gap", **gap_json}))

@@ -42,6 +42,11 @@ def opening(retry_ms: int, cursor: str) -> bytes:
     return b"retry: %d\nid: %s\n\n" % (retry_ms, cursor.encode())
 
 
+def status_event(status: dict[str, object]) -> bytes:
+    """``event: status``: news about the server (its broker), not a message; no ``id:``."""
+    return b"event: status\ndata: %s\n\n" % jsonvalue.encode(status)
+
+
 def closing(code: str, reason: str) -> bytes:
     """``event: close`` sent before the server ends a stream on purpose."""
     return b"event: close\ndata: %s\n\n" % jsonvalue.encode({"error": code, "message": reason})

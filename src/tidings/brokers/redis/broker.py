@@ -468,12 +468,17 @@ class RedisBroker(Broker):
                               f"{self._timeout} s") from None
 
     def _failure(self, error: object) -> None:
-        self._failed = True
         self._last_error = str(error) or type(error).__name__
+        if not self._failed:
+            self._failed = True
+            if self.on_status is not None:
+                self.on_status(False, f"Redis at {self._where()}: {self._last_error}")
 
     def _succeeded(self) -> None:
         if self._failed and all(link.connected for link in self._links.values()):
             self._failed = False
+            if self.on_status is not None:
+                self.on_status(True, f"Redis at {self._where()}")
 
     def _where(self) -> str:
         options = self._options
