@@ -96,6 +96,7 @@ class RedisBroker(Broker):
         self._sync_locks: dict[str, asyncio.Lock] = {}
         self._sync_wanted: set[str] = set()
         self._links: dict[Address, Link] = {}
+        self._reconnecting: set[Link] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._last_error: str | None = None
@@ -191,7 +192,12 @@ class RedisBroker(Broker):
         message = Message(channel, Position(epoch.decode(), int(seq)), data, int(now))
         replica = self._replicas.get(channel)
         if replica is not None:
-            self._apply(replica, replica.offer(message))
+            changes = replica.offer(message)
+            if replica.log is not None and replica.log.epoch == message.position.epoch:
+                # A hole before our own message is only messages published just
+                # before it, whose pub/sub copies are on their way: no sync needed.
+                changes.sync = False
+            self._apply(replica, changes)
         return message
 
     # reading -----------------------------------------------------------------
@@ -213,9 +219,11 @@ class RedisBroker(Broker):
         for channel, start in starts.items():
             replica = self._replicas.get(channel)
             if replica is None or replica.log is None:
-                await self._load(channel)
+                await self._load(channel)  # or wait for a load another read started
                 replica = self._replicas[channel]
-            elif not self.ready({channel: start}):
+            if not self.ready({channel: start}):
+                # A cursor from the future (read on another node) or of another
+                # epoch: only a sync that starts now can tell.
                 await self._sync_replica(replica)
             replica.used = time.monotonic()
 
@@ -365,13 +373,23 @@ class RedisBroker(Broker):
                        "connection_class" in options)  # rediss:// sets an SSL connection class
 
     def _on_link_lost(self, link: Link) -> None:
-        if self._closed:
+        if self._closed or link in self._reconnecting:
             return
         self._failure(f"lost the pub/sub connection to {link.address}")
         logger.warning("lost the pub/sub connection to Redis at %s; reconnecting", link.address)
+        self._reconnecting.add(link)
         self._spawn(self._reconnect(link))
 
     async def _reconnect(self, link: Link) -> None:
+        try:
+            channels = await self._resubscribe(link)
+        finally:
+            self._reconnecting.discard(link)  # a loss from now on starts a new reconnection
+        if channels:
+            await self._sync_all(channels)
+
+    async def _resubscribe(self, link: Link) -> list[str]:
+        """Reconnect ``link`` (with backoff) and follow its channels again; return them."""
         delay = RECONNECT_DELAYS[0]
         while not self._closed:
             await asyncio.sleep(delay)
@@ -389,8 +407,8 @@ class RedisBroker(Broker):
             logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
                         link.address, len(channels))
             self._succeeded()
-            await self._sync_all(channels)
-            return
+            return channels
+        return []
 
     async def _sync_all(self, channels: list[str]) -> None:
         limit = asyncio.Semaphore(SYNC_CONCURRENCY)
