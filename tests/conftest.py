@@ -7,11 +7,12 @@ slow machine instead of editing tests.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
+from rediskit import RedisClusterProcesses, RedisProcess, redis_missing
 from tidings import Server, Settings
 
 UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
@@ -53,10 +54,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # Redis servers of the tests' own (tests/rediskit.py); never the shared one on 6379.
 # Without redis-server (and redis-cli) these fixtures skip, which CI counts as a failure.
-
-from collections.abc import Iterator  # noqa: E402
-
-from rediskit import RedisClusterProcesses, RedisProcess, redis_missing  # noqa: E402
 
 
 def _require_redis() -> None:

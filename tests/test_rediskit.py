@@ -90,5 +90,5 @@ def test_cluster_of_three_keeps_a_hash_tag_on_one_node(
         client.set("{x}epoch", 2)
         client.set("{y}log", 3)
         assert client.mget("{x}log", "{x}epoch") == [b"1", b"2"]  # one slot: one node
-    keys = [sorted(node.command("KEYS", "{x}*")) for node in redis_cluster.nodes]  # type: ignore[type-var]
-    assert sorted(keys) == [[], [], [b"{x}epoch", b"{x}log"]]
+    keys = [node.command("KEYS", "{x}*") for node in redis_cluster.nodes]  # no redirects
+    assert sorted(map(sorted, keys)) == [[], [], [b"{x}epoch", b"{x}log"]]
