@@ -237,6 +237,7 @@ def test_port_in_use_exits_non_zero() -> None:
         (["serve", "--history-size", "0"], "--history-size"),
         (["serve", "--history-ttl", "0"], "--history-ttl"),
         (["serve", "--config", "/nonexistent/tidings.toml"], "cannot read config file"),
+        (["serve", "--broker", "postgres://x"], "broker must be 'memory' or a redis://"),
     ],
 )
 def test_serve_usage_errors_exit_2(args: list[str], message: str) -> None:

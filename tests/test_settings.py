@@ -137,3 +137,16 @@ def test_integers_are_accepted_for_seconds(tmp_path: Path) -> None:
     settings = Settings.from_file(write(tmp_path, "[server]\nheader_timeout = 3\nmax_wait = 30\n"))
     assert settings.header_timeout == 3
     assert settings.max_wait == 30
+
+
+def test_broker_memory_by_default_or_a_redis_url(tmp_path: Path) -> None:
+    assert Settings().broker == "memory"
+    path = write(tmp_path, '[server]\nbroker = "redis://10.0.0.5:6379/2"\n')
+    assert Settings.from_file(path).broker == "redis://10.0.0.5:6379/2"
+    assert Settings(broker="rediss://user:pw@redis.example/0").broker.startswith("rediss://")
+
+
+@pytest.mark.parametrize("broker", ["", "redis", "nats://127.0.0.1:4222", "Memory"])
+def test_unknown_broker_is_refused(broker: str) -> None:
+    with pytest.raises(UsageError, match="broker must be"):
+        Settings(broker=broker)
