@@ -18,7 +18,8 @@
     │   ├── PayloadTooLarge       413
     │   ├── TooManyRequests       429  over a rate or per-address limit; may carry Retry-After
     │   ├── HeadersTooLarge       431
-    │   └── ServerBusy            503  the server holds max_connections already
+    │   ├── ServerBusy            503  the server holds max_connections already
+    │   └── ShuttingDown          503  the server began shutting down while the request waited
     ├── BrokerError           the message store failed (503); nothing was accepted
     └── ClientError           raised by the Python client (tidings.client)
         ├── ClientClosed          the client or publisher was closed; open a new one
@@ -54,6 +55,7 @@ __all__ = [
     "RequestRefused",
     "RequestTimeout",
     "ServerBusy",
+    "ShuttingDown",
     "TidingsError",
     "TooManyRequests",
     "TransportDisabled",
@@ -186,6 +188,14 @@ class ServerBusy(ProtocolError):
     status = 503
     close_code = 1013  # try again later
     code = "too_many_connections"
+
+
+class ShuttingDown(ProtocolError):
+    """The server began shutting down while the request waited; retry on another node."""
+
+    status = 503
+    close_code = 1001  # going away
+    code = "shutdown"
 
 
 class BrokerError(TidingsError):

@@ -23,8 +23,9 @@ from typing import Any
 
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
+from tidings.core.cursor import Start
 from tidings.core.limits import ConnectionCounts, RateLimiter
-from tidings.errors import ProtocolError, ServerBusy, TooManyRequests
+from tidings.errors import ProtocolError, ServerBusy, ShuttingDown, TooManyRequests
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
@@ -82,6 +83,8 @@ class Server:
         #: Tasks that never end by themselves; :meth:`aclose` cancels them first.
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
+        #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
+        self.closing = False
         self.loop = asyncio.get_running_loop()
         self.expiries = Expiries(self.loop)
         self.port = self.settings.port
@@ -122,6 +125,7 @@ class Server:
         """Stop listening, say goodbye to every client, and end every task."""
         if self._closed.is_set():
             return
+        self.closing = True
         if self._listener is not None:
             self._listener.close()
         for waiter in list(self.waiters):
@@ -263,6 +267,16 @@ class Server:
                 retry_after=wait)
 
     # introspection -----------------------------------------------------------
+
+    async def prepare(self, starts: Mapping[str, Start]) -> None:
+        """Wait until the broker can read ``starts`` (see ``Broker.ready``).
+
+        Raises ``BrokerError`` if it cannot, and :class:`ShuttingDown` if the
+        server began closing meanwhile (it must not start streams any more).
+        """
+        await self.broker.prepare(starts)
+        if self.closing:
+            raise ShuttingDown("the server is shutting down; retry (on another node)")
 
     def _broker_status(self, available: bool, detail: str) -> None:
         """Tell every stream that the broker went away or came back (docs/protocol.md)."""

@@ -158,7 +158,9 @@ class Router:
                                       credentials: Credentials) -> None:
         """A poll or long poll of channels the broker must fetch first (a shared store)."""
         try:
-            await self.server.broker.prepare(starts)
+            await self.server.prepare(starts)
+            if conn.closing:
+                return  # the client left while the broker was fetching: park no waiter
             self._answer_read(conn, request, starts, multi, limit, wait, cors, credentials)
         except (ProtocolError, BrokerError) as exc:
             conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),

@@ -75,12 +75,15 @@ class SseStream(Stream):
     async def start_when_ready(self, starts: dict[str, Start], cors: Headers) -> None:
         """:meth:`start` once the broker has fetched the channels (a shared store)."""
         try:
-            await self.server.broker.prepare(starts)
-        except BrokerError as exc:
+            await self.server.prepare(starts)
+        except (BrokerError, ProtocolError) as exc:
             if not self.closed:
                 self.transport.write(http.error_response(exc, cors, keep_alive=False))
                 self._finish()
             return
+        except BaseException:
+            self._finish()  # cancelled (shutdown): the socket is ours to close
+            raise
         if not self.closed:
             self.start(starts, cors)
 

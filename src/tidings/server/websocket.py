@@ -187,7 +187,7 @@ class WebSocketSession(Stream):
                                     req: commands.Req | None) -> None:
         """Fetch the channel from the broker, subscribe, then handle the commands held meanwhile."""
         try:
-            await self.server.broker.prepare({channel: start})
+            await self.server.prepare({channel: start})
             if not self.closed:
                 self._subscribe_now(channel, start, req)
         except BrokerError as exc:
@@ -307,7 +307,7 @@ async def _upgrade_when_ready(server: Server, conn: HttpConnection, request: Req
                               credentials: Credentials) -> None:
     """:func:`_upgrade` once the broker has fetched the channels (a shared store)."""
     try:
-        await server.broker.prepare(starts)
+        await server.prepare(starts)
         _upgrade(server, conn, request, starts, rest, credentials)
     except (ProtocolError, BrokerError) as exc:
         cors = server.cors.headers(request.headers)
@@ -318,7 +318,7 @@ def _upgrade(server: Server, conn: HttpConnection, request: Request, starts: dic
              rest: bytes, credentials: Credentials) -> None:
     for channel, start in starts.items():
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
-    if conn.transport is None:
+    if conn.transport is None or conn.closing:
         return  # the client left while the broker was fetching
     response = handshake(conn, request)
     if response is None:

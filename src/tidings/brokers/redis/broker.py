@@ -97,6 +97,7 @@ class RedisBroker(Broker):
         self._sync_wanted: set[str] = set()
         self._links: dict[Address, Link] = {}
         self._reconnecting: set[Link] = set()
+        self._probing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._last_error: str | None = None
@@ -455,6 +456,28 @@ class RedisBroker(Broker):
             if wanted is not None and owner is not None and owner.connected:
                 self._sync_wanted.discard(channel)
                 self._schedule_sync(wanted)
+        if self._failed and self._client is not None and not self._probing:
+            self._probing = True
+            self._spawn(self._probe())
+
+    async def _probe(self) -> None:
+        """Ask Redis for a sign of life after a failure.
+
+        A node that only serves subscribers sends no command of its own while
+        its links stay up, so without this it would go on reporting Redis as
+        unavailable (``/healthz``, status notices) after Redis is back.
+        """
+        try:
+            async with self._deadline():
+                await self._require_client().ping()
+        except (RedisError, OSError) as exc:
+            self._failure(exc)
+        except BrokerError:
+            pass  # _deadline noted the failure
+        else:
+            self._succeeded()
+        finally:
+            self._probing = False
 
     def health(self) -> dict[str, object]:
         links = list(self._links.values())
