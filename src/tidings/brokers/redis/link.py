@@ -101,7 +101,8 @@ class Link(asyncio.Protocol):
             if isinstance(reply, list) and reply and reply[0] == b"smessage":
                 self._on_message(reply[1].decode(), reply[2])
             elif (isinstance(reply, list) and reply and reply[0] == b"sunsubscribe"
-                  and reply[1].decode() in self.names):
+                  and reply[1].decode() in self.names
+                  and not self._answers_unsubscribe(reply[1].decode())):
                 # Unasked: the slot moved to another node (Redis Cluster). Start
                 # over; the broker reconnects and subscribes where the slot is now.
                 self.close()
@@ -128,7 +129,15 @@ class Link(asyncio.Protocol):
     def unsubscribe(self, name: str) -> None:
         if self._transport is not None and name in self.names:
             self.names.discard(name)
-            self._send(command("SUNSUBSCRIBE", name), "unsubscribe", None)
+            self._send(command("SUNSUBSCRIBE", name), f"unsubscribe {name}", None)
+
+    def _answers_unsubscribe(self, name: str) -> bool:
+        """Whether a ``sunsubscribe`` of ``name`` is the reply to our own SUNSUBSCRIBE.
+
+        The name may be followed again by then (unsubscribed, then subscribed
+        anew before Redis answered): that reply is not a slot move.
+        """
+        return bool(self._expected) and self._expected[0][0] == f"unsubscribe {name}"
 
     def ping(self) -> None:
         """Ask for a sign of life (:attr:`last_heard` moves when it comes)."""

@@ -1,0 +1,226 @@
+"""The Redis broker on a real Redis Cluster of three masters (``redis_cluster``).
+
+A channel's keys share the hash tag ``{channel}`` (brokers/redis/keys.py), so
+its log, its metadata and its pub/sub name sit on one slot, on one node.
+These tests check that on the cluster itself (``CLUSTER KEYSLOT``, and the
+stream found on the node that owns the slot), with channels spread over every
+node, and that two brokers (two tidings nodes) share the logs: publish, read
+from a cursor, live fan-out, retention by size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from brokerkit import Recorder, read_ready
+from websockets.asyncio.client import connect
+
+from conftest import UNIT, ServerFactory
+from rediskit import RedisClusterProcesses, RedisError
+from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis.keys import ChannelKeys
+from tidings.conformance._wire import SseStream
+from tidings.core.cursor import END, ORIGIN, Position
+from tidings.core.log import Retention
+
+BrokerFactory = Callable[..., Awaitable[RedisBroker]]
+
+
+@pytest.fixture
+async def brokers(redis_cluster_url: str) -> AsyncIterator[BrokerFactory]:
+    """Start brokers on the (emptied) cluster: ``await brokers(size=3)``."""
+    started: list[RedisBroker] = []
+
+    async def factory(size: int = 1000, ttl: float = 3600.0) -> RedisBroker:
+        retention = Retention(size, ttl)
+        broker = RedisBroker(redis_cluster_url, lambda channel: retention)
+        started.append(broker)
+        await broker.start()
+        return broker
+
+    yield factory
+    for broker in reversed(started):
+        await broker.aclose()
+
+
+def slot_owners(cluster: RedisClusterProcesses) -> dict[int, int]:
+    """Slot -> port of the master that owns it, from ``CLUSTER SLOTS``."""
+    ranges = cluster.nodes[0].command("CLUSTER", "SLOTS")
+    assert isinstance(ranges, list)
+    owners: dict[int, int] = {}
+    for first, last, master, *_replicas in ranges:
+        for slot in range(first, last + 1):
+            owners[slot] = int(master[1])
+    assert len(owners) == 16384
+    return owners
+
+
+def keyslot(cluster: RedisClusterProcesses, key: str) -> int:
+    slot = cluster.nodes[0].command("CLUSTER", "KEYSLOT", key)
+    assert isinstance(slot, int)
+    return slot
+
+
+def channel_slot(cluster: RedisClusterProcesses, channel: str) -> int:
+    """The one slot of every key of ``channel``; fails if its keys are on different slots."""
+    keys = ChannelKeys.of(channel)
+    slots = {keyslot(cluster, key) for key in (keys.log, keys.meta, keys.notify)}
+    assert len(slots) == 1, f"the keys of {channel!r} are on slots {slots}"
+    (slot,) = slots
+    assert slot == keyslot(cluster, channel)  # the hash tag is the whole channel name
+    return slot
+
+
+def one_channel_per_node(cluster: RedisClusterProcesses, prefix: str) -> dict[str, int]:
+    """Channel -> owning port: the first names ``prefix-N`` that land on each master."""
+    owners = slot_owners(cluster)
+    chosen: dict[str, int] = {}
+    for n in range(200):
+        channel = f"{prefix}-{n}"
+        port = owners[channel_slot(cluster, channel)]
+        if port not in chosen.values():
+            chosen[channel] = port
+        if len(chosen) == len(cluster.nodes):
+            break
+    assert sorted(chosen.values()) == sorted(cluster.ports), chosen
+    return chosen
+
+
+def stream_length(cluster: RedisClusterProcesses, channel: str, port: int) -> int:
+    """``XLEN`` of the channel's log, asked of the node on ``port`` (which must own it)."""
+    node = next(node for node in cluster.nodes if node.port == port)
+    length = node.command("XLEN", ChannelKeys.of(channel).log)
+    assert isinstance(length, int)
+    return length
+
+
+async def test_channels_on_every_node_fan_out_across_two_brokers(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "room")
+    a = await brokers()
+    b = await brokers()
+    assert a.cluster and b.cluster
+    assert a.health()["cluster"] is True and a.health()["status"] == "ok"
+
+    recorders: dict[tuple[int, str], Recorder] = {}
+    for index, broker in enumerate((a, b)):
+        for channel in channels:
+            read = await read_ready(broker, channel, END)
+            assert read.messages == []
+            recorder = recorders[index, channel] = Recorder()
+            broker.hub.subscribe(channel, recorder)
+    # One pub/sub link per Redis node that holds a followed channel, never one per channel.
+    for broker in (a, b):
+        assert broker.health()["links"] == {"connected": 3, "total": 3}
+
+    published: dict[str, list[str]] = {channel: [] for channel in channels}
+    for round_ in range(2):
+        for channel in channels:
+            for broker in (a, b):
+                message = await broker.publish(channel, b'{"round":%d}' % round_)
+                published[channel].append(message.id)
+
+    for channel, ids in published.items():
+        assert len({i.rsplit("-", 1)[0] for i in ids}) == 1  # one epoch
+        assert [int(i.rsplit("-", 1)[1]) for i in ids] == [1, 2, 3, 4]
+        for index in (0, 1):
+            messages = await recorders[index, channel].wait_for(4)
+            assert [m.id for m in messages] == ids, (index, channel)
+            assert [m.data for m in messages] == [b'{"round":0}'] * 2 + [b'{"round":1}'] * 2
+            assert recorders[index, channel].gaps == []
+
+    # Each log is on the node that owns its slot, and only there.
+    for channel, port in channels.items():
+        assert stream_length(redis_cluster, channel, port) == 4
+        elsewhere = next(n for n in redis_cluster.nodes if n.port != port)
+        with pytest.raises(RedisError, match="MOVED"):
+            elsewhere.command("XLEN", ChannelKeys.of(channel).log)
+
+    # A third node that has read nothing yet reads the shared logs from any cursor.
+    c = await brokers()
+    for channel, ids in published.items():
+        read = await read_ready(c, channel, ORIGIN)
+        assert [m.id for m in read.messages] == ids
+        epoch, seq = ids[1].rsplit("-", 1)
+        read = await read_ready(c, channel, Position(epoch, int(seq)))
+        assert [m.id for m in read.messages] == ids[2:] and read.gap is None
+
+
+async def test_history_is_trimmed_to_its_size_on_the_cluster(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "ticker")
+    a = await brokers(size=3)
+    b = await brokers(size=3)
+    recorders: dict[str, Recorder] = {}
+    for channel in channels:  # a follows the channels live; b only publishes
+        await read_ready(a, channel, END)
+        recorders[channel] = Recorder()
+        a.hub.subscribe(channel, recorders[channel])
+    last: dict[str, Position] = {}
+    for channel in channels:
+        for n in range(5):
+            last[channel] = (await b.publish(channel, b"%d" % n)).position
+    for recorder in recorders.values():
+        await recorder.wait_for(5)
+
+    for channel, port in channels.items():
+        epoch = last[channel].epoch
+        assert last[channel].seq == 5
+        assert stream_length(redis_cluster, channel, port) == 3
+        kept = [f"{epoch}-{seq}" for seq in (3, 4, 5)]
+        for broker in (a, b):  # a's replica, kept by pub/sub; b loads from Redis
+            read = await read_ready(broker, channel, ORIGIN)
+            assert [m.id for m in read.messages] == kept
+            assert [m.data for m in read.messages] == [b"2", b"3", b"4"]
+            read = await read_ready(broker, channel, Position(epoch, 0))
+            assert read.gap is not None
+            assert (read.gap.reason, read.gap.missed) == ("expired", 2)
+            assert read.gap.resume == Position(epoch, 2)
+            assert [m.id for m in read.messages] == kept
+
+
+async def test_two_servers_on_the_cluster_serve_every_technique(
+    redis_cluster: RedisClusterProcesses, redis_cluster_url: str, make_server: ServerFactory,
+) -> None:
+    channels = list(one_channel_per_node(redis_cluster, "feed"))
+    publisher = await make_server(broker=redis_cluster_url)
+    reader = await make_server(broker=redis_cluster_url)
+    query = "&".join(f"channel={channel}" for channel in channels)
+    timeout = httpx.Timeout(10 * UNIT, read=None)
+    async with httpx.AsyncClient(base_url=publisher.url, timeout=timeout) as to_publisher, \
+            httpx.AsyncClient(base_url=reader.url, timeout=timeout) as to_reader, \
+            to_reader.stream("GET", f"/subscribe?{query}",
+                             headers={"Accept": "text/event-stream"}) as sse_response, \
+            connect("ws" + reader.url.removeprefix("http") + f"/subscribe?{query}") as ws:
+        assert sse_response.status_code == 200
+        sse = SseStream(sse_response.aiter_bytes())
+        async with asyncio.timeout(5 * UNIT):
+            await sse.next_block()  # the opening block: subscribed
+            subscribed = [json.loads(await ws.recv()) for _ in channels]
+        assert [(f["type"], f["channel"]) for f in subscribed] == [
+            ("subscribed", channel) for channel in channels]
+
+        ids = []
+        for channel in channels:
+            response = await to_publisher.post(f"/channels/{channel}", json={"on": channel})
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+
+        async with asyncio.timeout(5 * UNIT):
+            events = [await sse.next_event() for _ in channels]
+            frames = [json.loads(await ws.recv()) for _ in channels]
+        assert [json.loads(e.data or "")["id"] for e in events] == ids
+        assert [(f["type"], f["channel"], f["id"]) for f in frames] == [
+            ("message", channel, id_) for channel, id_ in zip(channels, ids, strict=True)]
+
+        answer = (await to_reader.get(f"/subscribe?{query}&since=0")).json()
+        assert [m["id"] for m in answer["messages"]] == ids
+        health = (await to_reader.get("/healthz")).json()
+        assert health["broker"]["cluster"] is True and health["broker"]["status"] == "ok"
+        assert health["broker"]["links"] == {"connected": 3, "total": 3}
