@@ -281,8 +281,9 @@ class RedisBroker(Broker):
                 async with self._deadline():
                     epoch, last, raw = await self._sync(
                         keys=[keys.log, keys.meta],
-                        args=[new_epoch(), UNUSED_META_TTL_MS, log.epoch if log else "",
-                              log.end.seq if log else 0, replica.retention.size],
+                        args=[new_epoch(), UNUSED_META_TTL_MS,
+                              "" if log is None else log.epoch,
+                              0 if log is None else log.end.seq, replica.retention.size],
                         client=client,
                     )
             except BrokerError:
