@@ -35,7 +35,7 @@ from conftest import UNIT, ServerFactory
 from rediskit import RedisProcess
 from tidings import Server, Settings
 from tidings.brokers.redis import RedisBroker
-from tidings.brokers.redis import broker as broker_module
+from tidings.brokers.redis import pubsub as pubsub_module
 from tidings.conformance._wire import SseBlock, SseStream
 from tidings.core.cursor import ORIGIN
 from tidings.errors import BrokerError
@@ -340,7 +340,7 @@ async def test_a_frozen_redis_gives_503_within_the_timeout_then_nothing_is_misse
     timeout = 1.0 * UNIT
     # Node A reconnects a dropped link only after a while, so node B's messages are
     # published while A follows nothing: they reach A by the sync after its reconnection.
-    monkeypatch.setattr(broker_module, "RECONNECT_DELAYS", (1.5 * UNIT, 1.5 * UNIT))
+    monkeypatch.setattr(pubsub_module, "RECONNECT_DELAYS", (1.5 * UNIT, 1.5 * UNIT))
     a = await node(redis_process.url, timeout)
     b = await node(redis_process.url, timeout)
     async with http_client(a) as client_a, http_client(b) as client_b:
@@ -361,8 +361,8 @@ async def test_a_frozen_redis_gives_503_within_the_timeout_then_nothing_is_misse
             # A's link to the frozen Redis is silent: A drops it (as it would after
             # LINK_SILENCE_SECONDS; made short here so the test need not wait).
             with monkeypatch.context() as short:
-                short.setattr(broker_module, "LINK_PING_SECONDS", 0.0)
-                short.setattr(broker_module, "LINK_SILENCE_SECONDS", 0.0)
+                short.setattr(pubsub_module, "LINK_PING_SECONDS", 0.0)
+                short.setattr(pubsub_module, "LINK_SILENCE_SECONDS", 0.0)
                 a.broker.maintain()
             await until(lambda: links_connected(a) == 0)
             await ws.still_open()
@@ -412,7 +412,7 @@ async def test_a_node_started_before_redis_serves_and_connects_when_it_comes(
 
         await asyncio.to_thread(redis_process.restart)  # the same port, as configured
         # The broker retries in the background (at most RECONNECT_DELAYS[1] apart).
-        deadline = time.monotonic() + broker_module.RECONNECT_DELAYS[1] + 5 * UNIT
+        deadline = time.monotonic() + pubsub_module.RECONNECT_DELAYS[1] + 5 * UNIT
         while (response := await post(client, "news", "on time")).status_code != 201:
             assert_unavailable(response)
             assert time.monotonic() < deadline, "the broker never connected to Redis"
@@ -484,7 +484,7 @@ async def test_reading_a_channel_the_node_does_not_hold_answers_503_while_redis_
 async def test_a_node_whose_link_was_away_while_the_log_was_trimmed_signals_the_exact_gap(
     redis_process: RedisProcess, node: NodeFactory, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(broker_module, "RECONNECT_DELAYS", (1.0 * UNIT, 1.0 * UNIT))
+    monkeypatch.setattr(pubsub_module, "RECONNECT_DELAYS", (1.0 * UNIT, 1.0 * UNIT))
     a = await node(redis_process.url, history_size=3)
     b = await node(redis_process.url, history_size=3)
     async with http_client(a) as client_a, http_client(b) as client_b:

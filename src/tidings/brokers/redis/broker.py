@@ -39,9 +39,10 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tidings.brokers.base import Broker
-from tidings.brokers.redis import scripts
-from tidings.brokers.redis.keys import ChannelKeys, channel_of
-from tidings.brokers.redis.link import Address, Link
+from tidings.brokers.redis import pubsub, scripts
+from tidings.brokers.redis.keys import ChannelKeys, channel_of, decode_entry, decode_notice
+from tidings.brokers.redis.link import Address
+from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
 from tidings.core.cursor import Position, Start, new_epoch
 from tidings.core.fanout import Hub
@@ -53,11 +54,6 @@ logger = logging.getLogger("tidings.redis")
 
 #: How long Redis keeps the metadata of a channel that was read but never published to (ms).
 UNUSED_META_TTL_MS = 24 * 3600 * 1000
-#: Seconds between pings on an idle link, and of silence after which it is dropped.
-LINK_PING_SECONDS = 5.0
-LINK_SILENCE_SECONDS = 15.0
-#: Reconnection delays (seconds): doubling from the first to the last.
-RECONNECT_DELAYS = (0.05, 2.0)
 #: Syncs run at once after a reconnection.
 SYNC_CONCURRENCY = 32
 
@@ -91,12 +87,10 @@ class RedisBroker(Broker):
         self._publish: Any = None
         self._sync: Any = None
         self._replicas: dict[str, Replica] = {}
-        self._replica_links: dict[str, Link] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._sync_locks: dict[str, asyncio.Lock] = {}
         self._sync_wanted: set[str] = set()
-        self._links: dict[Address, Link] = {}
-        self._reconnecting: set[Link] = set()
+        self._pubsub = PubSub(self._db, timeout, self._on_message, self._failure, self._back)
         self._probing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -117,10 +111,10 @@ class RedisBroker(Broker):
             self._spawn(self._connect_later())
 
     async def _connect_later(self) -> None:
-        delay = RECONNECT_DELAYS[0]
+        delay = pubsub.RECONNECT_DELAYS[0]
         while not self._closed:
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_DELAYS[1])
+            delay = min(delay * 2, pubsub.RECONNECT_DELAYS[1])
             try:
                 await self._connect()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -161,8 +155,7 @@ class RedisBroker(Broker):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for link in self._links.values():
-            link.close()
+        await self._pubsub.aclose()
         if self._client is not None:
             await self._client.aclose()
 
@@ -250,10 +243,7 @@ class RedisBroker(Broker):
         replica = self._replicas[channel] = Replica(channel, self._retention(channel))
         replica.used = time.monotonic()
         try:
-            link = await self._link_for(channel)
-            self._replica_links[channel] = link
-            async with self._deadline():
-                await link.subscribe(ChannelKeys.of(channel, self._db).notify)
+            await self._pubsub.follow(channel, self._address(channel))
             await self._sync_replica(replica)
         except BaseException as exc:
             self._forget(channel)
@@ -295,7 +285,7 @@ class RedisBroker(Broker):
                 raise BrokerError(f"Redis at {self._where()} is unavailable ({exc})") from None
             self._succeeded()
             epoch_text = epoch.decode()
-            entries = [_entry(channel, epoch_text, item) for item in reversed(raw)]
+            entries = [decode_entry(channel, epoch_text, item) for item in reversed(raw)]
             self._apply(replica, replica.synced(epoch_text, int(last), entries, started))
 
     def _apply(self, replica: Replica, changes: Changes) -> None:
@@ -323,9 +313,7 @@ class RedisBroker(Broker):
         self._replicas.pop(channel, None)
         self._sync_locks.pop(channel, None)
         self._sync_wanted.discard(channel)
-        link = self._replica_links.pop(channel, None)
-        if link is not None:
-            link.unsubscribe(ChannelKeys.of(channel, self._db).notify)
+        self._pubsub.unfollow(channel)
 
     def _on_message(self, name: str, payload: bytes) -> None:
         try:
@@ -336,83 +324,15 @@ class RedisBroker(Broker):
         if replica is None:
             return
         try:
-            message = _decode(channel, payload)
+            message = decode_notice(channel, payload)
         except ValueError:
             logger.warning("ignored a malformed message on %s", name)
             return
         self._apply(replica, replica.offer(message))
 
-    # links -------------------------------------------------------------------
-
-    async def _link_for(self, channel: str) -> Link:
-        """The connected link of the Redis node that holds ``channel``."""
-        client = self._require_client()
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(ChannelKeys.of(channel).notify)
-            if node is None:
-                raise BrokerError(f"no Redis Cluster node holds the slot of {channel!r}")
-            address = self._address(node.host, int(node.port))
-        else:
-            address = self._address(self._options.get("host", "localhost"),
-                                     int(self._options.get("port", 6379)))
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = Link(address, self._on_message, self._on_link_lost)
-            try:
-                await link.connect(self._timeout)
-            except (OSError, TimeoutError, BrokerError) as exc:
-                del self._links[address]
-                self._failure(exc)
-                raise BrokerError(f"cannot reach Redis at {address}: {exc}") from None
-        if not link.connected:
-            self._failure(f"no pub/sub connection to {address}")
-            raise BrokerError(f"Redis at {address} is unreachable; reconnecting")
-        return link
-
-    def _address(self, host: str, port: int) -> Address:
-        options = self._options
-        return Address(host, port, options.get("username"), options.get("password"),
-                       "connection_class" in options)  # rediss:// sets an SSL connection class
-
-    def _on_link_lost(self, link: Link) -> None:
-        if self._closed or link in self._reconnecting:
-            return
-        self._failure(f"lost the pub/sub connection to {link.address}")
-        logger.warning("lost the pub/sub connection to Redis at %s; reconnecting", link.address)
-        self._reconnecting.add(link)
-        self._spawn(self._reconnect(link))
-
-    async def _reconnect(self, link: Link) -> None:
-        try:
-            channels = await self._resubscribe(link)
-        finally:
-            self._reconnecting.discard(link)  # a loss from now on starts a new reconnection
-        if channels:
-            await self._sync_all(channels)
-
-    async def _resubscribe(self, link: Link) -> list[str]:
-        """Reconnect ``link`` (with backoff) and follow its channels again; return them."""
-        delay = RECONNECT_DELAYS[0]
-        while not self._closed:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_DELAYS[1])
-            try:
-                await link.connect(self._timeout)
-                channels = [c for c, owner in self._replica_links.items() if owner is link]
-                async with self._deadline():
-                    await asyncio.gather(*(link.subscribe(ChannelKeys.of(c, self._db).notify)
-                                           for c in channels))
-            except (OSError, TimeoutError, BrokerError) as exc:
-                self._failure(exc)
-                link.close()
-                continue
-            logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
-                        link.address, len(channels))
-            self._succeeded()
-            return channels
-        return []
-
-    async def _sync_all(self, channels: list[str]) -> None:
+    async def _back(self, channels: list[str]) -> None:
+        """A pub/sub link is back and follows ``channels`` again: sync each of them."""
+        self._succeeded()
         limit = asyncio.Semaphore(SYNC_CONCURRENCY)
 
         async def one(channel: str) -> None:
@@ -424,6 +344,20 @@ class RedisBroker(Broker):
                     await self._sync_replica(replica)
 
         await asyncio.gather(*(one(channel) for channel in channels))
+
+    def _address(self, channel: str) -> Address:
+        """The Redis node that holds ``channel`` (in a cluster, the owner of its slot)."""
+        client = self._require_client()
+        options = self._options
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(ChannelKeys.of(channel).notify)
+            if node is None:
+                raise BrokerError(f"no Redis Cluster node holds the slot of {channel!r}")
+            host, port = node.host, int(node.port)
+        else:
+            host, port = options.get("host", "localhost"), int(options.get("port", 6379))
+        return Address(host, port, options.get("username"), options.get("password"),
+                       "connection_class" in options)  # rediss:// sets an SSL connection class
 
     # upkeep ------------------------------------------------------------------
 
@@ -440,21 +374,10 @@ class RedisBroker(Broker):
             if (now - replica.used > self._idle and not hub.subscribers(channel)
                     and channel not in self._loading):
                 self._forget(channel)
-        loop_now = asyncio.get_running_loop().time()
-        for link in self._links.values():
-            if not link.connected:
-                continue
-            silence = loop_now - link.last_heard
-            if silence > LINK_SILENCE_SECONDS:
-                logger.warning("Redis at %s has been silent for %.0f s; reconnecting",
-                               link.address, silence)
-                link.close()
-            elif silence > LINK_PING_SECONDS:
-                link.ping()
+        self._pubsub.keep_alive()
         for channel in list(self._sync_wanted):
             wanted = self._replicas.get(channel)
-            owner = self._replica_links.get(channel)
-            if wanted is not None and owner is not None and owner.connected:
+            if wanted is not None and self._pubsub.connected(channel):
                 self._sync_wanted.discard(channel)
                 self._schedule_sync(wanted)
         if self._failed and self._client is not None and not self._probing:
@@ -481,14 +404,13 @@ class RedisBroker(Broker):
             self._probing = False
 
     def health(self) -> dict[str, object]:
-        links = list(self._links.values())
         return {
             "kind": "redis",
             "status": "unavailable" if self._failed or self._client is None else "ok",
             "redis": self._where(),
             "cluster": self.cluster,
             "channels": len(self._replicas),
-            "links": {"connected": sum(link.connected for link in links), "total": len(links)},
+            "links": self._pubsub.health(),
             "last_error": self._last_error,
         }
 
@@ -517,7 +439,7 @@ class RedisBroker(Broker):
                 self.on_status(False, f"Redis at {self._where()}: {self._last_error}")
 
     def _succeeded(self) -> None:
-        if self._failed and all(link.connected for link in self._links.values()):
+        if self._failed and self._pubsub.all_connected:
             self._failed = False
             if self.on_status is not None:
                 self.on_status(True, f"Redis at {self._where()}")
@@ -536,20 +458,3 @@ def _consume(future: asyncio.Future[None]) -> None:
     """Mark a shared future's exception as seen (its waiters got it already)."""
     if not future.cancelled():
         future.exception()
-
-
-def _decode(channel: str, payload: bytes) -> Message:
-    """A pub/sub payload from scripts.PUBLISH: ``EPOCH-SEQ TIME DATA``."""
-    head, clock, data = payload.split(b" ", 2)
-    epoch, _, seq = head.decode().rpartition("-")
-    if not epoch:
-        raise ValueError("no epoch")
-    return Message(channel, Position(epoch, int(seq)), data, int(clock))
-
-
-def _entry(channel: str, epoch: str, item: list[Any]) -> Message:
-    """A stream entry ``[b"SEQ-0", [b"t", TIME, b"d", DATA]]`` as a message."""
-    entry_id, fields = item
-    seq = int(entry_id.split(b"-", 1)[0])
-    values = dict(zip(fields[::2], fields[1::2], strict=True))
-    return Message(channel, Position(epoch, seq), values[b"d"], int(values[b"t"]))

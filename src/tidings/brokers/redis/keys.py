@@ -1,4 +1,4 @@
-"""Where a channel lives in Redis.
+"""Where a channel lives in Redis, and how its messages are written there.
 
 Every name of a channel shares the hash tag ``{channel}``, so in a Redis
 Cluster its stream, its metadata and its pub/sub channel sit on one slot, and
@@ -19,6 +19,10 @@ one Lua script can touch them all. Channel names never contain braces
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from tidings.core.cursor import Position
+from tidings.core.message import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +40,20 @@ class ChannelKeys:
 def channel_of(notify: str) -> str:
     """The channel name inside a pub/sub channel name from :meth:`ChannelKeys.of`."""
     return notify[notify.index("{") + 1 : notify.index("}")]
+
+
+def decode_notice(channel: str, payload: bytes) -> Message:
+    """A pub/sub payload from scripts.PUBLISH: ``EPOCH-SEQ TIME DATA``."""
+    head, clock, data = payload.split(b" ", 2)
+    epoch, _, seq = head.decode().rpartition("-")
+    if not epoch:
+        raise ValueError("no epoch")
+    return Message(channel, Position(epoch, int(seq)), data, int(clock))
+
+
+def decode_entry(channel: str, epoch: str, item: list[Any]) -> Message:
+    """A stream entry ``[b"SEQ-0", [b"t", TIME, b"d", DATA]]`` as a message."""
+    entry_id, fields = item
+    seq = int(entry_id.split(b"-", 1)[0])
+    values = dict(zip(fields[::2], fields[1::2], strict=True))
+    return Message(channel, Position(epoch, seq), values[b"d"], int(values[b"t"]))

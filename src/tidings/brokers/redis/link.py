@@ -3,8 +3,9 @@
 A link speaks just enough RESP for sharded pub/sub (``SSUBSCRIBE``,
 ``SUNSUBSCRIBE``, ``PING``, ``AUTH``) over an asyncio protocol, parsing with
 hiredis. It does not reconnect by itself: when the connection breaks it
-calls ``on_lost``, and the broker reconnects it and resubscribes
-(broker.py), because only the broker knows what must be fetched again.
+calls ``on_lost``, and :class:`~tidings.brokers.redis.pubsub.PubSub`
+reconnects it and subscribes again, after which the broker syncs what the
+link followed.
 
 Replies to commands come back in the order the commands were sent, with
 pushed messages in between; :attr:`_expected` pairs each reply with its

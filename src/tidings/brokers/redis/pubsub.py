@@ -1,0 +1,166 @@
+"""The node's pub/sub links: one per Redis node, each following some channels.
+
+:class:`PubSub` knows which channel is followed on which link. When a link
+breaks it reconnects it (with backoff), follows its channels again, and only
+then hands them to ``on_back``, so that the broker syncs each one: anything
+published while the link was down is in the stream, and a sync that starts
+after the subscription is confirmed misses nothing (docs/topics/redis.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tidings.brokers.redis.keys import ChannelKeys
+from tidings.brokers.redis.link import Address, Link
+from tidings.errors import BrokerError
+
+logger = logging.getLogger("tidings.redis")
+
+#: Seconds of silence on a link before it is pinged, and before it is dropped.
+LINK_PING_SECONDS = 5.0
+LINK_SILENCE_SECONDS = 15.0
+#: Reconnection delays (seconds): doubling from the first to the last.
+RECONNECT_DELAYS = (0.05, 2.0)
+
+
+class PubSub:
+    """Links to Redis nodes, and the channels followed on each.
+
+    ``on_message(name, payload)`` gets every pushed message; ``on_failure(why)``
+    is called when a link breaks, cannot be opened or does not answer in time;
+    ``on_back(channels)`` once a link is back and follows its channels again.
+    """
+
+    def __init__(
+        self,
+        db: int,
+        timeout: float,
+        on_message: Callable[[str, bytes], None],
+        on_failure: Callable[[str], None],
+        on_back: Callable[[list[str]], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._db = db
+        self._timeout = timeout
+        self._on_message = on_message
+        self._on_failure = on_failure
+        self._on_back = on_back
+        self._links: dict[Address, Link] = {}
+        #: channel -> the link it is followed on
+        self._owners: dict[str, Link] = {}
+        self._reconnecting: set[Link] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    async def follow(self, channel: str, address: Address) -> None:
+        """Subscribe to ``channel`` on the node at ``address``; return once Redis confirmed."""
+        link = await self._link(address)
+        self._owners[channel] = link
+        try:
+            async with asyncio.timeout(self._timeout):
+                await link.subscribe(self._name(channel))
+        except TimeoutError:
+            self._on_failure(f"no confirmation of a subscription from {address}")
+            raise BrokerError(f"Redis at {address} did not confirm a subscription within "
+                              f"{self._timeout} s") from None
+
+    def unfollow(self, channel: str) -> None:
+        link = self._owners.pop(channel, None)
+        if link is not None:
+            link.unsubscribe(self._name(channel))
+
+    def connected(self, channel: str) -> bool:
+        """Whether ``channel`` is followed on a link that is up."""
+        link = self._owners.get(channel)
+        return link is not None and link.connected
+
+    @property
+    def all_connected(self) -> bool:
+        return all(link.connected for link in self._links.values())
+
+    def health(self) -> dict[str, int]:
+        links = self._links.values()
+        return {"connected": sum(link.connected for link in links), "total": len(links)}
+
+    def keep_alive(self) -> None:
+        """Ping quiet links; drop (and so reconnect) those silent for too long."""
+        now = asyncio.get_running_loop().time()
+        for link in self._links.values():
+            if not link.connected:
+                continue
+            silence = now - link.last_heard
+            if silence > LINK_SILENCE_SECONDS:
+                logger.warning("Redis at %s has been silent for %.0f s; reconnecting",
+                               link.address, silence)
+                link.close()
+            elif silence > LINK_PING_SECONDS:
+                link.ping()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self._links.values():
+            link.close()
+
+    # links -------------------------------------------------------------------
+
+    def _name(self, channel: str) -> str:
+        return ChannelKeys.of(channel, self._db).notify
+
+    async def _link(self, address: Address) -> Link:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = Link(address, self._on_message, self._lost)
+            try:
+                await link.connect(self._timeout)
+            except (OSError, TimeoutError, BrokerError) as exc:
+                del self._links[address]
+                self._on_failure(f"cannot reach {address}: {exc}")
+                raise BrokerError(f"cannot reach Redis at {address}: {exc}") from None
+        if not link.connected:
+            self._on_failure(f"no pub/sub connection to {address}")
+            raise BrokerError(f"Redis at {address} is unreachable; reconnecting")
+        return link
+
+    def _lost(self, link: Link) -> None:
+        if self._closed or link in self._reconnecting:
+            return
+        self._on_failure(f"lost the pub/sub connection to {link.address}")
+        logger.warning("lost the pub/sub connection to Redis at %s; reconnecting", link.address)
+        self._reconnecting.add(link)
+        task = asyncio.get_running_loop().create_task(self._reconnect(link))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reconnect(self, link: Link) -> None:
+        try:
+            channels = await self._follow_again(link)
+        finally:
+            self._reconnecting.discard(link)  # a loss from now on starts a new reconnection
+        if channels is not None:
+            await self._on_back(channels)
+
+    async def _follow_again(self, link: Link) -> list[str] | None:
+        """Reconnect ``link`` (with backoff) and follow its channels again; return them."""
+        delay = RECONNECT_DELAYS[0]
+        while not self._closed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_DELAYS[1])
+            try:
+                await link.connect(self._timeout)
+                channels = [c for c, owner in self._owners.items() if owner is link]
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.gather(*(link.subscribe(self._name(c)) for c in channels))
+            except (OSError, TimeoutError, BrokerError) as exc:
+                self._on_failure(f"reconnecting to {link.address}: {exc or type(exc).__name__}")
+                link.close()
+                continue
+            logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
+                        link.address, len(channels))
+            return channels
+        return None
