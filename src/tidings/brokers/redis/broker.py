@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -54,6 +54,8 @@ logger = logging.getLogger("tidings.redis")
 
 #: How long Redis keeps the metadata of a channel that was read but never published to (ms).
 UNUSED_META_TTL_MS = 24 * 3600 * 1000
+#: Connections for commands (publishes, syncs) to one Redis node.
+MAX_CONNECTIONS = 64
 #: Syncs run at once after a reconnection.
 SYNC_CONCURRENCY = 32
 
@@ -137,12 +139,16 @@ class RedisBroker(Broker):
             await probe.aclose()
         client: AnyRedis
         if info.get("cluster_enabled"):
-            client = RedisCluster.from_url(self.url, **common)
+            client = RedisCluster.from_url(self.url, max_connections=MAX_CONNECTIONS, **common)
             async with asyncio.timeout(self._timeout):
                 await client.initialize()
             self.cluster = True
         else:
-            client = Redis.from_url(self.url, **common)
+            # A bounded pool: a burst of publishes queues for a connection
+            # (within the timeout) instead of opening one connection each.
+            pool = BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=self._timeout, **common)
+            client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
         self._publish = client.register_script(scripts.PUBLISH)
         self._sync = client.register_script(scripts.SYNC)
         self._client = client
