@@ -6,6 +6,7 @@ The public API; everything else lives in private-by-convention modules.
 from tidings.brokers import Broker, MemoryBroker
 from tidings.client import (
     Backoff,
+    BrokerStatus,
     Client,
     Connected,
     Disconnected,
@@ -38,6 +39,7 @@ __all__ = [
     "BadRequest",
     "Broker",
     "BrokerError",
+    "BrokerStatus",
     "Client",
     "ClientClosed",
     "ClientError",

@@ -164,6 +164,26 @@ async def test_gap_reaches_on_gap(page: Any) -> None:
                          "missed": 2}]
 
 
+@pytest.mark.parametrize("technique", ["websocket", "sse"])
+async def test_broker_status_reaches_on_broker(page: Any, technique: str) -> None:
+    """The page hears that the message store went away and came back; it stays open."""
+    async with serving() as served:
+        await open_client(page, served, ["s"], transports=[technique])
+        await wait_for(page, "window.client.state === 'open'")
+        server = served.server
+        assert server is not None and server.broker.on_status is not None
+        server.broker.on_status(False, "Redis at test: connection refused")
+        await wait_for(page, "window.log.broker.length === 1")
+        server.broker.on_status(True, "Redis at test")
+        await wait_for(page, "window.log.broker.length === 2")
+        statuses = await page.evaluate("window.log.broker")
+        assert [s["broker"] for s in statuses] == ["unavailable", "ok"]
+        assert "nothing is lost yet" in statuses[0]["message"]
+        ids = await publish(served, "s", 1)
+        await wait_for_ids(page, "s", ids)
+        assert [s["state"] for s in await page.evaluate("window.log.states")] == ["open"]
+
+
 @pytest.mark.parametrize(
     ("path", "channels"),
     [("/channels/e?since=0", ["e"]), ("/subscribe?channel=e&channel=f&since=0", ["e", "f"])],

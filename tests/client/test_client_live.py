@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from clientkit import TECHNIQUES, StatusLog, fast_client, take
 
-from tidings import Connected, Message, Server
+from tidings import BrokerStatus, Connected, Disconnected, Message, Server
 
 SAMPLES: list[Any] = [
     {"nested": {"list": [1, 2.5, True, None]}}, "line one\nline two\r\nthree\rend",
@@ -91,3 +91,21 @@ async def test_closing_a_subscription_ends_its_loop(server: Server) -> None:
         with pytest.raises(StopAsyncIteration):
             await anext(subscription)
         assert client._link is not None and "x" not in client._link.routes
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+async def test_broker_status_notices_reach_on_status(server: Server, transport: str) -> None:
+    """A stream is told when the message store goes away and comes back; it stays connected."""
+    status = StatusLog()
+    async with fast_client(server.url, transport, on_status=status) as client:
+        subscription = client.subscribe("news")
+        await status.wait_for(Connected, transport=transport)
+        assert server.broker.on_status is not None
+        server.broker.on_status(False, "Redis at test: connection refused")
+        away = await status.wait_for(BrokerStatus, available=False)
+        assert away.transport == transport and "nothing is lost yet" in away.message
+        server.broker.on_status(True, "Redis at test")
+        await status.wait_for(BrokerStatus, available=True)
+        message_id = await client.publish("news", "still here")
+        assert (await take(subscription, 1))[0].id == message_id
+        assert not [e for e in status.events if isinstance(e, Disconnected)]

@@ -19,6 +19,7 @@ synchronous publisher), and the I/O-free cores ``_cursors`` (resume rules),
 from tidings.client._backoff import Backoff
 from tidings.client._client import AUTO_ORDER, TRANSPORTS, Client, Subscription, connect
 from tidings.client.events import (
+    BrokerStatus,
     Connected,
     Disconnected,
     Gap,
@@ -32,6 +33,7 @@ __all__ = [
     "AUTO_ORDER",
     "TRANSPORTS",
     "Backoff",
+    "BrokerStatus",
     "Client",
     "Connected",
     "Disconnected",

@@ -10,7 +10,7 @@ A subscription yields two kinds of items, told apart with ``isinstance`` or
   :class:`tidings.MissedMessages` instead.
 
 Status events (:class:`Connected`, :class:`Disconnected`,
-:class:`TransportChanged`) are not yielded; they go to the ``on_status``
+:class:`TransportChanged`, :class:`BrokerStatus`) are not yielded; they go to the ``on_status``
 callback of :func:`tidings.connect`, for logs and progress displays.
 
 All are frozen dataclasses: compare them with ``==``.
@@ -21,7 +21,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Connected", "Disconnected", "Gap", "Message", "StatusEvent", "TransportChanged"]
+__all__ = [
+    "BrokerStatus",
+    "Connected",
+    "Disconnected",
+    "Gap",
+    "Message",
+    "StatusEvent",
+    "TransportChanged",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,4 +92,19 @@ class TransportChanged:
     reason: str
 
 
-StatusEvent = Connected | Disconnected | TransportChanged
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    """The server's message store (Redis) became unreachable, or is back.
+
+    ``available`` is ``False`` while it is away: the subscription stays
+    connected and nothing is lost yet; what is published meanwhile (or a
+    :class:`Gap`, if the store lost it) follows once it is back. Only streams
+    (``websocket``, ``sse``) are told.
+    """
+
+    available: bool
+    message: str
+    transport: str
+
+
+StatusEvent = Connected | Disconnected | TransportChanged | BrokerStatus

@@ -14,6 +14,7 @@ import httpx
 from tidings.client._cursors import BrokenStream
 from tidings.client._session import Session
 from tidings.client._sse import Checkpoint, Comment, SseParser
+from tidings.client.events import BrokerStatus
 
 
 async def read(session: Session) -> None:
@@ -48,6 +49,10 @@ async def read(session: Session) -> None:
                     await session.message(_json(item.data))
                 elif item.type == "gap":
                     await session.gap(_json(item.data))
+                elif item.type == "status":
+                    detail = _json(item.data)
+                    session.client._status(BrokerStatus(
+                        detail.get("broker") == "ok", str(detail.get("message", "")), "sse"))
                 elif item.type == "close":
                     detail = _json(item.data)
                     if detail.get("error") == "token_expired":

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from tidings.client._common import refusal_of_status
 from tidings.client._session import Session, TechniqueFailed
+from tidings.client.events import BrokerStatus
 from tidings.errors import ConnectionFailed, RequestRefused
 
 if TYPE_CHECKING:
@@ -136,6 +137,9 @@ class Link:
                 elif kind == "error" and frame.get("req") is None and (
                         frame.get("error") == "token_expired"):
                     self._client._tokens.invalidate()  # the server closes with 4001 next
+                elif kind == "status":
+                    self._client._status(BrokerStatus(
+                        frame.get("broker") == "ok", str(frame.get("message", "")), "websocket"))
                 elif kind in ("ack", "error"):
                     reply = self._pending.get(frame.get("req"))  # type: ignore[arg-type]
                     if reply is not None and not reply.done():

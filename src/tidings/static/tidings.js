@@ -128,7 +128,7 @@ class Client {
     /** What reading has cost: requests made (WebSocket handshakes too), bytes and messages. */
     this.stats = { requests: 0, bytesReceived: 0, messages: 0 };
     this._channels = new Map(); // name → {pos, fromOrigin, subs: Set<Subscription>}
-    this._listeners = { state: new Set(), error: new Set() };
+    this._listeners = { state: new Set(), broker: new Set(), error: new Set() };
     this._index = 0; // the technique tried now: everything before it failed
     this._attempt = 0; // reconnections since the last connection that worked
     this._reader = null;
@@ -139,10 +139,17 @@ class Client {
     this._run().catch((error) => this._report(error));
   }
 
-  /** `fn(state, {transport, previous, reason})` on each change; returns a function that stops it. */
+  /**
+   * `on("state", fn(state, {transport, previous, reason}))` on each change;
+   * `on("broker", fn({broker, message}))` when the server's message store (Redis)
+   * becomes "unavailable" (stay connected: nothing is lost yet) or is "ok" again;
+   * `on("error", fn(error))`. Returns a function that stops it.
+   */
   on(event, fn) {
     const set = this._listeners[event];
-    if (!set) throw new TidingsError(`no event ${JSON.stringify(event)}; use state or error`);
+    if (!set) {
+      throw new TidingsError(`no event ${JSON.stringify(event)}; use state, broker or error`);
+    }
     set.add(fn);
     return () => set.delete(fn);
   }
@@ -327,6 +334,12 @@ class Client {
     const detail = { transport, previous, reason: reason || null };
     if (retryIn !== undefined) detail.retryIn = retryIn;
     for (const fn of [...this._listeners.state]) guard(() => fn(state, detail), this);
+  }
+
+  _brokerStatus(value) {
+    if (!value || typeof value.broker !== "string") return;
+    const status = { broker: value.broker, message: String(value.message || "") };
+    for (const fn of [...this._listeners.broker]) guard(() => fn(status), this);
   }
 
   _report(error) {
@@ -788,6 +801,8 @@ class SseReader extends Reader {
       }
     } else if (event === "gap") {
       this.client._acceptGap(value);
+    } else if (event === "status") {
+      this.client._brokerStatus(value);
     } else if (event === "close") {
       if (value && value.error === "token_expired") this.client._tokenExpired();
       throw new Outcome("retry", `the server closed the stream (${value && value.error})`);
@@ -925,6 +940,9 @@ class WebSocketReader extends Reader {
         break;
       case "subscribed":
         this.client._learn(frame.channel, frame.next);
+        break;
+      case "status":
+        this.client._brokerStatus(frame);
         break;
       case "ack":
       case "error": {
