@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from conftest import UNIT, ServerFactory
+from httpkit import epoch_of, publish, seq_of, until
 from rediskit import RedisProcess
 from tidings import Server, Settings
 from tidings.brokers.redis import RedisBroker
@@ -62,12 +63,6 @@ async def post(client: httpx.AsyncClient, channel: str, value: Any) -> httpx.Res
                              headers={"Content-Type": "application/json"})
 
 
-async def publish(client: httpx.AsyncClient, channel: str, value: Any) -> str:
-    response = await post(client, channel, value)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
 def assert_unavailable(response: httpx.Response) -> None:
     """A ``503`` whose JSON body says the broker is unavailable, in words too."""
     assert response.status_code == 503, response.text
@@ -75,23 +70,6 @@ def assert_unavailable(response: httpx.Response) -> None:
     body = response.json()
     assert body["error"] == "broker_unavailable", body
     assert isinstance(body["message"], str) and "Redis" in body["message"], body
-
-
-async def until(condition: Callable[[], object], within: float = 5 * UNIT) -> None:
-    """Wait until ``condition()`` (about state in this process) holds."""
-    async with asyncio.timeout(within):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
-
-
-def epoch_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
-
-
-def seq_of(message_id: str) -> int:
-    return int(message_id.rsplit("-", 1)[1])
 
 
 class Inbox:

@@ -38,9 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import ClientConnection
 
-from tidings.conformance._wire import SseBlock, SseStream
+import httpkit
+from httpkit import SseReader, epoch_of, recv_json, recv_messages, seq_of
+
+__all__ = [
+    "SseReader", "epoch_of", "recv_json", "recv_messages", "seq_of",  # for the tests
+]
 
 UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
 
@@ -361,73 +365,12 @@ class PacedPublisher:
             await self._published.wait_for(lambda: len(self.ids) >= count)
 
 
-class SseReader:
-    """The events of an open ``httpx`` streaming response, each awaited under a timeout."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._stream = SseStream(response.aiter_bytes())
-
-    @property
-    def last_id(self) -> str | None:
-        """What an EventSource would send as ``Last-Event-ID`` when reconnecting."""
-        return self._stream.last_id
-
-    async def next_event(self, within: float = 5 * UNIT) -> SseBlock:
-        """The next block that is an event (heartbeat comments skipped)."""
-        async with asyncio.timeout(within):
-            return await self._stream.next_event()
-
-    async def messages(self, count: int, within: float = 5 * UNIT) -> list[dict[str, Any]]:
-        """The next ``count`` messages (their JSON); any other event fails the test."""
-        found: list[dict[str, Any]] = []
-        async with asyncio.timeout(within):
-            while len(found) < count:
-                event = await self._stream.next_event()
-                assert event.is_message, event
-                message = dict(event.json())
-                if event.id is None or "=" not in event.id:  # not a multi-channel cursor
-                    assert event.id == message["id"], event
-                found.append(message)
-        return found
-
-
 @contextlib.asynccontextmanager
 async def open_sse(client: httpx.AsyncClient, node: Node, path: str,
                    headers: dict[str, str] | None = None) -> AsyncIterator[SseReader]:
     """Open an event stream on ``node``; leaving the block closes its connection."""
-    all_headers = {"Accept": "text/event-stream", **(headers or {})}
-    async with client.stream("GET", node.url + path, headers=all_headers,
-                             timeout=httpx.Timeout(10 * UNIT, read=None)) as response:
-        assert response.status_code == 200, f"{node}: {await response.aread()!r}"
-        yield SseReader(response)
-
-
-async def recv_json(ws: ClientConnection, within: float = 5 * UNIT) -> dict[str, Any]:
-    async with asyncio.timeout(within):
-        frame = await ws.recv()
-    assert isinstance(frame, str), frame
-    return dict(json.loads(frame))
-
-
-async def recv_messages(ws: ClientConnection, count: int,
-                        within: float = 5 * UNIT) -> list[dict[str, Any]]:
-    """The next ``count`` frames, which must all be ``"type": "message"``."""
-    frames: list[dict[str, Any]] = []
-    async with asyncio.timeout(within):
-        while len(frames) < count:
-            frame = await recv_json(ws, within)
-            assert frame["type"] == "message", frame
-            frames.append(frame)
-    return frames
-
-
-def seq_of(message_id: str) -> int:
-    return int(message_id.rsplit("-", 1)[1])
-
-
-def epoch_of(message_id: str) -> str:
-    return message_id.rsplit("-", 1)[0]
+    async with httpkit.open_sse(client, node.url + path, headers=headers) as reader:
+        yield reader
 
 
 def assert_exactly(received: Sequence[str], published: Iterable[str], what: str) -> None:

@@ -42,7 +42,7 @@ async def test_published_on_a_reaches_sse_on_b_and_websocket_on_c(nodes: list[No
         subscribed = await recv_json(ws)
         assert subscribed["type"] == "subscribed", subscribed
         values = [{"n": n, "text": f"message {n}"} for n in range(COUNT)]
-        reading = asyncio.gather(stream.messages(COUNT, within=20 * UNIT),
+        reading = asyncio.gather(stream.message_objects(COUNT, within=20 * UNIT),
                                  recv_messages(ws, COUNT, within=20 * UNIT))
         published = [await publish(client, a, channel, value) for value in values]
         by_sse, by_ws = await reading

@@ -71,7 +71,7 @@ async def test_sse_reconnects_to_another_node_with_last_event_id(nodes: list[Nod
                 headers = {"Last-Event-ID": last_id} if last_id else {}
                 path = f"/channels/{channel}" + ("" if last_id else "?since=0")
                 async with open_sse(client, node, path, headers) as stream:
-                    received += await stream.messages(PER_HOP, within=10 * UNIT)
+                    received += await stream.message_objects(PER_HOP, within=10 * UNIT)
                     last_id = stream.last_id
                 assert last_id == received[-1]["id"]
                 await publisher.wait_for(len(received) + AWAY)
@@ -129,7 +129,7 @@ async def test_sse_on_two_channels_moves_with_the_multi_channel_cursor(
                 headers = {"Last-Event-ID": last_id} if last_id else {}
                 path = f"/subscribe?{query}" + ("" if last_id else "&since=0")
                 async with open_sse(client, node, path, headers) as stream:
-                    received += await stream.messages(per_channel * 2 // 3, within=10 * UNIT)
+                    received += await stream.message_objects(per_channel * 2 // 3, within=10 * UNIT)
                     last_id = stream.last_id
                 assert last_id is not None and "=" in last_id, last_id
                 for publisher in publishers:
@@ -164,7 +164,7 @@ async def test_a_cursor_from_another_node_is_valid_at_once(nodes: list[Node]) ->
                                             params={"since": latest})
                 assert response.status_code == 200, (n, response.text)
                 assert response.json() == {"messages": [], "next": latest}, n
-                (message,) = await stream.messages(1)
+                (message,) = await stream.message_objects(1)
                 assert message["id"] == latest, n
 
         # A long poll from an id B has not seen waits for the next message.
@@ -180,7 +180,7 @@ async def test_a_cursor_from_another_node_is_valid_at_once(nodes: list[Node]) ->
         async with open_sse(client, b, f"/channels/{channel}",
                             {"Last-Event-ID": latest}) as stream:
             following = await publish(client, a, channel, "next")
-            (message,) = await stream.messages(1)
+            (message,) = await stream.message_objects(1)
             assert message["id"] == following
         latest = await publish(client, a, channel, "websocket")
         async with ws_connect(b.ws_url(f"/channels/{channel}?since={latest}")) as ws:

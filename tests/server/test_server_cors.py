@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from clients import until
 
 from conftest import UNIT, ServerFactory
+from httpkit import until
 from tidings import Server
 
 ORIGIN = "https://a.example"

@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import UNIT, ServerFactory
+from httpkit import until
 from tidings import Server
 
 # Helpers ---------------------------------------------------------------------

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import httpx
-from clients import SAMPLE_VALUES, UNIT, http_client, poll, publish, publish_many, until
 
+from httpkit import SAMPLE_VALUES, UNIT, http_client, poll, publish, publish_many, until
 from tidings import Server
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clients import (
+from httpkit import (
     SAMPLE_VALUES,
     epoch_of,
     http_client,
@@ -11,7 +11,6 @@ from clients import (
     publish_many,
     seq_of,
 )
-
 from tidings import Server
 
 

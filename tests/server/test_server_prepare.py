@@ -23,7 +23,10 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from clients import (
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from httpkit import (
     UNIT,
     RawWebSocket,
     SseReader,
@@ -35,9 +38,6 @@ from clients import (
     until,
     ws_url,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
-
 from tidings import Server, Settings
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import END, ORIGIN, Start, parse_start

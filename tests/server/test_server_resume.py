@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import (
+from websockets.asyncio.client import connect
+
+from httpkit import (
     UNIT,
     http_client,
     open_sse,
@@ -26,8 +28,6 @@ from clients import (
     recv_messages,
     ws_url,
 )
-from websockets.asyncio.client import connect
-
 from tidings import Server
 
 TECHNIQUES = ["poll", "longpoll", "sse", "websocket"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from clients import (
+from httpkit import (
     SAMPLE_VALUES,
     UNIT,
     SseReader,
@@ -16,7 +16,6 @@ from clients import (
     seq_of,
     until,
 )
-
 from tidings import Server
 
 

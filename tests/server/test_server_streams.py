@@ -9,7 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from clients import (
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from httpkit import (
     UNIT,
     SseEvent,
     http_client,
@@ -20,9 +23,6 @@ from clients import (
     until,
     ws_url,
 )
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from tidings import Server
 
 MESSAGE = {"filler": "x" * 4000}  # about 4 KB a message

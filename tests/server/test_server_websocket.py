@@ -9,7 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from clients import (
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from httpkit import (
     SAMPLE_VALUES,
     UNIT,
     RawWebSocket,
@@ -24,9 +27,6 @@ from clients import (
     until,
     ws_url,
 )
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
-
 from tidings import Server
 
 

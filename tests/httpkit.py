@@ -130,6 +130,20 @@ class SseReader:
                 events.append(event)
         return events
 
+    async def message_objects(self, count: int,
+                              within: float = 5 * UNIT) -> list[dict[str, Any]]:
+        """The next ``count`` messages as JSON objects, each checked against its ``id:``."""
+        found: list[dict[str, Any]] = []
+        async with asyncio.timeout(within):
+            while len(found) < count:
+                event = await self._stream.next_event()
+                assert event.is_message, event
+                message = dict(event.json())
+                if event.id is None or "=" not in event.id:  # not a multi-channel cursor
+                    assert event.id == message["id"], event
+                found.append(message)
+        return found
+
 
 @contextlib.asynccontextmanager
 async def open_sse(
