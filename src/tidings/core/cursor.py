@@ -35,8 +35,13 @@ MAX_CURSOR_LENGTH: Final = 8192
 
 
 def new_epoch() -> str:
-    """A fresh random epoch name."""
-    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(EPOCH_LENGTH))
+    """A fresh random epoch name (from the OS's CSPRNG; 36^8 names)."""
+    number = int.from_bytes(secrets.token_bytes(8), "big")
+    letters = []
+    for _ in range(EPOCH_LENGTH):
+        number, digit = divmod(number, 36)
+        letters.append(_EPOCH_ALPHABET[digit])
+    return "".join(letters)
 
 
 @dataclass(frozen=True, slots=True, order=True)

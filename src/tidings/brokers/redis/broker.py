@@ -32,16 +32,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.connection import parse_url
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
-
 from tidings.brokers.base import Broker
 from tidings.brokers.redis import pubsub, scripts
-from tidings.brokers.redis.keys import ChannelKeys, channel_of, decode_entry, decode_notice
-from tidings.brokers.redis.link import Address
+from tidings.brokers.redis.commands import Commands, open_commands
+from tidings.brokers.redis.keys import (
+    ChannelKeys,
+    channel_of,
+    decode_entry,
+    decode_notice,
+    notice_position,
+)
+from tidings.brokers.redis.link import Address, parse_redis_url
 from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
 from tidings.core.cursor import Position, Start, new_epoch
@@ -59,7 +60,6 @@ MAX_CONNECTIONS = 64
 #: Syncs run at once after a reconnection.
 SYNC_CONCURRENCY = 32
 
-AnyRedis = Redis | RedisCluster
 
 
 class RedisBroker(Broker):
@@ -76,18 +76,14 @@ class RedisBroker(Broker):
         self.hub = Hub()
         self.url = url
         try:
-            options = parse_url(url)
+            self._node_address, self._db = parse_redis_url(url)
         except ValueError as exc:
             raise UsageError(f"invalid Redis URL {url!r}: {exc}") from None
-        self._options = options
-        self._db = int(options.get("db", 0) or 0)
         self._retention = retention
         self._timeout = timeout
         self._idle = idle_replica_seconds
-        self._client: AnyRedis | None = None
+        self._commands: Commands | None = None
         self.cluster = False
-        self._publish: Any = None
-        self._sync: Any = None
         self._replicas: dict[str, Replica] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._sync_locks: dict[str, asyncio.Lock] = {}
@@ -106,7 +102,7 @@ class RedisBroker(Broker):
         """Connect; if Redis is not there yet, go on connecting in the background."""
         try:
             await self._connect()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (BrokerError, TimeoutError) as exc:
             self._failure(exc)
             logger.warning("Redis at %s is unreachable (%s); retrying in the background",
                            self._where(), exc)
@@ -119,41 +115,17 @@ class RedisBroker(Broker):
             delay = min(delay * 2, pubsub.RECONNECT_DELAYS[1])
             try:
                 await self._connect()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (BrokerError, TimeoutError) as exc:
                 self._failure(exc)
                 continue
             logger.info("connected to Redis at %s", self._where())
             return
 
     async def _connect(self) -> None:
-        common: dict[str, Any] = {
-            "socket_timeout": self._timeout,
-            "socket_connect_timeout": self._timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        probe = Redis.from_url(self.url, **common)
-        try:
-            async with asyncio.timeout(self._timeout):
-                info = await probe.info("cluster")
-        finally:
-            await probe.aclose()
-        client: AnyRedis
-        if info.get("cluster_enabled"):
-            client = RedisCluster.from_url(self.url, max_connections=MAX_CONNECTIONS, **common)
-            async with asyncio.timeout(self._timeout):
-                await client.initialize()
-            self.cluster = True
-        else:
-            # A bounded pool: a burst of publishes queues for a connection
-            # (within the timeout) instead of opening one connection each.
-            pool = BlockingConnectionPool.from_url(
-                self.url, max_connections=MAX_CONNECTIONS, timeout=self._timeout, **common)
-            client = Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
-        self._publish = client.register_script(scripts.PUBLISH)
-        self._sync = client.register_script(scripts.SYNC)
-        self._client = client
+        self._commands = await open_commands(self._node_address, self._db, self.url,
+                                             self._timeout)
+        self.cluster = self._commands.cluster
         self._succeeded()
-        self._started.set()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -162,29 +134,27 @@ class RedisBroker(Broker):
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._pubsub.aclose()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._commands is not None:
+            await self._commands.aclose()
 
     # publishing --------------------------------------------------------------
 
     async def publish(self, channel: str, data: bytes) -> Message:
         keys = ChannelKeys.of(channel, self._db)
         retention = self._retention(channel)
-        client = self._require_client()
+        commands = self._require_commands()
         try:
             async with asyncio.timeout(self._timeout):
-                epoch, seq, now = await self._publish(
-                    keys=[keys.log, keys.meta, keys.notify],
-                    args=[new_epoch(), UNUSED_META_TTL_MS, data, retention.size,
-                          int(retention.ttl * 1000)],
-                    client=client,
-                )
+                epoch, seq, now = await commands.run(
+                    scripts.PUBLISH, [keys.log, keys.meta, keys.notify],
+                    [new_epoch(), UNUSED_META_TTL_MS, data, retention.size,
+                     int(retention.ttl * 1000)])
         except TimeoutError:
             self._failure("timeout")
             raise BrokerError(f"Redis at {self._where()} did not answer within "
                               f"{self._timeout} s; the message may or may not be "
                               "stored") from None
-        except (RedisError, OSError) as exc:
+        except BrokerError as exc:
             self._failure(exc)
             raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); "
                               "the message was not published") from None
@@ -272,23 +242,17 @@ class RedisBroker(Broker):
             keys = ChannelKeys.of(channel, self._db)
             log = replica.log
             started = replica.received
-            client = self._require_client()
+            commands = self._require_commands()
             try:
                 async with self._deadline():
-                    epoch, last, raw = await self._sync(
-                        keys=[keys.log, keys.meta],
-                        args=[new_epoch(), UNUSED_META_TTL_MS,
-                              "" if log is None else log.epoch,
-                              0 if log is None else log.end.seq, replica.retention.size],
-                        client=client,
-                    )
-            except BrokerError:
-                self._sync_wanted.add(channel)
-                raise
-            except (RedisError, OSError) as exc:
+                    epoch, last, raw = await commands.run(
+                        scripts.SYNC, [keys.log, keys.meta],
+                        [new_epoch(), UNUSED_META_TTL_MS, "" if log is None else log.epoch,
+                         0 if log is None else log.end.seq, replica.retention.size])
+            except BrokerError as exc:
                 self._failure(exc)
                 self._sync_wanted.add(channel)
-                raise BrokerError(f"Redis at {self._where()} is unavailable ({exc})") from None
+                raise
             self._succeeded()
             epoch_text = epoch.decode()
             entries = [decode_entry(channel, epoch_text, item) for item in reversed(raw)]
@@ -330,7 +294,11 @@ class RedisBroker(Broker):
         if replica is None:
             return
         try:
-            message = decode_notice(channel, payload)
+            position = notice_position(payload)
+            log = replica.log
+            if log is not None and position.epoch == log.epoch and position.seq <= log.end.seq:
+                return  # already here: most often this node's own publish, coming back
+            message = decode_notice(channel, position, payload)
         except ValueError:
             logger.warning("ignored a malformed message on %s", name)
             return
@@ -353,17 +321,7 @@ class RedisBroker(Broker):
 
     def _address(self, channel: str) -> Address:
         """The Redis node that holds ``channel`` (in a cluster, the owner of its slot)."""
-        client = self._require_client()
-        options = self._options
-        if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(ChannelKeys.of(channel).notify)
-            if node is None:
-                raise BrokerError(f"no Redis Cluster node holds the slot of {channel!r}")
-            host, port = node.host, int(node.port)
-        else:
-            host, port = options.get("host", "localhost"), int(options.get("port", 6379))
-        return Address(host, port, options.get("username"), options.get("password"),
-                       "connection_class" in options)  # rediss:// sets an SSL connection class
+        return self._require_commands().address_of(channel)
 
     # upkeep ------------------------------------------------------------------
 
@@ -386,7 +344,7 @@ class RedisBroker(Broker):
             if wanted is not None and self._pubsub.connected(channel):
                 self._sync_wanted.discard(channel)
                 self._schedule_sync(wanted)
-        if self._failed and self._client is not None and not self._probing:
+        if self._failed and self._commands is not None and not self._probing:
             self._probing = True
             self._spawn(self._probe())
 
@@ -399,11 +357,9 @@ class RedisBroker(Broker):
         """
         try:
             async with self._deadline():
-                await self._require_client().ping()
-        except (RedisError, OSError) as exc:
+                await self._require_commands().ping()
+        except BrokerError as exc:
             self._failure(exc)
-        except BrokerError:
-            pass  # _deadline noted the failure
         else:
             self._succeeded()
         finally:
@@ -412,7 +368,7 @@ class RedisBroker(Broker):
     def health(self) -> dict[str, object]:
         return {
             "kind": "redis",
-            "status": "unavailable" if self._failed or self._client is None else "ok",
+            "status": "unavailable" if self._failed or self._commands is None else "ok",
             "redis": self._where(),
             "cluster": self.cluster,
             "channels": len(self._replicas),
@@ -422,10 +378,10 @@ class RedisBroker(Broker):
 
     # helpers -----------------------------------------------------------------
 
-    def _require_client(self) -> AnyRedis:
-        if self._client is None:
+    def _require_commands(self) -> Commands:
+        if self._commands is None:
             raise BrokerError(f"not connected to Redis at {self._where()} yet; retrying")
-        return self._client
+        return self._commands
 
     @contextlib.asynccontextmanager
     async def _deadline(self) -> Any:
@@ -451,8 +407,7 @@ class RedisBroker(Broker):
                 self.on_status(True, f"Redis at {self._where()}")
 
     def _where(self) -> str:
-        options = self._options
-        return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{self._db}"
+        return f"{self._node_address}/{self._db}"
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

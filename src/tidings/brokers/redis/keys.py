@@ -42,13 +42,18 @@ def channel_of(notify: str) -> str:
     return notify[notify.index("{") + 1 : notify.index("}")]
 
 
-def decode_notice(channel: str, payload: bytes) -> Message:
-    """A pub/sub payload from scripts.PUBLISH: ``EPOCH-SEQ TIME DATA``."""
-    head, clock, data = payload.split(b" ", 2)
-    epoch, _, seq = head.decode().rpartition("-")
+def notice_position(payload: bytes) -> Position:
+    """Where the message of a pub/sub payload (``EPOCH-SEQ TIME DATA``) goes."""
+    epoch, _, seq = payload[: payload.index(b" ")].decode().rpartition("-")
     if not epoch:
         raise ValueError("no epoch")
-    return Message(channel, Position(epoch, int(seq)), data, int(clock))
+    return Position(epoch, int(seq))
+
+
+def decode_notice(channel: str, position: Position, payload: bytes) -> Message:
+    """The message of a pub/sub payload from scripts.PUBLISH, at ``position``."""
+    _head, clock, data = payload.split(b" ", 2)
+    return Message(channel, position, data, int(clock))
 
 
 def decode_entry(channel: str, epoch: str, item: list[Any]) -> Message:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl as ssl_module
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -24,6 +25,25 @@ from typing import cast
 import hiredis
 
 from tidings.errors import BrokerError
+
+
+def parse_redis_url(url: str) -> tuple[Address, int]:
+    """``redis://[[user]:password@]host[:port][/db]`` (``rediss://``: TLS) → address, db."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("the scheme must be redis:// or rediss://")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number, not {path!r}")
+    unquote = urllib.parse.unquote
+    address = Address(
+        parts.hostname or "localhost",
+        parts.port or 6379,
+        unquote(parts.username) if parts.username else None,
+        unquote(parts.password) if parts.password is not None else None,
+        parts.scheme == "rediss",
+    )
+    return address, int(path or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +58,14 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-def command(*args: bytes | str) -> bytes:
+def command(*args: bytes | str | int) -> bytes:
     """One command in RESP."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
+        if isinstance(arg, int):
+            data = b"%d" % arg
+        else:
+            data = arg.encode() if isinstance(arg, str) else arg
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 

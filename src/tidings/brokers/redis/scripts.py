@@ -11,6 +11,8 @@ cursor of the old epoch gets an ``epoch`` gap instead of a silent mix-up.
 
 from __future__ import annotations
 
+from tidings.brokers.redis.commands import Script
+
 # Shared prologue: start an epoch if the channel has none (or lost it).
 _ENSURE_EPOCH = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -24,7 +26,7 @@ end
 
 #: KEYS: log, meta, notify.  ARGV: new epoch, unused-meta ttl (ms), data, size, ttl (ms).
 #: Appends the message, trims by count and age, notifies, returns {epoch, seq, time}.
-PUBLISH = _ENSURE_EPOCH + """
+PUBLISH = Script(_ENSURE_EPOCH + """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local last_time = tonumber(redis.call('HGET', KEYS[2], 't') or '0')
@@ -52,12 +54,12 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('SPUBLISH', KEYS[3], epoch .. '-' .. seq .. ' ' .. now .. ' ' .. ARGV[3])
 return {epoch, seq, now}
-"""
+""")
 
 #: KEYS: log, meta.  ARGV: new epoch, unused-meta ttl (ms), epoch known, seq known, count.
 #: Returns {epoch, last seq, entries newest first}: the entries after the known
 #: position if the epoch is the known one, else the newest; at most ``count``.
-SYNC = _ENSURE_EPOCH + """
+SYNC = Script(_ENSURE_EPOCH + """
 local last = tonumber(redis.call('HGET', KEYS[2], 'seq'))
 local after = 0
 if epoch == ARGV[3] then after = tonumber(ARGV[4]) end
@@ -66,4 +68,4 @@ if last > after then
   entries = redis.call('XREVRANGE', KEYS[1], '+', (after + 1) .. '-0', 'COUNT', ARGV[5])
 end
 return {epoch, last, entries}
-"""
+""")
