@@ -38,6 +38,14 @@ async def test_check(make_server, name: str) -> None:
     assert await run_one(await context.discover(), name) == ("PASS", "")
 
 
+async def test_every_check_passes_on_the_redis_broker(make_server, redis_url: str) -> None:
+    """The protocol holds, unchanged, on a node whose channel logs live in Redis."""
+    server = await make_server(broker=redis_url, **FAST)
+    out = io.StringIO()
+    assert await run(server.url, out=out, heartbeat_timeout=3 * UNIT) is True, out.getvalue()
+    assert report_lines(out)[-1] == f"{len(CHECKS)} passed, 0 failed"
+
+
 def report_lines(out: io.StringIO) -> list[str]:
     return out.getvalue().splitlines()
 
