@@ -55,11 +55,8 @@ logger = logging.getLogger("tidings.redis")
 
 #: How long Redis keeps the metadata of a channel that was read but never published to (ms).
 UNUSED_META_TTL_MS = 24 * 3600 * 1000
-#: Connections for commands (publishes, syncs) to one Redis node.
-MAX_CONNECTIONS = 64
 #: Syncs run at once after a reconnection.
 SYNC_CONCURRENCY = 32
-
 
 
 class RedisBroker(Broker):
@@ -94,7 +91,6 @@ class RedisBroker(Broker):
         self._closed = False
         self._last_error: str | None = None
         self._failed = False
-        self._started = asyncio.Event()
 
     # lifecycle ---------------------------------------------------------------
 
