@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run only this check; repeat for several")
     conformance.add_argument("--heartbeat-timeout", type=float, default=30.0,
                              help="seconds to wait for a heartbeat (default 30)")
+    conformance.add_argument("--node", action="append", dest="nodes", default=[], metavar="URL",
+                             help="the URL of another node of the same deployment (not of "
+                                  "the load balancer), for the across_nodes check; repeat "
+                                  "for several")
     conformance.set_defaults(run=run_conformance)
 
     demo = commands.add_parser(
@@ -322,7 +326,7 @@ def run_conformance(args: argparse.Namespace) -> int:
     from tidings import conformance
 
     ok = asyncio.run(conformance.run(args.url, only=args.only,
-                                     heartbeat_timeout=args.heartbeat_timeout))
+                                     heartbeat_timeout=args.heartbeat_timeout, nodes=args.nodes))
     return 0 if ok else 1
 
 

@@ -11,6 +11,7 @@ from rediskit import RedisProcess
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis.commands import Pipeline
 from tidings.brokers.redis.link import Address, parse_redis_url
+from tidings.core.cursor import ORIGIN
 from tidings.errors import BrokerError, UsageError
 
 
@@ -77,5 +78,20 @@ async def test_scripts_flushed_from_redis_are_loaded_again(redis_url: str) -> No
         admin.close()
         second = await broker.publish("s", b"2")
         assert (second.position.epoch, second.seq) == (first.position.epoch, first.seq + 1)
+    finally:
+        await broker.aclose()
+
+
+async def test_concurrent_first_reads_share_the_link_being_opened(redis_url: str) -> None:
+    """On a fresh node, reads of several channels at once wait for the one pub/sub link."""
+    broker = RedisBroker(redis_url)
+    await broker.start()
+    try:
+        channels = [f"fresh-{n}" for n in range(8)]
+        async with asyncio.timeout(5 * UNIT):
+            await asyncio.gather(*(broker.prepare({c: ORIGIN}) for c in channels))
+        assert all(broker.ready({c: ORIGIN}) for c in channels)
+        assert broker.health()["links"] == {"connected": 1, "total": 1}
+        assert broker.health()["status"] == "ok"
     finally:
         await broker.aclose()

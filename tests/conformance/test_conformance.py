@@ -1,7 +1,8 @@
 """The conformance suite against our own server, one test per check; and how it reports.
 
 ``TIDINGS_CONFORMANCE_URL=http://host:port pytest tests/conformance`` runs the
-checks against that server instead of one started here.
+checks against that server instead of one started here. ``across_nodes``,
+which needs a second node, runs against two nodes on a Redis of the tests' own.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ EXTERNAL_URL = os.environ.get("TIDINGS_CONFORMANCE_URL")
 FAST = {"heartbeat_interval": 0.3, "namespaces": {"conformance": Retention(200, 3600.0)}}
 
 
-@pytest.mark.parametrize("name", list(CHECKS))
+#: The checks that need one server; ``across_nodes`` needs two (see the tests after these).
+ONE_SERVER_CHECKS = [name for name in CHECKS if name != "across_nodes"]
+
+
+@pytest.mark.parametrize("name", ONE_SERVER_CHECKS)
 async def test_check(make_server, name: str) -> None:
     if EXTERNAL_URL:
         context = Context.create(EXTERNAL_URL, timeout=10 * UNIT)
@@ -39,10 +44,12 @@ async def test_check(make_server, name: str) -> None:
 
 
 async def test_every_check_passes_on_the_redis_broker(make_server, redis_url: str) -> None:
-    """The protocol holds, unchanged, on a node whose channel logs live in Redis."""
+    """The protocol holds, unchanged, on nodes whose channel logs live in Redis."""
     server = await make_server(broker=redis_url, **FAST)
+    other = await make_server(broker=redis_url, **FAST)
     out = io.StringIO()
-    assert await run(server.url, out=out, heartbeat_timeout=3 * UNIT) is True, out.getvalue()
+    assert await run(server.url, out=out, heartbeat_timeout=3 * UNIT,
+                     nodes=[other.url]) is True, out.getvalue()
     assert report_lines(out)[-1] == f"{len(CHECKS)} passed, 0 failed"
 
 
@@ -112,9 +119,11 @@ async def silent_url() -> AsyncIterator[str]:
 
 async def test_every_check_fails_against_a_broken_server(broken_url: str) -> None:
     out = io.StringIO()
-    context = Context.create(broken_url, timeout=2 * UNIT, heartbeat_timeout=2 * UNIT)
-    async with asyncio.timeout(30 * UNIT):
-        assert await run_checks(context, out=out) is False
+    async with fake_server(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as other:
+        context = Context.create(broken_url, timeout=2 * UNIT, heartbeat_timeout=2 * UNIT,
+                                 nodes=[other])
+        async with asyncio.timeout(30 * UNIT):
+            assert await run_checks(context, out=out) is False
     *lines, totals = report_lines(out)
     assert totals == f"0 passed, {len(CHECKS)} failed"
     assert [line.split(":")[0] for line in lines] == [f"FAIL {name}" for name in CHECKS]
@@ -160,3 +169,85 @@ async def test_techniques_the_server_turned_off_are_skipped_and_refused(make_ser
     assert bad_input.startswith("PASS bad_input")  # which checks the 403 transport_disabled
     assert etag == "SKIP etag_304: the server does not serve poll"
     assert totals == "2 passed, 0 failed"
+
+
+# Several nodes: across_nodes --------------------------------------------------------
+
+
+async def test_across_nodes_passes_on_two_nodes_of_one_redis(make_server,
+                                                             redis_url: str) -> None:
+    a = await make_server(broker=redis_url)
+    b = await make_server(broker=redis_url)
+    out = io.StringIO()
+    started = time.monotonic()
+    assert await run(a.url, only=["across_nodes"], nodes=[b.url], out=out) is True, \
+        out.getvalue()
+    passed, totals = report_lines(out)
+    assert re.fullmatch(r"PASS across_nodes \(\d+\.\d s\)", passed)
+    assert totals == "1 passed, 0 failed"
+    assert time.monotonic() - started < 10 * UNIT  # a few seconds on a local pair
+
+
+async def test_across_nodes_fails_on_two_nodes_that_share_nothing(make_server) -> None:
+    """Each node with its own memory broker: two logs, not one, and the check says so."""
+    a = await make_server()
+    b = await make_server()
+    out = io.StringIO()
+    context = Context.create(a.url, timeout=2 * UNIT, nodes=[b.url])
+    assert await run_checks(context, only=["across_nodes"], out=out) is False
+    failed, totals = report_lines(out)
+    # The first message is published on A, the second on B, in a log of B's own.
+    assert re.fullmatch(
+        rf"FAIL across_nodes: publishing on {b.url} answered \w+-1 after {a.url} answered "
+        rf"\w+-1: the nodes do not add to one log \({a.url}, {b.url} keep channels in "
+        r"memory: nodes share channels only through one broker, such as Redis\)", failed), failed
+    assert totals == "0 passed, 1 failed"
+
+
+async def test_across_nodes_fails_when_the_nodes_serve_different_techniques(
+        make_server, redis_url: str) -> None:
+    a = await make_server(broker=redis_url)
+    b = await make_server(broker=redis_url, transports=("longpoll", "poll"))
+    out = io.StringIO()
+    assert await run(a.url, only=["across_nodes"], nodes=[b.url], out=out) is False
+    assert report_lines(out)[0] == (
+        f"FAIL across_nodes: {b.url} serves longpoll, poll but {a.url} serves websocket, "
+        "sse, longpoll, poll: a client that lands on another node would be refused")
+
+
+async def test_across_nodes_is_skipped_without_another_node(make_server) -> None:
+    server = await make_server()
+    out = io.StringIO()
+    assert await run(server.url, only=["across_nodes"], out=out) is True
+    assert report_lines(out) == [
+        "SKIP across_nodes: give the URL of another node with --node to check a deployment "
+        "of several nodes",
+        "0 passed, 0 failed",
+    ]
+
+
+async def test_node_urls_are_checked() -> None:
+    with pytest.raises(UsageError, match="a node URL must be http"):
+        Context.create("http://127.0.0.1:9", nodes=["127.0.0.1:10"])
+    with pytest.raises(UsageError, match="given twice"):
+        Context.create("http://127.0.0.1:9", nodes=["http://127.0.0.1:9/"])
+    with pytest.raises(UsageError, match="given twice"):
+        Context.create("http://127.0.0.1:9", nodes=["http://127.0.0.1:10", "http://127.0.0.1:10"])
+    context = Context.create("http://127.0.0.1:9/", nodes=["http://127.0.0.1:10/"])
+    assert (context.url, context.nodes) == ("http://127.0.0.1:9", ("http://127.0.0.1:10",))
+
+
+async def test_the_cli_passes_each_node_to_the_check(make_server) -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["conformance", "http://a:1", "--node", "http://b:2",
+                              "--node", "http://c:3"])
+    assert args.nodes == ["http://b:2", "http://c:3"]
+    assert parser.parse_args(["conformance", "http://a:1"]).nodes == []
+    # Without --node the check is skipped (exit 0); with it, two unrelated nodes fail it.
+    a, b = await make_server(), await make_server()
+    only = ["--only", "across_nodes"]
+    assert await asyncio.to_thread(cli.main, ["conformance", a.url, *only]) == 0
+    assert await asyncio.to_thread(cli.main, ["conformance", a.url, "--node", b.url,
+                                              *only]) == 1
+    assert await asyncio.to_thread(cli.main, ["conformance", a.url, "--node", "nope",
+                                              *only]) == 2

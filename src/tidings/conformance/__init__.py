@@ -3,6 +3,7 @@
 ::
 
     tidings conformance http://127.0.0.1:8000
+    tidings conformance http://127.0.0.1:8001 --node http://127.0.0.1:8002
     python -c "import asyncio, tidings.conformance as c; asyncio.run(c.run(URL))"
 
 Each check talks to the server with clients we did not write (httpx,
@@ -10,12 +11,15 @@ Each check talks to the server with clients we did not write (httpx,
 tidings client too, so that neither can hide a server bug. Checks use
 channels named ``conformance:<random>-...`` (the ``conformance`` namespace)
 and never collide with each other, with other runs, or with real channels.
-docs/conformance.md says what each check proves.
+docs/conformance.md says what each check proves. Given the URLs of other
+nodes of the same deployment (``nodes``, ``--node``), the last check,
+``across_nodes``, reads and publishes on all of them as a client behind a
+load balancer without sticky sessions would; without them it is skipped.
 
 Modules: ``_context`` (what a check gets, how it fails), ``_wire`` (raw
 clients), ``_readers`` (one reader per technique), and the checks grouped by
 theme: ``checks_delivery``, ``checks_gaps``, ``checks_streams``,
-``checks_input``.
+``checks_input``, ``checks_nodes``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from tidings.conformance import checks_delivery, checks_gaps, checks_input, checks_streams
+from tidings.conformance import (
+    checks_delivery,
+    checks_gaps,
+    checks_input,
+    checks_nodes,
+    checks_streams,
+)
 from tidings.conformance._context import (
     Check,
     CheckFailed,
@@ -50,6 +60,8 @@ CHECKS: dict[str, Check] = {
     "bad_input": checks_input.bad_input,
     "etag_304": checks_input.etag_304,
     "cors": checks_input.cors,
+    # Last: it needs other nodes (``nodes``), and is skipped without them.
+    "across_nodes": checks_nodes.across_nodes,
 }
 
 #: Seconds one check may take in all, on top of ``heartbeat_timeout``.
@@ -57,15 +69,17 @@ CHECK_BUDGET = 180.0
 
 
 async def run(url: str, *, only: Sequence[str] | None = None, heartbeat_timeout: float = 30.0,
-              out: TextIO = sys.stdout) -> bool:
+              out: TextIO = sys.stdout, nodes: Sequence[str] = ()) -> bool:
     """Run the checks (``only`` these, by name) against the server at ``url``.
 
-    Prints ``PASS name (1.2 s)`` or ``FAIL name: reason`` per check, then
-    ``N passed, N failed``; returns True if every check passed. Raises
-    :class:`UsageError` for a URL that is not ``http(s)://`` or an unknown
-    check name.
+    ``nodes`` are the URLs of other nodes of the same deployment, for
+    ``across_nodes``: give each node's own URL, not a load balancer's. Prints
+    ``PASS name (1.2 s)``, ``SKIP name: why`` or ``FAIL name: reason`` per
+    check, then ``N passed, N failed``; returns True if no check failed.
+    Raises :class:`UsageError` for a URL that is not ``http(s)://``, a node
+    given twice, or an unknown check name.
     """
-    context = Context.create(url, heartbeat_timeout=heartbeat_timeout)
+    context = Context.create(url, heartbeat_timeout=heartbeat_timeout, nodes=nodes)
     return await run_checks(context, only=only, out=out)
 
 
@@ -74,9 +88,10 @@ async def run_checks(context: Context, *, only: Sequence[str] | None = None,
     """:func:`run` with a ready :class:`Context` (tests shorten its ``timeout``).
 
     Unless the context names them, the techniques to check are those the
-    server's ``/healthz`` lists (all four if it says nothing); a check that
-    needs only techniques the server turned off prints ``SKIP name: reason``
-    and counts as neither passed nor failed.
+    server's ``/healthz`` lists (all four if it says nothing). A check that
+    cannot run — it needs only techniques the server turned off, or other
+    nodes the context does not name — prints ``SKIP name: reason`` and counts
+    as neither passed nor failed.
     """
     names = list(only) if only else list(CHECKS)
     unknown = [name for name in names if name not in CHECKS]

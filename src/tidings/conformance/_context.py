@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,7 +52,9 @@ class Context:
     ``prefix`` starts every channel name, unique per run so that checks and
     runs never read each other's messages; ``timeout`` bounds every single
     step (one answer, one event); ``heartbeat_timeout`` how long an idle
-    stream may wait for a heartbeat.
+    stream may wait for a heartbeat. ``nodes`` are the base URLs of the other
+    nodes of the same deployment (sharing ``url``'s channels through one
+    broker); only the ``across_nodes`` check uses them, through :meth:`at`.
     """
 
     url: str
@@ -61,19 +63,32 @@ class Context:
     heartbeat_timeout: float = 30.0
     #: The techniques the server serves (its ``/healthz`` says); ``None``: not asked yet.
     transports: tuple[str, ...] | None = None
+    nodes: tuple[str, ...] = ()
 
     @classmethod
-    def create(cls, url: str, *, timeout: float = 10.0,
-               heartbeat_timeout: float = 30.0) -> Context:
-        """A context with a fresh channel prefix; :class:`UsageError` for a URL that is not HTTP."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"the server URL must be http://HOST[:PORT] or https://..., "
-                             f"not {url!r}")
+    def create(cls, url: str, *, timeout: float = 10.0, heartbeat_timeout: float = 30.0,
+               nodes: Sequence[str] = ()) -> Context:
+        """A context with a fresh channel prefix.
+
+        Raises :class:`UsageError` for a URL (``url`` or one of ``nodes``)
+        that is not HTTP, or a node given twice.
+        """
+        base = _base_url(url, "the server URL")
+        others = tuple(_base_url(node, "a node URL") for node in nodes)
+        for index, node in enumerate(others):
+            if node in (base, *others[:index]):
+                raise UsageError(f"{node} is given twice: give each node of the deployment once")
         if timeout <= 0 or heartbeat_timeout <= 0:
             raise UsageError("timeouts must be positive")
-        return cls(url.rstrip("/"), f"{NAMESPACE}:{secrets.token_hex(4)}-", timeout,
-                   heartbeat_timeout)
+        return cls(base, f"{NAMESPACE}:{secrets.token_hex(4)}-", timeout, heartbeat_timeout,
+                   nodes=others)
+
+    def at(self, url: str) -> Context:
+        """This context for the node at ``url``: the same channels and timeouts.
+
+        Its techniques are not asked yet: call :meth:`discover`.
+        """
+        return dataclasses.replace(self, url=url, transports=None)
 
     def channel(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -146,6 +161,13 @@ class Context:
                 yield
         except TimeoutError:
             raise CheckFailed(f"nothing within {seconds:g} s while {what}") from None
+
+
+def _base_url(url: str, what: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{what} must be http://HOST[:PORT] or https://..., not {url!r}")
+    return url.rstrip("/")
 
 
 #: A check: a coroutine function that returns when the server passes and

@@ -49,7 +49,8 @@ class Reader(Protocol):
     async def next(self) -> Item: ...
 
 
-def _item(kind: str, body: dict[str, Any]) -> Item:
+def parse_item(kind: str, body: dict[str, Any]) -> Item:
+    """The :class:`Item` of a message or gap as the wire carries it; fails if a field is missing."""
     fields = MESSAGE_FIELDS if kind == "message" else GAP_FIELDS
     missing = [name for name in fields if name not in body]
     require(not missing, f"a {kind} lacks {missing}: {body!r}")
@@ -89,8 +90,8 @@ class PollReader:
             require(response.status_code == 200,
                     f"GET {path} {params} answered {response.status_code}: {response.text[:200]}")
             answer = check_poll_answer(response.json())
-            self._page = ([_item("gap", gap) for gap in answer.get("gaps", [])]
-                          + [_item("message", m) for m in answer["messages"]])
+            self._page = ([parse_item("gap", gap) for gap in answer.get("gaps", [])]
+                          + [parse_item("message", m) for m in answer["messages"]])
             self._page_next = answer["next"]
             if not self._page:
                 self.cursor = answer["next"]
@@ -116,7 +117,7 @@ class SseReader:
         require(event.event in (None, "message", "gap"),
                 f"unexpected SSE event {event.event!r}: {event.data!r}")
         require(event.id is not None, f"an SSE event without an id: line: {event!r}")
-        item = _item("message" if event.is_message else "gap", event.json())
+        item = parse_item("message" if event.is_message else "gap", event.json())
         if len(self.channels) == 1:
             # One channel: the event id is the message id (or the gap's end).
             require(event.id == item.id,
@@ -143,7 +144,7 @@ class WebSocketReader:
             if frame["type"] in ("message", "gap"):
                 require(frame.get("channel") in self.subscribed,
                         f"a {frame['type']} came before its channel's subscribed frame: {frame!r}")
-                self._early.append(_item(frame.pop("type"), frame))
+                self._early.append(parse_item(frame.pop("type"), frame))
                 continue
             require(frame["type"] == "subscribed" and frame.get("channel") in self.channels
                     and isinstance(frame.get("next"), str),
@@ -158,7 +159,7 @@ class WebSocketReader:
         else:
             frame = await recv_frame(self.ctx, self.ws, "waiting for a frame")
             require(frame["type"] in ("message", "gap"), f"unexpected frame {frame!r}")
-            item = _item(frame.pop("type"), frame)
+            item = parse_item(frame.pop("type"), frame)
         if len(self.channels) == 1:
             self.cursor = item.id
         return item

@@ -52,6 +52,8 @@ class PubSub:
         #: channel -> the link it is followed on
         self._owners: dict[str, Link] = {}
         self._reconnecting: set[Link] = set()
+        #: Links being opened for the first time, for reads that need them meanwhile.
+        self._opening: dict[Address, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -113,23 +115,38 @@ class PubSub:
         return ChannelKeys.of(channel, self._db).notify
 
     async def _link(self, address: Address) -> Link:
+        opening = self._opening.get(address)
+        if opening is not None:
+            await asyncio.shield(opening)  # another read is opening it: share its outcome
         link = self._links.get(address)
         if link is None:
             link = self._links[address] = Link(address, self._on_message, self._lost)
+            opening = self._opening[address] = asyncio.get_running_loop().create_future()
+            opening.add_done_callback(_seen)
             try:
                 await link.connect(self._timeout)
-            except (OSError, TimeoutError, BrokerError) as exc:
+            except BaseException as exc:  # cancelled too: never leave a half-open link behind
                 del self._links[address]
+                link.close()
+                error = BrokerError(f"cannot reach Redis at {address}: "
+                                    f"{exc or type(exc).__name__}")
+                opening.set_exception(error)
+                if not isinstance(exc, (OSError, TimeoutError, BrokerError)):
+                    raise
                 self._on_failure(f"cannot reach {address}: {exc}")
-                raise BrokerError(f"cannot reach Redis at {address}: {exc}") from None
+                raise error from None
+            else:
+                opening.set_result(None)
+            finally:
+                del self._opening[address]
         if not link.connected:
             self._on_failure(f"no pub/sub connection to {address}")
             raise BrokerError(f"Redis at {address} is unreachable; reconnecting")
         return link
 
     def _lost(self, link: Link) -> None:
-        if self._closed or link in self._reconnecting:
-            return
+        if self._closed or link in self._reconnecting or self._links.get(link.address) is not link:
+            return  # closing, already reconnecting, or a link given up while it opened
         self._on_failure(f"lost the pub/sub connection to {link.address}")
         logger.warning("lost the pub/sub connection to Redis at %s; reconnecting", link.address)
         self._reconnecting.add(link)
@@ -164,3 +181,9 @@ class PubSub:
                         link.address, len(channels))
             return channels
         return None
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    """Mark a shared future's exception as retrieved (its waiters got it)."""
+    if not future.cancelled():
+        future.exception()
