@@ -139,11 +139,14 @@ class RedisBroker(Broker):
         keys = ChannelKeys.of(channel, self._db)
         retention = self._retention(channel)
         commands = self._require_commands()
+        replica = self._replicas.get(channel)
+        known = replica.log.end if replica is not None and replica.log is not None else None
         try:
             async with asyncio.timeout(self._timeout):
                 epoch, seq, now = await commands.run(
                     scripts.PUBLISH, [keys.log, keys.meta, keys.notify],
-                    [new_epoch(), UNUSED_META_TTL_MS, data, retention.size,
+                    [new_epoch(), UNUSED_META_TTL_MS, known.epoch if known else "",
+                     known.seq if known else 0, data, retention.size,
                      int(retention.ttl * 1000)])
         except TimeoutError:
             self._failure("timeout")

@@ -7,15 +7,27 @@ missed. The epoch lives beside them; if Redis loses the metadata (a flush, an
 eviction, a new empty Redis), the next script to run starts a new epoch with
 the random name the caller passes, deletes any orphaned stream, and every
 cursor of the old epoch gets an ``epoch`` gap instead of a silent mix-up.
+
+Redis may also come back with *older* data: a snapshot, an AOF that lost its
+last second, a replica promoted before it caught up. Its sequence numbers
+would then be given a second time to other messages. So each script takes
+the position the calling node has seen in the channel (its replica's end);
+if that is further into the same epoch than Redis holds, the script starts a
+new epoch too.
 """
 
 from __future__ import annotations
 
 from tidings.brokers.redis.commands import Script
 
-# Shared prologue: start an epoch if the channel has none (or lost it).
+# Shared prologue: start an epoch if the channel has none, or if Redis holds
+# less of it than the caller has seen (ARGV[3], ARGV[4]: epoch and seq known).
 _ENSURE_EPOCH = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch and epoch == ARGV[3]
+    and tonumber(redis.call('HGET', KEYS[2], 'seq')) < tonumber(ARGV[4]) then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[1])
@@ -24,7 +36,8 @@ if not epoch then
 end
 """
 
-#: KEYS: log, meta, notify.  ARGV: new epoch, unused-meta ttl (ms), data, size, ttl (ms).
+#: KEYS: log, meta, notify.  ARGV: new epoch, unused-meta ttl (ms), epoch known, seq known,
+#: data, size, ttl (ms).
 #: Appends the message, trims by count and age, notifies, returns {epoch, seq, time}.
 PUBLISH = Script(_ENSURE_EPOCH + """
 local clock = redis.call('TIME')
@@ -34,8 +47,8 @@ if now < last_time then now = last_time end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 redis.call('HSET', KEYS[2], 't', now)
 redis.call('PERSIST', KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], seq .. '-0', 't', now, 'd', ARGV[3])
-local ttl = tonumber(ARGV[5])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], seq .. '-0', 't', now, 'd', ARGV[5])
+local ttl = tonumber(ARGV[7])
 local cutoff = now - ttl
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #head > 0 and tonumber(head[1][2][2]) <= cutoff then
@@ -52,7 +65,7 @@ if #head > 0 and tonumber(head[1][2][2]) <= cutoff then
   end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SPUBLISH', KEYS[3], epoch .. '-' .. seq .. ' ' .. now .. ' ' .. ARGV[3])
+redis.call('SPUBLISH', KEYS[3], epoch .. '-' .. seq .. ' ' .. now .. ' ' .. ARGV[5])
 return {epoch, seq, now}
 """)
 
