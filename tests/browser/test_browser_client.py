@@ -115,6 +115,17 @@ async def test_falls_back_to_what_the_server_allows(page: Any, enabled: tuple[st
         await wait_for_ids(page, "f", ids)
 
 
+async def test_a_page_limited_to_turned_off_techniques_is_told_why(page: Any) -> None:
+    """Forced onto techniques the server turned off, the page gets one error saying so."""
+    async with serving(transports=("poll",)) as served:
+        await open_client(page, served, ["off"], transports=["websocket", "sse"])
+        await wait_for(page, "window.log.errors.length >= 1")
+        errors = await page.evaluate("window.log.errors")
+        assert len(errors) == 1 and "serves none of the techniques" in errors[0], errors
+        assert "websocket, sse" in errors[0]
+        assert await page.evaluate("window.client.state") == "connecting"
+
+
 @pytest.mark.parametrize("technique", TECHNIQUES)
 async def test_resumes_after_a_server_restart(page: Any, technique: str) -> None:
     async with serving() as served:

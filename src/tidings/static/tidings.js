@@ -93,9 +93,10 @@ function parseSince(since, names) {
 
 /** Why a reader ended: "failed" → try the next technique now; "retry" → back off, same one. */
 class Outcome extends Error {
-  constructor(kind, reason) {
+  constructor(kind, reason, code = null) {
     super(reason);
     this.kind = kind;
+    this.code = code; // the server's error code, when it refused
   }
 }
 
@@ -135,6 +136,8 @@ class Client {
     this._wake = null;
     this._closed = false;
     this._why = null; // why the technique before this one failed, for the next state event
+    this._disabled = new Set(); // techniques the server said it turned off, since the last success
+    this._disabledReported = false;
     this._tokenValue = typeof this.options.token === "string" ? this.options.token : null;
     this._run().catch((error) => this._report(error));
   }
@@ -278,6 +281,7 @@ class Client {
         this._reader = null;
       }
       if (this._closed || outcome === null || outcome === STOPPED) continue; // restart at once
+      this._noteDisabled(technique, outcome);
       if (outcome.kind === "failed" && this._index + 1 < order.length) {
         this._index += 1;
         this._why = `${technique} failed: ${outcome.message}`;
@@ -291,8 +295,22 @@ class Client {
     }
   }
 
+  /** Tell the page once when the server has turned off every technique this client may use. */
+  _noteDisabled(technique, outcome) {
+    if (outcome.code !== "transport_disabled") return;
+    this._disabled.add(technique);
+    const order = this.options.transports;
+    if (this._disabledReported || !order.every((t) => this._disabled.has(t))) return;
+    this._disabledReported = true;
+    this._report(new TidingsError(
+      `the server serves none of the techniques this client may use (${order.join(", ")}); ` +
+      "it keeps trying, in case the server is reconfigured", { code: "transport_disabled" }));
+  }
+
   _working(reader) {
     this._attempt = 0;
+    this._disabled.clear();
+    this._disabledReported = false;
     const best = this._index === 0;
     this._setState(best ? "open" : "fallback", reader.technique, this._why);
     this._why = null;
@@ -571,7 +589,8 @@ class Reader {
     if (this.stopped) throw STOPPED;
     if (health && Array.isArray(health.transports) &&
         !health.transports.includes(this.technique)) {
-      throw new Outcome("failed", `transport_disabled: the server turned ${this.technique} off`);
+      throw new Outcome("failed", `transport_disabled: the server turned ${this.technique} off`,
+                        "transport_disabled");
     }
     if (health) throw new Outcome("failed", `${what}, though the server answers`);
     throw new Outcome("retry", what);
@@ -585,7 +604,7 @@ class Reader {
       throw new Outcome("retry", error.message); // again with a fresh token, from the cursor
     }
     if (status >= 500 || status === 408 || status === 429) throw new Outcome("retry", error.message);
-    throw new Outcome("failed", error.message);
+    throw new Outcome("failed", error.message, error.code);
   }
 
   /** GET `url` and read its whole body within `timeout`: {status, body, response}. */
