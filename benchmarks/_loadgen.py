@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 CHANNEL = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -426,6 +427,24 @@ class KeepAliveClient(HttpReader):
 # --- publisher ------------------------------------------------------------------------------
 
 
+class Buffered(Protocol):
+    buffer: bytes
+
+
+def next_response(conn: Buffered) -> bytes | None:
+    """Take one whole HTTP response (head and ``Content-Length`` body) off ``conn.buffer``."""
+    buffer = conn.buffer
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    at = buffer.find(b"Content-Length: ", 0, end)
+    length = int(buffer[at + 16:buffer.find(b"\r\n", at)]) if at >= 0 else 0
+    if len(buffer) < end + 4 + length:
+        return None
+    conn.buffer = buffer[end + 4 + length:]
+    return buffer[:end + 4 + length]
+
+
 class PublishConnection(asyncio.Protocol):
     """POSTs messages on one keep-alive connection; counts the ``201`` answers."""
 
@@ -449,20 +468,12 @@ class PublishConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            at = self.buffer.find(b"Content-Length: ", 0, end)
-            length = int(self.buffer[at + 16:self.buffer.find(b"\r\n", at)]) if at >= 0 else 0
-            if len(self.buffer) < end + 4 + length:
-                return
+        while (response := next_response(self)) is not None:
             self.outstanding -= 1
-            if self.buffer.startswith(b"HTTP/1.1 201"):
+            if response.startswith(b"HTTP/1.1 201"):
                 self.accepted += 1
             else:
-                self.run.errors.append(f"publish answered {self.buffer[:200]!r}")
-            self.buffer = self.buffer[end + 4 + length:]
+                self.run.errors.append(f"publish answered {response[:200]!r}")
 
 
 class Publisher:

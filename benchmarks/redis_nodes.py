@@ -82,6 +82,7 @@ from _loadgen import (
     ServerProcess,
     WebSocketClient,
     connect_all,
+    next_response,
     own_cpu_seconds,
     percentile,
 )
@@ -338,20 +339,12 @@ class TimedPublishConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            at = self.buffer.find(b"Content-Length: ", 0, end)
-            length = int(self.buffer[at + 16:self.buffer.find(b"\r\n", at)]) if at >= 0 else 0
-            if len(self.buffer) < end + 4 + length:
-                return
+        while (response := next_response(self)) is not None:
             number, sent = self.in_flight.popleft()
-            if self.buffer.startswith(b"HTTP/1.1 201"):
+            if response.startswith(b"HTTP/1.1 201"):
                 self.publisher.round_trips.append((number, time.perf_counter() - sent))
             else:
-                self.publisher.errors.append(f"publish answered {self.buffer[:200]!r}")
-            self.buffer = self.buffer[end + 4 + length:]
+                self.publisher.errors.append(f"publish answered {response[:200]!r}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.in_flight:

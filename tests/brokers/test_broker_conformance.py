@@ -369,14 +369,21 @@ async def test_history_and_live_merge_without_duplicates_or_holes(harness: Broke
 # Several nodes on one store --------------------------------------------------------------------
 
 
-async def test_message_published_on_one_node_reaches_subscribers_on_each(
-        shared_harness: BrokerHarness) -> None:
-    node_a = await shared_harness.open_broker()
-    node_b = await shared_harness.second_node()
+async def two_nodes_following(
+        harness: BrokerHarness) -> tuple[Broker, Broker, Recorder, Recorder]:
+    """Two nodes on one store, each with a subscriber to ``CHANNEL`` from its end."""
+    node_a = await harness.open_broker()
+    node_b = await harness.second_node()
     on_a, on_b = Recorder(), Recorder()
     for node, recorder in ((node_a, on_a), (node_b, on_b)):
         await read_ready(node, CHANNEL, END)
         node.hub.subscribe(CHANNEL, recorder)
+    return node_a, node_b, on_a, on_b
+
+
+async def test_message_published_on_one_node_reaches_subscribers_on_each(
+        shared_harness: BrokerHarness) -> None:
+    node_a, node_b, on_a, on_b = await two_nodes_following(shared_harness)
     from_a = await publish_many(node_a, 10)
     from_b = await publish_many(node_b, 1, first=11)  # an echo of A's would come before it
     expected = ids(from_a + from_b)
@@ -456,12 +463,7 @@ async def test_history_and_live_merge_across_nodes(shared_harness: BrokerHarness
 
 async def test_store_lost_under_subscribers_gives_them_an_epoch_gap_then_messages(
         shared_harness: BrokerHarness) -> None:
-    node_a = await shared_harness.open_broker()
-    node_b = await shared_harness.second_node()
-    on_a, on_b = Recorder(), Recorder()
-    for node, recorder in ((node_a, on_a), (node_b, on_b)):
-        await read_ready(node, CHANNEL, END)
-        node.hub.subscribe(CHANNEL, recorder)
+    node_a, node_b, on_a, on_b = await two_nodes_following(shared_harness)
     old = await publish_many(node_a, 3)
     await on_a.wait_for(3)
     await on_b.wait_for(3)
