@@ -7,9 +7,13 @@ import asyncio
 import pytest
 
 from conftest import UNIT
+from httpkit import until
 from rediskit import RedisProcess
 from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis import broker as broker_module
+from tidings.brokers.redis.broker import UNUSED_META_TTL_MS
 from tidings.brokers.redis.commands import Pipeline
+from tidings.brokers.redis.keys import ChannelKeys
 from tidings.brokers.redis.link import Address, parse_redis_url
 from tidings.core.cursor import ORIGIN
 from tidings.errors import BrokerError, UsageError
@@ -93,5 +97,24 @@ async def test_concurrent_first_reads_share_the_link_being_opened(redis_url: str
         assert all(broker.ready({c: ORIGIN}) for c in channels)
         assert broker.health()["links"] == {"connected": 1, "total": 1}
         assert broker.health()["status"] == "ok"
+    finally:
+        await broker.aclose()
+
+
+async def test_a_followed_channel_nobody_publishes_to_keeps_its_epoch_in_redis(
+        redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata of an unpublished channel expires, unless nodes still follow it."""
+    broker = RedisBroker(redis_process.url)
+    await broker.start()
+    try:
+        await broker.prepare({"quiet": ORIGIN})
+        meta = ChannelKeys.of("quiet").meta
+        assert 0 < int(redis_process.command("PTTL", meta)) <= UNUSED_META_TTL_MS
+        redis_process.command("PEXPIRE", meta, "60000")
+        monkeypatch.setattr(broker_module, "UNUSED_META_REFRESH_SECONDS", 0.0)
+        broker.maintain()
+        await until(lambda: int(redis_process.command("PTTL", meta)) > 60000)
+        epoch = broker.read("quiet", ORIGIN, 1).next.epoch
+        assert redis_process.command("HGET", meta, "epoch") == epoch.encode()
     finally:
         await broker.aclose()

@@ -55,6 +55,9 @@ logger = logging.getLogger("tidings.redis")
 
 #: How long Redis keeps the metadata of a channel that was read but never published to (ms).
 UNUSED_META_TTL_MS = 24 * 3600 * 1000
+#: Seconds between syncs of followed channels that nothing was published to yet,
+#: which keep their metadata from expiring in Redis while nodes still read them.
+UNUSED_META_REFRESH_SECONDS = UNUSED_META_TTL_MS / 1000 / 4
 #: Syncs run at once after a reconnection.
 SYNC_CONCURRENCY = 32
 
@@ -87,6 +90,7 @@ class RedisBroker(Broker):
         self._sync_wanted: set[str] = set()
         self._pubsub = PubSub(self._db, timeout, self._on_message, self._failure, self._back)
         self._probing = False
+        self._meta_refreshed = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._last_error: str | None = None
@@ -343,6 +347,11 @@ class RedisBroker(Broker):
             if wanted is not None and self._pubsub.connected(channel):
                 self._sync_wanted.discard(channel)
                 self._schedule_sync(wanted)
+        if now - self._meta_refreshed > UNUSED_META_REFRESH_SECONDS:
+            self._meta_refreshed = now
+            for replica in self._replicas.values():
+                if replica.log is not None and replica.log.end.seq == 0:
+                    self._schedule_sync(replica)
         if self._failed and self._commands is not None and not self._probing:
             self._probing = True
             self._spawn(self._probe())

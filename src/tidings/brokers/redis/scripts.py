@@ -74,6 +74,7 @@ return {epoch, seq, now}
 #: position if the epoch is the known one, else the newest; at most ``count``.
 SYNC = Script(_ENSURE_EPOCH + """
 local last = tonumber(redis.call('HGET', KEYS[2], 'seq'))
+if last == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end  -- still read, keep it
 local after = 0
 if epoch == ARGV[3] then after = tonumber(ARGV[4]) end
 local entries = {}
