@@ -71,3 +71,60 @@ async def test_the_browser_client_refreshes_an_expired_token(make_server: Any,
     finally:
         await browser.close()
         await playwright.stop()
+
+
+REFRESH_TTL = 3 * UNIT
+
+
+@pytest.mark.parametrize("case", ["refreshed", "function_fails"])
+async def test_the_browser_client_refreshes_a_jwt_over_the_open_websocket(
+        make_server: Any, case: str) -> None:
+    """A JWT is replaced ahead of `exp` with an `auth` command: one WebSocket throughout.
+
+    A function that fails at refresh time leaves the 4001 close and a resume.
+    """
+    server = await make_server(auth=AUTH)
+    minted: list[str] = []
+
+    def mint_token() -> str:
+        minted.append(token(subscribe=["chat:a"], ttl=REFRESH_TTL))
+        if case == "function_fails" and len(minted) == 2:
+            raise RuntimeError("the token service is down for a moment")
+        return minted[-1]
+
+    playwright, browser = await launch()
+    try:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.expose_function("mintToken", mint_token)
+        await page.goto(f"{server.url}/tidings.js")
+        await page.evaluate("""async ([url, options]) => {
+            const { connect } = await import("/tidings.js");
+            window.ids = [];
+            window.states = [];
+            window.client = connect(url, { ...options, token: () => window.mintToken() });
+            window.client.on("state", (state) => window.states.push(state));
+            window.client.subscribe("chat:a", {
+                since: "0", onMessage: (m) => window.ids.push(m.id) });
+        }""", [server.url, {**FAST, "transports": ["websocket"]}])
+        published = []
+        async with http_client(server) as client:
+            for n in range(10):  # 2.5 token lifetimes
+                published.append(await publish_ok(client, "chat:a", n))
+                await asyncio.sleep(REFRESH_TTL / 4)
+        await page.wait_for_function(f"() => window.ids.length >= {len(published)}",
+                                     timeout=15_000 * UNIT)
+        assert await page.evaluate("window.ids") == published
+        states = await page.evaluate("window.states")
+        requests = await page.evaluate("window.client.stats.requests")
+        if case == "refreshed":
+            assert len(minted) >= 4, "the token was not refreshed ahead of each expiry"
+            assert (states, requests) == (["open"], 1)
+        else:
+            assert "reconnecting" in states and requests >= 2, (states, requests)
+        await page.evaluate("window.client.close()")
+        assert errors == []
+    finally:
+        await browser.close()
+        await playwright.stop()

@@ -7,6 +7,7 @@ within about a second after its ``exp``. Tokens here live ``TTL`` seconds.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -126,3 +127,14 @@ async def test_long_poll_ends_with_401_token_expired_and_resumes(make_server: An
         assert [m["id"] for m in response.json()["messages"]] == [message_id]
         # The connection stays usable after the 401 (keep-alive).
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_an_exp_written_as_a_string_of_digits_expires_too(make_server: Any) -> None:
+    """PyJWT accepts ``"exp": "1795937398"``; the connection must still be cut at expiry."""
+    server = await make_server(auth=AUTH)
+    short = token(subscribe=["chat:a"], exp=str(int(time.time() + TTL + 1)))  # overrides ttl
+    async with connect(ws_url(server, "/channels/chat:a"),
+                       additional_headers=bearer(short)) as ws:
+        assert (await recv_json(ws))["type"] == "subscribed"
+        frame = await recv_json(ws, within=TTL + 1 + SWEEP)
+        assert (frame["type"], frame["error"]) == ("error", "token_expired")

@@ -9,6 +9,13 @@ new id. A subscription naming a channel another one already reads on the
 shared link gets a private link (the server allows one subscription per
 channel and connection).
 
+Tokens: with a token function and a JWT, each link replaces its token before
+it expires with an ``auth`` command on the open connection, at the time
+:func:`tidings.client._token.refresh_delay` gives, and again from each new
+token's ``exp``. If the function fails, or the server refuses the token or does
+not answer in time, the link stops refreshing: the server closes it with 4001
+at expiry and its subscriptions reconnect with a fresh token and resume.
+
 Backpressure: each subscription's frames wait in its own queue; one that
 falls more than ``ROUTE_LIMIT`` frames behind is detached and resumes from its
 last id, like the server cuts a slow consumer, instead of holding up the others.
@@ -20,6 +27,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection
@@ -28,6 +37,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from tidings.client._common import refusal_of_status
 from tidings.client._session import Session, TechniqueFailed
+from tidings.client._token import bearer, refresh_delay, token_expiry
 from tidings.client.events import BrokerStatus
 from tidings.errors import ConnectionFailed, RequestRefused
 
@@ -36,6 +46,8 @@ if TYPE_CHECKING:
 
 #: Frames a subscription may have waiting before it is detached as too slow.
 ROUTE_LIMIT = 10_000
+logger = logging.getLogger("tidings.client")
+
 #: The largest frame accepted from the server.
 MAX_FRAME = 16 * 1024 * 1024
 
@@ -75,19 +87,23 @@ class Link:
         self._client = client
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reqs = itertools.count(1)
+        self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, client: Client, private: bool = False) -> Link:
         """Connect; raises what ``websockets`` raises (classified by the caller)."""
+        token = await client._tokens.get()
         ws = await ws_connect(
             client._ws_url("/subscribe"),
             open_timeout=client.connect_timeout,
             compression=None,
             max_size=MAX_FRAME,
-            additional_headers={**client.headers, **await client._tokens.headers()},
+            additional_headers={**client.headers, **bearer(token)},
         )
         link = cls(ws, client, private)
         client._spawn(link._read_frames())
+        if token is not None and client._tokens.refreshable:
+            link._refresher = client._spawn(link._keep_token_fresh(token))
         return link
 
     @property
@@ -120,7 +136,47 @@ class Link:
         return frame
 
     async def aclose(self) -> None:
+        self._stop_refreshing()
         await self.ws.close()
+
+    def _stop_refreshing(self) -> None:
+        if self._refresher is not None and self._refresher is not asyncio.current_task():
+            self._refresher.cancel()
+
+    async def _keep_token_fresh(self, token: str) -> None:
+        """Replace the connection's token before each expiry, while the link is open.
+
+        Returns when the token's expiry is unknown (opaque) or too close, or
+        when a refresh fails: the server's 4001 close and a resume take over.
+        The link cancels it when it closes.
+        """
+        tokens = self._client._tokens
+        expires = token_expiry(token)
+        while expires is not None:
+            delay = refresh_delay(expires - time.time())
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
+            try:
+                new = await tokens.fresh(token)
+            except Exception as exc:  # the application's function: anything may go wrong
+                logger.warning("the token function failed (%r); the WebSocket will be "
+                               "closed at the token's expiry and resume", exc)
+                return
+            if new == token:  # the function's cached token: ask again, nearer to expiry
+                continue
+            try:
+                ack = await self.request({"type": "auth", "token": new})
+            except (ConnectionFailed, RequestRefused) as exc:
+                logger.warning("the server did not take the new token (%s); the WebSocket "
+                               "will be closed at the old token's expiry and resume", exc)
+                return
+            token = new
+            exp = ack.get("exp")  # the server's reading of the new token, else our own
+            if isinstance(exp, int | float) and not isinstance(exp, bool):
+                expires = float(exp)
+            else:
+                expires = token_expiry(new)
 
     async def _read_frames(self) -> None:
         reason = "closed"
@@ -152,6 +208,7 @@ class Link:
             await self.ws.close(1002, "invalid frame")
         finally:
             self.closed_reason = reason
+            self._stop_refreshing()
             for reply in self._pending.values():
                 if not reply.done():
                     reply.set_exception(ConnectionFailed(f"WebSocket closed: {reason}"))

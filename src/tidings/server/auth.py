@@ -183,9 +183,21 @@ def _claims(payload: dict[str, Any]) -> Claims:
                                code="invalid_token")
         grants.append(tuple(patterns))
     sub = payload.get("sub")
-    exp = payload.get("exp")
-    return Claims(sub if isinstance(sub, str) else None,
-                  float(exp) if isinstance(exp, int | float) else None, grants[0], grants[1])
+    return Claims(sub if isinstance(sub, str) else None, _expiry(payload.get("exp")),
+                  grants[0], grants[1])
+
+
+def _expiry(exp: object) -> float | None:
+    """``exp`` as Unix seconds. PyJWT has already checked it is an integer, which a
+    string of digits also passes: the sweep must cut such a token at expiry too."""
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return float(exp)
+    if isinstance(exp, str):
+        try:
+            return float(int(exp))
+        except ValueError:
+            return None
+    return None
 
 
 def _public_key(path: str) -> tuple[Any, str]:

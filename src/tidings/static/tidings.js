@@ -27,9 +27,42 @@ export const DEFAULTS = Object.freeze({
   // A token (docs/security.md): a string, or a function returning one or a promise of one,
   // called again when the server says the token expired. Sent as ?token= on reads (an
   // EventSource-style request and a WebSocket cannot carry headers without a preflight),
-  // as Authorization: Bearer on publish.
+  // as Authorization: Bearer on publish. With a function and a JWT, an open WebSocket
+  // gets a fresh token ahead of expiry with an `auth` command (see refreshDelay).
   token: null,
 });
+
+// Refreshing a JWT over an open WebSocket (the same rule as the Python client): this share
+// of its remaining lifetime before `exp`, at least REFRESH_MIN_LEAD seconds before, never
+// before half the remaining lifetime; with less than REFRESH_MIN_REMAINING seconds left,
+// not at all (the server closes with 4001 and the client resumes with a fresh token).
+const REFRESH_SHARE = 0.15;
+const REFRESH_MIN_LEAD = 5;
+const REFRESH_MIN_REMAINING = 1;
+const BASE64URL_RE = /^[A-Za-z0-9_-]+$/;
+
+/** The `exp` of a JWT in Unix seconds, unverified (the server verifies); null if opaque. */
+export function tokenExpiry(token) {
+  const parts = typeof token === "string" ? token.split(".") : [];
+  if (parts.length !== 3 || !BASE64URL_RE.test(parts[1])) return null;
+  try {
+    const base64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(base64 + "===".slice((base64.length + 3) % 4)),
+                                  (c) => c.charCodeAt(0));
+    const payload = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+    const exp = payload && typeof payload === "object" ? payload.exp : null;
+    return typeof exp === "number" && Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null; // not base64url, not UTF-8, not JSON
+  }
+}
+
+/** Seconds to wait before refreshing a token that expires in `remaining` seconds, or null. */
+export function refreshDelay(remaining) {
+  if (!(remaining >= REFRESH_MIN_REMAINING)) return null;
+  const lead = Math.min(Math.max(remaining * REFRESH_SHARE, REFRESH_MIN_LEAD), remaining / 2);
+  return remaining - lead;
+}
 
 const STATES = ["connecting", "open", "fallback", "reconnecting", "closed"];
 const CHANNEL_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
@@ -240,6 +273,22 @@ class Client {
     const source = this.options.token;
     if (this._tokenValue === null && typeof source === "function") {
       const value = await source();
+      if (typeof value !== "string" || value === "") {
+        throw new TidingsError("the token function must return a non-empty string");
+      }
+      this._tokenValue = value;
+    }
+    return this._tokenValue;
+  }
+
+  /**
+   * A token to replace `stale` before it expires (only with a function): the one held if
+   * another reader already replaced it, else a new one. If the function fails, the token
+   * held stays and the promise rejects.
+   */
+  async _freshToken(stale) {
+    if (this._tokenValue === null || this._tokenValue === stale) {
+      const value = await this.options.token();
       if (typeof value !== "string" || value === "") {
         throw new TidingsError("the token function must return a non-empty string");
       }
@@ -836,6 +885,7 @@ class WebSocketReader extends Reader {
     this.pending = new Map(); // req → {resolve, reject, timer}
     this.nextReq = 1;
     this.pinger = null;
+    this.refreshTimer = null;
   }
 
   isOpen() {
@@ -851,6 +901,7 @@ class WebSocketReader extends Reader {
   dispose() {
     super.dispose();
     clearInterval(this.pinger);
+    clearTimeout(this.refreshTimer);
     for (const { reject, timer } of this.pending.values()) {
       clearTimeout(timer);
       reject(new TidingsError("the WebSocket closed before the answer",
@@ -861,6 +912,41 @@ class WebSocketReader extends Reader {
 
   publish(channel, data) {
     return this.command({ type: "publish", channel, data }).then((ack) => ack.id);
+  }
+
+  /**
+   * Send a fresh token with an `auth` command before `token` expires at `expires` (Unix
+   * seconds), then again from each new one's `exp`. Stops when the token is opaque, the
+   * function fails, or the server refuses it or does not answer: the 4001 close follows.
+   */
+  keepTokenFresh(token, expires) {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    if (expires === null || this.stopped) return;
+    const delay = refreshDelay(expires - Date.now() / 1000);
+    if (delay === null) return;
+    this.refreshTimer = setTimeout(async () => {
+      this.refreshTimer = null;
+      let fresh;
+      try {
+        fresh = await this.client._freshToken(token);
+      } catch {
+        return; // the function failed: the server closes at expiry, and reading resumes
+      }
+      if (!this.isOpen()) return;
+      if (fresh === token) {
+        this.keepTokenFresh(token, expires); // a cached token: ask again, nearer to expiry
+        return;
+      }
+      let ack;
+      try {
+        ack = await this.command({ type: "auth", token: fresh });
+      } catch {
+        return; // refused or unanswered: the same fallback
+      }
+      const exp = typeof ack.exp === "number" ? ack.exp : tokenExpiry(fresh);
+      if (this.isOpen()) this.keepTokenFresh(fresh, exp);
+    }, delay * 1000);
   }
 
   subscribeChannel(name) {
@@ -893,6 +979,7 @@ class WebSocketReader extends Reader {
 
   async read() {
     const query = await this.client._tokenParam(true);
+    const token = this.client._tokenValue;
     if (this.stopped) return undefined;
     return new Promise((resolve, reject) => {
       let opened = false;
@@ -906,6 +993,7 @@ class WebSocketReader extends Reader {
         settled = true;
         clearTimeout(timer);
         clearInterval(this.pinger);
+        clearTimeout(this.refreshTimer);
         if (this.stopped) resolve();
         else if (failure) reject(failure);
         else if (!opened) {
@@ -931,6 +1019,9 @@ class WebSocketReader extends Reader {
         for (const name of this.client._channels.keys()) this.subscribeChannel(name);
         this.pinger = setInterval(() => this.command({ type: "ping" }).catch(() => {}),
                                   this.options.pingInterval);
+        if (token !== null && typeof this.options.token === "function") {
+          this.keepTokenFresh(token, tokenExpiry(token));
+        }
       };
       socket.onmessage = (event) => {
         if (failure) return;
