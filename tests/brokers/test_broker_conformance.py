@@ -318,6 +318,28 @@ JOINS: list[tuple[int, str]] = [
 TOTAL = 200
 
 
+
+async def join(broker: Broker, how: str, published: list[Message],
+               label: str) -> tuple[str, Read, Recorder]:
+    """Read ``CHANNEL`` from ``how`` (origin, end, last, behind) and subscribe at once.
+
+    The read and the subscription have no ``await`` between them: what the
+    read returns and what the recorder gets must join without a hole.
+    """
+    start: Start = {
+        "origin": ORIGIN,
+        "end": END,
+        "last": published[-1].position if published else ORIGIN,
+        "behind": published[len(published) // 2].position if published else ORIGIN,
+    }[how]
+    recorder = Recorder()
+    read = await read_ready(broker, CHANNEL, start)
+    broker.hub.subscribe(CHANNEL, recorder)  # no await since the read
+    assert read.gap is None and not read.more, (label, read)
+    if isinstance(start, Position):
+        assert read.after == start
+    return label, read, recorder
+
 async def test_history_and_live_merge_without_duplicates_or_holes(harness: BrokerHarness) -> None:
     """Subscribers join while two publishers run; each sees every message after its start once."""
     broker = await harness.open_broker()
@@ -338,19 +360,7 @@ async def test_history_and_live_merge_without_duplicates_or_holes(harness: Broke
             tasks.create_task(publisher(name))
         for count, how in JOINS:
             await reached[count].wait()
-            start: Start = {
-                "origin": ORIGIN,
-                "end": END,
-                "last": published[-1].position if published else ORIGIN,
-                "behind": published[len(published) // 2].position if published else ORIGIN,
-            }[how]
-            recorder = Recorder()
-            read = await read_ready(broker, CHANNEL, start)
-            broker.hub.subscribe(CHANNEL, recorder)  # no await since the read
-            assert read.gap is None and not read.more, (how, count, read)
-            if isinstance(start, Position):
-                assert read.after == start
-            joined.append((f"{how} after {count}", read, recorder))
+            joined.append(await join(broker, how, published, f"{how} after {count}"))
 
     epoch = published[0].position.epoch
     assert sorted(m.position for m in published) == [
@@ -438,19 +448,7 @@ async def test_history_and_live_merge_across_nodes(shared_harness: BrokerHarness
         published.extend(node_a.publish_blocking(CHANNEL, b'{"n":%d}' % (len(published) + 1))
                          for _ in range(turn % 4 * 7))
         how = ("origin", "end", "last", "behind")[turn % 4]
-        start: Start = {
-            "origin": ORIGIN,
-            "end": END,
-            "last": published[-1].position if published else ORIGIN,
-            "behind": published[len(published) // 2].position if published else ORIGIN,
-        }[how]
-        recorder = Recorder()
-        read = await read_ready(node_b, CHANNEL, start)
-        node_b.hub.subscribe(CHANNEL, recorder)  # no await since the read
-        assert read.gap is None and not read.more, (how, turn, read)
-        if isinstance(start, Position):
-            assert read.after == start
-        joined.append((f"{how} at turn {turn}", read, recorder))
+        joined.append(await join(node_b, how, published, f"{how} at turn {turn}"))
     (marker,) = await publish_many(node_b, 1, first=len(published) + 1)
     published.append(marker)
     assert seqs(published) == list(range(1, len(published) + 1))
