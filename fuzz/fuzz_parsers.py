@@ -38,7 +38,7 @@ def test_one_input(data: bytes) -> None:
         parser.feed(raw[:split])
         parser.feed(raw[split:])
     except FrameError as exc:
-        assert 1000 <= exc.code <= 4999, exc.code
+        assert 1000 <= exc.close_code <= 4999, exc.close_code
 
     text = raw.decode("utf-8", "replace")
     try:

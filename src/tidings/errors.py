@@ -18,14 +18,21 @@
     │   ├── PayloadTooLarge       413
     │   ├── TooManyRequests       429  over a rate or per-address limit; may carry Retry-After
     │   ├── HeadersTooLarge       431
+    │   ├── UnsupportedMediaType  415  a publish whose body is not declared as JSON
     │   ├── ServerBusy            503  the server holds max_connections already
-    │   └── ShuttingDown          503  the server began shutting down while the request waited
+    │   ├── ShuttingDown          503  the server began shutting down while the request waited
+    │   ├── FrameError            a WebSocket frame broke RFC 6455 (its close code says how)
+    │   └── CommandError          a WebSocket command was refused (the connection stays open)
     ├── BrokerError           the message store failed (503); nothing was accepted
     └── ClientError           raised by the Python client (tidings.client)
         ├── ClientClosed          the client or publisher was closed; open a new one
         ├── ConnectionFailed      the server could not be reached, or the link broke mid-request
         ├── RequestRefused        the server answered with an error; carries status, code, message
         └── MissedMessages        a gap, raised only with on_gap="raise"; carries the Gap event
+
+Besides errors, a connection can be ended on purpose by the server: the
+reasons are the :class:`Closing` values at the end of this module, and every
+WebSocket close code tidings uses is in one table, :class:`CloseCode`.
 
 Each :class:`ProtocolError` knows the HTTP status and the WebSocket close code
 to answer with, plus a short machine-readable ``code`` and a message a person
@@ -36,13 +43,20 @@ turns those answers back into :class:`RequestRefused`.
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
 __all__ = [
     "BadRequest",
     "BrokerError",
     "ClientClosed",
     "ClientError",
+    "CloseCode",
+    "Closing",
+    "CommandError",
     "ConnectionFailed",
     "Forbidden",
+    "FrameError",
     "HeadersTooLarge",
     "InvalidChannel",
     "InvalidCursor",
@@ -60,8 +74,27 @@ __all__ = [
     "TooManyRequests",
     "TransportDisabled",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UsageError",
 ]
+
+
+class CloseCode(enum.IntEnum):
+    """Every WebSocket close code tidings sends (docs/protocol.md has the same table)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    INVALID_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+    IDLE_TIMEOUT = 4000
+    UNAUTHORIZED = 4001
+    FORBIDDEN = 4003
+    SLOW_CONSUMER = 4008
 
 
 class TidingsError(Exception):
@@ -81,7 +114,7 @@ class ProtocolError(TidingsError):
     """
 
     status = 400
-    close_code = 1008  # policy violation
+    close_code: int = CloseCode.POLICY
     code = "bad_request"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
@@ -111,7 +144,7 @@ class Unauthorized(ProtocolError):
     """Credentials are missing, expired or invalid (``code`` says which)."""
 
     status = 401
-    close_code = 4001
+    close_code = CloseCode.UNAUTHORIZED
     code = "unauthorized"
 
 
@@ -119,7 +152,7 @@ class Forbidden(ProtocolError):
     """Valid credentials that do not allow the action."""
 
     status = 403
-    close_code = 4003
+    close_code = CloseCode.FORBIDDEN
     code = "forbidden"
 
 
@@ -158,7 +191,7 @@ class RequestTimeout(ProtocolError):
 
 class PayloadTooLarge(ProtocolError):
     status = 413
-    close_code = 1009  # message too big
+    close_code = CloseCode.TOO_BIG
     code = "payload_too_large"
 
 
@@ -182,11 +215,18 @@ class HeadersTooLarge(ProtocolError):
     code = "headers_too_large"
 
 
+class UnsupportedMediaType(ProtocolError):
+    """A publish declared a body type other than JSON (a cross-site form can send those)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class ServerBusy(ProtocolError):
     """The server is at ``max_connections``; the client should try again later."""
 
     status = 503
-    close_code = 1013  # try again later
+    close_code = CloseCode.TRY_AGAIN_LATER
     code = "too_many_connections"
 
 
@@ -194,15 +234,40 @@ class ShuttingDown(ProtocolError):
     """The server began shutting down while the request waited; retry on another node."""
 
     status = 503
-    close_code = 1001  # going away
+    close_code = CloseCode.GOING_AWAY
     code = "shutdown"
+
+
+class FrameError(ProtocolError):
+    """The peer broke RFC 6455; close the connection with ``close_code`` and ``reason``."""
+
+    code = "invalid_frame"
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+
+class CommandError(ProtocolError):
+    """A WebSocket command was refused: answer ``error`` to request ``req``, keep the connection.
+
+    It takes the status, code and close code of the ``error`` it wraps.
+    """
+
+    def __init__(self, req: str | int | None, error: ProtocolError) -> None:
+        super().__init__(str(error), code=error.code)
+        self.req = req
+        self.error = error
+        self.status = error.status
+        self.close_code = error.close_code
 
 
 class BrokerError(TidingsError):
     """The message store failed; the operation was not carried out."""
 
     status = 503
-    close_code = 1011
+    close_code = CloseCode.INTERNAL_ERROR
     code = "broker_unavailable"
 
     def to_json(self) -> dict[str, object]:
@@ -252,3 +317,28 @@ class MissedMessages(ClientError):
     def __init__(self, gap: object) -> None:
         super().__init__(f"missed messages: {gap}")
         self.gap = gap
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """Why the server ends a stream on purpose: ``code`` names it on every technique
+    (the SSE ``close`` event's ``error``), ``close_code`` is the WebSocket close code,
+    and ``message`` tells a person what to do next."""
+
+    code: str
+    close_code: CloseCode
+    message: str
+
+
+SLOW_CONSUMER = Closing(
+    "slow_consumer", CloseCode.SLOW_CONSUMER,
+    "the client did not read what was sent in time; resume from your last cursor")
+SHUTDOWN = Closing("shutdown", CloseCode.GOING_AWAY,
+                   "the server is shutting down; reconnect and resume")
+TOKEN_EXPIRED = Closing("token_expired", CloseCode.UNAUTHORIZED,
+                        "the token has expired; reconnect with a new one and resume from "
+                        "your last cursor")
+IDLE_TIMEOUT = Closing("idle_timeout", CloseCode.IDLE_TIMEOUT, "no answer to pings")
+INTERNAL_ERROR = Closing("internal_error", CloseCode.INTERNAL_ERROR,
+                         "the server failed while serving this connection; reconnect and "
+                         "resume from your last cursor")

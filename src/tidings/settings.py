@@ -150,6 +150,8 @@ class Settings:
     heartbeat_interval: float = 20.0  #: seconds between SSE comments / WebSocket pings
     sse_retry_ms: int = 2000  #: the ``retry:`` hint sent to EventSource
     output_buffer_limit: int = 256 * 1024  #: unsent bytes before a subscriber is cut off
+    #: Seconds a subscriber may leave its backlog unread before it is cut off.
+    slow_consumer_timeout: float = 30.0
 
     #: Where channel logs live: ``"memory"`` (this process) or a ``redis://`` /
     #: ``rediss://`` URL shared by several nodes (a Redis Cluster is detected).

@@ -264,7 +264,7 @@ async def test_subscribers_stay_connected_and_get_an_epoch_gap_when_redis_return
             assert await ws.next() == {"type": "subscribed", "channel": "news", "next": before}
             long_poll = asyncio.create_task(
                 client.get("/channels/news", params={"since": before, "wait": 30}))
-            await until(lambda: len(server.waiters) == 1)
+            await until(lambda: server.statistics()["long_polls"] == 1)
 
             await asyncio.to_thread(redis_process.stop)
             # Streams are told, and nobody is disconnected.
@@ -273,7 +273,7 @@ async def test_subscribers_stay_connected_and_get_an_epoch_gap_when_redis_return
             assert broker_health(server)["status"] == "unavailable"
             assert_unavailable(await post(client, "news", "while away"))
             await ws.still_open()
-            assert len(server.streams) == 2 and len(server.waiters) == 1
+            assert server.statistics()["streams"] == 2 and server.statistics()["long_polls"] == 1
             assert not long_poll.done()
 
             await asyncio.to_thread(redis_process.restart)  # same port, nothing in it
@@ -344,7 +344,7 @@ async def test_a_frozen_redis_gives_503_within_the_timeout_then_nothing_is_misse
                 a.broker.maintain()
             await until(lambda: links_connected(a) == 0)
             await ws.still_open()
-            assert len(a.streams) == 2
+            assert a.statistics()["streams"] == 2
 
             redis_process.resume()
             published = [await publish(client_b, "news", value) for value in (2, 3, 4)]

@@ -16,6 +16,7 @@ import pytest
 from browserkit import WAIT_MS, BufferingProxy, Served, browser, page, serving
 
 from conftest import UNIT
+from tidings.errors import CloseCode, Closing
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 __all__ = ["browser", "page"]  # fixtures
@@ -217,8 +218,9 @@ async def test_plain_eventsource_resumes_with_last_event_id(page: Any, path: str
         await check()
         # The server cuts the stream; the browser reconnects with Last-Event-ID.
         assert served.server is not None
-        for stream in list(served.server.streams):
-            stream.close_with("cut_by_test", "the test cut this stream")
+        for stream in list(served.server.registry.streams):
+            stream.close_with(Closing("cut_by_test", CloseCode.GOING_AWAY,
+                                      "the test cut this stream"))
         await wait_for(page, "window.log.opens >= 2")
         for channel in channels:
             expected[channel] += await publish(served, channel, 2)

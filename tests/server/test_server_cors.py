@@ -178,7 +178,7 @@ async def test_parked_and_expired_long_polls_carry_cors(server: Server,
         "/channels/lp", params={"since": expired.json()["next"], "wait": "10"},
         headers=headers))
     async with asyncio.timeout(5 * UNIT):
-        await until(lambda: bool(server.waiters))  # parked: the publish wakes it
+        await until(lambda: bool(server.statistics()["long_polls"]))  # parked: the publish wakes it
         await client.post("/channels/lp", json=1)
         woken = await parked
     assert woken.json()["messages"][0]["data"] == 1

@@ -352,7 +352,7 @@ async def test_bad_limit_is_400(server: Server, client: httpx.AsyncClient, limit
         ("PATCH", "/channels/x", "GET, POST, OPTIONS"),
         ("POST", "/subscribe?channel=x", "GET, OPTIONS"),
         ("DELETE", "/subscribe", "GET, OPTIONS"),
-        ("POST", "/healthz", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
     ],
 )
 async def test_method_not_allowed_is_405_with_allow(server: Server, client: httpx.AsyncClient,
@@ -559,7 +559,7 @@ async def test_pipelined_behind_a_parked_long_poll(server: Server,
         writer.write(b"GET /channels/lp?wait=10 HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"GET /channels/lp?since=0 HTTP/1.1\r\nHost: x\r\n\r\n")
         # Let the server park the long poll, then wake it.
-        await until(lambda: bool(server.waiters))
+        await until(lambda: bool(server.statistics()["long_polls"]))
         message_id = await publish(client, "lp", "woke")
         woken = await read_response(reader)
         poll = await read_response(reader)
@@ -798,7 +798,7 @@ async def test_upgrade_pipelined_behind_a_request_is_refused(
                      b"GET /channels/a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                      b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      b"Sec-WebSocket-Version: 13\r\n\r\n" % key)
-        await until(lambda: bool(server.waiters))
+        await until(lambda: bool(server.statistics()["long_polls"]))
         message_id = await publish(client, "up", 1)
         woken = await read_response(reader)
         assert [m["id"] for m in woken.json()["messages"]] == [message_id]
@@ -817,7 +817,7 @@ async def test_garbage_pipelined_behind_a_parked_request(server: Server,
         writer.write(parked + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n7"
                      b"NOT HTTP AT ALL\r\n\r\n")
         if parked.startswith(b"GET"):
-            await until(lambda: bool(server.waiters))
+            await until(lambda: bool(server.statistics()["long_polls"]))
             await publish(client, "gp", 7)
         first = await read_response(reader)
         assert first.status_code in (200, 201), first.content
@@ -825,6 +825,6 @@ async def test_garbage_pipelined_behind_a_parked_request(server: Server,
         await assert_closed(reader)
     finally:
         writer.close()
-    assert not server.waiters
+    assert not server.statistics()["long_polls"]
     poll = await client.get("/channels/gp", params={"since": "0"})
     assert [m["data"] for m in poll.json()["messages"]] == [7]

@@ -64,10 +64,10 @@ async def raw_connections(server: Server, count: int) -> AsyncIterator[list[asyn
     writers = []
     try:
         for _ in range(count):
-            before = server.connection_counts.total
+            before = server.statistics()["connections"]
             _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writers.append(writer)
-            await wait_until(lambda: server.connection_counts.total > before)  # noqa: B023
+            await wait_until(lambda: server.statistics()["connections"] > before)  # noqa: B023
         yield writers
     finally:
         for writer in writers:
@@ -131,8 +131,8 @@ async def test_connections_over_the_total_get_503_and_are_closed(
         status, _headers, body = await refused_answer(server)
         assert status == 503
         assert body["error"] == "too_many_connections"
-        assert server.connection_counts.total == 3
-    await wait_until(lambda: server.connection_counts.total == 0)
+        assert server.statistics()["connections"] == 3
+    await wait_until(lambda: server.statistics()["connections"] == 0)
     async with httpx.AsyncClient(base_url=server.url, timeout=5 * UNIT) as client:
         assert (await client.get("/healthz")).status_code == 200
 
@@ -143,8 +143,8 @@ async def test_connections_over_the_per_address_limit_get_429(make_server: Serve
         status, _headers, body = await refused_answer(server)
         assert status == 429
         assert body["error"] == "too_many_connections"
-        assert server.connection_counts.by_address == {"127.0.0.1": 2}
-    await wait_until(lambda: not server.connection_counts.by_address)
+        assert server.statistics()["by_address"] == {"127.0.0.1": 2}
+    await wait_until(lambda: not server.statistics()["by_address"])
     async with httpx.AsyncClient(base_url=server.url, timeout=5 * UNIT) as client:
         assert (await client.get("/healthz")).status_code == 200
 
@@ -158,27 +158,27 @@ async def test_streams_count_until_their_socket_closes(make_server: ServerFactor
             assert sse.status_code == 200
             ws = await connect(ws_url(server, "/channels/c"))
             assert (await recv_json(ws))["type"] == "subscribed"
-            assert server.connection_counts.total == 2
+            assert server.statistics()["connections"] == 2
             status, _headers, body = await refused_answer(server)
             assert (status, body["error"]) == (503, "too_many_connections")
             await ws.close()
-            await wait_until(lambda: server.connection_counts.total == 1)
-        await wait_until(lambda: server.connection_counts.total == 0)
+            await wait_until(lambda: server.statistics()["connections"] == 1)
+        await wait_until(lambda: server.statistics()["connections"] == 0)
         assert (await client.get("/healthz")).status_code == 200
-    await wait_until(lambda: server.connection_counts.total == 0)
-    assert server.peers == {}
+    await wait_until(lambda: server.statistics()["connections"] == 0)
+    assert server.statistics()["peers"] == 0
 
 
 async def test_a_long_poll_counts_until_its_socket_closes(make_server: ServerFactory) -> None:
     server = await make_server()
     async with httpx.AsyncClient(base_url=server.url, timeout=5 * UNIT) as client:
         waiting = asyncio.create_task(client.get("/channels/c", params={"wait": "30"}))
-        await wait_until(lambda: len(server.waiters) == 1)
-        assert server.connection_counts.total == 1
+        await wait_until(lambda: server.statistics()["long_polls"] == 1)
+        assert server.statistics()["connections"] == 1
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-    await wait_until(lambda: server.connection_counts.total == 0)
+    await wait_until(lambda: server.statistics()["connections"] == 0)
 
 
 # Publish rate -----------------------------------------------------------------
@@ -286,7 +286,7 @@ async def test_a_slow_headers_client_cannot_hold_the_server(make_server: ServerF
     finally:
         trickler.cancel()
         writer.close()
-    await wait_until(lambda: server.connection_counts.total == 0)
+    await wait_until(lambda: server.statistics()["connections"] == 0)
 
 
 # Settings --------------------------------------------------------------------------

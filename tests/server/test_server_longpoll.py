@@ -13,7 +13,7 @@ from tidings import Server
 
 async def wait_until_parked(server: Server, count: int = 1) -> None:
     """Until ``count`` long polls are parked on the server (so a publish must wake them)."""
-    await until(lambda: len(server.waiters) >= count)
+    await until(lambda: server.statistics()["long_polls"] >= count)
 
 
 async def test_answers_at_once_when_messages_exist_after_since(server: Server) -> None:
@@ -38,7 +38,7 @@ async def test_wakes_as_soon_as_a_message_is_published(server: Server) -> None:
             answer = await parked
         assert [(m["id"], m["data"]) for m in answer["messages"]] == [(new, {"price": 1.5})]
         assert answer["next"] == new
-        assert not server.waiters
+        assert not server.statistics()["long_polls"]
 
 
 async def test_every_waiter_at_the_end_gets_the_message(server: Server) -> None:
@@ -82,7 +82,7 @@ async def test_answers_empty_with_the_same_next_when_the_wait_ends(server: Serve
         elapsed = time.monotonic() - started
         assert answer == {"messages": [], "next": last}
         assert elapsed >= 0.15 * UNIT
-        assert not server.waiters
+        assert not server.statistics()["long_polls"]
 
 
 async def test_wait_0_answers_at_once(server: Server) -> None:
@@ -137,7 +137,7 @@ async def test_the_connection_is_reused_after_a_long_poll(server: Server) -> Non
             answer = await poll(client, "/channels/c", since=last, wait=0.05)
             assert answer["next"] == last
             last = await publish(client, "c", 1)
-        assert len(server.http_connections) == 1
+        assert server.statistics()["http"] == 1
 
 
 async def test_a_client_that_leaves_is_forgotten(server: Server) -> None:
@@ -146,7 +146,7 @@ async def test_a_client_that_leaves_is_forgotten(server: Server) -> None:
         parked = asyncio.create_task(poll(client, "/channels/c", since=last, wait=30))
         await wait_until_parked(server)
     parked.cancel()  # the client is gone with its connection
-    await until(lambda: not server.waiters)
+    await until(lambda: not server.statistics()["long_polls"])
     async with http_client(server) as client:
         await publish(client, "c", "after the client left")
 

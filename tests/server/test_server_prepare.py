@@ -216,7 +216,7 @@ async def test_long_poll_waits_for_the_fetch_then_for_a_message(
         (fetch,) = await broker.preparing(1)
         assert fetch.starts == {"a": END}
         broker.release()
-        await until(lambda: len(server.waiters) == 1)  # parked on the hub now
+        await until(lambda: server.statistics()["long_polls"] == 1)  # parked on the hub now
         assert not answer.done()
         message_id = await publish(client, "a", "after")
         response = await finished(answer)
@@ -289,7 +289,7 @@ async def test_websocket_subscribe_is_acked_once_the_channel_is_fetched(
 async def test_websocket_commands_sent_while_a_subscription_waits_keep_their_order(
         server: Server, broker: FetchingBroker) -> None:
     def held() -> int:
-        return sum(len(stream.held or ()) for stream in server.streams
+        return sum(len(stream.held or ()) for stream in server.registry.streams
                    if isinstance(stream, WebSocketSession))
 
     async with http_client(server) as client, connect(ws_url(server, "/subscribe")) as ws:
@@ -468,16 +468,16 @@ async def test_client_leaving_during_prepare_leaves_nothing_behind(
     else:
         assert writer is not None
         await leave(writer)
-    await until(lambda: not server.peers)  # the server saw the client go
+    await until(lambda: not server.statistics()["peers"])  # the server saw the client go
     broker.release()
     async with http_client(server) as client:
         # The server goes on serving (and has run what followed the prepare by then).
         assert (await poll(client, "/channels/a", since="0"))["messages"] == []
-        assert not server.streams, server.streams
-        assert not server.waiters, server.waiters
+        assert not server.statistics()["streams"]
+        assert not server.statistics()["long_polls"]
         assert broker.hub.subscribers("a") == 0
         await publish_many(client, "a", list(range(8)))  # nobody may write to the gone client
-        assert not server.streams
+        assert not server.statistics()["streams"]
     problems = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert problems == [], [record.getMessage() for record in problems]
 
@@ -504,4 +504,4 @@ async def test_shutdown_during_prepare_refuses_the_stream(broker: FetchingBroker
     await leave(writer)
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "shutdown"
-    assert not server.streams
+    assert not server.statistics()["streams"]

@@ -169,8 +169,8 @@ async def test_a_closed_stream_is_unsubscribed(server: Server) -> None:
     async with http_client(server) as client:
         async with open_sse(client, "/channels/c") as reader:
             await opening(reader)
-            assert len(server.streams) == 1
-        await until(lambda: not server.streams)
+            assert server.statistics()["streams"] == 1
+        await until(lambda: not server.statistics()["streams"])
         await publish(client, "c", "nobody listens")
         assert server.broker.hub.subscribers("c") == 0
 

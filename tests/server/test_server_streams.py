@@ -87,7 +87,7 @@ async def test_a_slow_consumer_is_cut_off_and_nobody_else_waits(make_server,
         await reader.next_block()  # subscribed: the opening event
         slow = await open_raw(server, SLOW_REQUESTS[technique])
         try:
-            await until(lambda: len(server.streams) == 2)
+            await until(lambda: server.statistics()["streams"] == 2)
 
             # The normal subscriber reads everything while publishing goes on,
             # up to a last message that says it is the last.
@@ -116,7 +116,7 @@ async def test_a_slow_consumer_is_cut_off_and_nobody_else_waits(make_server,
             assert all(e.json()["data"] == MESSAGE for e in received[:-1])
             # Cut off within the limit plus what the kernel buffers, not megabytes later.
             assert len(published) < 200
-            assert len(server.streams) == 1  # the normal subscriber is still there
+            assert server.statistics()["streams"] == 1  # the normal subscriber is still there
 
             # The slow client, once it reads, finds the reason and then the end.
             data = await drain(slow)
@@ -147,7 +147,7 @@ async def test_shutdown_says_goodbye_on_every_technique(make_server) -> None:
             await reader.next_block()
             assert (await recv_json(ws))["type"] == "subscribed"
             parked = asyncio.create_task(poll(long_poller, "/channels/c", since=last, wait=30))
-            await until(lambda: server.waiters)
+            await until(lambda: server.statistics()["long_polls"])
 
             started = time.monotonic()
             async with asyncio.timeout(5 * UNIT):

@@ -265,7 +265,7 @@ async def test_a_close_from_the_client_is_echoed(server: Server) -> None:
     async with asyncio.timeout(5 * UNIT):
         await ws.close(code=1000, reason="bye")
     assert ws.close_code == 1000
-    await until(lambda: not server.streams)
+    await until(lambda: not server.statistics()["streams"])
 
 
 async def test_a_binary_frame_closes_with_1003(server: Server) -> None:

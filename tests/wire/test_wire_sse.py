@@ -48,7 +48,7 @@ def test_message_event_is_encoded_once() -> None:
     m = message()
     first = sse.message_event(m)
     assert sse.message_event(m) is first
-    assert m.wire_sse is first
+    assert list(m.encoded.values()) == [first]  # cached on the message
 
 
 def test_message_event_data_is_the_message_json() -> None:
@@ -63,7 +63,7 @@ def test_message_event_with_cursor() -> None:
     cursor = f"prices:AAPL={EPOCH}-17,news=q9w8e7r6-3"
     assert sse.message_event_with_cursor(m, cursor) == (
         b"id: " + cursor.encode() + b"\ndata: " + m.json + b"\n\n")
-    assert m.wire_sse is None  # per-connection bytes are not cached on the message
+    assert not m.encoded  # per-connection bytes are not cached on the message
 
 
 def test_opening() -> None:

@@ -3,10 +3,16 @@
 The hub does no I/O and wakes no task: :meth:`Hub.publish` calls each
 subscriber's ``deliver`` in turn, and a subscriber's ``deliver`` is expected to
 append pre-encoded bytes to its connection's output and return at once.
+
+A failure stays with its subscriber: if ``deliver`` or ``skip`` raises, the
+hub drops that subscriber from the channel, hands it the exception
+(:meth:`Subscriber.fail`) and goes on with the next one. Nothing a subscriber
+does can reach another subscriber or the publisher.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 from tidings.core.log import Gap
@@ -22,6 +28,14 @@ class Subscriber(Protocol):
     def skip(self, gap: Gap) -> None:
         """Learn that messages were lost while subscribed (``gap.resume`` follows); no raise."""
 
+    def fail(self, error: Exception) -> None:
+        """``deliver`` or ``skip`` raised ``error`` (a bug): end this subscriber's connection.
+
+        The hub has already unsubscribed it from the channel.
+        """
+
+
+logger = logging.getLogger("tidings.core")
 
 class Hub:
     """Channel name → subscribers, and delivery of each message to them."""
@@ -60,7 +74,10 @@ class Hub:
         # A copy: a subscriber may unsubscribe itself (or be cut off) in deliver().
         targets = tuple(subscribers)
         for subscriber in targets:
-            subscriber.deliver(message)
+            try:
+                subscriber.deliver(message)
+            except Exception as exc:
+                self._failed(message.channel, subscriber, exc)
         self.delivered += len(targets)
         return len(targets)
 
@@ -74,4 +91,14 @@ class Hub:
         subscribers = self._subscribers.get(gap.channel)
         if subscribers:
             for subscriber in tuple(subscribers):
-                subscriber.skip(gap)
+                try:
+                    subscriber.skip(gap)
+                except Exception as exc:
+                    self._failed(gap.channel, subscriber, exc)
+
+    def _failed(self, channel: str, subscriber: Subscriber, error: Exception) -> None:
+        self.unsubscribe(channel, subscriber)
+        try:
+            subscriber.fail(error)
+        except Exception:
+            logger.exception("a subscriber failed, then failed to close: %r", subscriber)

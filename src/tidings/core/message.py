@@ -12,14 +12,12 @@ class Message:
     encoded; ``json`` is the message object every technique sends
     (``{"channel", "id", "data", "time"}``), built once here.
 
-    The ``wire_*`` slots are caches owned by :mod:`tidings.wire`: each wire
-    format is encoded at most once per message, then shared by every
-    connection that wants it.
+    :attr:`encoded` is a cache owned by :mod:`tidings.wire`, which names its
+    keys: each wire format is encoded at most once per message, then shared by
+    every connection that wants it.
     """
 
-    __slots__ = (
-        "channel", "data", "id", "json", "position", "time", "wire_longpoll", "wire_sse", "wire_ws",
-    )
+    __slots__ = ("channel", "data", "encoded", "id", "json", "position", "time")
 
     def __init__(self, channel: str, position: Position, data: bytes, time: int) -> None:
         self.channel = channel
@@ -35,9 +33,7 @@ class Message:
             data,
             time,
         )
-        self.wire_longpoll: bytes | None = None
-        self.wire_sse: bytes | None = None
-        self.wire_ws: bytes | None = None
+        self.encoded: dict[str, bytes] = {}
 
     @property
     def seq(self) -> int:

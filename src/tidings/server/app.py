@@ -8,6 +8,12 @@ Use it as an async context manager::
 
 Every task the server starts is tracked and cancelled or awaited by
 :meth:`Server.aclose`; nothing runs after it returns.
+
+Its parts: :class:`Router` (server/routes.py) sends each request to the
+driver of its technique (poll, longpoll, sse, websocket), each a thin driver
+of the reader in ``tidings.session``; the :class:`Registry` holds the open
+connections and runs the sweep; :class:`Admission` counts connections and
+publishes. The broker keeps the logs and its hub hands messages to readers.
 """
 
 from __future__ import annotations
@@ -24,15 +30,15 @@ from typing import Any
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.core.cursor import Start
-from tidings.core.limits import ConnectionCounts, RateLimiter
-from tidings.errors import ProtocolError, ServerBusy, ShuttingDown, TooManyRequests
+from tidings.errors import BrokerError, ProtocolError, ShuttingDown
+from tidings.server.admission import Admission
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
-from tidings.server.longpoll import Expiries, Waiter
+from tidings.server.longpoll import Expiries
+from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
-from tidings.server.stream import Stream
 from tidings.settings import Settings
 
 logger = logging.getLogger("tidings.server")
@@ -61,21 +67,13 @@ class Server:
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth)
         self.router = Router(self)
-        self.http_connections: set[HttpConnection] = set()
-        self.streams: set[Stream] = set()
-        self.waiters: set[Waiter] = set()
-        #: Streams sent a backlog over their output limit (see server/stream.py).
-        self.catching_up: set[Stream] = set()
-        #: Closed streams still flushing, with the loop time at which they are aborted.
-        self.draining: dict[asyncio.Transport, float] = {}
+        #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
-        self.connection_counts = ConnectionCounts(self.settings.max_connections,
-                                                  self.settings.max_connections_per_ip)
-        #: The client address of every admitted connection, whichever protocol object owns it.
-        self.peers: dict[asyncio.BaseTransport, str] = {}
-        self.publish_limiter = (
-            RateLimiter(self.settings.max_publish_rate, max(1, self.settings.publish_burst))
-            if self.settings.max_publish_rate > 0 else None)
+        self.loop = asyncio.get_running_loop()
+        #: The open connections and the sweep (used by the drivers in this package).
+        self.registry = Registry(self.loop)
+        #: Connection counts and publish rates (used by the drivers in this package).
+        self.admission = Admission(self.settings, self.loop, self.stats)
         #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
         self.health_extra: dict[str, Callable[[], object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -85,7 +83,6 @@ class Server:
         self._closed = asyncio.Event()
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
-        self.loop = asyncio.get_running_loop()
         self.expiries = Expiries(self.loop)
         self.port = self.settings.port
 
@@ -128,13 +125,7 @@ class Server:
         self.closing = True
         if self._listener is not None:
             self._listener.close()
-        for waiter in list(self.waiters):
-            waiter.expire()
-        for stream in list(self.streams):
-            stream.close_with("shutdown", "the server is shutting down; reconnect and resume")
-        for conn in list(self.http_connections):
-            if not conn.busy:
-                conn.close()
+        self.registry.say_goodbye()
         for task in self._background:
             task.cancel()  # they never end by themselves: do not wait for them
         pending = [t for t in self._tasks if not t.done()]
@@ -145,15 +136,9 @@ class Server:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*still, return_exceptions=True)
-        for conn in list(self.http_connections):
-            conn.close()
+        self.registry.close_connections()
         # Streams told to go away get a moment to flush their last words; then they are cut.
-        deadline = self.loop.time() + SHUTDOWN_FLUSH_SECONDS
-        while self.draining and self.loop.time() < deadline:  # noqa: ASYNC110 - bounded
-            await asyncio.sleep(0.01)
-        for transport in list(self.draining):
-            transport.abort()
-        self.draining.clear()
+        await self.registry.wait_flushed(SHUTDOWN_FLUSH_SECONDS)
         if self._listener is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
@@ -182,91 +167,69 @@ class Server:
             logger.error("task failed", exc_info=task.exception())
 
     async def _housekeeping(self) -> None:
-        """Request deadlines, retention sweeps and heartbeats, from one task.
+        """Request deadlines, retention sweeps, token expiry and heartbeats, from one task.
 
         It wakes every ``tick`` seconds; deadlines are therefore enforced to
-        within a tick, and no request pays for a timer of its own.
+        within a tick, and no request pays for a timer of its own. A step that
+        raises is logged and the next tick runs as usual: nothing a client
+        sends can stop this task.
         """
         settings = self.settings
         tick = min(MAINTENANCE_INTERVAL, settings.heartbeat_interval,
-                   settings.header_timeout / 4, settings.keep_alive_timeout / 4)
+                   settings.header_timeout / 4, settings.keep_alive_timeout / 4,
+                   settings.slow_consumer_timeout / 4)
         heartbeat_due = self.loop.time() + settings.heartbeat_interval
         maintenance_due = 0.0
         while True:
             await asyncio.sleep(tick)
             now = self.loop.time()
-            for conn in [c for c in self.http_connections if 0 < c.deadline < now]:
-                conn.timed_out()
-            for transport in [t for t, deadline in self.draining.items() if deadline < now]:
-                del self.draining[transport]
-                transport.abort()
-            self.catching_up.difference_update(
-                [stream for stream in self.catching_up if stream.backlog_drained()])
+            heartbeat = now >= heartbeat_due
+            if heartbeat:
+                heartbeat_due = now + settings.heartbeat_interval
+            try:
+                self.registry.sweep(now, time.time(), heartbeat=heartbeat,
+                                    check_tokens=self.auth.enabled)
+            except Exception:
+                logger.exception("the sweep failed; it runs again next tick")
             if now >= maintenance_due:
                 maintenance_due = now + MAINTENANCE_INTERVAL
-                self.broker.maintain()
-            if self.auth.enabled:
-                self._end_expired_tokens()
-            if now >= heartbeat_due:
-                heartbeat_due = now + self.settings.heartbeat_interval
-                for stream in list(self.streams):
-                    stream.heartbeat(now)
+                try:
+                    self.broker.maintain()
+                except Exception:
+                    logger.exception("the broker's maintenance failed; it runs again")
 
-    def _end_expired_tokens(self) -> None:
-        """Close streams and end long polls whose token has expired (within a tick)."""
-        wall = time.time()
-        for stream in [s for s in self.streams if 0 < s.expires <= wall]:
-            stream.token_expired()
-        for waiter in [w for w in self.waiters if 0 < w.expires <= wall]:
-            waiter.token_expired()
+    # reading ---------------------------------------------------------------
 
-    # client limits (docs/security.md) -----------------------------------------
+    def when_ready(self, starts: Mapping[str, Start], then: Callable[[], None],
+                   refuse: Callable[[ProtocolError | BrokerError], None]) -> bool:
+        """Call ``then()`` once the broker can read ``starts``; say whether it was at once.
 
-    def admit(self, transport: asyncio.BaseTransport) -> ProtocolError | None:
-        """Count a new connection; return the error to answer if it is over a limit.
-
-        An admitted transport must be released (:meth:`release`) when it closes, by
-        whichever protocol object owns it then (HTTP, SSE or WebSocket).
+        If the broker must fetch first (a shared store), ``then`` runs in a
+        task the server owns; if the broker cannot, or the server closes
+        meanwhile, ``refuse(error)`` runs instead. A :class:`ProtocolError`
+        raised by a deferred ``then`` is handed to ``refuse`` as well. The one
+        place where a read waits for the broker, for every technique.
         """
-        peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        refused = self.connection_counts.admit(address)
-        if refused is None:
-            self.peers[transport] = address
-            return None
-        self.stats["connections_refused"] += 1
-        if refused == "total":
-            return ServerBusy(f"the server holds its limit of {self.settings.max_connections} "
-                              "connections; try again later")
-        return TooManyRequests(
-            f"more than {self.settings.max_connections_per_ip} connections from {address}",
-            code="too_many_connections")
+        if self.broker.ready(starts):
+            then()
+            return True
+        self.spawn(self._when_prepared(starts, then, refuse))
+        return False
 
-    def release(self, transport: asyncio.BaseTransport | None) -> None:
-        """An admitted connection closed (safe to call more than once)."""
-        address = self.peers.pop(transport, None) if transport is not None else None
-        if address is not None:
-            self.connection_counts.release(address)
-
-    def check_publish_rate(self, transport: asyncio.BaseTransport | None,
-                           key: str | None = None) -> None:
-        """Raise :class:`TooManyRequests` if the client on ``transport`` publishes too fast.
-
-        The bucket is ``key`` if given (a verified identity, such as a token's
-        subject), else the client address.
-        """
-        limiter = self.publish_limiter
-        if limiter is None or transport is None:
+    async def _when_prepared(self, starts: Mapping[str, Start], then: Callable[[], None],
+                             refuse: Callable[[ProtocolError | BrokerError], None]) -> None:
+        try:
+            await self.prepare(starts)
+        except (ProtocolError, BrokerError) as exc:
+            refuse(exc)
             return
-        wait = limiter.take(key or self.peers.get(transport, ""), self.loop.time())
-        if wait:
-            self.stats["publishes_rate_limited"] += 1
-            raise TooManyRequests(
-                f"more than {self.settings.max_publish_rate:g} publishes per second "
-                f"(burst {self.settings.publish_burst}); retry in {wait:.2f} s",
-                retry_after=wait)
-
-    # introspection -----------------------------------------------------------
+        except asyncio.CancelledError:
+            refuse(ShuttingDown("the server is shutting down; retry (on another node)"))
+            raise
+        try:
+            then()
+        except ProtocolError as exc:
+            refuse(exc)
 
     async def prepare(self, starts: Mapping[str, Start]) -> None:
         """Wait until the broker can read ``starts`` (see ``Broker.ready``).
@@ -288,8 +251,11 @@ class Server:
             status = {"broker": "unavailable", "message": "the message store is unreachable "
                       f"({detail}): nothing new arrives and publishing is refused, but "
                       "nothing is lost yet; stay connected"}
-        for stream in list(self.streams):
-            stream.notice(status)
+        for stream in list(self.registry.streams):
+            try:
+                stream.notice(status)
+            except Exception:
+                logger.exception("telling %r about the broker failed", stream)
 
     def health(self) -> dict[str, object]:
         hub = self.broker.hub
@@ -299,9 +265,9 @@ class Server:
             "time": int(time.time() * 1000),
             "transports": list(self.settings.transports),
             "connections": {
-                "http": len(self.http_connections),
-                "streams": len(self.streams),
-                "long_polls": len(self.waiters),
+                "http": len(self.registry.connections),
+                "streams": len(self.registry.streams),
+                "long_polls": len(self.registry.waiters),
             },
             "channels_with_subscribers": hub.channels(),
             "published": self.stats["published"],
@@ -313,3 +279,8 @@ class Server:
             health[name] = section()
         return health
 
+
+    def statistics(self) -> dict[str, object]:
+        """Open connections by kind, bytes waiting in stream buffers, and the counters."""
+        return {**self.registry.statistics(), **self.admission.statistics(),
+                "hub_channels": self.broker.hub.channels(), **self.stats}

@@ -5,17 +5,24 @@ Requests are parsed by ``httptools``; each complete request goes to
 parks the connection (long poll), or hands the socket to another protocol
 object (SSE, WebSocket) with ``transport.set_protocol``, dropping the HTTP
 parser so that a long-lived connection costs only what its technique needs.
+
+A parked request is answered from elsewhere: the fan-out of a publish, the
+sweep, a timer. The request pipelined behind it is then *not* served there
+but in a later step of the loop (``call_soon``), so that nothing a client
+sends ever runs inside another client's delivery or the housekeeping task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from tidings.errors import (
+    INTERNAL_ERROR,
     BadRequest,
     HeadersTooLarge,
     PayloadTooLarge,
@@ -34,6 +41,9 @@ logger = logging.getLogger("tidings.server")
 MAX_PIPELINED = 16
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: The body of a ``500``: serving a request raised (a bug, logged with its traceback).
+INTERNAL_ANSWER = {"error": INTERNAL_ERROR.code,
+                   "message": "the server failed to answer this request; try again"}
 
 #: Seconds a connection refused for a limit is kept (reading and dropping what the
 #: client sends) so that it can read the answer before the socket closes.
@@ -44,9 +54,9 @@ class HttpConnection(asyncio.Protocol):
     """The protocol object of a connection while it speaks plain HTTP."""
 
     __slots__ = (
-        "_body", "_body_size", "_error", "_failure", "_header_bytes", "_headers", "_url",
-        "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "refused",
-        "server", "settings", "transport",
+        "_body", "_body_size", "_dispatching", "_error", "_failure", "_header_bytes",
+        "_headers", "_request_begun", "_url", "busy", "closing", "deadline", "handed_over",
+        "on_lost", "parser", "queue", "refused", "server", "settings", "transport",
     )
 
     def __init__(self, server: Server) -> None:
@@ -60,6 +70,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.handed_over = False
         self.refused = False  # over a connection limit: answered, waiting to close
+        self._dispatching = False  # inside _next: an answer given now needs no new step
         #: Loop time after which the connection is closed (0: no deadline);
         #: checked by the server's sweep, so a request costs no timer object.
         self.deadline = 0.0
@@ -76,13 +87,14 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._error: ProtocolError | None = None
+        self._request_begun = False
 
     # asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.server.http_connections.add(self)
-        refusal = self.server.admit(transport)
+        self.server.registry.connections.add(self)
+        refusal = self.server.admission.admit(transport)
         if refusal is not None:
             self._refuse(refusal)
             return
@@ -131,8 +143,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
-        self.server.http_connections.discard(self)
-        self.server.release(self.transport)
+        self.server.registry.connections.discard(self)
+        self.server.admission.release(self.transport)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
             on_lost()
@@ -141,6 +153,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._request_begun = True
         self._arm(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
@@ -211,11 +224,16 @@ class HttpConnection(asyncio.Protocol):
     # answering ---------------------------------------------------------------
 
     def _next(self) -> None:
-        while self.queue and not self.busy and not self.closing and not self.handed_over:
-            request = self.queue.pop(0)
-            if self.transport is not None and len(self.queue) == MAX_PIPELINED:
-                self.transport.resume_reading()
-            self.server.router.dispatch(self, request)
+        """Serve the queued requests in order until one parks the connection."""
+        self._dispatching = True
+        try:
+            while self.queue and not self.busy and not self.closing and not self.handed_over:
+                request = self.queue.pop(0)
+                if self.transport is not None and len(self.queue) == MAX_PIPELINED:
+                    self.transport.resume_reading()
+                self.server.router.dispatch(self, request)
+        finally:
+            self._dispatching = False
         if not self.busy and not self.queue and not self.closing and not self.handed_over:
             self._arm(self.settings.keep_alive_timeout)
 
@@ -231,9 +249,13 @@ class HttpConnection(asyncio.Protocol):
         request.keep_alive = False  # the parser cannot go on after an upgrade
         self.server.router.dispatch(self, request, rest)
 
-    def park(self) -> None:
-        """The current request will be answered later with :meth:`respond`."""
+    def park(self, on_lost: Callable[[], object] | None = None) -> None:
+        """The current request will be answered later with :meth:`respond`.
+
+        ``on_lost`` is called if the client goes away first.
+        """
         self.busy = True
+        self.on_lost = on_lost
 
     def respond(self, data: bytes, keep_alive: bool = True) -> None:
         """Send a whole response; then serve the next request or close."""
@@ -250,8 +272,12 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             self.closing = True
             transport.close()
-        else:
-            self._next()
+        elif not self._dispatching and self.queue:
+            # Answered from elsewhere (a delivery, the sweep, a task): the next request is
+            # served in a step of its own, never inside the code that answered this one.
+            self.server.loop.call_soon(self._next)
+        elif not self._dispatching:
+            self._arm(self.settings.keep_alive_timeout)
 
     def answer(self, status: int, headers: http.Headers, body: bytes = b"",
                keep_alive: bool = True) -> None:
@@ -283,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
         self.handed_over = True
         self._disarm()
         self.parser = None
-        self.server.http_connections.discard(self)
+        self.server.registry.connections.discard(self)
         transport, self.transport = self.transport, None
         return transport
 
@@ -303,13 +329,23 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.busy or self.transport is None or self.closing:
             return
-        if self._url or self._headers:
+        if self._request_begun:
             self.fail(RequestTimeout(
                 f"request not received within {self.settings.header_timeout} seconds"
             ))
         else:
             self.closing = True
             self.transport.close()
+
+    def abort(self) -> None:
+        """Serving this connection failed (a bug): answer ``500`` if nothing is half-sent, close."""
+        if self.transport is None or (self.closing and not self.refused):
+            return
+        self.queue.clear()
+        self.on_lost = None
+        self.busy = False
+        self.transport.write(http.json_response(500, INTERNAL_ANSWER, keep_alive=False))
+        self._linger()
 
     def close(self) -> None:
         """Close now (server shutdown); a parked request is answered by its owner first."""

@@ -1,9 +1,10 @@
 """Long polling: hold the request until a message arrives or the wait ends.
 
-A parked request is a :class:`Waiter` registered on the hub. The first
-message for it answers the request at once. Waiters that were at the end of
-the channel all get the same body, encoded once per message, behind a head
-that :func:`tidings.wire.http.response` caches.
+A thin driver of the reader (session/reader.py). A poll that finds nothing
+parks: its reader is registered on the hub, and the first message or gap it
+is handed is the answer. Waiters that were at the end of one channel all get
+the same body, encoded once per message (``wire.poll.tail_body``), behind a
+head that :func:`tidings.wire.http.response` caches.
 
 Waits end by :class:`Expiries`: waiters are grouped by the 50 ms slot in
 which their wait ends, with one timer per slot rather than one per request.
@@ -12,72 +13,64 @@ which their wait ends, with one timer per slot rather than one per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
+from tidings.core.cursor import Start
 from tidings.core.log import Gap
 from tidings.core.message import Message
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE
-from tidings.server.reading import Batch
+from tidings.session.reader import Reader
 from tidings.wire import poll
 from tidings.wire.http import Headers
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+logger = logging.getLogger("tidings.server")
 
 #: How finely the ends of waits are grouped, in seconds (a wait ends up to this late).
 EXPIRY_RESOLUTION = 0.05
 
 
-def tail_body(message: Message) -> bytes:
-    """The body for a waiter that was at the end of the channel: encoded once per message."""
-    body = message.wire_longpoll
-    if body is None:
-        body = message.wire_longpoll = poll.body((message,), message.id, (), False)
-    return body
-
-
 class Waiter:
-    """A parked long-poll request."""
+    """A parked long-poll request: a reader whose first output is the answer."""
 
-    __slots__ = ("batch", "conn", "cors", "expires", "keep_alive", "multi", "parked")
+    # ``deliver`` and ``skip`` are the reader's, set per instance (see server/stream.py).
+    __slots__ = ("_server", "conn", "cors", "deliver", "expires", "keep_alive", "parked",
+                 "reader", "skip")
 
-    def __init__(self, conn: HttpConnection, batch: Batch, multi: bool, cors: Headers,
+    def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
                  keep_alive: bool, expires: float = 0.0) -> None:
+        self._server = server
         self.conn = conn
         #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
         self.expires = expires
-        self.batch = batch
-        self.multi = multi
         self.cors = cors
         self.keep_alive = keep_alive
+        self.parked = False
+        self.reader = reader = Reader(server.broker, poll.ANSWERS, self._answer, multi=multi)
+        self.deliver: Callable[[Message], None] = reader.deliver
+        self.skip: Callable[[Gap], None] = reader.skip
+
+    def park(self, wait: float) -> None:
+        """Wait for the first message (or gap) for at most ``wait`` seconds."""
         self.parked = True
-        server = conn.server
-        hub = server.broker.hub
-        for channel in batch.positions:
+        hub = self._server.broker.hub
+        for channel in self.reader.positions:
             hub.subscribe(channel, self)
-        conn.park()
-        conn.on_lost = self._forget
-        server.waiters.add(self)
-
-    def deliver(self, message: Message) -> None:
-        self._forget()
-        if self.multi:
-            self.batch.positions[message.channel] = message.position
-            body = poll.body((message,), self.batch.cursor(True), (), False)
-        else:
-            body = message.wire_longpoll or tail_body(message)
-        self._answer(body)
-
-    def skip(self, gap: Gap) -> None:
-        """The log lost messages during the wait: answer with the gap and the cursor past it."""
-        self._forget()
-        self.batch.positions[gap.channel] = gap.resume
-        self._answer(poll.body((), self.batch.cursor(self.multi), (gap,), False))
+        self.conn.park(self._forget)
+        self._server.registry.waiters.add(self)
+        self._server.expiries.add(self, wait)
 
     def expire(self) -> None:
         """The wait ended with nothing new: answer with no messages and the same cursor."""
         if self.parked:
-            self._forget()
-            self._answer(poll.body((), self.batch.cursor(self.multi), (), False))
+            self._answer(poll.body((), self.reader.cursor(), (), False))
 
     def token_expired(self) -> None:
         """The token expired during the wait: ``401 token_expired``; the client resumes."""
@@ -87,16 +80,29 @@ class Waiter:
                                  "same cursor", code="token_expired")
             self.conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
 
+    def fail(self, error: Exception) -> None:
+        """Answering raised (a bug): log it, and end this request only."""
+        logger.error("answering a long poll failed", exc_info=error)
+        self.abort()
+
+    def abort(self) -> None:
+        self._forget()
+        self.conn.abort()
+
     def _answer(self, body: bytes) -> None:
-        self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
+        """The reader's output: the whole answer (a message or a gap)."""
+        if self.parked:
+            self._forget()
+            self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
 
     def _forget(self) -> None:
+        if not self.parked:
+            return
         self.parked = False
-        server = self.conn.server
-        hub = server.broker.hub
-        for channel in self.batch.positions:
+        hub = self._server.broker.hub
+        for channel in self.reader.positions:
             hub.unsubscribe(channel, self)
-        server.waiters.discard(self)
+        self._server.registry.waiters.discard(self)
 
 
 class Expiries:
@@ -118,13 +124,21 @@ class Expiries:
 
     def _expire(self, slot: int) -> None:
         for waiter in self._slots.pop(slot, ()):
-            waiter.expire()  # does nothing if it was answered already
+            try:
+                waiter.expire()  # does nothing if it was answered already
+            except Exception:
+                logger.exception("ending a long poll failed")
+                waiter.abort()
 
 
-def answer(conn: HttpConnection, batch: Batch, multi: bool, wait: float, cors: Headers,
-           keep_alive: bool, expires: float = 0.0) -> None:
+def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
+           limit: int, wait: float, cors: Headers, keep_alive: bool,
+           expires: float = 0.0) -> None:
+    """Answer at once if something is there (or ``wait`` is 0), else park until it comes."""
+    waiter = Waiter(server, conn, multi, cors, keep_alive, expires)
+    batch = waiter.reader.open(starts, limit)
     if batch.messages or batch.gaps or wait <= 0:
-        body = poll.body(batch.messages, batch.cursor(multi), batch.gaps, batch.more)
+        body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)
         conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
         return
-    conn.server.expiries.add(Waiter(conn, batch, multi, cors, keep_alive, expires), wait)
+    waiter.park(wait)

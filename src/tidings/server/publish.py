@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
-from tidings.errors import TidingsError
+from tidings.errors import BrokerError, ProtocolError, UnsupportedMediaType
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
 from tidings.wire import jsonvalue
@@ -13,6 +14,7 @@ from tidings.wire.http import Headers
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
+logger = logging.getLogger("tidings.server")
 
 
 def publish(server: Server, conn: HttpConnection, request: Request, channel: str,
@@ -22,20 +24,42 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
     ``rate_key`` names the publisher's rate bucket (its token or the API key);
     without one, the client address's bucket is used.
     """
-    server.check_publish_rate(conn.transport, rate_key)
+    check_json_type(request.header("content-type"))
+    server.admission.check_publish_rate(conn.transport, rate_key)
     data = jsonvalue.compact(request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, cors, request.keep_alive))
+
+
+def check_json_type(content_type: str | None) -> None:
+    """Refuse a body declared as anything but JSON (``415``).
+
+    A page on another site can make a browser send ``text/plain``, form or
+    multipart bodies with the user's cookies and no preflight; it cannot send
+    ``application/json`` that way (docs/security.md). A body with no
+    ``Content-Type`` (curl, scripts) is taken as JSON: a browser that sends
+    one cross-site also sends ``Origin``, which the cookie check refuses.
+    """
+    if content_type is None:
+        return
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "application/json" or (
+            media_type.startswith("application/") and media_type.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"publish a JSON body with Content-Type: application/json, not {media_type[:60]!r}")
 
 
 async def _publish(server: Server, conn: HttpConnection, channel: str, data: bytes,
                    cors: Headers, keep_alive: bool) -> None:
     try:
         message = await server.broker.publish(channel, data)
-    except TidingsError as exc:
-        status = getattr(exc, "status", 500)
-        body = {"error": getattr(exc, "code", "error"), "message": str(exc)}
-        conn.answer_json(status, body, cors, keep_alive)
+    except (ProtocolError, BrokerError) as exc:
+        conn.answer_json(exc.status, exc.to_json(), cors, keep_alive)
+        return
+    except Exception:
+        logger.exception("publishing to %s failed", channel)
+        conn.abort()
         return
     server.stats["published"] += 1
     body = {"channel": message.channel, "id": message.id, "time": message.time}

@@ -7,6 +7,7 @@
                                  ``Prefer: wait=``), else a regular poll
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
 ``/healthz``           GET       liveness, a few counters and the server's clock
+                       HEAD      the same status, no body
 ``/tidings.js``        GET       static files (server/static.py): the browser
 (and pages given)      HEAD      client and the embedder's pages, exact paths
 any of them            OPTIONS   CORS preflight
@@ -15,9 +16,11 @@ any of them            OPTIONS   CORS preflight
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import Start, parse_since
+from tidings.core.cursor import parse_since
 from tidings.core.names import check_channel
 from tidings.errors import (
     BadRequest,
@@ -28,15 +31,15 @@ from tidings.errors import (
     TransportDisabled,
 )
 from tidings.server import longpoll, poll, publish, static, websocket
-from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
-from tidings.server.reading import read_batch
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.wire import http
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+
+logger = logging.getLogger("tidings.server")
 
 CHANNEL_PREFIX = "/channels/"
 CHANNEL_METHODS = ("GET", "POST", "OPTIONS")
@@ -50,13 +53,20 @@ class Router:
         self.transports = frozenset(server.settings.transports)
 
     def dispatch(self, conn: HttpConnection, request: Request, rest: bytes = b"") -> None:
-        """Answer ``request`` (or start answering it); never raises."""
+        """Answer ``request`` (or start answering it); never raises.
+
+        A refusal is answered with its status; anything else raised while
+        serving it is a bug: logged, answered ``500``, and this connection closed.
+        """
         try:
             self._route(conn, request, rest)
         except ProtocolError as exc:
             cors = self.server.cors.headers(request.headers)
             conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
                          request.keep_alive)
+        except Exception:
+            logger.exception("serving %s %s failed", request.method, request.path[:100])
+            conn.abort()
 
     def _route(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         path, method = request.path, request.method
@@ -88,9 +98,13 @@ class Router:
                                  code="no_channel")
             self._read(conn, request, channels, True, rest)
         elif path == "/healthz":
-            if method != "GET":
-                raise MethodNotAllowed(f"{method} is not allowed on /healthz", allow=("GET",))
-            conn.answer_json(200, self.server.health(), (), request.keep_alive)
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /healthz",
+                                       allow=("GET", "HEAD"))
+            body = http.json_response(200, self.server.health(), keep_alive=request.keep_alive)
+            if method == "HEAD":  # the same head, Content-Length included, and no body
+                body = body[:body.index(b"\r\n\r\n") + 4]
+            conn.respond(body, request.keep_alive)
         elif path in self.server.static:
             if method not in static.ALLOWED_METHODS:
                 raise MethodNotAllowed(f"{method} is not allowed on {path[:100]}",
@@ -104,67 +118,59 @@ class Router:
 
     def _read(self, conn: HttpConnection, request: Request, channels: list[str], multi: bool,
               rest: bytes) -> None:
+        """A read on one of the four techniques: the same checks, then its driver."""
         limit = self.settings.max_channels_per_subscription
         if len(channels) > limit:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
-        auth = self.server.auth
+        server = self.server
+        auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
+        cors = server.cors.headers(request.headers)
+        keep_alive = request.keep_alive
+        then: Callable[[], None]
         if request.wants_websocket:
             self._check_enabled("websocket")
-            websocket.accept(self.server, conn, request, channels, rest, credentials)
-            return
-        cors = self.server.cors.headers(request.headers)
-        broker = self.server.broker
-        if request.wants_event_stream:
+            starts = parse_since(request.arg("since"), channels) if channels else {}
+            keep_alive = False
+
+            def then() -> None:
+                websocket.accept(server, conn, request, channels, rest, credentials)
+        elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            stream = SseStream(self.server, conn.detach(), multi)
+            stream = SseStream(server, conn.detach(), multi)
             stream.expires = credentials.expires
-            if broker.ready(starts):
-                stream.start(starts, cors)
-            else:
-                self.server.spawn(stream.start_when_ready(starts, cors))
+            server.when_ready(starts, lambda: stream.start(starts, cors),
+                              lambda error: stream.refuse(error, cors))
             return
-        wait = request.wait_seconds()
-        self._check_enabled("poll" if wait is None else "longpoll")
-        starts = parse_since(request.arg("since"), channels)
-        limit = self._limit(request)
-        if wait is not None:
-            wait = min(wait, self.settings.max_wait)
-        if broker.ready(starts):
-            self._answer_read(conn, request, starts, multi, limit, wait, cors, credentials)
         else:
-            conn.park()
-            self.server.spawn(self._answer_read_when_ready(conn, request, starts, multi, limit,
-                                                           wait, cors, credentials))
+            wait = request.wait_seconds()
+            self._check_enabled("poll" if wait is None else "longpoll")
+            starts = parse_since(request.arg("since"), channels)
+            page = self._limit(request)
+            if wait is None:
+                if_none_match = request.header("if-none-match")
 
-    def _answer_read(self, conn: HttpConnection, request: Request, starts: dict[str, Start],
-                     multi: bool, limit: int, wait: float | None, cors: http.Headers,
-                     credentials: Credentials) -> None:
-        batch = read_batch(self.server.broker, starts, limit)
-        if wait is None:
-            poll.answer(conn, batch, multi, request.header("if-none-match"), cors,
-                        request.keep_alive)
-        else:
-            longpoll.answer(conn, batch, multi, wait, cors, request.keep_alive,
-                            credentials.expires)
+                def then() -> None:
+                    if not conn.closing:  # the client may have left while the broker fetched
+                        poll.answer(server, conn, starts, multi, page, if_none_match, cors,
+                                    keep_alive)
+            else:
+                wait = min(wait, self.settings.max_wait)
 
-    async def _answer_read_when_ready(self, conn: HttpConnection, request: Request,
-                                      starts: dict[str, Start], multi: bool, limit: int,
-                                      wait: float | None, cors: http.Headers,
-                                      credentials: Credentials) -> None:
-        """A poll or long poll of channels the broker must fetch first (a shared store)."""
-        try:
-            await self.server.prepare(starts)
-            if conn.closing:
-                return  # the client left while the broker was fetching: park no waiter
-            self._answer_read(conn, request, starts, multi, limit, wait, cors, credentials)
-        except (ProtocolError, BrokerError) as exc:
-            conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
-                         request.keep_alive)
+                def then() -> None:
+                    if not conn.closing:
+                        longpoll.answer(server, conn, starts, multi, page, wait, cors,
+                                        keep_alive, credentials.expires)
+
+        def refuse(error: ProtocolError | BrokerError) -> None:
+            conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
+
+        if not server.when_ready(starts, then, refuse):
+            conn.park()  # the requests behind it wait too
 
     def _check_enabled(self, transport: str) -> None:
         if transport not in self.transports:
@@ -176,7 +182,7 @@ class Router:
         text = request.arg("limit")
         if text is None:
             return self.settings.poll_limit
-        if not text.isdigit() or not 1 <= int(text) <= self.settings.max_poll_limit:
+        if not _ascii_digits(text, 7) or not 1 <= int(text) <= self.settings.max_poll_limit:
             raise BadRequest(f"limit must be an integer from 1 to {self.settings.max_poll_limit}",
                              code="invalid_limit")
         return int(text)
@@ -184,3 +190,8 @@ class Router:
     def _preflight(self, conn: HttpConnection, request: Request, methods: str) -> None:
         headers = self.server.cors.preflight(request.headers, methods)
         conn.answer(204, headers, b"", request.keep_alive)
+
+
+def _ascii_digits(text: str, longest: int) -> bool:
+    """Whether ``text`` is 1 to ``longest`` ASCII digits (``'²'.isdigit()`` is true too)."""
+    return 0 < len(text) <= longest and text.isascii() and text.isdigit()

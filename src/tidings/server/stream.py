@@ -1,15 +1,19 @@
-"""What SSE streams and WebSockets share: a long-lived connection with an output limit.
+"""What SSE streams and WebSockets share: a socket driving a :class:`Reader`, with an output limit.
 
-Backpressure policy (docs/topics/backpressure.md): the transport's write
-buffer may hold ``output_buffer_limit`` bytes that the client has not read.
-Past that, asyncio calls :meth:`pause_writing`, and the stream is cut off:
-it is told why (a last SSE event or a WebSocket close frame), unsubscribed at
-once, and closed. Nobody else waits for it; the client resumes from its cursor.
+Backpressure policy (docs/topics/backpressure.md):
 
-The backlog a stream is sent when it starts (or, on a WebSocket, subscribes)
-is allowed on top of the limit: a client resuming far behind is not a slow
-consumer. The server's sweep restores the plain limit once the backlog has
-drained (:meth:`Stream.backlog_drained`).
+* **Live**: the transport's write buffer may hold ``output_buffer_limit``
+  bytes the client has not read. Past that, asyncio calls
+  :meth:`Stream.pause_writing` and the stream is cut off: it is told why (a
+  last SSE event or a WebSocket close frame), unsubscribed at once, and
+  closed. Nobody else waits for it; the client resumes from its cursor.
+* **Catching up**: a backlog (retained messages a client asked for) is not
+  copied into the buffer. The reader pulls it from the log about half the
+  limit at a time, and pulls again when the socket has taken it
+  (:meth:`resume_writing`). So a connection holds at most its limit whatever
+  it asked for. One that leaves its backlog unread for
+  ``slow_consumer_timeout`` seconds, or whose buffer passes the limit
+  meanwhile (live messages of its other channels), is cut off by the sweep.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from tidings.core.cursor import Start
 from tidings.core.log import Gap
 from tidings.core.message import Message
+from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
+from tidings.session.batch import Batch
+from tidings.session.reader import Encoder, Reader
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -35,18 +44,26 @@ MIN_SEND_BUFFER = 64 * 1024
 
 
 class Stream(asyncio.Protocol):
-    """Base of :class:`SseStream` and :class:`WebSocketSession`."""
+    """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("channels", "closed", "expires", "server", "transport")
+    # ``deliver`` and ``skip`` are the reader's own methods, set per instance: the hub
+    # hands each message straight to the reader, at no cost of a call in between.
+    __slots__ = ("_server", "closed", "deliver", "expires", "reader", "skip", "stalled_since",
+                 "transport")
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        self.server = server
+    def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
+                 multi: bool = False) -> None:
+        self._server = server
         self.transport = transport
-        self.channels: dict[str, None] = {}
+        self.reader = reader = Reader(server.broker, encoder, transport.write, multi=multi)
+        self.deliver: Callable[[Message], None] = reader.deliver
+        self.skip: Callable[[Gap], None] = reader.skip
         self.closed = False
         #: When the client's token expires, in Unix seconds (0: never); the server's
         #: sweep calls :meth:`token_expired` then (docs/security.md).
         self.expires = 0.0
+        #: Loop time since which a backlog waits for the socket to drain (0: it does not).
+        self.stalled_since = 0.0
         limit = server.settings.output_buffer_limit
         transport.set_write_buffer_limits(high=limit)
         # Bound the kernel's send buffer too: autotuned, it can hold megabytes
@@ -57,35 +74,90 @@ class Stream(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(limit, MIN_SEND_BUFFER))
         transport.set_protocol(self)
 
-    def write_backlog(self, data: bytes) -> None:
-        """Write retained messages a client asked for, allowed on top of the output limit."""
-        limit = self.server.settings.output_buffer_limit
-        if len(data) > limit // 2:
-            self.transport.set_write_buffer_limits(high=limit + len(data))
-            self.server.catching_up.add(self)
-        self.transport.write(data)
+    # reading -------------------------------------------------------------------
 
-    def backlog_drained(self) -> bool:
-        """Restore the plain output limit if the backlog has left; say whether it has."""
-        limit = self.server.settings.output_buffer_limit
-        if self.closed or self.transport.get_write_buffer_size() <= limit:
-            self.transport.set_write_buffer_limits(high=limit)
-            return True
-        return False
+    def follow(self, starts: Mapping[str, Start]) -> Batch:
+        """Start reading ``starts`` (raises ``InvalidCursor`` first if one is ahead of its log).
 
-    def subscribe(self, channel: str) -> None:
-        self.channels[channel] = None
-        self.server.broker.hub.subscribe(channel, self)
+        The backlog is owed from here: the caller writes what comes before it
+        (a head, an ack), then calls :meth:`catch_up`.
+        """
+        batch = self.reader.open(starts)
+        hub = self._server.broker.hub
+        for channel in starts:
+            hub.subscribe(channel, self)
+        return batch
 
-    def unsubscribe(self, channel: str) -> None:
-        if self.channels.pop(channel, 0) is None:
-            self.server.broker.hub.unsubscribe(channel, self)
+    def unfollow(self, channel: str) -> bool:
+        """Stop reading ``channel``; say whether it was read."""
+        if channel not in self.reader.positions:
+            return False
+        self.reader.close(channel)
+        self._server.broker.hub.unsubscribe(channel, self)
+        return True
 
-    def deliver(self, message: Message) -> None:
-        raise NotImplementedError
+    def catch_up(self) -> None:
+        """Pull the backlog while the socket has room; go live when it is done."""
+        reader, transport = self.reader, self.transport
+        budget = self._server.settings.output_buffer_limit // 2
+        if reader.behind:
+            transport.set_write_buffer_limits(high=budget)  # pause_writing: wait, not cut
+        while reader.behind and not self.closed:
+            if transport.get_write_buffer_size() > budget:
+                if not self.stalled_since:
+                    self.stalled_since = self._server.loop.time()
+                return  # resume_writing comes when the socket has taken half of it
+            reader.pull(budget)
+        self.stalled_since = 0.0
+        if not self.closed:
+            transport.set_write_buffer_limits(high=self._server.settings.output_buffer_limit)
 
-    def skip(self, gap: Gap) -> None:
-        raise NotImplementedError
+    # the hub hands messages to the reader (see __slots__) -----------------------
+
+    def fail(self, error: Exception) -> None:
+        """Delivering to this stream raised (a bug): log it and close this stream only."""
+        logger.error("delivery to %r failed; closing it", self, exc_info=error)
+        self.close_with(INTERNAL_ERROR)
+
+    # flow control ----------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self.closed:
+            return
+        if self.reader.behind:
+            self.stalled_since = self.stalled_since or self._server.loop.time()
+            return  # a backlog waits for the socket; the sweep watches it
+        self.cut_off()
+
+    def resume_writing(self) -> None:
+        if not self.closed and self.reader.behind:
+            self.stalled_since = 0.0
+            self.catch_up()
+
+    def check_progress(self, now: float) -> None:
+        """From the sweep: cut off a stream whose backlog made no progress, or whose
+        buffer passed the limit while it caught up."""
+        if self.closed or not self.reader.behind:
+            return
+        settings = self._server.settings
+        if self.transport.get_write_buffer_size() > settings.output_buffer_limit or (
+                self.stalled_since and now - self.stalled_since > settings.slow_consumer_timeout):
+            self.cut_off()
+
+    def cut_off(self) -> None:
+        """The client does not read what it is sent: tell it why and close (a slow consumer)."""
+        if self.closed:
+            return
+        peer = self.transport.get_extra_info("peername")
+        logger.info("cutting off a slow consumer (%s)", peer)
+        self._server.stats["slow_consumers"] += 1
+        self.close_with(SLOW_CONSUMER)
+
+    def buffered(self) -> int:
+        """Bytes written to the socket that the client has not taken yet."""
+        return 0 if self.closed else self.transport.get_write_buffer_size()
+
+    # what each technique says ------------------------------------------------------
 
     def notice(self, status: dict[str, object]) -> None:
         """Tell the client about the server's state (a ``status`` event or frame)."""
@@ -94,43 +166,31 @@ class Stream(asyncio.Protocol):
     def heartbeat(self, now: float) -> None:
         raise NotImplementedError
 
-    def pause_writing(self) -> None:
-        if not self.closed:
-            peer = self.transport.get_extra_info("peername")
-            logger.info("cutting off a slow consumer (%s)", peer)
-            self.server.stats["slow_consumers"] += 1
-            self.close_with(
-                "slow_consumer",
-                f"more than {self.server.settings.output_buffer_limit} bytes were waiting "
-                f"to be sent; resume from your last cursor",
-            )
-
-    def resume_writing(self) -> None:
-        pass
-
-    def close_with(self, code: str, reason: str) -> None:
+    def close_with(self, closing: Closing) -> None:
         """Tell the client why, stop delivering, close after the last bytes leave."""
         raise NotImplementedError
 
     def token_expired(self) -> None:
         """The client's token expired: tell it to come back with a new one, and close."""
-        self.close_with("token_expired", "the token has expired; reconnect with a new one "
-                        "and resume from your last cursor")
+        self.close_with(TOKEN_EXPIRED)
+
+    # closing -----------------------------------------------------------------------
 
     def _finish(self) -> None:
         """Stop delivering and close the socket (flushing what was written)."""
         if self.closed:
             return
         self.closed = True
-        for channel in list(self.channels):
-            self.unsubscribe(channel)
-        self.server.streams.discard(self)
-        self.server.catching_up.discard(self)
+        hub = self._server.broker.hub
+        for channel in self.reader.channels:
+            hub.unsubscribe(channel, self)
+        registry = self._server.registry
+        registry.streams.discard(self)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
-        self.server.draining[self.transport] = self.server.loop.time() + CLOSE_GRACE
+        registry.draining[self.transport] = self._server.loop.time() + CLOSE_GRACE
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
-        self.server.draining.pop(self.transport, None)
-        self.server.release(self.transport)
+        self._server.registry.draining.pop(self.transport, None)
+        self._server.admission.release(self.transport)

@@ -17,22 +17,25 @@ from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 from tidings.core.cursor import Start, parse_since
-from tidings.core.log import Gap
-from tidings.core.message import Message
 from tidings.errors import (
+    IDLE_TIMEOUT,
+    INTERNAL_ERROR,
+    TOKEN_EXPIRED,
     BadRequest,
     BrokerError,
+    CloseCode,
+    Closing,
+    CommandError,
+    FrameError,
     OriginNotAllowed,
     ProtocolError,
-    TidingsError,
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
-from tidings.server.reading import read_all
 from tidings.server.request import Request
 from tidings.server.stream import Stream
 from tidings.wire import commands, http, websocket
-from tidings.wire.websocket import FrameError, FrameParser
+from tidings.wire.websocket import FrameParser
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -71,12 +74,12 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
 
 
 class WebSocketSession(Stream):
-    """An open WebSocket with its subscriptions."""
+    """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        super().__init__(server, transport)
+        super().__init__(server, transport, commands.FRAMES)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
         )
@@ -90,9 +93,9 @@ class WebSocketSession(Stream):
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
-        self.server.streams.add(self)
+        self._server.registry.streams.add(self)
         for channel, start in starts.items():
-            self._subscribe(channel, start, None)
+            self._subscribe_now(channel, start, None)
         if rest:
             self.data_received(rest)
 
@@ -102,25 +105,30 @@ class WebSocketSession(Stream):
         parser = self.parser
         if parser is None or self.closed:
             return
-        self.last_seen = self.server.loop.time()
+        self.last_seen = self._server.loop.time()
         try:
             events = parser.feed(data)
+            for event in events:
+                if self.closed:
+                    return
+                self._event(event)
         except FrameError as exc:
-            self.close(exc.code, exc.reason)
-            return
-        for event in events:
-            if self.closed:
-                return
-            if isinstance(event, websocket.TextMessage):
-                self._command(event.text)
-            elif isinstance(event, websocket.Ping):
-                self.transport.write(websocket.frame(websocket.OP_PONG, event.payload))
-            elif isinstance(event, websocket.CloseReceived):
-                # Echo the close (RFC 6455 section 5.5.1), then close the TCP connection.
-                self.close(event.code or websocket.CLOSE_NORMAL, "")
-            elif isinstance(event, websocket.BinaryMessage):
-                self.close(websocket.CLOSE_UNSUPPORTED_DATA, "commands are JSON text frames")
-            # Pong: last_seen is all it is for.
+            self.close(exc.close_code, exc.reason)
+        except Exception:
+            logger.exception("serving a WebSocket failed; closing it")
+            self.close_with(INTERNAL_ERROR)
+
+    def _event(self, event: websocket.Event) -> None:
+        if isinstance(event, websocket.TextMessage):
+            self._command(event.text)
+        elif isinstance(event, websocket.Ping):
+            self.transport.write(websocket.frame(websocket.OP_PONG, event.payload))
+        elif isinstance(event, websocket.CloseReceived):
+            # Echo the close (RFC 6455 section 5.5.1), then close the TCP connection.
+            self.close(event.code or CloseCode.NORMAL, "")
+        elif isinstance(event, websocket.BinaryMessage):
+            self.close(CloseCode.UNSUPPORTED_DATA, "commands are JSON text frames")
+        # Pong: last_seen is all it is for.
 
     def eof_received(self) -> bool | None:
         return None
@@ -128,26 +136,26 @@ class WebSocketSession(Stream):
     def _command(self, text: str) -> None:
         if self.held is not None:  # a subscription is waiting for the broker: keep order
             if len(self.held) >= MAX_HELD_COMMANDS:
-                self.close(websocket.CLOSE_POLICY,
+                self.close(CloseCode.POLICY,
                            f"more than {MAX_HELD_COMMANDS} commands while a subscription waits")
             else:
                 self.held.append(text)
             return
         try:
             command = commands.parse(text)
-        except commands.CommandError as exc:
+        except CommandError as exc:
             self.transport.write(commands.error_frame(exc.req, exc.error))
             return
         try:
             if isinstance(command, commands.Subscribe):
-                self.server.auth.check_subscribe([command.channel], self.credentials)
+                self._server.auth.check_subscribe([command.channel], self.credentials)
                 start = parse_since(command.since, [command.channel])[command.channel]
                 self._subscribe(command.channel, start, command.req)
             elif isinstance(command, commands.Unsubscribe):
-                self.unsubscribe(command.channel)
+                self.unfollow(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
             elif isinstance(command, commands.Publish):
-                self.server.auth.check_publish(command.channel, self.credentials)
+                self._server.auth.check_publish(command.channel, self.credentials)
                 self._publish(command)
             elif isinstance(command, commands.AuthCommand):
                 self._authenticate(command)
@@ -158,9 +166,9 @@ class WebSocketSession(Stream):
 
     def _authenticate(self, command: commands.AuthCommand) -> None:
         """Replace the connection's token; the new one must still grant every subscription."""
-        auth = self.server.auth
+        auth = self._server.auth
         credentials = auth.verify(command.token)
-        auth.check_subscribe(list(self.channels), credentials)
+        auth.check_subscribe(self.reader.channels, credentials)
         self.credentials = credentials
         self.expires = credentials.expires
         claims = credentials.claims
@@ -168,72 +176,72 @@ class WebSocketSession(Stream):
             command.req, sub=claims.sub if claims else None,
             exp=claims.expires if claims else None))
 
-    def _subscribe(self, channel: str, start: Start, req: commands.Req | None) -> None:
-        if channel in self.channels:
+    def _subscribe(self, channel: str, start: Start, req: commands.Req) -> None:
+        if channel in self.reader.positions:
             raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
-        if len(self.channels) >= self.server.settings.max_channels_per_subscription:
-            raise BadRequest(
-                f"at most {self.server.settings.max_channels_per_subscription} subscriptions "
-                "per connection",
-                code="too_many_subscriptions",
-            )
-        if not self.server.broker.ready({channel: start}):
-            self.held = []
-            self.server.spawn(self._subscribe_when_ready(channel, start, req))
-            return
-        self._subscribe_now(channel, start, req)
+        limit = self._server.settings.max_channels_per_subscription
+        if len(self.reader.positions) >= limit:
+            raise BadRequest(f"at most {limit} subscriptions per connection",
+                             code="too_many_subscriptions")
+        starts = {channel: start}
+        if not self._server.broker.ready(starts):
+            self.held = []  # commands that follow wait for this one, in order
+        self._server.when_ready(starts, lambda: self._subscribed(channel, start, req),
+                                lambda error: self._refused(req, error))
 
-    async def _subscribe_when_ready(self, channel: str, start: Start,
-                                    req: commands.Req | None) -> None:
-        """Fetch the channel from the broker, subscribe, then handle the commands held meanwhile."""
+    def _subscribed(self, channel: str, start: Start, req: commands.Req) -> None:
+        """The broker can read ``channel``: subscribe, then handle the commands held meanwhile."""
         try:
-            await self.server.prepare({channel: start})
             if not self.closed:
                 self._subscribe_now(channel, start, req)
-        except BrokerError as exc:
-            error = ProtocolError(str(exc), code=exc.code)
-            if not self.closed:
-                self.transport.write(commands.error_frame(req, error))
         except ProtocolError as exc:
-            if not self.closed:
-                self.transport.write(commands.error_frame(req, exc))
-        held, self.held = self.held or [], None
-        for index, text in enumerate(held):
+            self.transport.write(commands.error_frame(req, exc))
+        self._release_held()
+
+    def _refused(self, req: commands.Req, error: ProtocolError | BrokerError) -> None:
+        if not self.closed:
+            self.transport.write(commands.error_frame(req, _as_protocol_error(error)))
+        self._release_held()
+
+    def _release_held(self) -> None:
+        held, self.held = self.held, None
+        for index, text in enumerate(held or ()):
             if self.closed:
                 return
             self._command(text)
             if self.held is not None:  # waiting again: keep the rest in order behind it
-                self.held.extend(held[index + 1:])
+                self.held.extend((held or [])[index + 1:])
                 return
 
     def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None) -> None:
-        batch = read_all(self.server.broker, channel, start)
+        batch = self.follow({channel: start})
         (begin,) = batch.begins.values()
-        out = [commands.subscribed_frame(channel, str(begin)) if req is None
-               else commands.ack_frame(req, channel=channel, next=str(begin))]
-        out.extend(commands.gap_frame(gap.to_json()) for gap in batch.gaps)
-        out.extend(websocket.message_frame(m) for m in batch.messages)
-        self.write_backlog(b"".join(out))
-        self.subscribe(channel)
+        self.transport.write(
+            commands.subscribed_frame(channel, str(begin)) if req is None
+            else commands.ack_frame(req, channel=channel, next=str(begin)))
+        self.catch_up()
 
     def _publish(self, command: commands.Publish) -> None:
-        if len(command.data) > self.server.settings.max_message_size:
+        if len(command.data) > self._server.settings.max_message_size:
             raise ProtocolError(
-                f"data is over the limit of {self.server.settings.max_message_size} bytes",
+                f"data is over the limit of {self._server.settings.max_message_size} bytes",
                 code="payload_too_large",
             )
-        self.server.check_publish_rate(self.transport, self.credentials.rate_key)
+        self._server.admission.check_publish_rate(self.transport, self.credentials.rate_key)
         self.pending += 1
-        self.server.spawn(self._publish_and_ack(command))
+        self._server.spawn(self._publish_and_ack(command))
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
         try:
-            message = await self.server.broker.publish(command.channel, command.data)
-        except TidingsError as exc:
-            reply = commands.error_frame(
-                command.req, ProtocolError(str(exc), code=getattr(exc, "code", "error"))
-            )
+            message = await self._server.broker.publish(command.channel, command.data)
+        except (ProtocolError, BrokerError) as exc:
+            reply = commands.error_frame(command.req, _as_protocol_error(exc))
+        except Exception:
+            logger.exception("publishing from a WebSocket failed")
+            reply = commands.error_frame(command.req, ProtocolError(
+                "the server failed to publish this message", code=INTERNAL_ERROR.code))
         else:
+            self._server.stats["published"] += 1
             reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
         finally:
             self.pending -= 1
@@ -242,26 +250,18 @@ class WebSocketSession(Stream):
 
     # sending -----------------------------------------------------------------
 
-    def deliver(self, message: Message) -> None:
-        self.transport.write(message.wire_ws or websocket.message_frame(message))
-
-    def skip(self, gap: Gap) -> None:
-        self.transport.write(commands.gap_frame(gap.to_json()))
-
     def notice(self, status: dict[str, object]) -> None:
         self.transport.write(commands.status_frame(status))
 
     def heartbeat(self, now: float) -> None:
-        timeout = 2.5 * self.server.settings.heartbeat_interval
+        timeout = 2.5 * self._server.settings.heartbeat_interval
         if now - self.last_seen > timeout:
-            self.close(websocket.CLOSE_IDLE_TIMEOUT, f"no answer to pings for {timeout:.0f} s")
+            self.close(IDLE_TIMEOUT.close_code, f"no answer to pings for {timeout:.0f} s")
         else:
             self.transport.write(websocket.PING)
 
-    def close_with(self, code: str, reason: str) -> None:
-        close_code = websocket.CLOSE_SLOW_CONSUMER if code == "slow_consumer" else (
-            websocket.CLOSE_GOING_AWAY)
-        self.close(close_code, f"{code}: {reason}")
+    def close_with(self, closing: Closing) -> None:
+        self.close(closing.close_code, f"{closing.code}: {closing.message}")
 
     def token_expired(self) -> None:
         """An error frame the client can read, then close 4001 (an ``auth`` in time avoids it)."""
@@ -270,7 +270,7 @@ class WebSocketSession(Stream):
         error = Unauthorized("the token has expired; reconnect with a new one and resume, or "
                              "send an auth command before it expires", code="token_expired")
         self.transport.write(commands.error_frame(None, error))
-        self.close(error.close_code, "token_expired")
+        self.close(error.close_code, TOKEN_EXPIRED.code)
 
     def close(self, code: int, reason: str) -> None:
         """Send a close frame and close the connection."""
@@ -281,6 +281,13 @@ class WebSocketSession(Stream):
         self._finish()
 
 
+def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
+    """What a command's error reply says (a broker failure keeps its code)."""
+    if isinstance(error, ProtocolError):
+        return error
+    return ProtocolError(str(error), code=error.code)
+
+
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
            rest: bytes, credentials: Credentials = ANONYMOUS) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
@@ -288,34 +295,14 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
     before the handshake: a WebSocket is not covered by CORS, and without the
     check any site could open one with its visitors' cookies. Clients that send
-    no ``Origin`` (not browsers) are let in.
+    no ``Origin`` (not browsers) are let in. Call it once the broker can read
+    the channels (``Server.when_ready``).
     """
     origin = request.header("origin")
     if origin is not None and not server.cors.allows(origin):
         raise OriginNotAllowed(f"WebSocket connections from origin {origin[:200]!r} "
                                "are not allowed (cors_origins)")
     starts = parse_since(request.arg("since"), channels) if channels else {}
-    if server.broker.ready(starts):
-        _upgrade(server, conn, request, starts, rest, credentials)
-    else:
-        conn.park()
-        server.spawn(_upgrade_when_ready(server, conn, request, starts, rest, credentials))
-
-
-async def _upgrade_when_ready(server: Server, conn: HttpConnection, request: Request,
-                              starts: dict[str, Start], rest: bytes,
-                              credentials: Credentials) -> None:
-    """:func:`_upgrade` once the broker has fetched the channels (a shared store)."""
-    try:
-        await server.prepare(starts)
-        _upgrade(server, conn, request, starts, rest, credentials)
-    except (ProtocolError, BrokerError) as exc:
-        cors = server.cors.headers(request.headers)
-        conn.respond(http.error_response(exc, cors, keep_alive=False), keep_alive=False)
-
-
-def _upgrade(server: Server, conn: HttpConnection, request: Request, starts: dict[str, Start],
-             rest: bytes, credentials: Credentials) -> None:
     for channel, start in starts.items():
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
     if conn.transport is None or conn.closing:

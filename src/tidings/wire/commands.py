@@ -18,10 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tidings.core.log import Gap
+from tidings.core.message import Message
 from tidings.core.names import check_channel
-from tidings.errors import BadRequest, ProtocolError
+from tidings.errors import BadRequest, CommandError, ProtocolError
 from tidings.wire import jsonvalue
-from tidings.wire.websocket import text_frame
+from tidings.wire.websocket import message_frame, text_frame
+
+__all__ = ["CommandError"]  # re-exported: parse raises it
 
 Req = str | int
 
@@ -60,15 +64,6 @@ class AuthCommand:
 
 
 Command = Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand
-
-
-class CommandError(Exception):
-    """A command was refused; answer with :func:`error_frame` and keep the connection."""
-
-    def __init__(self, req: Req | None, error: ProtocolError) -> None:
-        super().__init__(str(error))
-        self.req = req
-        self.error = error
 
 
 def parse(text: str) -> Command:
@@ -134,3 +129,21 @@ def status_frame(status: dict[str, object]) -> bytes:
 
 def gap_frame(gap_json: dict[str, object]) -> bytes:
     return text_frame(jsonvalue.encode({"type": "gap", **gap_json}))
+
+
+class Frames:
+    """How a reader's output is written on a WebSocket (see ``session.reader.Encoder``).
+
+    Every message frame carries its own id, so the cursor is not needed.
+    """
+
+    __slots__ = ()
+
+    def message(self, message: Message, cursor: str | None) -> bytes:
+        return message_frame(message)
+
+    def gap(self, gap: Gap, cursor: str) -> bytes:
+        return gap_frame(gap.to_json())
+
+
+FRAMES = Frames()

@@ -28,3 +28,36 @@ def body(messages: Sequence[Message], cursor: str, gaps: Sequence[Gap], more: bo
 def etag(cursor: str) -> str:
     """The entity tag of an answer that ends at ``cursor`` with no gap."""
     return f'"{cursor}"'
+
+
+#: The key of a message's long-poll body in :attr:`Message.encoded`.
+_TAIL_BODY = "longpoll"
+
+
+def tail_body(message: Message) -> bytes:
+    """The body answering a long poll that waited at the end of one channel; encoded once."""
+    data = message.encoded.get(_TAIL_BODY)
+    if data is None:
+        data = message.encoded[_TAIL_BODY] = body((message,), message.id, (), False)
+    return data
+
+
+class Answers:
+    """How a parked long poll's reader writes its answer body (see ``session.reader.Encoder``).
+
+    ``cursor`` is ``None`` when the poll reads one channel: the body is then
+    the same for every waiter at the end of the channel, encoded once.
+    """
+
+    __slots__ = ()
+
+    def message(self, message: Message, cursor: str | None) -> bytes:
+        if cursor is None:
+            return tail_body(message)
+        return body((message,), cursor, (), False)
+
+    def gap(self, gap: Gap, cursor: str) -> bytes:
+        return body((), cursor, (gap,), False)
+
+
+ANSWERS = Answers()

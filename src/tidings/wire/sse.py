@@ -12,13 +12,16 @@ from tidings.wire import jsonvalue
 
 #: An SSE comment: keeps proxies from closing an idle stream.
 HEARTBEAT = b":\n\n"
+#: The key of a message's event in :attr:`Message.encoded`.
+_MESSAGE_EVENT = "sse"
 
 
 def message_event(message: Message) -> bytes:
     """The event of a single-channel stream: ``id:`` is the message id. Encoded once."""
-    event = message.wire_sse
+    event = message.encoded.get(_MESSAGE_EVENT)
     if event is None:
-        event = message.wire_sse = b"id: %s\ndata: %s\n\n" % (message.id.encode(), message.json)
+        event = message.encoded[_MESSAGE_EVENT] = b"id: %s\ndata: %s\n\n" % (
+            message.id.encode(), message.json)
     return event
 
 
@@ -50,3 +53,25 @@ def status_event(status: dict[str, object]) -> bytes:
 def closing(code: str, reason: str) -> bytes:
     """``event: close`` sent before the server ends a stream on purpose."""
     return b"event: close\ndata: %s\n\n" % jsonvalue.encode({"error": code, "message": reason})
+
+
+class Events:
+    """How a reader's output is written on an event stream (see ``session.reader.Encoder``).
+
+    ``cursor`` is ``None`` on a single-channel stream, whose ``id:`` is the
+    message id (encoded once per message); a multi-channel stream's ``id:``
+    carries its whole cursor, built per stream.
+    """
+
+    __slots__ = ()
+
+    def message(self, message: Message, cursor: str | None) -> bytes:
+        if cursor is None:
+            return message_event(message)
+        return message_event_with_cursor(message, cursor)
+
+    def gap(self, gap: Gap, cursor: str) -> bytes:
+        return gap_event(gap, cursor)
+
+
+EVENTS = Events()

@@ -6,7 +6,8 @@ while a frame is incomplete), which keeps idle connections small. The parser
 is tested against frames made by ``websockets``' own client protocol.
 
 No extension is negotiated, so a message frame is the same bytes for every
-connection and is encoded once (:func:`message_frame`).
+connection and is encoded once (:func:`message_frame`). Close codes are the
+one table of :class:`tidings.errors.CloseCode`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from tidings.core.message import Message
+from tidings.errors import CloseCode, FrameError
+
+_PROTOCOL_ERROR: Final = CloseCode.PROTOCOL_ERROR
+
+__all__ = ["FrameError"]  # re-exported: the parser raises it
 
 _apply_mask_c: Callable[[bytes, bytes], bytes] | None
 try:  # the C helper shipped with the websockets package
@@ -30,18 +36,6 @@ OP_BINARY: Final = 0x2
 OP_CLOSE: Final = 0x8
 OP_PING: Final = 0x9
 OP_PONG: Final = 0xA
-
-# Close codes used by tidings (see docs/protocol.md).
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_INVALID_DATA: Final = 1007
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_INTERNAL_ERROR: Final = 1011
-CLOSE_SLOW_CONSUMER: Final = 4008
-CLOSE_IDLE_TIMEOUT: Final = 4000
 
 _VALID_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
                                        1013, 1014})
@@ -63,15 +57,21 @@ def text_frame(payload: bytes) -> bytes:
     return frame(OP_TEXT, payload)
 
 
+#: The key of a message's frame in :attr:`Message.encoded`.
+_MESSAGE_FRAME: Final = "websocket"
+
+
 def message_frame(message: Message) -> bytes:
     """The ``{"type": "message", ...}`` text frame of ``message``. Encoded once."""
-    data = message.wire_ws
+    data = message.encoded.get(_MESSAGE_FRAME)
     if data is None:
-        data = message.wire_ws = frame(OP_TEXT, b'{"type":"message",' + message.json[1:])
+        data = message.encoded[_MESSAGE_FRAME] = frame(
+            OP_TEXT, b'{"type":"message",' + message.json[1:])
     return data
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame; ``reason`` is cut to fit (123 bytes of UTF-8)."""
     # At most 123 bytes, cut on a character boundary: the reason must stay valid UTF-8.
     encoded = reason.encode()[:123].decode("utf-8", "ignore").encode()
     return frame(OP_CLOSE, struct.pack("!H", code) + encoded)
@@ -121,15 +121,6 @@ class CloseReceived:
 Event = TextMessage | BinaryMessage | Ping | Pong | CloseReceived
 
 
-class FrameError(Exception):
-    """The peer broke RFC 6455; close the connection with ``code`` and ``reason``."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 class FrameParser:
     """Turns bytes from a client into :data:`Event` objects.
 
@@ -157,9 +148,9 @@ class FrameParser:
                 break
             b0, b1 = buffer[offset], buffer[offset + 1]
             if b0 & 0x70:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
+                raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
             if not b1 & 0x80:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "client frame is not masked")
+                raise FrameError(_PROTOCOL_ERROR, "client frame is not masked")
             fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
             header = 6
             if length == 126:
@@ -174,12 +165,12 @@ class FrameParser:
                 (length,) = struct.unpack_from("!Q", buffer, offset + 2)
             if opcode >= 0x8:
                 if not fin:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "fragmented control frame")
+                    raise FrameError(_PROTOCOL_ERROR, "fragmented control frame")
                 if length > 125:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "control frame longer than 125 bytes")
+                    raise FrameError(_PROTOCOL_ERROR, "control frame longer than 125 bytes")
             elif length + self._fragments_size > self.max_size:
                 raise FrameError(
-                    CLOSE_TOO_BIG, f"message longer than {self.max_size} bytes"
+                    CloseCode.TOO_BIG, f"message longer than {self.max_size} bytes"
                 )
             if end - offset < header + length:
                 break
@@ -198,7 +189,7 @@ class FrameParser:
     def _frame(self, fin: bool, opcode: int, payload: bytes) -> Event | None:
         if opcode in (OP_TEXT, OP_BINARY):
             if self._fragments is not None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "new message before the last one ended")
+                raise FrameError(_PROTOCOL_ERROR, "new message before the last one ended")
             if not fin:
                 self._fragments, self._fragments_opcode = [payload], opcode
                 self._fragments_size = len(payload)
@@ -206,7 +197,7 @@ class FrameParser:
             return self._message(opcode, payload)
         if opcode == OP_CONT:
             if self._fragments is None:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "continuation frame without a message")
+                raise FrameError(_PROTOCOL_ERROR, "continuation frame without a message")
             self._fragments.append(payload)
             self._fragments_size += len(payload)
             if not fin:
@@ -221,7 +212,7 @@ class FrameParser:
             return Pong(payload)
         if opcode == OP_CLOSE:
             return _close(payload)
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        raise FrameError(_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
 
     @staticmethod
     def _message(opcode: int, payload: bytes) -> Event:
@@ -230,19 +221,19 @@ class FrameParser:
         try:
             return TextMessage(payload.decode("utf-8"))
         except UnicodeDecodeError:
-            raise FrameError(CLOSE_INVALID_DATA, "text message is not UTF-8") from None
+            raise FrameError(CloseCode.INVALID_DATA, "text message is not UTF-8") from None
 
 
 def _close(payload: bytes) -> CloseReceived:
     if not payload:
         return CloseReceived(None, "")
     if len(payload) == 1:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        raise FrameError(_PROTOCOL_ERROR, "close frame with a 1-byte payload")
     (code,) = struct.unpack_from("!H", payload)
     if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
-        raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+        raise FrameError(_PROTOCOL_ERROR, f"invalid close code {code}")
     try:
         reason = payload[2:].decode("utf-8")
     except UnicodeDecodeError:
-        raise FrameError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+        raise FrameError(CloseCode.INVALID_DATA, "close reason is not UTF-8") from None
     return CloseReceived(code, reason)

@@ -1,13 +1,17 @@
-"""Reading several channel logs from one cursor: shared by every technique."""
+"""One read of several channel logs from one cursor, merged in publication order."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tidings.brokers.base import Broker
 from tidings.core.cursor import Position, Start, format_multi
 from tidings.core.log import Gap
 from tidings.core.message import Message
+
+if TYPE_CHECKING:
+    from tidings.session.reader import Log
 
 
 @dataclass(slots=True)
@@ -28,7 +32,7 @@ class Batch:
         return str(position)
 
 
-def read_batch(broker: Broker, starts: dict[str, Start], limit: int) -> Batch:
+def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
     """Read up to ``limit`` messages in all, oldest first across channels."""
     begins: dict[str, Position] = {}
     positions: dict[str, Position] = {}
@@ -36,7 +40,7 @@ def read_batch(broker: Broker, starts: dict[str, Start], limit: int) -> Batch:
     messages: list[Message] = []
     more = False
     for channel, start in starts.items():
-        read = broker.read(channel, start, limit)
+        read = log.read(channel, start, limit)
         begins[channel] = read.after
         positions[channel] = read.next
         if read.gap is not None:
@@ -57,14 +61,3 @@ def read_batch(broker: Broker, starts: dict[str, Start], limit: int) -> Batch:
 
 def _publication_order(message: Message) -> int:
     return message.time
-
-
-def read_all(broker: Broker, channel: str, start: Start, page: int = 1000) -> Batch:
-    """Everything retained after ``start`` in one channel (for streams catching up)."""
-    batch = read_batch(broker, {channel: start}, page)
-    while batch.more:
-        following = read_batch(broker, {channel: batch.positions[channel]}, page)
-        batch.messages.extend(following.messages)
-        batch.positions = following.positions
-        batch.more = following.more
-    return batch

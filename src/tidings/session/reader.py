@@ -1,0 +1,188 @@
+"""The reader at a cursor: one subscription reading channel logs, without I/O.
+
+Every technique reads the log the same way, and this object is that way. A
+:class:`Reader` holds, for one subscription (one channel or many):
+
+* the position of each channel the client has been *told* of: the cursor an
+  SSE ``id:`` or a poll's ``next`` may claim, never past a gap or a message
+  it has not been sent;
+* which channels are *behind*: they still owe the client retained messages
+  (a backlog), which are pulled from the log as the socket drains
+  (:meth:`pull`), never copied into the connection's buffer all at once;
+* what it owes the socket: each call returns or writes pre-encoded bytes.
+
+Events come in as method calls: :meth:`deliver` and :meth:`skip` from the
+fan-out, :meth:`pull` when the socket has room, :meth:`page` for a poll.
+Output goes to ``write``, a callable the driver gives (``transport.write``
+for a stream, the answer of a parked long poll). The drivers in
+``tidings.server`` own sockets, timers and tasks; this module imports none.
+
+Race-free resume: a channel goes from behind to live inside :meth:`pull`,
+in the same step as the read that found nothing more, and the reader is
+subscribed to the hub before it is behind. A message published meanwhile is
+in the log before the hub hands it over, so while behind the reader ignores
+the hub and finds the message on its next pull; once live, it takes the
+hub's. Each message is written once, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from tidings.core.cursor import Position, Start, format_multi
+from tidings.core.log import Gap, Read
+from tidings.core.message import Message
+from tidings.errors import UsageError
+from tidings.session.batch import Batch, read_batch
+
+#: Messages read from each log per step of a pull (bounds the work of one step).
+PULL_PAGE = 100
+
+
+class Log(Protocol):
+    """Where a reader reads (a broker)."""
+
+    def read(self, channel: str, start: Start, limit: int) -> Read:
+        """Up to ``limit`` messages of ``channel`` after ``start`` (see ``ChannelLog.read``)."""
+        ...
+
+
+class Encoder(Protocol):
+    """The bytes of a technique (``tidings.wire``): one per message or gap."""
+
+    def message(self, message: Message, cursor: str | None) -> bytes:
+        """``cursor`` is the multi-channel cursor after ``message``, or ``None`` with one."""
+        ...
+
+    def gap(self, gap: Gap, cursor: str) -> bytes:
+        """``cursor`` is where the reader stands after the gap."""
+        ...
+
+
+class Reader:
+    """One subscription's place in its channels' logs; see the module docstring.
+
+    ``multi`` readers claim a multi-channel cursor (``a=ID,b=ID``) in what
+    they write; others let each message speak for itself (its id). Call
+    :meth:`open` to add channels, then :meth:`pull` while :attr:`behind`,
+    or :meth:`page` for a poll. Register the reader on the hub for the
+    channels it reads (the driver does) so that :meth:`deliver` is called.
+    """
+
+    __slots__ = ("_behind", "_encoder", "_log", "_write", "multi", "positions")
+
+    def __init__(self, log: Log, encoder: Encoder,
+                 write: Callable[[bytes], object] | None = None, *, multi: bool = False) -> None:
+        self._log = log
+        self._encoder = encoder
+        self._write = write or _no_output
+        self.multi = multi
+        #: Channel -> the position the client has been told of, in subscription order.
+        self.positions: dict[str, Position] = {}
+        #: Channels that owe a backlog, pulled from the log (dict as an ordered set).
+        self._behind: dict[str, None] = {}
+
+    # opening -----------------------------------------------------------------
+
+    def open(self, starts: Mapping[str, Start], limit: int = 0) -> Batch:
+        """Start reading ``starts``; return the first ``limit`` messages (for a poll).
+
+        With ``limit=0`` (a stream) nothing is read yet: every channel is
+        behind, and the backlog, gaps first, comes from :meth:`pull`. With a
+        limit, the page returned counts as told: the caller must send it.
+        Raises :class:`~tidings.errors.InvalidCursor` (and changes nothing) for
+        a cursor ahead of its log.
+        """
+        batch = read_batch(self._log, starts, limit)
+        positions = self.positions
+        if limit:
+            positions.update(batch.positions)
+            return batch
+        positions.update(batch.begins)
+        for gap in batch.gaps:
+            positions[gap.channel] = gap.start  # not told of the gap yet: claim no more
+        self._behind.update(dict.fromkeys(starts))
+        return batch
+
+    def close(self, channel: str) -> None:
+        """Stop reading ``channel`` (unsubscribe it from the hub too)."""
+        self.positions.pop(channel, None)
+        self._behind.pop(channel, None)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.positions)
+
+    # what the client may claim -----------------------------------------------
+
+    def cursor(self) -> str:
+        """Where the client stands: a message id (one channel) or a multi-channel cursor."""
+        if self.multi:
+            return format_multi(self.positions)
+        (position,) = self.positions.values()
+        return str(position)
+
+    @property
+    def behind(self) -> bool:
+        """Whether a backlog is owed: call :meth:`pull` when the socket has room."""
+        return bool(self._behind)
+
+    # events ------------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """A live message from the fan-out; written now, or later by :meth:`pull`."""
+        channel = message.channel
+        if channel in self._behind or channel not in self.positions:
+            return  # the next pull reads it from the log
+        self.positions[channel] = message.position
+        self._write(self._encoder.message(
+            message, format_multi(self.positions) if self.multi else None))
+
+    def skip(self, gap: Gap) -> None:
+        """The log lost messages under live readers (a replica reset)."""
+        channel = gap.channel
+        if channel in self._behind or channel not in self.positions:
+            return  # the next pull finds the gap in the log itself
+        self.positions[channel] = gap.resume
+        self._write(self._encoder.gap(gap, self.cursor()))
+
+    def pull(self, budget: int) -> None:
+        """Write retained messages owed, about ``budget`` bytes at most (at least one step).
+
+        Channels whose backlog is done go live in the same step. The caller
+        calls again when the socket has taken what was written, while
+        :attr:`behind`.
+        """
+        encoder, positions, behind = self._encoder, self.positions, self._behind
+        out: list[bytes] = []
+        size = 0
+        while behind and size < budget:
+            batch = read_batch(self._log, {channel: positions[channel] for channel in behind},
+                               PULL_PAGE)
+            for gap in batch.gaps:
+                positions[gap.channel] = gap.resume
+                data = encoder.gap(gap, self.cursor())
+                out.append(data)
+                size += len(data)
+            for message in batch.messages:
+                positions[message.channel] = message.position
+                data = encoder.message(
+                    message, format_multi(positions) if self.multi else None)
+                out.append(data)
+                size += len(data)
+            if not batch.more:
+                behind.clear()
+        if out:
+            self._write(b"".join(out))
+
+    def page(self, limit: int) -> Batch:
+        """The next ``limit`` messages of a poll that follows on, counted as told."""
+        batch = read_batch(self._log, self.positions, limit)
+        self.positions.update(batch.positions)
+        return batch
+
+
+def _no_output(data: bytes) -> None:
+    raise UsageError("this reader has no output: a poll's reader answers with open() and "
+                     "must not be registered on the hub")
