@@ -6,11 +6,16 @@ them; :mod:`tidings.core.policy` decides what they allow. Each algorithm is
 pinned to its own key: HS256 tokens are checked only with the HS256 secret,
 RS*/ES* tokens only with the public key, so neither ``alg: none`` nor an HS256
 token "signed" with the public key can pass.
+
+Whatever a token holds, verifying it either returns credentials or raises
+:class:`Unauthorized`; malformed claims (``exp`` of ``10**400``, a ``sub`` that
+is a list, text that is not ASCII) are ``invalid_token`` like a bad signature.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +37,10 @@ PUBLIC_KEY_ALGORITHMS = {"RSA": ("RS256", "RS384", "RS512"), "EC": ("ES256", "ES
 _DEFAULT_ALGORITHM = {"RSA": "RS256", "EC": "ES256"}
 #: The longest token accepted, in characters (a bound on work done for garbage).
 MAX_TOKEN_LENGTH = 8192
+#: What PyJWT may raise, besides its own errors, for a token whose JSON is well-formed but
+#: whose values are not (a number no float holds, a string where a number belongs): such a
+#: token is refused as ``invalid_token``. Caught only around decoding, not around our code.
+_MALFORMED_TOKEN_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +127,7 @@ class Authenticator:
         Raises :class:`Unauthorized` with the reason if it is neither.
         """
         if api_key_allowed and self.api_key is not None and hmac.compare_digest(
-                token.encode(), self.api_key.encode()):
+                _utf8(token), _utf8(self.api_key)):
             return Credentials(api_key=True)
         return Credentials(self.claims(token))
 
@@ -127,9 +136,11 @@ class Authenticator:
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized(f"token longer than {MAX_TOKEN_LENGTH} characters",
                                code="invalid_token")
+        if not token.isascii():  # a JWT is base64url and dots; this also keeps out surrogates
+            raise Unauthorized("the token is not a JWT (not ASCII)", code="invalid_token")
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, *_MALFORMED_TOKEN_ERRORS):
             raise Unauthorized("the token is not a JWT", code="invalid_token") from None
         key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None or not isinstance(algorithm, str):
@@ -147,6 +158,9 @@ class Authenticator:
                                code="token_not_yet_valid") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        except _MALFORMED_TOKEN_ERRORS as exc:
+            raise Unauthorized(f"invalid token: malformed claims ({type(exc).__name__})",
+                               code="invalid_token") from None
         return _claims(payload)
 
     # deciding ----------------------------------------------------------------
@@ -187,17 +201,27 @@ def _claims(payload: dict[str, Any]) -> Claims:
                   grants[0], grants[1])
 
 
-def _expiry(exp: object) -> float | None:
-    """``exp`` as Unix seconds. PyJWT has already checked it is an integer, which a
-    string of digits also passes: the sweep must cut such a token at expiry too."""
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return float(exp)
-    if isinstance(exp, str):
-        try:
-            return float(int(exp))
-        except ValueError:
-            return None
-    return None
+def _expiry(exp: object) -> float:
+    """``exp`` as Unix seconds; raise :class:`Unauthorized` unless it is a finite number.
+
+    PyJWT has already checked that ``int(exp)`` works, which a string of digits also
+    passes: the sweep must cut such a token at expiry too. What no float holds
+    (``10**400``) is refused rather than read as "never".
+    """
+    try:
+        if isinstance(exp, str):
+            seconds = float(int(exp))
+        elif isinstance(exp, int | float) and not isinstance(exp, bool):
+            seconds = float(exp)
+        else:
+            seconds = math.nan
+    except (ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        # Not the value in the message: str() of a long int can raise itself.
+        raise Unauthorized("the exp claim must be Unix seconds that a float holds",
+                           code="invalid_token")
+    return seconds
 
 
 def _public_key(path: str) -> tuple[Any, str]:
@@ -212,6 +236,11 @@ def _public_key(path: str) -> tuple[Any, str]:
         return key, "EC"
     raise UsageError(f"[auth] {path}: an RSA or EC public key is needed, "
                      f"not {type(key).__name__}")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as bytes, lone surrogates too: comparing credentials never raises."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _cookie(header: str | None, name: str) -> str | None:
