@@ -10,6 +10,12 @@ token "signed" with the public key can pass.
 Whatever a token holds, verifying it either returns credentials or raises
 :class:`Unauthorized`; malformed claims (``exp`` of ``10**400``, a ``sub`` that
 is a list, text that is not ASCII) are ``invalid_token`` like a bad signature.
+
+A browser sends the cookie with requests that other sites' pages make, so a
+request the cookie authenticates is refused (``403 origin_not_allowed``) when
+its ``Origin`` is not allowed (cross-site request forgery); the header and
+``?token=`` cannot be set from a visitor's ambient credentials and are not
+checked.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import hmac
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +77,24 @@ class Credentials:
 ANONYMOUS = Credentials()
 
 
+def _any_origin(origin: str) -> bool:
+    return True
+
+
 class Authenticator:
     """Verifies credentials with the keys of :class:`AuthSettings`.
+
+    ``allows_origin(origin)`` says whether a page from ``origin`` may use the
+    token cookie (pass ``Cors(settings.cors_origins).allows``); without it
+    every origin may, as with ``cors_origins = ["*"]``.
 
     Raises :class:`UsageError` at construction for a key file that cannot be
     read or algorithms that do not fit the key.
     """
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings,
+                 allows_origin: Callable[[str], bool] | None = None) -> None:
+        self.allows_origin = allows_origin or _any_origin
         self.api_key = settings.api_key or os.environ.get("TIDINGS_API_KEY") or None
         self.policy: Policy = settings.policy(settings.enabled or self.api_key is not None)
         self.enabled = self.policy.enabled
@@ -101,7 +117,9 @@ class Authenticator:
     # finding and verifying ---------------------------------------------------
 
     def identify(self, request: Request) -> Credentials:
-        """The credentials ``request`` carries; raise :class:`Unauthorized` if they are bad.
+        """The credentials ``request`` carries; raise :class:`Unauthorized` if they are bad,
+        :class:`Forbidden` (``origin_not_allowed``) if they are the cookie and the request
+        comes from a page whose origin is not allowed. Answer either to the client.
 
         With access control off, nothing is looked at: everyone is anonymous.
         """
@@ -115,11 +133,25 @@ class Authenticator:
                                    code="invalid_token")
             return self.verify(value.strip(), api_key_allowed=True)
         token = request.arg("token")
-        if token is None:
-            token = _cookie(request.header("cookie"), TOKEN_COOKIE)
+        if token is not None:
+            return self.verify(token)
+        token = _cookie(request.header("cookie"), TOKEN_COOKIE)
         if token is None:
             return ANONYMOUS
+        self._check_cookie_origin(request.header("origin"))
         return self.verify(token)
+
+    def _check_cookie_origin(self, origin: str | None) -> None:
+        """Refuse the cookie from a page of another site (cross-site request forgery).
+
+        Without ``Origin`` the request is not a browser's cross-site one (browsers send it
+        on every cross-site POST and CORS request). ``Origin: null`` (sandboxed frames,
+        ``file:`` pages) is a page like any other: allowed only if ``allows_origin`` says so.
+        """
+        if origin is not None and not self.allows_origin(origin):
+            raise Forbidden(f"requests from origin {origin[:200]!r} may not use the "
+                            f"{TOKEN_COOKIE} cookie (cors_origins); send the token in the "
+                            "Authorization header or ?token= instead", code="origin_not_allowed")
 
     def verify(self, token: str, api_key_allowed: bool = False) -> Credentials:
         """Credentials for ``token`` (a JWT, or the API key if allowed).
