@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import selectors
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import UNIT
 from tidings import Settings, UsageError
 from tidings.core.log import Retention
+from tidings.settings import (
+    FD_RESERVE,
+    UNLIMITED_FILES_MAX_CONNECTIONS,
+    max_connections_for,
+    soft_file_limit,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -150,3 +163,119 @@ def test_broker_memory_by_default_or_a_redis_url(tmp_path: Path) -> None:
 def test_unknown_broker_is_refused(broker: str) -> None:
     with pytest.raises(UsageError, match="broker must be"):
         Settings(broker=broker)
+
+
+# max_connections and the file limit ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("file_limit", "connections"), [
+    (1_048_576, 1_048_576 - FD_RESERVE), (65_536, 65_536 - FD_RESERVE), (20_000, 19_744),
+    (1024, 768), (512, 256), (300, 150), (256, 128), (2, 1), (1, 1),
+    (None, UNLIMITED_FILES_MAX_CONNECTIONS),
+])
+def test_max_connections_for_a_file_limit(file_limit: int | None, connections: int) -> None:
+    assert max_connections_for(file_limit) == connections
+
+
+def test_max_connections_defaults_to_what_the_file_limit_holds() -> None:
+    limit = soft_file_limit()
+    settings = Settings()
+    assert settings.max_connections == max_connections_for(limit)
+    if limit is not None:
+        assert 0 < settings.max_connections <= limit - min(FD_RESERVE, limit // 2)
+
+
+@pytest.mark.parametrize(("rlimit", "connections"), [
+    ((4096, 8192), 4096 - FD_RESERVE), ((100, 100), 50),
+    ((-1, -1), UNLIMITED_FILES_MAX_CONNECTIONS),
+])
+def test_max_connections_follows_the_soft_limit(monkeypatch: pytest.MonkeyPatch,
+                                                rlimit: tuple[int, int], connections: int) -> None:
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "RLIM_INFINITY", -1)
+    monkeypatch.setattr(resource, "getrlimit", lambda _which: rlimit)
+    assert Settings().max_connections == connections
+    assert Settings(max_connections=7).max_connections == 7
+
+
+def test_max_connections_set_explicitly_is_kept(tmp_path: Path) -> None:
+    assert Settings(max_connections=500_000).max_connections == 500_000
+    assert Settings().replace(max_connections=3).max_connections == 3
+    for value in (10, 0, 250_000):  # 0: no limit
+        path = write(tmp_path, f"[server]\nmax_connections = {value}\n")
+        assert Settings.from_file(path).max_connections == value
+    with pytest.raises(UsageError, match="max_connections"):
+        Settings.from_file(write(tmp_path, "[server]\nmax_connections = 1.5\n"))
+
+
+# The child sets its own file limit, then runs ``tidings serve`` with the default limits.
+SERVE_UNDER_FILE_LIMIT = """
+import resource, sys
+from tidings.cli import main
+soft = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+sys.exit(main(["serve", "--port", "0", "--log-level", "error"]))
+"""
+CHILD_FILE_LIMIT = 600
+
+
+@pytest.fixture
+def served_under_file_limit(tmp_path: Path) -> Iterator[str]:
+    """A ``tidings serve`` child whose soft file limit is :data:`CHILD_FILE_LIMIT`; its URL."""
+    pytest.importorskip("resource")
+    with (open(tmp_path / "stderr", "w+") as stderr,
+          subprocess.Popen([sys.executable, "-c", SERVE_UNDER_FILE_LIMIT, str(CHILD_FILE_LIMIT)],
+                           stdout=subprocess.PIPE, stderr=stderr, text=True) as process):
+        try:
+            assert process.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(process.stdout, selectors.EVENT_READ)
+                assert selector.select(timeout=10 * UNIT), "tidings serve printed nothing"
+            line = process.stdout.readline()
+            assert line.startswith("tidings serving on "), line
+            yield line.split()[-1]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10 * UNIT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        stderr.seek(0)
+        errors = stderr.read()
+        assert process.returncode == 0 and "Traceback" not in errors, errors
+
+
+async def read_status(reader: asyncio.StreamReader) -> int:
+    async with asyncio.timeout(5 * UNIT):
+        status_line = await reader.readline()
+    return int(status_line.split()[1])
+
+
+async def test_past_the_file_limit_connections_get_503_not_a_reset(
+        served_under_file_limit: str) -> None:
+    """The default max_connections leaves the server descriptors to accept and refuse with:
+    more connections than its file limit are each answered ``503``."""
+    admitted = max_connections_for(CHILD_FILE_LIMIT)
+    refused = CHILD_FILE_LIMIT - admitted + 50  # together, past the child's file limit
+    limit = soft_file_limit()
+    if limit is not None and limit < admitted + 100:
+        pytest.skip(f"this process may open only {limit} files")
+    host, _, port = served_under_file_limit.removeprefix("http://").rpartition(":")
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(admitted):
+            held.append(await asyncio.open_connection(host, int(port)))
+        for _ in range(refused):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                assert await read_status(reader) == 503
+            finally:
+                writer.close()
+        # The admitted ones are served.
+        reader, writer = held[-1]
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await read_status(reader) == 200
+    finally:
+        for _reader, writer in held:
+            writer.close()

@@ -57,6 +57,43 @@ from tidings.errors import UsageError
 #: The reading techniques, by the names used everywhere (settings, CLI, clients).
 TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
 
+#: File descriptors the default ``max_connections`` leaves to everything but admitted
+#: clients: the listening sockets, stdio and log files, the event loop's own, broker
+#: connections (a Redis pool holds up to 64 per node), bridge databases, files being read,
+#: and the connections being refused with 503, each of which holds one until its client
+#: has read the answer (a second at most).
+FD_RESERVE = 256
+#: ``max_connections`` when the file limit is unlimited or unknown (no ``resource`` module).
+UNLIMITED_FILES_MAX_CONNECTIONS = 100_000
+
+
+def max_connections_for(file_limit: int | None) -> int:
+    """The default ``max_connections`` under a soft file-descriptor limit of ``file_limit``
+    (``None``: unlimited or unknown): the limit less :data:`FD_RESERVE`, but at least half
+    of it, so that a small limit still admits clients."""
+    if file_limit is None:
+        return UNLIMITED_FILES_MAX_CONNECTIONS
+    return max(file_limit - FD_RESERVE, file_limit // 2, 1)
+
+
+def soft_file_limit() -> int | None:
+    """This process's soft ``RLIMIT_NOFILE`` (``ulimit -n``), or ``None`` if unlimited or
+    unknown (Windows has no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - only on Windows
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return soft
+
+
+def default_max_connections() -> int:
+    """``max_connections`` when the config does not set it: from this process's file limit,
+    read when :class:`Settings` is made (raise ``ulimit -n`` before starting tidings)."""
+    return max_connections_for(soft_file_limit())
+
 
 @dataclass(frozen=True)
 class BridgeConfig:
@@ -134,7 +171,10 @@ class Settings:
     keep_alive_timeout: float = 60.0  #: seconds an idle keep-alive connection is kept
 
     # Client limits (docs/security.md); 0 turns a limit off.
-    max_connections: int = 100_000  #: open connections in total; more get 503 and are closed
+    #: Open connections in total; more get 503 and are closed. By default the soft file
+    #: limit less FD_RESERVE (see :func:`max_connections_for`): over the file limit, a
+    #: connection could not even be accepted to be told 503.
+    max_connections: int = field(default_factory=default_max_connections)
     #: Open connections from one client address; more get 429 and are closed. Off by
     #: default: behind a reverse proxy every client has the proxy's address.
     max_connections_per_ip: int = 0

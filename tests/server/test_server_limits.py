@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from conftest import UNIT, ServerFactory
 from tidings import Server, Settings
+from tidings.settings import default_max_connections
 
 GOOD = "https://good.example"
 EVIL = "https://evil.example"
@@ -294,7 +295,7 @@ async def test_a_slow_headers_client_cannot_hold_the_server(make_server: ServerF
 
 def test_limit_defaults_are_documented_values() -> None:
     settings = Settings()
-    assert settings.max_connections == 100_000
+    assert settings.max_connections == default_max_connections()  # from ulimit -n
     assert settings.max_connections_per_ip == 0  # off: behind a proxy every client shares one
     assert settings.max_publish_rate == 1000.0
     assert settings.publish_burst == 1000

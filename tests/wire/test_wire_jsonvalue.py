@@ -59,10 +59,77 @@ def test_non_finite_numbers_are_refused(text: bytes) -> None:
     assert info.value.status == 400
 
 
-def test_non_finite_numbers_are_not_encoded() -> None:
-    for value in (math.nan, math.inf, [-math.inf]):
-        with pytest.raises(ValueError):
+@pytest.mark.parametrize("text", [b"1e400", b"-1e400", b"[1e999]", b'{"a":1e400}', b"1E400",
+                                  b"1.5e+309", b"-0.1e310", b"[1,{\"b\":[2e308]}]",
+                                  b"1" + b"0" * 400 + b".0"])
+def test_numbers_that_overflow_are_refused(text: bytes) -> None:
+    with pytest.raises(BadRequest, match="out of range") as info:
+        jsonvalue.compact(text)
+    assert info.value.code == "invalid_json"
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("text", [b"1e-400", b"-1e-999", b"1.7976931348623157e308",
+                                  b"-1.7976931348623157e308", b"4.9e-324"])
+def test_numbers_at_the_edges_of_the_range_are_kept(text: bytes) -> None:
+    value = jsonvalue.decode(text)
+    assert math.isfinite(value)
+    assert jsonvalue.decode(jsonvalue.compact(text)) == value
+
+
+@given(st.integers(min_value=309, max_value=100_000), st.booleans(),
+       st.sampled_from(["{}", "[{}]", '{{"a":{}}}', "[1,{}]"]))
+def test_any_exponent_that_overflows_is_refused(exponent: int, negative: bool,
+                                                shape: str) -> None:
+    number = f"{'-' if negative else ''}9.9e{exponent}"
+    with pytest.raises(BadRequest) as info:
+        jsonvalue.decode(shape.format(number).encode())
+    assert info.value.code == "invalid_json"
+
+
+def test_integers_longer_than_the_limit_are_refused_both_ways() -> None:
+    longest = "9" * jsonvalue.MAX_INT_DIGITS
+    assert jsonvalue.decode(longest) == int(longest)
+    assert jsonvalue.decode("-" + longest) == -int(longest)
+    assert jsonvalue.compact(longest.encode()) == longest.encode()
+    for text in ("9" * 4400, "-" + "9" * 4400, "[" + "1" * 4301 + "]",
+                 '{"a":' + "1" * (jsonvalue.MAX_INT_DIGITS + 1) + "}"):
+        with pytest.raises(BadRequest, match="digits") as info:
+            jsonvalue.decode(text)
+        assert info.value.code == "invalid_json"
+    for value in (10**4400, -(10**4400), [10**4400], {"a": 10**4400}):
+        with pytest.raises(BadRequest) as info:
             jsonvalue.encode(value)
+        assert info.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, [-math.inf], {"a": math.nan},
+                                   {"a": [1, {"b": math.inf}]}])
+def test_non_finite_numbers_are_not_encoded(value: object) -> None:
+    with pytest.raises(BadRequest) as info:
+        jsonvalue.encode(value)
+    assert info.value.code == "invalid_json"
+
+
+edge_numbers = st.sampled_from(["1e400", "-1e400", "1e999", "2e308", "-0", "0.0", "1e-400",
+                                "1.7976931348623157e308", "9" * 4301, "9" * 4300, "NaN",
+                                "Infinity", "-Infinity", "1" + "0" * 400])
+
+
+@given(st.recursive(edge_numbers, lambda children: st.lists(children, max_size=3).map(
+    lambda items: "[" + ",".join(items) + "]") | st.dictionaries(
+    st.text(max_size=3), children, max_size=3).map(
+    lambda pairs: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in pairs.items()) + "}"),
+    max_leaves=8))
+def test_compact_returns_json_or_raises_bad_request(text: str) -> None:
+    """Whatever number a body holds, the answer is a value or ``invalid_json``, never
+    another exception (which would escape to the server)."""
+    try:
+        encoded = jsonvalue.compact(text.encode())
+    except BadRequest as exc:
+        assert exc.code == "invalid_json"
+    else:
+        assert json.loads(encoded) == jsonvalue.decode(text)
 
 
 @pytest.mark.parametrize("body", [b"\xff", b'"\xc3"', b'{"a":"\xed\xa0\x80"}', b"\xfe\xff[]"])

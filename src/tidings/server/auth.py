@@ -6,13 +6,24 @@ them; :mod:`tidings.core.policy` decides what they allow. Each algorithm is
 pinned to its own key: HS256 tokens are checked only with the HS256 secret,
 RS*/ES* tokens only with the public key, so neither ``alg: none`` nor an HS256
 token "signed" with the public key can pass.
+
+Whatever a token holds, verifying it either returns credentials or raises
+:class:`Unauthorized`; malformed claims (``exp`` of ``10**400``, a ``sub`` that
+is a list, text that is not ASCII) are ``invalid_token`` like a bad signature.
+
+A browser sends the cookie with requests that other sites' pages make, so a
+request the cookie authenticates is refused (``403 origin_not_allowed``) when
+its ``Origin`` is not allowed (cross-site request forgery); the header and
+``?token=`` cannot be set from a visitor's ambient credentials and are not
+checked.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +43,10 @@ PUBLIC_KEY_ALGORITHMS = {"RSA": ("RS256", "RS384", "RS512"), "EC": ("ES256", "ES
 _DEFAULT_ALGORITHM = {"RSA": "RS256", "EC": "ES256"}
 #: The longest token accepted, in characters (a bound on work done for garbage).
 MAX_TOKEN_LENGTH = 8192
+#: What PyJWT may raise, besides its own errors, for a token whose JSON is well-formed but
+#: whose values are not (a number no float holds, a string where a number belongs): such a
+#: token is refused as ``invalid_token``. Caught only around decoding, not around our code.
+_MALFORMED_TOKEN_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +77,24 @@ class Credentials:
 ANONYMOUS = Credentials()
 
 
+def _any_origin(origin: str) -> bool:
+    return True
+
+
 class Authenticator:
     """Verifies credentials with the keys of :class:`AuthSettings`.
+
+    ``allows_origin(origin)`` says whether a page from ``origin`` may use the
+    token cookie (pass ``Cors(settings.cors_origins).allows``); without it
+    every origin may, as with ``cors_origins = ["*"]``.
 
     Raises :class:`UsageError` at construction for a key file that cannot be
     read or algorithms that do not fit the key.
     """
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings,
+                 allows_origin: Callable[[str], bool] | None = None) -> None:
+        self.allows_origin = allows_origin or _any_origin
         self.api_key = settings.api_key or os.environ.get("TIDINGS_API_KEY") or None
         self.policy: Policy = settings.policy(settings.enabled or self.api_key is not None)
         self.enabled = self.policy.enabled
@@ -92,7 +117,9 @@ class Authenticator:
     # finding and verifying ---------------------------------------------------
 
     def identify(self, request: Request) -> Credentials:
-        """The credentials ``request`` carries; raise :class:`Unauthorized` if they are bad.
+        """The credentials ``request`` carries; raise :class:`Unauthorized` if they are bad,
+        :class:`Forbidden` (``origin_not_allowed``) if they are the cookie and the request
+        comes from a page whose origin is not allowed. Answer either to the client.
 
         With access control off, nothing is looked at: everyone is anonymous.
         """
@@ -106,11 +133,25 @@ class Authenticator:
                                    code="invalid_token")
             return self.verify(value.strip(), api_key_allowed=True)
         token = request.arg("token")
-        if token is None:
-            token = _cookie(request.header("cookie"), TOKEN_COOKIE)
+        if token is not None:
+            return self.verify(token)
+        token = _cookie(request.header("cookie"), TOKEN_COOKIE)
         if token is None:
             return ANONYMOUS
+        self._check_cookie_origin(request.header("origin"))
         return self.verify(token)
+
+    def _check_cookie_origin(self, origin: str | None) -> None:
+        """Refuse the cookie from a page of another site (cross-site request forgery).
+
+        Without ``Origin`` the request is not a browser's cross-site one (browsers send it
+        on every cross-site POST and CORS request). ``Origin: null`` (sandboxed frames,
+        ``file:`` pages) is a page like any other: allowed only if ``allows_origin`` says so.
+        """
+        if origin is not None and not self.allows_origin(origin):
+            raise Forbidden(f"requests from origin {origin[:200]!r} may not use the "
+                            f"{TOKEN_COOKIE} cookie (cors_origins); send the token in the "
+                            "Authorization header or ?token= instead", code="origin_not_allowed")
 
     def verify(self, token: str, api_key_allowed: bool = False) -> Credentials:
         """Credentials for ``token`` (a JWT, or the API key if allowed).
@@ -118,7 +159,7 @@ class Authenticator:
         Raises :class:`Unauthorized` with the reason if it is neither.
         """
         if api_key_allowed and self.api_key is not None and hmac.compare_digest(
-                token.encode(), self.api_key.encode()):
+                _utf8(token), _utf8(self.api_key)):
             return Credentials(api_key=True)
         return Credentials(self.claims(token))
 
@@ -127,9 +168,11 @@ class Authenticator:
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized(f"token longer than {MAX_TOKEN_LENGTH} characters",
                                code="invalid_token")
+        if not token.isascii():  # a JWT is base64url and dots; this also keeps out surrogates
+            raise Unauthorized("the token is not a JWT (not ASCII)", code="invalid_token")
         try:
             algorithm = jwt.get_unverified_header(token).get("alg")
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, *_MALFORMED_TOKEN_ERRORS):
             raise Unauthorized("the token is not a JWT", code="invalid_token") from None
         key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None or not isinstance(algorithm, str):
@@ -147,6 +190,9 @@ class Authenticator:
                                code="token_not_yet_valid") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        except _MALFORMED_TOKEN_ERRORS as exc:
+            raise Unauthorized(f"invalid token: malformed claims ({type(exc).__name__})",
+                               code="invalid_token") from None
         return _claims(payload)
 
     # deciding ----------------------------------------------------------------
@@ -187,17 +233,27 @@ def _claims(payload: dict[str, Any]) -> Claims:
                   grants[0], grants[1])
 
 
-def _expiry(exp: object) -> float | None:
-    """``exp`` as Unix seconds. PyJWT has already checked it is an integer, which a
-    string of digits also passes: the sweep must cut such a token at expiry too."""
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return float(exp)
-    if isinstance(exp, str):
-        try:
-            return float(int(exp))
-        except ValueError:
-            return None
-    return None
+def _expiry(exp: object) -> float:
+    """``exp`` as Unix seconds; raise :class:`Unauthorized` unless it is a finite number.
+
+    PyJWT has already checked that ``int(exp)`` works, which a string of digits also
+    passes: the sweep must cut such a token at expiry too. What no float holds
+    (``10**400``) is refused rather than read as "never".
+    """
+    try:
+        if isinstance(exp, str):
+            seconds = float(int(exp))
+        elif isinstance(exp, int | float) and not isinstance(exp, bool):
+            seconds = float(exp)
+        else:
+            seconds = math.nan
+    except (ValueError, OverflowError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        # Not the value in the message: str() of a long int can raise itself.
+        raise Unauthorized("the exp claim must be Unix seconds that a float holds",
+                           code="invalid_token")
+    return seconds
 
 
 def _public_key(path: str) -> tuple[Any, str]:
@@ -212,6 +268,11 @@ def _public_key(path: str) -> tuple[Any, str]:
         return key, "EC"
     raise UsageError(f"[auth] {path}: an RSA or EC public key is needed, "
                      f"not {type(key).__name__}")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as bytes, lone surrogates too: comparing credentials never raises."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _cookie(header: str | None, name: str) -> str | None:
