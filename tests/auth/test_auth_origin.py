@@ -106,10 +106,7 @@ def test_without_an_origin_check_every_origin_may_use_the_cookie() -> None:
 
 async def guarded_server(make_server: Any) -> Any:
     """A server with access control, accepting pages from :data:`APP` only."""
-    server = await make_server(auth=AUTH, cors_origins=(APP,))
-    # Until server/app.py passes its Cors to the Authenticator; then this line can go.
-    server.auth = Authenticator(server.settings.auth, server.cors.allows)
-    return server
+    return await make_server(auth=AUTH, cors_origins=(APP,))
 
 
 async def test_a_forged_publish_with_the_cookie_is_403_and_not_published(
@@ -148,8 +145,6 @@ async def test_a_websocket_with_the_cookie_from_another_origin_is_403(make_serve
     assert json.loads(info.value.response.body or b"{}")["error"] == "origin_not_allowed"
 
 
-@pytest.mark.xfail(strict=True, reason="server/app.py does not yet pass cors.allows to "
-                                       "Authenticator; remove this mark when it does")
 async def test_the_server_checks_the_origin_of_cookie_requests(make_server: Any) -> None:
     server = await make_server(auth=AUTH, cors_origins=(APP,))
     victim = {"Cookie": cookie(token(publish=["chat:*"])), "Origin": EVIL}

@@ -65,7 +65,7 @@ class Server:
         self.broker.on_status = self._broker_status
         self.cors = Cors(self.settings.cors_origins)
         #: Credentials and the access policy (server/auth.py); open unless configured.
-        self.auth = Authenticator(self.settings.auth)
+        self.auth = Authenticator(self.settings.auth, self.cors.allows)
         self.router = Router(self)
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
