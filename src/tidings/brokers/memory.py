@@ -32,12 +32,14 @@ for nothing, the price of keeping no state per name.
 Upkeep costs nothing per idle channel. Two heaps of ``(due, channel)`` say
 when :meth:`MemoryBroker.maintain` must look at a log: when its oldest
 message expires (:meth:`ChannelLog.expires_at`), and, once it is empty, when
-it may be forgotten. ``maintain`` pops only what is due, and a log has at
-most one live entry in each heap: an entry may be early (it is checked when
-popped and the log scheduled again), never late, so publishes and reads
-rarely push anything and stale entries cannot pile up. Reads still trim by
-age on the spot, so no read returns an expired message, whenever
-``maintain`` runs.
+it may be forgotten. ``maintain`` pops only what is due and schedules the
+log again if it must. A log has at most one entry in each heap, which may be
+early (a read trimmed the log, a later read touched it: the log is looked at
+and scheduled again) but never late, so publishes and reads need not move
+it; only a wall clock going back leaves a stale entry, skipped when popped.
+Reads still trim by age on the spot, so no read returns an expired message,
+whenever ``maintain`` runs. A log that has hub subscribers when it is due to
+be forgotten is looked at again ``idle_log_seconds`` later.
 """
 
 from __future__ import annotations
