@@ -213,6 +213,21 @@ def test_fractional_ttl() -> None:
     assert log.trim(1_250) == 1
 
 
+def test_expires_at_is_when_trim_drops_the_oldest_message() -> None:
+    log = ChannelLog("news", Retention(size=2, ttl=10.0), epoch=EPOCH)
+    assert log.expires_at() is None
+    log.append(b"1", 1_000)
+    log.append(b"2", 4_000)
+    assert log.expires_at() == 11_000
+    log.append(b"3", 5_000)  # drops message 1 by size
+    assert log.expires_at() == 14_000
+    assert log.trim(13_999) == 0
+    assert log.trim(14_000) == 1
+    assert log.expires_at() == 15_000
+    assert log.trim(15_000) == 1
+    assert log.expires_at() is None
+
+
 def test_long_runs_with_compaction_keep_reads_right() -> None:
     log = ChannelLog("news", Retention(size=7, ttl=1e9), epoch=EPOCH)
     for i in range(1, 1001):
@@ -361,6 +376,8 @@ class LogMachine(RuleBasedStateMachine):
         assert len(self.log) == len(self.published) - self.dropped <= self.size
         assert self.log.end == Position(EPOCH, len(self.published))
         assert self.log.first_seq == self.dropped + 1
+        expected = self.published[self.dropped][1] + self.ttl_ms if len(self.log) else None
+        assert self.log.expires_at() == expected
 
 
 TestLogMachine = LogMachine.TestCase

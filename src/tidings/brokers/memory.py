@@ -3,36 +3,108 @@
 A restart loses every log; the new logs get new epochs, so cursors from
 before the restart get a gap signal instead of a silent skip.
 
+Only publishing creates a log. Reading a channel that has no log keeps
+nothing: the read is answered from the position the channel's first log
+*would* start at, ``EPOCH-0``, where the epoch is a keyed hash of the
+channel name under a secret this broker drew at start (mapped onto the
+alphabet of :func:`tidings.core.cursor.new_epoch`). Every read of that empty
+channel gives the same cursor however much time passes, the first publish
+creates the log with that very epoch, so the cursor resumes with no gap; a
+new broker has a new secret, so cursors from before a restart get an
+``epoch`` gap as before. Someone reading millions of names leaves nothing
+behind.
+
 A log whose messages have all expired and that nobody reads is forgotten
 after ``idle_log_seconds``, keeping only its epoch and last sequence number
 (a tombstone, a few dozen bytes). If the channel is used again, its log goes
 on from there, so a client that had seen everything resumes with no gap, and
-one that had not gets an exact ``expired`` gap. Only past
-:data:`MAX_TOMBSTONES` forgotten channels are the oldest tombstones dropped;
-their cursors then get an ``epoch`` gap.
+one that had not gets an exact ``expired`` gap. A tombstone is read like the
+log it stands for, and takes precedence over the hashed epoch. Only past
+:data:`MAX_TOMBSTONES` forgotten channels are the least recently used
+tombstones dropped; their cursors then get an ``epoch`` gap. For that, a
+dropped tombstone moves its channel on to a new hashed epoch: the hash also
+covers how many tombstones were dropped in the channel's bucket (one of
+:data:`LOST_BUCKETS`), so the next log cannot reuse an epoch whose sequence
+numbers were handed out already. Other channels of the bucket that have no
+log move on too; a reader holding their ``EPOCH-0`` gets an ``epoch`` gap
+for nothing, the price of keeping no state per name.
+
+Upkeep costs nothing per idle channel. Two heaps of ``(due, channel)`` say
+when :meth:`MemoryBroker.maintain` must look at a log: when its oldest
+message expires (:meth:`ChannelLog.expires_at`), and, once it is empty, when
+it may be forgotten. ``maintain`` pops only what is due and schedules the
+log again if it must. A log has at most one entry in each heap, which may be
+early (a read trimmed the log, a later read touched it: the log is looked at
+and scheduled again) but never late, so publishes and reads need not move
+it; only a wall clock going back leaves a stale entry, skipped when popped.
+Reads still trim by age on the spot, so no read returns an expired message,
+whenever ``maintain`` runs. A log that has hub subscribers when it is due to
+be forgotten is looked at again ``idle_log_seconds`` later.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import secrets
 import time
+from array import array
 from collections.abc import Callable
+from itertools import islice
 
 from tidings.brokers.base import Broker
-from tidings.core.cursor import Start
+from tidings.core.cursor import EPOCH_LENGTH, Start
 from tidings.core.fanout import Hub
 from tidings.core.log import ChannelLog, Read, Retention
 from tidings.core.message import Message
 
 #: Forgotten channels whose epoch and position are still remembered.
 MAX_TOMBSTONES = 100_000
+#: Buckets counting dropped tombstones, which move channels on to new epochs
+#: (8 bytes each, allocated when the first tombstone is dropped).
+LOST_BUCKETS = 1 << 16
+
+# The alphabet of tidings.core.cursor.new_epoch.
+_EPOCH_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+# The retention of a stand-in log, which is only read, never appended to or trimmed.
+_READ_ONLY = Retention()
 
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def keyed_epoch(secret: bytes, channel: str, life: int) -> str:
+    """The epoch of ``channel`` under ``secret`` after ``life`` dropped tombstones."""
+    digest = hashlib.blake2b(life.to_bytes(8, "big") + channel.encode(), key=secret,
+                             digest_size=8).digest()
+    number = int.from_bytes(digest, "big")
+    letters = []
+    for _ in range(EPOCH_LENGTH):
+        number, digit = divmod(number, 36)
+        letters.append(_EPOCH_ALPHABET[digit])
+    return "".join(letters)
+
+
+class _HeldLog(ChannelLog):
+    """A log the broker holds, with what its upkeep needs."""
+
+    __slots__ = ("expiry_due", "forget_due", "touched")
+
+    def __init__(self, channel: str, retention: Retention, epoch: str, last_seq: int,
+                 now: int) -> None:
+        super().__init__(channel, retention, epoch, last_seq)
+        #: Clock time of the last publish or read.
+        self.touched = now
+        # The due times of this log's one live entry in each schedule, or -1 if
+        # it has none there. An entry may be early (it is checked when popped),
+        # never late: a non-empty log always has an expiry entry.
+        self.expiry_due = -1
+        self.forget_due = -1
+
+
 class MemoryBroker(Broker):
-    """Channel logs in a dict, retention by count on append and by age in :meth:`maintain`."""
+    """Channel logs in a dict, retention by count on append and by age on a schedule."""
 
     def __init__(
         self,
@@ -44,20 +116,28 @@ class MemoryBroker(Broker):
         self.hub = Hub()
         self._retention = retention
         self._clock = clock
-        self._logs: dict[str, ChannelLog] = {}
-        # Last time each log was touched, for forgetting idle empty logs.
-        self._touched: dict[str, int] = {}
+        self._logs: dict[str, _HeldLog] = {}
         self._idle_ms = int(idle_log_seconds * 1000)
-        # Forgotten empty logs: channel -> (epoch, last sequence number), oldest first.
+        # Heaps of (due, channel): when the oldest message of a log expires, and
+        # when an empty log may be forgotten.
+        self._expiries: list[tuple[int, str]] = []
+        self._forgets: list[tuple[int, str]] = []
+        # Forgotten logs: channel -> (epoch, last sequence number), least recently used first.
         self._tombstones: dict[str, tuple[str, int]] = {}
+        self._secret = secrets.token_bytes(16)
+        self._lost: array[int] | None = None
 
     def log(self, channel: str) -> ChannelLog:
-        """The log of ``channel``, created empty if needed (going on from its tombstone)."""
+        """The log of ``channel``, created empty if needed (for tests and tools).
+
+        Reads never create a log; this does, as the first publish would: going
+        on from the channel's tombstone, or starting at its hashed epoch. The
+        empty log is forgotten after ``idle_log_seconds`` like any other.
+        """
         log = self._logs.get(channel)
         if log is None:
-            epoch, last_seq = self._tombstones.pop(channel, (None, 0))
-            log = self._logs[channel] = ChannelLog(channel, self._retention(channel), epoch,
-                                                   last_seq)
+            log = self._create(channel, self._clock())
+            self._forget_after(channel, log, log.touched + self._idle_ms + 1)
         return log
 
     async def publish(self, channel: str, data: bytes) -> Message:
@@ -66,34 +146,65 @@ class MemoryBroker(Broker):
     def publish_nowait(self, channel: str, data: bytes) -> Message:
         """Like :meth:`publish`, for callers without an event loop."""
         now = self._clock()
-        message = self.log(channel).append(data, now)
-        self._touched[channel] = now
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._create(channel, now)
+        was_empty = not len(log)
+        message = log.append(data, now)
+        log.touched = now
+        if was_empty:
+            expires = log.expires_at()
+            if expires is not None:
+                self._expire_at(channel, log, expires)
+            else:  # a retention size of 0 keeps nothing
+                self._forget_after(channel, log, now + self._idle_ms + 1)
         self.hub.publish(message)
         return message
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
-        log = self.log(channel)
-        now = self._touched[channel] = self._clock()
+        log = self._logs.get(channel)
+        if log is None:
+            return self._stand_in(channel).read(start, limit)
+        now = log.touched = self._clock()
         if len(log):
             log.trim(now)
         return log.read(start, limit)
 
     def maintain(self) -> None:
         now = self._clock()
-        hub = self.hub
-        for channel, log in list(self._logs.items()):
+        logs, idle_ms = self._logs, self._idle_ms
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            due, channel = heapq.heappop(expiries)
+            log = logs.get(channel)
+            if log is None or log.expiry_due != due:
+                continue  # stale: the log was forgotten, or the entry replaced
+            log.expiry_due = -1
+            log.trim(now)
+            expires = log.expires_at()
+            if expires is not None:
+                self._expire_at(channel, log, expires)
+            else:
+                self._forget_after(channel, log, log.touched + idle_ms + 1)
+        forgets = self._forgets
+        while forgets and forgets[0][0] <= now:
+            due, channel = heapq.heappop(forgets)
+            log = logs.get(channel)
+            if log is None or log.forget_due != due:
+                continue
+            log.forget_due = -1
             if len(log):
-                log.trim(now)
-            elif (
-                not hub.subscribers(channel)
-                and now - self._touched.setdefault(channel, now) > self._idle_ms
-            ):
-                del self._logs[channel]
-                del self._touched[channel]
+                continue  # its expiry entry plans this again once it is empty
+            if now - log.touched <= idle_ms:
+                self._forget_after(channel, log, log.touched + idle_ms + 1)
+            elif self.hub.subscribers(channel):
+                self._forget_after(channel, log, now + max(idle_ms, 1))  # look again then
+            else:
+                del logs[channel]
                 if log.end.seq:
                     self._tombstones[channel] = (log.epoch, log.end.seq)
-        while len(self._tombstones) > MAX_TOMBSTONES:
-            del self._tombstones[next(iter(self._tombstones))]
+        if len(self._tombstones) > MAX_TOMBSTONES:
+            self._drop_tombstones()
 
     def health(self) -> dict[str, object]:
         return {"kind": "memory", "status": "ok", "channels": len(self._logs)}
@@ -101,3 +212,52 @@ class MemoryBroker(Broker):
     def channels(self) -> int:
         """How many channel logs are held."""
         return len(self._logs)
+
+    # logs and their schedules -------------------------------------------------
+
+    def _create(self, channel: str, now: int) -> _HeldLog:
+        """Hold a new empty log for ``channel``; the caller must then schedule it."""
+        tombstone = self._tombstones.pop(channel, None)
+        epoch, last_seq = tombstone or (self._first_epoch(channel), 0)
+        log = self._logs[channel] = _HeldLog(channel, self._retention(channel), epoch, last_seq,
+                                             now)
+        return log
+
+    def _expire_at(self, channel: str, log: _HeldLog, due: int) -> None:
+        """Make maintain() trim ``log`` at ``due`` at the latest."""
+        if log.expiry_due < 0 or due < log.expiry_due:
+            log.expiry_due = due
+            heapq.heappush(self._expiries, (due, channel))
+
+    def _forget_after(self, channel: str, log: _HeldLog, due: int) -> None:
+        """Make maintain() see at ``due`` at the latest whether ``log`` may be forgotten."""
+        if log.forget_due < 0 or due < log.forget_due:
+            log.forget_due = due
+            heapq.heappush(self._forgets, (due, channel))
+
+    # channels without a log ---------------------------------------------------
+
+    def _stand_in(self, channel: str) -> ChannelLog:
+        """A throwaway empty log where the next log of ``channel`` would start."""
+        tombstone = self._tombstones.pop(channel, None)
+        if tombstone is None:
+            return ChannelLog(channel, _READ_ONLY, self._first_epoch(channel))
+        self._tombstones[channel] = tombstone  # read: the last to be dropped now
+        return ChannelLog(channel, _READ_ONLY, *tombstone)
+
+    def _first_epoch(self, channel: str) -> str:
+        """The epoch of the next log of ``channel``, if it has no tombstone."""
+        lost = self._lost
+        life = 0 if lost is None else lost[hash(channel) % LOST_BUCKETS]
+        return keyed_epoch(self._secret, channel, life)
+
+    def _drop_tombstones(self) -> None:
+        """Drop the least recently used tombstones past :data:`MAX_TOMBSTONES`."""
+        if self._lost is None:
+            self._lost = array("Q", bytes(8 * LOST_BUCKETS))
+        lost, tombstones = self._lost, self._tombstones
+        # One pass over the dict's head: next(iter()) per tombstone would scan
+        # the slots of the ones just deleted again each time.
+        for channel in list(islice(tombstones, len(tombstones) - MAX_TOMBSTONES)):
+            del tombstones[channel]
+            lost[hash(channel) % LOST_BUCKETS] += 1

@@ -109,6 +109,17 @@ class ChannelLog:
         if len(self) > self.retention.size:
             self._drop(len(self) - self.retention.size)
 
+    def expires_at(self) -> int | None:
+        """When :meth:`trim` will drop the oldest message (clock ms); ``None`` if empty.
+
+        Nothing in the log expires before then, so a caller keeping many logs
+        need not trim this one earlier; after appending to an empty log, or
+        after a trim, ask again.
+        """
+        if self._head == len(self._items):
+            return None
+        return self._items[self._head].time + int(self.retention.ttl * 1000)
+
     def trim(self, now_ms: int) -> int:
         """Drop messages older than the TTL; return how many were dropped."""
         cutoff = now_ms - int(self.retention.ttl * 1000)

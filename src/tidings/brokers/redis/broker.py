@@ -41,6 +41,7 @@ from tidings.brokers.redis.keys import (
     decode_entry,
     decode_notice,
     notice_position,
+    stored_message,
 )
 from tidings.brokers.redis.link import Address, parse_redis_url
 from tidings.brokers.redis.pubsub import PubSub
@@ -162,7 +163,7 @@ class RedisBroker(Broker):
             raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); "
                               "the message was not published") from None
         self._succeeded()
-        message = Message(channel, Position(epoch.decode(), int(seq)), data, int(now))
+        message = stored_message(channel, Position(epoch.decode(), int(seq)), data, now)
         replica = self._replicas.get(channel)
         if replica is not None:
             changes = replica.offer(message)

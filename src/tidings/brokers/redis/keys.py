@@ -50,10 +50,19 @@ def notice_position(payload: bytes) -> Position:
     return Position(epoch, int(seq))
 
 
+def stored_message(channel: str, position: Position, data: bytes, time: bytes | int) -> Message:
+    """The message Redis holds at ``position``: the one place this broker makes one.
+
+    ``time`` is Unix ms as a script returns it (an integer) or as a stream
+    entry or a pub/sub payload carries it (its digits, as bytes).
+    """
+    return Message(channel, position, data, int(time))
+
+
 def decode_notice(channel: str, position: Position, payload: bytes) -> Message:
     """The message of a pub/sub payload from scripts.PUBLISH, at ``position``."""
     _head, clock, data = payload.split(b" ", 2)
-    return Message(channel, position, data, int(clock))
+    return stored_message(channel, position, data, clock)
 
 
 def decode_entry(channel: str, epoch: str, item: list[Any]) -> Message:
@@ -61,4 +70,4 @@ def decode_entry(channel: str, epoch: str, item: list[Any]) -> Message:
     entry_id, fields = item
     seq = int(entry_id.split(b"-", 1)[0])
     values = dict(zip(fields[::2], fields[1::2], strict=True))
-    return Message(channel, Position(epoch, seq), values[b"d"], int(values[b"t"]))
+    return stored_message(channel, Position(epoch, seq), values[b"d"], values[b"t"])
