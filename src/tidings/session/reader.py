@@ -157,7 +157,8 @@ class Reader:
         encoder, positions, behind = self._encoder, self.positions, self._behind
         out: list[bytes] = []
         size = 0
-        while behind and size < budget:
+        done = False
+        while behind and size < budget and not done:
             batch = read_batch(self._log, {channel: positions[channel] for channel in behind},
                                PULL_PAGE)
             for gap in batch.gaps:
@@ -166,15 +167,19 @@ class Reader:
                 out.append(data)
                 size += len(data)
             for message in batch.messages:
+                if size >= budget:
+                    break  # the rest is read again next time, from the positions written
                 positions[message.channel] = message.position
                 data = encoder.message(
                     message, format_multi(positions) if self.multi else None)
                 out.append(data)
                 size += len(data)
-            if not batch.more:
-                behind.clear()
+            else:
+                done = not batch.more
         if out:
             self._write(b"".join(out))
+        if done:  # after the write: a driver asked to wait for the socket still sees a backlog
+            behind.clear()
 
     def page(self, limit: int) -> Batch:
         """The next ``limit`` messages of a poll that follows on, counted as told."""
