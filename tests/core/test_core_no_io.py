@@ -1,4 +1,4 @@
-"""core/ and wire/ do no I/O: none of their modules imports an I/O library.
+"""core/, wire/ and session/ do no I/O: none of their modules imports an I/O library.
 
 Checked on the source (ast) rather than by importing, so a lazy import inside
 a function counts too, and importing ``tidings`` (whose ``__init__`` pulls in
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "tidings"
-PURE_PACKAGES = ("core", "wire")
+PURE_PACKAGES = ("core", "wire", "session")
 FORBIDDEN = frozenset({"asyncio", "socket", "selectors", "ssl", "httptools", "uvloop",
                        "threading", "subprocess"})
 #: What pure modules may import from tidings itself (errors.py is checked too).
-ALLOWED_TIDINGS = ("tidings.core", "tidings.wire", "tidings.errors")
+ALLOWED_TIDINGS = ("tidings.core", "tidings.wire", "tidings.session", "tidings.errors")
 
 PURE_FILES = [
     *sorted(path for package in PURE_PACKAGES for path in (SRC / package).rglob("*.py")),
