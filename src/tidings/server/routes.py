@@ -50,7 +50,8 @@ class Router:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.settings = server.settings
-        self.transports = frozenset(server.settings.transports)
+        #: The techniques served (the setting keeps its public name, ``transports``).
+        self.techniques = frozenset(server.settings.transports)
 
     def dispatch(self, conn: HttpConnection, request: Request, rest: bytes = b"") -> None:
         """Answer ``request`` (or start answering it); never raises.
@@ -172,10 +173,10 @@ class Router:
         if not server.when_ready(starts, then, refuse):
             conn.park()  # the requests behind it wait too
 
-    def _check_enabled(self, transport: str) -> None:
-        if transport not in self.transports:
+    def _check_enabled(self, technique: str) -> None:
+        if technique not in self.techniques:
             enabled = ", ".join(self.settings.transports)
-            raise TransportDisabled(f"{transport} is turned off on this server; "
+            raise TransportDisabled(f"{technique} is turned off on this server; "
                                     f"it serves {enabled}")
 
     def _limit(self, request: Request) -> int:
