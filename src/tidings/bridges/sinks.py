@@ -13,9 +13,9 @@ import httpx
 
 from tidings.bridges.changes import seq_from
 from tidings.brokers.base import Broker
-from tidings.client._common import base_urls, refused
 from tidings.core.cursor import ORIGIN, Start, parse_position
 from tidings.errors import BrokerError, PayloadTooLarge, RequestRefused, TidingsError
+from tidings.server_api import base_urls, refused
 from tidings.settings import Settings
 
 #: The server's default limit (a smaller one is learnt from ``413`` answers).
