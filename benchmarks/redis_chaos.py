@@ -85,9 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "nodes
 from nodekit import Node, node_argv
 
 from rediskit import RedisProcess, redis_missing
-from tidings.conformance._wire import SseStream
-
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings.testing import UNIT, SseStream
 
 #: ``redis_rollback`` puts back the data of a moment before, as a restart from an RDB
 #: snapshot (or AOF ``everysec``, or a lagging replica promoted) would.

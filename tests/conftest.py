@@ -1,11 +1,17 @@
-"""Shared fixtures: a real server on port 0 in the test's event loop.
+"""Shared fixtures: a real server on port 0 in the test's event loop; and what only our tests need.
 
-Timeouts are multiples of ``UNIT`` seconds; raise ``TIDINGS_TEST_UNIT`` on a
-slow machine instead of editing tests.
+Clients we did not write, driven by hand, are the public test kit
+:mod:`tidings.testing`. Here are the few helpers that only this test suite
+needs: :func:`until` (server state in this process) and :data:`SAMPLE_VALUES`
+(the kit's, plus what our server keeps exact beyond the protocol's promise).
+
+Timeouts are multiples of ``UNIT`` seconds (the kit's); raise
+``TIDINGS_TEST_UNIT`` on a slow machine instead of editing tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -13,11 +19,27 @@ from typing import Any
 import pytest
 
 from rediskit import RedisClusterProcesses, RedisProcess, redis_missing
-from tidings import Server, Settings
-
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings import Server, Settings, testing
+from tidings.testing import UNIT
 
 ServerFactory = Callable[..., Awaitable[Server]]
+
+#: The values every technique must deliver unchanged (the kit's), and an
+#: integer beyond 2**63: our server keeps it exact, though the protocol does
+#: not promise it (JSON implementations may not).
+SAMPLE_VALUES: list[Any] = [*testing.SAMPLE_VALUES, 12345678901234567890]
+
+
+async def until(condition: Callable[[], object], within: float = 5 * UNIT) -> None:
+    """Wait until ``condition()`` (about server state in this process) is true.
+
+    Server state has no event to await, so this looks every few milliseconds.
+    """
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
 
 
 @pytest.fixture

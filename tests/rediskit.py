@@ -16,8 +16,8 @@ so stopping it loses everything (as a crashed Redis without persistence does)::
 
 Everything here is synchronous (subprocess, blocking sockets with timeouts), so
 sync tests, async tests and fixtures of any scope can use it. Every wait is
-bounded by a multiple of ``UNIT`` seconds (``TIDINGS_TEST_UNIT``, as in
-tests/conftest.py) and fails with the server's log. Processes are stopped by
+bounded by a multiple of ``UNIT`` seconds (``tidings.testing.UNIT``, scaled by
+``TIDINGS_TEST_UNIT``) and fails with the server's log. Processes are stopped by
 ``stop()`` or the ``with`` block, and, as a last resort, when the interpreter
 exits. The pytest fixtures built on this are at the end of tests/conftest.py.
 """
@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings.testing import UNIT
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"

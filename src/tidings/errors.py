@@ -7,6 +7,7 @@
     ├── ProtocolError         the peer sent something we refuse; carries the answer to give
     │   ├── BadRequest            400  malformed JSON, query, command, ...
     │   │   ├── InvalidChannel        400  channel name outside the documented alphabet/length
+    │   │   │   └── RenderError           400  a row names no valid channel (tidings.bridges)
     │   │   └── InvalidCursor         400  malformed cursor, or one ahead of the log
     │   ├── Unauthorized          401  no valid credentials (WebSocket close 4001)
     │   ├── Forbidden             403  the credentials do not allow it (WebSocket close 4003)
@@ -24,9 +25,10 @@
     │   ├── FrameError            a WebSocket frame broke RFC 6455 (its close code says how)
     │   └── CommandError          a WebSocket command was refused (the connection stays open)
     ├── BrokerError           the message store failed (503); nothing was accepted
-    └── ClientError           raised by the Python client (tidings.client)
+    └── ClientError           raised by code that calls a server (tidings.client, a bridge's sink)
         ├── ClientClosed          the client or publisher was closed; open a new one
         ├── ConnectionFailed      the server could not be reached, or the link broke mid-request
+        │   └── SinkUnavailable       a bridge's sink failed or is out of reach (tidings.bridges)
         ├── RequestRefused        the server answered with an error; carries status, code, message
         └── MissedMessages        a gap, raised only with on_gap="raise"; carries the Gap event
 

@@ -10,16 +10,15 @@ namespace      subscribe   publish
 ``open``       anyone      anyone
 (other)        token       api_key     the safe default
 =============  ==========  ==========
+
+HTTP and WebSocket helpers are the public kit's (:mod:`tidings.testing`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,8 +28,7 @@ import jwt
 
 from tidings.core.policy import Rule
 from tidings.settings import AuthSettings
-
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings.testing import publish
 
 SECRET = "test-secret-of-at-least-32-bytes-length"
 API_KEY = "the-server-api-key"
@@ -70,25 +68,9 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-def http_client(server: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(10 * UNIT))
-
-
-def ws_url(server: Any, path: str) -> str:
-    return "ws" + server.url.removeprefix("http") + path
-
-
-async def publish(client: httpx.AsyncClient, channel: str, value: Any,
-                  headers: dict[str, str] | None = None) -> httpx.Response:
-    return await client.post(f"/channels/{channel}", content=json.dumps(value),
-                             headers={"Content-Type": "application/json", **(headers or {})})
-
-
 async def publish_ok(client: httpx.AsyncClient, channel: str, value: Any) -> str:
     """Publish with the API key; return the new id."""
-    response = await publish(client, channel, value, bearer(API_KEY))
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    return await publish(client, channel, value, headers=bearer(API_KEY))
 
 
 def refusal(response: httpx.Response) -> tuple[int, str]:
@@ -96,18 +78,3 @@ def refusal(response: httpx.Response) -> tuple[int, str]:
     body = response.json()
     assert isinstance(body.get("message"), str) and body["message"], body
     return response.status_code, body["error"]
-
-
-async def recv_json(ws: Any, within: float = 5 * UNIT) -> dict[str, Any]:
-    async with asyncio.timeout(within):
-        frame = await ws.recv()
-    assert isinstance(frame, str), frame
-    return dict(json.loads(frame))
-
-
-async def command(ws: Any, **fields: Any) -> dict[str, Any]:
-    """Send a command; return its reply (no other frame may come before it)."""
-    await ws.send(json.dumps(fields))
-    frame = await recv_json(ws)
-    assert frame.get("req") == fields.get("req"), frame
-    return frame

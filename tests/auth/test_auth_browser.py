@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from authkit import AUTH, UNIT, http_client, publish_ok, token
+from authkit import AUTH, publish_ok, token
+
+from tidings.testing import UNIT, http_client
 
 CHROMIUM = "/usr/bin/chromium"
 TTL = 1.5 * UNIT

@@ -12,21 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from authkit import (
-    AUTH,
-    UNIT,
-    bearer,
-    command,
-    http_client,
-    publish_ok,
-    recv_json,
-    token,
-    ws_url,
-)
+from authkit import AUTH, bearer, publish_ok, token
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tidings.conformance._wire import SseStream
+from tidings.testing import UNIT, SseStream, command, http_client, recv_json, ws_url
 
 TTL = 1.5 * UNIT
 #: The longest a token may outlive its ``exp`` (the sweep's tick, plus slack).

@@ -12,30 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from authkit import (
-    API_KEY,
-    AUTH,
-    RULES,
-    SECRET,
-    bearer,
-    http_client,
-    publish,
-    publish_ok,
-    refusal,
-    token,
-)
+from authkit import API_KEY, AUTH, RULES, SECRET, bearer, publish_ok, refusal, token
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tidings import Server
 from tidings.errors import UsageError
 from tidings.settings import AuthSettings
+from tidings.testing import http_client, post
 
 
 async def test_without_auth_config_everything_stays_open(server: Server) -> None:
     async with http_client(server) as client:
         # Even credentials that would be refused are not looked at.
-        response = await publish(client, "chat:x", 1, bearer("not-a-token"))
+        response = await post(client, "chat:x", 1, bearer("not-a-token"))
         assert response.status_code == 201
         response = await client.get("/channels/chat:x", params={"since": "0"},
                                     headers=bearer("garbage"))
@@ -46,36 +36,36 @@ async def test_without_auth_config_everything_stays_open(server: Server) -> None
 async def test_publish_needs_the_api_key_where_the_rule_says_so(make_server: Any) -> None:
     server = await make_server(auth=AUTH)
     async with http_client(server) as client:
-        assert refusal(await publish(client, "public:x", 1)) == (401, "api_key_required")
-        assert refusal(await publish(client, "public:x", 1, bearer("wrong-key"))) == (
+        assert refusal(await post(client, "public:x", 1)) == (401, "api_key_required")
+        assert refusal(await post(client, "public:x", 1, bearer("wrong-key"))) == (
             401, "invalid_token")
-        assert refusal(await publish(client, "public:x", 1, {"Authorization": API_KEY})) == (
+        assert refusal(await post(client, "public:x", 1, {"Authorization": API_KEY})) == (
             401, "invalid_token")  # the Bearer scheme is required
         granted = token(publish=["*"])
-        assert refusal(await publish(client, "public:x", 1, bearer(granted))) == (
+        assert refusal(await post(client, "public:x", 1, bearer(granted))) == (
             403, "forbidden")
         # Not in the query string: it would land in access logs.
         response = await client.post("/channels/public:x", params={"token": API_KEY},
                                      content=b"1")
         assert refusal(response) == (401, "invalid_token")
-        assert (await publish(client, "public:x", 1, bearer(API_KEY))).status_code == 201
+        assert (await post(client, "public:x", 1, bearer(API_KEY))).status_code == 201
         # The safe default for a namespace without a rule: the API key.
-        assert refusal(await publish(client, "misc:x", 1, bearer(granted))) == (403, "forbidden")
-        assert (await publish(client, "misc:x", 1, bearer(API_KEY))).status_code == 201
-        assert (await publish(client, "open:x", 1)).status_code == 201
+        assert refusal(await post(client, "misc:x", 1, bearer(granted))) == (403, "forbidden")
+        assert (await post(client, "misc:x", 1, bearer(API_KEY))).status_code == 201
+        assert (await post(client, "open:x", 1)).status_code == 201
 
 
 async def test_publish_with_a_token_that_grants_it(make_server: Any) -> None:
     server = await make_server(auth=AUTH)
     async with http_client(server) as client:
-        assert refusal(await publish(client, "chat:a", 1)) == (401, "token_required")
-        assert (await publish(client, "chat:a", 1, bearer(token(publish=["chat:a"])))
+        assert refusal(await post(client, "chat:a", 1)) == (401, "token_required")
+        assert (await post(client, "chat:a", 1, bearer(token(publish=["chat:a"])))
                 ).status_code == 201
-        assert (await publish(client, "chat:b", 1, bearer(token(publish=["chat:*"])))
+        assert (await post(client, "chat:b", 1, bearer(token(publish=["chat:*"])))
                 ).status_code == 201
         only_a = bearer(token(subscribe=["chat:*"], publish=["chat:a"]))
-        assert refusal(await publish(client, "chat:b", 1, only_a)) == (403, "forbidden")
-        assert (await publish(client, "chat:b", 1, bearer(API_KEY))).status_code == 201
+        assert refusal(await post(client, "chat:b", 1, only_a)) == (403, "forbidden")
+        assert (await post(client, "chat:b", 1, bearer(API_KEY))).status_code == 201
 
 
 async def test_reading_needs_a_token_that_grants_every_channel(make_server: Any) -> None:
@@ -163,7 +153,7 @@ async def test_bad_tokens_are_refused_with_a_reason(make_server: Any, make_token
     bad = make_token()
     async with http_client(server) as client:
         responses = [await client.get("/channels/chat:a", headers=bearer(bad)),
-                     await publish(client, "chat:a", 1, bearer(bad))]
+                     await post(client, "chat:a", 1, bearer(bad))]
         if len(bad) < 4000:  # a longer one is over the URL limit: 400 before any check
             # Even on a channel anyone may read: a bad token is an error the client must see.
             responses.append(await client.get("/channels/public:a", params={"token": bad}))
@@ -235,8 +225,8 @@ async def test_the_api_key_from_the_environment(make_server: Any,
     monkeypatch.setenv("TIDINGS_API_KEY", "from-env")
     server = await make_server()
     async with http_client(server) as client:
-        assert refusal(await publish(client, "x", 1)) == (401, "api_key_required")
-        assert (await publish(client, "x", 1, bearer("from-env"))).status_code == 201
+        assert refusal(await post(client, "x", 1)) == (401, "api_key_required")
+        assert (await post(client, "x", 1, bearer("from-env"))).status_code == 201
 
 
 async def test_tidings_publish_sends_the_api_key_from_the_environment(

@@ -6,11 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from authkit import AUTH, UNIT, http_client, publish_ok, token
+from authkit import AUTH, publish_ok, token
 
 import tidings
 from tidings import Backoff
 from tidings.errors import RequestRefused, UsageError
+from tidings.testing import UNIT, http_client
 
 TTL = 1.5 * UNIT
 FAST = {"backoff": Backoff(initial=0.01, maximum=0.1), "poll_interval": 0.1 * UNIT,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from authkit import API_KEY, AUTH, bearer, http_client, token
+from authkit import API_KEY, AUTH, bearer, token
 
 from conftest import ServerFactory
+from tidings.testing import http_client
 
 
 async def test_each_token_subject_and_the_api_key_have_their_own_bucket(

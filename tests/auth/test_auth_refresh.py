@@ -14,13 +14,14 @@ import json
 from typing import Any
 
 import pytest
-from authkit import AUTH, UNIT, http_client, publish_ok, token
+from authkit import AUTH, publish_ok, token
 
 import tidings
 from tidings import Backoff
 from tidings.client import websocket
 from tidings.client._token import refresh_delay, token_expiry
 from tidings.client.events import StatusEvent
+from tidings.testing import UNIT, http_client
 
 #: Tokens live this long; the server cuts an expired one within about a second.
 TTL = 3 * UNIT

@@ -6,19 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from authkit import (
-    API_KEY,
-    AUTH,
-    bearer,
-    command,
-    http_client,
-    publish_ok,
-    recv_json,
-    token,
-    ws_url,
-)
+from authkit import API_KEY, AUTH, bearer, publish_ok, token
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
+
+from tidings.testing import command, http_client, recv_json, ws_url
 
 
 async def refused_handshake(url: str, **options: Any) -> tuple[int, str]:

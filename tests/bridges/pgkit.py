@@ -8,30 +8,28 @@ outbox, dropped afterwards. Test modules import the fixture::
 
     from pgkit import pg_fixture  # noqa: F401 - the ``pg`` fixture
 
-Readers use httpx (long poll, SSE streaming); every wait is bounded by a
-multiple of ``UNIT`` seconds.
+Readers are the public test kit's (:mod:`tidings.testing`: long polls, an
+event stream); every wait is bounded by a multiple of ``UNIT`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
-from conftest import UNIT
 from tidings import Server
+from tidings.backoff import Backoff
 from tidings.bridges import BrokerSink, Sink
 from tidings.bridges.postgres import PostgresBridge
-from tidings.client import Backoff
+from tidings.testing import UNIT, SseStream, http_client, open_sse, poll
 
 DSN = os.environ.get("TIDINGS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 #: Retry delays that keep tests fast.
@@ -108,13 +106,10 @@ async def long_poll(url: str, channel: str, count: int, since: str = "0",
                     headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The next ``count`` messages of ``channel`` after ``since``, read by long polls."""
     messages: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=within, headers=headers) as http, \
+    async with http_client(url, timeout=within, headers=headers) as http, \
             asyncio.timeout(within):
         while len(messages) < count:
-            response = await http.get(f"{url}/channels/{channel}",
-                                      params={"since": since, "wait": 5, "limit": 1000})
-            assert response.status_code == 200, response.text
-            answer = response.json()
+            answer = await poll(http, f"/channels/{channel}", since=since, wait=5, limit=1000)
             assert "gap" not in answer, answer
             messages.extend(answer["messages"])
             since = answer["next"]
@@ -125,11 +120,9 @@ async def poll_all(url: str, channel: str) -> list[dict[str, Any]]:
     """Every retained message of ``channel`` (regular polls from ``since=0``)."""
     messages: list[dict[str, Any]] = []
     since = "0"
-    async with httpx.AsyncClient(timeout=5 * UNIT) as http:
+    async with http_client(url, timeout=5 * UNIT) as http:
         while True:
-            response = await http.get(f"{url}/channels/{channel}",
-                                      params={"since": since, "limit": 1000})
-            answer = response.json()
+            answer = await poll(http, f"/channels/{channel}", since=since, limit=1000)
             messages.extend(answer["messages"])
             if not answer.get("more"):
                 return messages
@@ -137,31 +130,20 @@ async def poll_all(url: str, channel: str) -> list[dict[str, Any]]:
 
 
 class SseReader:
-    """An SSE subscription read with httpx streaming; :meth:`take` the next messages."""
+    """An event stream on a channel, with a client of its own; :meth:`take` the next messages."""
 
-    def __init__(self, http: httpx.AsyncClient, response: httpx.Response) -> None:
-        self.http = http
-        self.response = response
-        self.lines = response.aiter_lines()
+    def __init__(self, stream: SseStream) -> None:
+        self.stream = stream
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, url: str, channel: str) -> AsyncIterator[SseReader]:
-        async with httpx.AsyncClient(timeout=None) as http, http.stream(
-                "GET", f"{url}/channels/{channel}",
-                headers={"Accept": "text/event-stream"}) as response:
-            assert response.status_code == 200
-            reader = cls(http, response)
-            async with asyncio.timeout(5 * UNIT):
-                while await anext(reader.lines) != "":  # the opening retry:/id: block
-                    pass
-            yield reader
+        """Subscribed (the opening block read) when it yields."""
+        async with http_client(url, timeout=None) as http, \
+                open_sse(http, f"/channels/{channel}") as stream:
+            await stream.opening()
+            yield cls(stream)
 
     async def take(self, count: int, within: float = 5 * UNIT) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        async with asyncio.timeout(within):
-            while len(messages) < count:
-                line = await anext(self.lines)
-                if line.startswith("data: "):
-                    messages.append(json.loads(line[len("data: "):]))
-        return messages
+        """The next ``count`` messages, as the JSON objects of their events."""
+        return await self.stream.message_objects(count, within)

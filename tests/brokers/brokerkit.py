@@ -34,13 +34,13 @@ from typing import Any, TypeVar
 
 import redis.asyncio
 
-from conftest import UNIT
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker
 from tidings.core.cursor import Start
 from tidings.core.log import Gap, Read, Retention
 from tidings.core.message import Message
+from tidings.testing import UNIT
 
 T = TypeVar("T")
 

@@ -23,9 +23,9 @@ from conftest import UNIT, ServerFactory
 from rediskit import RedisClusterProcesses, RedisError
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis.keys import ChannelKeys
-from tidings.conformance._wire import SseStream
 from tidings.core.cursor import END, ORIGIN, Position
 from tidings.core.log import Retention
+from tidings.testing import SseStream
 
 BrokerFactory = Callable[..., Awaitable[RedisBroker]]
 

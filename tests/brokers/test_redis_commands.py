@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from conftest import UNIT
-from httpkit import until
+from conftest import UNIT, until
 from rediskit import RedisProcess
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis import broker as broker_module

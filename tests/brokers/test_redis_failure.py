@@ -31,15 +31,14 @@ from brokerkit import Recorder, read_ready
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from conftest import UNIT, ServerFactory
-from httpkit import epoch_of, publish, seq_of, until
+from conftest import UNIT, ServerFactory, until
 from rediskit import RedisProcess
 from tidings import Server, Settings
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis import pubsub as pubsub_module
-from tidings.conformance._wire import SseBlock, SseStream
 from tidings.core.cursor import ORIGIN
 from tidings.errors import BrokerError
+from tidings.testing import SseBlock, SseStream, epoch_of, publish, seq_of
 
 NodeFactory = Callable[..., Awaitable[Server]]
 

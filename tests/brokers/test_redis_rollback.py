@@ -12,8 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from brokerkit import Recorder, read_ready
 
-from conftest import UNIT
-from httpkit import until
+from conftest import UNIT, until
 from rediskit import RedisProcess
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis.keys import ChannelKeys

@@ -6,14 +6,12 @@ Every wait is bounded by a multiple of ``UNIT`` seconds (``TIDINGS_TEST_UNIT``).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from typing import Any
 
 import tidings
 from tidings import Server
-
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings.testing import UNIT
 
 TECHNIQUES = ["websocket", "sse", "longpoll", "poll"]
 

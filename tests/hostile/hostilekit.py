@@ -4,7 +4,9 @@ Hypothesis drives synchronous test functions, so the fuzz tests run the
 server in a thread with its own event loop and talk to it over plain
 blocking sockets with timeouts (every read is bounded by ``BOUND``). The
 thread records anything the loop reports as an unhandled error; a test
-fails if there is any.
+fails if there is any. Client frames are built with
+:func:`tidings.testing.client_frame`; the async raw clients are in
+:mod:`tidings.testing` too.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings import Server, Settings
+from tidings.testing import UNIT
 
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
 #: Seconds any single answer (or the close) may take.
 BOUND = 5 * UNIT
 
@@ -164,20 +166,6 @@ def ws_handshake(sock: socket.socket, path: str = "/subscribe") -> bytes:
     head, _, rest = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 "), head
     return rest
-
-
-def masked(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client frame (masked, as RFC 6455 requires)."""
-    first = (0x80 if fin else 0) | opcode
-    mask = os.urandom(4)
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 @dataclass

@@ -15,17 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hostilekit import (
-    ServerThread,
-    WsReader,
-    check_close,
-    masked,
-    parse_frames,
-    read_all,
-    ws_handshake,
-)
+from hostilekit import ServerThread, WsReader, check_close, parse_frames, read_all, ws_handshake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tidings.testing import client_frame
 
 FUZZ = settings(max_examples=100, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -81,7 +75,7 @@ def well_formed(draw: st.DrawFn) -> bytes:
         payload = draw(COMMAND_TEXTS)
     else:
         payload = draw(st.binary(max_size=130))
-    return masked(opcode, payload, fin=draw(st.booleans()))
+    return client_frame(opcode, payload, fin=draw(st.booleans()))
 
 
 def frames_exchange(served: ServerThread, data: bytes) -> None:
@@ -164,8 +158,8 @@ COMMANDS = st.one_of(
 def test_any_json_command_gets_an_ack_or_an_error(served: ServerThread, command: Any) -> None:
     with served.connect() as sock:
         reader = WsReader(sock, ws_handshake(sock))
-        sock.sendall(masked(0x1, json.dumps(command).encode()))
-        sock.sendall(masked(0x1, b'{"type":"ping","req":"fence"}'))
+        sock.sendall(client_frame(0x1, json.dumps(command).encode()))
+        sock.sendall(client_frame(0x1, b'{"type":"ping","req":"fence"}'))
         replied = fenced = False
         while not (replied and fenced):
             frame = reader.next()
@@ -178,7 +172,7 @@ def test_any_json_command_gets_an_ack_or_an_error(served: ServerThread, command:
                 replied = True
                 if reply["type"] == "error":
                     assert isinstance(reply["error"], str) and isinstance(reply["message"], str)
-        sock.sendall(masked(0x8, struct.pack("!H", 1000)))
+        sock.sendall(client_frame(0x8, struct.pack("!H", 1000)))
         while (frame := reader.next()) is not None and frame.opcode != 0x8:
             pass
         assert frame is not None and check_close(frame) == 1000
@@ -190,8 +184,8 @@ def test_any_json_command_gets_an_ack_or_an_error(served: ServerThread, command:
 def test_any_text_gets_a_reply(served: ServerThread, text: str) -> None:
     with served.connect() as sock:
         reader = WsReader(sock, ws_handshake(sock))
-        sock.sendall(masked(0x1, text.encode()))
-        sock.sendall(masked(0x1, b'{"type":"ping","req":"fence"}'))
+        sock.sendall(client_frame(0x1, text.encode()))
+        sock.sendall(client_frame(0x1, b'{"type":"ping","req":"fence"}'))
         types: list[str] = []
         while True:
             frame = reader.next()

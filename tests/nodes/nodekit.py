@@ -14,17 +14,16 @@ A node's stdout and stderr go to files in a temporary directory, so a chatty
 node never blocks on a full pipe, and every failure shows what the node wrote.
 Every wait is bounded by a multiple of ``UNIT`` seconds (``TIDINGS_TEST_UNIT``).
 
-The rest are small helpers for clients we did not write (``httpx``,
-``websockets``) talking to several nodes: publishing, reading an event stream,
-receiving WebSocket frames, and checking that a run of messages has no
-duplicate and no hole.
+The rest are small helpers for clients we did not write talking to several
+nodes (publishing on a node, reading an event stream from one, on top of
+:mod:`tidings.testing`), and a check that a run of messages has no duplicate
+and no hole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -39,14 +38,8 @@ from typing import Any
 
 import httpx
 
-import httpkit
-from httpkit import SseReader, epoch_of, recv_json, recv_messages, seq_of
-
-__all__ = [
-    "SseReader", "epoch_of", "recv_json", "recv_messages", "seq_of",  # for the tests
-]
-
-UNIT = float(os.environ.get("TIDINGS_TEST_UNIT", "1.0"))
+from tidings import testing
+from tidings.testing import UNIT, SseStream
 
 PREFIX = "tidings serving on "
 #: Seconds a node may take to print its URL (imports, connecting to Redis, binding).
@@ -82,7 +75,7 @@ class Node:
 
     def ws_url(self, path: str) -> str:
         """The ``ws://`` URL of ``path`` on this node."""
-        return "ws" + self.url.removeprefix("http") + path
+        return testing.ws_url(self, path)
 
     def stderr(self) -> str:
         """What the node wrote to stderr so far."""
@@ -308,19 +301,12 @@ class RedisGate:
 # Clients ---------------------------------------------------------------------------
 
 
-def http_client() -> httpx.AsyncClient:
-    """An httpx client for any node (absolute URLs); waits are bounded by the tests."""
-    return httpx.AsyncClient(timeout=httpx.Timeout(10 * UNIT))
-
-
 async def publish(client: httpx.AsyncClient, node: Node, channel: str, value: Any) -> str:
-    """Publish ``value`` on ``node``; check the ``201`` answer and return the message id."""
-    response = await client.post(f"{node.url}/channels/{channel}", content=json.dumps(value),
-                                 headers={"Content-Type": "application/json"})
-    assert response.status_code == 201, f"{node}: {response.status_code} {response.text}"
-    body = response.json()
-    assert body["channel"] == channel, body
-    return str(body["id"])
+    """Publish ``value`` on ``node``; check the ``201`` answer and return the message id.
+
+    ``client`` is one for any node: ``tidings.testing.http_client()``.
+    """
+    return await testing.publish(client, channel, value, server=node)
 
 
 async def health(client: httpx.AsyncClient, node: Node) -> dict[str, Any]:
@@ -367,10 +353,10 @@ class PacedPublisher:
 
 @contextlib.asynccontextmanager
 async def open_sse(client: httpx.AsyncClient, node: Node, path: str,
-                   headers: dict[str, str] | None = None) -> AsyncIterator[SseReader]:
+                   headers: dict[str, str] | None = None) -> AsyncIterator[SseStream]:
     """Open an event stream on ``node``; leaving the block closes its connection."""
-    async with httpkit.open_sse(client, node.url + path, headers=headers) as reader:
-        yield reader
+    async with testing.open_sse(client, node.url + path, headers=headers) as stream:
+        yield stream
 
 
 def assert_exactly(received: Sequence[str], published: Iterable[str], what: str) -> None:

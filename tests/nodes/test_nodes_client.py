@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from nodekit import UNIT, Node, PacedPublisher, assert_exactly, http_client, start_nodes
+from nodekit import Node, PacedPublisher, assert_exactly, start_nodes
 
 import tidings
+from tidings.testing import UNIT, http_client
 
 COUNT = 150
 PER_HOP = 30

@@ -10,19 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from nodekit import (
-    UNIT,
-    Node,
-    assert_exactly,
-    health,
-    http_client,
-    open_sse,
-    publish,
-    recv_json,
-    recv_messages,
-    start_nodes,
-)
+from nodekit import Node, assert_exactly, health, open_sse, publish, start_nodes
 from websockets.asyncio.client import connect as ws_connect
+
+from tidings.testing import UNIT, http_client, recv_json, recv_messages
 
 COUNT = 200
 

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from nodekit import UNIT, Node, RedisGate, health, http_client, publish, start_nodes
+from nodekit import Node, RedisGate, health, publish, start_nodes
 
 from rediskit import RedisProcess
+from tidings.testing import UNIT, http_client
 
 
 @pytest.fixture

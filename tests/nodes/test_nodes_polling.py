@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from nodekit import UNIT, Node, PacedPublisher, assert_exactly, http_client, start_nodes
+from nodekit import Node, PacedPublisher, assert_exactly, start_nodes
+
+from tidings.testing import UNIT, http_client
 
 COUNT = 300
 #: Seconds between two publishes: 300 messages in a couple of seconds.

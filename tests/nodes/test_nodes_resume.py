@@ -15,21 +15,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
-from nodekit import (
-    UNIT,
-    Node,
-    PacedPublisher,
-    assert_exactly,
-    epoch_of,
-    http_client,
-    open_sse,
-    publish,
-    recv_json,
-    recv_messages,
-    seq_of,
-    start_nodes,
-)
+from nodekit import Node, PacedPublisher, assert_exactly, open_sse, publish, start_nodes
 from websockets.asyncio.client import connect as ws_connect
+
+from tidings.testing import UNIT, epoch_of, http_client, recv_json, recv_messages, seq_of
 
 COUNT = 160
 #: Messages read on each node before moving to the next.

@@ -7,10 +7,12 @@ import socket
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
 
-from httpkit import UNIT, http_client, open_sse, until
+from conftest import until
 from tidings import Server
 from tidings.core.log import Retention
+from tidings.testing import UNIT, http_client, open_sse, recv_json, ws_url
 
 # An id: may only claim what the client has been told ----------------------------------------
 
@@ -120,9 +122,6 @@ async def test_readers_that_never_read_hold_at_most_their_limit(make_server: Any
 async def test_a_slow_but_steady_reader_gets_its_whole_backlog(make_server: Any,
                                                               technique: str) -> None:
     """Progress is what counts: a reader slower than the timeout per byte is not cut off."""
-    from websockets.asyncio.client import connect
-
-    from httpkit import recv_json, ws_url
 
     server: Server = await make_server(output_buffer_limit=32 * 1024,
                                        slow_consumer_timeout=0.5 * UNIT)

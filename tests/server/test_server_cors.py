@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from conftest import UNIT, ServerFactory
-from httpkit import until
+from conftest import UNIT, ServerFactory, until
 from tidings import Server
 
 ORIGIN = "https://a.example"

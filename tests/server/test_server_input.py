@@ -23,8 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import UNIT, ServerFactory
-from httpkit import until
+from conftest import UNIT, ServerFactory, until
 from tidings import Server
 
 # Helpers ---------------------------------------------------------------------

@@ -24,19 +24,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 
-from httpkit import (
-    UNIT,
-    http_client,
-    open_sse,
-    poll,
-    publish,
-    recv_json,
-    until,
-    ws_url,
-)
+from conftest import until
 from tidings import Server
 from tidings.server.websocket import WebSocketSession
 from tidings.settings import AuthSettings
+from tidings.testing import UNIT, http_client, open_sse, poll, publish, recv_json, ws_url
 
 SECRET = "test-secret-of-at-least-32-bytes-length"
 #: Access control on (tokens are verified and expire) with channels open to everyone.

@@ -7,8 +7,9 @@ import time
 
 import httpx
 
-from httpkit import SAMPLE_VALUES, UNIT, http_client, poll, publish, publish_many, until
+from conftest import SAMPLE_VALUES, until
 from tidings import Server
+from tidings.testing import UNIT, http_client, poll, publish, publish_many
 
 
 async def wait_until_parked(server: Server, count: int = 1) -> None:

@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from httpkit import (
-    SAMPLE_VALUES,
-    epoch_of,
-    http_client,
-    poll,
-    publish,
-    publish_many,
-    seq_of,
-)
+from conftest import SAMPLE_VALUES
 from tidings import Server
+from tidings.testing import epoch_of, http_client, poll, publish, publish_many, seq_of
 
 
 async def test_publish_answers_201_with_the_new_id(server: Server) -> None:

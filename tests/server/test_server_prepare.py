@@ -26,23 +26,24 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from httpkit import (
-    UNIT,
-    RawWebSocket,
-    SseReader,
-    http_client,
-    poll,
-    publish,
-    publish_many,
-    recv_json,
-    until,
-    ws_url,
-)
+from conftest import until
 from tidings import Server, Settings
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import END, ORIGIN, Start, parse_start
 from tidings.errors import BrokerError
 from tidings.server.websocket import WebSocketSession
+from tidings.testing import (
+    UNIT,
+    WAIT,
+    RawWebSocket,
+    SseStream,
+    http_client,
+    poll,
+    publish,
+    publish_many,
+    recv_json,
+    ws_url,
+)
 from tidings.wire.websocket import OP_TEXT
 
 T = TypeVar("T")
@@ -241,7 +242,7 @@ async def test_sse_stream_starts_once_the_channel_is_fetched(
         response = await finished(opening)
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        reader = SseReader(response)
+        reader = SseStream(response, within=WAIT)
         first = await reader.next_block()
         assert first.retry is not None and first.id == f"{epoch_of(broker, 'a')}-0"
         history = await reader.messages(2)

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from httpkit import (
+from tidings import Server
+from tidings.testing import (
     UNIT,
     http_client,
     open_sse,
@@ -28,7 +29,6 @@ from httpkit import (
     recv_messages,
     ws_url,
 )
-from tidings import Server
 
 TECHNIQUES = ["poll", "longpoll", "sse", "websocket"]
 

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import contextlib
 
-from httpkit import (
-    SAMPLE_VALUES,
+from conftest import SAMPLE_VALUES, until
+from tidings import Server
+from tidings.testing import (
     UNIT,
-    SseReader,
+    SseStream,
     http_client,
     open_sse,
     poll,
     publish,
     publish_many,
     seq_of,
-    until,
 )
-from tidings import Server
 
 
-async def opening(reader: SseReader) -> str:
+async def opening(reader: SseStream) -> str:
     """Read the first block: a ``retry:`` hint and the starting cursor; return the cursor."""
     block = await reader.next_block()
     assert block.retry is not None and block.retry > 0

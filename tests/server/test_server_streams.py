@@ -12,18 +12,18 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from httpkit import (
+from conftest import until
+from tidings import Server
+from tidings.testing import (
     UNIT,
-    SseEvent,
+    SseBlock,
     http_client,
     open_sse,
     poll,
     publish,
     recv_json,
-    until,
     ws_url,
 )
-from tidings import Server
 
 MESSAGE = {"filler": "x" * 4000}  # about 4 KB a message
 MAX_MESSAGES = 1500  # 6 MB: far beyond the 64 KB limit and the socket buffers
@@ -91,7 +91,7 @@ async def test_a_slow_consumer_is_cut_off_and_nobody_else_waits(make_server,
 
             # The normal subscriber reads everything while publishing goes on,
             # up to a last message that says it is the last.
-            received: list[SseEvent] = []
+            received: list[SseBlock] = []
 
             async def collect() -> None:
                 while True:

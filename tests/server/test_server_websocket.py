@@ -12,8 +12,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from httpkit import (
-    SAMPLE_VALUES,
+from conftest import SAMPLE_VALUES, until
+from tidings import Server
+from tidings.testing import (
     UNIT,
     RawWebSocket,
     command,
@@ -24,10 +25,8 @@ from httpkit import (
     recv_json,
     recv_messages,
     seq_of,
-    until,
     ws_url,
 )
-from tidings import Server
 
 
 async def test_url_subscription_says_subscribed_then_delivers(server: Server) -> None:

@@ -13,9 +13,15 @@ import httpx
 
 from tidings.bridges.changes import seq_from
 from tidings.brokers.base import Broker
-from tidings.client._common import base_urls, refused
 from tidings.core.cursor import ORIGIN, Start, parse_position
-from tidings.errors import BrokerError, PayloadTooLarge, RequestRefused, TidingsError
+from tidings.errors import (
+    BrokerError,
+    ConnectionFailed,
+    PayloadTooLarge,
+    RequestRefused,
+    TidingsError,
+)
+from tidings.server_api import base_urls, refused
 from tidings.settings import Settings
 
 #: The server's default limit (a smaller one is learnt from ``413`` answers).
@@ -24,8 +30,13 @@ DEFAULT_MAX_MESSAGE_SIZE = Settings().max_message_size
 SCAN_LIMIT = 1000
 
 
-class SinkUnavailable(TidingsError):
-    """The server could not be reached or failed; a publish may or may not have been accepted."""
+class SinkUnavailable(ConnectionFailed):
+    """The server could not be reached or failed; a publish may or may not have been accepted.
+
+    As with :class:`ConnectionFailed`, whose contract it keeps, the outcome is
+    unknown: look (:meth:`Sink.last_seq`) before publishing again. Not a
+    :class:`BrokerError`, which promises that nothing was accepted.
+    """
 
 
 class Sink(abc.ABC):

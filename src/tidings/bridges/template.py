@@ -15,13 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidings.core.names import CHANNEL_ALPHABET, check_channel
-from tidings.errors import TidingsError, UsageError
+from tidings.errors import InvalidChannel, TidingsError, UsageError
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
-class RenderError(TidingsError):
-    """A row cannot name a channel: a value is missing, null, or not allowed in a name."""
+class RenderError(InvalidChannel):
+    """A row cannot name a channel: a value is missing, null, or not allowed in a name.
+
+    Bad input from the database, not a bad template (that is a
+    :class:`UsageError`, raised when the template is parsed or checked against
+    its table): the bridge skips the row's change and goes on.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,12 @@
 Modules: ``_client`` (Client, Subscription, the reconnect loop), one module per
 technique (``websocket``, ``sse``, ``longpoll``, ``poll``), ``publisher`` (the
 synchronous publisher), and the I/O-free cores ``_cursors`` (resume rules),
-``_sse`` (event-stream parser) and ``_backoff``. docs/client.md is the guide.
+``_sse`` (event-stream parser). Shared with the bridges: :mod:`tidings.backoff`
+(retry delays) and :mod:`tidings.server_api` (server URLs, refusals).
+docs/client.md is the guide.
 """
 
-from tidings.client._backoff import Backoff
+from tidings.backoff import Backoff
 from tidings.client._client import AUTO_ORDER, TRANSPORTS, Client, Subscription, connect
 from tidings.client.events import (
     BrokerStatus,

@@ -22,16 +22,9 @@ from typing import Any, Final
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from tidings.backoff import Backoff
 from tidings.client import longpoll, poll, sse, websocket
-from tidings.client._backoff import Backoff
-from tidings.client._common import (
-    base_urls,
-    checked_channel,
-    encode_data,
-    published_id,
-    refusal_of_status,
-    refused,
-)
+from tidings.client._common import checked_channel, encode_data, published_id
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
 from tidings.client._session import Dropped, Session, TechniqueFailed, Unreachable
 from tidings.client._token import BearerAuth, TokenGetter, TokenSource
@@ -44,6 +37,7 @@ from tidings.client.events import (
     TransportChanged,
 )
 from tidings.errors import ClientClosed, ConnectionFailed, RequestRefused, UsageError
+from tidings.server_api import base_urls, refusal_of_status, refused
 
 logger = logging.getLogger("tidings.client")
 

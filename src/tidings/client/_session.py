@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tidings.client._common import refusal_of_status
 from tidings.client._cursors import BrokenStream, CursorBook
 from tidings.client.events import Gap, Message
 from tidings.errors import MissedMessages
+from tidings.server_api import refusal_of_status
 
 if TYPE_CHECKING:
     from tidings.client._client import Client

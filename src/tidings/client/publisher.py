@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 
-from tidings.client._common import base_urls, checked_channel, encode_data, published_id
+from tidings.client._common import checked_channel, encode_data, published_id
 from tidings.errors import ClientClosed, ConnectionFailed
+from tidings.server_api import base_urls
 
 
 class Publisher:

@@ -35,11 +35,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.client._common import refusal_of_status
 from tidings.client._session import Session, TechniqueFailed
 from tidings.client._token import bearer, refresh_delay, token_expiry
 from tidings.client.events import BrokerStatus
 from tidings.errors import ConnectionFailed, RequestRefused
+from tidings.server_api import refusal_of_status
 
 if TYPE_CHECKING:
     from tidings.client._client import Client

@@ -16,10 +16,12 @@ nodes of the same deployment (``nodes``, ``--node``), the last check,
 ``across_nodes``, reads and publishes on all of them as a client behind a
 load balancer without sticky sessions would; without them it is skipped.
 
-Modules: ``_context`` (what a check gets, how it fails), ``_wire`` (raw
-clients), ``_readers`` (one reader per technique), and the checks grouped by
-theme: ``checks_delivery``, ``checks_gaps``, ``checks_streams``,
-``checks_input``, ``checks_nodes``.
+Modules: ``_context`` (what a check gets, how its failures are labelled),
+``_readers`` (one reader per technique), and the checks grouped by theme:
+``checks_delivery``, ``checks_gaps``, ``checks_streams``, ``checks_input``,
+``checks_nodes``. The clients we did not write, driven by hand, are the
+public test kit :mod:`tidings.testing`; a check fails with its
+:class:`~tidings.testing.CheckFailed`.
 """
 
 from __future__ import annotations
@@ -37,14 +39,9 @@ from tidings.conformance import (
     checks_nodes,
     checks_streams,
 )
-from tidings.conformance._context import (
-    Check,
-    CheckFailed,
-    Context,
-    NotApplicable,
-    describe,
-)
+from tidings.conformance._context import Check, Context, NotApplicable, describe
 from tidings.errors import UsageError
+from tidings.testing import CheckFailed
 
 #: Every check by name, in the order :func:`run` runs them.
 CHECKS: dict[str, Check] = {

@@ -1,12 +1,17 @@
-"""What every check gets (:class:`Context`) and how it fails (:class:`CheckFailed`)."""
+"""What every check gets (:class:`Context`) and how it labels failures (:func:`labelled`).
+
+Checks fail with :class:`tidings.testing.CheckFailed` (also
+``tidings.conformance.CheckFailed``), through :func:`tidings.testing.require`
+and the other checks of the test kit.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +20,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tidings.errors import TidingsError, UsageError
+from tidings.testing import CheckFailed, fail_after, http_client
 
 #: The namespace of every channel a run uses: an operator can give it its own
 #: retention (``[namespaces.conformance]``), and nothing else is touched.
@@ -25,23 +31,8 @@ NAMESPACE = "conformance"
 TECHNIQUES = ("websocket", "sse", "longpoll", "poll")
 
 
-class CheckFailed(AssertionError):
-    """The server broke the protocol; the message says how, in one line."""
-
-
 class NotApplicable(Exception):
     """The check cannot run against this server (it turned off the techniques it needs)."""
-
-
-def require(condition: object, reason: str) -> None:
-    """Fail the check with ``reason`` unless ``condition`` holds (never stripped by ``-O``)."""
-    if not condition:
-        raise CheckFailed(reason)
-
-
-def require_equal(actual: object, expected: object, what: str) -> None:
-    if actual != expected:
-        raise CheckFailed(f"{what}: expected {expected!r}, got {actual!r}")
 
 
 @dataclass(frozen=True)
@@ -125,23 +116,6 @@ class Context:
         return dataclasses.replace(self, transports=served)
 
     @property
-    def ws_url(self) -> str:
-        return "ws" + self.url.removeprefix("http")
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (443 if parts.scheme == "https" else 80)
-
-    @property
-    def tls(self) -> bool:
-        return self.url.startswith("https:")
-
-    @property
     def origin(self) -> str:
         """The server's own origin: the one a deployment that restricts CORS most likely allows."""
         parts = urlsplit(self.url)
@@ -149,18 +123,11 @@ class Context:
 
     def http(self, **options: Any) -> httpx.AsyncClient:
         """An httpx client for the server; every step is bounded by ``timeout``."""
-        return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(self.timeout),
-                                 **options)
+        return http_client(self.url, timeout=self.timeout, **options)
 
-    @contextlib.asynccontextmanager
-    async def step(self, what: str, within: float | None = None) -> AsyncIterator[None]:
-        """Bound one step; a timeout fails the check saying what was awaited."""
-        seconds = self.timeout if within is None else within
-        try:
-            async with asyncio.timeout(seconds):
-                yield
-        except TimeoutError:
-            raise CheckFailed(f"nothing within {seconds:g} s while {what}") from None
+    def step(self, what: str, within: float | None = None) -> AbstractAsyncContextManager[None]:
+        """Bound one step (to ``timeout`` unless told); a timeout fails saying what was awaited."""
+        return fail_after(self.timeout if within is None else within, what)
 
 
 def _base_url(url: str, what: str) -> str:

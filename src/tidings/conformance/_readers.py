@@ -19,8 +19,16 @@ import httpx
 from websockets.asyncio.client import ClientConnection
 
 from tidings.client import Backoff, Connected, Gap, StatusEvent, Subscription, connect
-from tidings.conformance._context import CheckFailed, Context, require
-from tidings.conformance._wire import SseStream, check_poll_answer, open_sse, open_ws, recv_frame
+from tidings.conformance._context import Context
+from tidings.testing import (
+    CheckFailed,
+    SseStream,
+    check_poll_answer,
+    open_sse,
+    open_ws,
+    recv_json,
+    require,
+)
 
 GAP_FIELDS = ("channel", "from", "to", "reason", "missed")
 MESSAGE_FIELDS = ("channel", "id", "data", "time")
@@ -140,7 +148,8 @@ class WebSocketReader:
     async def start(self) -> None:
         """Read a ``subscribed`` frame per channel; each comes before its channel's items."""
         while len(self.subscribed) < len(self.channels):
-            frame = await recv_frame(self.ctx, self.ws, "waiting for the subscribed frames")
+            async with self.ctx.step("waiting for the subscribed frames"):
+                frame = await recv_json(self.ws, within=None)
             if frame["type"] in ("message", "gap"):
                 require(frame.get("channel") in self.subscribed,
                         f"a {frame['type']} came before its channel's subscribed frame: {frame!r}")
@@ -157,7 +166,8 @@ class WebSocketReader:
         if self._early:
             item = self._early.pop(0)
         else:
-            frame = await recv_frame(self.ctx, self.ws, "waiting for a frame")
+            async with self.ctx.step("waiting for a frame"):
+                frame = await recv_json(self.ws, within=None)
             require(frame["type"] in ("message", "gap"), f"unexpected frame {frame!r}")
             item = parse_item(frame.pop("type"), frame)
         if len(self.channels) == 1:
@@ -238,12 +248,13 @@ async def open_reader(ctx: Context, name: str, channels: Sequence[str], since: s
         elif name == "sse":
             path, params = _query(channels, None if last_event_id else since)
             headers = {"Last-Event-ID": since} if last_event_id and since is not None else None
-            async with open_sse(ctx, http, path, params, headers) as stream:
+            async with open_sse(http, path, params, headers, within=ctx.timeout) as stream:
+                await stream.opening()
                 yield SseReader(stream, channels)
         elif name == "websocket":
             path, params = _query(channels, since)
             target = str(httpx.URL(path, params=params))
-            async with open_ws(ctx, target) as ws:
+            async with open_ws(ctx, target, within=ctx.timeout) as ws:
                 reader = WebSocketReader(ws, ctx, channels)
                 await reader.start()
                 yield reader

@@ -11,7 +11,7 @@ import contextlib
 import json
 from typing import Any
 
-from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._context import Context, labelled
 from tidings.conformance._readers import (
     Item,
     Reader,
@@ -21,11 +21,14 @@ from tidings.conformance._readers import (
     read_items,
     read_messages,
 )
-from tidings.conformance._wire import (
+from tidings.testing import (
     SAMPLE_VALUES,
+    CheckFailed,
     epoch_of,
     publish,
     publish_many,
+    require,
+    require_equal,
     seq_of,
 )
 

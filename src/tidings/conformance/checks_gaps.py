@@ -12,9 +12,16 @@ import asyncio
 
 import httpx
 
-from tidings.conformance._context import NAMESPACE, CheckFailed, Context, labelled, require_equal
+from tidings.conformance._context import NAMESPACE, Context, labelled
 from tidings.conformance._readers import Item, open_reader, read_from, read_items
-from tidings.conformance._wire import epoch_of, publish, publish_many, seq_of
+from tidings.testing import (
+    CheckFailed,
+    epoch_of,
+    publish,
+    publish_many,
+    require_equal,
+    seq_of,
+)
 
 #: The most messages the retention check publishes on one channel.
 MAX_MESSAGES = 5000

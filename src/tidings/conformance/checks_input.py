@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._context import Context, labelled
 from tidings.conformance._readers import open_reader, read_items
-from tidings.conformance._wire import (
-    client_frame,
+from tidings.testing import (
+    CheckFailed,
+    RawWebSocket,
     close_raw,
     command,
     epoch_of,
@@ -21,11 +22,11 @@ from tidings.conformance._wire import (
     open_ws,
     publish,
     read_response,
-    read_ws_frame,
-    recv_frame,
+    recv_json,
     request_head,
+    require,
+    require_equal,
     require_error,
-    websocket_handshake,
 )
 
 #: Bodies declared (never sent) to find the size limit: the default, then 1 MiB.
@@ -96,12 +97,13 @@ async def bad_input(ctx: Context) -> None:
 async def _payload_too_large(ctx: Context, channel: str) -> None:
     """A declared body over the limit is refused with 413 before it is sent."""
     for size in OVERSIZE_BODIES:
-        reader, writer = await open_raw(ctx)
+        reader, writer = await open_raw(ctx, within=ctx.timeout)
         try:
             writer.write(request_head(ctx, "POST", f"/channels/{channel}",
                                       "Content-Type: application/json",
                                       f"Content-Length: {size}", "Expect: 100-continue"))
-            status, headers, body = await read_response(ctx, reader, f"declaring {size} bytes")
+            async with ctx.step(f"declaring {size} bytes"):
+                status, headers, body = await read_response(reader, within=None)
         finally:
             await close_raw(writer)
         if status == 100:
@@ -119,7 +121,7 @@ async def _payload_too_large(ctx: Context, channel: str) -> None:
 
 async def _websocket_disabled(ctx: Context, path: str) -> None:
     try:
-        async with open_ws(ctx, path):
+        async with open_ws(ctx, path, within=ctx.timeout):
             raise CheckFailed("it was upgraded")
     except InvalidStatus as exc:
         require_error(_as_httpx(exc), 403, "transport_disabled", "the answer")
@@ -136,7 +138,7 @@ async def _websocket_errors(ctx: Context, channel: str) -> None:
     """Bad commands get error frames on an open WebSocket; a binary frame closes it with 1003."""
     with labelled("a WebSocket upgrade with a bad since"):
         try:
-            async with open_ws(ctx, f"/channels/{channel}?since=nope"):
+            async with open_ws(ctx, f"/channels/{channel}?since=nope", within=ctx.timeout):
                 raise CheckFailed("it was upgraded")
         except InvalidStatus as exc:
             require_error(_as_httpx(exc), 400, "invalid_cursor", "the answer")
@@ -150,45 +152,44 @@ async def _websocket_errors(ctx: Context, channel: str) -> None:
          "invalid_cursor"),
         (json.dumps({"type": "publish", "req": 5, "channel": channel}), 5, "invalid_command"),
     ]
-    async with open_ws(ctx, "/subscribe") as ws:
+    async with open_ws(ctx, "/subscribe", within=ctx.timeout) as ws:
         for text, req, code in bad_commands:
             with labelled(f"the WebSocket command {text}"):
                 await ws.send(text)
-                frame = await recv_frame(ctx, ws, "waiting for the error frame")
+                async with ctx.step("waiting for the error frame"):
+                    frame = await recv_json(ws, within=None)
                 require(frame.get("type") == "error" and frame.get("req") == req
                         and frame.get("error") == code
                         and isinstance(frame.get("message"), str) and frame["message"],
                         f'expected {{"type": "error", "req": {req!r}, "error": "{code}", '
                         f'"message": ...}}, got {frame!r}')
         with labelled("a ping command after the errors"):
-            require_equal(await command(ctx, ws, type="ping", req="p"),
+            # Frames before the answer are set aside: only the answer is checked.
+            require_equal(await command(ws, [], within=ctx.timeout, type="ping", req="p"),
                           {"type": "ack", "req": "p"}, "the answer")
         with labelled("a binary frame"):
             await ws.send(b'{"type": "ping", "req": 1}')
             try:
                 async with ctx.step("waiting for the close"):
-                    frame = await recv_frame(ctx, ws, "waiting for the close")
+                    frame = await recv_json(ws, within=None)
                 raise CheckFailed(f"the connection stayed open: {frame!r}")
             except ConnectionClosed as exc:
                 require_equal(exc.rcvd.code if exc.rcvd is not None else None, 1003,
                               "the close code")
     # A text frame that is not UTF-8 closes with 1007 (sent by hand: websockets refuses to).
     with labelled("a text frame that is not UTF-8"):
-        reader, writer = await open_raw(ctx)
+        raw = await RawWebSocket.connect(ctx, "/subscribe", within=ctx.timeout)
         try:
-            writer.write(websocket_handshake(ctx, "/subscribe"))
-            status, _, _ = await read_response(ctx, reader, "the handshake")
-            require_equal(status, 101, "the handshake")
-            writer.write(client_frame(0x1, b'"\xff\xfe"'))
+            raw.send_frame(0x1, b'"\xff\xfe"')
             async with ctx.step("waiting for the close frame"):
                 while True:
-                    opcode, payload = await read_ws_frame(reader)
+                    opcode, payload = await raw.read_frame(within=None)
                     if opcode == 0x8:
                         break
             require_equal(struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None,
                           1007, "the close code")
         finally:
-            await close_raw(writer)
+            await raw.aclose()
 
 
 async def etag_304(ctx: Context) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tidings.conformance._context import CheckFailed, Context, NotApplicable, labelled, require
+from tidings.conformance._context import Context, NotApplicable, labelled
 from tidings.conformance._readers import (
     POLL_INTERVAL,
     ClientReader,
@@ -28,8 +28,8 @@ from tidings.conformance._readers import (
     parse_item,
     read_messages,
 )
-from tidings.conformance._wire import epoch_of, poll, publish, seq_of
 from tidings.conformance.checks_delivery import id_difference, require_ids
+from tidings.testing import CheckFailed, epoch_of, poll, publish, require, seq_of
 
 #: Live messages per node for the readers that move: each is published once
 #: every reader has read the one before.
@@ -291,7 +291,7 @@ async def _poll_once(node: Context, log: Log, technique: str,
     if technique == "longpoll":
         params["wait"] = wait
     async with node.step(f"waiting for the answer to a {technique}"):
-        answer = await poll(log.https[node.url], f"/channels/{log.channel}", params)
+        answer = await poll(log.https[node.url], f"/channels/{log.channel}", **params)
     answered = time.monotonic()
     require(not answer.get("gaps"), f"expected only messages, got gaps {answer.get('gaps')!r}")
     messages = [parse_item("message", m).body for m in answer["messages"]]
@@ -385,8 +385,7 @@ async def _poll_after(node: Context, log: Log, technique: str, since: str,
     http = log.https[node.url]
     path = f"/channels/{log.channel}"
     if technique == "longpoll":
-        parked = asyncio.create_task(poll(http, path, {"since": since,
-                                                       "wait": _longpoll_wait(node)}))
+        parked = asyncio.create_task(poll(http, path, since=since, wait=_longpoll_wait(node)))
         try:
             await log.publish(publisher)
             async with node.step("waiting for the long poll's answer"):
@@ -396,13 +395,13 @@ async def _poll_after(node: Context, log: Log, technique: str, since: str,
             await asyncio.gather(parked, return_exceptions=True)
     else:
         async with node.step("waiting for the poll's answer"):
-            answer = await poll(http, path, {"since": since})
+            answer = await poll(http, path, since=since)
         require(not answer["messages"] and not answer.get("gaps") and answer["next"] == since,
                 f"expected no message and next {since}, got {answer!r}")
         await log.publish(publisher)
         async with node.step("polling for the message published next"):
             while True:
-                answer = await poll(http, path, {"since": since})
+                answer = await poll(http, path, since=since)
                 if answer["messages"] or answer.get("gaps"):
                     break
                 await asyncio.sleep(POLL_INTERVAL)

@@ -11,19 +11,19 @@ from collections.abc import Awaitable
 
 import httpx
 
-from tidings.conformance._context import CheckFailed, Context, labelled, require, require_equal
+from tidings.conformance._context import Context, labelled
 from tidings.conformance._readers import Reader, end_of, open_reader, read_items
-from tidings.conformance._wire import (
-    SseBlock,
-    client_frame,
+from tidings.testing import (
+    CheckFailed,
+    RawWebSocket,
     close_raw,
     open_raw,
     open_sse,
     publish,
-    raw_websocket,
     read_response,
-    read_ws_frame,
     request_head,
+    require,
+    require_equal,
 )
 
 PING, PONG, CLOSE, TEXT = 0x9, 0xA, 0x8, 0x1
@@ -52,30 +52,32 @@ async def heartbeats(ctx: Context) -> None:
 
 
 async def _sse_heartbeat(ctx: Context, channel: str) -> None:
-    async with ctx.http() as http, open_sse(ctx, http, f"/channels/{channel}") as stream:
+    async with ctx.http() as http, open_sse(http, f"/channels/{channel}",
+                                            within=ctx.timeout) as stream:
+        await stream.opening()
         async with ctx.step("waiting for a heartbeat comment on an idle event stream",
                             within=ctx.heartbeat_timeout):
-            block: SseBlock = await stream.next_block()
+            block = await stream.next_block(within=ctx.heartbeat_timeout)
         require(block.comments and block.event is None and block.data is None,
                 f"an idle event stream sent {block!r}, not a comment")
 
 
 async def _ws_heartbeat(ctx: Context, channel: str) -> None:
-    reader, writer = await raw_websocket(ctx, f"/channels/{channel}")
+    ws = await RawWebSocket.connect(ctx, f"/channels/{channel}", within=ctx.timeout)
     try:
         async with ctx.step("waiting for a ping on an idle WebSocket",
                             within=ctx.heartbeat_timeout):
             while True:
-                opcode, payload = await read_ws_frame(reader)
+                opcode, payload = await ws.read_frame(within=None)
                 if opcode == PING:
-                    writer.write(client_frame(PONG, payload))
+                    ws.send_frame(PONG, payload)
                     return
                 if opcode == CLOSE:
                     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                     raise CheckFailed(f"an idle WebSocket was closed ({code}) before any ping")
                 require(opcode == TEXT, f"unexpected frame opcode {opcode}")
     finally:
-        await close_raw(writer)
+        await ws.aclose()
 
 
 #: Published to the slow consumers: about 4 MB in 4 KB messages.
@@ -123,10 +125,11 @@ async def slow_consumer(ctx: Context) -> None:
 async def _open_slow_sse(ctx: Context, path: str,
                          stack: contextlib.AsyncExitStack) -> asyncio.StreamReader:
     """An event stream that reads its head and opening block, and then nothing."""
-    reader, writer = await open_raw(ctx, receive_buffer=4096, limit=1024)
+    reader, writer = await open_raw(ctx, receive_buffer=4096, limit=1024, within=ctx.timeout)
     stack.push_async_callback(close_raw, writer)
     writer.write(request_head(ctx, "GET", path, "Accept: text/event-stream"))
-    status, _, _ = await read_response(ctx, reader, "opening the slow event stream")
+    async with ctx.step("opening the slow event stream"):
+        status, _, _ = await read_response(reader, within=None)
     require_equal(status, 200, "the slow event stream")
     async with ctx.step("waiting for the opening block of the slow event stream"):
         await reader.readuntil(b"\n\n")
@@ -134,22 +137,23 @@ async def _open_slow_sse(ctx: Context, path: str,
 
 
 async def _open_slow_ws(ctx: Context, path: str,
-                        stack: contextlib.AsyncExitStack) -> asyncio.StreamReader:
+                        stack: contextlib.AsyncExitStack) -> RawWebSocket:
     """A WebSocket that reads its subscribed frame, and then nothing; it pings though."""
-    reader, writer = await raw_websocket(ctx, path, receive_buffer=4096, limit=1024)
-    stack.push_async_callback(close_raw, writer)
+    ws = await RawWebSocket.connect(ctx, path, receive_buffer=4096, limit=1024,
+                                    within=ctx.timeout)
+    stack.push_async_callback(ws.aclose)
     async with ctx.step("waiting for the subscribed frame of the slow WebSocket"):
-        await read_ws_frame(reader)
+        await ws.read_frame(within=None)
     # It never reads, but it writes: pings keep it from being closed as a
     # client that does not answer the server's pings.
-    keepalive = asyncio.create_task(_ping_forever(writer))
+    keepalive = asyncio.create_task(_ping_forever(ws))
 
     async def stop() -> None:
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
 
     stack.push_async_callback(stop)
-    return reader
+    return ws
 
 
 async def _publish_watched(ctx: Context, http: httpx.AsyncClient, channel: str,
@@ -195,10 +199,10 @@ async def _publish_watched(ctx: Context, http: httpx.AsyncClient, channel: str,
     return published
 
 
-async def _ping_forever(writer: asyncio.StreamWriter) -> None:
+async def _ping_forever(ws: RawWebSocket) -> None:
     with contextlib.suppress(OSError, ssl.SSLError):
         while True:
-            writer.write(client_frame(PING, b"conformance"))
+            ws.send_frame(PING, b"conformance")
             await asyncio.sleep(0.2)
 
 
@@ -218,11 +222,11 @@ async def _drain(ctx: Context, reader: asyncio.StreamReader, last: str) -> bytes
     return data
 
 
-async def _drain_ws(ctx: Context, reader: asyncio.StreamReader, last: str) -> None:
+async def _drain_ws(ctx: Context, ws: RawWebSocket, last: str) -> None:
     try:
         async with ctx.step("reading until the server closes the connection"):
             while True:
-                opcode, payload = await read_ws_frame(reader)
+                opcode, payload = await ws.read_frame(within=None)
                 if opcode == CLOSE:
                     code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
                     require_equal(code, 4008, "the close code")

@@ -35,6 +35,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 
+from tidings.backoff import Backoff
 from tidings.bridges.changes import Change
 from tidings.bridges.postgres.install import (
     DEFAULT_SCHEMA,
@@ -47,7 +48,6 @@ from tidings.bridges.postgres.install import (
 )
 from tidings.bridges.sinks import Sink, SinkUnavailable
 from tidings.bridges.template import ChannelTemplate, RenderError
-from tidings.client._backoff import Backoff
 from tidings.errors import PayloadTooLarge, RequestRefused, UsageError
 
 logger = logging.getLogger("tidings.bridge")

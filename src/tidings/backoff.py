@@ -1,4 +1,8 @@
-"""Reconnection delays: exponential backoff with full jitter, without I/O.
+"""Retry delays: exponential backoff with full jitter, without I/O.
+
+The client waits this long before reconnecting; the bridges before trying a
+lost database or server again. :class:`Backoff` is also exported as
+``tidings.Backoff`` and ``tidings.client.Backoff``.
 
 Attempt ``n`` (from 0) waits a random time between 0 and
 ``min(maximum, initial * factor ** n)`` seconds ("full jitter", see
@@ -18,7 +22,7 @@ from tidings.errors import UsageError
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """The reconnection policy: ``initial`` and ``maximum`` seconds, growth ``factor``."""
+    """The retry policy: ``initial`` and ``maximum`` seconds, growth ``factor``."""
 
     initial: float = 0.1
     maximum: float = 30.0
