@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 import pytest
-from authkit import AUTH, bearer, command, http_client, publish, refusal, signed, token, ws_url
+from authkit import AUTH, bearer, refusal, signed, token
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from tidings.errors import Unauthorized
 from tidings.server.auth import Authenticator
+from tidings.testing import command, http_client, post, ws_url
 from tidings.wire import commands
 
 HUGE = "1" + "0" * 400  # no float holds it
@@ -127,11 +128,11 @@ async def test_an_overflowing_exp_is_401_over_http(make_server: Any) -> None:
     async with http_client(server) as client:
         for text in (HUGE, json.dumps(HUGE), "1e400"):
             forged = bearer(signed(payload(exp=text, channels='{"publish":["chat:a"]}')))
-            assert refusal(await publish(client, "chat:a", 1, forged)) == (401, "invalid_token")
+            assert refusal(await post(client, "chat:a", 1, forged)) == (401, "invalid_token")
             response = await client.get("/channels/chat:a", params={"token": forged})
             assert refusal(response) == (401, "invalid_token")
         granted = bearer(token(publish=["chat:a"]))
-        assert (await publish(client, "chat:a", 1, granted)).status_code == 201
+        assert (await post(client, "chat:a", 1, granted)).status_code == 201
 
 
 async def test_a_malformed_token_in_an_auth_command_is_an_error_reply(make_server: Any) -> None:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from authkit import API_KEY, AUTH, bearer, http_client, publish, refusal, token, ws_url
+from authkit import API_KEY, AUTH, bearer, refusal, token
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
@@ -23,6 +23,7 @@ from tidings.server.auth import ANONYMOUS, Authenticator
 from tidings.server.cors import Cors
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
+from tidings.testing import http_client, post, ws_url
 
 APP = "https://app.example"
 EVIL = "https://evil.example"
@@ -115,15 +116,15 @@ async def test_a_forged_publish_with_the_cookie_is_403_and_not_published(
     victim = {"Cookie": cookie(token(subscribe=["chat:*"], publish=["chat:*"]))}
     async with http_client(server) as client:
         for origin in (EVIL, "null"):
-            response = await publish(client, "chat:a", "forged", {**victim, "Origin": origin})
+            response = await post(client, "chat:a", "forged", {**victim, "Origin": origin})
             assert refusal(response) == (403, "origin_not_allowed")
         # The victim's own pages, and programs (no Origin), still use the cookie.
-        assert (await publish(client, "chat:a", "mine", {**victim, "Origin": APP})
+        assert (await post(client, "chat:a", "mine", {**victim, "Origin": APP})
                 ).status_code == 201
-        assert (await publish(client, "chat:a", "program", victim)).status_code == 201
+        assert (await post(client, "chat:a", "program", victim)).status_code == 201
         # A token in the header is not ambient: a page that has it may send it from anywhere.
         header = bearer(token(publish=["chat:a"]))
-        assert (await publish(client, "chat:a", "header", {**header, "Origin": EVIL})
+        assert (await post(client, "chat:a", "header", {**header, "Origin": EVIL})
                 ).status_code == 201
         # Reads with the cookie are refused as well.
         response = await client.get("/channels/chat:a", params={"since": "0"},
@@ -149,4 +150,4 @@ async def test_the_server_checks_the_origin_of_cookie_requests(make_server: Any)
     server = await make_server(auth=AUTH, cors_origins=(APP,))
     victim = {"Cookie": cookie(token(publish=["chat:*"])), "Origin": EVIL}
     async with http_client(server) as client:
-        assert refusal(await publish(client, "chat:a", 1, victim)) == (403, "origin_not_allowed")
+        assert refusal(await post(client, "chat:a", 1, victim)) == (403, "origin_not_allowed")

@@ -12,8 +12,12 @@ the sweep keeps running.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,10 +42,6 @@ AUTH = AuthSettings(jwt_hs256_secret=SECRET, default_subscribe="anyone",
 
 def hs256(payload: str) -> str:
     """A JWT over ``payload`` exactly as written (``jwt.encode`` cannot write 10**400)."""
-    import base64
-    import hashlib
-    import hmac
-
     def b64(data: bytes) -> bytes:
         return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -223,8 +223,6 @@ async def test_a_bad_request_behind_a_publish_stays_with_its_client(
 async def test_a_bad_request_behind_an_expiring_token_leaves_the_sweep_running(
         make_server: Any, caplog: pytest.LogCaptureFixture, bad: str) -> None:
     """The sweep answers the long poll (401) and must not run the bad request itself."""
-    import time
-
     server = await make_server(auth=AUTH)
     data, status, code = BAD_REQUESTS[bad]
 
