@@ -218,7 +218,7 @@ async def test_plain_eventsource_resumes_with_last_event_id(page: Any, path: str
         await check()
         # The server cuts the stream; the browser reconnects with Last-Event-ID.
         assert served.server is not None
-        for stream in list(served.server.registry.streams):
+        for stream in served.server.registry.streams():
             stream.close_with(Closing("cut_by_test", CloseCode.GOING_AWAY,
                                       "the test cut this stream"))
         await wait_for(page, "window.log.opens >= 2")

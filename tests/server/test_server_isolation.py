@@ -251,7 +251,7 @@ async def test_an_exception_in_one_delivery_reaches_no_one_else(
     """A subscriber whose delivery raises is closed; the others and the publisher go on."""
     server = await make_server()
     async with honest_subscribers(server, "pc") as honest:
-        [broken] = [s for s in server.registry.streams if isinstance(s, WebSocketSession)]
+        [broken] = [s for s in server.registry.streams() if isinstance(s, WebSocketSession)]
         boom: Callable[[Any], None] = lambda message: 1 / 0  # noqa: E731
         broken.deliver = boom
         async with http_client(server) as client:
@@ -319,3 +319,12 @@ async def test_publishes_declared_as_another_type_are_415(server: Server,
             assert ok.status_code == 201, ok.text
         assert [m["data"] for m in (await poll(client, "/channels/a", since="0"))["messages"]
                 ] == ["x", "x"]
+
+
+async def test_a_max_connections_above_the_file_limit_is_warned_about(
+        make_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the file limit accepting fails and clients see resets: the operator is told."""
+    caplog.set_level(logging.WARNING, "tidings.server")
+    await make_server(max_connections=10**9)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "max_connections is 1000000000" in warning and "ulimit -n" in warning

@@ -290,7 +290,7 @@ async def test_websocket_subscribe_is_acked_once_the_channel_is_fetched(
 async def test_websocket_commands_sent_while_a_subscription_waits_keep_their_order(
         server: Server, broker: FetchingBroker) -> None:
     def held() -> int:
-        return sum(len(stream.held or ()) for stream in server.registry.streams
+        return sum(len(stream.held or ()) for stream in server.registry.streams()
                    if isinstance(stream, WebSocketSession))
 
     async with http_client(server) as client, connect(ws_url(server, "/subscribe")) as ws:

@@ -39,7 +39,7 @@ from tidings.server.longpoll import Expiries
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
-from tidings.settings import Settings
+from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 
 logger = logging.getLogger("tidings.server")
 
@@ -97,6 +97,13 @@ class Server:
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
+        files = soft_file_limit()
+        if files is not None and self.settings.max_connections > files - FD_RESERVE:
+            logger.warning(
+                "max_connections is %d but this process may open %d files: past about %d "
+                "connections, accepting fails (clients see resets, not 503); raise the file "
+                "limit (ulimit -n) or lower max_connections", self.settings.max_connections,
+                files, files - FD_RESERVE)
         logger.info("tidings serving on %s", self.url)
 
     @property
@@ -251,7 +258,7 @@ class Server:
             status = {"broker": "unavailable", "message": "the message store is unreachable "
                       f"({detail}): nothing new arrives and publishing is refused, but "
                       "nothing is lost yet; stay connected"}
-        for stream in list(self.registry.streams):
+        for stream in self.registry.streams():
             try:
                 stream.notice(status)
             except Exception:
@@ -260,15 +267,12 @@ class Server:
     def health(self) -> dict[str, object]:
         hub = self.broker.hub
         broker = self.broker.health()
+        counts = self.registry.statistics()
         health: dict[str, object] = {
             "status": "ok" if broker.get("status", "ok") == "ok" else "degraded",
             "time": int(time.time() * 1000),
             "transports": list(self.settings.transports),
-            "connections": {
-                "http": len(self.registry.connections),
-                "streams": len(self.registry.streams),
-                "long_polls": len(self.registry.waiters),
-            },
+            "connections": {key: counts[key] for key in ("http", "streams", "long_polls")},
             "channels_with_subscribers": hub.channels(),
             "published": self.stats["published"],
             "delivered": hub.delivered,

@@ -93,7 +93,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.server.registry.connections.add(self)
+        self.server.registry.add_connection(self)
         refusal = self.server.admission.admit(transport)
         if refusal is not None:
             self._refuse(refusal)
@@ -143,7 +143,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
-        self.server.registry.connections.discard(self)
+        self.server.registry.discard_connection(self)
         self.server.admission.release(self.transport)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
@@ -309,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
         self.handed_over = True
         self._disarm()
         self.parser = None
-        self.server.registry.connections.discard(self)
+        self.server.registry.discard_connection(self)
         transport, self.transport = self.transport, None
         return transport
 

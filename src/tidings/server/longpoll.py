@@ -64,7 +64,7 @@ class Waiter:
         for channel in self.reader.positions:
             hub.subscribe(channel, self)
         self.conn.park(self._forget)
-        self._server.registry.waiters.add(self)
+        self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
 
     def expire(self) -> None:
@@ -102,7 +102,7 @@ class Waiter:
         hub = self._server.broker.hub
         for channel in self.reader.positions:
             hub.unsubscribe(channel, self)
-        self._server.registry.waiters.discard(self)
+        self._server.registry.discard_waiter(self)
 
 
 class Expiries:

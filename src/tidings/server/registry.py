@@ -24,65 +24,104 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tidings.server")
 
+#: Seconds a cut-off or closing stream gets to flush before it is aborted.
+CLOSE_GRACE = 5.0
+
 T = TypeVar("T")
 
 
 class Registry:
     """HTTP connections, open streams (SSE, WebSocket) and parked long polls."""
 
-    __slots__ = ("_loop", "connections", "draining", "streams", "waiters")
+    __slots__ = ("_connections", "_draining", "_loop", "_streams", "_waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.connections: set[HttpConnection] = set()
-        self.streams: set[Stream] = set()
-        self.waiters: set[Waiter] = set()
+        self._connections: set[HttpConnection] = set()
+        self._streams: set[Stream] = set()
+        self._waiters: set[Waiter] = set()
         #: Closed streams still flushing, with the loop time at which they are aborted.
-        self.draining: dict[asyncio.Transport, float] = {}
+        self._draining: dict[asyncio.Transport, float] = {}
+
+    # what the drivers tell it ----------------------------------------------------
+
+    def add_connection(self, conn: HttpConnection) -> None:
+        """An HTTP connection opened; its :attr:`deadline` is watched from now on."""
+        self._connections.add(conn)
+
+    def discard_connection(self, conn: HttpConnection) -> None:
+        """It closed, or handed its socket to a stream."""
+        self._connections.discard(conn)
+
+    def add_stream(self, stream: Stream) -> None:
+        """A stream started: it gets heartbeats, token expiry, progress checks, shutdown."""
+        self._streams.add(stream)
+
+    def discard_stream(self, stream: Stream, flushing: asyncio.Transport | None = None) -> None:
+        """A stream ended; ``flushing`` is its closed socket, aborted after ``CLOSE_GRACE``."""
+        self._streams.discard(stream)
+        if flushing is not None:
+            self._draining[flushing] = self._loop.time() + CLOSE_GRACE
+
+    def flushed(self, transport: asyncio.BaseTransport) -> None:
+        """A closed socket is gone: nothing to abort."""
+        self._draining.pop(transport, None)  # type: ignore[call-overload]
+
+    def add_waiter(self, waiter: Waiter) -> None:
+        """A long poll parked: its token expiry is watched, shutdown answers it."""
+        self._waiters.add(waiter)
+
+    def discard_waiter(self, waiter: Waiter) -> None:
+        self._waiters.discard(waiter)
+
+    def streams(self) -> list[Stream]:
+        """The open streams, as a list the caller may keep while they change."""
+        return list(self._streams)
 
     # the sweep -----------------------------------------------------------------
 
     def sweep(self, now: float, wall: float, *, heartbeat: bool, check_tokens: bool) -> None:
         """One tick of housekeeping at loop time ``now`` and Unix time ``wall``."""
-        _each([c for c in self.connections if 0 < c.deadline < now],
+        _each([c for c in self._connections if 0 < c.deadline < now],
               lambda conn: conn.timed_out(), _abort_http)
-        for transport in [t for t, deadline in self.draining.items() if deadline < now]:
-            del self.draining[transport]
+        for transport in [t for t, deadline in self._draining.items() if deadline < now]:
+            del self._draining[transport]
             transport.abort()
-        _each(list(self.streams), lambda stream: stream.check_progress(now), _abort_stream)
+        _each(list(self._streams), lambda stream: stream.check_progress(now), _abort_stream)
         if check_tokens:
-            _each([s for s in self.streams if 0 < s.expires <= wall],
+            _each([s for s in self._streams if 0 < s.expires <= wall],
                   lambda stream: stream.token_expired(), _abort_stream)
-            _each([w for w in self.waiters if 0 < w.expires <= wall],
+            _each([w for w in self._waiters if 0 < w.expires <= wall],
                   lambda waiter: waiter.token_expired(), _abort_waiter)
         if heartbeat:
-            _each(list(self.streams), lambda stream: stream.heartbeat(now), _abort_stream)
+            _each(list(self._streams), lambda stream: stream.heartbeat(now), _abort_stream)
 
     # shutdown ------------------------------------------------------------------
 
     def say_goodbye(self) -> None:
         """End parked long polls, tell every stream to go away, close idle connections."""
-        _each(list(self.waiters), lambda waiter: waiter.expire(), _abort_waiter)
-        _each(list(self.streams), lambda stream: stream.close_with(SHUTDOWN), _abort_stream)
-        _each([c for c in self.connections if not c.busy], lambda conn: conn.close(),
+        _each(list(self._waiters), lambda waiter: waiter.expire(), _abort_waiter)
+        _each(list(self._streams), lambda stream: stream.close_with(SHUTDOWN), _abort_stream)
+        _each([c for c in self._connections if not c.busy], lambda conn: conn.close(),
               _abort_http)
 
     def close_connections(self) -> None:
-        _each(list(self.connections), lambda conn: conn.close(), _abort_http)
+        _each(list(self._connections), lambda conn: conn.close(), _abort_http)
 
     async def wait_flushed(self, seconds: float) -> None:
         """Give closing streams ``seconds`` to flush their last words, then cut them."""
         deadline = self._loop.time() + seconds
-        while self.draining and self._loop.time() < deadline:  # noqa: ASYNC110 - bounded
+        while self._draining and self._loop.time() < deadline:  # noqa: ASYNC110 - bounded
             await asyncio.sleep(0.01)
-        for transport in list(self.draining):
+        for transport in list(self._draining):
             transport.abort()
-        self.draining.clear()
+        self._draining.clear()
 
     def statistics(self) -> dict[str, int]:
-        return {"http": len(self.connections), "streams": len(self.streams),
-                "long_polls": len(self.waiters), "draining": len(self.draining),
-                "buffered_bytes": sum(s.buffered() for s in self.streams)}
+        """How many of each are open, and the bytes waiting in the streams' buffers."""
+        return {"http": len(self._connections), "streams": len(self._streams),
+                "long_polls": len(self._waiters), "draining": len(self._draining),
+                "buffered_bytes": sum(s.buffered() for s in self._streams)}
 
 
 def _each(items: Iterable[T], step: Callable[[T], object], abort: Callable[[T], object]) -> None:

@@ -51,7 +51,7 @@ class SseStream(Stream):
         self.transport.write(
             http.head(200, [*SSE_HEADERS, *cors], keep_alive=False)
             + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor()))
-        self._server.registry.streams.add(self)
+        self._server.registry.add_stream(self)
         self.catch_up()
 
     def refuse(self, error: ProtocolError | BrokerError, cors: Headers) -> None:

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tidings.server")
 
-#: Seconds a cut-off or closing connection gets to flush before it is aborted.
-CLOSE_GRACE = 5.0
 #: The smallest kernel send buffer a stream gets, whatever the output limit.
 MIN_SEND_BUFFER = 64 * 1024
 
@@ -184,13 +182,11 @@ class Stream(asyncio.Protocol):
         hub = self._server.broker.hub
         for channel in self.reader.channels:
             hub.unsubscribe(channel, self)
-        registry = self._server.registry
-        registry.streams.discard(self)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
-        registry.draining[self.transport] = self._server.loop.time() + CLOSE_GRACE
+        self._server.registry.discard_stream(self, flushing=self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._finish()
-        self._server.registry.draining.pop(self.transport, None)
+        self._server.registry.flushed(self.transport)
         self._server.admission.release(self.transport)

@@ -93,7 +93,7 @@ class WebSocketSession(Stream):
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
-        self._server.registry.streams.add(self)
+        self._server.registry.add_stream(self)
         for channel, start in starts.items():
             self._subscribe_now(channel, start, None)
         if rest:
