@@ -18,7 +18,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from websockets.frames import Close
 from conftest import until
 from tidings import Server
 from tidings.server.websocket import WebSocketSession
+from tidings.session.reader import Reader
 from tidings.settings import AuthSettings
 from tidings.testing import UNIT, http_client, open_sse, poll, publish, recv_json, ws_url
 
@@ -247,13 +248,20 @@ async def test_a_bad_request_behind_an_expiring_token_leaves_the_sweep_running(
 
 
 async def test_an_exception_in_one_delivery_reaches_no_one_else(
-        make_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+        make_server: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A subscriber whose delivery raises is closed; the others and the publisher go on."""
     server = await make_server()
     async with honest_subscribers(server, "pc") as honest:
         [broken] = [s for s in server.registry.streams() if isinstance(s, WebSocketSession)]
-        boom: Callable[[Any], None] = lambda message: 1 / 0  # noqa: E731
-        broken.deliver = boom
+        deliver = Reader.deliver
+
+        def boom(reader: Reader, message: Any) -> None:
+            if reader is broken.reader:
+                raise ZeroDivisionError("a bug in one delivery")
+            deliver(reader, message)
+
+        monkeypatch.setattr(Reader, "deliver", boom)
         async with http_client(server) as client:
             for n in range(3):
                 assert await publish(client, "pc", n)  # the publisher is answered

@@ -24,6 +24,10 @@ from tidings.session.reader import Reader
 class Tuples:
     """An encoder whose bytes are the repr of what it was given, one item per call."""
 
+    @staticmethod
+    def single(message: Message) -> bytes:
+        return repr(("message", message.id, None)).encode() + b"\n"
+
     def message(self, message: Message, cursor: str | None) -> bytes:
         return repr(("message", message.id, cursor)).encode() + b"\n"
 
@@ -186,16 +190,20 @@ def test_a_poll_reader_answers_with_open_and_has_no_output() -> None:
         reader.deliver(log.publish_nowait("c", b"1"))
 
 
-def test_closing_a_channel_stops_its_messages() -> None:
+def test_closing_a_channel_stops_its_backlog_and_its_cursor() -> None:
+    """(The driver unsubscribes it from the hub, so no live message of it comes either.)"""
     log = broker()
-    reader, socket = reader_on(log)
-    reader.open({"a": END, "b": END})
-    reader.pull(budget=10)
+    publish(log, "a", 3)
+    reader, socket = reader_on(log, multi=True)
+    reader.open({"a": ORIGIN, "b": END})
     reader.close("a")
-    reader.deliver(log.publish_nowait("a", b"1"))
+    while reader.behind:
+        reader.pull(budget=10)
+    assert socket.writes == []
+    assert reader.cursor() == f"b={log.log('b').epoch}-0"
     b = log.publish_nowait("b", b"1")
     reader.deliver(b)
-    assert socket.items() == [("message", b.id, None)]
+    assert socket.items() == [("message", b.id, f"b={b.id}")]
     assert reader.channels == ["b"]
 
 

@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
-from tidings.core.log import Gap
-from tidings.core.message import Message
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE
@@ -40,9 +38,7 @@ EXPIRY_RESOLUTION = 0.05
 class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
-    # ``deliver`` and ``skip`` are the reader's, set per instance (see server/stream.py).
-    __slots__ = ("_server", "conn", "cors", "deliver", "expires", "keep_alive", "parked",
-                 "reader", "skip")
+    __slots__ = ("_server", "conn", "cors", "expires", "keep_alive", "parked", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
                  keep_alive: bool, expires: float = 0.0) -> None:
@@ -53,16 +49,16 @@ class Waiter:
         self.cors = cors
         self.keep_alive = keep_alive
         self.parked = False
-        self.reader = reader = Reader(server.broker, poll.ANSWERS, self._answer, multi=multi)
-        self.deliver: Callable[[Message], None] = reader.deliver
-        self.skip: Callable[[Gap], None] = reader.skip
+        #: What the hub holds while the request is parked.
+        self.reader = Reader(server.broker, poll.ANSWERS, self._answer, multi=multi,
+                             owner=self)
 
     def park(self, wait: float) -> None:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
         self.parked = True
-        hub = self._server.broker.hub
-        for channel in self.reader.positions:
-            hub.subscribe(channel, self)
+        hub, reader = self._server.broker.hub, self.reader
+        for channel in reader.positions:
+            hub.subscribe(channel, reader)
         self.conn.park(self._forget)
         self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
@@ -99,9 +95,9 @@ class Waiter:
         if not self.parked:
             return
         self.parked = False
-        hub = self._server.broker.hub
-        for channel in self.reader.positions:
-            hub.unsubscribe(channel, self)
+        hub, reader = self._server.broker.hub, self.reader
+        for channel in reader.positions:
+            hub.unsubscribe(channel, reader)
         self._server.registry.discard_waiter(self)
 
 

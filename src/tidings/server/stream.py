@@ -22,12 +22,10 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
-from tidings.core.log import Gap
-from tidings.core.message import Message
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, Reader
@@ -44,18 +42,14 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    # ``deliver`` and ``skip`` are the reader's own methods, set per instance: the hub
-    # hands each message straight to the reader, at no cost of a call in between.
-    __slots__ = ("_server", "closed", "deliver", "expires", "reader", "skip", "stalled_since",
-                 "transport")
+    __slots__ = ("_server", "closed", "expires", "reader", "stalled_since", "transport")
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
                  multi: bool = False) -> None:
         self._server = server
         self.transport = transport
-        self.reader = reader = Reader(server.broker, encoder, transport.write, multi=multi)
-        self.deliver: Callable[[Message], None] = reader.deliver
-        self.skip: Callable[[Gap], None] = reader.skip
+        #: What the hub holds: it hands each message straight to the reader.
+        self.reader = Reader(server.broker, encoder, transport.write, multi=multi, owner=self)
         self.closed = False
         #: When the client's token expires, in Unix seconds (0: never); the server's
         #: sweep calls :meth:`token_expired` then (docs/security.md).
@@ -80,10 +74,11 @@ class Stream(asyncio.Protocol):
         The backlog is owed from here: the caller writes what comes before it
         (a head, an ack), then calls :meth:`catch_up`.
         """
-        batch = self.reader.open(starts)
+        reader = self.reader
+        batch = reader.open(starts)
         hub = self._server.broker.hub
         for channel in starts:
-            hub.subscribe(channel, self)
+            hub.subscribe(channel, reader)
         return batch
 
     def unfollow(self, channel: str) -> bool:
@@ -91,7 +86,7 @@ class Stream(asyncio.Protocol):
         if channel not in self.reader.positions:
             return False
         self.reader.close(channel)
-        self._server.broker.hub.unsubscribe(channel, self)
+        self._server.broker.hub.unsubscribe(channel, self.reader)
         return True
 
     def catch_up(self) -> None:
@@ -110,7 +105,7 @@ class Stream(asyncio.Protocol):
         if not self.closed:
             transport.set_write_buffer_limits(high=self._server.settings.output_buffer_limit)
 
-    # the hub hands messages to the reader (see __slots__) -----------------------
+    # failures ----------------------------------------------------------------------
 
     def fail(self, error: Exception) -> None:
         """Delivering to this stream raised (a bug): log it and close this stream only."""
@@ -179,9 +174,9 @@ class Stream(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        hub = self._server.broker.hub
-        for channel in self.reader.channels:
-            hub.unsubscribe(channel, self)
+        hub, reader = self._server.broker.hub, self.reader
+        for channel in reader.channels:
+            hub.unsubscribe(channel, reader)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

@@ -12,9 +12,10 @@ Every technique reads the log the same way, and this object is that way. A
 * what it owes the socket: each call returns or writes pre-encoded bytes.
 
 Events come in as method calls: :meth:`deliver` and :meth:`skip` from the
-fan-out, :meth:`pull` when the socket has room, :meth:`page` for a poll.
-Output goes to ``write``, a callable the driver gives (``transport.write``
-for a stream, the answer of a parked long poll). The drivers in
+fan-out (the reader is what the hub holds), :meth:`pull` when the socket has
+room, :meth:`page` for a poll. Output goes to ``write``, a callable the
+driver gives (``transport.write`` for a stream, the answer of a parked long
+poll); a failure goes to the driver too (:meth:`fail`). The drivers in
 ``tidings.server`` own sockets, timers and tasks; this module imports none.
 
 Race-free resume: a channel goes from behind to live inside :meth:`pull`,
@@ -51,12 +52,31 @@ class Log(Protocol):
 class Encoder(Protocol):
     """The bytes of a technique (``tidings.wire``): one per message or gap."""
 
+    @property
+    def single(self) -> Callable[[Message], bytes]:
+        """The bytes of a message whose id is the cursor: encoded once per message and
+        cached in ``message.encoded[key]``, shared by every reader."""
+        ...
+
+    @property
+    def key(self) -> str:
+        """Where :attr:`single` caches its bytes in ``Message.encoded``."""
+        ...
+
     def message(self, message: Message, cursor: str | None) -> bytes:
         """``cursor`` is the multi-channel cursor after ``message``, or ``None`` with one."""
         ...
 
     def gap(self, gap: Gap, cursor: str) -> bytes:
         """``cursor`` is where the reader stands after the gap."""
+        ...
+
+
+class Owner(Protocol):
+    """The driver of a reader, told when delivering to it failed."""
+
+    def fail(self, error: Exception) -> None:
+        """End this reader's connection (the hub has already unsubscribed the reader)."""
         ...
 
 
@@ -70,18 +90,24 @@ class Reader:
     channels it reads (the driver does) so that :meth:`deliver` is called.
     """
 
-    __slots__ = ("_behind", "_encoder", "_log", "_write", "multi", "positions")
+    __slots__ = ("_behind", "_encoder", "_key", "_log", "_owner", "_single", "_write", "multi",
+                 "positions")
 
     def __init__(self, log: Log, encoder: Encoder,
-                 write: Callable[[bytes], object] | None = None, *, multi: bool = False) -> None:
+                 write: Callable[[bytes], object] | None = None, *, multi: bool = False,
+                 owner: Owner | None = None) -> None:
         self._log = log
         self._encoder = encoder
+        self._single = encoder.single
+        self._key = encoder.key
         self._write = write or _no_output
+        self._owner = owner
         self.multi = multi
         #: Channel -> the position the client has been told of, in subscription order.
         self.positions: dict[str, Position] = {}
-        #: Channels that owe a backlog, pulled from the log (dict as an ordered set).
-        self._behind: dict[str, None] = {}
+        #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
+        #: ``None`` rather than empty, to keep an idle connection small.
+        self._behind: dict[str, None] | None = None
 
     # opening -----------------------------------------------------------------
 
@@ -102,13 +128,16 @@ class Reader:
         positions.update(batch.begins)
         for gap in batch.gaps:
             positions[gap.channel] = gap.start  # not told of the gap yet: claim no more
+        if self._behind is None:
+            self._behind = {}
         self._behind.update(dict.fromkeys(starts))
         return batch
 
     def close(self, channel: str) -> None:
-        """Stop reading ``channel`` (unsubscribe it from the hub too)."""
+        """Stop reading ``channel``; the caller must unsubscribe it from the hub too."""
         self.positions.pop(channel, None)
-        self._behind.pop(channel, None)
+        if self._behind is not None:
+            self._behind.pop(channel, None)
 
     @property
     def channels(self) -> list[str]:
@@ -131,18 +160,25 @@ class Reader:
     # events ------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
-        """A live message from the fan-out; written now, or later by :meth:`pull`."""
+        """A live message from the fan-out; written now, or later by :meth:`pull`.
+
+        The hub calls it for every reader of the channel: keep it this short.
+        """
         channel = message.channel
-        if channel in self._behind or channel not in self.positions:
+        behind = self._behind
+        if behind is not None and channel in behind:
             return  # the next pull reads it from the log
-        self.positions[channel] = message.position
-        self._write(self._encoder.message(
-            message, format_multi(self.positions) if self.multi else None))
+        positions = self.positions
+        positions[channel] = message.position
+        if self.multi:
+            self._write(self._encoder.message(message, format_multi(positions)))
+        else:  # the shared bytes, encoded by the first reader that needed them
+            self._write(message.encoded.get(self._key) or self._single(message))
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
         channel = gap.channel
-        if channel in self._behind or channel not in self.positions:
+        if (self._behind and channel in self._behind) or channel not in self.positions:
             return  # the next pull finds the gap in the log itself
         self.positions[channel] = gap.resume
         self._write(self._encoder.gap(gap, self.cursor()))
@@ -155,6 +191,8 @@ class Reader:
         :attr:`behind`.
         """
         encoder, positions, behind = self._encoder, self.positions, self._behind
+        if behind is None:
+            return
         out: list[bytes] = []
         size = 0
         done = False
@@ -179,7 +217,13 @@ class Reader:
         if out:
             self._write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
-            behind.clear()
+            self._behind = None
+
+    def fail(self, error: Exception) -> None:
+        """The hub caught ``error`` from :meth:`deliver` or :meth:`skip`: tell the driver."""
+        if self._owner is None:
+            raise error
+        self._owner.fail(error)
 
     def page(self, limit: int) -> Batch:
         """The next ``limit`` messages of a poll that follows on, counted as told."""

@@ -23,7 +23,7 @@ from tidings.core.message import Message
 from tidings.core.names import check_channel
 from tidings.errors import BadRequest, CommandError, ProtocolError
 from tidings.wire import jsonvalue
-from tidings.wire.websocket import message_frame, text_frame
+from tidings.wire.websocket import MESSAGE_FRAME_KEY, message_frame, text_frame
 
 __all__ = ["CommandError"]  # re-exported: parse raises it
 
@@ -138,6 +138,9 @@ class Frames:
     """
 
     __slots__ = ()
+
+    single = staticmethod(message_frame)
+    key = MESSAGE_FRAME_KEY
 
     def message(self, message: Message, cursor: str | None) -> bytes:
         return message_frame(message)

@@ -51,6 +51,9 @@ class Answers:
 
     __slots__ = ()
 
+    single = staticmethod(tail_body)
+    key = _TAIL_BODY
+
     def message(self, message: Message, cursor: str | None) -> bytes:
         if cursor is None:
             return tail_body(message)

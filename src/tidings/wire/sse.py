@@ -65,6 +65,9 @@ class Events:
 
     __slots__ = ()
 
+    single = staticmethod(message_event)
+    key = _MESSAGE_EVENT
+
     def message(self, message: Message, cursor: str | None) -> bytes:
         if cursor is None:
             return message_event(message)

@@ -58,14 +58,14 @@ def text_frame(payload: bytes) -> bytes:
 
 
 #: The key of a message's frame in :attr:`Message.encoded`.
-_MESSAGE_FRAME: Final = "websocket"
+MESSAGE_FRAME_KEY: Final = "websocket"
 
 
 def message_frame(message: Message) -> bytes:
     """The ``{"type": "message", ...}`` text frame of ``message``. Encoded once."""
-    data = message.encoded.get(_MESSAGE_FRAME)
+    data = message.encoded.get(MESSAGE_FRAME_KEY)
     if data is None:
-        data = message.encoded[_MESSAGE_FRAME] = frame(
+        data = message.encoded[MESSAGE_FRAME_KEY] = frame(
             OP_TEXT, b'{"type":"message",' + message.json[1:])
     return data
 
