@@ -24,6 +24,8 @@ from tidings.session.reader import Reader
 class Tuples:
     """An encoder whose bytes are the repr of what it was given, one item per call."""
 
+    key = "test-tuples"
+
     @staticmethod
     def single(message: Message) -> bytes:
         return repr(("message", message.id, None)).encode() + b"\n"
