@@ -177,7 +177,7 @@ def test_open_refuses_a_cursor_ahead_of_the_log_and_changes_nothing() -> None:
     reader, _ = reader_on(log)
     with pytest.raises(InvalidCursor):
         reader.open({"c": Position(only.split("-")[0], 9)})
-    assert reader.positions == {} and not reader.behind
+    assert reader.channels == [] and not reader.behind
 
 
 def test_a_poll_reader_answers_with_open_and_has_no_output() -> None:
@@ -235,3 +235,22 @@ def test_every_message_once_in_order_whatever_the_steps(
         got = [item[1] for item in socket.items()
                if item[0] == "message" and item[1] in set(published[channel])]
         assert got == published[channel]
+
+
+def test_a_reader_of_several_channels_whose_messages_carry_their_ids_reports_each_gap() -> None:
+    """A WebSocket's reader: several channels, no shared cursor; each gap names its own end."""
+    log = broker(size=3)
+    a, b = publish(log, "a", 6), publish(log, "b", 6)
+    reader, socket = reader_on(log)  # not multi: every message carries its own id
+    reader.open({"a": _position(a[0]), "b": _position(b[1])})
+    while reader.behind:
+        reader.pull(budget=1)
+    gaps = [item for item in socket.items() if item[0] == "gap"]
+    assert [(g[1], g[4]) for g in gaps] == [("a", a[2]), ("b", b[2])]
+    live = log.publish_nowait("a", b"1")
+    reader.deliver(live)
+    gap = Gap("b", _position(b[5]), Position("zzzzzzzz", 0), "epoch", None)
+    reader.skip(gap)
+    assert socket.items()[-2:] == [("message", live.id, None),
+                                   ("gap", "b", b[5], "zzzzzzzz-0", "zzzzzzzz-0")]
+    assert reader.position("a") == live.position

@@ -57,7 +57,7 @@ class Waiter:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
         self.parked = True
         hub, reader = self._server.broker.hub, self.reader
-        for channel in reader.positions:
+        for channel in reader.channels:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
         self._server.registry.add_waiter(self)
@@ -96,7 +96,7 @@ class Waiter:
             return
         self.parked = False
         hub, reader = self._server.broker.hub, self.reader
-        for channel in reader.positions:
+        for channel in reader.channels:
             hub.unsubscribe(channel, reader)
         self._server.registry.discard_waiter(self)
 

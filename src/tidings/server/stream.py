@@ -83,7 +83,7 @@ class Stream(asyncio.Protocol):
 
     def unfollow(self, channel: str) -> bool:
         """Stop reading ``channel``; say whether it was read."""
-        if channel not in self.reader.positions:
+        if not self.reader.reads(channel):
             return False
         self.reader.close(channel)
         self._server.broker.hub.unsubscribe(channel, self.reader)

@@ -177,10 +177,10 @@ class WebSocketSession(Stream):
             exp=claims.expires if claims else None))
 
     def _subscribe(self, channel: str, start: Start, req: commands.Req) -> None:
-        if channel in self.reader.positions:
+        if self.reader.reads(channel):
             raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
         limit = self._server.settings.max_channels_per_subscription
-        if len(self.reader.positions) >= limit:
+        if len(self.reader.channels) >= limit:
             raise BadRequest(f"at most {limit} subscriptions per connection",
                              code="too_many_subscriptions")
         starts = {channel: start}

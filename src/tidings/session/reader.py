@@ -90,8 +90,8 @@ class Reader:
     channels it reads (the driver does) so that :meth:`deliver` is called.
     """
 
-    __slots__ = ("_behind", "_encoder", "_key", "_log", "_owner", "_single", "_write", "multi",
-                 "positions")
+    __slots__ = ("_behind", "_encoder", "_key", "_last", "_log", "_owner", "_positions",
+                 "_single", "_write", "multi")
 
     def __init__(self, log: Log, encoder: Encoder,
                  write: Callable[[bytes], object] | None = None, *, multi: bool = False,
@@ -103,8 +103,11 @@ class Reader:
         self._write = write or _no_output
         self._owner = owner
         self.multi = multi
-        #: Channel -> the position the client has been told of, in subscription order.
-        self.positions: dict[str, Position] = {}
+        # Channel -> the position the client has been told of, in subscription order;
+        # a reader that is not ``multi`` keeps its last live message in ``_last``
+        # instead (a slot write costs the hot path less than a dict store).
+        self._positions: dict[str, Position] = {}
+        self._last: Message | None = None
         #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
         #: ``None`` rather than empty, to keep an idle connection small.
         self._behind: dict[str, None] | None = None
@@ -121,7 +124,7 @@ class Reader:
         a cursor ahead of its log.
         """
         batch = read_batch(self._log, starts, limit)
-        positions = self.positions
+        positions = self._positions
         if limit:
             positions.update(batch.positions)
             return batch
@@ -135,22 +138,45 @@ class Reader:
 
     def close(self, channel: str) -> None:
         """Stop reading ``channel``; the caller must unsubscribe it from the hub too."""
-        self.positions.pop(channel, None)
+        self._settle()
+        self._positions.pop(channel, None)
         if self._behind is not None:
             self._behind.pop(channel, None)
 
     @property
     def channels(self) -> list[str]:
-        return list(self.positions)
+        """The channels read, in the order they were opened."""
+        return list(self._positions)
+
+    def reads(self, channel: str) -> bool:
+        return channel in self._positions
+
+    def position(self, channel: str) -> Position:
+        """The position of ``channel`` the client has been told of."""
+        self._settle()
+        return self._positions[channel]
 
     # what the client may claim -----------------------------------------------
 
     def cursor(self) -> str:
         """Where the client stands: a message id (one channel) or a multi-channel cursor."""
         if self.multi:
-            return format_multi(self.positions)
-        (position,) = self.positions.values()
+            return format_multi(self._positions)
+        self._settle()
+        (position,) = self._positions.values()
         return str(position)
+
+    def _settle(self) -> None:
+        """Fold the last live message of a reader that is not ``multi`` into its positions."""
+        last = self._last
+        if last is not None:
+            self._last = None
+            if last.channel in self._positions:
+                self._positions[last.channel] = last.position
+
+    def _after_gap(self, gap: Gap) -> str:
+        """The cursor a gap's event claims: the whole cursor, or the gap's own end."""
+        return format_multi(self._positions) if self.multi else str(gap.resume)
 
     @property
     def behind(self) -> bool:
@@ -168,20 +194,25 @@ class Reader:
         behind = self._behind
         if behind is not None and channel in behind:
             return  # the next pull reads it from the log
-        positions = self.positions
-        positions[channel] = message.position
         if self.multi:
+            positions = self._positions
+            positions[channel] = message.position
             self._write(self._encoder.message(message, format_multi(positions)))
         else:  # the shared bytes, encoded by the first reader that needed them
+            last = self._last
+            if last is not None and last.channel != channel:
+                self._settle()
+            self._last = message
             self._write(message.encoded.get(self._key) or self._single(message))
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
         channel = gap.channel
-        if (self._behind and channel in self._behind) or channel not in self.positions:
+        if (self._behind and channel in self._behind) or channel not in self._positions:
             return  # the next pull finds the gap in the log itself
-        self.positions[channel] = gap.resume
-        self._write(self._encoder.gap(gap, self.cursor()))
+        self._settle()
+        self._positions[channel] = gap.resume
+        self._write(self._encoder.gap(gap, self._after_gap(gap)))
 
     def pull(self, budget: int) -> None:
         """Write retained messages owed, about ``budget`` bytes at most (at least one step).
@@ -190,7 +221,7 @@ class Reader:
         calls again when the socket has taken what was written, while
         :attr:`behind`.
         """
-        encoder, positions, behind = self._encoder, self.positions, self._behind
+        encoder, positions, behind = self._encoder, self._positions, self._behind
         if behind is None:
             return
         out: list[bytes] = []
@@ -201,7 +232,7 @@ class Reader:
                                PULL_PAGE)
             for gap in batch.gaps:
                 positions[gap.channel] = gap.resume
-                data = encoder.gap(gap, self.cursor())
+                data = encoder.gap(gap, self._after_gap(gap))
                 out.append(data)
                 size += len(data)
             for message in batch.messages:
@@ -227,8 +258,9 @@ class Reader:
 
     def page(self, limit: int) -> Batch:
         """The next ``limit`` messages of a poll that follows on, counted as told."""
-        batch = read_batch(self._log, self.positions, limit)
-        self.positions.update(batch.positions)
+        self._settle()
+        batch = read_batch(self._log, self._positions, limit)
+        self._positions.update(batch.positions)
         return batch
 
 
