@@ -71,7 +71,7 @@ def publish(log: MemoryBroker, channel: str, count: int) -> list[str]:
 
 def reader_on(log: MemoryBroker, multi: bool = False) -> tuple[Reader, Socket]:
     socket = Socket()
-    return Reader(log, Tuples(), socket.write, multi=multi), socket
+    return Reader(log, Tuples(), socket, multi=multi), socket
 
 
 def test_a_backlog_is_pulled_in_steps_of_the_budget_then_goes_live() -> None:

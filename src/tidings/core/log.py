@@ -67,7 +67,7 @@ class ChannelLog:
     the oldest retained message is the exact number of messages missed.
     """
 
-    __slots__ = ("_head", "_items", "_last_seq", "channel", "epoch", "retention")
+    __slots__ = ("_end", "_head", "_items", "_last_seq", "channel", "epoch", "retention")
 
     def __init__(self, channel: str, retention: Retention, epoch: str | None = None,
                  last_seq: int = 0) -> None:
@@ -80,6 +80,8 @@ class ChannelLog:
         self._items: list[Message] = []
         self._head = 0
         self._last_seq = last_seq
+        # The end as one shared object: every reader at the end holds this one.
+        self._end = Position(self.epoch, last_seq)
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -87,7 +89,7 @@ class ChannelLog:
     @property
     def end(self) -> Position:
         """The position after the newest message."""
-        return Position(self.epoch, self._last_seq)
+        return self._end
 
     @property
     def first_seq(self) -> int:
@@ -105,6 +107,7 @@ class ChannelLog:
         if message.position != Position(self.epoch, self._last_seq + 1):
             raise ValueError(f"{message!r} does not follow {self.end} in {self.channel!r}")
         self._last_seq += 1
+        self._end = message.position
         self._items.append(message)
         if len(self) > self.retention.size:
             self._drop(len(self) - self.retention.size)
@@ -142,7 +145,7 @@ class ChannelLog:
         Raises :class:`InvalidCursor` for a position ahead of this epoch's end.
         """
         if start is END:
-            return Read([], self.end, self.end)
+            return Read([], self._end, self._end)
         first = self.first_seq
         gap: Gap | None = None
         if start is ORIGIN:
@@ -166,8 +169,8 @@ class ChannelLog:
         index = self._head + (after - first + 1)
         messages = self._items[index : index + limit]
         more = index + limit < len(self._items)
-        last = messages[-1].seq if messages else after
-        return Read(messages, Position(self.epoch, after), Position(self.epoch, last), gap, more)
+        begin = self._end if after == self._last_seq else Position(self.epoch, after)
+        return Read(messages, begin, messages[-1].position if messages else begin, gap, more)
 
     def select(self, predicate: Callable[[Message], bool]) -> list[Message]:
         """Retained messages matching ``predicate`` (for tests and tools)."""

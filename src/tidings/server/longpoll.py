@@ -50,8 +50,7 @@ class Waiter:
         self.keep_alive = keep_alive
         self.parked = False
         #: What the hub holds while the request is parked.
-        self.reader = Reader(server.broker, poll.ANSWERS, self._answer, multi=multi,
-                             owner=self)
+        self.reader = Reader(server.broker, poll.ANSWERS, self, multi=multi, owner=self)
 
     def park(self, wait: float) -> None:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
@@ -85,8 +84,11 @@ class Waiter:
         self._forget()
         self.conn.abort()
 
+    def write(self, data: bytes) -> None:
+        """The reader's output: the body of the whole answer (a message or a gap)."""
+        self._answer(data)
+
     def _answer(self, body: bytes) -> None:
-        """The reader's output: the whole answer (a message or a gap)."""
         if self.parked:
             self._forget()
             self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)

@@ -49,7 +49,7 @@ class Stream(asyncio.Protocol):
         self._server = server
         self.transport = transport
         #: What the hub holds: it hands each message straight to the reader.
-        self.reader = Reader(server.broker, encoder, transport.write, multi=multi, owner=self)
+        self.reader = Reader(server.broker, encoder, transport, multi=multi, owner=self)
         self.closed = False
         #: When the client's token expires, in Unix seconds (0: never); the server's
         #: sweep calls :meth:`token_expired` then (docs/security.md).

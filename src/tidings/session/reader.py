@@ -13,9 +13,9 @@ Every technique reads the log the same way, and this object is that way. A
 
 Events come in as method calls: :meth:`deliver` and :meth:`skip` from the
 fan-out (the reader is what the hub holds), :meth:`pull` when the socket has
-room, :meth:`page` for a poll. Output goes to ``write``, a callable the
-driver gives (``transport.write`` for a stream, the answer of a parked long
-poll); a failure goes to the driver too (:meth:`fail`). The drivers in
+room, :meth:`page` for a poll. Output goes to ``output.write``: the driver
+gives its socket (a stream) or itself (a parked long poll, whose first output
+is its answer); a failure goes to the driver too (:meth:`fail`). The drivers in
 ``tidings.server`` own sockets, timers and tasks; this module imports none.
 
 Race-free resume: a channel goes from behind to live inside :meth:`pull`,
@@ -72,6 +72,14 @@ class Encoder(Protocol):
         ...
 
 
+class Output(Protocol):
+    """Where a reader's bytes go (an asyncio transport, or a parked request)."""
+
+    def write(self, data: bytes) -> None:
+        """Take ``data``; must not block (the hub's loop calls it)."""
+        ...
+
+
 class Owner(Protocol):
     """The driver of a reader, told when delivering to it failed."""
 
@@ -90,17 +98,28 @@ class Reader:
     channels it reads (the driver does) so that :meth:`deliver` is called.
     """
 
-    __slots__ = ("_behind", "_encoder", "_key", "_last", "_log", "_owner", "_positions",
-                 "_single", "_write", "multi")
+    __slots__ = (
+        "_behind",
+        "_encoder",
+        "_key",
+        "_last",
+        "_log",
+        "_output",
+        "_owner",
+        "_positions",
+        "_single",
+        "multi",
+    )
 
     def __init__(self, log: Log, encoder: Encoder,
-                 write: Callable[[bytes], object] | None = None, *, multi: bool = False,
+                 output: Output | None = None, *, multi: bool = False,
                  owner: Owner | None = None) -> None:
         self._log = log
         self._encoder = encoder
         self._single = encoder.single
         self._key = encoder.key
-        self._write = write or _no_output
+        # The output, not its bound ``write``: one object less per idle connection.
+        self._output = output or _NO_OUTPUT
         self._owner = owner
         self.multi = multi
         # Channel -> the position the client has been told of, in subscription order;
@@ -197,13 +216,13 @@ class Reader:
         if self.multi:
             positions = self._positions
             positions[channel] = message.position
-            self._write(self._encoder.message(message, format_multi(positions)))
+            self._output.write(self._encoder.message(message, format_multi(positions)))
         else:  # the shared bytes, encoded by the first reader that needed them
             last = self._last
             if last is not None and last.channel != channel:
                 self._settle()
             self._last = message
-            self._write(message.encoded.get(self._key) or self._single(message))
+            self._output.write(message.encoded.get(self._key) or self._single(message))
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
@@ -212,7 +231,7 @@ class Reader:
             return  # the next pull finds the gap in the log itself
         self._settle()
         self._positions[channel] = gap.resume
-        self._write(self._encoder.gap(gap, self._after_gap(gap)))
+        self._output.write(self._encoder.gap(gap, self._after_gap(gap)))
 
     def pull(self, budget: int) -> None:
         """Write retained messages owed, about ``budget`` bytes at most (at least one step).
@@ -246,7 +265,7 @@ class Reader:
             else:
                 done = not batch.more
         if out:
-            self._write(b"".join(out))
+            self._output.write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
             self._behind = None
 
@@ -264,6 +283,14 @@ class Reader:
         return batch
 
 
-def _no_output(data: bytes) -> None:
-    raise UsageError("this reader has no output: a poll's reader answers with open() and "
-                     "must not be registered on the hub")
+class _NoOutput:
+    """The output of a poll's reader, which answers with :meth:`Reader.open` alone."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        raise UsageError("this reader has no output: a poll's reader answers with open() "
+                         "and must not be registered on the hub")
+
+
+_NO_OUTPUT = _NoOutput()
