@@ -136,9 +136,10 @@ def test_publish_invalid_json_exits_2(served: Served, text: str) -> None:
 
 
 def test_publish_refused_by_server_exits_1(served: Served) -> None:
-    result = tidings("publish", "bad!", "1", "--url", served.url)
+    too_big = '"' + "x" * (64 * 1024) + '"'  # over the server's max_message_size
+    result = tidings("publish", "cli-big", "--url", served.url, input=too_big)
     assert result.returncode == 1
-    assert "400" in result.stderr and "invalid_channel" in result.stderr
+    assert "413" in result.stderr
 
 
 def test_publish_unreachable_exits_1() -> None:
@@ -267,3 +268,65 @@ def test_no_command_prints_help_and_exits_2() -> None:
     result = tidings()
     assert result.returncode == 2
     assert "serve" in result.stdout and "publish" in result.stdout
+
+
+# what a new user trips over (issue 12) -------------------------------------------
+
+
+@pytest.mark.parametrize("channel", ["x#y", "x?y", "../healthz", "x/y", "x y", ""])
+def test_publish_refuses_a_bad_channel_name_before_sending(served: Served, channel: str) -> None:
+    result = tidings("publish", channel, "1", "--url", served.url)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("tidings: channel name"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert poll_all(served.url, "x")["messages"] == []  # 'x#y' did not land on 'x'
+
+
+def test_publish_api_key_flag_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('[auth]\napi_key = "k-0123456789"\ndefault_subscribe = "anyone"\n')
+    server = Served("--config", str(config))
+    try:
+        refused = tidings("publish", "keyed", "1", "--url", server.url)
+        assert refused.returncode == 1 and "401" in refused.stderr
+        by_flag = tidings("publish", "keyed", "2", "--url", server.url,
+                          "--api-key", "k-0123456789")
+        assert by_flag.returncode == 0, by_flag.stderr
+        by_env = tidings("publish", "keyed", "3", "--url", server.url,
+                         env={"TIDINGS_API_KEY": "k-0123456789"})
+        assert by_env.returncode == 0, by_env.stderr
+        assert [m["data"] for m in poll_all(server.url, "keyed")["messages"]] == [2, 3]
+    finally:
+        code, err = server.stop()
+    assert code == 0, err
+    assert "TIDINGS_API_KEY" in tidings("publish", "--help").stdout
+
+
+def test_help_is_plain_text() -> None:
+    result = tidings("--help")
+    assert result.returncode == 0
+    assert "``" not in result.stdout and ":class:" not in result.stdout
+
+
+def test_log_level_has_help_and_says_its_default() -> None:
+    assert "(default info)" in " ".join(tidings("serve", "--help").stdout.split())
+    assert "(default warning)" in " ".join(tidings("demo", "--help").stdout.split())
+
+
+def test_serve_prints_its_start_line_once() -> None:
+    server = Served("--log-level", "info")
+    code, err = server.stop()
+    assert code == 0, err
+    assert "serving on" not in err  # only the line on stdout Served already read
+
+
+def test_demo_database_without_psycopg_prints_a_hint_not_a_traceback() -> None:
+    # psycopg is installed here: make importing it fail, as in an install without the extra.
+    program = ("import sys; sys.modules['psycopg'] = None; from tidings.cli import main; "
+               "sys.exit(main(['demo', '--port', '0', '--database', 'postgresql://x/y']))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=20 * UNIT)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert "pip install -e '.[postgres]'" in line and "tidings[postgres]" not in line

@@ -1,5 +1,6 @@
-"""The ``tidings`` command: ``serve``, ``publish``, ``subscribe``, ``conformance``, ``demo``
-and ``bridge``."""
+"""The tidings command: serve, publish, subscribe, conformance, demo and bridge."""
+
+# The module docstring is `tidings --help`'s description: plain words, no reST markup.
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from tidings.core.names import check_channel
 from tidings.errors import BadRequest, TidingsError, UsageError
+from tidings.extras import missing_extra
 from tidings.settings import Settings, check_transports
 from tidings.wire import jsonvalue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+API_KEY_HELP = ("the server's API key, sent as Authorization: Bearer "
+                "(default $TIDINGS_API_KEY)")
 #: Allocations between young garbage collections in ``tidings serve`` (Python's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
 
@@ -59,15 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", metavar="URL",
                        help="where channel logs live: memory (default) or "
                             "redis://HOST:PORT/DB, shared by several nodes")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+    _add_log_level(serve, "info")
     serve.set_defaults(run=run_serve)
 
-    publish = commands.add_parser("publish", help="publish one JSON message")
-    publish.add_argument("channel")
+    publish = commands.add_parser(
+        "publish", help="publish one JSON message",
+        description="Publish one JSON message and print the server's answer. With access "
+                    "control on, the API key comes from --api-key or $TIDINGS_API_KEY.")
+    publish.add_argument("channel", help="the channel: letters, digits and _ - . : @")
     publish.add_argument("json", nargs="?", help="the JSON value; read from stdin if absent")
     publish.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
                          help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
+    publish.add_argument("--api-key", default=os.environ.get("TIDINGS_API_KEY"),
+                         help=API_KEY_HELP)
     publish.set_defaults(run=run_publish)
 
     subscribe = commands.add_parser(
@@ -106,11 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transports", metavar="LIST",
                       help="reading techniques to serve, comma-separated "
                            "(default websocket,sse,longpoll,poll)")
-    demo.add_argument("--log-level", default="warning",
-                      choices=["debug", "info", "warning", "error"])
+    _add_log_level(demo, "warning")
     demo.set_defaults(run=run_demo, history_size=None, history_ttl=None, cors_origins=None)
     _add_bridge(commands)
     return parser
+
+
+def _add_log_level(command: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level``; its default differs by command and the help says which."""
+    command.add_argument("--log-level", default=default, choices=LOG_LEVELS,
+                         help=f"what the server logs to stderr (default {default})")
 
 
 def _add_bridge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,17 +162,15 @@ def _add_bridge(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
                      help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
     run.add_argument("--api-key", default=os.environ.get("TIDINGS_API_KEY"),
-                     help="sent as Authorization: Bearer (default $TIDINGS_API_KEY)")
-    run.add_argument("--log-level", default="info",
-                     choices=["debug", "info", "warning", "error"])
+                     help=API_KEY_HELP)
+    _add_log_level(run, "info")
 
 
 def _bridge_command(name: str, args: argparse.Namespace) -> int:
     try:
         from tidings.bridges.postgres import commands
     except ImportError as exc:
-        raise UsageError(f"the bridge needs psycopg ({exc}): "
-                         "pip install 'tidings[postgres]'") from None
+        raise missing_extra("the bridge", "postgres", exc) from None
     code: int = getattr(commands, name)(args)
     return code
 
@@ -220,8 +234,7 @@ async def serve(settings: Settings) -> None:
             attach(server, settings.bridges)
         except ImportError as exc:
             await server.aclose()
-            raise UsageError(f"[[bridges]] needs psycopg ({exc}): "
-                             "pip install 'tidings[postgres]'") from None
+            raise missing_extra("[[bridges]]", "postgres", exc) from None
         except UsageError:
             await server.aclose()
             raise
@@ -249,6 +262,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(args)
+    if args.database is not None:
+        try:
+            import tidings.demo.database  # noqa: F401 - only to fail early without psycopg
+        except ImportError as exc:
+            raise missing_extra("tidings demo --database", "postgres", exc) from None
     try:
         run_loop(serve_demo(settings, args.rate, args.database))
     except OSError as exc:
@@ -263,9 +281,13 @@ def run_publish(args: argparse.Namespace) -> int:
         jsonvalue.decode(text, "the message")  # as strict as the server: no NaN or Infinity
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
-    url = f"{args.url.rstrip('/')}/channels/{args.channel}"
+    try:
+        channel = check_channel(args.channel)  # as tidings.Publisher and tidings subscribe do
+    except TidingsError as exc:
+        raise UsageError(str(exc)) from None
+    url = f"{args.url.rstrip('/')}/channels/{quote(channel, safe='')}"
     headers = {"Content-Type": "application/json"}
-    api_key = os.environ.get("TIDINGS_API_KEY")
+    api_key = args.api_key
     if api_key:  # the server's key, when its access control is on (docs/security.md)
         headers["Authorization"] = f"Bearer {api_key}"
     try:

@@ -50,7 +50,9 @@ async def test_bridge_run_stops_with_a_clear_error(pg: Pg, server: Server) -> No
     async with asyncio.timeout(10 * UNIT):
         _out, err = await process.communicate()  # it ends by itself
     assert process.returncode == 2
-    assert "tidings bridge install" in err.decode()
+    # The install command it suggests names the same schema, so it can be pasted as is.
+    assert f"tidings bridge install DSN --table T --channel TEMPLATE --schema {pg.outbox}`" \
+        in err.decode()
 
 
 async def test_serve_runs_the_bridges_of_its_config_file(pg: Pg, tmp_path: Path) -> None:

@@ -130,3 +130,11 @@ async def test_healthz_lists_the_techniques_served() -> None:
         httpx.AsyncClient(base_url=server.url, timeout=5 * UNIT) as client,
     ):
         assert (await client.get("/healthz")).json()["transports"] == ["poll", "sse"]
+
+
+async def test_favicon_is_served_so_a_browser_logs_no_404() -> None:
+    async with Server(Settings(port=0)) as server, httpx.AsyncClient() as client:
+        response = await client.get(f"{server.url}/favicon.ico", timeout=5 * UNIT)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/x-icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO header

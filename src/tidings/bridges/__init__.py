@@ -1,8 +1,8 @@
 """Bridges: publish what changes in a database, each committed change exactly once.
 
 The PostgreSQL bridge (docs/bridge.md) lives in :mod:`tidings.bridges.postgres`
-and needs ``psycopg`` (``pip install 'tidings[postgres]'``); this package's
-own modules do not.
+and needs ``psycopg`` (the ``postgres`` extra: ``pip install -e '.[postgres]'`` in a
+checkout); this package's own modules do not.
 """
 
 from tidings.bridges.changes import Change

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
-from tidings.errors import UsageError
+from tidings.extras import missing_extra
 
 if TYPE_CHECKING:
     from tidings.settings import Settings
@@ -21,6 +21,5 @@ def make_broker(settings: Settings) -> Broker:
     try:
         from tidings.brokers.redis import RedisBroker
     except ImportError as exc:
-        raise UsageError(f"the Redis broker needs redis-py ({exc}): "
-                         "pip install 'tidings[redis]'") from None
+        raise missing_extra("the Redis broker", "redis", exc) from None
     return RedisBroker(settings.broker, settings.retention)

@@ -104,7 +104,7 @@ class Server:
                 "connections, accepting fails (clients see resets, not 503); raise the file "
                 "limit (ulimit -n) or lower max_connections", self.settings.max_connections,
                 files, files - FD_RESERVE)
-        logger.info("tidings serving on %s", self.url)
+        logger.debug("tidings serving on %s", self.url)  # `tidings serve` prints it
 
     @property
     def url(self) -> str:

@@ -20,7 +20,11 @@ from tidings.wire import http
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 #: The pages every server serves; pages given to :class:`StaticFiles` are merged over them.
-BUILTIN_PAGES: Mapping[str, Path] = {"/tidings.js": STATIC_DIR / "tidings.js"}
+BUILTIN_PAGES: Mapping[str, Path] = {
+    "/tidings.js": STATIC_DIR / "tidings.js",
+    # Every browser asks for it; without it, opening /healthz logs a 404 in the console.
+    "/favicon.ico": STATIC_DIR / "favicon.ico",
+}
 
 CONTENT_TYPES: Mapping[str, str] = {
     ".js": "text/javascript; charset=utf-8",

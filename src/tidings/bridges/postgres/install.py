@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import shlex
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
@@ -210,8 +211,10 @@ async def is_installed(conn: AsyncConnection, schema: str) -> bool:
 async def outbox_source(conn: AsyncConnection, schema: str) -> str:
     """The ``source`` name of the outbox; :class:`UsageError` if nothing is installed."""
     if not await is_installed(conn, schema):
-        raise UsageError(f"no tidings outbox in schema {schema!r} of this database; "
-                         "run `tidings bridge install DSN --table T --channel TEMPLATE` first")
+        option = "" if schema == DEFAULT_SCHEMA else f" --schema {shlex.quote(schema)}"
+        raise UsageError(f"no tidings outbox in schema {schema!r} of this database; run "
+                         f"`tidings bridge install DSN --table T --channel TEMPLATE{option}` "
+                         "first")
     cursor = await conn.execute(sql.SQL("SELECT source FROM {}.meta").format(
         sql.Identifier(schema)))
     row = await cursor.fetchone()
