@@ -19,6 +19,7 @@ from tidings.core.log import Retention
 from tidings.settings import (
     FD_RESERVE,
     UNLIMITED_FILES_MAX_CONNECTIONS,
+    AuthSettings,
     max_connections_for,
     soft_file_limit,
 )
@@ -113,10 +114,11 @@ def test_settings_are_frozen() -> None:
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("[server]\nhistory_sise = 3\n", ["unknown keys", "history_sise"]),
-        ("[server]\nnamespaces = 3\n", ["unknown keys", "namespaces"]),
-        ("[sever]\nport = 1\n", ["unknown sections", "sever"]),
-        ("top = 1\n", ["unknown sections", "top"]),
+        ("[server]\nhistory_sise = 3\n",
+         ["unknown key", "history_sise", "did you mean 'history_size'"]),
+        ("[server]\nnamespaces = 3\n", ["unknown key", "namespaces"]),
+        ("[sever]\nport = 1\n", ["unknown section", "sever", "did you mean 'server'"]),
+        ("top = 1\n", ["unknown section", "top"]),
         ("[namespaces.x]\nsize = 3\n", ["namespaces.x", "size"]),
         ("[namespaces.x]\nhistory_size = 3\nmax_headers = 1\n", ["namespaces.x", "max_headers"]),
         ("[server\n", ["cannot read"]),
@@ -279,3 +281,86 @@ async def test_past_the_file_limit_connections_get_503_not_a_reset(
     finally:
         for _reader, writer in held:
             writer.close()
+
+
+# config errors say where, all at once (issue 12) ---------------------------------------
+
+
+def test_a_bad_value_is_named_by_file_section_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nhistory_ttl = -5\n")
+    with pytest.raises(UsageError) as info:
+        Settings.from_file(path)
+    assert str(info.value) == f"{path}: [server] history_ttl must be positive, not -5"
+    assert "--history-ttl" not in str(info.value)
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+history_ttl = -5
+history_size = 0
+transports = ["ws"]
+
+[auth]
+default_publish = "everyone"
+
+[namespaces.p]
+history_ttl = "1h"
+
+[[bridges]]
+dsn = ""
+""")
+    with pytest.raises(UsageError) as info:
+        Settings.from_file(path)
+    lines = str(info.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert [line.removeprefix(f"{path}: ").split(" ")[:2] for line in lines] == [
+        ["[server]", "history_ttl"], ["[server]", "history_size"], ["[server]", "transports:"],
+        ["[auth]", "default_publish"], ["[namespaces.p]", "history_ttl"],
+        ["[[bridges]]", "#1"],
+    ]
+
+
+@pytest.mark.parametrize(("text", "suggestion"), [
+    ("[server]\nhistroy_size = 3\n", "[server] unknown key 'histroy_size' "
+                                     "(did you mean 'history_size'?)"),
+    ("[server]\nmax_conections = 3\n", "(did you mean 'max_connections'?)"),
+    ("[auth]\napi_kye = 'x'\n", "[auth] unknown key 'api_kye' (did you mean 'api_key'?)"),
+    ("[namespaces.x]\nhistory_tll = 3\n", "[namespaces.x] unknown key 'history_tll' "
+                                          "(did you mean 'history_ttl'?)"),
+    ("[[bridges]]\ndns = 'postgresql://x'\n", "[[bridges]] #1 unknown key 'dns' "
+                                              "(did you mean 'dsn'?)"),
+    ("[namespace.x]\nhistory_size = 3\n", "unknown section 'namespace' "
+                                          "(did you mean 'namespaces'?)"),
+])
+def test_an_unknown_key_gets_the_nearest_known_one(tmp_path: Path, text: str,
+                                                   suggestion: str) -> None:
+    with pytest.raises(UsageError) as info:
+        Settings.from_file(write(tmp_path, text))
+    assert suggestion in str(info.value)
+
+
+def test_a_short_hs256_secret_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[auth]\njwt_hs256_secret = "changeme"\n')
+    with pytest.raises(UsageError) as info:
+        Settings.from_file(path)
+    assert f"{path}: [auth] jwt_hs256_secret is 8 bytes; use 32" in str(info.value)
+    with pytest.raises(UsageError, match="jwt_hs256_secret is 31 bytes"):
+        AuthSettings(jwt_hs256_secret="x" * 31)
+    assert AuthSettings(jwt_hs256_secret="x" * 32).jwt_hs256_secret == "x" * 32
+
+
+def test_the_cli_reports_a_bad_file_value_under_its_file_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nhistory_ttl = -5\nhistory_sise = 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--port", "0", "--config", str(path)],
+        capture_output=True, text=True, timeout=20 * UNIT)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"tidings: {path}: [server] history_ttl must be positive, not -5",
+        f"{path}: [server] unknown key 'history_sise' (did you mean 'history_size'?)",
+    ]
+    flag = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--port", "0", "--history-ttl", "-5"],
+        capture_output=True, text=True, timeout=20 * UNIT)
+    assert flag.returncode == 2 and "--history-ttl must be positive" in flag.stderr

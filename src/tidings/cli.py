@@ -184,9 +184,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         transports=_transport_list(args.transports) if args.transports is not None else None,
         broker=getattr(args, "broker", None),
     )
-    if settings.history_size < 1:
+    # The file's values were checked under their own names (Settings.from_file).
+    if args.history_size is not None and args.history_size < 1:
         raise UsageError("--history-size must be at least 1")
-    if settings.history_ttl <= 0:
+    if args.history_ttl is not None and args.history_ttl <= 0:
         raise UsageError("--history-ttl must be positive")
     return settings
 

@@ -37,6 +37,7 @@ Config file::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,10 @@ class AuthSettings:
             Rule(self.default_subscribe, self.default_publish)
         except ValueError as exc:
             raise UsageError(f"[auth] default_{exc}") from None
+        if self.jwt_hs256_secret is not None:
+            problem = _secret_problem(self.jwt_hs256_secret)
+            if problem is not None:
+                raise UsageError(f"[auth] jwt_hs256_secret{problem}")
 
     @property
     def enabled(self) -> bool:
@@ -223,118 +228,227 @@ class Settings:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Settings:
-        """Read a TOML config file; raise :class:`UsageError` for unknown or bad keys."""
+        """Read a TOML config file.
+
+        Raises :class:`UsageError` naming every bad key at once, one line each:
+        the file, the ``[section]``, the key and what is wrong (with the nearest
+        known key for an unknown one). Values are checked here under their file
+        names; the CLI checks its flags under theirs.
+        """
         try:
             with open(path, "rb") as f:
                 config = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read config file {path}: {exc}") from None
-        unknown_sections = set(config) - {"server", "namespaces", "bridges", "auth"}
-        if unknown_sections:
-            raise UsageError(f"{path}: unknown sections {sorted(unknown_sections)}")
-        server = dict(config.get("server", {}))
-        known = {f.name for f in dataclasses.fields(cls)} - {"namespaces", "bridges", "auth"}
-        unknown = set(server) - known
-        if unknown:
-            raise UsageError(f"{path}: unknown keys in [server]: {sorted(unknown)}")
-        defaults = cls()
-        for key, value in server.items():
-            _check_type(path, "server", key, value, getattr(defaults, key))
-        for key in ("cors_origins", "transports"):
-            if key in server:
-                server[key] = tuple(server[key])
-        try:
-            base = cls(**server)
-        except UsageError as exc:
-            raise UsageError(f"{path}: [server] {exc}") from None
-        auth = _auth(path, config.get("auth"))
-        namespaces = {}
-        rules = {}
-        for name, values in config.get("namespaces", {}).items():
-            if not isinstance(values, dict):
-                raise UsageError(f"{path}: [namespaces] holds tables such as [namespaces.{name}]")
-            extra = set(values) - {"history_size", "history_ttl", "subscribe", "publish"}
-            if extra:
-                raise UsageError(f"{path}: unknown keys in [namespaces.{name}]: {sorted(extra)}")
-            section = f"namespaces.{name}"
-            size = values.get("history_size", base.history_size)
-            ttl = values.get("history_ttl", base.history_ttl)
-            _check_type(path, section, "history_size", size, base.history_size)
-            _check_type(path, section, "history_ttl", ttl, base.history_ttl)
-            if size < 1 or ttl <= 0:
-                raise UsageError(f"{path}: [{section}] history_size must be at least 1 "
-                                 "and history_ttl positive")
-            namespaces[name] = Retention(int(size), float(ttl))
-            if "subscribe" in values or "publish" in values:
-                try:
-                    rules[name] = Rule(values.get("subscribe", auth.default_subscribe),
-                                       values.get("publish", auth.default_publish))
-                except ValueError as exc:
-                    raise UsageError(f"{path}: [{section}] {exc}") from None
+        errors = ConfigErrors(path)
+        for section in config:
+            if section not in SECTIONS:
+                errors.unknown("", section, SECTIONS, what="section")
+        server = _server(errors, config.get("server", {}))
+        base = cls(**server)
+        auth = _auth(errors, path, config.get("auth"))
+        namespaces, rules = _namespaces(errors, config.get("namespaces", {}), base, auth)
+        bridges = _bridges(errors, config.get("bridges", []))
+        errors.raise_any()
         if rules:
             auth = dataclasses.replace(auth, rules=rules)
-        bridges = _bridges(path, config.get("bridges", []))
         return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth)
 
 
-def _auth(path: str | Path, section: Any) -> AuthSettings:
+#: The sections of a config file.
+SECTIONS = ("server", "namespaces", "auth", "bridges")
+#: The keys of ``[auth]``.
+AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
+             "default_subscribe", "default_publish")
+#: The keys of a ``[namespaces.NAME]`` table.
+NAMESPACE_KEYS = ("history_size", "history_ttl", "subscribe", "publish")
+#: The keys of a ``[[bridges]]`` entry.
+BRIDGE_KEYS = ("dsn", "schema", "tables")
+#: The shortest ``jwt_hs256_secret`` accepted, in bytes (HS256 keys shorter than the
+#: hash are guessable offline from one token; RFC 7518 section 3.2).
+MIN_HS256_SECRET_BYTES = 32
+
+
+class ConfigErrors:
+    """What is wrong with one config file, gathered so that all of it is reported at once.
+
+    Call :meth:`add` (or :meth:`unknown`) for each problem, then :meth:`raise_any`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, where: str, key: str, problem: str) -> None:
+        """Record that ``key`` in ``where`` (``"[server]"``, ``"[[bridges]] #2"``, ``""`` for
+        the top level) is wrong: ``problem`` follows the key's name."""
+        self.lines.append(f"{self.path}: {where} {key}{problem}"
+                          if where else f"{self.path}: {key}{problem}")
+
+    def unknown(self, where: str, key: str, known: Any, what: str = "key") -> None:
+        """Record an unknown ``key``, suggesting the nearest of ``known`` if one is close."""
+        near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else f"; known: {', '.join(known)}"
+        self.add(where, f"unknown {what} {key!r}", hint)
+
+    def raise_any(self) -> None:
+        """Raise one :class:`UsageError` listing every problem, one per line, if there is one."""
+        if self.lines:
+            raise UsageError("\n".join(self.lines))
+
+
+def _server(errors: ConfigErrors, section: Any) -> dict[str, Any]:
+    """The good keys of ``[server]``, converted for :class:`Settings`; the bad ones go to
+    ``errors``."""
+    if not isinstance(section, dict):
+        errors.add("", "server", " must be a table: [server]")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    known = [name for name in fields if name not in ("namespaces", "bridges", "auth")]
+    defaults = Settings()
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in known:
+            errors.unknown("[server]", key, known)
+            continue
+        problem = _type_problem(value, getattr(defaults, key))
+        if problem is None:
+            problem = _value_problem(key, value)
+        if problem is not None:
+            errors.add("[server]", key, problem)
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def _value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a ``[server]`` value of the right type, or ``None``."""
+    if key == "history_size" and value < 1:
+        return f" must be at least 1, not {value!r}"
+    if key == "history_ttl" and value <= 0:
+        return f" must be positive, not {value!r}"
+    try:
+        if key == "transports":
+            check_transports(tuple(dict.fromkeys(value)))
+        elif key == "broker":
+            check_broker(value)
+    except UsageError as exc:
+        return f": {exc}"
+    return None
+
+
+def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
+                auth: AuthSettings) -> tuple[dict[str, Retention], dict[str, Rule]]:
+    """The ``[namespaces.NAME]`` tables: retention and access rules by namespace."""
+    namespaces: dict[str, Retention] = {}
+    rules: dict[str, Rule] = {}
+    if not isinstance(section, dict):
+        errors.add("", "namespaces", " holds tables such as [namespaces.prices]")
+        return namespaces, rules
+    for name, values in section.items():
+        where = f"[namespaces.{name}]"
+        if not isinstance(values, dict):
+            errors.add("[namespaces]", name, f" must be a table such as [namespaces.{name}]")
+            continue
+        ok = True
+        for key in values:
+            if key not in NAMESPACE_KEYS:
+                errors.unknown(where, key, NAMESPACE_KEYS)
+                ok = False
+        size = values.get("history_size", base.history_size)
+        ttl = values.get("history_ttl", base.history_ttl)
+        for key, value, default in (("history_size", size, base.history_size),
+                                    ("history_ttl", ttl, base.history_ttl)):
+            problem = _type_problem(value, default) or _value_problem(key, value)
+            if problem is not None:
+                errors.add(where, key, problem)
+                ok = False
+        if "subscribe" in values or "publish" in values:
+            try:
+                rules[name] = Rule(values.get("subscribe", auth.default_subscribe),
+                                   values.get("publish", auth.default_publish))
+            except ValueError as exc:
+                errors.add(where, "", str(exc))  # it names the key
+                ok = False
+        if ok:
+            namespaces[name] = Retention(int(size), float(ttl))
+    return namespaces, rules
+
+
+def _auth(errors: ConfigErrors, path: str | Path, section: Any) -> AuthSettings:
     """The ``[auth]`` section (absent: access control stays off unless a namespace has rules)."""
     if section is None:
         return AuthSettings()
     if not isinstance(section, dict):
-        raise UsageError(f"{path}: auth must be a table: [auth]")
-    known = {"api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
-             "default_subscribe", "default_publish"}
-    unknown = set(section) - known
-    if unknown:
-        raise UsageError(f"{path}: unknown keys in [auth]: {sorted(unknown)}")
-    for key, value in section.items():
-        _check_type(path, "auth", key, value, () if key == "jwt_algorithms" else "")
+        errors.add("", "auth", " must be a table: [auth]")
+        return AuthSettings()
+    values: dict[str, Any] = {}
     choices = {"default_subscribe": SUBSCRIBE_RULES, "default_publish": PUBLISH_RULES}
-    for key, allowed in choices.items():
-        if key in section and section[key] not in allowed:
-            raise UsageError(f"{path}: [auth] {key} must be one of {', '.join(allowed)}, "
-                             f"not {section[key]!r}")
-    values = dict(section)
-    if "jwt_algorithms" in values:
-        values["jwt_algorithms"] = tuple(values["jwt_algorithms"])
+    for key, value in section.items():
+        if key not in AUTH_KEYS:
+            errors.unknown("[auth]", key, AUTH_KEYS)
+            continue
+        problem = _type_problem(value, () if key == "jwt_algorithms" else "")
+        if problem is None and key in choices and value not in choices[key]:
+            problem = f" must be one of {', '.join(choices[key])}, not {value!r}"
+        if problem is None and key == "jwt_hs256_secret":
+            problem = _secret_problem(value)
+        if problem is not None:
+            errors.add("[auth]", key, problem)
+            continue
+        values[key] = tuple(value) if key == "jwt_algorithms" else value
     if isinstance(values.get("jwt_public_key_file"), str):
         # A relative path is relative to the config file, not to the working directory.
         values["jwt_public_key_file"] = str(Path(path).parent / values["jwt_public_key_file"])
     return AuthSettings(**values, configured=True)
 
 
-def _bridges(path: str | Path, entries: Any) -> tuple[BridgeConfig, ...]:
-    """The ``[[bridges]]`` entries; raise :class:`UsageError` for a bad one."""
+def _secret_problem(secret: str) -> str | None:
+    """Why an HS256 secret is refused (too short to resist guessing), or ``None``."""
+    size = len(secret.encode())
+    if size >= MIN_HS256_SECRET_BYTES:
+        return None
+    return (f" is {size} bytes; use {MIN_HS256_SECRET_BYTES} random bytes or more, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))' (docs/security.md)")
+
+
+def _bridges(errors: ConfigErrors, entries: Any) -> tuple[BridgeConfig, ...]:
+    """The ``[[bridges]]`` entries; the bad ones go to ``errors``."""
     usage = ('write each as [[bridges]] with dsn = "postgresql://..." and optionally '
              'schema = "tidings" and tables = [{table = "prices", channel = "prices:{symbol}"}]')
     if not isinstance(entries, list):
-        raise UsageError(f"{path}: bridges: {usage}")
+        errors.add("", "bridges", f": {usage}")
+        return ()
     bridges = []
     for number, entry in enumerate(entries, 1):
-        where = f"{path}: [[bridges]] #{number}"
+        where = f"[[bridges]] #{number}"
         if not isinstance(entry, dict):
-            raise UsageError(f"{where}: {usage}")
-        extra = set(entry) - {"dsn", "schema", "tables"}
-        if extra:
-            raise UsageError(f"{where}: unknown keys {sorted(extra)}; {usage}")
+            errors.add(where, "", f"must be a table: {usage}")
+            continue
+        count = len(errors.lines)
+        for key in entry:
+            if key not in BRIDGE_KEYS:
+                errors.unknown(where, key, BRIDGE_KEYS)
         dsn, schema = entry.get("dsn"), entry.get("schema", "tidings")
         if not isinstance(dsn, str) or not dsn:
-            raise UsageError(f"{where}: dsn must be a connection string such as "
-                             "\"postgresql://user@host/dbname\"")
+            errors.add(where, "dsn", ' must be a connection string such as '
+                       '"postgresql://user@host/dbname"')
         if not isinstance(schema, str):
-            raise UsageError(f"{where}: schema must be a string, not {schema!r}")
+            errors.add(where, "schema", f" must be a string, not {schema!r}")
         tables = entry.get("tables", [])
-        if not isinstance(tables, list):
-            raise UsageError(f"{where}: tables must be a list; {usage}")
         pairs = []
+        if not isinstance(tables, list):
+            errors.add(where, "tables", f" must be a list; {usage}")
+            tables = []
         for table in tables:
             if (not isinstance(table, dict) or set(table) != {"table", "channel"}
                     or not all(isinstance(value, str) for value in table.values())):
-                raise UsageError(f"{where}: each of tables needs table and channel "
-                                 f"(strings) and nothing else, not {table!r}")
+                errors.add(where, "tables", " each need table and channel (strings) "
+                           f"and nothing else, not {table!r}")
+                continue
             pairs.append((table["table"], table["channel"]))
-        bridges.append(BridgeConfig(dsn, schema, tuple(pairs)))
+        if len(errors.lines) == count:
+            bridges.append(BridgeConfig(str(dsn), str(schema), tuple(pairs)))
     return tuple(bridges)
 
 
@@ -347,8 +461,8 @@ def check_transports(transports: tuple[str, ...]) -> None:
         raise UsageError(f"enable at least one transport of {', '.join(TRANSPORTS)}")
 
 
-def _check_type(path: str | Path, section: str, key: str, value: Any, default: Any) -> None:
-    """Raise :class:`UsageError` unless ``value`` has the type of the setting's ``default``."""
+def _type_problem(value: Any, default: Any) -> str | None:
+    """What is wrong with ``value`` if it lacks the type of the setting's ``default``."""
     if isinstance(default, tuple):
         ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         kind = "a list of strings"
@@ -361,5 +475,4 @@ def _check_type(path: str | Path, section: str, key: str, value: Any, default: A
     else:
         ok = isinstance(value, str)
         kind = "a string"
-    if not ok:
-        raise UsageError(f"{path}: [{section}] {key} must be {kind}, not {value!r}")
+    return None if ok else f" must be {kind}, not {value!r}"

@@ -103,7 +103,7 @@ def test_auth_section_and_namespace_rules(tmp_path: Path) -> None:
     settings = Settings.from_file(write(tmp_path, """
 [auth]
 api_key = "k"
-jwt_hs256_secret = "s"
+jwt_hs256_secret = "s-0123456789abcdef0123456789abcdef"
 jwt_public_key_file = "keys/public.pem"
 jwt_algorithms = ["RS256"]
 default_publish = "token"
@@ -116,7 +116,7 @@ history_size = 10
 """))
     auth = settings.auth
     assert auth.enabled and auth.configured
-    assert auth.api_key == "k" and auth.jwt_hs256_secret == "s"
+    assert auth.api_key == "k" and auth.jwt_hs256_secret == "s-0123456789abcdef0123456789abcdef"
     assert auth.jwt_public_key_file == str(tmp_path / "keys" / "public.pem")
     assert auth.jwt_algorithms == ("RS256",)
     # A namespace rule names what it changes; the rest comes from the defaults.
