@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 from pgkit import Pg, long_poll
 from pgkit import pg_fixture as pg_fixture  # the pg fixture
 
@@ -28,6 +29,14 @@ async def stop(process: asyncio.subprocess.Process) -> tuple[int, str]:
         _out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, err.decode()
+
+
+async def wait_until_healthy(url: str) -> None:
+    """Ask ``/healthz`` until it answers ``200``, as a load balancer's readiness probe does."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(10 * UNIT):
+        # A probe polls a process we cannot await; the deadline above bounds it.
+        while (await http.get(f"{url}/healthz")).status_code != 200:  # noqa: ASYNC110
+            await asyncio.sleep(UNIT / 20)
 
 
 async def test_bridge_run_publishes_to_a_server_over_http(pg: Pg, server: Server) -> None:
@@ -69,16 +78,11 @@ async def test_serve_runs_the_bridges_of_its_config_file(pg: Pg, tmp_path: Path)
             line = (await process.stdout.readline()).decode()
         url = line.removeprefix("tidings serving on ").strip()
         assert url.startswith("http://"), line
-        # The bridge installs the table when it connects: keep writing until a change arrives.
-        reader = asyncio.create_task(long_poll(url, "prices:AAPL", 1))
-        async with asyncio.timeout(10 * UNIT):
-            price = 0
-            while not reader.done():
-                price += 1
-                await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', %s) ON CONFLICT "
-                                 "(symbol) DO UPDATE SET price = excluded.price", [price])
-                await asyncio.wait([reader], timeout=0.1)
-        [message] = reader.result()
+        # /healthz says "starting" (503) until the bridge has installed the table's capture;
+        # from its first "ok" on, every committed change is published.
+        await wait_until_healthy(url)
+        await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', 1)")
+        [message] = await long_poll(url, "prices:AAPL", 1)
         assert message["data"]["row"]["symbol"] == "AAPL"
     finally:
         code, err = await stop(process)

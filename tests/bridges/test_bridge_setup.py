@@ -102,10 +102,42 @@ async def test_an_unreachable_database_is_retried_and_shown_in_healthz(
     async with httpx.AsyncClient() as http:
         health = (await http.get(f"{server.url}/healthz")).json()
     [shown] = health["bridges"]
-    assert shown["state"] in ("reconnecting", "connecting")
+    assert shown["state"] == "starting"  # it never installed its capture
     assert shown["failures"] >= 3
     assert "database" in shown["error"]
     assert shown["database"].startswith("127.0.0.1:")
+
+
+async def test_healthz_says_starting_until_the_capture_is_installed(
+        make_server: ServerFactory) -> None:
+    server = await make_server()
+    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/test"
+    [bridge] = attach(server, [BridgeConfig(dsn, tables=(("prices", "prices:{symbol}"),))])
+    async with asyncio.timeout(5 * UNIT):
+        await bridge.changed.wait()  # a first attempt failed
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server.url}/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting"
+    assert [shown["state"] for shown in response.json()["bridges"]] == ["starting"]
+
+
+async def test_a_change_committed_once_healthz_is_ok_is_published(
+        pg: Pg, make_server: ServerFactory) -> None:
+    await pg.execute("CREATE TABLE {s}.prices (symbol text PRIMARY KEY, price numeric)")
+    server = await make_server()
+    [bridge] = attach(server, [BridgeConfig(pg.dsn, pg.outbox,
+                                            ((f"{pg.tables}.prices", "prices:{symbol}"),))])
+    assert server.health()["status"] == "starting"
+    async with asyncio.timeout(5 * UNIT):
+        await bridge.installed.wait()
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{server.url}/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    # The first change after "ok" is captured even if the bridge has not started reading.
+    await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', 1)")
+    [message] = await long_poll(server.url, "prices:AAPL", 1)
+    assert message["data"]["row"] == {"symbol": "AAPL", "price": 1}
 
 
 async def test_config_file_bridges_install_and_publish(pg: Pg, make_server: ServerFactory,
@@ -128,7 +160,7 @@ async def test_config_file_bridges_install_and_publish(pg: Pg, make_server: Serv
 @pytest.mark.parametrize(("text", "error"), [
     ('bridges = "x"', "bridges"),
     ("[[bridges]]\nschema = 'x'", "dsn must be"),
-    ("[[bridges]]\ndsn = 'x'\nport = 1", "unknown keys"),
+    ("[[bridges]]\ndsn = 'x'\nport = 1", "unknown key 'port'"),
     ("[[bridges]]\ndsn = 'x'\ntables = [{table = 't'}]", "table and channel"),
     ("[[bridges]]\ndsn = 'x'\ntables = 't'", "tables must be a list"),
 ])

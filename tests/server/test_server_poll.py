@@ -96,11 +96,21 @@ async def test_etag_and_if_none_match_answer_304_until_something_is_new(server: 
                                  headers={"If-None-Match": etag})
         assert stale.status_code == 200
 
-        # A matching tag never hides messages that the cursor has not seen.
-        behind = await client.get("/channels/c", params={"since": first},
+        # The tag validates the answer of its own URL: since=first answers [second] with the
+        # tag of second, and a cache holding that answer revalidates it with a 304 (issue 12).
+        cached = await client.get("/channels/c", params={"since": first},
                                   headers={"If-None-Match": changed.headers["etag"]})
+        assert cached.status_code == 304
+        assert cached.content == b"" and cached.headers["etag"] == f'"{second}"'
+        for listed in (f'"x", W/"{second}"', "*"):
+            also = await client.get("/channels/c", params={"since": first},
+                                    headers={"If-None-Match": listed})
+            assert also.status_code == 304
+        # Any other tag gets the body: a tag names the end of the answer, not where it starts.
+        behind = await client.get("/channels/c", params={"since": "0"},
+                                  headers={"If-None-Match": etag})
         assert behind.status_code == 200
-        assert [m["id"] for m in behind.json()["messages"]] == [second]
+        assert [m["id"] for m in behind.json()["messages"]] == [first, second]
 
 
 async def test_limit_and_more_page_through_everything_exactly_once(server: Server) -> None:

@@ -76,6 +76,10 @@ class Server:
         self.admission = Admission(self.settings, self.loop, self.stats)
         #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
         self.health_extra: dict[str, Callable[[], object]] = {}
+        #: Parts still starting: name -> function, true while that part is not ready (e.g. a
+        #: bridge whose capture is not installed). ``/healthz`` answers ``503`` with
+        #: ``"status": "starting"`` while any is.
+        self.starting: dict[str, Callable[[], bool]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Server | None = None
         #: Tasks that never end by themselves; :meth:`aclose` cancels them first.
@@ -268,8 +272,11 @@ class Server:
         hub = self.broker.hub
         broker = self.broker.health()
         counts = self.registry.statistics()
+        status = "ok" if broker.get("status", "ok") == "ok" else "degraded"
+        if any(still() for still in self.starting.values()):
+            status = "starting"
         health: dict[str, object] = {
-            "status": "ok" if broker.get("status", "ok") == "ok" else "degraded",
+            "status": status,
             "time": int(time.time() * 1000),
             "transports": list(self.settings.transports),
             "connections": {key: counts[key] for key in ("http", "streams", "long_polls")},

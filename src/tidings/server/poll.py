@@ -2,9 +2,11 @@
 
 A thin driver of the reader (session/reader.py): it reads one page and
 answers. An answer with no gap carries an ``ETag`` naming its ``next``
-cursor; a poll that repeats it in ``If-None-Match`` while nothing is new gets
-``304`` and no body, so idle polling costs one short exchange. A long poll
-that finds nothing parks (server/longpoll.py).
+cursor; for one URL (one ``since``) that cursor names the whole body, so a
+poll whose ``If-None-Match`` holds the tag its answer would carry gets
+``304`` and no body, as HTTP says. A client polling ``since=<next>`` with the
+tag it was given gets ``304`` while nothing is new, so idle polling costs one
+short exchange. A long poll that finds nothing parks (server/longpoll.py).
 """
 
 from __future__ import annotations
@@ -40,8 +42,17 @@ def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str 
         conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
         return
     tag = poll.etag(cursor)
-    if not batch.messages and if_none_match is not None and tag in if_none_match:
+    if if_none_match is not None and _matches(if_none_match, tag):
         conn.answer(304, (("ETag", tag), *cors), b"", keep_alive)
         return
     body = poll.body(batch.messages, cursor, (), batch.more)
     conn.answer(200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive)
+
+
+def _matches(if_none_match: str, tag: str) -> bool:
+    """Whether ``If-None-Match`` holds ``tag`` (weak or strong) or ``*``."""
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == tag:
+            return True
+    return False

@@ -102,7 +102,9 @@ class Router:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /healthz",
                                        allow=("GET", "HEAD"))
-            body = http.json_response(200, self.server.health(), keep_alive=request.keep_alive)
+            health = self.server.health()
+            code = 503 if health["status"] == "starting" else 200  # readiness probes wait
+            body = http.json_response(code, health, keep_alive=request.keep_alive)
             if method == "HEAD":  # the same head, Content-Length included, and no body
                 body = body[:body.index(b"\r\n\r\n") + 4]
             conn.respond(body, request.keep_alive)

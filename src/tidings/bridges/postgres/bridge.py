@@ -83,8 +83,13 @@ class PostgresBridge:
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        #: ``starting`` until the capture is installed (its tables' triggers and the
+        #: outbox checked), whatever the attempts meanwhile; then ``connecting``,
+        #: ``running``, ``reconnecting``, ``standby``, ``publish_failing`` or ``failed``.
         self.state = "starting"
         self.error: str | None = None
+        #: Set once the capture is installed: changes committed from then on are published.
+        self.installed = asyncio.Event()
         #: Connection attempts that failed since the last success.
         self.failures = 0
         self.published = 0
@@ -150,7 +155,7 @@ class PostgresBridge:
             self.running.clear()
             self.failures += 1
             delay = self.backoff.delay(self.failures - 1)
-            self._set("reconnecting", reason)
+            self._set("reconnecting" if self.installed.is_set() else "starting", reason)
             logger.warning("bridge %s: %s; retrying in %.1f s", self.where, reason, delay)
             await asyncio.sleep(delay)
 
@@ -160,7 +165,7 @@ class PostgresBridge:
         self.changed.set()
 
     async def _session(self) -> None:
-        self._set("connecting", self.error)
+        self._set("connecting" if self.installed.is_set() else "starting", self.error)
         conn = await AsyncConnection.connect(self.dsn, autocommit=True,
                                              connect_timeout=CONNECT_TIMEOUT,
                                              application_name=APPLICATION_NAME)
@@ -169,6 +174,8 @@ class PostgresBridge:
                 await install(conn, table, template, self.schema)
             self.source = await outbox_source(conn, self.schema)
             await check_sources(conn, self.schema)
+            # From here every change is in the outbox, published now or by whoever holds the lock.
+            self.installed.set()
             await self._lock(conn)
             await conn.execute(sql.SQL("LISTEN {}").format(
                 sql.Identifier(notify_channel(self.schema))))

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 def attach(server: Server, configs: Sequence[BridgeConfig]) -> list[PostgresBridge]:
     """Run a bridge per entry as a background task of ``server``; report them in ``/healthz``.
 
+    Until every bridge has installed its capture, ``/healthz`` says
+    ``"status": "starting"`` with ``503``, so a readiness probe keeps the node
+    (and the applications that wait for it) out until changes are captured.
+
     Raises :class:`UsageError` at once for a bad schema name or channel
     template. A bridge that fails later (a table without a primary key, say)
     logs why and shows ``"state": "failed"`` under ``bridges`` in ``/healthz``;
@@ -27,6 +31,7 @@ def attach(server: Server, configs: Sequence[BridgeConfig]) -> list[PostgresBrid
     bridges = [PostgresBridge(config.dsn, sink, schema=config.schema, tables=config.tables)
                for config in configs]
     server.health_extra["bridges"] = lambda: [bridge.health() for bridge in bridges]
+    server.starting["bridges"] = lambda: not all(b.installed.is_set() for b in bridges)
     for bridge in bridges:
         server.spawn(_run(bridge), background=True)
     return bridges
