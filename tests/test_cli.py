@@ -330,3 +330,16 @@ def test_demo_database_without_psycopg_prints_a_hint_not_a_traceback() -> None:
     assert "Traceback" not in result.stderr
     [line] = result.stderr.splitlines()
     assert "pip install -e '.[postgres]'" in line and "tidings[postgres]" not in line
+
+
+def test_serve_on_redis_without_redis_py_prints_an_install_line_that_works() -> None:
+    # The Redis broker needs hiredis (from the redis extra): make importing it fail.
+    program = ("import sys; sys.modules['hiredis'] = None; from tidings.cli import main; "
+               "sys.exit(main(['serve', '--port', '0', '--broker', 'redis://127.0.0.1:1/0']))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=20 * UNIT)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    # tidings is not on the package index: the hint says what works from a checkout or a wheel.
+    assert "pip install -e '.[redis]'" in line and ".whl[redis]" in line
+    assert "tidings[redis]" not in line
