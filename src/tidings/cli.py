@@ -277,14 +277,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
+    try:
+        channel = check_channel(args.channel)  # as tidings.Publisher and tidings subscribe do
+    except TidingsError as exc:
+        raise UsageError(str(exc)) from None
     text = args.json if args.json is not None else sys.stdin.read()
     try:
         jsonvalue.decode(text, "the message")  # as strict as the server: no NaN or Infinity
     except BadRequest as exc:
-        raise UsageError(str(exc)) from None
-    try:
-        channel = check_channel(args.channel)  # as tidings.Publisher and tidings subscribe do
-    except TidingsError as exc:
         raise UsageError(str(exc)) from None
     url = f"{args.url.rstrip('/')}/channels/{quote(channel, safe='')}"
     headers = {"Content-Type": "application/json"}
