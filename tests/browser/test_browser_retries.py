@@ -42,13 +42,13 @@ async def late_redis() -> AsyncIterator[RedisProcess]:
 
 
 async def publish_when_up(url: str, channel: str) -> str:
-    """Publish once the node's broker takes it (503 until Redis is up)."""
+    """Publish once the node takes it (503 until Redis is up, or a connection is free)."""
     async with httpx.AsyncClient(base_url=url) as http, asyncio.timeout(15 * UNIT):
         while True:
             response = await http.post(f"/channels/{channel}", json="up")
             if response.status_code == 201:
                 return str(response.json()["id"])
-            assert response.status_code == 503, response.text
+            assert response.status_code in (429, 503), response.text
             await asyncio.sleep(0.05)
 
 
@@ -124,3 +124,49 @@ class _At:
 
     def __init__(self, url: str) -> None:
         self.url = url
+
+
+# too_many_connections: a node that holds its limit -------------------------------------
+
+START_CLIENT = """([options, channel]) => {
+  const { connect } = window.tidings;
+  const client = connect(location.origin, options);
+  const log = { messages: [], states: [], errors: [] };
+  window.client = client;
+  window.log = log;
+  client.on("state", (state, detail) => log.states.push({ state, ...detail }));
+  client.on("error", (error) => log.errors.push(String(error)));
+  client.subscribe(channel, { since: "0", onMessage: (m) => log.messages.push(m) });
+}"""
+
+
+@pytest.mark.parametrize("limit", ["max_connections", "max_connections_per_ip"])
+async def test_a_full_node_is_retried_over_the_same_technique(page: Any, limit: str) -> None:
+    """The WebSocket handshake is refused (503/429); /healthz says ``too_many_connections``
+    (a browser hides the handshake's answer): the client retries the WebSocket, not SSE."""
+    async with serving(**{limit: 3, "keep_alive_timeout": 0.2 * UNIT,
+                          "header_timeout": 30 * UNIT}) as served:
+        server = served.server
+        assert server is not None
+        await page.goto(f"{served.url}/tidings.js")  # same origin, no client running yet
+        await page.evaluate('async () => { window.tidings = await import("/tidings.js"); }')
+        await until(lambda: server.admission.statistics()["connections"] == 0)
+        sockets: list[Any] = []
+        page.on("websocket", lambda socket: sockets.append(socket))
+        fillers = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(3)]
+        try:
+            await until(lambda: server.admission.statistics()["connections"] == 3)
+            options = {"pollInterval": 200, "longpollWait": 3000, "attemptTimeout": 3000,
+                       "backoff": {"initial": 100, "max": 500}}
+            await page.evaluate(START_CLIENT, [options, "m"])
+            # Each attempt is a WebSocket (and a /healthz that says too_many_connections).
+            await until(lambda: len(sockets) >= 3, within=10 * UNIT)
+            assert await page.evaluate("window.log.states") == []
+        finally:
+            for _reader, writer in fillers:
+                writer.close()
+        message_id = await publish_when_up(served.url, "m")
+        # (If the limit clears between a refused handshake and its /healthz, the client
+        # cannot tell a full server from blocked WebSockets and reads over SSE meanwhile.)
+        await wait_for_ids(page, "m", [message_id])
+        assert await page.evaluate("window.log.errors") == []
