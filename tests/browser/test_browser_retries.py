@@ -170,3 +170,42 @@ async def test_a_full_node_is_retried_over_the_same_technique(page: Any, limit: 
         # cannot tell a full server from blocked WebSockets and reads over SSE meanwhile.)
         await wait_for_ids(page, "m", [message_id])
         assert await page.evaluate("window.log.errors") == []
+
+
+async def test_a_websocket_retried_after_a_refusal_resumes_every_channel_from_its_cursor(
+    page: Any, redis_process: RedisProcess,
+) -> None:
+    """A channel added while Redis is frozen is refused; the client reconnects after a
+    backoff and resumes every channel from its cursor: nothing lost, nothing twice."""
+    from tidings.brokers.redis import RedisBroker
+
+    settings = Settings(host="127.0.0.1", port=0, broker=redis_process.url)
+    writer = Server(settings, broker=RedisBroker(redis_process.url, settings.retention))
+    reader = Server(settings, broker=RedisBroker(redis_process.url, settings.retention,
+                                                 timeout=0.2 * UNIT), pages=PAGES)
+    await writer.start()
+    await reader.start()
+    try:
+        before = await publish(_At(writer.url), "a", 2)  # type: ignore[arg-type]
+        await open_client(page, _At(reader.url), ["a"],  # type: ignore[arg-type]
+                          transports=["websocket"])
+        await wait_for_ids(page, "a", before)
+        await asyncio.to_thread(redis_process.pause)
+        try:
+            requests = await page.evaluate("window.client.stats.requests")
+            await page.evaluate("""() => window.client.subscribe("b", {
+                since: "0", onMessage: (m) => window.log.messages.push(m) })""")
+            # Refused (the node does not hold "b"), reconnected, refused again.
+            await wait_for(page, f"window.client.stats.requests >= {requests + 2}")
+        finally:
+            await asyncio.to_thread(redis_process.resume)
+        a3 = await publish_when_up(writer.url, "a")
+        b1 = await publish_when_up(writer.url, "b")
+        await wait_for_ids(page, "b", [b1])
+        await wait_for_ids(page, "a", [*before, a3])
+        states = await page.evaluate("window.log.states")
+        assert any("broker_unavailable" in (s["reason"] or "") for s in states), states
+        assert await page.evaluate("window.log.errors") == []
+    finally:
+        await reader.aclose()
+        await writer.aclose()
