@@ -20,9 +20,10 @@ from clientkit import TECHNIQUES, UNIT, StatusLog, fast_client, ids, take
 import tidings
 from conftest import ServerFactory, until
 from rediskit import RedisProcess
-from tidings import Server, Settings
+from tidings import RequestRefused, Server, Settings
 from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker
+from tidings.client._session import unavailable, unavailable_reply
 from tidings.core.cursor import Start
 from tidings.testing import publish
 
@@ -209,3 +210,28 @@ async def test_a_read_refused_by_a_full_node_is_retried_until_a_connection_frees
     finally:
         for _reader, writer in fillers:
             writer.close()
+
+
+# which answers say "not now" --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body", "retryable"), [
+    (503, b'{"error": "broker_unavailable", "message": "Redis is away"}', True),
+    (503, b'{"error": "shutdown", "message": "bye"}', True),
+    (503, b'{"error": "too_many_connections", "message": "full"}', True),
+    (429, b'{"error": "too_many_connections", "message": "too many from you"}', True),
+    (503, b"<html>Service Unavailable</html>", False),  # a proxy: the technique failed
+    (429, b'{"error": "rate_limited", "message": "slow down"}', False),
+    (403, b'{"error": "too_many_connections", "message": "odd"}', False),
+    (400, b'{"error": "invalid_cursor", "message": "ahead of the log"}', False),
+])
+def test_which_http_answers_are_retried(status: int, body: bytes, retryable: bool) -> None:
+    assert (unavailable(status, body) is not None) is retryable
+
+
+@pytest.mark.parametrize(("code", "retryable"), [
+    ("broker_unavailable", True), ("shutdown", True), ("too_many_connections", True),
+    ("forbidden", False), ("invalid_cursor", False), ("already_subscribed", False),
+])
+def test_which_subscribe_error_replies_are_retried(code: str, retryable: bool) -> None:
+    assert (unavailable_reply(RequestRefused(None, code, "")) is not None) is retryable
