@@ -11,11 +11,14 @@ cannot fix still end it at once.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 import pytest
 from clientkit import TECHNIQUES, UNIT, StatusLog, fast_client, ids, take
+from websockets.asyncio.server import ServerConnection, serve
 
 import tidings
 from conftest import ServerFactory, until
@@ -235,3 +238,40 @@ def test_which_http_answers_are_retried(status: int, body: bytes, retryable: boo
 ])
 def test_which_subscribe_error_replies_are_retried(code: str, retryable: bool) -> None:
     assert (unavailable_reply(RequestRefused(None, code, "")) is not None) is retryable
+
+
+# a WebSocket closed with 1013 or 1001 before it works ------------------------------------
+
+
+@pytest.mark.parametrize("code", [1013, 1001])
+async def test_a_websocket_closed_with_try_again_later_is_retried_not_given_up(
+    code: int,
+) -> None:
+    """A server (here a stand-in made with the ``websockets`` package) that closes the first
+    WebSocket with ``code`` before answering ``subscribe``: ``auto`` stays on WebSocket,
+    backs off, and resumes from the cursor on the next one."""
+    subscribes: list[dict[str, Any]] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        command = json.loads(await ws.recv())
+        subscribes.append(command)
+        if len(subscribes) == 1:
+            await ws.close(code, "come back later")
+            return
+        await ws.send(json.dumps({"type": "ack", "req": command["req"],
+                                  "channel": "prices", "next": "aaaaaaaa-1"}))
+        await ws.send(json.dumps({"type": "message", "channel": "prices",
+                                  "id": "aaaaaaaa-2", "data": 42, "time": 1}))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as stand_in:
+        port = stand_in.sockets[0].getsockname()[1]
+        log = StatusLog()
+        async with fast_client(f"http://127.0.0.1:{port}", on_status=log) as client:
+            subscription = client.subscribe("prices", since="aaaaaaaa-1")
+            (item,) = await take(subscription, 1)
+    assert (item.id, item.data) == ("aaaaaaaa-2", 42)  # type: ignore[union-attr]
+    assert [command.get("since") for command in subscribes] == ["aaaaaaaa-1", "aaaaaaaa-1"]
+    (refused,) = retried_because(log, str(code))
+    assert refused.transport == "websocket"
+    assert not any(isinstance(e, tidings.TransportChanged) for e in log.events)
