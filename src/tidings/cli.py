@@ -281,14 +281,38 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def run_subscribe(args: argparse.Namespace) -> int:
-    """Messages on stdout (one JSON line each); gaps, reconnects and technique changes on stderr."""
+    """Messages on stdout (one JSON line each); gaps, reconnects and technique changes on stderr.
+
+    Ends with 0 on SIGINT or SIGTERM, handled as ``serve`` does: a shell starts a
+    background job (``tidings subscribe … &``) with SIGINT ignored, so Python's
+    ``KeyboardInterrupt`` would never come.
+    """
     try:
         return asyncio.run(_subscribe(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a signal before the loop handles them
         return 0
 
 
 async def _subscribe(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    reading = asyncio.ensure_future(_print_messages(args))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, reading.cancel)
+    try:
+        return await reading
+    except asyncio.CancelledError:
+        if reading.cancelled():  # a signal: a normal way to stop reading
+            return 0
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def _print_messages(args: argparse.Namespace) -> int:
+    """Subscribe and print until the subscription ends (1 if it failed) or is cancelled."""
     from tidings.client import Connected, Disconnected, Gap, StatusEvent, TransportChanged
     from tidings.client import connect as connect_client
     from tidings.errors import ClientError

@@ -26,7 +26,13 @@ from tidings.backoff import Backoff
 from tidings.client import longpoll, poll, sse, websocket
 from tidings.client._common import checked_channel, encode_data, published_id
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
-from tidings.client._session import Dropped, Session, TechniqueFailed, Unreachable
+from tidings.client._session import (
+    Dropped,
+    Session,
+    TechniqueFailed,
+    Unavailable,
+    Unreachable,
+)
 from tidings.client._token import BearerAuth, TokenGetter, TokenSource
 from tidings.client.events import (
     Connected,
@@ -397,7 +403,7 @@ class Subscription:
                     index += 1
                     continue
                 index = 0
-            except (Unreachable, Dropped, BrokenStream) as exc:
+            except (Unreachable, Unavailable, Dropped, BrokenStream) as exc:
                 self._reason = str(exc)
             else:  # an upgrade is due
                 self._reason = f"trying {order[0]} again after {client.upgrade_after:g}s"
