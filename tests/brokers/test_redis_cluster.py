@@ -25,6 +25,7 @@ from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis.keys import ChannelKeys
 from tidings.core.cursor import END, ORIGIN, Position
 from tidings.core.log import Retention
+from tidings.errors import BrokerError
 from tidings.testing import SseStream
 
 BrokerFactory = Callable[..., Awaitable[RedisBroker]]
@@ -224,3 +225,108 @@ async def test_two_servers_on_the_cluster_serve_every_technique(
         health = (await to_reader.get("/healthz")).json()
         assert health["broker"]["cluster"] is True and health["broker"]["status"] == "ok"
         assert health["broker"]["links"] == {"connected": 3, "total": 3}
+
+
+# Resharding: a channel's slot moves to another node while it is read -----------------
+
+
+def other_port(cluster: RedisClusterProcesses, port: int) -> int:
+    return next(node.port for node in cluster.nodes if node.port != port)
+
+
+class Publishing:
+    """Publishers that keep publishing numbered messages, one per channel, until stopped."""
+
+    def __init__(self, broker: RedisBroker, channels: list[str]) -> None:
+        self.broker = broker
+        self.ids: dict[str, list[str]] = {channel: [] for channel in channels}
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._published = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for channel in self.ids:
+                group.create_task(self._publish(channel))
+
+    async def _publish(self, channel: str) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                message = await self.broker.publish(channel, b"%d" % n)
+            except BrokerError as exc:  # refused: nothing stored; a client retries
+                self.failures.append(str(exc))
+            else:
+                self.ids[channel].append(message.id)
+                self._published.set()
+            n += 1
+            await asyncio.sleep(0)
+
+    async def until(self, count: int, *channels: str) -> None:
+        """Wait until each of ``channels`` (all if none) has ``count`` messages more than now."""
+        targets = {c: len(self.ids[c]) + count for c in channels or self.ids}
+        try:
+            async with asyncio.timeout(10 * UNIT):
+                while any(len(self.ids[c]) < n for c, n in targets.items()):
+                    self._published.clear()
+                    await self._published.wait()
+        except TimeoutError:
+            counts = {channel: len(ids) for channel, ids in self.ids.items()}
+            raise AssertionError(f"not {targets} messages: {counts}; "
+                                 f"failures: {self.failures[-3:]}") from None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def check_once_in_order(ids: list[str]) -> None:
+    """One epoch, sequence numbers 1, 2, 3... with no hole and no repeat."""
+    assert len({i.rsplit("-", 1)[0] for i in ids}) == 1, ids
+    assert [int(i.rsplit("-", 1)[1]) for i in ids] == list(range(1, len(ids) + 1))
+
+
+async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "moving")
+    moving, stays = list(channels)[:2]
+    source = channels[moving]
+    target = channels[stays]  # the moving channel joins a node the reader has a link to
+    reader = await brokers()
+    publisher = await brokers()
+    statuses: list[tuple[bool, str]] = []
+    reader.on_status = lambda ok, why: statuses.append((ok, why))
+    recorders = {}
+    for channel in (moving, stays):
+        await read_ready(reader, channel, END)
+        recorders[channel] = Recorder()
+        reader.hub.subscribe(channel, recorders[channel])
+    assert reader.health()["links"] == {"connected": 2, "total": 2}
+
+    publishing = Publishing(publisher, [moving, stays])
+    task = asyncio.create_task(publishing.run())
+    try:
+        await publishing.until(5)
+        slot = channel_slot(redis_cluster, moving)
+        # While the slot is half moved, publishes to the moving channel may wait
+        # (TRYAGAIN); the other channel's go on.
+        await asyncio.to_thread(redis_cluster.begin_migration, slot, target)
+        await publishing.until(5, stays)
+        await asyncio.to_thread(redis_cluster.move_keys, slot, source, target)
+        await publishing.until(5, stays)
+        await asyncio.to_thread(redis_cluster.end_migration, slot, source, target)
+        await publishing.until(10)
+    finally:
+        publishing.stop()
+        await task
+
+    assert publishing.failures == []
+    assert stream_length(redis_cluster, moving, target) == len(publishing.ids[moving])
+    for channel, ids in publishing.ids.items():
+        check_once_in_order(ids)
+        messages = await recorders[channel].wait_for(len(ids))
+        assert [m.id for m in messages] == ids, channel
+        assert recorders[channel].gaps == []
+    # No link was lost on the way: the move was followed, not reconnected.
+    assert statuses == []
+    assert reader.health()["links"] == {"connected": 2, "total": 2}
