@@ -235,10 +235,15 @@ def other_port(cluster: RedisClusterProcesses, port: int) -> int:
 
 
 class Publishing:
-    """Publishers that keep publishing numbered messages, one per channel, until stopped."""
+    """Publishers that keep publishing numbered messages, one per channel, until stopped.
 
-    def __init__(self, broker: RedisBroker, channels: list[str]) -> None:
-        self.broker = broker
+    ``publish(channel, n)`` publishes message ``n`` and returns its id, or
+    raises ``BrokerError`` if it was refused.
+    """
+
+    def __init__(self, channels: list[str],
+                 publish: Callable[[str, int], Awaitable[str]]) -> None:
+        self._publish_one = publish
         self.ids: dict[str, list[str]] = {channel: [] for channel in channels}
         self.failures: list[str] = []
         self._stop = asyncio.Event()
@@ -253,11 +258,11 @@ class Publishing:
         n = 0
         while not self._stop.is_set():
             try:
-                message = await self.broker.publish(channel, b"%d" % n)
+                id_ = await self._publish_one(channel, n)
             except BrokerError as exc:  # refused: nothing stored; a client retries
                 self.failures.append(str(exc))
             else:
-                self.ids[channel].append(message.id)
+                self.ids[channel].append(id_)
                 self._published.set()
             n += 1
             await asyncio.sleep(0)
@@ -303,7 +308,7 @@ async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
         reader.hub.subscribe(channel, recorders[channel])
     assert reader.health()["links"] == {"connected": 2, "total": 2}
 
-    publishing = Publishing(publisher, [moving, stays])
+    publishing = Publishing([moving, stays], through_broker(publisher))
     task = asyncio.create_task(publishing.run())
     try:
         await publishing.until(5)
@@ -330,3 +335,153 @@ async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
     # No link was lost on the way: the move was followed, not reconnected.
     assert statuses == []
     assert reader.health()["links"] == {"connected": 2, "total": 2}
+
+
+class Readers:
+    """One reader of a channel on each technique, collecting the ids (and anything else)."""
+
+    def __init__(self, client: httpx.AsyncClient, ws_url: str, channel: str) -> None:
+        self.client = client
+        self.ws_url = ws_url
+        self.channel = channel
+        self.ids: dict[str, list[str]] = {t: [] for t in ("poll", "longpoll", "sse", "ws")}
+        #: Anything but a message (a gap, a status notice...), by technique.
+        self.other: list[tuple[str, object]] = []
+        self.sse_opened = asyncio.Event()
+        self.ws_opened = asyncio.Event()
+        self._progress = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._poll("poll", ""))
+            group.create_task(self._poll("longpoll", f"&wait={int(5 * UNIT)}"))
+            group.create_task(self._sse())
+            group.create_task(self._ws())
+
+    def _got(self, technique: str, id_: str) -> None:
+        self.ids[technique].append(id_)
+        self._progress.set()
+
+    async def _poll(self, technique: str, wait: str) -> None:
+        since = "0"
+        while True:
+            response = await self.client.get(f"/channels/{self.channel}?since={since}{wait}")
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            if answer.get("gap"):
+                self.other.append((technique, answer["gap"]))
+            for message in answer["messages"]:
+                self._got(technique, message["id"])
+            since = answer["next"]
+            if technique == "poll":
+                await asyncio.sleep(0.05)  # a regular poller's period: it is the technique
+
+    async def _sse(self) -> None:
+        async with self.client.stream("GET", f"/channels/{self.channel}?since=0",
+                                      headers={"Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            stream = SseStream(response.aiter_bytes())
+            await stream.opening()
+            self.sse_opened.set()
+            while True:
+                event = await stream.next_event()
+                if event.event in (None, "message"):
+                    self._got("sse", json.loads(event.data or "")["id"])
+                else:
+                    self.other.append(("sse", (event.event, event.data)))
+
+    async def _ws(self) -> None:
+        async with connect(self.ws_url + f"/channels/{self.channel}?since=0") as ws:
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame["type"] == "subscribed":
+                    self.ws_opened.set()
+                elif frame["type"] == "message":
+                    self._got("ws", frame["id"])
+                else:
+                    self.other.append(("ws", frame))
+
+    async def until_each_has(self, count: int, within: float = 10 * UNIT) -> None:
+        try:
+            async with asyncio.timeout(within):
+                while min(len(ids) for ids in self.ids.values()) < count:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            counts = {t: len(ids) for t, ids in self.ids.items()}
+            raise AssertionError(f"not {count} messages on each technique: {counts}; "
+                                 f"other events: {self.other[-5:]}") from None
+
+
+def through_broker(broker: RedisBroker) -> Callable[[str, int], Awaitable[str]]:
+    async def publish(channel: str, n: int) -> str:
+        return (await broker.publish(channel, b"%d" % n)).id
+    return publish
+
+
+def through_http(client: httpx.AsyncClient) -> Callable[[str, int], Awaitable[str]]:
+    """Publish with ``POST /channels/{channel}``; anything but a 201 is a refusal."""
+    async def publish(channel: str, n: int) -> str:
+        response = await client.post(f"/channels/{channel}", json={"n": n})
+        if response.status_code != 201:
+            raise BrokerError(f"{response.status_code} {response.text}")
+        id_: str = response.json()["id"]
+        return id_
+    return publish
+
+
+async def test_readers_on_every_technique_read_through_a_live_slot_migration(
+    redis_cluster: RedisClusterProcesses, redis_cluster_url: str, make_server: ServerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "migrating")
+    moving, stays = list(channels)[:2]
+    source, target = channels[moving], channels[stays]
+    publisher = await make_server(broker=redis_cluster_url)
+    reader = await make_server(broker=redis_cluster_url)
+    statuses: list[tuple[bool, str]] = []
+    on_status = reader.broker.on_status
+
+    def record(ok: bool, why: str) -> None:
+        statuses.append((ok, why))
+        if on_status is not None:
+            on_status(ok, why)
+
+    reader.broker.on_status = record
+    timeout = httpx.Timeout(10 * UNIT, read=None)
+    async with httpx.AsyncClient(base_url=publisher.url, timeout=timeout) as to_publisher, \
+            httpx.AsyncClient(base_url=reader.url, timeout=timeout) as to_reader:
+        readers = Readers(to_reader, "ws" + reader.url.removeprefix("http"), moving)
+        publishing = Publishing([moving, stays], through_http(to_publisher))
+        async with asyncio.TaskGroup() as group:
+            reading = group.create_task(readers.run())
+            async with asyncio.timeout(5 * UNIT):
+                await readers.sse_opened.wait()
+                await readers.ws_opened.wait()
+            publishing_task = group.create_task(publishing.run())
+            try:
+                await publishing.until(10)
+                await readers.until_each_has(5)
+                slot = channel_slot(redis_cluster, moving)
+                await asyncio.to_thread(redis_cluster.begin_migration, slot, target)
+                await publishing.until(5, stays)
+                await asyncio.to_thread(redis_cluster.move_keys, slot, source, target)
+                await publishing.until(5, stays)
+                await asyncio.to_thread(redis_cluster.end_migration, slot, source, target)
+                await publishing.until(20)
+            finally:
+                publishing.stop()
+                await publishing_task
+            published = publishing.ids[moving]
+            try:
+                await readers.until_each_has(len(published))
+            finally:
+                reading.cancel()
+
+    assert publishing.failures == []
+    check_once_in_order(published)
+    assert stream_length(redis_cluster, moving, target) == len(published)
+    for technique, ids in readers.ids.items():
+        assert ids == published, technique
+    assert readers.other == []  # no gap, no "broker unavailable" notice
+    assert statuses == []
+    assert reader.broker.health()["links"] == {"connected": 2, "total": 2}
