@@ -23,6 +23,7 @@ from conftest import UNIT, ServerFactory
 from rediskit import RedisClusterProcesses, RedisError
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis.keys import ChannelKeys
+from tidings.brokers.redis.link import Address, redirection
 from tidings.core.cursor import END, ORIGIN, Position
 from tidings.core.log import Retention
 from tidings.errors import BrokerError
@@ -485,3 +486,34 @@ async def test_readers_on_every_technique_read_through_a_live_slot_migration(
     assert readers.other == []  # no gap, no "broker unavailable" notice
     assert statuses == []
     assert reader.broker.health()["links"] == {"connected": 2, "total": 2}
+
+
+async def test_a_node_whose_slot_map_is_stale_follows_the_subscription_redirect(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "stale")
+    moved, other = list(channels)[:2]
+    reader = await brokers()  # reads the slot map now
+    publisher = await brokers()
+    first = await publisher.publish(moved, b"1")
+    slot = channel_slot(redis_cluster, moved)
+    await asyncio.to_thread(redis_cluster.migrate_slot, slot, channels[other])
+
+    # The reader's map still names the old node: SSUBSCRIBE there gets MOVED.
+    read = await read_ready(reader, moved, ORIGIN)
+    assert [m.id for m in read.messages] == [first.id]
+    recorder = Recorder()
+    reader.hub.subscribe(moved, recorder)
+    second = await publisher.publish(moved, b"2")
+    assert [m.id for m in await recorder.wait_for(1)] == [second.id]
+    assert recorder.gaps == []
+
+
+def test_redirection_names_the_node_that_holds_the_slot() -> None:
+    assert redirection("MOVED 3999 127.0.0.1:6381") == ("127.0.0.1", 6381)
+    assert redirection("ASK 3999 10.0.0.2:7000") == ("10.0.0.2", 7000)
+    assert redirection("MOVED 3999 :6381") == ("127.0.0.1", 6381)  # "the node you asked"
+    assert redirection("ERR unknown command") is None
+    assert redirection("MOVED 3999") is None
+    template = Address("a", 1, "user", "secret", True)
+    assert template.elsewhere("b", 2) == Address("b", 2, "user", "secret", True)
