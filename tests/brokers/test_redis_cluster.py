@@ -512,8 +512,9 @@ async def test_a_node_whose_slot_map_is_stale_follows_the_subscription_redirect(
 def test_redirection_names_the_node_that_holds_the_slot() -> None:
     assert redirection("MOVED 3999 127.0.0.1:6381") == ("127.0.0.1", 6381)
     assert redirection("ASK 3999 10.0.0.2:7000") == ("10.0.0.2", 7000)
-    assert redirection("MOVED 3999 :6381") == ("127.0.0.1", 6381)  # "the node you asked"
+    assert redirection("MOVED 3999 :6381") == ("", 6381)  # the host of the node asked
     assert redirection("ERR unknown command") is None
     assert redirection("MOVED 3999") is None
     template = Address("a", 1, "user", "secret", True)
     assert template.elsewhere("b", 2) == Address("b", 2, "user", "secret", True)
+    assert template.elsewhere("", 2) == Address("a", 2, "user", "secret", True)

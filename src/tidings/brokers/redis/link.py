@@ -64,12 +64,19 @@ class Address:
         return f"{self.host}:{self.port}"
 
     def elsewhere(self, host: str, port: int) -> Address:
-        """Another node of the same cluster, reached with the same credentials and TLS."""
-        return Address(host, port, self.username, self.password, self.tls)
+        """Another node of the same cluster, reached with the same credentials and TLS.
+
+        An empty ``host`` (Redis's "the host you are talking to") is this one's.
+        """
+        return Address(host or self.host, port, self.username, self.password, self.tls)
 
 
 def redirection(error: str) -> tuple[str, int] | None:
-    """The node a ``MOVED``/``ASK`` error names (``MOVED 3999 127.0.0.1:6381``), if it is one."""
+    """The node a ``MOVED``/``ASK`` error names (``MOVED 3999 127.0.0.1:6381``), if it is one.
+
+    The host is empty when Redis leaves it out (``MOVED 3999 :6381``): it is
+    then the host of the node that answered.
+    """
     kind, _, rest = error.partition(" ")
     if kind not in ("MOVED", "ASK"):
         return None
@@ -77,7 +84,7 @@ def redirection(error: str) -> tuple[str, int] | None:
     host, _, port = where.rpartition(":")
     if not port.isdigit():
         return None
-    return host or "127.0.0.1", int(port)
+    return host, int(port)
 
 
 def command(*args: bytes | str | int) -> bytes:
