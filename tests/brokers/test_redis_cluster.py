@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from conftest import UNIT, ServerFactory
 from rediskit import RedisClusterProcesses, RedisError
-from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis import RedisBroker, pubsub
 from tidings.brokers.redis.keys import ChannelKeys
 from tidings.brokers.redis.link import Address, redirection
 from tidings.core.cursor import END, ORIGIN, Position
@@ -518,3 +518,34 @@ def test_redirection_names_the_node_that_holds_the_slot() -> None:
     template = Address("a", 1, "user", "secret", True)
     assert template.elsewhere("b", 2) == Address("b", 2, "user", "secret", True)
     assert template.elsewhere("", 2) == Address("a", 2, "user", "secret", True)
+
+
+async def test_a_link_that_comes_back_after_a_move_follows_the_channel_to_its_new_node(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The link waits 2 UNIT before it reconnects: the slot has moved by then.
+    monkeypatch.setattr(pubsub, "RECONNECT_DELAYS", (2 * UNIT, 2 * UNIT))
+    channels = one_channel_per_node(redis_cluster, "away")
+    moved, other = list(channels)[:2]
+    source, target = channels[moved], channels[other]
+    reader = await brokers()
+    publisher = await brokers()
+    await read_ready(reader, moved, END)
+    recorder = Recorder()
+    reader.hub.subscribe(moved, recorder)
+    first = await publisher.publish(moved, b"1")
+    await recorder.wait_for(1)
+
+    redis_cluster.nodes[redis_cluster.ports.index(source)].command(
+        "CLIENT", "KILL", "TYPE", "pubsub")
+    slot = channel_slot(redis_cluster, moved)
+    await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
+    second = await publisher.publish(moved, b"2")  # while the reader's link is down
+    third = await publisher.publish(moved, b"3")
+    messages = await recorder.wait_for(3, within=10 * UNIT)
+    assert [m.id for m in messages] == [first.id, second.id, third.id]
+    fourth = await publisher.publish(moved, b"4")  # live, from the new node
+    messages = await recorder.wait_for(4)
+    assert [m.id for m in messages] == [first.id, second.id, third.id, fourth.id]
+    assert recorder.gaps == []
