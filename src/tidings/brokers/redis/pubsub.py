@@ -66,8 +66,6 @@ class PubSub:
         self._opening: dict[Address, asyncio.Future[None]] = {}
         #: Channels whose slot moved, being followed again on their new node.
         self._moving: dict[str, asyncio.Task[None]] = {}
-        #: How many times a channel was followed to another node after its slot moved.
-        self.moves = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -225,7 +223,6 @@ class PubSub:
         finally:
             if self._moving.get(channel) is asyncio.current_task():
                 del self._moving[channel]
-        self.moves += 1
         await self._on_back([channel])
 
     # reconnection ------------------------------------------------------------
