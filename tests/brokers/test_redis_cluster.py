@@ -298,18 +298,23 @@ async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
     moving, stays = list(channels)[:2]
     source = channels[moving]
     target = channels[stays]  # the moving channel joins a node the reader has a link to
+    # Another channel on the source's link, in a slot that does not move.
+    neighbour = next(f"neighbour-{n}" for n in range(1000)
+                     if redis_cluster.owner(channel_slot(redis_cluster, f"neighbour-{n}"))
+                     == source and channel_slot(redis_cluster, f"neighbour-{n}")
+                     != channel_slot(redis_cluster, moving))
     reader = await brokers()
     publisher = await brokers()
     statuses: list[tuple[bool, str]] = []
     reader.on_status = lambda ok, why: statuses.append((ok, why))
     recorders = {}
-    for channel in (moving, stays):
+    for channel in (moving, stays, neighbour):
         await read_ready(reader, channel, END)
         recorders[channel] = Recorder()
         reader.hub.subscribe(channel, recorders[channel])
     assert reader.health()["links"] == {"connected": 2, "total": 2}
 
-    publishing = Publishing([moving, stays], through_broker(publisher))
+    publishing = Publishing([moving, stays, neighbour], through_broker(publisher))
     task = asyncio.create_task(publishing.run())
     try:
         await publishing.until(5)
@@ -317,9 +322,9 @@ async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
         # While the slot is half moved, publishes to the moving channel may wait
         # (TRYAGAIN); the other channel's go on.
         await asyncio.to_thread(redis_cluster.begin_migration, slot, target)
-        await publishing.until(5, stays)
+        await publishing.until(5, stays, neighbour)
         await asyncio.to_thread(redis_cluster.move_keys, slot, source, target)
-        await publishing.until(5, stays)
+        await publishing.until(5, stays, neighbour)
         await asyncio.to_thread(redis_cluster.end_migration, slot, source, target)
         await publishing.until(10)
     finally:
