@@ -256,15 +256,18 @@ class ClusterNodes:
 
         try:
             return await awaitable
-        except TryAgainError:
-            raise _Unsettled from None
+        except TryAgainError as exc:
+            raise _Unsettled(f"Redis Cluster: {exc}") from None
         except ClusterError as exc:
             if "TTL exhausted" in str(exc):  # redis-py's own tries ran out on TRYAGAIN
-                raise _Unsettled from None
+                raise _Unsettled(f"Redis Cluster: slot moving ({exc})") from None
             raise BrokerError(f"Redis Cluster: {exc}") from None
         except (RedisError, OSError) as exc:
             raise BrokerError(f"Redis Cluster: {exc or type(exc).__name__}") from None
 
 
-class _Unsettled(Exception):
-    """A script's slot is in the middle of a move (``TRYAGAIN``): try it again shortly."""
+class _Unsettled(BrokerError):
+    """A script's slot is in the middle of a move (``TRYAGAIN``): try it again shortly.
+
+    :meth:`ClusterNodes.run` catches it; anywhere else it is a broker failure.
+    """

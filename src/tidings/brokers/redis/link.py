@@ -115,7 +115,7 @@ class Link(asyncio.Protocol):
 
     def __init__(self, address: Address, on_message: Callable[[str, bytes], None],
                  on_lost: Callable[[Link], None],
-                 on_moved: Callable[[Link, str], None] = lambda link, name: None) -> None:
+                 on_moved: Callable[[Link, str], None]) -> None:
         self.address = address
         self._on_message = on_message
         self._on_lost = on_lost
