@@ -1,10 +1,11 @@
 """tidings.js in headless Chromium, on a server over the local Redis Cluster, while the
 slot of the channel it reads is moved live to another Redis node.
 
-The page reads one channel on one forced technique; a publisher keeps
-publishing over HTTP; the channel's slot is moved with ``CLUSTER SETSLOT`` and
-``MIGRATE`` (tests/rediskit.py). The page must get every message once, in
-order, with no gap, no broker notice and no reconnection.
+The page reads one channel on one forced technique from one server; a
+publisher keeps publishing over HTTP to another; the channel's slot is moved
+with ``CLUSTER SETSLOT`` and ``MIGRATE`` (tests/rediskit.py). The page must
+get every message once, in order, with no gap, no broker notice and no
+reconnection.
 """
 
 from __future__ import annotations
@@ -70,8 +71,11 @@ async def test_tidings_js_reads_through_a_live_slot_migration(
                 progress.clear()
                 await progress.wait()
 
+    # Published through another server: the page's server hears of each message
+    # over pub/sub only, as a node of a cluster of tidings nodes does.
     async with serving(broker=redis_cluster_url) as served, \
-            httpx.AsyncClient(base_url=served.url, timeout=10 * UNIT) as client:
+            serving(broker=redis_cluster_url) as publisher, \
+            httpx.AsyncClient(base_url=publisher.url, timeout=10 * UNIT) as client:
         await open_client(page, served, [moving], transports=[technique])
         await wait_for(page, "window.client.state === 'open'")
         async with asyncio.TaskGroup() as group:
