@@ -13,6 +13,7 @@ so stopping it loses everything (as a crashed Redis without persistence does)::
 
     with RedisClusterProcesses() as cluster:   # three masters, cluster_state:ok on each
         use(cluster.startup_url)
+        cluster.migrate_slot(slot, port)   # a live CLUSTER SETSLOT / MIGRATE of one slot
 
 Everything here is synchronous (subprocess, blocking sockets with timeouts), so
 sync tests, async tests and fixtures of any scope can use it. Every wait is
@@ -410,6 +411,82 @@ class RedisClusterProcesses:
 
     def _logs(self) -> str:
         return "".join(f"\n--- log of node {node.port}:\n{node.log()}" for node in self.nodes)
+
+    def node_id(self, port: int) -> str:
+        """The cluster id of the node on ``port`` (``CLUSTER MYID``)."""
+        reply = command(port, "CLUSTER", "MYID")
+        assert isinstance(reply, bytes)
+        return reply.decode()
+
+    def owner(self, slot: int) -> int:
+        """The port of the master that owns ``slot``, as the first node sees it."""
+        for first, last, master, *_replicas in self._slots():
+            if first <= slot <= last:
+                return int(master[1])
+        raise LookupError(f"no node owns slot {slot}")
+
+    def _slots(self) -> list[list[object]]:
+        reply = self.nodes[0].command("CLUSTER", "SLOTS")
+        assert isinstance(reply, list)
+        return reply
+
+    def begin_migration(self, slot: int, target: int) -> int:
+        """Open a live move of ``slot`` to the node on port ``target``; return the source port.
+
+        The target is told it is ``IMPORTING`` the slot, then the source that
+        it is ``MIGRATING`` it (the order Redis documents). From now on a
+        command for a key the source no longer has gets ``ASK``. Follow with
+        :meth:`move_keys` and :meth:`end_migration`.
+        """
+        source = self.owner(slot)
+        if source == target:
+            raise ValueError(f"slot {slot} is on {target} already")
+        command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    def move_keys(self, slot: int, source: int, target: int, batch: int = 100) -> int:
+        """``MIGRATE`` every key of ``slot`` from ``source`` to ``target``; how many moved."""
+        moved = 0
+        while True:
+            keys = command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            assert isinstance(keys, list)
+            if not keys:
+                return moved
+            command(source, "MIGRATE", HOST, target, "", 0, int(COMMAND_TIMEOUT * 1000),
+                    "KEYS", *keys)
+            moved += len(keys)
+
+    def end_migration(self, slot: int, source: int, target: int) -> None:
+        """Give ``slot`` to ``target`` on every node: the target first, then the source.
+
+        The source then drops its sharded subscriptions of the slot: each
+        subscriber gets a ``sunsubscribe`` it did not ask for. Returns once
+        every node names ``target`` as the owner.
+        """
+        target_id = self.node_id(target)
+        others = [n.port for n in self.nodes if n.port not in (source, target)]
+        for port in (target, source, *others):
+            command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        deadline = time.monotonic() + CLUSTER_TIMEOUT
+        for node in self.nodes:
+            while True:
+                reply = node.command("CLUSTER", "SLOTS")
+                assert isinstance(reply, list)
+                owner = next(int(m[1]) for first, last, m, *_ in reply if first <= slot <= last)
+                if owner == target:
+                    break
+                if time.monotonic() > deadline:
+                    raise RedisStartError(f"node {node.port} still gives slot {slot} to "
+                                          f"{owner}" + self._logs())
+                time.sleep(0.02)
+
+    def migrate_slot(self, slot: int, target: int) -> int:
+        """Move ``slot`` and its keys to ``target`` live (the three steps); the source port."""
+        source = self.begin_migration(slot, target)
+        self.move_keys(slot, source, target)
+        self.end_migration(slot, source, target)
+        return source
 
     def flushall(self) -> None:
         """Empty every master (FLUSHALL on each node)."""

@@ -59,7 +59,7 @@ UNUSED_META_TTL_MS = 24 * 3600 * 1000
 #: Seconds between syncs of followed channels that nothing was published to yet,
 #: which keep their metadata from expiring in Redis while nodes still read them.
 UNUSED_META_REFRESH_SECONDS = UNUSED_META_TTL_MS / 1000 / 4
-#: Syncs run at once after a reconnection.
+#: Syncs run at once after a reconnection or after slots moved (for all links together).
 SYNC_CONCURRENCY = 32
 
 
@@ -90,6 +90,7 @@ class RedisBroker(Broker):
         self._sync_locks: dict[str, asyncio.Lock] = {}
         self._sync_wanted: set[str] = set()
         self._pubsub = PubSub(self._db, timeout, self._on_message, self._failure, self._back)
+        self._back_syncs = asyncio.Semaphore(SYNC_CONCURRENCY)
         self._probing = False
         self._meta_refreshed = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -309,9 +310,13 @@ class RedisBroker(Broker):
         self._apply(replica, replica.offer(message))
 
     async def _back(self, channels: list[str]) -> None:
-        """A pub/sub link is back and follows ``channels`` again: sync each of them."""
+        """``channels`` are followed again (a link is back, or their slot moved): sync them.
+
+        Every link's syncs share one limit, so a slot of many channels moving
+        does not start all their syncs at once.
+        """
         self._succeeded()
-        limit = asyncio.Semaphore(SYNC_CONCURRENCY)
+        limit = self._back_syncs
 
         async def one(channel: str) -> None:
             replica = self._replicas.get(channel)
