@@ -21,8 +21,12 @@ nothing is trimmed: every gap must come from a real loss.
   ``redis_pause`` (SIGSTOP for a while, then SIGCONT), ``redis_restart``
   (Redis stops, stays down a moment and comes back empty: new epochs, readers
   must get an ``epoch`` gap), ``node_restart`` (SIGTERM one node, which
-  must exit 0, and start a new one) and ``redis_rollback`` (Redis comes back
-  with the data of a moment before: no id may be given twice). ``--faults``
+  must exit 0, and start a new one), ``redis_rollback`` (Redis comes back
+  with the data of a moment before, put back in the same process: no id may
+  be given twice), ``redis_restore`` (a real restart from an RDB ``SAVE``
+  taken a moment before) and ``replica_failover`` (a replica left behind
+  for a moment takes over: its data is served on Redis's address by a new
+  process, as behind a proxy that follows Sentinel). ``--faults``
   chooses them, and can add ``redis_flush`` (see :data:`EXTRA_FAULT_KINDS`);
   ``--overlap`` restarts nodes on a schedule of their own.
 
@@ -89,7 +93,8 @@ from tidings.testing import UNIT, SseStream
 
 #: ``redis_rollback`` puts back the data of a moment before, as a restart from an RDB
 #: snapshot (or AOF ``everysec``, or a lagging replica promoted) would.
-FAULT_KINDS = ("pubsub_kill", "redis_pause", "redis_restart", "node_restart", "redis_rollback")
+FAULT_KINDS = ("pubsub_kill", "redis_pause", "redis_restart", "node_restart", "redis_rollback",
+               "redis_restore", "replica_failover")
 #: More faults, on request (``--faults``): ``redis_flush`` empties Redis (FLUSHALL) with
 #: every connection left open.
 EXTRA_FAULT_KINDS = ("redis_flush",)
@@ -215,11 +220,32 @@ class FaultRecord:
 # --- the deployment -------------------------------------------------------------------------
 
 
+class Replica(RedisProcess):
+    """A ``redis-server`` that follows the run's Redis before each failover."""
+
+    def start_following(self, master: RedisProcess, timeout: float = 10 * UNIT) -> None:
+        """(Re)start empty as a replica of ``master``; return once in sync."""
+        self.stop()
+        self.extra_args = ["--replicaof", "127.0.0.1", str(master.port)]
+        self.start()
+        deadline = time.monotonic() + timeout
+        while b"master_link_status:up" not in _bytes(self.command("INFO", "replication")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on {self.port} did not sync with {master.port}")
+            time.sleep(0.02)
+        master.command("WAIT", 1, int(timeout * 1000))
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 class Deployment:
     """The run's Redis and its nodes; nodes come and go, names are never reused."""
 
     def __init__(self, redis: RedisProcess, directory: Path) -> None:
         self.redis = redis
+        self._replica: Replica | None = None
         self.directory = directory
         self.live: list[Node] = []
         self.every: list[Node] = []
@@ -227,6 +253,16 @@ class Deployment:
         self.exit_codes: dict[str, int] = {}
         self._names = itertools.chain((chr(c) for c in range(ord("A"), ord("Z") + 1)),
                                       (f"N{n}" for n in itertools.count(27)))
+
+    def replica(self) -> Replica:
+        """The Redis replica for failovers, started on first use."""
+        if self._replica is None:
+            self._replica = Replica()
+        return self._replica
+
+    def stop_replica(self) -> None:
+        if self._replica is not None:
+            self._replica.stop()
 
     def _argv(self) -> list[str]:
         return node_argv(self.redis.url, "--history-size", str(HISTORY_SIZE))
@@ -353,6 +389,10 @@ class Faults:
             detail = "emptied, connections kept"
         elif kind == "redis_rollback":
             detail = await self._roll_back(rng.uniform(*self.plan.pause))
+        elif kind == "redis_restore":
+            detail = await self._restore(rng.uniform(*self.plan.pause))
+        elif kind == "replica_failover":
+            detail = await self._fail_over(rng.uniform(*self.plan.pause))
         else:
             raise ValueError(f"unknown fault {kind!r}")
         record = FaultRecord(round(began, 2), kind, detail, round(self.clock() - began, 2))
@@ -375,6 +415,34 @@ class Faults:
         for kind in ("normal", "pubsub"):
             await asyncio.to_thread(redis.command, "CLIENT", "KILL", "TYPE", kind)
         return f"back to the data of {seconds:.2f} s before"
+
+
+    async def _restore(self, seconds: float) -> str:
+        """``SAVE``, let ``seconds`` pass, then restart Redis from that dump (a new process)."""
+        redis = self.deployment.redis
+        await asyncio.to_thread(redis.command, "SAVE")
+        snapshot = await asyncio.to_thread(redis.snapshot)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(redis.restart, snapshot=snapshot)
+        return f"restarted from the RDB of {seconds:.2f} s before"
+
+    async def _fail_over(self, seconds: float) -> str:
+        """A replica loses its link ``seconds`` before Redis dies, then takes over.
+
+        (A replica paused with SIGSTOP would catch up from its socket buffer
+        when resumed; a replica cut off is behind by exactly what followed.)
+        The promoted replica's data is then served on Redis's address by a new
+        process started from it.
+        """
+        redis, replica = self.deployment.redis, self.deployment.replica()
+        await asyncio.to_thread(replica.start_following, redis)
+        await asyncio.to_thread(replica.command, "REPLICAOF", "NO", "ONE")
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(replica.command, "SAVE")
+        snapshot = await asyncio.to_thread(replica.snapshot)
+        await asyncio.to_thread(redis.restart, snapshot=snapshot)
+        return f"a replica {seconds:.2f} s behind took over"
 
 
 # --- publishers -----------------------------------------------------------------------------
@@ -978,6 +1046,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
     finally:
         deployment.kill()
         await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(deployment.stop_replica)
         shutil.rmtree(directory, ignore_errors=True)
 
 
