@@ -6,7 +6,9 @@ processes (tests/nodes/nodekit.py), with ``--history-size 100000`` so that
 nothing is trimmed: every gap must come from a real loss.
 
 * **Publishers** POST ``{"p": PUBLISHER, "n": NUMBER, "a": ATTEMPT}`` at a
-  steady pace, each to a random channel on a random node. Every ``201`` id is
+  steady pace, each to a random channel on a random node, including
+  ``--publish-only`` nodes (1 by default) that no reader uses: they never
+  read a channel, so they pass no known position to Redis's scripts. Every ``201`` id is
   noted with its channel. A ``503`` (or a connection that broke) is retried a
   moment later as a new attempt; a ``503`` after a timeout, or a broken
   connection, may have been stored all the same (docs/topics/redis.md), so its
@@ -150,6 +152,9 @@ class Plan:
     seconds: float = 120.0  #: publishing time, faults included (the tail too)
     seed: int = 1
     nodes: int = 2
+    #: More nodes that only publishers use: no reader ever makes them read a channel,
+    #: so their scripts know no position (the case of issue 13).
+    publish_only: int = 1
     channels: int = 3
     publishers: int = 3
     rate: float = 60.0  #: publishes per second, all publishers together
@@ -248,6 +253,8 @@ class Deployment:
         self._replica: Replica | None = None
         self.directory = directory
         self.live: list[Node] = []
+        #: Nodes only publishers use (they never read a channel).
+        self.publish_only: list[Node] = []
         self.every: list[Node] = []
         #: Exit status of each node stopped with SIGTERM, by name.
         self.exit_codes: dict[str, int] = {}
@@ -272,16 +279,21 @@ class Deployment:
         self.every.append(node)
         return node
 
-    async def start(self, count: int) -> None:
-        nodes = [self._new_node() for _ in range(count)]
+    async def start(self, count: int, publish_only: int = 0) -> None:
+        nodes = [self._new_node() for _ in range(count + publish_only)]
         for node in nodes:  # all are starting already
             await node.wait_url()
-        self.live.extend(nodes)
+        self.live.extend(nodes[:count])
+        self.publish_only.extend(nodes[count:])
 
     def choose(self, rng: random.Random, avoid: Node | None = None) -> Node:
         """A random live node, other than ``avoid`` when there is another."""
         others = [n for n in self.live if n is not avoid] or self.live
         return rng.choice(others)
+
+    def choose_for_publish(self, rng: random.Random) -> Node:
+        """A random node among the live ones and those only publishers use."""
+        return rng.choice(self.live + self.publish_only)
 
     async def replace(self, rng: random.Random) -> str:
         """SIGTERM a random node (clients on it move elsewhere), then start a new one."""
@@ -295,7 +307,8 @@ class Deployment:
 
     async def stop(self) -> None:
         """SIGTERM every live node and note how each exited."""
-        nodes, self.live = self.live, []
+        nodes, self.live = self.live + self.publish_only, []
+        self.publish_only = []
         for node, code in zip(nodes, await asyncio.gather(*(n.stop() for n in nodes)),
                               strict=True):
             self.exit_codes[node.name] = code
@@ -484,7 +497,7 @@ class Publisher:
             attempt += 1
         else:
             number, attempt, channel = next(self.numbers), 0, self.rng.choice(self.channels)
-        node = self.deployment.choose(self.rng)
+        node = self.deployment.choose_for_publish(self.rng)
         key = f"{self.index}.{number}.{attempt}"
         record = self.ledger.attempts[key] = Attempt(channel, node.name)
         data = json.dumps({"p": self.index, "n": number, "a": attempt})
@@ -995,9 +1008,10 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
     deployment = Deployment(redis, directory)
     try:
         await asyncio.to_thread(redis.start)
-        await deployment.start(plan.nodes)
+        await deployment.start(plan.nodes, plan.publish_only)
         log(f"{clock():7.2f} s  Redis on {redis.port}, nodes "
-            + ", ".join(f"{n.name} {n.url}" for n in deployment.live))
+            + ", ".join(f"{n.name} {n.url}" for n in deployment.live)
+            + "".join(f", {n.name} {n.url} (publishers only)" for n in deployment.publish_only))
         channels = [f"chaos-{n}" for n in range(plan.channels)]
         starts = {c: await first_cursor(deployment.live[0], c) for c in channels}
         hopping = True
@@ -1028,7 +1042,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
             for task in reading:
                 task.cancel()
         report.seconds = round(last_publish - first_publish, 1)
-        report.violations.extend(await unhealthy(deployment.live))
+        report.violations.extend(await unhealthy(deployment.live + deployment.publish_only))
         await deployment.stop()
         report.faults = faults.done
         report.publishes = dict(ledger.outcomes())
@@ -1109,6 +1123,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
                         help="seconds of publishing, faults included (default 120)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--publish-only", type=int, default=1,
+                        help="nodes only publishers use, which never read a channel")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--rate", type=float, default=60.0, help="publishes per second in all")
     parser.add_argument("--readers", type=int, default=1,
@@ -1131,6 +1147,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
     else:
         plan = Plan(seconds=args.seconds, seed=args.seed, nodes=args.nodes)
     plan.channels, plan.rate, plan.readers = args.channels, args.rate, args.readers
+    plan.publish_only = args.publish_only
     plan.pause = (args.pause[0], args.pause[1])
     plan.overlap = args.overlap
     plan.kinds = tuple(kind for kind in args.faults.split(",") if kind)
