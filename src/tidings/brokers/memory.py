@@ -62,6 +62,8 @@ from tidings.errors import IdempotencyConflict
 
 #: Forgotten channels whose epoch and position are still remembered.
 MAX_TOMBSTONES = 100_000
+#: Stand-in empty logs of channels without a log kept for reads (a bounded cache).
+STAND_INS = 64
 #: Buckets counting dropped tombstones, which move channels on to new epochs
 #: (8 bytes each, allocated when the first tombstone is dropped).
 LOST_BUCKETS = 1 << 16
@@ -128,6 +130,10 @@ class MemoryBroker(Broker):
         self._tombstones: dict[str, tuple[str, int]] = {}
         self._secret = secrets.token_bytes(16)
         self._lost: array[int] | None = None
+        # Stand-ins of the channels without a log read most recently, so that idle
+        # readers of one such channel share its end; a bounded cache, never more
+        # than STAND_INS entries, dropped whenever a log or tombstone changes.
+        self._stand_ins: dict[str, ChannelLog] = {}
         # Idempotency keys: (channel, key) -> (record, expiry), and a heap of
         # (expiry, channel, key) that maintain() pops.
         self._keys: dict[tuple[str, str], tuple[Record, int]] = {}
@@ -235,6 +241,7 @@ class MemoryBroker(Broker):
                 del logs[channel]
                 if log.end.seq:
                     self._tombstones[channel] = (log.epoch, log.end.seq)
+                    self._stand_ins.pop(channel, None)
         if len(self._tombstones) > MAX_TOMBSTONES:
             self._drop_tombstones()
         keys, key_expiries = self._keys, self._key_expiries
@@ -255,6 +262,7 @@ class MemoryBroker(Broker):
 
     def _create(self, channel: str, now: int) -> _HeldLog:
         """Hold a new empty log for ``channel``; the caller must then schedule it."""
+        self._stand_ins.pop(channel, None)
         tombstone = self._tombstones.pop(channel, None)
         epoch, last_seq = tombstone or (self._first_epoch(channel), 0)
         log = self._logs[channel] = _HeldLog(channel, self._retention(channel), epoch, last_seq,
@@ -276,12 +284,19 @@ class MemoryBroker(Broker):
     # channels without a log ---------------------------------------------------
 
     def _stand_in(self, channel: str) -> ChannelLog:
-        """A throwaway empty log where the next log of ``channel`` would start."""
+        """An empty log where the next log of ``channel`` would start (not held)."""
         tombstone = self._tombstones.pop(channel, None)
-        if tombstone is None:
-            return ChannelLog(channel, _READ_ONLY, self._first_epoch(channel))
-        self._tombstones[channel] = tombstone  # read: the last to be dropped now
-        return ChannelLog(channel, _READ_ONLY, *tombstone)
+        if tombstone is not None:
+            self._tombstones[channel] = tombstone  # read: the last to be dropped now
+        stand_ins = self._stand_ins
+        log = stand_ins.pop(channel, None)
+        if log is None:
+            log = (ChannelLog(channel, _READ_ONLY, self._first_epoch(channel))
+                   if tombstone is None else ChannelLog(channel, _READ_ONLY, *tombstone))
+            if len(stand_ins) >= STAND_INS:
+                del stand_ins[next(iter(stand_ins))]
+        stand_ins[channel] = log  # the most recently read last
+        return log
 
     def _first_epoch(self, channel: str) -> str:
         """The epoch of the next log of ``channel``, if it has no tombstone."""
@@ -294,6 +309,7 @@ class MemoryBroker(Broker):
         if self._lost is None:
             self._lost = array("Q", bytes(8 * LOST_BUCKETS))
         lost, tombstones = self._lost, self._tombstones
+        self._stand_ins.clear()  # some channels' next epoch moves on
         # One pass over the dict's head: next(iter()) per tombstone would scan
         # the slots of the ones just deleted again each time.
         for channel in list(islice(tombstones, len(tombstones) - MAX_TOMBSTONES)):
