@@ -161,12 +161,12 @@ class MemoryBroker(Broker):
         """Like :meth:`publish`, for callers without an event loop."""
         now = self._clock()
         log = self._logs.get(channel)
-        if log is None:
-            log = self._create(channel, now)
         if idempotency_key is not None:
             replayed = self._replay(channel, log, idempotency_key, data, now)
             if replayed is not None:
-                return replayed
+                return replayed  # before creating a log: a replay keeps nothing new
+        if log is None:
+            log = self._create(channel, now)
         was_empty = not len(log)
         message = log.append(data, now)
         if idempotency_key is not None:
@@ -184,14 +184,23 @@ class MemoryBroker(Broker):
         self.hub.publish(message)
         return message
 
-    def _replay(self, channel: str, log: ChannelLog, key: str, data: bytes,
+    def _replay(self, channel: str, log: ChannelLog | None, key: str, data: bytes,
                 now: int) -> Replayed | None:
-        """The first message under ``key`` if it is still remembered, else ``None``."""
+        """The first message under ``key`` if it is still remembered, else ``None``.
+
+        A record of another epoch than the one the channel's log is (or would
+        be) in is ignored: its message went with that log.
+        """
         held = self._keys.get((channel, key))
         if held is None:
             return None
         record, expires = held
-        if expires <= now or record.position.epoch != log.epoch:
+        if log is not None:
+            epoch = log.epoch
+        else:
+            tombstone = self._tombstones.get(channel)
+            epoch = tombstone[0] if tombstone is not None else self._first_epoch(channel)
+        if expires <= now or record.position.epoch != epoch:
             return None
         if record.fingerprint != fingerprint(data):
             raise IdempotencyConflict(
