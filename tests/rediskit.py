@@ -194,6 +194,7 @@ class RedisProcess:
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self._restore: dict[str, bytes] = {}
 
     @property
     def url(self) -> str:
@@ -241,8 +242,23 @@ class RedisProcess:
                     raise
                 self.port = free_port(with_bus=self._with_bus)
 
+    def snapshot(self) -> dict[str, bytes]:
+        """The server's persistence files as they are now (``dump.rdb``, ``appendonlydir/*``).
+
+        Call ``SAVE`` first for an RDB snapshot; with ``--appendonly yes`` the
+        AOF files are copied as they stand, which is an AOF that lost what
+        comes after. Give it to :meth:`restart` to come back with this data.
+        """
+        assert self.directory is not None, "not started"
+        return {str(path.relative_to(self.directory)): path.read_bytes()
+                for path in sorted(self.directory.rglob("*"))
+                if path.is_file() and path.name != "redis.log"}
+
     def _launch(self, timeout: float) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix=f"tidings-redis-{self.port}-"))
+        for name, content in self._restore.items():
+            (self.directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / name).write_bytes(content)
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", HOST,
                 "--dir", str(self.directory), "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--logfile", "",
@@ -290,14 +306,21 @@ class RedisProcess:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def restart(self, timeout: float = START_TIMEOUT) -> None:
-        """Stop, then start a fresh, empty server on the same port (same :attr:`url`)."""
+    def restart(self, timeout: float = START_TIMEOUT, *,
+                snapshot: dict[str, bytes] | None = None) -> None:
+        """Stop, then start a fresh server on the same port (same :attr:`url`).
+
+        It starts empty, or with the data of a :meth:`snapshot` (the files are
+        written to its new directory before it starts).
+        """
         self.stop()
         fixed, self._fixed_port = self._fixed_port, True
+        self._restore = snapshot or {}
         try:
             self.start(timeout)
         finally:
             self._fixed_port = fixed
+            self._restore = {}
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but nothing is answered."""

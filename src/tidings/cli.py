@@ -9,18 +9,24 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import httpx
 
+from tidings.backoff import Backoff
+from tidings.core.idempotency import check_idempotency_key
 from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.settings import Settings, check_transports
 from tidings.wire import jsonvalue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: How often `tidings publish` retries a network error or a 503 (with one idempotency key).
+PUBLISH_RETRIES = 3
 #: Allocations between young garbage collections in ``tidings serve`` (Python's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
 
@@ -68,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("json", nargs="?", help="the JSON value; read from stdin if absent")
     publish.add_argument("--url", default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
                          help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
+    publish.add_argument("--retries", type=int, default=PUBLISH_RETRIES,
+                         help="retries after a network error or a 503, with the same "
+                              f"idempotency key (default {PUBLISH_RETRIES})")
+    publish.add_argument("--idempotency-key",
+                         help="the key the retries share (default: a random one)")
     publish.set_defaults(run=run_publish)
 
     subscribe = commands.add_parser(
@@ -264,20 +275,38 @@ def run_publish(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
     url = f"{args.url.rstrip('/')}/channels/{args.channel}"
-    headers = {"Content-Type": "application/json"}
+    if args.retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    key = args.idempotency_key or secrets.token_urlsafe(16)
+    try:
+        check_idempotency_key(key)
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
+    # The same key on every attempt: a retry of a publish that was stored
+    # (its answer lost) answers the first id instead of storing it twice.
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
     api_key = os.environ.get("TIDINGS_API_KEY")
     if api_key:  # the server's key, when its access control is on (docs/security.md)
         headers["Authorization"] = f"Bearer {api_key}"
-    try:
-        response = httpx.post(url, content=text.encode(), headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"tidings: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if response.status_code != 201:
-        print(f"tidings: {response.status_code}: {response.text}", file=sys.stderr)
-        return 1
-    print(response.text)
-    return 0
+    backoff = Backoff(initial=0.2, maximum=5.0)
+    for attempt in range(args.retries + 1):
+        if attempt:
+            time.sleep(backoff.delay(attempt - 1))
+        try:
+            response = httpx.post(url, content=text.encode(), headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            failure = f"cannot reach {args.url}: {exc}"
+            continue
+        if response.status_code == 503:
+            failure = f"{response.status_code}: {response.text}"
+            continue
+        if response.status_code not in (200, 201):
+            print(f"tidings: {response.status_code}: {response.text}", file=sys.stderr)
+            return 1
+        print(response.text)
+        return 0
+    print(f"tidings: {failure} (after {args.retries + 1} attempts)", file=sys.stderr)
+    return 1
 
 
 def run_subscribe(args: argparse.Namespace) -> int:

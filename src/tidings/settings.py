@@ -159,6 +159,8 @@ class Settings:
     # Retention, per channel; namespaces override it.
     history_size: int = 1000
     history_ttl: float = 3600.0
+    #: Seconds a publish's idempotency key is remembered (core/idempotency.py).
+    idempotency_window: float = 300.0
     namespaces: dict[str, Retention] = field(default_factory=dict)
 
     # Request limits.
@@ -209,13 +211,15 @@ class Settings:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
         check_transports(self.transports)
         check_broker(self.broker)
+        if self.idempotency_window <= 0:
+            raise UsageError("idempotency_window must be positive")
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
         namespace = self.namespaces.get(namespace_of(channel))
         if namespace is not None:
             return namespace
-        return Retention(self.history_size, self.history_ttl)
+        return Retention(self.history_size, self.history_ttl, self.idempotency_window)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes``; ``None`` values are ignored (unset CLI flags)."""
@@ -253,7 +257,8 @@ class Settings:
         for name, values in config.get("namespaces", {}).items():
             if not isinstance(values, dict):
                 raise UsageError(f"{path}: [namespaces] holds tables such as [namespaces.{name}]")
-            extra = set(values) - {"history_size", "history_ttl", "subscribe", "publish"}
+            extra = set(values) - {"history_size", "history_ttl", "idempotency_window",
+                                   "subscribe", "publish"}
             if extra:
                 raise UsageError(f"{path}: unknown keys in [namespaces.{name}]: {sorted(extra)}")
             section = f"namespaces.{name}"
@@ -261,10 +266,12 @@ class Settings:
             ttl = values.get("history_ttl", base.history_ttl)
             _check_type(path, section, "history_size", size, base.history_size)
             _check_type(path, section, "history_ttl", ttl, base.history_ttl)
-            if size < 1 or ttl <= 0:
-                raise UsageError(f"{path}: [{section}] history_size must be at least 1 "
-                                 "and history_ttl positive")
-            namespaces[name] = Retention(int(size), float(ttl))
+            window = values.get("idempotency_window", base.idempotency_window)
+            _check_type(path, section, "idempotency_window", window, base.idempotency_window)
+            if size < 1 or ttl <= 0 or window <= 0:
+                raise UsageError(f"{path}: [{section}] history_size must be at least 1, "
+                                 "history_ttl and idempotency_window positive")
+            namespaces[name] = Retention(int(size), float(ttl), float(window))
             if "subscribe" in values or "publish" in values:
                 try:
                     rules[name] = Rule(values.get("subscribe", auth.default_subscribe),

@@ -52,11 +52,13 @@ from array import array
 from collections.abc import Callable
 from itertools import islice
 
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import EPOCH_LENGTH, Start
 from tidings.core.fanout import Hub
+from tidings.core.idempotency import Record, fingerprint
 from tidings.core.log import ChannelLog, Read, Retention
 from tidings.core.message import Message
+from tidings.errors import IdempotencyConflict
 
 #: Forgotten channels whose epoch and position are still remembered.
 MAX_TOMBSTONES = 100_000
@@ -132,6 +134,10 @@ class MemoryBroker(Broker):
         # readers of one such channel share its end; a bounded cache, never more
         # than STAND_INS entries, dropped whenever a log or tombstone changes.
         self._stand_ins: dict[str, ChannelLog] = {}
+        # Idempotency keys: (channel, key) -> (record, expiry), and a heap of
+        # (expiry, channel, key) that maintain() pops.
+        self._keys: dict[tuple[str, str], tuple[Record, int]] = {}
+        self._key_expiries: list[tuple[int, str, str]] = []
 
     def log(self, channel: str) -> ChannelLog:
         """The log of ``channel``, created empty if needed (for tests and tools).
@@ -146,17 +152,28 @@ class MemoryBroker(Broker):
             self._forget_after(channel, log, log.touched + self._idle_ms + 1)
         return log
 
-    async def publish(self, channel: str, data: bytes) -> Message:
-        return self.publish_nowait(channel, data)
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> Message:
+        return self.publish_nowait(channel, data, idempotency_key=idempotency_key)
 
-    def publish_nowait(self, channel: str, data: bytes) -> Message:
+    def publish_nowait(self, channel: str, data: bytes, *,
+                       idempotency_key: str | None = None) -> Message:
         """Like :meth:`publish`, for callers without an event loop."""
         now = self._clock()
         log = self._logs.get(channel)
+        if idempotency_key is not None:
+            replayed = self._replay(channel, log, idempotency_key, data, now)
+            if replayed is not None:
+                return replayed  # before creating a log: a replay keeps nothing new
         if log is None:
             log = self._create(channel, now)
         was_empty = not len(log)
         message = log.append(data, now)
+        if idempotency_key is not None:
+            key_due = now + int(log.retention.idempotency_window * 1000)
+            self._keys[channel, idempotency_key] = (
+                Record(message.position, now, fingerprint(data)), key_due)
+            heapq.heappush(self._key_expiries, (key_due, channel, idempotency_key))
         log.touched = now
         if was_empty:
             expires = log.expires_at()
@@ -166,6 +183,30 @@ class MemoryBroker(Broker):
                 self._forget_after(channel, log, now + self._idle_ms + 1)
         self.hub.publish(message)
         return message
+
+    def _replay(self, channel: str, log: ChannelLog | None, key: str, data: bytes,
+                now: int) -> Replayed | None:
+        """The first message under ``key`` if it is still remembered, else ``None``.
+
+        A record of another epoch than the one the channel's log is (or would
+        be) in is ignored: its message went with that log.
+        """
+        held = self._keys.get((channel, key))
+        if held is None:
+            return None
+        record, expires = held
+        if log is not None:
+            epoch = log.epoch
+        else:
+            tombstone = self._tombstones.get(channel)
+            epoch = tombstone[0] if tombstone is not None else self._first_epoch(channel)
+        if expires <= now or record.position.epoch != epoch:
+            return None
+        if record.fingerprint != fingerprint(data):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used on {channel!r} for another body "
+                f"(message {record.position})")
+        return Replayed(channel, record.position, data, record.time)
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
         log = self._logs.get(channel)
@@ -212,6 +253,12 @@ class MemoryBroker(Broker):
                     self._stand_ins.pop(channel, None)
         if len(self._tombstones) > MAX_TOMBSTONES:
             self._drop_tombstones()
+        keys, key_expiries = self._keys, self._key_expiries
+        while key_expiries and key_expiries[0][0] <= now:
+            due, channel, key = heapq.heappop(key_expiries)
+            held = keys.get((channel, key))
+            if held is not None and held[1] == due:
+                del keys[channel, key]
 
     def health(self) -> dict[str, object]:
         return {"kind": "memory", "status": "ok", "channels": len(self._logs)}

@@ -70,6 +70,8 @@ const STATES = ["connecting", "open", "fallback", "reconnecting", "closed"];
 const RETRYABLE_REFUSALS = new Set(["broker_unavailable", "shutdown", "too_many_connections"]);
 const CHANNEL_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 const ID_RE = /^([a-z0-9]{8})-(0|[1-9][0-9]{0,17})$/;
+// An idempotency key: the server's MAX_IDEMPOTENCY_KEY_LENGTH and IDEMPOTENCY_KEY_CHARSET.
+const IDEMPOTENCY_KEY = /^[A-Za-z0-9\-_.:~+\/=]{1,128}$/;
 
 /** An error answered by the server (`status` is null over a WebSocket) or a client misuse. */
 export class TidingsError extends Error {
@@ -221,15 +223,22 @@ class Client {
     return subscription;
   }
 
-  /** Publish `data` (any JSON value); resolves with the message id once it is in the log. */
-  async publish(channel, data) {
+  /**
+   * Publish `data` (any JSON value); resolves with the message id once it is in the log.
+   * With `{idempotencyKey}` (1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =), a retry with the same
+   * key is safe: the server stores the message once and answers the first id (a replay).
+   */
+  async publish(channel, data, { idempotencyKey } = {}) {
     checkChannel(channel);
     if (this._closed) throw new TidingsError("the client is closed");
     const body = JSON.stringify(data);
     if (body === undefined) throw new TidingsError("data must be a JSON value");
+    if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+      throw new TidingsError("idempotencyKey must be 1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =");
+    }
     const reader = this._reader;
     if (reader && reader.technique === "websocket" && reader.isOpen()) {
-      return reader.publish(channel, JSON.parse(body));
+      return reader.publish(channel, JSON.parse(body), idempotencyKey);
     }
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.options.requestTimeout);
@@ -239,6 +248,7 @@ class Client {
       const token = await this._token();
       const headers = { "Content-Type": "application/json" };
       if (token !== null) headers.Authorization = `Bearer ${token}`;
+      if (idempotencyKey !== undefined) headers["Idempotency-Key"] = idempotencyKey;
       this.stats.requests += 1;
       response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}`, {
         method: "POST", body, headers,
@@ -250,7 +260,9 @@ class Client {
     } finally {
       clearTimeout(timer);
     }
-    if (response.status !== 201 || !answer || typeof answer.id !== "string") {
+    // 200: a replay of an earlier publish with the same idempotency key.
+    if ((response.status !== 201 && response.status !== 200) || !answer
+        || typeof answer.id !== "string") {
       throw refusal(response.status, answer);
     }
     return answer.id;
@@ -924,8 +936,10 @@ class WebSocketReader extends Reader {
     this.pending.clear();
   }
 
-  publish(channel, data) {
-    return this.command({ type: "publish", channel, data }).then((ack) => ack.id);
+  publish(channel, data, idempotencyKey) {
+    const command = { type: "publish", channel, data };
+    if (idempotencyKey !== undefined) command.idempotency_key = idempotencyKey;
+    return this.command(command).then((ack) => ack.id);
   }
 
   /**
