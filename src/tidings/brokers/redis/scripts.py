@@ -24,6 +24,13 @@ Each script also takes the position the calling node has seen in the
 channel (its replica's end); if that is further into the same epoch than
 Redis holds, the script starts a new epoch too (a second line of defence).
 
+In a Redis Cluster the ``run_id`` rule cannot hold: moving a slot to another
+node (resharding) carries the keys, intact, to a process with another
+``run_id``, and starting a new epoch there would delete acknowledged
+messages. So in a cluster a script adopts the new ``run_id`` and keeps the
+epoch, and only the position check guards against a node restored from an
+older snapshot (docs/topics/redis.md says what that leaves open).
+
 ``PUBLISH`` also keeps idempotency keys (core/idempotency.py): a string key
 per (channel, key) holding ``EPOCH SEQ TIME FINGERPRINT``, expiring after the
 window. It is read and written in the same script as the append, so two nodes
@@ -39,10 +46,12 @@ from tidings.brokers.redis.commands import Script
 # older than what was acknowledged), or if Redis holds less of it than the
 # caller has seen (ARGV[3], ARGV[4]: epoch and seq known).
 _ENSURE_EPOCH = """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local info = redis.call('INFO', 'server')
+local run = string.match(info, 'run_id:(%x+)')
+local cluster = string.find(info, 'redis_mode:cluster', 1, true)
 local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'run')
 local epoch = meta[1]
-if epoch and (meta[3] ~= run
+if epoch and ((meta[3] ~= run and not cluster)
     or (epoch == ARGV[3] and tonumber(meta[2]) < tonumber(ARGV[4]))) then
   epoch = false
 end
@@ -51,6 +60,8 @@ if not epoch then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 't', 0, 'run', run)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
+elseif meta[3] ~= run then
+  redis.call('HSET', KEYS[2], 'run', run)
 end
 """
 
