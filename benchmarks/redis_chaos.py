@@ -6,7 +6,9 @@ processes (tests/nodes/nodekit.py), with ``--history-size 100000`` so that
 nothing is trimmed: every gap must come from a real loss.
 
 * **Publishers** POST ``{"p": PUBLISHER, "n": NUMBER, "a": ATTEMPT}`` at a
-  steady pace, each to a random channel on a random node. Every ``201`` id is
+  steady pace, each to a random channel on a random node, including
+  ``--publish-only`` nodes (1 by default) that no reader uses: they never
+  read a channel, so they pass no known position to Redis's scripts. Every ``201`` id is
   noted with its channel. A ``503`` (or a connection that broke) is retried a
   moment later as a new attempt; a ``503`` after a timeout, or a broken
   connection, may have been stored all the same (docs/topics/redis.md), so its
@@ -21,10 +23,16 @@ nothing is trimmed: every gap must come from a real loss.
   ``redis_pause`` (SIGSTOP for a while, then SIGCONT), ``redis_restart``
   (Redis stops, stays down a moment and comes back empty: new epochs, readers
   must get an ``epoch`` gap), ``node_restart`` (SIGTERM one node, which
-  must exit 0, and start a new one) and ``redis_rollback`` (Redis comes back
-  with the data of a moment before: no id may be given twice). ``--faults``
-  chooses them, and can add ``redis_flush`` (see :data:`EXTRA_FAULT_KINDS`);
-  ``--overlap`` restarts nodes on a schedule of their own.
+  must exit 0, and start a new one), ``redis_restore`` (a real restart from
+  an RDB ``SAVE`` taken a moment before: no id may be given twice) and
+  ``replica_failover`` (a replica left behind for a moment takes over: its
+  data is served on Redis's address by a new process, as behind a proxy that
+  follows Sentinel). ``--faults`` chooses them, and can add ``redis_flush``
+  and ``redis_rollback`` (see :data:`EXTRA_FAULT_KINDS`);
+  ``--overlap`` restarts nodes on a schedule of their own. With ``--keys``
+  publishers send an ``Idempotency-Key`` and retry each message with the same
+  key and body: a retry of one that was stored is answered ``200`` (counted
+  as "replayed"), and a message stored twice in one epoch is a violation.
 
 After the last fault the publishers go on for a few seconds, then stop; the
 streams stop moving, and every reader must reach the end of its channel as
@@ -87,12 +95,17 @@ from nodekit import Node, node_argv
 from rediskit import RedisProcess, redis_missing
 from tidings.testing import UNIT, SseStream
 
-#: ``redis_rollback`` puts back the data of a moment before, as a restart from an RDB
-#: snapshot (or AOF ``everysec``, or a lagging replica promoted) would.
-FAULT_KINDS = ("pubsub_kill", "redis_pause", "redis_restart", "node_restart", "redis_rollback")
+#: ``redis_restore`` and ``replica_failover`` bring Redis back with the data of a moment
+#: before, as a restart from an RDB snapshot (or AOF ``everysec``) or a lagging replica
+#: promoted does.
+FAULT_KINDS = ("pubsub_kill", "redis_pause", "redis_restart", "node_restart", "redis_restore",
+               "replica_failover")
 #: More faults, on request (``--faults``): ``redis_flush`` empties Redis (FLUSHALL) with
-#: every connection left open.
-EXTRA_FAULT_KINDS = ("redis_flush",)
+#: every connection left open; ``redis_rollback`` puts older data back *inside* the same
+#: Redis process (RESTORE), which no failure of Redis does and its ``run_id`` cannot
+#: show: only nodes that read the channel notice it, so run it with ``--publish-only 0``
+#: (docs/topics/redis.md, "A second line of defence").
+EXTRA_FAULT_KINDS = ("redis_flush", "redis_rollback")
 #: Lua: every tidings key and its DUMP, at one instant.
 SNAPSHOT_SCRIPT = """local out = {}
 for _, key in ipairs(redis.call('KEYS', 'tidings:*')) do
@@ -145,6 +158,9 @@ class Plan:
     seconds: float = 120.0  #: publishing time, faults included (the tail too)
     seed: int = 1
     nodes: int = 2
+    #: More nodes that only publishers use: no reader ever makes them read a channel,
+    #: so their scripts know no position (the case of issue 13).
+    publish_only: int = 1
     channels: int = 3
     publishers: int = 3
     rate: float = 60.0  #: publishes per second, all publishers together
@@ -156,6 +172,7 @@ class Plan:
     down: tuple[float, float] = (0.0, 2.0)  #: seconds Redis stays down when it restarts
     tail: float = 3.0  #: seconds of publishing after the last fault
     overlap: bool = False  #: node restarts on a schedule of their own, during Redis faults too
+    keys: bool = False  #: publishers retry with an Idempotency-Key (one per message)
     kinds: tuple[str, ...] = FAULT_KINDS  #: the faults injected
 
 
@@ -187,8 +204,13 @@ class Attempt:
 class Ledger:
     """Every publish attempt, by its key ``P.N.A`` (publisher, number, attempt)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyed: bool = False) -> None:
         self.attempts: dict[str, Attempt] = {}
+        #: Whether publishers send an ``Idempotency-Key`` (one per number, kept across
+        #: retries); each number then has one key ``P.N.0``, for its last try.
+        self.keyed = keyed
+        #: Retries answered ``200``: the key's first publish had stored the message.
+        self.replays = 0
 
     def outcomes(self) -> Counter[str]:
         return Counter(a.outcome for a in self.attempts.values())
@@ -215,18 +237,51 @@ class FaultRecord:
 # --- the deployment -------------------------------------------------------------------------
 
 
+class Replica(RedisProcess):
+    """A ``redis-server`` that follows the run's Redis before each failover."""
+
+    def start_following(self, master: RedisProcess, timeout: float = 10 * UNIT) -> None:
+        """(Re)start empty as a replica of ``master``; return once in sync."""
+        self.stop()
+        self.extra_args = ["--replicaof", "127.0.0.1", str(master.port)]
+        self.start()
+        deadline = time.monotonic() + timeout
+        while b"master_link_status:up" not in _bytes(self.command("INFO", "replication")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on {self.port} did not sync with {master.port}")
+            time.sleep(0.02)
+        master.command("WAIT", 1, int(timeout * 1000))
+
+
+def _bytes(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 class Deployment:
     """The run's Redis and its nodes; nodes come and go, names are never reused."""
 
     def __init__(self, redis: RedisProcess, directory: Path) -> None:
         self.redis = redis
+        self._replica: Replica | None = None
         self.directory = directory
         self.live: list[Node] = []
+        #: Nodes only publishers use (they never read a channel).
+        self.publish_only: list[Node] = []
         self.every: list[Node] = []
         #: Exit status of each node stopped with SIGTERM, by name.
         self.exit_codes: dict[str, int] = {}
         self._names = itertools.chain((chr(c) for c in range(ord("A"), ord("Z") + 1)),
                                       (f"N{n}" for n in itertools.count(27)))
+
+    def replica(self) -> Replica:
+        """The Redis replica for failovers, started on first use."""
+        if self._replica is None:
+            self._replica = Replica()
+        return self._replica
+
+    def stop_replica(self) -> None:
+        if self._replica is not None:
+            self._replica.stop()
 
     def _argv(self) -> list[str]:
         return node_argv(self.redis.url, "--history-size", str(HISTORY_SIZE))
@@ -236,16 +291,21 @@ class Deployment:
         self.every.append(node)
         return node
 
-    async def start(self, count: int) -> None:
-        nodes = [self._new_node() for _ in range(count)]
+    async def start(self, count: int, publish_only: int = 0) -> None:
+        nodes = [self._new_node() for _ in range(count + publish_only)]
         for node in nodes:  # all are starting already
             await node.wait_url()
-        self.live.extend(nodes)
+        self.live.extend(nodes[:count])
+        self.publish_only.extend(nodes[count:])
 
     def choose(self, rng: random.Random, avoid: Node | None = None) -> Node:
         """A random live node, other than ``avoid`` when there is another."""
         others = [n for n in self.live if n is not avoid] or self.live
         return rng.choice(others)
+
+    def choose_for_publish(self, rng: random.Random) -> Node:
+        """A random node among the live ones and those only publishers use."""
+        return rng.choice(self.live + self.publish_only)
 
     async def replace(self, rng: random.Random) -> str:
         """SIGTERM a random node (clients on it move elsewhere), then start a new one."""
@@ -259,7 +319,8 @@ class Deployment:
 
     async def stop(self) -> None:
         """SIGTERM every live node and note how each exited."""
-        nodes, self.live = self.live, []
+        nodes, self.live = self.live + self.publish_only, []
+        self.publish_only = []
         for node, code in zip(nodes, await asyncio.gather(*(n.stop() for n in nodes)),
                               strict=True):
             self.exit_codes[node.name] = code
@@ -353,6 +414,10 @@ class Faults:
             detail = "emptied, connections kept"
         elif kind == "redis_rollback":
             detail = await self._roll_back(rng.uniform(*self.plan.pause))
+        elif kind == "redis_restore":
+            detail = await self._restore(rng.uniform(*self.plan.pause))
+        elif kind == "replica_failover":
+            detail = await self._fail_over(rng.uniform(*self.plan.pause))
         else:
             raise ValueError(f"unknown fault {kind!r}")
         record = FaultRecord(round(began, 2), kind, detail, round(self.clock() - began, 2))
@@ -375,6 +440,34 @@ class Faults:
         for kind in ("normal", "pubsub"):
             await asyncio.to_thread(redis.command, "CLIENT", "KILL", "TYPE", kind)
         return f"back to the data of {seconds:.2f} s before"
+
+
+    async def _restore(self, seconds: float) -> str:
+        """``SAVE``, let ``seconds`` pass, then restart Redis from that dump (a new process)."""
+        redis = self.deployment.redis
+        await asyncio.to_thread(redis.command, "SAVE")
+        snapshot = await asyncio.to_thread(redis.snapshot)
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(redis.restart, snapshot=snapshot)
+        return f"restarted from the RDB of {seconds:.2f} s before"
+
+    async def _fail_over(self, seconds: float) -> str:
+        """A replica loses its link ``seconds`` before Redis dies, then takes over.
+
+        (A replica paused with SIGSTOP would catch up from its socket buffer
+        when resumed; a replica cut off is behind by exactly what followed.)
+        The promoted replica's data is then served on Redis's address by a new
+        process started from it.
+        """
+        redis, replica = self.deployment.redis, self.deployment.replica()
+        await asyncio.to_thread(replica.start_following, redis)
+        await asyncio.to_thread(replica.command, "REPLICAOF", "NO", "ONE")
+        await asyncio.sleep(seconds)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(replica.command, "SAVE")
+        snapshot = await asyncio.to_thread(replica.snapshot)
+        await asyncio.to_thread(redis.restart, snapshot=snapshot)
+        return f"a replica {seconds:.2f} s behind took over"
 
 
 # --- publishers -----------------------------------------------------------------------------
@@ -416,19 +509,30 @@ class Publisher:
             attempt += 1
         else:
             number, attempt, channel = next(self.numbers), 0, self.rng.choice(self.channels)
-        node = self.deployment.choose(self.rng)
-        key = f"{self.index}.{number}.{attempt}"
+        node = self.deployment.choose_for_publish(self.rng)
+        headers = {"Content-Type": "application/json"}
+        if self.ledger.keyed:
+            # Every try of a number is one publish: the same body, the same key.
+            key = f"{self.index}.{number}.0"
+            headers["Idempotency-Key"] = f"chaos-{self.index}-{number}"
+            data = json.dumps({"p": self.index, "n": number, "a": 0})
+        else:
+            key = f"{self.index}.{number}.{attempt}"
+            data = json.dumps({"p": self.index, "n": number, "a": attempt})
         record = self.ledger.attempts[key] = Attempt(channel, node.name)
-        data = json.dumps({"p": self.index, "n": number, "a": attempt})
         try:
             response = await client.post(f"{node.url}/channels/{channel}", content=data,
-                                         headers={"Content-Type": "application/json"})
+                                         headers=headers)
         except httpx.HTTPError as exc:
             record.outcome, record.detail = "unknown", f"{type(exc).__name__}: {exc}"
         else:
-            if response.status_code == 201:
+            if response.status_code in (200, 201):
                 body = response.json()
                 record.outcome, record.id = "acked", str(body["id"])
+                if response.status_code == 200:
+                    self.ledger.replays += 1
+                    if body.get("replayed") is not True:
+                        record.outcome, record.detail = "unexpected", f"200 for {body}"
                 if body.get("channel") != channel:
                     record.outcome, record.detail = "unexpected", f"201 for {body}"
                 return
@@ -855,6 +959,11 @@ def check_all(readers: list[Reader], ledger: Ledger, targets: dict[str, Id],
                                  "published'", []).append(f"{seen} on {sent.node}: "
                                                           f"{sent.detail}")
             elif sent.outcome == "acked":
+                if ledger.keyed and sent.id is not None and parse_id(sent.id)[0] != mid[0]:
+                    # A try stored in an epoch that was then lost, stored again in the
+                    # next: the key went with the lost epoch (docs/topics/redis.md).
+                    by_id[place] = key
+                    continue
                 found.setdefault("were acknowledged with another id", []).append(
                     f"{seen} acknowledged as {sent.id}")
             elif key in by_key:
@@ -927,9 +1036,10 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
     deployment = Deployment(redis, directory)
     try:
         await asyncio.to_thread(redis.start)
-        await deployment.start(plan.nodes)
+        await deployment.start(plan.nodes, plan.publish_only)
         log(f"{clock():7.2f} s  Redis on {redis.port}, nodes "
-            + ", ".join(f"{n.name} {n.url}" for n in deployment.live))
+            + ", ".join(f"{n.name} {n.url}" for n in deployment.live)
+            + "".join(f", {n.name} {n.url} (publishers only)" for n in deployment.publish_only))
         channels = [f"chaos-{n}" for n in range(plan.channels)]
         starts = {c: await first_cursor(deployment.live[0], c) for c in channels}
         hopping = True
@@ -938,7 +1048,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
                                       lambda: hopping)
                    for channel in channels for technique in TECHNIQUES
                    for number in range(plan.readers)]
-        ledger = Ledger()
+        ledger = Ledger(keyed=plan.keys)
         publishers = [Publisher(n, channels, deployment, ledger, plan)
                       for n in range(plan.publishers)]
         faults = Faults(deployment, plan, clock, log)
@@ -960,10 +1070,12 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
             for task in reading:
                 task.cancel()
         report.seconds = round(last_publish - first_publish, 1)
-        report.violations.extend(await unhealthy(deployment.live))
+        report.violations.extend(await unhealthy(deployment.live + deployment.publish_only))
         await deployment.stop()
         report.faults = faults.done
         report.publishes = dict(ledger.outcomes())
+        if ledger.keyed:
+            report.publishes["replayed (200)"] = ledger.replays
         report.messages_in_redis = {c: format_id(t) for c, t in targets.items()}
         report.epochs = {c: len(set().union(*(epochs_of(r) for r in readers if r.channel == c)))
                          for c in channels}
@@ -978,6 +1090,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
     finally:
         deployment.kill()
         await asyncio.to_thread(redis.stop)
+        await asyncio.to_thread(deployment.stop_replica)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -1040,6 +1153,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
                         help="seconds of publishing, faults included (default 120)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--publish-only", type=int, default=1,
+                        help="nodes only publishers use, which never read a channel")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--rate", type=float, default=60.0, help="publishes per second in all")
     parser.add_argument("--readers", type=int, default=1,
@@ -1047,6 +1162,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
     parser.add_argument("--pause", type=float, nargs=2, default=(0.5, 2.0),
                         metavar=("MIN", "MAX"),
                         help="seconds Redis stays paused; above 5 s publishes time out")
+    parser.add_argument("--keys", action="store_true",
+                        help="publishers retry with an Idempotency-Key, the same body and key "
+                             "for every try of a message")
     parser.add_argument("--overlap", action="store_true",
                         help="restart nodes on a schedule of their own, during Redis faults too")
     parser.add_argument("--faults", default=",".join(FAULT_KINDS), metavar="LIST",
@@ -1062,8 +1180,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
     else:
         plan = Plan(seconds=args.seconds, seed=args.seed, nodes=args.nodes)
     plan.channels, plan.rate, plan.readers = args.channels, args.rate, args.readers
+    plan.publish_only = args.publish_only
     plan.pause = (args.pause[0], args.pause[1])
     plan.overlap = args.overlap
+    plan.keys = args.keys
     plan.kinds = tuple(kind for kind in args.faults.split(",") if kind)
     unknown = set(plan.kinds) - {*FAULT_KINDS, *EXTRA_FAULT_KINDS}
     if unknown or not plan.kinds:

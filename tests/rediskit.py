@@ -13,6 +13,7 @@ so stopping it loses everything (as a crashed Redis without persistence does)::
 
     with RedisClusterProcesses() as cluster:   # three masters, cluster_state:ok on each
         use(cluster.startup_url)
+        cluster.migrate_slot(slot, port)   # a live CLUSTER SETSLOT / MIGRATE of one slot
 
 Everything here is synchronous (subprocess, blocking sockets with timeouts), so
 sync tests, async tests and fixtures of any scope can use it. Every wait is
@@ -193,6 +194,7 @@ class RedisProcess:
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self._restore: dict[str, bytes] = {}
 
     @property
     def url(self) -> str:
@@ -240,8 +242,23 @@ class RedisProcess:
                     raise
                 self.port = free_port(with_bus=self._with_bus)
 
+    def snapshot(self) -> dict[str, bytes]:
+        """The server's persistence files as they are now (``dump.rdb``, ``appendonlydir/*``).
+
+        Call ``SAVE`` first for an RDB snapshot; with ``--appendonly yes`` the
+        AOF files are copied as they stand, which is an AOF that lost what
+        comes after. Give it to :meth:`restart` to come back with this data.
+        """
+        assert self.directory is not None, "not started"
+        return {str(path.relative_to(self.directory)): path.read_bytes()
+                for path in sorted(self.directory.rglob("*"))
+                if path.is_file() and path.name != "redis.log"}
+
     def _launch(self, timeout: float) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix=f"tidings-redis-{self.port}-"))
+        for name, content in self._restore.items():
+            (self.directory / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / name).write_bytes(content)
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", HOST,
                 "--dir", str(self.directory), "--save", "", "--appendonly", "no",
                 "--daemonize", "no", "--logfile", "",
@@ -289,14 +306,21 @@ class RedisProcess:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def restart(self, timeout: float = START_TIMEOUT) -> None:
-        """Stop, then start a fresh, empty server on the same port (same :attr:`url`)."""
+    def restart(self, timeout: float = START_TIMEOUT, *,
+                snapshot: dict[str, bytes] | None = None) -> None:
+        """Stop, then start a fresh server on the same port (same :attr:`url`).
+
+        It starts empty, or with the data of a :meth:`snapshot` (the files are
+        written to its new directory before it starts).
+        """
         self.stop()
         fixed, self._fixed_port = self._fixed_port, True
+        self._restore = snapshot or {}
         try:
             self.start(timeout)
         finally:
             self._fixed_port = fixed
+            self._restore = {}
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open but nothing is answered."""
@@ -410,6 +434,82 @@ class RedisClusterProcesses:
 
     def _logs(self) -> str:
         return "".join(f"\n--- log of node {node.port}:\n{node.log()}" for node in self.nodes)
+
+    def node_id(self, port: int) -> str:
+        """The cluster id of the node on ``port`` (``CLUSTER MYID``)."""
+        reply = command(port, "CLUSTER", "MYID")
+        assert isinstance(reply, bytes)
+        return reply.decode()
+
+    def owner(self, slot: int) -> int:
+        """The port of the master that owns ``slot``, as the first node sees it."""
+        for first, last, master, *_replicas in self._slots():
+            if first <= slot <= last:
+                return int(master[1])
+        raise LookupError(f"no node owns slot {slot}")
+
+    def _slots(self) -> list[list[object]]:
+        reply = self.nodes[0].command("CLUSTER", "SLOTS")
+        assert isinstance(reply, list)
+        return reply
+
+    def begin_migration(self, slot: int, target: int) -> int:
+        """Open a live move of ``slot`` to the node on port ``target``; return the source port.
+
+        The target is told it is ``IMPORTING`` the slot, then the source that
+        it is ``MIGRATING`` it (the order Redis documents). From now on a
+        command for a key the source no longer has gets ``ASK``. Follow with
+        :meth:`move_keys` and :meth:`end_migration`.
+        """
+        source = self.owner(slot)
+        if source == target:
+            raise ValueError(f"slot {slot} is on {target} already")
+        command(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        command(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return source
+
+    def move_keys(self, slot: int, source: int, target: int, batch: int = 100) -> int:
+        """``MIGRATE`` every key of ``slot`` from ``source`` to ``target``; how many moved."""
+        moved = 0
+        while True:
+            keys = command(source, "CLUSTER", "GETKEYSINSLOT", slot, batch)
+            assert isinstance(keys, list)
+            if not keys:
+                return moved
+            command(source, "MIGRATE", HOST, target, "", 0, int(COMMAND_TIMEOUT * 1000),
+                    "KEYS", *keys)
+            moved += len(keys)
+
+    def end_migration(self, slot: int, source: int, target: int) -> None:
+        """Give ``slot`` to ``target`` on every node: the target first, then the source.
+
+        The source then drops its sharded subscriptions of the slot: each
+        subscriber gets a ``sunsubscribe`` it did not ask for. Returns once
+        every node names ``target`` as the owner.
+        """
+        target_id = self.node_id(target)
+        others = [n.port for n in self.nodes if n.port not in (source, target)]
+        for port in (target, source, *others):
+            command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        deadline = time.monotonic() + CLUSTER_TIMEOUT
+        for node in self.nodes:
+            while True:
+                reply = node.command("CLUSTER", "SLOTS")
+                assert isinstance(reply, list)
+                owner = next(int(m[1]) for first, last, m, *_ in reply if first <= slot <= last)
+                if owner == target:
+                    break
+                if time.monotonic() > deadline:
+                    raise RedisStartError(f"node {node.port} still gives slot {slot} to "
+                                          f"{owner}" + self._logs())
+                time.sleep(0.02)
+
+    def migrate_slot(self, slot: int, target: int) -> int:
+        """Move ``slot`` and its keys to ``target`` live (the three steps); the source port."""
+        source = self.begin_migration(slot, target)
+        self.move_keys(slot, source, target)
+        self.end_migration(slot, source, target)
+        return source
 
     def flushall(self) -> None:
         """Empty every master (FLUSHALL on each node)."""

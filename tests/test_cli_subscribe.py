@@ -107,3 +107,59 @@ def test_bad_url_is_a_usage_error() -> None:
     result = tidings("subscribe", "x", "--url", "ftp://nowhere")
     assert result.returncode == 2
     assert "tidings:" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stops_on_a_signal_when_started_with_sigint_ignored(served: Served, sig: int) -> None:
+    """``tidings subscribe … &`` in a script: the shell starts it with SIGINT ignored."""
+    command = [sys.executable, "-m", "tidings", "subscribe", "sub-ignored", "--url", served.url,
+               "--transport", "websocket"]
+    process = subprocess.Popen(["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        assert "connected over websocket" in read_line(process.stderr, 10 * UNIT)
+        _pending.pop(process.stderr.fileno(), None)
+        process.send_signal(sig)
+        _out, err = process.communicate(timeout=10 * UNIT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_a_websocket_refused_while_redis_is_away_keeps_retrying() -> None:
+    """Issue 12: a node on a Redis that is not up yet; ``subscribe`` retries, then reads."""
+    from rediskit import RedisProcess, redis_missing
+
+    if (missing := redis_missing()) is not None:
+        pytest.skip(missing)
+    redis = RedisProcess()
+    node = Served("--broker", redis.url)
+    try:
+        process = subscribe("sub-late", "--url", node.url, "--transport", "websocket",
+                            "--since", "0")
+        try:
+            assert process.stdout is not None and process.stderr is not None
+            for _ in range(2):  # refused, retried, refused again: still running
+                line = read_line(process.stderr, 10 * UNIT)
+                assert "broker_unavailable" in line and "reconnecting in" in line, line
+            assert process.poll() is None
+            redis.start()
+            deadline = time.monotonic() + 15 * UNIT
+            while True:
+                result = tidings("publish", "sub-late", "42", "--url", node.url)
+                if result.returncode == 0:
+                    break
+                assert time.monotonic() < deadline, result.stderr
+                time.sleep(0.05)
+            message = json.loads(read_line(process.stdout, 15 * UNIT))
+            assert message["data"] == 42
+        finally:
+            code, err = stop(process)
+        assert code == 0, err
+    finally:
+        node.stop()
+        redis.stop()

@@ -283,6 +283,21 @@ async def test_past_the_file_limit_connections_get_503_not_a_reset(
             writer.close()
 
 
+def test_idempotency_window_per_namespace(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text("[server]\nidempotency_window = 60\n"
+                      "[namespaces.orders]\nidempotency_window = 86400\n"
+                      "[namespaces.prices]\nhistory_size = 5\n")
+    settings = Settings.from_file(config)
+    assert Settings().retention("a").idempotency_window == 300.0
+    assert settings.retention("orders:1").idempotency_window == 86400.0
+    assert settings.retention("prices:1").idempotency_window == 60.0
+    assert settings.retention("other").idempotency_window == 60.0
+    config.write_text("[namespaces.orders]\nidempotency_window = 0\n")
+    with pytest.raises(UsageError, match="idempotency_window"):
+        Settings.from_file(config)
+
+
 # config errors say where, all at once (issue 12) ---------------------------------------
 
 

@@ -10,14 +10,18 @@ import contextlib
 import gc
 import logging
 import os
+import secrets
 import signal
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from tidings.backoff import Backoff
+from tidings.core.idempotency import check_idempotency_key
 from tidings.core.names import check_channel
 from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.extras import missing_extra
@@ -28,6 +32,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 API_KEY_HELP = ("the server's API key, sent as Authorization: Bearer "
                 "(default $TIDINGS_API_KEY)")
+#: How often `tidings publish` retries a network error or a 503 (with one idempotency key).
+PUBLISH_RETRIES = 3
 #: Allocations between young garbage collections in ``tidings serve`` (Python's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
 
@@ -79,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"server URL (default $TIDINGS_URL or {DEFAULT_URL})")
     publish.add_argument("--api-key", default=os.environ.get("TIDINGS_API_KEY"),
                          help=API_KEY_HELP)
+    publish.add_argument("--retries", type=int, default=PUBLISH_RETRIES,
+                         help="retries after a network error or a 503, with the same "
+                              f"idempotency key (default {PUBLISH_RETRIES})")
+    publish.add_argument("--idempotency-key",
+                         help="the key the retries share (default: a random one)")
     publish.set_defaults(run=run_publish)
 
     subscribe = commands.add_parser(
@@ -287,31 +298,73 @@ def run_publish(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         raise UsageError(str(exc)) from None
     url = f"{args.url.rstrip('/')}/channels/{quote(channel, safe='')}"
-    headers = {"Content-Type": "application/json"}
+    if args.retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    key = args.idempotency_key or secrets.token_urlsafe(16)
+    try:
+        check_idempotency_key(key)
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
+    # The same key on every attempt: a retry of a publish that was stored
+    # (its answer lost) answers the first id instead of storing it twice.
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key}
     api_key = args.api_key
     if api_key:  # the server's key, when its access control is on (docs/security.md)
         headers["Authorization"] = f"Bearer {api_key}"
-    try:
-        response = httpx.post(url, content=text.encode(), headers=headers, timeout=10)
-    except httpx.HTTPError as exc:
-        print(f"tidings: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if response.status_code != 201:
-        print(f"tidings: {response.status_code}: {response.text}", file=sys.stderr)
-        return 1
-    print(response.text)
-    return 0
+    backoff = Backoff(initial=0.2, maximum=5.0)
+    for attempt in range(args.retries + 1):
+        if attempt:
+            time.sleep(backoff.delay(attempt - 1))
+        try:
+            response = httpx.post(url, content=text.encode(), headers=headers, timeout=10)
+        except httpx.HTTPError as exc:
+            failure = f"cannot reach {args.url}: {exc}"
+            continue
+        if response.status_code == 503:
+            failure = f"{response.status_code}: {response.text}"
+            continue
+        if response.status_code not in (200, 201):
+            print(f"tidings: {response.status_code}: {response.text}", file=sys.stderr)
+            return 1
+        print(response.text)
+        return 0
+    print(f"tidings: {failure} (after {args.retries + 1} attempts)", file=sys.stderr)
+    return 1
 
 
 def run_subscribe(args: argparse.Namespace) -> int:
-    """Messages on stdout (one JSON line each); gaps, reconnects and technique changes on stderr."""
+    """Messages on stdout (one JSON line each); gaps, reconnects and technique changes on stderr.
+
+    Ends with 0 on SIGINT or SIGTERM, handled as ``serve`` does: a shell starts a
+    background job (``tidings subscribe … &``) with SIGINT ignored, so Python's
+    ``KeyboardInterrupt`` would never come.
+    """
     try:
         return asyncio.run(_subscribe(args))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a signal before the loop handles them
         return 0
 
 
 async def _subscribe(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    reading = asyncio.ensure_future(_print_messages(args))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, reading.cancel)
+    try:
+        return await reading
+    except asyncio.CancelledError:
+        if reading.cancelled():  # a signal: a normal way to stop reading
+            return 0
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def _print_messages(args: argparse.Namespace) -> int:
+    """Subscribe and print until the subscription ends (1 if it failed) or is cancelled."""
     from tidings.client import Connected, Disconnected, Gap, StatusEvent, TransportChanged
     from tidings.client import connect as connect_client
     from tidings.errors import ClientError

@@ -20,6 +20,7 @@
     │   ├── TooManyRequests       429  over a rate or per-address limit; may carry Retry-After
     │   ├── HeadersTooLarge       431
     │   ├── UnsupportedMediaType  415  a publish whose body is not declared as JSON
+    │   ├── IdempotencyConflict   422  an idempotency key already used with another body
     │   ├── ServerBusy            503  the server holds max_connections already
     │   ├── ShuttingDown          503  the server began shutting down while the request waited
     │   ├── FrameError            a WebSocket frame broke RFC 6455 (its close code says how)
@@ -195,6 +196,13 @@ class PayloadTooLarge(ProtocolError):
     status = 413
     close_code = CloseCode.TOO_BIG
     code = "payload_too_large"
+
+
+class IdempotencyConflict(ProtocolError):
+    """A publish reused an idempotency key, within its window, with a different body."""
+
+    status = 422
+    code = "idempotency_conflict"
 
 
 class TooManyRequests(ProtocolError):

@@ -164,6 +164,8 @@ class Settings:
     # Retention, per channel; namespaces override it.
     history_size: int = 1000
     history_ttl: float = 3600.0
+    #: Seconds a publish's idempotency key is remembered (core/idempotency.py).
+    idempotency_window: float = 300.0
     namespaces: dict[str, Retention] = field(default_factory=dict)
 
     # Request limits.
@@ -214,13 +216,15 @@ class Settings:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
         check_transports(self.transports)
         check_broker(self.broker)
+        if self.idempotency_window <= 0:
+            raise UsageError("idempotency_window must be positive")
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
         namespace = self.namespaces.get(namespace_of(channel))
         if namespace is not None:
             return namespace
-        return Retention(self.history_size, self.history_ttl)
+        return Retention(self.history_size, self.history_ttl, self.idempotency_window)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes``; ``None`` values are ignored (unset CLI flags)."""
@@ -261,7 +265,7 @@ SECTIONS = ("server", "namespaces", "auth", "bridges")
 AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
              "default_subscribe", "default_publish")
 #: The keys of a ``[namespaces.NAME]`` table.
-NAMESPACE_KEYS = ("history_size", "history_ttl", "subscribe", "publish")
+NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "subscribe", "publish")
 #: The keys of a ``[[bridges]]`` entry.
 BRIDGE_KEYS = ("dsn", "schema", "tables")
 #: The shortest ``jwt_hs256_secret`` accepted, in bytes (HS256 keys shorter than the
@@ -325,7 +329,7 @@ def _value_problem(key: str, value: Any) -> str | None:
     """What is wrong with a ``[server]`` value of the right type, or ``None``."""
     if key == "history_size" and value < 1:
         return f" must be at least 1, not {value!r}"
-    if key == "history_ttl" and value <= 0:
+    if key in ("history_ttl", "idempotency_window") and value <= 0:
         return f" must be positive, not {value!r}"
     try:
         if key == "transports":
@@ -357,8 +361,10 @@ def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
                 ok = False
         size = values.get("history_size", base.history_size)
         ttl = values.get("history_ttl", base.history_ttl)
+        window = values.get("idempotency_window", base.idempotency_window)
         for key, value, default in (("history_size", size, base.history_size),
-                                    ("history_ttl", ttl, base.history_ttl)):
+                                    ("history_ttl", ttl, base.history_ttl),
+                                    ("idempotency_window", window, base.idempotency_window)):
             problem = _type_problem(value, default) or _value_problem(key, value)
             if problem is not None:
                 errors.add(where, key, problem)
@@ -371,7 +377,7 @@ def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
                 errors.add(where, "", str(exc))  # it names the key
                 ok = False
         if ok:
-            namespaces[name] = Retention(int(size), float(ttl))
+            namespaces[name] = Retention(int(size), float(ttl), float(window))
     return namespaces, rules
 
 

@@ -146,3 +146,10 @@ async def test_a_malformed_token_in_an_auth_command_is_an_error_reply(make_serve
         # The connection is still served.
         reply = await command(ws, type="auth", req=99, token=token(subscribe=["chat:a"]))
         assert (reply["type"], reply["sub"]) == ("ack", "alice")
+
+
+def test_a_sub_that_is_not_unicode_is_an_invalid_token() -> None:
+    """A lone surrogate could not be written back in the auth command's ack."""
+    with pytest.raises(Unauthorized) as info:
+        Authenticator(AUTH).verify(signed(payload(sub='"\\ud800"')))
+    assert info.value.code == "invalid_token"

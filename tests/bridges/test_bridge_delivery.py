@@ -10,10 +10,11 @@ from pgkit import Pg, SseReader, long_poll, make_bridge, poll_all, running
 from pgkit import pg_fixture as pg_fixture  # the pg fixture
 from psycopg.types.json import Json
 
-from conftest import UNIT, ServerFactory
+from conftest import UNIT, ServerFactory, until
 from tidings import Server
 from tidings.bridges import BrokerSink, HttpSink
 from tidings.bridges.postgres import install
+from tidings.bridges.sinks import SinkUnavailable
 from tidings.settings import AuthSettings
 
 PRICES = "CREATE TABLE {s}.prices (symbol text PRIMARY KEY, price numeric, note text)"
@@ -138,11 +139,13 @@ class CrashingSink(BrokerSink):
         super().__init__(server.broker, server.settings.max_message_size)
         self.left = survive
 
-    async def publish(self, channel: str, data: bytes) -> None:
-        await super().publish(channel, data)
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> bool:
+        stored = await super().publish(channel, data, idempotency_key=idempotency_key)
         if self.left == 0:
             raise Crash
         self.left -= 1
+        return stored
 
 
 async def test_a_crash_after_publishing_repeats_nothing(pg: Pg, server: Server) -> None:
@@ -237,3 +240,45 @@ async def test_the_bridge_reconnects_when_the_database_drops_it(pg: Pg, server: 
         await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', 1)")  # while it reconnects
         [message] = await long_poll(server.url, "prices:AAPL", 1)
     assert message["data"]["op"] == "insert"
+
+
+class LosingSink(BrokerSink):
+    """Stores every publish, but loses the answer of the first ``lose`` of them."""
+
+    def __init__(self, server: Server, lose: int) -> None:
+        super().__init__(server.broker, server.settings.max_message_size)
+        self.lose = lose
+        self.keys: list[str | None] = []
+        self.read_back_after_a_loss = 0
+
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> bool:
+        self.keys.append(idempotency_key)
+        stored = await super().publish(channel, data, idempotency_key=idempotency_key)
+        if self.lose:
+            self.lose -= 1
+            raise SinkUnavailable("the answer was lost")
+        return stored
+
+    async def last_seq(self, channel: str, source: str) -> int:
+        if len(self.keys) > 0:
+            self.read_back_after_a_loss += 1
+        return await super().last_seq(channel, source)
+
+
+async def test_a_lost_answer_is_retried_with_its_key_not_read_back(
+        pg: Pg, server: Server) -> None:
+    await prices(pg)
+    sink = LosingSink(server, lose=2)
+    bridge = make_bridge(pg, sink=sink)
+    async with running(bridge):
+        await pg.execute("INSERT INTO {s}.prices VALUES ('AAPL', 1)")
+        await pg.execute("UPDATE {s}.prices SET price = 2")
+        messages = await long_poll(server.url, "prices:AAPL", 2)
+        await until(lambda: bridge.published + bridge.recovered == 2)
+    assert [m["data"]["row"]["price"] for m in messages] == [1, 2]
+    assert len(await poll_all(server.url, "prices:AAPL")) == 2  # each once
+    first_key = sink.keys[0]
+    assert first_key is not None and sink.keys[:3] == [first_key] * 3
+    assert sink.read_back_after_a_loss == 0
+    assert (bridge.published, bridge.recovered) == (1, 1)

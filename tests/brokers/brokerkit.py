@@ -70,9 +70,10 @@ class BrokerHarness(abc.ABC):
         self.threads: list[ThreadNode] = []
         self.retention = Retention()
 
-    async def open_broker(self, *, size: int = 1000, ttl: float = 3600.0) -> Broker:
+    async def open_broker(self, *, size: int = 1000, ttl: float = 3600.0,
+                          idempotency_window: float = 300.0) -> Broker:
         """A started broker keeping ``size`` messages for ``ttl`` seconds on every channel."""
-        retention = self.retention = Retention(size, ttl)
+        retention = self.retention = Retention(size, ttl, idempotency_window)
         return await self._started(self._make(lambda channel: retention))
 
     async def second_node(self) -> Broker:

@@ -24,11 +24,11 @@ from brokerkit import (
 )
 
 from conftest import UNIT
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import END, ORIGIN, Position, Start, new_epoch
 from tidings.core.log import Read
 from tidings.core.message import Message
-from tidings.errors import InvalidCursor
+from tidings.errors import IdempotencyConflict, InvalidCursor
 
 CHANNEL = "conformance.news"
 EPOCH_RE = re.compile(r"[a-z0-9]{8}")
@@ -482,3 +482,53 @@ async def test_store_lost_under_subscribers_gives_them_an_epoch_gap_then_message
     later = await publish_many(node_b, 1, first=6)  # and messages keep flowing, both ways
     for recorder in (on_a, on_b):
         assert ids((await recorder.wait_for(6))[5:]) == ids(later)
+
+
+# Idempotent publish ----------------------------------------------------------------------------
+
+
+async def test_a_key_used_again_stores_nothing_and_replays_the_first_message(
+        harness: BrokerHarness) -> None:
+    broker = await harness.open_broker()
+    live = Recorder()
+    await read_ready(broker, CHANNEL, ORIGIN)
+    broker.hub.subscribe(CHANNEL, live)
+    first = await broker.publish(CHANNEL, b'{"n":1}', idempotency_key="k-1")
+    assert not isinstance(first, Replayed)
+    again = await broker.publish(CHANNEL, b'{"n":1}', idempotency_key="k-1")
+    assert isinstance(again, Replayed)
+    assert (again.id, again.time, again.data) == (first.id, first.time, first.data)
+    with pytest.raises(IdempotencyConflict):
+        await broker.publish(CHANNEL, b'{"n":2}', idempotency_key="k-1")
+    other = await broker.publish(CHANNEL, b'{"n":1}', idempotency_key="k-2")
+    elsewhere = await broker.publish("conformance.other", b'{"n":1}', idempotency_key="k-1")
+    assert not isinstance(other, Replayed) and not isinstance(elsewhere, Replayed)
+    assert other.seq == 2
+    read = await read_ready(broker, CHANNEL, ORIGIN)
+    assert ids(read.messages) == [first.id, other.id]
+    assert ids(await live.wait_for(2)) == [first.id, other.id]
+
+
+async def test_a_key_is_forgotten_after_its_window(harness: BrokerHarness) -> None:
+    broker = await harness.open_broker(idempotency_window=0.2 * UNIT)
+    first = await broker.publish(CHANNEL, b'{"n":1}', idempotency_key="k")
+    async with asyncio.timeout(5 * UNIT):
+        while True:
+            await asyncio.sleep(0.1 * UNIT)
+            broker.maintain()
+            again = await broker.publish(CHANNEL, b'{"n":1}', idempotency_key="k")
+            if not isinstance(again, Replayed):
+                break
+    assert again.seq == first.seq + 1
+
+
+async def test_a_key_holds_across_nodes(shared_harness: BrokerHarness) -> None:
+    first_node = await shared_harness.open_broker()
+    second = await shared_harness.second_node()
+    results = await asyncio.gather(
+        *(node.publish(CHANNEL, b'{"n":1}', idempotency_key="shared")
+          for node in (first_node, second, first_node, second)))
+    assert len({message.id for message in results}) == 1
+    assert sum(not isinstance(message, Replayed) for message in results) == 1
+    read = await read_ready(second, CHANNEL, ORIGIN)
+    assert len(read.messages) == 1

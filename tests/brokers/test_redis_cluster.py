@@ -21,10 +21,12 @@ from websockets.asyncio.client import connect
 
 from conftest import UNIT, ServerFactory
 from rediskit import RedisClusterProcesses, RedisError
-from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis import RedisBroker, pubsub
 from tidings.brokers.redis.keys import ChannelKeys
+from tidings.brokers.redis.link import Address, redirection
 from tidings.core.cursor import END, ORIGIN, Position
 from tidings.core.log import Retention
+from tidings.errors import BrokerError
 from tidings.testing import SseStream
 
 BrokerFactory = Callable[..., Awaitable[RedisBroker]]
@@ -224,3 +226,331 @@ async def test_two_servers_on_the_cluster_serve_every_technique(
         health = (await to_reader.get("/healthz")).json()
         assert health["broker"]["cluster"] is True and health["broker"]["status"] == "ok"
         assert health["broker"]["links"] == {"connected": 3, "total": 3}
+
+
+# Resharding: a channel's slot moves to another node while it is read -----------------
+
+
+def other_port(cluster: RedisClusterProcesses, port: int) -> int:
+    return next(node.port for node in cluster.nodes if node.port != port)
+
+
+class Publishing:
+    """Publishers that keep publishing numbered messages, one per channel, until stopped.
+
+    ``publish(channel, n)`` publishes message ``n`` and returns its id, or
+    raises ``BrokerError`` if it was refused.
+    """
+
+    def __init__(self, channels: list[str],
+                 publish: Callable[[str, int], Awaitable[str]]) -> None:
+        self._publish_one = publish
+        self.ids: dict[str, list[str]] = {channel: [] for channel in channels}
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+        self._published = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for channel in self.ids:
+                group.create_task(self._publish(channel))
+
+    async def _publish(self, channel: str) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                id_ = await self._publish_one(channel, n)
+            except BrokerError as exc:  # refused: nothing stored; a client retries
+                self.failures.append(str(exc))
+            else:
+                self.ids[channel].append(id_)
+                self._published.set()
+            n += 1
+            await asyncio.sleep(0)
+
+    async def until(self, count: int, *channels: str) -> None:
+        """Wait until each of ``channels`` (all if none) has ``count`` messages more than now."""
+        targets = {c: len(self.ids[c]) + count for c in channels or self.ids}
+        try:
+            async with asyncio.timeout(10 * UNIT):
+                while any(len(self.ids[c]) < n for c, n in targets.items()):
+                    self._published.clear()
+                    await self._published.wait()
+        except TimeoutError:
+            counts = {channel: len(ids) for channel, ids in self.ids.items()}
+            raise AssertionError(f"not {targets} messages: {counts}; "
+                                 f"failures: {self.failures[-3:]}") from None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def check_once_in_order(ids: list[str]) -> None:
+    """One epoch, sequence numbers 1, 2, 3... with no hole and no repeat."""
+    assert len({i.rsplit("-", 1)[0] for i in ids}) == 1, ids
+    assert [int(i.rsplit("-", 1)[1]) for i in ids] == list(range(1, len(ids) + 1))
+
+
+async def test_a_channel_whose_slot_moves_keeps_delivering_without_a_reconnect(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "moving")
+    moving, stays = list(channels)[:2]
+    source = channels[moving]
+    target = channels[stays]  # the moving channel joins a node the reader has a link to
+    # Another channel on the source's link, in a slot that does not move.
+    neighbour = next(f"neighbour-{n}" for n in range(1000)
+                     if redis_cluster.owner(channel_slot(redis_cluster, f"neighbour-{n}"))
+                     == source and channel_slot(redis_cluster, f"neighbour-{n}")
+                     != channel_slot(redis_cluster, moving))
+    reader = await brokers()
+    publisher = await brokers()
+    statuses: list[tuple[bool, str]] = []
+    reader.on_status = lambda ok, why: statuses.append((ok, why))
+    recorders = {}
+    for channel in (moving, stays, neighbour):
+        await read_ready(reader, channel, END)
+        recorders[channel] = Recorder()
+        reader.hub.subscribe(channel, recorders[channel])
+    assert reader.health()["links"] == {"connected": 2, "total": 2}
+
+    publishing = Publishing([moving, stays, neighbour], through_broker(publisher))
+    task = asyncio.create_task(publishing.run())
+    try:
+        await publishing.until(5)
+        slot = channel_slot(redis_cluster, moving)
+        # While the slot is half moved, publishes to the moving channel may wait
+        # (TRYAGAIN); the other channel's go on.
+        await asyncio.to_thread(redis_cluster.begin_migration, slot, target)
+        await publishing.until(5, stays, neighbour)
+        await asyncio.to_thread(redis_cluster.move_keys, slot, source, target)
+        await publishing.until(5, stays, neighbour)
+        await asyncio.to_thread(redis_cluster.end_migration, slot, source, target)
+        await publishing.until(10)
+    finally:
+        publishing.stop()
+        await task
+
+    assert publishing.failures == []
+    assert stream_length(redis_cluster, moving, target) == len(publishing.ids[moving])
+    for channel, ids in publishing.ids.items():
+        check_once_in_order(ids)
+        messages = await recorders[channel].wait_for(len(ids))
+        assert [m.id for m in messages] == ids, channel
+        assert recorders[channel].gaps == []
+    # No link was lost on the way: the move was followed, not reconnected.
+    assert statuses == []
+    assert reader.health()["links"] == {"connected": 2, "total": 2}
+
+
+class Readers:
+    """One reader of a channel on each technique, collecting the ids (and anything else)."""
+
+    def __init__(self, client: httpx.AsyncClient, ws_url: str, channel: str) -> None:
+        self.client = client
+        self.ws_url = ws_url
+        self.channel = channel
+        self.ids: dict[str, list[str]] = {t: [] for t in ("poll", "longpoll", "sse", "ws")}
+        #: Anything but a message (a gap, a status notice...), by technique.
+        self.other: list[tuple[str, object]] = []
+        self.sse_opened = asyncio.Event()
+        self.ws_opened = asyncio.Event()
+        self._progress = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._poll("poll", ""))
+            group.create_task(self._poll("longpoll", f"&wait={int(5 * UNIT)}"))
+            group.create_task(self._sse())
+            group.create_task(self._ws())
+
+    def _got(self, technique: str, id_: str) -> None:
+        self.ids[technique].append(id_)
+        self._progress.set()
+
+    async def _poll(self, technique: str, wait: str) -> None:
+        since = "0"
+        while True:
+            response = await self.client.get(f"/channels/{self.channel}?since={since}{wait}")
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            if answer.get("gap"):
+                self.other.append((technique, answer["gap"]))
+            for message in answer["messages"]:
+                self._got(technique, message["id"])
+            since = answer["next"]
+            if technique == "poll":
+                await asyncio.sleep(0.05)  # a regular poller's period: it is the technique
+
+    async def _sse(self) -> None:
+        async with self.client.stream("GET", f"/channels/{self.channel}?since=0",
+                                      headers={"Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200
+            stream = SseStream(response.aiter_bytes())
+            await stream.opening()
+            self.sse_opened.set()
+            while True:
+                event = await stream.next_event()
+                if event.event in (None, "message"):
+                    self._got("sse", json.loads(event.data or "")["id"])
+                else:
+                    self.other.append(("sse", (event.event, event.data)))
+
+    async def _ws(self) -> None:
+        async with connect(self.ws_url + f"/channels/{self.channel}?since=0") as ws:
+            async for raw in ws:
+                frame = json.loads(raw)
+                if frame["type"] == "subscribed":
+                    self.ws_opened.set()
+                elif frame["type"] == "message":
+                    self._got("ws", frame["id"])
+                else:
+                    self.other.append(("ws", frame))
+
+    async def until_each_has(self, count: int, within: float = 10 * UNIT) -> None:
+        try:
+            async with asyncio.timeout(within):
+                while min(len(ids) for ids in self.ids.values()) < count:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            counts = {t: len(ids) for t, ids in self.ids.items()}
+            raise AssertionError(f"not {count} messages on each technique: {counts}; "
+                                 f"other events: {self.other[-5:]}") from None
+
+
+def through_broker(broker: RedisBroker) -> Callable[[str, int], Awaitable[str]]:
+    async def publish(channel: str, n: int) -> str:
+        return (await broker.publish(channel, b"%d" % n)).id
+    return publish
+
+
+def through_http(client: httpx.AsyncClient) -> Callable[[str, int], Awaitable[str]]:
+    """Publish with ``POST /channels/{channel}``; anything but a 201 is a refusal."""
+    async def publish(channel: str, n: int) -> str:
+        response = await client.post(f"/channels/{channel}", json={"n": n})
+        if response.status_code != 201:
+            raise BrokerError(f"{response.status_code} {response.text}")
+        id_: str = response.json()["id"]
+        return id_
+    return publish
+
+
+async def test_readers_on_every_technique_read_through_a_live_slot_migration(
+    redis_cluster: RedisClusterProcesses, redis_cluster_url: str, make_server: ServerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "migrating")
+    moving, stays = list(channels)[:2]
+    source, target = channels[moving], channels[stays]
+    publisher = await make_server(broker=redis_cluster_url)
+    reader = await make_server(broker=redis_cluster_url)
+    statuses: list[tuple[bool, str]] = []
+    on_status = reader.broker.on_status
+
+    def record(ok: bool, why: str) -> None:
+        statuses.append((ok, why))
+        if on_status is not None:
+            on_status(ok, why)
+
+    reader.broker.on_status = record
+    timeout = httpx.Timeout(10 * UNIT, read=None)
+    async with httpx.AsyncClient(base_url=publisher.url, timeout=timeout) as to_publisher, \
+            httpx.AsyncClient(base_url=reader.url, timeout=timeout) as to_reader:
+        readers = Readers(to_reader, "ws" + reader.url.removeprefix("http"), moving)
+        publishing = Publishing([moving, stays], through_http(to_publisher))
+        async with asyncio.TaskGroup() as group:
+            reading = group.create_task(readers.run())
+            async with asyncio.timeout(5 * UNIT):
+                await readers.sse_opened.wait()
+                await readers.ws_opened.wait()
+            publishing_task = group.create_task(publishing.run())
+            try:
+                await publishing.until(10)
+                await readers.until_each_has(5)
+                slot = channel_slot(redis_cluster, moving)
+                await asyncio.to_thread(redis_cluster.begin_migration, slot, target)
+                await publishing.until(5, stays)
+                await asyncio.to_thread(redis_cluster.move_keys, slot, source, target)
+                await publishing.until(5, stays)
+                await asyncio.to_thread(redis_cluster.end_migration, slot, source, target)
+                await publishing.until(20)
+            finally:
+                publishing.stop()
+                await publishing_task
+            published = publishing.ids[moving]
+            try:
+                await readers.until_each_has(len(published))
+            finally:
+                reading.cancel()
+
+    assert publishing.failures == []
+    check_once_in_order(published)
+    assert stream_length(redis_cluster, moving, target) == len(published)
+    for technique, ids in readers.ids.items():
+        assert ids == published, technique
+    assert readers.other == []  # no gap, no "broker unavailable" notice
+    assert statuses == []
+    assert reader.broker.health()["links"] == {"connected": 2, "total": 2}
+
+
+async def test_a_node_whose_slot_map_is_stale_follows_the_subscription_redirect(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+) -> None:
+    channels = one_channel_per_node(redis_cluster, "stale")
+    moved, other = list(channels)[:2]
+    reader = await brokers()  # reads the slot map now
+    publisher = await brokers()
+    first = await publisher.publish(moved, b"1")
+    slot = channel_slot(redis_cluster, moved)
+    await asyncio.to_thread(redis_cluster.migrate_slot, slot, channels[other])
+
+    # The reader's map still names the old node: SSUBSCRIBE there gets MOVED.
+    read = await read_ready(reader, moved, ORIGIN)
+    assert [m.id for m in read.messages] == [first.id]
+    recorder = Recorder()
+    reader.hub.subscribe(moved, recorder)
+    second = await publisher.publish(moved, b"2")
+    assert [m.id for m in await recorder.wait_for(1)] == [second.id]
+    assert recorder.gaps == []
+
+
+def test_redirection_names_the_node_that_holds_the_slot() -> None:
+    assert redirection("MOVED 3999 127.0.0.1:6381") == ("127.0.0.1", 6381)
+    assert redirection("ASK 3999 10.0.0.2:7000") == ("10.0.0.2", 7000)
+    assert redirection("MOVED 3999 :6381") == ("", 6381)  # the host of the node asked
+    assert redirection("ERR unknown command") is None
+    assert redirection("MOVED 3999") is None
+    template = Address("a", 1, "user", "secret", True)
+    assert template.elsewhere("b", 2) == Address("b", 2, "user", "secret", True)
+    assert template.elsewhere("", 2) == Address("a", 2, "user", "secret", True)
+
+
+async def test_a_link_that_comes_back_after_a_move_follows_the_channel_to_its_new_node(
+    redis_cluster: RedisClusterProcesses, brokers: BrokerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The link waits 2 UNIT before it reconnects: the slot has moved by then.
+    monkeypatch.setattr(pubsub, "RECONNECT_DELAYS", (2 * UNIT, 2 * UNIT))
+    channels = one_channel_per_node(redis_cluster, "away")
+    moved, other = list(channels)[:2]
+    source, target = channels[moved], channels[other]
+    reader = await brokers()
+    publisher = await brokers()
+    await read_ready(reader, moved, END)
+    recorder = Recorder()
+    reader.hub.subscribe(moved, recorder)
+    first = await publisher.publish(moved, b"1")
+    await recorder.wait_for(1)
+
+    redis_cluster.nodes[redis_cluster.ports.index(source)].command(
+        "CLIENT", "KILL", "TYPE", "pubsub")
+    slot = channel_slot(redis_cluster, moved)
+    await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
+    second = await publisher.publish(moved, b"2")  # while the reader's link is down
+    third = await publisher.publish(moved, b"3")
+    messages = await recorder.wait_for(3, within=10 * UNIT)
+    assert [m.id for m in messages] == [first.id, second.id, third.id]
+    fourth = await publisher.publish(moved, b"4")  # live, from the new node
+    messages = await recorder.wait_for(4)
+    assert [m.id for m in messages] == [first.id, second.id, third.id, fourth.id]
+    assert recorder.gaps == []

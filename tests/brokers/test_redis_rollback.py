@@ -1,8 +1,14 @@
-"""Redis comes back with older data (a snapshot, a lagging replica): no id is given twice.
+"""Older data put back *inside* one Redis process: the second line of defence.
 
-A node that has seen further into a channel's epoch than Redis now holds
-makes the scripts start a new epoch, so that every reader gets an ``epoch``
-gap instead of silently skipping messages whose numbers were reused.
+Here the keys are rewritten in place (as ``RESTORE`` or ``DEBUG RELOAD``
+would), so Redis's ``run_id`` does not change and the run check
+(test_redis_restore.py, where Redis really restarts) cannot see it. A node
+that has seen further into a channel's epoch than Redis now holds makes the
+scripts start a new epoch, so that every reader gets an ``epoch`` gap
+instead of silently skipping messages whose numbers were reused. A node
+that never read the channel can still be given a reused id first, as the
+second test shows: no failure of Redis itself produces this case
+(docs/topics/redis.md).
 """
 
 from __future__ import annotations

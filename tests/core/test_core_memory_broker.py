@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tidings.brokers import memory
-from tidings.brokers.memory import MemoryBroker
+from tidings.brokers.base import Replayed
+from tidings.brokers.memory import STAND_INS, MemoryBroker
 from tidings.core.cursor import END, ORIGIN, Position, parse_position
 from tidings.core.fanout import Hub
 from tidings.core.log import ChannelLog, Retention
@@ -499,3 +500,32 @@ class BrokerMachine(RuleBasedStateMachine):
 TestBrokerMachine = BrokerMachine.TestCase
 TestBrokerMachine.settings = hypothesis.settings(max_examples=150, stateful_step_count=50,
                                                  deadline=None)
+
+
+def test_readers_of_a_channel_without_a_log_share_its_end() -> None:
+    """Idle subscribers of a quiet channel hold one position between them, not one each;
+    the stand-ins that make it so are a bounded cache."""
+    broker = MemoryBroker()
+    first = broker.read("quiet", END, 0).next
+    assert broker.read("quiet", END, 0).next is first
+    for n in range(3 * STAND_INS):
+        broker.read(f"other-{n}", END, 0)
+    assert len(broker._stand_ins) <= STAND_INS
+    message = broker.publish_nowait("quiet", b"1")  # the log starts where the stand-in said
+    assert message.position == Position(first.epoch, 1)
+
+
+def test_keys_outlive_a_forgotten_log_without_keeping_one() -> None:
+    """A window longer than idle_log_seconds: the replay is answered, no log is made for it."""
+    clock = Clock()
+    broker = make(clock, Settings(history_ttl=60, idempotency_window=7200), idle=600)
+    first = broker.publish_nowait("jobs", b"1", idempotency_key="k")
+    clock.advance(60 + 600 + 1)
+    broker.maintain()  # expired, then forgotten: only a tombstone is left
+    assert broker.channels() == 0
+    again = broker.publish_nowait("jobs", b"1", idempotency_key="k")
+    assert isinstance(again, Replayed) and again.id == first.id
+    assert broker.channels() == 0
+    clock.advance(7200)
+    broker.maintain()
+    assert broker.publish_nowait("jobs", b"1", idempotency_key="k").seq == 2

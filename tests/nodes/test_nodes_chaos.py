@@ -1,9 +1,11 @@
 """The chaos soak, short: nothing is lost silently while Redis and the nodes fail.
 
 benchmarks/redis_chaos.py runs a Redis of its own and two ``tidings serve``
-nodes, publishers on random nodes and readers of the four techniques moving
+nodes (and a third that only publishers use, which never reads a channel),
+publishers on random nodes and readers of the four techniques moving
 between nodes, while it kills the nodes' pub/sub links, pauses Redis,
-restarts it empty and replaces a node. Every reader must end with every
+restarts it empty, from an older RDB snapshot, fails over to a replica that
+was behind, and replaces a node. Every reader must end with every
 acknowledged message once, in order, or a gap that explains what it missed.
 Here it runs for about 15 s with a fixed seed and each kind of fault once.
 

@@ -336,3 +336,15 @@ async def test_a_max_connections_above_the_file_limit_is_warned_about(
     await make_server(max_connections=10**9)
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "max_connections is 1000000000" in warning and "ulimit -n" in warning
+
+
+@pytest.mark.parametrize("data", ["1e400", "-1e400", "[1e999]", "9" * 5000])
+async def test_a_websocket_publish_that_overflows_is_an_error_reply(server: Server,
+                                                                    data: str) -> None:
+    """Not a dropped connection: the error is the command's, and the connection goes on."""
+    async with connect(ws_url(server, "/subscribe")) as ws:
+        await ws.send(f'{{"type":"publish","req":1,"channel":"a","data":{data}}}')
+        reply = await recv_json(ws)  # the frame is not JSON that can be kept: no req to echo
+        assert (reply["type"], reply["req"], reply["error"]) == ("error", None, "invalid_json")
+        await ws.send('{"type":"ping","req":2}')
+        assert (await recv_json(ws)) == {"type": "ack", "req": 2}

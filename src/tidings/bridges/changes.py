@@ -16,6 +16,7 @@ what it already published.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,16 @@ class Change:
             value["row"] = self.row
         value.update(seq=self.seq, source=source, commit_ts=self.commit_ts)
         return jsonvalue.encode(value)
+
+    def idempotency_key(self, source: str) -> str:
+        """The key this change is published under: the same for every try, from any bridge.
+
+        A retry whose first try was stored (its answer lost) is then answered
+        with the first id instead of being stored twice, within the server's
+        ``idempotency_window``.
+        """
+        digest = hashlib.blake2b(source.encode(), digest_size=8).hexdigest()
+        return f"bridge-{digest}-{self.seq}"
 
 
 def seq_from(data: bytes, source: str) -> int | None:

@@ -1,8 +1,10 @@
 """Where a bridge publishes: the server's broker in-process, or a server over HTTP.
 
-A sink does two things: publish one message, and tell the highest ``seq`` of
-an outbox that a channel still retains (how a restarted bridge recognises what
-it already published; see docs/bridge.md).
+A sink does two things: publish one message under an idempotency key (so a
+retry of a publish whose answer was lost stores nothing), and tell the
+highest ``seq`` of an outbox that a channel still retains (how a bridge
+restarted after longer than the key's window recognises what it already
+published; see docs/bridge.md).
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import abc
 import httpx
 
 from tidings.bridges.changes import seq_from
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import ORIGIN, Start, parse_position
 from tidings.errors import (
     BrokerError,
     ConnectionFailed,
+    IdempotencyConflict,
     PayloadTooLarge,
     RequestRefused,
     TidingsError,
@@ -45,12 +48,15 @@ class Sink(abc.ABC):
     max_message_size: int | None = None
 
     @abc.abstractmethod
-    async def publish(self, channel: str, data: bytes) -> None:
-        """Publish ``data``; return once it is accepted.
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> bool:
+        """Publish ``data``; return once it is accepted: ``True`` if stored now,
+        ``False`` if the key's first publish had stored it (a replay).
 
         Raises :class:`PayloadTooLarge` if it is too large,
-        :class:`SinkUnavailable` if the outcome is unknown (retry after
-        checking :meth:`last_seq`), :class:`RequestRefused` for other refusals.
+        :class:`SinkUnavailable` if the outcome is unknown (retry with the same
+        key; without one, check :meth:`last_seq` first), :class:`RequestRefused`
+        for other refusals.
         """
 
     @abc.abstractmethod
@@ -68,13 +74,17 @@ class BrokerSink(Sink):
         self.broker = broker
         self.max_message_size = max_message_size
 
-    async def publish(self, channel: str, data: bytes) -> None:
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> bool:
         if self.max_message_size is not None and len(data) > self.max_message_size:
             raise PayloadTooLarge(f"{len(data)} bytes; the limit is {self.max_message_size}")
         try:
-            await self.broker.publish(channel, data)
+            message = await self.broker.publish(channel, data, idempotency_key=idempotency_key)
         except BrokerError as exc:
             raise SinkUnavailable(f"the broker failed: {exc}") from None
+        except IdempotencyConflict as exc:
+            raise RequestRefused(422, exc.code, str(exc)) from None
+        return not isinstance(message, Replayed)
 
     async def last_seq(self, channel: str, source: str) -> int:
         best = 0
@@ -98,19 +108,23 @@ class HttpSink(Sink):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
 
-    async def publish(self, channel: str, data: bytes) -> None:
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> bool:
+        headers = {"Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         try:
             response = await self._http.post(f"{self.url}/channels/{channel}", content=data,
-                                             headers={"Content-Type": "application/json"})
+                                             headers=headers)
         except httpx.HTTPError as exc:
             raise SinkUnavailable(f"cannot publish to {self.url}: "
                                   f"{exc or type(exc).__name__}") from None
         status = response.status_code
-        if status == 201:
-            return
+        if status in (200, 201):
+            return status == 201
         if status == 413:
             raise PayloadTooLarge(f"{len(data)} bytes is over the server's limit")
-        if status == 400:  # this message can never be published
+        if status in (400, 422):  # this message can never be published
             raise refused(response)
         # Anything else may pass later: the server recovers, the operator fixes
         # the API key or the rules. Never drop a change for it.

@@ -11,6 +11,15 @@ from tidings.core.log import Read
 from tidings.core.message import Message
 
 
+class Replayed(Message):
+    """The message a publish answers when its idempotency key was used already.
+
+    Nothing was stored or fanned out; this is the first publish's message.
+    """
+
+    __slots__ = ()
+
+
 class Broker(abc.ABC):
     """Keeps channel logs and tells the local :class:`Hub` about new messages.
 
@@ -29,6 +38,14 @@ class Broker(abc.ABC):
       in use: :meth:`ready` says whether :meth:`read` can answer ``starts``
       now, and otherwise ``await prepare(starts)`` makes it so (or raises
       :class:`~tidings.errors.BrokerError`).
+    * A publish with an ``idempotency_key`` that was used on the channel
+      within its window (``Retention.idempotency_window``) stores nothing: it
+      returns the first message as a :class:`Replayed` if the body is the
+      same, and raises :class:`~tidings.errors.IdempotencyConflict` if not.
+      With a shared store this holds across nodes and restarts of nodes, and
+      it is checked in the same atomic step as the append. A key whose
+      message belongs to an earlier epoch than the log's is forgotten: the
+      publish stores the message anew.
     * If the log of a channel loses messages under live subscribers (a shared
       store emptied or unreachable for too long), :meth:`Hub.skip` tells them.
     """
@@ -42,8 +59,15 @@ class Broker(abc.ABC):
         """Connect to what the broker needs; called once by the server before it listens."""
 
     @abc.abstractmethod
-    async def publish(self, channel: str, data: bytes) -> Message:
-        """Append ``data`` (compact JSON) to ``channel``; fan it out; return it."""
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> Message:
+        """Append ``data`` (compact JSON) to ``channel``; fan it out; return it.
+
+        With an ``idempotency_key`` (checked by the caller with
+        :func:`~tidings.core.idempotency.check_idempotency_key`) already used
+        within the window, return the first message as a :class:`Replayed`
+        instead: the caller answers it as a replay (``200``, not ``201``).
+        """
 
     def ready(self, starts: Mapping[str, Start]) -> bool:
         """Whether :meth:`read` can answer each channel's start without waiting."""

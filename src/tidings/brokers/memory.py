@@ -52,14 +52,18 @@ from array import array
 from collections.abc import Callable
 from itertools import islice
 
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import EPOCH_LENGTH, Start
 from tidings.core.fanout import Hub
+from tidings.core.idempotency import Record, fingerprint
 from tidings.core.log import ChannelLog, Read, Retention
 from tidings.core.message import Message
+from tidings.errors import IdempotencyConflict
 
 #: Forgotten channels whose epoch and position are still remembered.
 MAX_TOMBSTONES = 100_000
+#: Stand-in empty logs of channels without a log kept for reads (a bounded cache).
+STAND_INS = 64
 #: Buckets counting dropped tombstones, which move channels on to new epochs
 #: (8 bytes each, allocated when the first tombstone is dropped).
 LOST_BUCKETS = 1 << 16
@@ -126,6 +130,14 @@ class MemoryBroker(Broker):
         self._tombstones: dict[str, tuple[str, int]] = {}
         self._secret = secrets.token_bytes(16)
         self._lost: array[int] | None = None
+        # Stand-ins of the channels without a log read most recently, so that idle
+        # readers of one such channel share its end; a bounded cache, never more
+        # than STAND_INS entries, dropped whenever a log or tombstone changes.
+        self._stand_ins: dict[str, ChannelLog] = {}
+        # Idempotency keys: (channel, key) -> (record, expiry), and a heap of
+        # (expiry, channel, key) that maintain() pops.
+        self._keys: dict[tuple[str, str], tuple[Record, int]] = {}
+        self._key_expiries: list[tuple[int, str, str]] = []
 
     def log(self, channel: str) -> ChannelLog:
         """The log of ``channel``, created empty if needed (for tests and tools).
@@ -140,17 +152,28 @@ class MemoryBroker(Broker):
             self._forget_after(channel, log, log.touched + self._idle_ms + 1)
         return log
 
-    async def publish(self, channel: str, data: bytes) -> Message:
-        return self.publish_nowait(channel, data)
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> Message:
+        return self.publish_nowait(channel, data, idempotency_key=idempotency_key)
 
-    def publish_nowait(self, channel: str, data: bytes) -> Message:
+    def publish_nowait(self, channel: str, data: bytes, *,
+                       idempotency_key: str | None = None) -> Message:
         """Like :meth:`publish`, for callers without an event loop."""
         now = self._clock()
         log = self._logs.get(channel)
+        if idempotency_key is not None:
+            replayed = self._replay(channel, log, idempotency_key, data, now)
+            if replayed is not None:
+                return replayed  # before creating a log: a replay keeps nothing new
         if log is None:
             log = self._create(channel, now)
         was_empty = not len(log)
         message = log.append(data, now)
+        if idempotency_key is not None:
+            key_due = now + int(log.retention.idempotency_window * 1000)
+            self._keys[channel, idempotency_key] = (
+                Record(message.position, now, fingerprint(data)), key_due)
+            heapq.heappush(self._key_expiries, (key_due, channel, idempotency_key))
         log.touched = now
         if was_empty:
             expires = log.expires_at()
@@ -160,6 +183,30 @@ class MemoryBroker(Broker):
                 self._forget_after(channel, log, now + self._idle_ms + 1)
         self.hub.publish(message)
         return message
+
+    def _replay(self, channel: str, log: ChannelLog | None, key: str, data: bytes,
+                now: int) -> Replayed | None:
+        """The first message under ``key`` if it is still remembered, else ``None``.
+
+        A record of another epoch than the one the channel's log is (or would
+        be) in is ignored: its message went with that log.
+        """
+        held = self._keys.get((channel, key))
+        if held is None:
+            return None
+        record, expires = held
+        if log is not None:
+            epoch = log.epoch
+        else:
+            tombstone = self._tombstones.get(channel)
+            epoch = tombstone[0] if tombstone is not None else self._first_epoch(channel)
+        if expires <= now or record.position.epoch != epoch:
+            return None
+        if record.fingerprint != fingerprint(data):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used on {channel!r} for another body "
+                f"(message {record.position})")
+        return Replayed(channel, record.position, data, record.time)
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
         log = self._logs.get(channel)
@@ -203,8 +250,15 @@ class MemoryBroker(Broker):
                 del logs[channel]
                 if log.end.seq:
                     self._tombstones[channel] = (log.epoch, log.end.seq)
+                    self._stand_ins.pop(channel, None)
         if len(self._tombstones) > MAX_TOMBSTONES:
             self._drop_tombstones()
+        keys, key_expiries = self._keys, self._key_expiries
+        while key_expiries and key_expiries[0][0] <= now:
+            due, channel, key = heapq.heappop(key_expiries)
+            held = keys.get((channel, key))
+            if held is not None and held[1] == due:
+                del keys[channel, key]
 
     def health(self) -> dict[str, object]:
         return {"kind": "memory", "status": "ok", "channels": len(self._logs)}
@@ -217,6 +271,7 @@ class MemoryBroker(Broker):
 
     def _create(self, channel: str, now: int) -> _HeldLog:
         """Hold a new empty log for ``channel``; the caller must then schedule it."""
+        self._stand_ins.pop(channel, None)
         tombstone = self._tombstones.pop(channel, None)
         epoch, last_seq = tombstone or (self._first_epoch(channel), 0)
         log = self._logs[channel] = _HeldLog(channel, self._retention(channel), epoch, last_seq,
@@ -238,12 +293,19 @@ class MemoryBroker(Broker):
     # channels without a log ---------------------------------------------------
 
     def _stand_in(self, channel: str) -> ChannelLog:
-        """A throwaway empty log where the next log of ``channel`` would start."""
+        """An empty log where the next log of ``channel`` would start (not held)."""
         tombstone = self._tombstones.pop(channel, None)
-        if tombstone is None:
-            return ChannelLog(channel, _READ_ONLY, self._first_epoch(channel))
-        self._tombstones[channel] = tombstone  # read: the last to be dropped now
-        return ChannelLog(channel, _READ_ONLY, *tombstone)
+        if tombstone is not None:
+            self._tombstones[channel] = tombstone  # read: the last to be dropped now
+        stand_ins = self._stand_ins
+        log = stand_ins.pop(channel, None)
+        if log is None:
+            log = (ChannelLog(channel, _READ_ONLY, self._first_epoch(channel))
+                   if tombstone is None else ChannelLog(channel, _READ_ONLY, *tombstone))
+            if len(stand_ins) >= STAND_INS:
+                del stand_ins[next(iter(stand_ins))]
+        stand_ins[channel] = log  # the most recently read last
+        return log
 
     def _first_epoch(self, channel: str) -> str:
         """The epoch of the next log of ``channel``, if it has no tombstone."""
@@ -256,6 +318,7 @@ class MemoryBroker(Broker):
         if self._lost is None:
             self._lost = array("Q", bytes(8 * LOST_BUCKETS))
         lost, tombstones = self._lost, self._tombstones
+        self._stand_ins.clear()  # some channels' next epoch moves on
         # One pass over the dict's head: next(iter()) per tombstone would scan
         # the slots of the ones just deleted again each time.
         for channel in list(islice(tombstones, len(tombstones) - MAX_TOMBSTONES)):

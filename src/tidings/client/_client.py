@@ -24,9 +24,15 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from tidings.backoff import Backoff
 from tidings.client import longpoll, poll, sse, websocket
-from tidings.client._common import checked_channel, encode_data, published_id
+from tidings.client._common import checked_channel, encode_data, publish_headers, published_id
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
-from tidings.client._session import Dropped, Session, TechniqueFailed, Unreachable
+from tidings.client._session import (
+    Dropped,
+    Session,
+    TechniqueFailed,
+    Unavailable,
+    Unreachable,
+)
 from tidings.client._token import BearerAuth, TokenGetter, TokenSource
 from tidings.client.events import (
     Connected,
@@ -199,37 +205,37 @@ class Client:
 
     # publishing --------------------------------------------------------------
 
-    async def publish(self, channel: str, data: Any) -> str:
-        """Publish ``data`` (any JSON value) on ``channel``; return the new message id.
+    async def publish(self, channel: str, data: Any, *,
+                      idempotency_key: str | None = None) -> str:
+        """Publish ``data`` (any JSON value) on ``channel``; return the message id.
 
         Goes over the WebSocket when the client reads with one, else HTTP
         ``POST``. Raises :class:`ConnectionFailed` at once if the server cannot
         be reached (no retry: a publish that broke may have been accepted) and
         :class:`RequestRefused` with the server's explanation if it refuses.
+        With an ``idempotency_key``, a retry with the same key is safe: the
+        server stores the message once and answers the first id.
         """
         self._check_open()
         checked_channel(channel)
         body = encode_data(data)
+        headers = publish_headers(idempotency_key)
         link = self._link
         if self.transport == "websocket" or (link is not None and link.is_open):
-            return await self._publish_ws(channel, data)
+            return await self._publish_ws(channel, data, headers.get("Idempotency-Key"))
         try:
             response = await self._http.post(
-                self._url(f"/channels/{channel}"), content=body,
-                headers={"Content-Type": "application/json"},
-            )
+                self._url(f"/channels/{channel}"), content=body, headers=headers)
             if response.status_code == 401 and self._tokens.refreshable and (
                     refused(response).code == "token_expired"):
                 self._tokens.invalidate()  # once, with a fresh token
                 response = await self._http.post(
-                    self._url(f"/channels/{channel}"), content=body,
-                    headers={"Content-Type": "application/json"},
-                )
+                    self._url(f"/channels/{channel}"), content=body, headers=headers)
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot publish to {self._base}: {_explain(exc)}") from None
         return published_id(response)
 
-    async def _publish_ws(self, channel: str, data: Any) -> str:
+    async def _publish_ws(self, channel: str, data: Any, key: str | None) -> str:
         try:
             link = await self._shared_link()
         except InvalidStatus as exc:
@@ -239,7 +245,10 @@ class Client:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ConnectionFailed(f"cannot open a WebSocket to {self._ws_base}: "
                                    f"{_explain(exc)}") from None
-        ack = await link.request({"type": "publish", "channel": channel, "data": data})
+        command = {"type": "publish", "channel": channel, "data": data}
+        if key is not None:
+            command["idempotency_key"] = key
+        ack = await link.request(command)
         message_id = ack.get("id")
         if not isinstance(message_id, str):
             raise ConnectionFailed(f"the server acknowledged without an id: {ack}")
@@ -397,7 +406,7 @@ class Subscription:
                     index += 1
                     continue
                 index = 0
-            except (Unreachable, Dropped, BrokenStream) as exc:
+            except (Unreachable, Unavailable, Dropped, BrokenStream) as exc:
                 self._reason = str(exc)
             else:  # an upgrade is due
                 self._reason = f"trying {order[0]} again after {client.upgrade_after:g}s"

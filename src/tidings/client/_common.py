@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 
+from tidings.core.idempotency import check_idempotency_key
 from tidings.core.names import check_channel
-from tidings.errors import TidingsError, UsageError
+from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.server_api import refused
 
 
@@ -35,8 +36,12 @@ def encode_data(data: Any) -> bytes:
 
 
 def published_id(response: httpx.Response) -> str:
-    """The new message id from a publish answer; :class:`RequestRefused` if refused."""
-    if response.status_code == 201:
+    """The message id from a publish answer; :class:`RequestRefused` if refused.
+
+    A ``200`` is a replay: a publish with the same idempotency key stored the
+    message already, under this id.
+    """
+    if response.status_code in (200, 201):
         try:
             value = response.json()["id"]
         except (ValueError, KeyError, TypeError):
@@ -44,3 +49,17 @@ def published_id(response: httpx.Response) -> str:
         if isinstance(value, str):
             return value
     raise refused(response)
+
+
+def publish_headers(idempotency_key: str | None) -> dict[str, str]:
+    """The headers of a publish ``POST``; checks the key (:class:`UsageError` if invalid)."""
+    if idempotency_key is None:
+        return _JSON_HEADERS
+    try:
+        key = check_idempotency_key(idempotency_key)
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
+    return {**_JSON_HEADERS, "Idempotency-Key": key}
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}

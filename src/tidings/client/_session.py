@@ -10,6 +10,7 @@ it is time to try a better technique.
 
 Failures are raised as the exceptions of this module, which decide what the
 reconnect loop does next: :class:`Unreachable` (back off, same technique),
+:class:`Unavailable` (the server said "not now": back off, same technique),
 :class:`TechniqueFailed` (``auto`` tries the next technique at once),
 :class:`Dropped` (back off, resume). :class:`tidings.RequestRefused` for a
 4xx the server explained ends the subscription: every technique would get it.
@@ -17,6 +18,7 @@ reconnect loop does next: :class:`Unreachable` (back off, same technique),
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +26,55 @@ import httpx
 
 from tidings.client._cursors import BrokenStream, CursorBook
 from tidings.client.events import Gap, Message
-from tidings.errors import MissedMessages
+from tidings.errors import CloseCode, MissedMessages, RequestRefused
 from tidings.server_api import refusal_of_status
 
 if TYPE_CHECKING:
     from tidings.client._client import Client
 
 
+#: The ``error`` codes of refusals that say "not now" (docs/protocol.md): the same
+#: read, on the same technique, works later. Answered as HTTP 503 (429 for
+#: ``too_many_connections`` from one address) or as an ``error`` reply to ``subscribe``.
+RETRYABLE_REFUSALS = frozenset({"broker_unavailable", "shutdown", "too_many_connections"})
+
+#: WebSocket close codes that say "not now": going away (a node shutting down), try again later.
+RETRYABLE_CLOSE_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.TRY_AGAIN_LATER})
+
+
 class Unreachable(Exception):
     """The server could not be reached at all (refused, DNS, connect timeout)."""
+
+
+class Unavailable(Exception):
+    """The server refused for now (its broker is away, it shuts down, it is full).
+
+    Every technique would get the same answer: the reconnect loop backs off
+    (the delay grows while it lasts) and tries the same technique again.
+    """
+
+
+def unavailable(status: int | None, body: bytes | bytearray) -> Unavailable | None:
+    """The :class:`Unavailable` for an HTTP answer (503, 429) whose JSON ``error`` is retryable.
+
+    ``None`` for anything else: an unexplained 503 (a proxy) stays a technique failure.
+    """
+    if status not in (429, 503):
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("error") not in RETRYABLE_REFUSALS:
+        return None
+    return Unavailable(f"{status} {value['error']}: {value.get('message', '')}")
+
+
+def unavailable_reply(refusal: RequestRefused) -> Unavailable | None:
+    """The :class:`Unavailable` for a WebSocket ``error`` reply with a retryable code."""
+    if refusal.code in RETRYABLE_REFUSALS:
+        return Unavailable(str(refusal))
+    return None
 
 
 class TechniqueFailed(Exception):
@@ -82,9 +124,13 @@ class Session:
         return Dropped(reason) if self.is_established else TechniqueFailed(reason)
 
     def check(self, response: httpx.Response) -> None:
-        """Raise the right exception if ``response`` is not a ``200``."""
+        """Raise the right exception if ``response`` is not a ``200``: :class:`Unavailable`,
+        :class:`tidings.RequestRefused` or a technique failure."""
         if response.status_code == 200:
             return
+        busy = unavailable(response.status_code, response.content)
+        if busy is not None:
+            raise busy
         refused = refusal_of_status(response.status_code, response.content)
         if refused is not None:
             raise refused

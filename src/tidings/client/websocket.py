@@ -35,7 +35,14 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from tidings.client._session import Session, TechniqueFailed
+from tidings.client._session import (
+    RETRYABLE_CLOSE_CODES,
+    Session,
+    TechniqueFailed,
+    Unavailable,
+    unavailable,
+    unavailable_reply,
+)
 from tidings.client._token import bearer, refresh_delay, token_expiry
 from tidings.client.events import BrokerStatus
 from tidings.errors import ConnectionFailed, RequestRefused
@@ -84,6 +91,8 @@ class Link:
         self.private = private
         self.routes: dict[str, Route] = {}
         self.closed_reason: str | None = None
+        #: The close code the server sent, once closed (``None``: none came, or still open).
+        self.close_code: int | None = None
         self._client = client
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reqs = itertools.count(1)
@@ -207,6 +216,7 @@ class Link:
             reason = f"invalid frame from the server: {exc}"
             await self.ws.close(1002, "invalid frame")
         finally:
+            self.close_code = self.ws.close_code
             self.closed_reason = reason
             self._stop_refreshing()
             for reply in self._pending.values():
@@ -236,6 +246,9 @@ async def read(session: Session) -> None:
         link = await client._acquire_link(channels)
     except InvalidStatus as exc:
         response = exc.response
+        busy = unavailable(response.status_code, response.body or b"")
+        if busy is not None:
+            raise busy from None
         refused = refusal_of_status(response.status_code, response.body or b"")
         if refused is not None:
             raise refused from None
@@ -254,7 +267,13 @@ async def read(session: Session) -> None:
                     command["since"] = since
                 ack = await link.request(command)
                 session.learn(channel, ack.get("next"))
+        except RequestRefused as exc:
+            # "Not now" (the broker is away, the node shuts down): retried after a backoff,
+            # from the book's cursor; anything else ends the subscription.
+            raise unavailable_reply(exc) or exc from None
         except ConnectionFailed as exc:
+            if not session.is_established and link.close_code in RETRYABLE_CLOSE_CODES:
+                raise Unavailable(str(exc)) from None
             raise session.failure(str(exc)) from None
         await session.established()
         while True:

@@ -12,10 +12,15 @@ from tidings.errors import InvalidCursor
 
 @dataclass(frozen=True, slots=True)
 class Retention:
-    """How much history a channel keeps: at most ``size`` messages, ``ttl`` seconds."""
+    """How much history a channel keeps: at most ``size`` messages, ``ttl`` seconds.
+
+    ``idempotency_window`` is how long, in seconds, a publish's idempotency key
+    is remembered (core/idempotency.py).
+    """
 
     size: int = 1000
     ttl: float = 3600.0
+    idempotency_window: float = 300.0
 
 
 @dataclass(frozen=True, slots=True)

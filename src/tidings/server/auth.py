@@ -229,8 +229,19 @@ def _claims(payload: dict[str, Any]) -> Claims:
                                code="invalid_token")
         grants.append(tuple(patterns))
     sub = payload.get("sub")
+    if isinstance(sub, str) and not _is_unicode(sub):
+        # A lone surrogate ("\ud800" in the JSON) cannot be written back (the auth ack).
+        raise Unauthorized("the sub claim is not valid Unicode", code="invalid_token")
     return Claims(sub if isinstance(sub, str) else None, _expiry(payload.get("exp")),
                   grants[0], grants[1])
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _expiry(exp: object) -> float:

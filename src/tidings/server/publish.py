@@ -1,10 +1,19 @@
-"""Publishing over HTTP: ``POST /channels/{channel}`` with a JSON body."""
+"""Publishing over HTTP: ``POST /channels/{channel}`` with a JSON body.
+
+With an ``Idempotency-Key`` header (core/idempotency.py), a publish whose
+key was used on the channel within its window stores nothing and answers the
+first message: ``200`` with ``"replayed": true`` in the body and an
+``Idempotent-Replayed: true`` header, or ``422 idempotency_conflict`` if the
+body differs.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
+from tidings.brokers.base import Replayed
+from tidings.core.idempotency import check_idempotency_key
 from tidings.errors import BrokerError, ProtocolError, UnsupportedMediaType
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
@@ -25,10 +34,13 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
     without one, the client address's bucket is used.
     """
     check_json_type(request.header("content-type"))
+    key = request.header("idempotency-key")
+    if key is not None:
+        key = check_idempotency_key(key)
     server.admission.check_publish_rate(conn.transport, rate_key)
     data = jsonvalue.compact(request.body)
     conn.park()
-    server.spawn(_publish(server, conn, channel, data, cors, request.keep_alive))
+    server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive))
 
 
 def check_json_type(content_type: str | None) -> None:
@@ -51,9 +63,9 @@ def check_json_type(content_type: str | None) -> None:
 
 
 async def _publish(server: Server, conn: HttpConnection, channel: str, data: bytes,
-                   cors: Headers, keep_alive: bool) -> None:
+                   key: str | None, cors: Headers, keep_alive: bool) -> None:
     try:
-        message = await server.broker.publish(channel, data)
+        message = await server.broker.publish(channel, data, idempotency_key=key)
     except (ProtocolError, BrokerError) as exc:
         conn.answer_json(exc.status, exc.to_json(), cors, keep_alive)
         return
@@ -61,6 +73,15 @@ async def _publish(server: Server, conn: HttpConnection, channel: str, data: byt
         logger.exception("publishing to %s failed", channel)
         conn.abort()
         return
+    body: dict[str, object] = {"channel": message.channel, "id": message.id,
+                               "time": message.time}
+    if isinstance(message, Replayed):
+        body["replayed"] = True
+        conn.answer_json(200, body, (*cors, REPLAYED_HEADER), keep_alive)
+        return
     server.stats["published"] += 1
-    body = {"channel": message.channel, "id": message.id, "time": message.time}
     conn.answer_json(201, body, cors, keep_alive)
+
+
+#: The header of a ``200`` that answers a publish whose idempotency key was used already.
+REPLAYED_HEADER = ("Idempotent-Replayed", "true")

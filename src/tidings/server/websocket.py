@@ -16,6 +16,7 @@ from websockets.datastructures import Headers as WsHeaders
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
+from tidings.brokers.base import Replayed
 from tidings.core.cursor import Start, parse_since
 from tidings.errors import (
     IDLE_TIMEOUT,
@@ -233,7 +234,8 @@ class WebSocketSession(Stream):
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
         try:
-            message = await self._server.broker.publish(command.channel, command.data)
+            message = await self._server.broker.publish(
+                command.channel, command.data, idempotency_key=command.idempotency_key)
         except (ProtocolError, BrokerError) as exc:
             reply = commands.error_frame(command.req, _as_protocol_error(exc))
         except Exception:
@@ -241,8 +243,12 @@ class WebSocketSession(Stream):
             reply = commands.error_frame(command.req, ProtocolError(
                 "the server failed to publish this message", code=INTERNAL_ERROR.code))
         else:
-            self._server.stats["published"] += 1
-            reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
+            if isinstance(message, Replayed):
+                reply = commands.ack_frame(command.req, channel=message.channel, id=message.id,
+                                           replayed=True)
+            else:
+                self._server.stats["published"] += 1
+                reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
         finally:
             self.pending -= 1
         if not self.closed:

@@ -99,11 +99,12 @@ class Reader:
     """
 
     __slots__ = (
+        "_at",
         "_behind",
         "_encoder",
         "_key",
-        "_last",
         "_log",
+        "_one",
         "_output",
         "_owner",
         "_positions",
@@ -122,14 +123,35 @@ class Reader:
         self._output = output or _NO_OUTPUT
         self._owner = owner
         self.multi = multi
-        # Channel -> the position the client has been told of, in subscription order;
-        # a reader that is not ``multi`` keeps its last live message in ``_last``
-        # instead (a slot write costs the hot path less than a dict store).
-        self._positions: dict[str, Position] = {}
-        self._last: Message | None = None
+        # Where the client stands in each channel (what it has been told of), in the
+        # order the channels were opened. Most readers read one channel: that one is
+        # kept in two slots (``_one`` at ``_at``), and a dict only for several, so an
+        # idle connection holds no dict and a live delivery stores into a slot.
+        self._one: str | None = None
+        self._at: Position | None = None
+        self._positions: dict[str, Position] | None = None
         #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
         #: ``None`` rather than empty, to keep an idle connection small.
         self._behind: dict[str, None] | None = None
+
+    # positions -----------------------------------------------------------------
+
+    def _table(self) -> dict[str, Position]:
+        """The positions as a dict (a new one for a reader of one channel)."""
+        if self._positions is not None:
+            return self._positions
+        if self._one is None or self._at is None:
+            return {}
+        return {self._one: self._at}
+
+    def _keep(self, table: dict[str, Position]) -> None:
+        """Make ``table`` the positions, in slots if it holds one channel."""
+        if len(table) == 1:
+            ((self._one, self._at),) = table.items()
+            self._positions = None
+        else:
+            self._one = self._at = None
+            self._positions = table or None
 
     # opening -----------------------------------------------------------------
 
@@ -143,13 +165,15 @@ class Reader:
         a cursor ahead of its log.
         """
         batch = read_batch(self._log, starts, limit)
-        positions = self._positions
+        table = self._table()
         if limit:
-            positions.update(batch.positions)
+            table.update(batch.positions)
+            self._keep(table)
             return batch
-        positions.update(batch.begins)
+        table.update(batch.begins)
         for gap in batch.gaps:
-            positions[gap.channel] = gap.start  # not told of the gap yet: claim no more
+            table[gap.channel] = gap.start  # not told of the gap yet: claim no more
+        self._keep(table)
         if self._behind is None:
             self._behind = {}
         self._behind.update(dict.fromkeys(starts))
@@ -157,45 +181,37 @@ class Reader:
 
     def close(self, channel: str) -> None:
         """Stop reading ``channel``; the caller must unsubscribe it from the hub too."""
-        self._settle()
-        self._positions.pop(channel, None)
+        table = self._table()
+        table.pop(channel, None)
+        self._keep(table)
         if self._behind is not None:
             self._behind.pop(channel, None)
 
     @property
     def channels(self) -> list[str]:
         """The channels read, in the order they were opened."""
-        return list(self._positions)
+        return list(self._table())
 
     def reads(self, channel: str) -> bool:
-        return channel in self._positions
+        positions = self._positions
+        return channel == self._one or (positions is not None and channel in positions)
 
     def position(self, channel: str) -> Position:
         """The position of ``channel`` the client has been told of."""
-        self._settle()
-        return self._positions[channel]
+        return self._table()[channel]
 
     # what the client may claim -----------------------------------------------
 
     def cursor(self) -> str:
         """Where the client stands: a message id (one channel) or a multi-channel cursor."""
         if self.multi:
-            return format_multi(self._positions)
-        self._settle()
-        (position,) = self._positions.values()
+            return format_multi(self._table())
+        (position,) = self._table().values()
         return str(position)
-
-    def _settle(self) -> None:
-        """Fold the last live message of a reader that is not ``multi`` into its positions."""
-        last = self._last
-        if last is not None:
-            self._last = None
-            if last.channel in self._positions:
-                self._positions[last.channel] = last.position
 
     def _after_gap(self, gap: Gap) -> str:
         """The cursor a gap's event claims: the whole cursor, or the gap's own end."""
-        return format_multi(self._positions) if self.multi else str(gap.resume)
+        return format_multi(self._table()) if self.multi else str(gap.resume)
 
     @property
     def behind(self) -> bool:
@@ -213,24 +229,23 @@ class Reader:
         behind = self._behind
         if behind is not None and channel in behind:
             return  # the next pull reads it from the log
+        if self._one is not None:  # one channel, in slots
+            self._at = message.position
+        else:
+            self._table()[channel] = message.position
         if self.multi:
-            positions = self._positions
-            positions[channel] = message.position
-            self._output.write(self._encoder.message(message, format_multi(positions)))
+            self._output.write(self._encoder.message(message, format_multi(self._table())))
         else:  # the shared bytes, encoded by the first reader that needed them
-            last = self._last
-            if last is not None and last.channel != channel:
-                self._settle()
-            self._last = message
             self._output.write(message.encoded.get(self._key) or self._single(message))
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
         channel = gap.channel
-        if (self._behind and channel in self._behind) or channel not in self._positions:
+        if (self._behind and channel in self._behind) or not self.reads(channel):
             return  # the next pull finds the gap in the log itself
-        self._settle()
-        self._positions[channel] = gap.resume
+        table = self._table()
+        table[channel] = gap.resume
+        self._keep(table)
         self._output.write(self._encoder.gap(gap, self._after_gap(gap)))
 
     def pull(self, budget: int) -> None:
@@ -240,9 +255,10 @@ class Reader:
         calls again when the socket has taken what was written, while
         :attr:`behind`.
         """
-        encoder, positions, behind = self._encoder, self._positions, self._behind
+        encoder, behind, multi = self._encoder, self._behind, self.multi
         if behind is None:
             return
+        positions = self._table()
         out: list[bytes] = []
         size = 0
         done = False
@@ -251,19 +267,19 @@ class Reader:
                                PULL_PAGE)
             for gap in batch.gaps:
                 positions[gap.channel] = gap.resume
-                data = encoder.gap(gap, self._after_gap(gap))
+                data = encoder.gap(gap, format_multi(positions) if multi else str(gap.resume))
                 out.append(data)
                 size += len(data)
             for message in batch.messages:
                 if size >= budget:
                     break  # the rest is read again next time, from the positions written
                 positions[message.channel] = message.position
-                data = encoder.message(
-                    message, format_multi(positions) if self.multi else None)
+                data = encoder.message(message, format_multi(positions) if multi else None)
                 out.append(data)
                 size += len(data)
             else:
                 done = not batch.more
+        self._keep(positions)
         if out:
             self._output.write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
@@ -277,9 +293,10 @@ class Reader:
 
     def page(self, limit: int) -> Batch:
         """The next ``limit`` messages of a poll that follows on, counted as told."""
-        self._settle()
-        batch = read_batch(self._log, self._positions, limit)
-        self._positions.update(batch.positions)
+        table = self._table()
+        batch = read_batch(self._log, table, limit)
+        table.update(batch.positions)
+        self._keep(table)
         return batch
 
 

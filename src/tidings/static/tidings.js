@@ -65,8 +65,13 @@ export function refreshDelay(remaining) {
 }
 
 const STATES = ["connecting", "open", "fallback", "reconnecting", "closed"];
+// Refusals that say "not now" (docs/protocol.md): the message store is away, the node shuts
+// down, it is full. Every technique would get the same: back off and try the same one again.
+const RETRYABLE_REFUSALS = new Set(["broker_unavailable", "shutdown", "too_many_connections"]);
 const CHANNEL_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 const ID_RE = /^([a-z0-9]{8})-(0|[1-9][0-9]{0,17})$/;
+// An idempotency key: the server's MAX_IDEMPOTENCY_KEY_LENGTH and IDEMPOTENCY_KEY_CHARSET.
+const IDEMPOTENCY_KEY = /^[A-Za-z0-9\-_.:~+\/=]{1,128}$/;
 
 /** An error answered by the server (`status` is null over a WebSocket) or a client misuse. */
 export class TidingsError extends Error {
@@ -218,15 +223,22 @@ class Client {
     return subscription;
   }
 
-  /** Publish `data` (any JSON value); resolves with the message id once it is in the log. */
-  async publish(channel, data) {
+  /**
+   * Publish `data` (any JSON value); resolves with the message id once it is in the log.
+   * With `{idempotencyKey}` (1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =), a retry with the same
+   * key is safe: the server stores the message once and answers the first id (a replay).
+   */
+  async publish(channel, data, { idempotencyKey } = {}) {
     checkChannel(channel);
     if (this._closed) throw new TidingsError("the client is closed");
     const body = JSON.stringify(data);
     if (body === undefined) throw new TidingsError("data must be a JSON value");
+    if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+      throw new TidingsError("idempotencyKey must be 1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =");
+    }
     const reader = this._reader;
     if (reader && reader.technique === "websocket" && reader.isOpen()) {
-      return reader.publish(channel, JSON.parse(body));
+      return reader.publish(channel, JSON.parse(body), idempotencyKey);
     }
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.options.requestTimeout);
@@ -236,6 +248,7 @@ class Client {
       const token = await this._token();
       const headers = { "Content-Type": "application/json" };
       if (token !== null) headers.Authorization = `Bearer ${token}`;
+      if (idempotencyKey !== undefined) headers["Idempotency-Key"] = idempotencyKey;
       this.stats.requests += 1;
       response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}`, {
         method: "POST", body, headers,
@@ -247,7 +260,9 @@ class Client {
     } finally {
       clearTimeout(timer);
     }
-    if (response.status !== 201 || !answer || typeof answer.id !== "string") {
+    // 200: a replay of an earlier publish with the same idempotency key.
+    if ((response.status !== 201 && response.status !== 200) || !answer
+        || typeof answer.id !== "string") {
       throw refusal(response.status, answer);
     }
     return answer.id;
@@ -641,6 +656,10 @@ class Reader {
       throw new Outcome("failed", `transport_disabled: the server turned ${this.technique} off`,
                         "transport_disabled");
     }
+    if (health && RETRYABLE_REFUSALS.has(health.error)) {
+      // The server refuses every request for now (it holds its limit of connections).
+      throw new Outcome("retry", `${what}: ${health.error}: ${health.message}`, health.error);
+    }
     if (health) throw new Outcome("failed", `${what}, though the server answers`);
     throw new Outcome("retry", what);
   }
@@ -652,7 +671,9 @@ class Reader {
       this.client._tokenExpired();
       throw new Outcome("retry", error.message); // again with a fresh token, from the cursor
     }
-    if (status >= 500 || status === 408 || status === 429) throw new Outcome("retry", error.message);
+    if (status >= 500 || status === 408 || status === 429) {
+      throw new Outcome("retry", error.message, error.code);
+    }
     throw new Outcome("failed", error.message, error.code);
   }
 
@@ -886,6 +907,10 @@ class WebSocketReader extends Reader {
     this.nextReq = 1;
     this.pinger = null;
     this.refreshTimer = null;
+    this.opened = false; // the socket opened and subscribed to every channel then
+    this.unacknowledged = new Set(); // channels subscribed at the opening, not acked yet
+    this.abandon = null; // (outcome) => end this reader with outcome, once read() runs
+    this.openTimer = null; // the attempt's deadline: open and acknowledged within it
   }
 
   isOpen() {
@@ -893,7 +918,8 @@ class WebSocketReader extends Reader {
   }
 
   channelsChanged(added, removed) {
-    if (!this.isOpen()) return; // the opening subscribes to every current channel
+    // Before the opening, it subscribes to every current channel.
+    if (!this.opened || this.socket.readyState !== WebSocket.OPEN) return;
     for (const name of removed) this.command({ type: "unsubscribe", channel: name });
     for (const name of added) this.subscribeChannel(name);
   }
@@ -910,8 +936,10 @@ class WebSocketReader extends Reader {
     this.pending.clear();
   }
 
-  publish(channel, data) {
-    return this.command({ type: "publish", channel, data }).then((ack) => ack.id);
+  publish(channel, data, idempotencyKey) {
+    const command = { type: "publish", channel, data };
+    if (idempotencyKey !== undefined) command.idempotency_key = idempotencyKey;
+    return this.command(command).then((ack) => ack.id);
   }
 
   /**
@@ -949,15 +977,38 @@ class WebSocketReader extends Reader {
     }, delay * 1000);
   }
 
+  /**
+   * Subscribe to `name` from its cursor. The technique works once every channel of the
+   * opening is acknowledged; a refusal that says "not now" ends the reader, to reconnect
+   * after a backoff and resume every channel from its cursor.
+   */
   subscribeChannel(name) {
     const command = { type: "subscribe", channel: name };
     const since = this.client._sinceOf(name);
     if (since !== null) command.since = since;
     this.command(command).then(
-      (ack) => this.client._learn(name, ack.next),
+      (ack) => {
+        this.client._learn(name, ack.next);
+        this.acknowledged(name);
+      },
       (error) => {
-        if (error.code !== "connection_failed") this.client._report(error);
+        if (RETRYABLE_REFUSALS.has(error.code) && this.abandon !== null) {
+          this.abandon(new Outcome("retry", `subscribe ${name}: ${error.message}`, error.code));
+        } else if (error.code !== "connection_failed") {
+          this.client._report(error);
+          this.acknowledged(name); // answered: the others may still make it work
+        }
       });
+  }
+
+  markWorking() {
+    clearTimeout(this.openTimer);
+    super.markWorking();
+  }
+
+  acknowledged(name) {
+    this.unacknowledged.delete(name);
+    if (this.opened && this.unacknowledged.size === 0) this.markWorking();
   }
 
   command(fields) {
@@ -1000,6 +1051,9 @@ class WebSocketReader extends Reader {
           // A browser hides why a handshake failed: an expired token looks like any refusal.
           this.client._tokenExpired();
           this.networkFailure("the WebSocket did not open").then(resolve, reject);
+        } else if (!this.working && event.reason === "timeout") {
+          reject(new Outcome("failed", "no answer to subscribe within " +
+                             `${this.options.attemptTimeout} ms`));
         } else {
           if (event.code === 4001) this.client._tokenExpired(); // reconnect with a new one
           const reason = event.reason ? `: ${event.reason}` : "";
@@ -1010,13 +1064,21 @@ class WebSocketReader extends Reader {
       const giveUp = (event) => { socket.close(1000); finish(event); };
       const timer = setTimeout(() => giveUp({ code: 1006, reason: "timeout" }),
                                this.options.attemptTimeout);
+      this.openTimer = timer;
       this.controller.signal.addEventListener("abort", () => giveUp({ code: 1000 }));
+      this.abandon = (outcome) => {
+        if (failure || settled) return;
+        failure = outcome;
+        giveUp({ code: 1000 });
+      };
       socket.onopen = () => {
-        clearTimeout(timer);
         opened = true;
         this.client.stats.bytesReceived += 160; // about the size of the 101 answer
-        this.markWorking();
-        for (const name of this.client._channels.keys()) this.subscribeChannel(name);
+        // The attempt timer runs on until every channel is acknowledged (markWorking).
+        this.unacknowledged = new Set(this.client._channels.keys());
+        this.opened = true;
+        for (const name of this.unacknowledged) this.subscribeChannel(name);
+        if (this.unacknowledged.size === 0) this.markWorking();
         this.pinger = setInterval(() => this.command({ type: "ping" }).catch(() => {}),
                                   this.options.pingInterval);
         if (token !== null && typeof this.options.token === "function") {

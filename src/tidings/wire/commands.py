@@ -5,7 +5,8 @@ Client → server, one JSON object per text frame, each with a request id
 
     {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17"}
     {"type": "unsubscribe", "req": 2, "channel": "prices"}
-    {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2}}
+    {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2},
+     "idempotency_key": "9f1c2e"}   (the key is optional)
     {"type": "ping",        "req": 4}
     {"type": "auth",        "req": 5, "token": "<JWT>"}
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tidings.core.idempotency import check_idempotency_key
 from tidings.core.log import Gap
 from tidings.core.message import Message
 from tidings.core.names import check_channel
@@ -48,6 +50,7 @@ class Publish:
     req: Req
     channel: str
     data: bytes  # compact JSON
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,13 @@ def parse(text: str) -> Command:
             return Unsubscribe(req, channel)
         if "data" not in value:
             raise BadRequest("publish needs 'data'", code="invalid_command")
-        return Publish(req, channel, jsonvalue.encode(value["data"]))
+        key = value.get("idempotency_key")
+        if key is not None:
+            if not isinstance(key, str):
+                raise BadRequest("'idempotency_key' must be a string",
+                                 code="invalid_idempotency_key")
+            key = check_idempotency_key(key)
+        return Publish(req, channel, jsonvalue.encode(value["data"]), key)
     except ProtocolError as exc:
         raise CommandError(req, exc) from None
 

@@ -11,13 +11,19 @@ goes through the same steps:
    done only once its publish was accepted;
 3. with the outbox empty, wait for a ``NOTIFY`` (or ``poll_interval``).
 
-**Exactly once.** A crash (or a lost connection) after a publish was
-accepted but before its row was deleted leaves the row to be read again. So
-the first batch after every (re)connect, and any publish whose outcome is
-unknown, is checked against the channel's retained messages first: each
-message carries ``seq`` and ``source``, the bridge publishes a channel's
-changes in ``seq`` order, so every change at or below the highest ``seq``
-the channel retains from this outbox was already published and is skipped.
+**Exactly once.** Each change is published under an idempotency key made of
+its outbox and ``seq`` (:meth:`Change.idempotency_key`), so a publish whose
+outcome is unknown (a timeout, a ``503``, a lost connection) is simply tried
+again with the same key: the server stores it once and answers a replay if
+the first try was stored. A key is remembered for the server's
+``idempotency_window`` only, so what may lie further back is still read
+back from the channel: the first batch after every (re)connect (a crash
+after a publish was accepted but before its row was deleted leaves the row
+to be read again, maybe hours later), and a retry whose first try is older
+than :data:`KEYED_RETRY_SECONDS`. Each message carries ``seq`` and
+``source``, the bridge publishes a channel's changes in ``seq`` order, so
+every change at or below the highest ``seq`` the channel retains from this
+outbox was already published and is skipped.
 
 Losing the database is not an error: the bridge says so in the log and in
 :meth:`health`, and retries with backoff. A configuration error (a table
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import psycopg
@@ -60,6 +67,10 @@ POLL_INTERVAL = 5.0
 APPLICATION_NAME = "tidings bridge"
 #: Seconds to wait for the database to answer a connection attempt.
 CONNECT_TIMEOUT = 10
+#: How long after its first try a publish is retried on its idempotency key alone; past
+#: that (the server's idempotency_window, 300 s by default, may have forgotten the key),
+#: the channel is read back first.
+KEYED_RETRY_SECONDS = 60.0
 
 
 class PostgresBridge:
@@ -263,22 +274,26 @@ class PostgresBridge:
         limit = self.sink.max_message_size
         if limit is not None and len(data) > limit:
             data = change.data(self.source, omit_row=True)
+        key = change.idempotency_key(self.source)
+        first_try = time.monotonic()
         attempt = 0
         while True:
             try:
                 try:
-                    await self.sink.publish(channel, data)
+                    stored = await self.sink.publish(channel, data, idempotency_key=key)
                 except PayloadTooLarge:
                     data = change.data(self.source, omit_row=True)
-                    await self.sink.publish(channel, data)
+                    stored = await self.sink.publish(channel, data, idempotency_key=key)
             except SinkUnavailable as exc:
                 self._set("publish_failing", str(exc))
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 logger.warning("bridge %s: %s; retrying in %.1f s", self.where, exc, delay)
                 await asyncio.sleep(delay)
-                # The failed publish may have been accepted: look before publishing again.
-                if await self._last_seq(channel) >= change.seq:
+                # The failed publish may have been accepted. Within the key's
+                # window the retry's key tells; past it, look first.
+                if (time.monotonic() - first_try > KEYED_RETRY_SECONDS
+                        and await self._last_seq(channel) >= change.seq):
                     self.recovered += 1
                     break
                 continue
@@ -287,7 +302,10 @@ class PostgresBridge:
                 logger.error("bridge %s: change %d refused on %s: %s", self.where,
                              change.seq, channel, exc)
                 break
-            self.published += 1
+            if stored:
+                self.published += 1
+            else:
+                self.recovered += 1
             break
         if self.state != "running":
             self._set("running")

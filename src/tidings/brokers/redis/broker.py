@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tidings.brokers.base import Broker
+from tidings.brokers.base import Broker, Replayed
 from tidings.brokers.redis import pubsub, scripts
 from tidings.brokers.redis.commands import Commands, open_commands
 from tidings.brokers.redis.keys import (
@@ -40,6 +40,7 @@ from tidings.brokers.redis.keys import (
     channel_of,
     decode_entry,
     decode_notice,
+    idempotency_record,
     notice_position,
     stored_message,
 )
@@ -48,9 +49,10 @@ from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
 from tidings.core.cursor import Position, Start, new_epoch
 from tidings.core.fanout import Hub
+from tidings.core.idempotency import fingerprint
 from tidings.core.log import Read, Retention
 from tidings.core.message import Message
-from tidings.errors import BrokerError, UsageError
+from tidings.errors import BrokerError, IdempotencyConflict, UsageError
 
 logger = logging.getLogger("tidings.redis")
 
@@ -59,7 +61,9 @@ UNUSED_META_TTL_MS = 24 * 3600 * 1000
 #: Seconds between syncs of followed channels that nothing was published to yet,
 #: which keep their metadata from expiring in Redis while nodes still read them.
 UNUSED_META_REFRESH_SECONDS = UNUSED_META_TTL_MS / 1000 / 4
-#: Syncs run at once after a reconnection.
+# What scripts.PUBLISH did with an idempotency key it had seen (0: stored the message).
+REPLAYED, CONFLICT = 1, 2
+#: Syncs run at once after a reconnection or after slots moved (for all links together).
 SYNC_CONCURRENCY = 32
 
 
@@ -90,6 +94,7 @@ class RedisBroker(Broker):
         self._sync_locks: dict[str, asyncio.Lock] = {}
         self._sync_wanted: set[str] = set()
         self._pubsub = PubSub(self._db, timeout, self._on_message, self._failure, self._back)
+        self._back_syncs = asyncio.Semaphore(SYNC_CONCURRENCY)
         self._probing = False
         self._meta_refreshed = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -140,19 +145,23 @@ class RedisBroker(Broker):
 
     # publishing --------------------------------------------------------------
 
-    async def publish(self, channel: str, data: bytes) -> Message:
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> Message:
         keys = ChannelKeys.of(channel, self._db)
         retention = self._retention(channel)
         commands = self._require_commands()
         replica = self._replicas.get(channel)
         known = replica.log.end if replica is not None and replica.log is not None else None
+        key = idempotency_key or ""
         try:
             async with asyncio.timeout(self._timeout):
-                epoch, seq, now = await commands.run(
-                    scripts.PUBLISH, [keys.log, keys.meta, keys.notify],
+                epoch, seq, now, outcome = await commands.run(
+                    scripts.PUBLISH,
+                    [keys.log, keys.meta, keys.notify, idempotency_record(channel, key)],
                     [new_epoch(), UNUSED_META_TTL_MS, known.epoch if known else "",
                      known.seq if known else 0, data, retention.size,
-                     int(retention.ttl * 1000)])
+                     int(retention.ttl * 1000), key, fingerprint(data) if key else "",
+                     int(retention.idempotency_window * 1000)])
         except TimeoutError:
             self._failure("timeout")
             raise BrokerError(f"Redis at {self._where()} did not answer within "
@@ -163,7 +172,14 @@ class RedisBroker(Broker):
             raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); "
                               "the message was not published") from None
         self._succeeded()
-        message = stored_message(channel, Position(epoch.decode(), int(seq)), data, now)
+        position = Position(epoch.decode(), int(seq))
+        if outcome == REPLAYED:
+            return Replayed(channel, position, data, int(now))
+        if outcome == CONFLICT:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used on {channel!r} for another body "
+                f"(message {position})")
+        message = stored_message(channel, position, data, now)
         replica = self._replicas.get(channel)
         if replica is not None:
             changes = replica.offer(message)
@@ -309,9 +325,13 @@ class RedisBroker(Broker):
         self._apply(replica, replica.offer(message))
 
     async def _back(self, channels: list[str]) -> None:
-        """A pub/sub link is back and follows ``channels`` again: sync each of them."""
+        """``channels`` are followed again (a link is back, or their slot moved): sync them.
+
+        Every link's syncs share one limit, so a slot of many channels moving
+        does not start all their syncs at once.
+        """
         self._succeeded()
-        limit = asyncio.Semaphore(SYNC_CONCURRENCY)
+        limit = self._back_syncs
 
         async def one(channel: str) -> None:
             replica = self._replicas.get(channel)

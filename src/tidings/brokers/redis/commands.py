@@ -7,7 +7,10 @@ were sent, each to its waiter. It speaks RESP itself and parses with hiredis,
 which costs a small fraction of a general-purpose client's time per command
 (docs/benchmarks.md). On a Redis Cluster, :class:`ClusterNodes` hands the
 scripts to redis-py's cluster client, which routes each to the node owning
-its keys' slot and follows ``MOVED``/``ASK``.
+its keys' slot and follows ``MOVED`` (updating its slot map) and ``ASK``.
+While a slot is being moved, a script whose keys are split between the two
+nodes is answered ``TRYAGAIN``; :class:`ClusterNodes` tries again with
+backoff until it runs or the caller's timeout ends it.
 
 Both raise :class:`~tidings.errors.BrokerError` when Redis cannot be reached
 or refuses a command; callers bound each call with their own timeout.
@@ -27,6 +30,10 @@ import hiredis
 from tidings.brokers.redis.keys import ChannelKeys
 from tidings.brokers.redis.link import Address, command
 from tidings.errors import BrokerError
+
+#: Delays (seconds) between attempts of a script the cluster answers
+#: ``TRYAGAIN`` (a slot half moved): doubling from the first to the last.
+TRYAGAIN_DELAYS = (0.005, 0.1)
 
 
 @dataclass(frozen=True)
@@ -213,10 +220,22 @@ class ClusterNodes:
         return cls(client, address)
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script``; while its slot is half moved, try again until it runs.
+
+        The caller must bound the call with a timeout: during a long
+        migration this waits for the move to end.
+        """
         runner = self._scripts.get(script)
         if runner is None:
             runner = self._scripts[script] = self._client.register_script(script.text)
-        return await self._call(runner(keys=keys, args=args))
+        delay = TRYAGAIN_DELAYS[0]
+        while True:
+            try:
+                return await self._call(runner(keys=keys, args=args))
+            except _Unsettled:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TRYAGAIN_DELAYS[1])
 
     async def ping(self) -> None:
         await self._call(self._client.ping())
@@ -233,9 +252,22 @@ class ClusterNodes:
         await self._client.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
-        from redis.exceptions import RedisError
+        from redis.exceptions import ClusterError, RedisError, TryAgainError
 
         try:
             return await awaitable
+        except TryAgainError as exc:
+            raise _Unsettled(f"Redis Cluster: {exc}") from None
+        except ClusterError as exc:
+            if "TTL exhausted" in str(exc):  # redis-py's own tries ran out on TRYAGAIN
+                raise _Unsettled(f"Redis Cluster: slot moving ({exc})") from None
+            raise BrokerError(f"Redis Cluster: {exc}") from None
         except (RedisError, OSError) as exc:
             raise BrokerError(f"Redis Cluster: {exc or type(exc).__name__}") from None
+
+
+class _Unsettled(BrokerError):
+    """A script's slot is in the middle of a move (``TRYAGAIN``): try it again shortly.
+
+    :meth:`ClusterNodes.run` catches it; anywhere else it is a broker failure.
+    """

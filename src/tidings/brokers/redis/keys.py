@@ -9,7 +9,11 @@ one Lua script can touch them all. Channel names never contain braces
 ``tidings:{C}:log``      stream: one entry per retained message, id ``SEQ-0``,
                          fields ``t`` (Unix ms) and ``d`` (the JSON data)
 ``tidings:{C}:meta``     hash: ``epoch``, ``seq`` (last sequence number),
-                         ``t`` (time of the last message)
+                         ``t`` (time of the last message), ``run`` (the
+                         ``run_id`` of the Redis that started the epoch)
+``tidings:{C}:once:K``  string: the idempotency record of key ``K``
+                         (``EPOCH SEQ TIME FINGERPRINT``), expiring after
+                         the channel's idempotency window
 ``tidings:{C}:DB``       sharded pub/sub channel (``SPUBLISH``) carrying each
                          new message to the nodes that follow ``C``; pub/sub
                          ignores databases, so the database number is in it
@@ -35,6 +39,11 @@ class ChannelKeys:
     def of(cls, channel: str, db: int = 0) -> ChannelKeys:
         tag = f"tidings:{{{channel}}}"
         return cls(f"{tag}:log", f"{tag}:meta", f"{tag}:{db}")
+
+
+def idempotency_record(channel: str, key: str) -> str:
+    """The Redis key holding ``key``'s record on ``channel`` (with the channel's hash tag)."""
+    return f"tidings:{{{channel}}}:once:{key}"
 
 
 def channel_of(notify: str) -> str:

@@ -10,6 +10,12 @@ link followed.
 Replies to commands come back in the order the commands were sent, with
 pushed messages in between; :attr:`_expected` pairs each reply with its
 command.
+
+In a Redis Cluster a link follows resharding one channel at a time, without
+closing: ``SSUBSCRIBE`` of a name whose slot is elsewhere is answered with
+the node that holds it (``MOVED``/``ASK``, :meth:`Link.subscribe` returns its
+address), and when a slot leaves the node Redis pushes a ``sunsubscribe``
+nobody asked for, which the link hands to ``on_moved``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,29 @@ class Address:
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def elsewhere(self, host: str, port: int) -> Address:
+        """Another node of the same cluster, reached with the same credentials and TLS.
+
+        An empty ``host`` (Redis's "the host you are talking to") is this one's.
+        """
+        return Address(host or self.host, port, self.username, self.password, self.tls)
+
+
+def redirection(error: str) -> tuple[str, int] | None:
+    """The node a ``MOVED``/``ASK`` error names (``MOVED 3999 127.0.0.1:6381``), if it is one.
+
+    The host is empty when Redis leaves it out (``MOVED 3999 :6381``): it is
+    then the host of the node that answered.
+    """
+    kind, _, rest = error.partition(" ")
+    if kind not in ("MOVED", "ASK"):
+        return None
+    _slot, _, where = rest.partition(" ")
+    host, _, port = where.rpartition(":")
+    if not port.isdigit():
+        return None
+    return host, int(port)
+
 
 def command(*args: bytes | str | int) -> bytes:
     """One command in RESP."""
@@ -70,17 +99,30 @@ def command(*args: bytes | str | int) -> bytes:
     return b"".join(parts)
 
 
+#: What :meth:`Link.subscribe` resolves to: ``None`` once Redis confirmed the
+#: subscription, or the address of the node that holds the name's slot.
+Subscribed = Address | None
+
+
 class Link(asyncio.Protocol):
-    """A subscriber connection; ``on_message(name, payload)`` gets every pushed message."""
+    """A subscriber connection; ``on_message(name, payload)`` gets every pushed message.
+
+    ``on_moved(link, name)`` is called when Redis drops the subscription of
+    ``name`` because its slot moved to another node (the link stays up); the
+    caller must subscribe to it where the slot is now, then sync what was
+    published meanwhile. ``on_lost(link)`` is called when the connection breaks.
+    """
 
     def __init__(self, address: Address, on_message: Callable[[str, bytes], None],
-                 on_lost: Callable[[Link], None]) -> None:
+                 on_lost: Callable[[Link], None],
+                 on_moved: Callable[[Link, str], None]) -> None:
         self.address = address
         self._on_message = on_message
         self._on_lost = on_lost
+        self._on_moved = on_moved
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader()
-        self._expected: collections.deque[tuple[str, asyncio.Future[None] | None]] = (
+        self._expected: collections.deque[tuple[str, asyncio.Future[Subscribed] | None]] = (
             collections.deque())
         #: Pub/sub names subscribed on the current connection (confirmed or on the way).
         self.names: set[str] = set()
@@ -127,27 +169,43 @@ class Link(asyncio.Protocol):
             elif (isinstance(reply, list) and reply and reply[0] == b"sunsubscribe"
                   and reply[1].decode() in self.names
                   and not self._answers_unsubscribe(reply[1].decode())):
-                # Unasked: the slot moved to another node (Redis Cluster). Start
-                # over; the broker reconnects and subscribes where the slot is now.
-                self.close()
-                return
+                # Unasked: the slot moved to another node (Redis Cluster). Only
+                # this name is affected; the others go on on this connection.
+                name = reply[1].decode()
+                self.names.discard(name)
+                self._on_moved(self, name)
             elif self._expected:
-                _kind, future = self._expected.popleft()
-                if future is None or future.done():
-                    continue
+                kind, future = self._expected.popleft()
                 if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(BrokerError(f"Redis {self.address} refused: {reply}"))
-                else:
+                    self._refused(kind, future, str(reply))
+                elif future is not None and not future.done():
                     future.set_result(None)
 
-    def subscribe(self, name: str) -> asyncio.Future[None]:
-        """Follow ``name``; the future is done once Redis confirmed it."""
-        future = asyncio.get_running_loop().create_future()
+    def _refused(self, kind: str, future: asyncio.Future[Subscribed] | None,
+                 error: str) -> None:
+        if kind.startswith("subscribe "):
+            self.names.discard(kind.removeprefix("subscribe "))
+        if future is None or future.done():
+            return
+        where = redirection(error) if kind.startswith("subscribe ") else None
+        if where is not None:
+            future.set_result(self.address.elsewhere(*where))
+        else:
+            future.set_exception(BrokerError(f"Redis {self.address} refused: {error}"))
+
+    def subscribe(self, name: str) -> asyncio.Future[Subscribed]:
+        """Follow ``name``; the future is done once Redis answered.
+
+        It resolves to ``None`` once Redis confirmed the subscription, or to
+        the address of another node if ``name``'s slot is there (Redis Cluster):
+        the caller must subscribe on that node instead.
+        """
+        future: asyncio.Future[Subscribed] = asyncio.get_running_loop().create_future()
         if self._transport is None:
             future.set_exception(BrokerError(f"not connected to Redis {self.address}"))
             return future
         self.names.add(name)
-        self._send(command("SSUBSCRIBE", name), "subscribe", future)
+        self._send(command("SSUBSCRIBE", name), f"subscribe {name}", future)
         return future
 
     def unsubscribe(self, name: str) -> None:
@@ -172,12 +230,12 @@ class Link(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _send(self, data: bytes, kind: str, future: asyncio.Future[None] | None) -> None:
+    def _send(self, data: bytes, kind: str, future: asyncio.Future[Subscribed] | None) -> None:
         assert self._transport is not None
         self._expected.append((kind, future))
         self._transport.write(data)
 
     async def _call(self, data: bytes) -> None:
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Subscribed] = asyncio.get_running_loop().create_future()
         self._send(data, "call", future)
         await future

@@ -5,6 +5,13 @@ breaks it reconnects it (with backoff), follows its channels again, and only
 then hands them to ``on_back``, so that the broker syncs each one: anything
 published while the link was down is in the stream, and a sync that starts
 after the subscription is confirmed misses nothing (docs/topics/redis.md).
+
+In a Redis Cluster it also follows resharding, one channel at a time and
+without closing any link: a subscription answered with ``MOVED``/``ASK`` is
+made again on the node named (:data:`MAX_REDIRECTIONS` times at most in a
+row), and a channel whose slot leaves its node (an unasked ``sunsubscribe``)
+is followed on the new owner and then handed to ``on_back``, so that a sync
+fills what was published during the move.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from tidings.brokers.redis.keys import ChannelKeys
+from tidings.brokers.redis.keys import ChannelKeys, channel_of
 from tidings.brokers.redis.link import Address, Link
 from tidings.errors import BrokerError
 
@@ -25,6 +32,9 @@ LINK_PING_SECONDS = 5.0
 LINK_SILENCE_SECONDS = 15.0
 #: Reconnection delays (seconds): doubling from the first to the last.
 RECONNECT_DELAYS = (0.05, 2.0)
+#: Redirections (``MOVED``/``ASK``) one subscription follows in a row before it
+#: backs off: two nodes that each name the other are in the middle of a move.
+MAX_REDIRECTIONS = 5
 
 
 class PubSub:
@@ -54,22 +64,39 @@ class PubSub:
         self._reconnecting: set[Link] = set()
         #: Links being opened for the first time, for reads that need them meanwhile.
         self._opening: dict[Address, asyncio.Future[None]] = {}
+        #: Channels whose slot moved, being followed again on their new node.
+        self._moving: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     async def follow(self, channel: str, address: Address) -> None:
-        """Subscribe to ``channel`` on the node at ``address``; return once Redis confirmed."""
-        link = await self._link(address)
-        self._owners[channel] = link
-        try:
-            async with asyncio.timeout(self._timeout):
-                await link.subscribe(self._name(channel))
-        except TimeoutError:
-            self._on_failure(f"no confirmation of a subscription from {address}")
-            raise BrokerError(f"Redis at {address} did not confirm a subscription within "
-                              f"{self._timeout} s") from None
+        """Subscribe to ``channel`` on the node at ``address``; return once Redis confirmed.
+
+        If that node says the channel's slot is elsewhere (Redis Cluster), the
+        subscription is made there instead. Raises ``BrokerError`` if no node
+        confirms it in time; the caller may try again.
+        """
+        for _ in range(MAX_REDIRECTIONS):
+            link = await self._link(address)
+            self._owners[channel] = link
+            try:
+                async with asyncio.timeout(self._timeout):
+                    elsewhere = await link.subscribe(self._name(channel))
+            except TimeoutError:
+                self._on_failure(f"no confirmation of a subscription from {address}")
+                raise BrokerError(f"Redis at {address} did not confirm a subscription within "
+                                  f"{self._timeout} s") from None
+            if elsewhere is None:
+                return
+            logger.info("%s is on Redis at %s, not %s", channel, elsewhere, address)
+            address = elsewhere
+        raise BrokerError(f"the Redis Cluster sent the subscription of {channel!r} "
+                          f"elsewhere {MAX_REDIRECTIONS} times; its slot is moving")
 
     def unfollow(self, channel: str) -> None:
+        moving = self._moving.pop(channel, None)
+        if moving is not None:
+            moving.cancel()
         link = self._owners.pop(channel, None)
         if link is not None:
             link.unsubscribe(self._name(channel))
@@ -120,7 +147,8 @@ class PubSub:
             await asyncio.shield(opening)  # another read is opening it: share its outcome
         link = self._links.get(address)
         if link is None:
-            link = self._links[address] = Link(address, self._on_message, self._lost)
+            link = self._links[address] = Link(address, self._on_message, self._lost,
+                                               self._moved)
             opening = self._opening[address] = asyncio.get_running_loop().create_future()
             opening.add_done_callback(_seen)
             try:
@@ -154,6 +182,51 @@ class PubSub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # resharding ---------------------------------------------------------------
+
+    def _moved(self, link: Link, name: str) -> None:
+        """Redis dropped ``name`` from ``link``: its slot moved (Redis Cluster)."""
+        try:
+            channel = channel_of(name)
+        except ValueError:
+            return
+        if self._closed or self._owners.get(channel) is not link or channel in self._moving:
+            return  # no longer followed there
+        logger.info("the slot of %s left Redis at %s; following it", channel, link.address)
+        self._start_move(channel, link.address)
+
+    def _start_move(self, channel: str, address: Address) -> None:
+        """Follow ``channel`` again, starting at ``address``, then have it synced."""
+        del self._owners[channel]  # not followed anywhere until the move is done
+        task = asyncio.get_running_loop().create_task(self._move(channel, address))
+        self._moving[channel] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _move(self, channel: str, address: Address) -> None:
+        # The old node names the new owner (MOVED) when it is asked again: no
+        # slot map to refresh, and no link is closed.
+        delay = RECONNECT_DELAYS[0]
+        try:
+            while not self._closed:
+                try:
+                    await self.follow(channel, address)
+                except BrokerError as exc:
+                    self._owners.pop(channel, None)
+                    logger.warning("following %s after its slot moved: %s", channel, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_DELAYS[1])
+                    continue
+                break
+            else:
+                return
+        finally:
+            if self._moving.get(channel) is asyncio.current_task():
+                del self._moving[channel]
+        await self._on_back([channel])
+
+    # reconnection ------------------------------------------------------------
+
     async def _reconnect(self, link: Link) -> None:
         try:
             channels = await self._follow_again(link)
@@ -172,14 +245,21 @@ class PubSub:
                 await link.connect(self._timeout)
                 channels = [c for c, owner in self._owners.items() if owner is link]
                 async with asyncio.timeout(self._timeout):
-                    await asyncio.gather(*(link.subscribe(self._name(c)) for c in channels))
+                    answers = await asyncio.gather(
+                        *(link.subscribe(self._name(c)) for c in channels))
             except (OSError, TimeoutError, BrokerError) as exc:
                 self._on_failure(f"reconnecting to {link.address}: {exc or type(exc).__name__}")
                 link.close()
                 continue
             logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
                         link.address, len(channels))
-            return channels
+            here = []
+            for channel, elsewhere in zip(channels, answers, strict=True):
+                if elsewhere is None:
+                    here.append(channel)
+                elif self._owners.get(channel) is link:
+                    self._start_move(channel, elsewhere)  # its slot moved while we were away
+            return here
         return None
 
 
