@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from rediskit import RedisClusterProcesses, RedisProcess, redis_missing
 from tidings import Server, Settings, testing
+from tidings.brokers.memory import MemoryBroker
+from tidings.core.cursor import Start
 from tidings.testing import UNIT
 
 ServerFactory = Callable[..., Awaitable[Server]]
@@ -124,3 +126,19 @@ def redis_cluster_url(redis_cluster: RedisClusterProcesses) -> str:
     """The session's cluster with every master emptied; the URL of its first node."""
     redis_cluster.flushall()
     return redis_cluster.startup_url
+
+
+class HeldBroker(MemoryBroker):
+    """A memory broker whose reads wait in ``prepare`` until :attr:`gate` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    def ready(self, starts: Mapping[str, Start]) -> bool:
+        return self.gate.is_set()
+
+    async def prepare(self, starts: Mapping[str, Start]) -> None:
+        self.waiting += 1
+        await self.gate.wait()

@@ -9,7 +9,7 @@ tries the same technique again, reads once it can, and reports no error.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,11 +17,9 @@ import pytest
 from browserkit import PAGES, browser, page, serving
 from test_browser_client import open_client, publish, wait_for, wait_for_ids
 
-from conftest import UNIT, until
+from conftest import UNIT, HeldBroker, until
 from rediskit import RedisProcess, redis_missing
 from tidings import Server, Settings
-from tidings.brokers.memory import MemoryBroker
-from tidings.core.cursor import Start
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 __all__ = ["browser", "page"]  # fixtures
@@ -72,22 +70,6 @@ async def test_a_read_refused_while_redis_is_away_is_retried_until_it_comes(
         after = await publish(served, "p", 2)
         await wait_for_ids(page, "p", [first, *after])
         assert await page.evaluate("window.log.errors") == []
-
-
-class HeldBroker(MemoryBroker):
-    """A memory broker whose reads wait in ``prepare`` until :attr:`gate` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.waiting = 0
-
-    def ready(self, starts: Mapping[str, Start]) -> bool:
-        return self.gate.is_set()
-
-    async def prepare(self, starts: Mapping[str, Start]) -> None:
-        self.waiting += 1
-        await self.gate.wait()
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)

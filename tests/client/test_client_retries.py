@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,13 +21,11 @@ from clientkit import TECHNIQUES, UNIT, StatusLog, fast_client, ids, take
 from websockets.asyncio.server import ServerConnection, serve
 
 import tidings
-from conftest import ServerFactory, until
+from conftest import HeldBroker, ServerFactory, until
 from rediskit import RedisProcess
 from tidings import RequestRefused, Server, Settings
-from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker
 from tidings.client._session import unavailable, unavailable_reply
-from tidings.core.cursor import Start
 from tidings.testing import publish
 
 
@@ -122,22 +120,6 @@ async def test_a_websocket_subscription_refused_resumes_from_its_cursor(
 
 
 # shutdown: a node that closes while a read waits for its broker ------------------------
-
-
-class HeldBroker(MemoryBroker):
-    """A memory broker whose reads wait in ``prepare`` until :attr:`gate` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.waiting = 0
-
-    def ready(self, starts: Mapping[str, Start]) -> bool:
-        return self.gate.is_set()
-
-    async def prepare(self, starts: Mapping[str, Start]) -> None:
-        self.waiting += 1
-        await self.gate.wait()
 
 
 @pytest.mark.parametrize("technique", [*TECHNIQUES, "auto"])
