@@ -346,6 +346,10 @@ class RedisProcess:
         self.stop()
 
 
+def _bytes(reply: object) -> bytes:
+    return reply if isinstance(reply, bytes) else str(reply).encode()
+
+
 class RedisClusterProcesses:
     """A real local Redis Cluster: three ``redis-server`` masters, no replicas.
 
@@ -415,6 +419,39 @@ class RedisClusterProcesses:
             output = (done.stdout + done.stderr).decode(errors="replace")
             raise RedisStartError(f"{' '.join(argv)} failed ({done.returncode}):\n{output}"
                                   + self._logs())
+
+    def wait_ok(self, timeout: float = CLUSTER_TIMEOUT) -> None:
+        """Return once every node reports ``cluster_state:ok`` (after a restart, a failover)."""
+        self._wait_ok(time.monotonic() + timeout)
+
+    def add_replica(self, master: int, timeout: float = CLUSTER_TIMEOUT) -> RedisProcess:
+        """Start a node, make it a replica of the master on port ``master``; return it synced.
+
+        It joins :attr:`nodes` (so :meth:`stop` stops it) once it replicates.
+        """
+        node = RedisProcess(with_bus=True, extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes-{port}.conf",
+            "--cluster-node-timeout", "2000"])
+        node.start()
+        self.nodes.append(node)
+        deadline = time.monotonic() + timeout
+        node.command("CLUSTER", "MEET", HOST, master)
+        master_id = self.node_id(master)
+        while True:  # the new node must know the master before it can follow it
+            try:
+                node.command("CLUSTER", "REPLICATE", master_id)
+                break
+            except RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        while b"master_link_status:up" not in _bytes(node.command("INFO", "replication")):
+            if time.monotonic() > deadline:
+                raise RedisStartError(f"replica {node.port} of {master} did not sync"
+                                      + self._logs())
+            time.sleep(0.05)
+        self._wait_ok(deadline)
+        return node
 
     def _wait_ok(self, deadline: float) -> None:
         pending = list(self.nodes)

@@ -529,3 +529,21 @@ def test_keys_outlive_a_forgotten_log_without_keeping_one() -> None:
     clock.advance(7200)
     broker.maintain()
     assert broker.publish_nowait("jobs", b"1", idempotency_key="k").seq == 2
+
+
+def test_idempotency_records_are_bounded_the_oldest_dropped_first(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """However fast keys come, at most max_idempotency_keys records are held; dropping one
+    is logged, and only the records nearest to the end of their window go."""
+    clock = Clock()
+    broker = MemoryBroker(Settings(idempotency_window=300).retention, clock=clock,
+                          max_idempotency_keys=100)
+    for n in range(250):
+        broker.publish_nowait("jobs", b"%d" % n, idempotency_key=f"k{n}")
+        clock.advance(0.01)
+    assert len(broker._keys) == 100 and broker.idempotency_keys_dropped == 150
+    assert sum("idempotency keys" in r.getMessage() for r in caplog.records) == 1
+    kept = broker.publish_nowait("jobs", b"249", idempotency_key="k249")
+    assert isinstance(kept, Replayed) and kept.seq == 250
+    dropped = broker.publish_nowait("jobs", b"0", idempotency_key="k0")
+    assert not isinstance(dropped, Replayed) and dropped.seq == 251

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import secrets
 import time
 from array import array
@@ -60,8 +61,14 @@ from tidings.core.log import ChannelLog, Read, Retention
 from tidings.core.message import Message
 from tidings.errors import IdempotencyConflict
 
+logger = logging.getLogger("tidings.memory")
+
 #: Forgotten channels whose epoch and position are still remembered.
 MAX_TOMBSTONES = 100_000
+#: Idempotency records held at most, over all channels (about 250 bytes each). Past
+#: it, the records closest to the end of their window are dropped first: a retry
+#: under a dropped key stores its message again (logged once per broker).
+MAX_IDEMPOTENCY_KEYS = 1_000_000
 #: Stand-in empty logs of channels without a log kept for reads (a bounded cache).
 STAND_INS = 64
 #: Buckets counting dropped tombstones, which move channels on to new epochs
@@ -116,6 +123,7 @@ class MemoryBroker(Broker):
         *,
         clock: Callable[[], int] = wall_clock_ms,
         idle_log_seconds: float = 3600.0,
+        max_idempotency_keys: int = MAX_IDEMPOTENCY_KEYS,
     ) -> None:
         self.hub = Hub()
         self._retention = retention
@@ -138,6 +146,9 @@ class MemoryBroker(Broker):
         # (expiry, channel, key) that maintain() pops.
         self._keys: dict[tuple[str, str], tuple[Record, int]] = {}
         self._key_expiries: list[tuple[int, str, str]] = []
+        self._max_keys = max_idempotency_keys
+        #: Records dropped before their window ended because there were too many.
+        self.idempotency_keys_dropped = 0
 
     def log(self, channel: str) -> ChannelLog:
         """The log of ``channel``, created empty if needed (for tests and tools).
@@ -174,6 +185,8 @@ class MemoryBroker(Broker):
             self._keys[channel, idempotency_key] = (
                 Record(message.position, now, fingerprint(data)), key_due)
             heapq.heappush(self._key_expiries, (key_due, channel, idempotency_key))
+            if len(self._keys) > self._max_keys:
+                self._drop_keys()
         log.touched = now
         if was_empty:
             expires = log.expires_at()
@@ -183,6 +196,21 @@ class MemoryBroker(Broker):
                 self._forget_after(channel, log, now + self._idle_ms + 1)
         self.hub.publish(message)
         return message
+
+    def _drop_keys(self) -> None:
+        """Drop the records nearest to the end of their window until under the limit."""
+        keys, key_expiries = self._keys, self._key_expiries
+        while len(keys) > self._max_keys and key_expiries:
+            due, channel, key = heapq.heappop(key_expiries)
+            held = keys.get((channel, key))
+            if held is not None and held[1] == due:
+                del keys[channel, key]
+                if not self.idempotency_keys_dropped:
+                    logger.warning(
+                        "more than %d idempotency keys within their windows: dropping the "
+                        "oldest (a retry under a dropped key stores its message again); "
+                        "shorten idempotency_window or use the Redis broker", self._max_keys)
+                self.idempotency_keys_dropped += 1
 
     def _replay(self, channel: str, log: ChannelLog | None, key: str, data: bytes,
                 now: int) -> Replayed | None:

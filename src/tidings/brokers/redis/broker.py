@@ -157,11 +157,12 @@ class RedisBroker(Broker):
             async with asyncio.timeout(self._timeout):
                 epoch, seq, now, outcome = await commands.run(
                     scripts.PUBLISH,
-                    [keys.log, keys.meta, keys.notify, idempotency_record(channel, key)],
+                    [keys.log, keys.meta, idempotency_record(channel, key)] if key
+                    else [keys.log, keys.meta],
                     [new_epoch(), UNUSED_META_TTL_MS, known.epoch if known else "",
                      known.seq if known else 0, data, retention.size,
                      int(retention.ttl * 1000), key, fingerprint(data) if key else "",
-                     int(retention.idempotency_window * 1000)])
+                     int(retention.idempotency_window * 1000), keys.notify])
         except TimeoutError:
             self._failure("timeout")
             raise BrokerError(f"Redis at {self._where()} did not answer within "

@@ -10,7 +10,9 @@ one Lua script can touch them all. Channel names never contain braces
                          fields ``t`` (Unix ms) and ``d`` (the JSON data)
 ``tidings:{C}:meta``     hash: ``epoch``, ``seq`` (last sequence number),
                          ``t`` (time of the last message), ``run`` (the
-                         ``run_id`` of the Redis that started the epoch)
+                         ``run_id`` of the Redis that last wrote it); in a
+                         cluster also ``node`` and ``repl``, that Redis's
+                         cluster id and replication id (scripts.py)
 ``tidings:{C}:once:K``  string: the idempotency record of key ``K``
                          (``EPOCH SEQ TIME FINGERPRINT``), expiring after
                          the channel's idempotency window

@@ -20,16 +20,27 @@ calls it, even a node that never read the channel. The first script of the
 new run does it, atomically, so no later script deletes what was published
 in the new epoch. docs/topics/redis.md has the argument.
 
+In a Redis Cluster a slot moved to another node (resharding) carries its
+keys, intact, to a process with another ``run_id``: that must not start a
+new epoch, and a shard restored from an older snapshot or a promoted replica
+must. So in a cluster the metadata also keeps the cluster id of the node
+that wrote it (``node``) and that node's replication id (``repl``), and a
+script on another process keeps the epoch only if all of these hold
+(:data:`_MOVED_INTACT`): another node wrote it (this one did not restart);
+this node did not replicate it (it was not that node's replica, since
+promoted); the writer is still a healthy master (a failover leaves it
+failed or a replica); and the keys arrived while this process ran (it loaded
+nothing from disk at start, or the channel's last message is over a second
+younger than the process: ``uptime_in_seconds`` is whole seconds, and the
+nodes' clocks may differ by less than one). Anything else starts a new
+epoch: at worst a reader is told of a gap that was not one, never given a
+reused id.
+
 Each script also takes the position the calling node has seen in the
 channel (its replica's end); if that is further into the same epoch than
-Redis holds, the script starts a new epoch too (a second line of defence).
-
-In a Redis Cluster the ``run_id`` rule cannot hold: moving a slot to another
-node (resharding) carries the keys, intact, to a process with another
-``run_id``, and starting a new epoch there would delete acknowledged
-messages. So in a cluster a script adopts the new ``run_id`` and keeps the
-epoch, and only the position check guards against a node restored from an
-older snapshot (docs/topics/redis.md says what that leaves open).
+Redis holds, the script starts a new epoch too (a second line of defence,
+the only one against older data written back inside a running Redis:
+``RESTORE`` of an old dump).
 
 ``PUBLISH`` also keeps idempotency keys (core/idempotency.py): a string key
 per (channel, key) holding ``EPOCH SEQ TIME FINGERPRINT``, expiring after the
@@ -41,39 +52,86 @@ from __future__ import annotations
 
 from tidings.brokers.redis.commands import Script
 
-# Shared prologue: start an epoch if the channel has none, if its metadata was
-# written by another Redis process (a restart or a failover: the data may be
-# older than what was acknowledged), or if Redis holds less of it than the
-# caller has seen (ARGV[3], ARGV[4]: epoch and seq known).
-_ENSURE_EPOCH = """
-local info = redis.call('INFO', 'server')
-local run = string.match(info, 'run_id:(%x+)')
-local cluster = string.find(info, 'redis_mode:cluster', 1, true)
-local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'run')
-local epoch = meta[1]
-if epoch and ((meta[3] ~= run and not cluster)
-    or (epoch == ARGV[3] and tonumber(meta[2]) < tonumber(ARGV[4]))) then
-  epoch = false
-end
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 't', 0, 'run', run)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-elseif meta[3] ~= run then
-  redis.call('HSET', KEYS[2], 'run', run)
+# Whether a channel's metadata, written by another process of a Redis Cluster,
+# came here intact by resharding (see the module docstring). meta: HMGET of
+# epoch, seq, run, node, repl, t; info: INFO server of this process.
+_MOVED_INTACT = """
+local function moved_intact(meta, node, info)
+  local writer = meta[4]
+  if not writer or writer == node then return false end
+  local replication = redis.call('INFO', 'replication')
+  if meta[5] == string.match(replication, 'master_replid:(%x+)')
+      or meta[5] == string.match(replication, 'master_replid2:(%x+)') then
+    return false
+  end
+  local healthy = false
+  for line in string.gmatch(redis.call('CLUSTER', 'NODES'), '[^\\n]+') do
+    local id, _, flags = string.match(line, '^(%x+) (%S+) (%S+)')
+    if id == writer then
+      healthy = string.find(flags, 'master', 1, true) ~= nil
+        and string.find(flags, 'fail', 1, true) == nil
+    end
+  end
+  if not healthy then return false end
+  local persistence = redis.call('INFO', 'persistence')
+  if string.match(persistence, 'rdb_last_load_keys_loaded:(%d+)') == '0'
+      and string.match(persistence, 'aof_enabled:(%d+)') == '0' then
+    return true
+  end
+  local clock = redis.call('TIME')
+  local uptime = tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  return tonumber(meta[6] or '0') > (tonumber(clock[1]) - uptime + 1) * 1000
 end
 """
 
-#: KEYS: log, meta, notify, idempotency record.  ARGV: new epoch, unused-meta ttl (ms),
-#: epoch known, seq known, data, size, ttl (ms), idempotency key ('' for none),
-#: fingerprint, window (ms).
+# Shared prologue: start an epoch if the channel has none, if its metadata was
+# written by another Redis process whose data this one may not have in full
+# (a restart, a failover; in a cluster, not a slot moved here), or if Redis
+# holds less of it than the caller has seen (ARGV[3], ARGV[4]: epoch and seq known).
+_ENSURE_EPOCH = _MOVED_INTACT + """
+local info = redis.call('INFO', 'server')
+local run = string.match(info, 'run_id:(%x+)')
+local cluster = string.find(info, 'redis_mode:cluster', 1, true)
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'run', 'node', 'repl', 't')
+local epoch = meta[1]
+local node = false
+if epoch and meta[3] ~= run then
+  if cluster then node = redis.call('CLUSTER', 'MYID') end
+  if not (cluster and moved_intact(meta, node, info)) then epoch = false end
+end
+if epoch and epoch == ARGV[3] and tonumber(meta[2]) < tonumber(ARGV[4]) then
+  epoch = false
+end
+if not epoch or meta[3] ~= run then
+  local origin = {'run', run}
+  if cluster then
+    node = node or redis.call('CLUSTER', 'MYID')
+    local replication = redis.call('INFO', 'replication')
+    origin = {'run', run, 'node', node,
+              'repl', string.match(replication, 'master_replid:(%x+)')}
+  end
+  if not epoch then
+    epoch = ARGV[1]
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', 0, 't', 0, unpack(origin))
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  else
+    redis.call('HSET', KEYS[2], unpack(origin))
+  end
+end
+"""
+
+#: KEYS: log, meta, and the idempotency record if there is a key.  ARGV: new epoch,
+#: unused-meta ttl (ms), epoch known, seq known, data, size, ttl (ms), idempotency key
+#: ('' for none), fingerprint, window (ms), pub/sub channel. The pub/sub channel is not
+#: among the keys: a key that does not exist makes a cluster answer ``TRYAGAIN`` while
+#: its slot moves, and a pub/sub channel never exists as a key.
 #: Appends the message, trims by count and age, notifies, returns {epoch, seq, time, 0};
 #: or, if the key names a message of this epoch, stores nothing and returns
 #: {epoch, seq, time, 1} for that message (same fingerprint) or {..., 2} (another).
 PUBLISH = Script(_ENSURE_EPOCH + """
 if ARGV[8] ~= '' then
-  local record = redis.call('GET', KEYS[4])
+  local record = redis.call('GET', KEYS[3])
   if record then
     local e, s, t, f = string.match(record, '^(%S+) (%d+) (%d+) (%S+)$')
     if e == epoch then
@@ -107,9 +165,9 @@ if #head > 0 and tonumber(head[1][2][2]) <= cutoff then
   end
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SPUBLISH', KEYS[3], epoch .. '-' .. seq .. ' ' .. now .. ' ' .. ARGV[5])
+redis.call('SPUBLISH', ARGV[11], epoch .. '-' .. seq .. ' ' .. now .. ' ' .. ARGV[5])
 if ARGV[8] ~= '' then
-  redis.call('SET', KEYS[4], epoch .. ' ' .. seq .. ' ' .. now .. ' ' .. ARGV[9], 'PX', ARGV[10])
+  redis.call('SET', KEYS[3], epoch .. ' ' .. seq .. ' ' .. now .. ' ' .. ARGV[9], 'PX', ARGV[10])
 end
 return {epoch, seq, now, 0}
 """)
