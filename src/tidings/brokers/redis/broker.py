@@ -131,6 +131,8 @@ class RedisBroker(Broker):
         self._commands = await open_commands(self._node_address, self._db, self.url,
                                              self._timeout)
         self.cluster = self._commands.cluster
+        if self.cluster:
+            self._pubsub.locate = self._commands.locate
         self._succeeded()
 
     async def aclose(self) -> None:

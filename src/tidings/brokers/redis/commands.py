@@ -60,6 +60,9 @@ class Commands(Protocol):
     def address_of(self, channel: str) -> Address:
         """The node that holds ``channel`` (for its pub/sub subscription)."""
 
+    async def locate(self, channels: list[str]) -> dict[str, Address]:
+        """Where ``channels`` are now, asking Redis again (after a failover)."""
+
     async def aclose(self) -> None: ...
 
 
@@ -177,6 +180,9 @@ class SingleNode:
     def address_of(self, channel: str) -> Address:
         return self._address
 
+    async def locate(self, channels: list[str]) -> dict[str, Address]:
+        return dict.fromkeys(channels, self._address)
+
     async def aclose(self) -> None:
         self._pipeline.close()
 
@@ -247,6 +253,20 @@ class ClusterNodes:
         template = self._address
         return Address(node.host, int(node.port), template.username, template.password,
                        template.tls)
+
+    async def locate(self, channels: list[str]) -> dict[str, Address]:
+        """Read the slot map again (from any node that answers), then say where each is.
+
+        After a failover, the map redis-py holds still names the dead master
+        until a command fails on it; a pub/sub link that cannot reconnect asks here.
+        """
+        from redis.exceptions import RedisError
+
+        try:
+            await self._client.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"Redis Cluster: cannot read the slot map: {exc}") from None
+        return {channel: self.address_of(channel) for channel in channels}
 
     async def aclose(self) -> None:
         await self._client.aclose()

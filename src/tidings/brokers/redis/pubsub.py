@@ -53,6 +53,9 @@ class PubSub:
         on_failure: Callable[[str], None],
         on_back: Callable[[list[str]], Coroutine[Any, Any, None]],
     ) -> None:
+        #: Where channels are now, asked when a link cannot reconnect (a failover);
+        #: the broker sets it once connected. None: nowhere else to look.
+        self.locate: Callable[[list[str]], Coroutine[Any, Any, dict[str, Address]]] | None = None
         self._db = db
         self._timeout = timeout
         self._on_message = on_message
@@ -250,6 +253,8 @@ class PubSub:
             except (OSError, TimeoutError, BrokerError) as exc:
                 self._on_failure(f"reconnecting to {link.address}: {exc or type(exc).__name__}")
                 link.close()
+                if await self._moved_away(link):
+                    return None
                 continue
             logger.info("pub/sub connection to Redis at %s is back; syncing %d channels",
                         link.address, len(channels))
@@ -261,6 +266,33 @@ class PubSub:
                     self._start_move(channel, elsewhere)  # its slot moved while we were away
             return here
         return None
+
+    async def _moved_away(self, link: Link) -> bool:
+        """Whether every channel of the unreachable ``link`` is now held elsewhere.
+
+        In a Redis Cluster, a master that died is replaced by its replica
+        (a failover): its channels are followed on the new master, and the link
+        to the dead one is given up once none is left on it.
+        """
+        channels = [c for c, owner in self._owners.items() if owner is link]
+        if self.locate is None:
+            return False
+        try:
+            where = await self.locate(channels)
+        except BrokerError:
+            return False
+        for channel in channels:
+            address = where.get(channel)
+            if address is not None and address != link.address \
+                    and self._owners.get(channel) is link:
+                logger.info("%s is now on Redis at %s (a failover?); following it there",
+                            channel, address)
+                self._start_move(channel, address)
+        if any(owner is link for owner in self._owners.values()):
+            return False
+        if self._links.get(link.address) is link:
+            del self._links[link.address]
+        return True
 
 
 def _seen(future: asyncio.Future[None]) -> None:
