@@ -34,6 +34,14 @@ nothing is trimmed: every gap must come from a real loss.
   key and body: a retry of one that was stored is answered ``200`` (counted
   as "replayed"), and a message stored twice in one epoch is a violation.
 
+* **``--cluster``**: a three-master Redis Cluster of its own instead (the
+  nodes' broker URL names its first master, which is never struck), with
+  :data:`CLUSTER_FAULT_KINDS`: slots moved while in use, a master restarted
+  from its own older RDB, a replica taking over from a live master after a
+  pause, a master killed and its replica promoted, besides ``pubsub_kill``
+  and ``node_restart``. A channel on the first master is moved before its
+  shard is struck.
+
 After the last fault the publishers go on for a few seconds, then stop; the
 streams stop moving, and every reader must reach the end of its channel as
 Redis has it (a bounded wait). Then each reader's record is checked:
@@ -58,6 +66,7 @@ is stopped on errors, Ctrl-C and SIGTERM too::
 
     .venv/bin/python benchmarks/redis_chaos.py --seconds 120 --seed 1 --nodes 3
     .venv/bin/python benchmarks/redis_chaos.py --quick
+    .venv/bin/python benchmarks/redis_chaos.py --cluster --seconds 120 --seed 11
 
 tests/nodes/test_nodes_chaos.py runs the same machinery for about 15 s
 (:func:`ci_plan`). Results: docs/benchmarks.md, "Redis chaos soak".
@@ -92,7 +101,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "nodes
 
 from nodekit import Node, node_argv
 
-from rediskit import RedisProcess, redis_missing
+from rediskit import RedisClusterProcesses, RedisProcess, redis_missing
 from tidings.testing import UNIT, SseStream
 
 #: ``redis_restore`` and ``replica_failover`` bring Redis back with the data of a moment
@@ -106,6 +115,15 @@ FAULT_KINDS = ("pubsub_kill", "redis_pause", "redis_restart", "node_restart", "r
 #: show: only nodes that read the channel notice it, so run it with ``--publish-only 0``
 #: (docs/topics/redis.md, "A second line of defence").
 EXTRA_FAULT_KINDS = ("redis_flush", "redis_rollback")
+#: The faults of ``--cluster`` (a three-master Redis Cluster): ``slot_move`` moves a
+#: random channel's slot to another master while it is published to (resharding);
+#: ``shard_restore`` restarts a master from its own RDB of a moment before (its node
+#: id kept); ``shard_failover`` makes a replica of a master take over
+#: (``CLUSTER FAILOVER TAKEOVER``) after it was paused a moment, the old master
+#: alive and acknowledging until it learns; ``master_kill`` kills a master and
+#: promotes its replica. The startup node (the nodes' broker URL) is never struck.
+CLUSTER_FAULT_KINDS = ("pubsub_kill", "node_restart", "slot_move", "shard_restore",
+                       "shard_failover", "master_kill")
 #: Lua: every tidings key and its DUMP, at one instant.
 SNAPSHOT_SCRIPT = """local out = {}
 for _, key in ipairs(redis.call('KEYS', 'tidings:*')) do
@@ -174,6 +192,7 @@ class Plan:
     overlap: bool = False  #: node restarts on a schedule of their own, during Redis faults too
     keys: bool = False  #: publishers retry with an Idempotency-Key (one per message)
     kinds: tuple[str, ...] = FAULT_KINDS  #: the faults injected
+    cluster: bool = False  #: a three-master Redis Cluster instead of one Redis
 
 
 def quick_plan(seed: int = 1, nodes: int = 2) -> Plan:
@@ -260,8 +279,11 @@ def _bytes(value: object) -> bytes:
 class Deployment:
     """The run's Redis and its nodes; nodes come and go, names are never reused."""
 
-    def __init__(self, redis: RedisProcess, directory: Path) -> None:
+    def __init__(self, redis: RedisProcess, directory: Path,
+                 cluster: RedisClusterProcesses | None = None) -> None:
+        #: The Redis the nodes are given: in a cluster, its startup node.
         self.redis = redis
+        self.cluster = cluster
         self._replica: Replica | None = None
         self.directory = directory
         self.live: list[Node] = []
@@ -360,6 +382,8 @@ class Faults:
         self.clock = clock
         self.log = log
         self.done: list[FaultRecord] = []
+        #: The run's channels (for ``slot_move``); set by :func:`run`.
+        self.channels: list[str] = []
 
     async def run(self, until: float) -> None:
         """Inject faults from the warm-up on; stop once ``until`` (run seconds) has passed."""
@@ -388,7 +412,10 @@ class Faults:
     async def inject(self, kind: str, rng: random.Random) -> None:
         redis = self.deployment.redis
         began = self.clock()
-        if kind == "pubsub_kill":
+        cluster = self.deployment.cluster
+        if cluster is not None and kind != "node_restart":
+            detail = await ClusterFaults(cluster, self.channels).inject(kind, rng, self.plan)
+        elif kind == "pubsub_kill":
             killed = await asyncio.to_thread(redis.command, "CLIENT", "KILL", "TYPE", "pubsub")
             detail = f"{killed} pub/sub links killed"
         elif kind == "redis_pause":
@@ -468,6 +495,104 @@ class Faults:
         snapshot = await asyncio.to_thread(replica.snapshot)
         await asyncio.to_thread(redis.restart, snapshot=snapshot)
         return f"a replica {seconds:.2f} s behind took over"
+
+
+class ClusterFaults:
+    """The faults of ``--cluster``, each run in a thread (rediskit is blocking)."""
+
+    def __init__(self, cluster: RedisClusterProcesses, channels: list[str]) -> None:
+        self.cluster = cluster
+        self.channels = channels
+
+    async def inject(self, kind: str, rng: random.Random, plan: Plan) -> str:
+        seconds = rng.uniform(*plan.pause)
+        if kind == "pubsub_kill":
+            killed = 0
+            for port in self.masters():
+                reply = await asyncio.to_thread(self.process(port).command,
+                                                "CLIENT", "KILL", "TYPE", "pubsub")
+                killed += int(reply) if isinstance(reply, int) else 0
+            return f"{killed} pub/sub links killed"
+        if kind == "slot_move":
+            channel = rng.choice(self.channels)
+            slot = await asyncio.to_thread(self.slot_of, channel)
+            source = self.cluster.owner(slot)
+            target = rng.choice([port for port in self.masters() if port != source])
+            await asyncio.to_thread(self.cluster.migrate_slot, slot, target)
+            return f"the slot of {channel} moved from {source} to {target}"
+        shard, moved = await self.shard_of(rng.choice(self.channels), rng)
+        if kind == "shard_restore":
+            await asyncio.to_thread(shard.command, "SAVE")
+            snapshot = await asyncio.to_thread(shard.snapshot)
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(shard.restart, snapshot=snapshot)
+            await asyncio.to_thread(self.cluster.wait_ok)
+            return (f"{moved}master {shard.port} restarted from its RDB of {seconds:.2f} s "
+                    "before")
+        replica = await asyncio.to_thread(self.replica_of, shard.port)
+        if kind == "shard_failover":
+            await asyncio.to_thread(replica.pause)
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(replica.resume)
+            await asyncio.to_thread(replica.command, "CLUSTER", "FAILOVER", "TAKEOVER")
+            await asyncio.to_thread(self.wait_master, replica.port)
+            return (f"{moved}replica {replica.port}, paused {seconds:.2f} s, took over from "
+                    f"{shard.port}")
+        if kind == "master_kill":
+            await asyncio.sleep(seconds)
+            await asyncio.to_thread(shard.stop)
+            self.cluster.nodes.remove(shard)
+            await asyncio.to_thread(replica.command, "CLUSTER", "FAILOVER", "TAKEOVER")
+            await asyncio.to_thread(self.wait_master, replica.port)
+            return f"{moved}master {shard.port} killed, replica {replica.port} took over"
+        raise ValueError(f"unknown fault {kind!r}")
+
+    def process(self, port: int) -> RedisProcess:
+        return next(node for node in self.cluster.nodes if node.port == port)
+
+    def masters(self) -> list[int]:
+        """The ports of the masters that own slots (``CLUSTER SLOTS`` of the startup node)."""
+        ranges = self.cluster.nodes[0].command("CLUSTER", "SLOTS")
+        assert isinstance(ranges, list)
+        return sorted({int(master[1]) for _first, _last, master, *_replicas in ranges})
+
+    async def shard_of(self, channel: str, rng: random.Random) -> tuple[RedisProcess, str]:
+        """The master of ``channel``'s slot, to strike; and what was done to have one.
+
+        The startup node (the nodes' broker URL) is never struck: a channel on it
+        is first moved to another master.
+        """
+        slot = await asyncio.to_thread(self.slot_of, channel)
+        owner = self.cluster.owner(slot)
+        startup = self.cluster.nodes[0].port
+        if owner != startup:
+            return self.process(owner), ""
+        target = rng.choice([port for port in self.masters() if port != startup])
+        await asyncio.to_thread(self.cluster.migrate_slot, slot, target)
+        return self.process(target), f"{channel} moved from {owner} to {target}, then "
+
+    def slot_of(self, channel: str) -> int:
+        slot = self.cluster.nodes[0].command("CLUSTER", "KEYSLOT", f"tidings:{{{channel}}}:log")
+        assert isinstance(slot, int)
+        return slot
+
+    def replica_of(self, master: int) -> RedisProcess:
+        """A replica of ``master`` in sync: one it has, or a new one."""
+        for node in self.cluster.nodes:
+            info = _bytes(node.command("INFO", "replication"))
+            if node.port != master and b"role:slave" in info \
+                    and f"master_port:{master}".encode() in info \
+                    and b"master_link_status:up" in info:
+                return node
+        return self.cluster.add_replica(master)
+
+    def wait_master(self, port: int, timeout: float = 20 * UNIT) -> None:
+        deadline = time.monotonic() + timeout
+        while b"role:master" not in _bytes(self.process(port).command("INFO", "replication")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{port} did not become a master")
+            time.sleep(0.05)
+        self.cluster.wait_ok()
 
 
 # --- publishers -----------------------------------------------------------------------------
@@ -1003,8 +1128,12 @@ def technique_table(readers: list[Reader]) -> dict[str, dict[str, int]]:
 # --- the run --------------------------------------------------------------------------------
 
 
-async def channel_end(redis: RedisProcess, channel: str) -> Id | None:
+async def channel_end(deployment: Deployment, channel: str) -> Id | None:
     """Where ``channel`` ends in Redis (its epoch and last sequence number), if it has one."""
+    redis, cluster = deployment.redis, deployment.cluster
+    if cluster is not None:  # ask the master that owns its slot
+        owner = cluster.owner(ClusterFaults(cluster, [channel]).slot_of(channel))
+        redis = next(node for node in cluster.nodes if node.port == owner)
     reply = await asyncio.to_thread(redis.command, "HMGET", f"tidings:{{{channel}}}:meta",
                                     "epoch", "seq")
     assert isinstance(reply, list)
@@ -1032,12 +1161,19 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
 
     report = Report(plan=asdict(plan))
     directory = Path(tempfile.mkdtemp(prefix="tidings-chaos-"))
+    cluster = RedisClusterProcesses() if plan.cluster else None
     redis = RedisProcess()
-    deployment = Deployment(redis, directory)
+    deployment: Deployment | None = None
     try:
-        await asyncio.to_thread(redis.start)
+        if cluster is not None:
+            await asyncio.to_thread(cluster.start)
+            redis = cluster.nodes[0]
+        else:
+            await asyncio.to_thread(redis.start)
+        deployment = Deployment(redis, directory, cluster)
         await deployment.start(plan.nodes, plan.publish_only)
-        log(f"{clock():7.2f} s  Redis on {redis.port}, nodes "
+        where = f"a Redis Cluster on {cluster.ports}" if cluster else f"Redis on {redis.port}"
+        log(f"{clock():7.2f} s  {where}, nodes "
             + ", ".join(f"{n.name} {n.url}" for n in deployment.live)
             + "".join(f", {n.name} {n.url} (publishers only)" for n in deployment.publish_only))
         channels = [f"chaos-{n}" for n in range(plan.channels)]
@@ -1052,6 +1188,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
         publishers = [Publisher(n, channels, deployment, ledger, plan)
                       for n in range(plan.publishers)]
         faults = Faults(deployment, plan, clock, log)
+        faults.channels = channels
         stop_publishing = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             reading = [tasks.create_task(r.run()) for r in readers]
@@ -1065,7 +1202,7 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
             last_publish = clock()
             log(f"{last_publish:7.2f} s  publishing stopped; waiting for every reader")
             hopping = False
-            targets, caught_up = await drain(redis, readers, channels)
+            targets, caught_up = await drain(deployment, readers, channels)
             report.drain_seconds = round(clock() - last_publish, 2) if caught_up else -1.0
             for task in reading:
                 task.cancel()
@@ -1088,9 +1225,12 @@ async def run(plan: Plan, log: Callable[[str], None] = print) -> Report:
         violations.extend(deployment.node_errors())
         return report
     finally:
-        deployment.kill()
+        if deployment is not None:
+            deployment.kill()
+            await asyncio.to_thread(deployment.stop_replica)
         await asyncio.to_thread(redis.stop)
-        await asyncio.to_thread(deployment.stop_replica)
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -1126,7 +1266,7 @@ def epochs_of(reader: Reader) -> set[str]:
     return found
 
 
-async def drain(redis: RedisProcess, readers: list[Reader],
+async def drain(deployment: Deployment, readers: list[Reader],
                 channels: Iterable[str]) -> tuple[dict[str, Id], bool]:
     """Wait (bounded) until every reader is at the end of its channel in Redis."""
     loop = asyncio.get_running_loop()
@@ -1134,7 +1274,7 @@ async def drain(redis: RedisProcess, readers: list[Reader],
     while True:
         targets: dict[str, Id] = {}
         for channel in channels:
-            end = await channel_end(redis, channel)
+            end = await channel_end(deployment, channel)
             targets[channel] = end if end is not None else ("", -1)
         behind = [r for r in readers if parse_id(r.cursor) != targets[r.channel]]
         if not behind:
@@ -1167,8 +1307,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
                              "for every try of a message")
     parser.add_argument("--overlap", action="store_true",
                         help="restart nodes on a schedule of their own, during Redis faults too")
-    parser.add_argument("--faults", default=",".join(FAULT_KINDS), metavar="LIST",
-                        help="faults to inject, comma-separated (default %(default)s; "
+    parser.add_argument("--cluster", action="store_true",
+                        help="a three-master Redis Cluster, with the cluster's faults "
+                             f"({', '.join(CLUSTER_FAULT_KINDS)})")
+    parser.add_argument("--faults", default=None, metavar="LIST",
+                        help=f"faults to inject, comma-separated (default {','.join(FAULT_KINDS)}"
+                             f", with --cluster {','.join(CLUSTER_FAULT_KINDS)}; "
                              f"also {', '.join(EXTRA_FAULT_KINDS)})")
     parser.add_argument("--quick", action="store_true", help="about 25 s")
     parser.add_argument("--json", action="store_true", help="also print the report as JSON")
@@ -1184,11 +1328,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Plan, argparse.Namespace]
     plan.pause = (args.pause[0], args.pause[1])
     plan.overlap = args.overlap
     plan.keys = args.keys
-    plan.kinds = tuple(kind for kind in args.faults.split(",") if kind)
-    unknown = set(plan.kinds) - {*FAULT_KINDS, *EXTRA_FAULT_KINDS}
+    plan.cluster = args.cluster
+    known = CLUSTER_FAULT_KINDS if args.cluster else (*FAULT_KINDS, *EXTRA_FAULT_KINDS)
+    faults = args.faults or ",".join(CLUSTER_FAULT_KINDS if args.cluster else FAULT_KINDS)
+    plan.kinds = tuple(kind for kind in faults.split(",") if kind)
+    unknown = set(plan.kinds) - set(known)
     if unknown or not plan.kinds:
-        parser.error(f"--faults: unknown {sorted(unknown)}; choose from "
-                     f"{', '.join((*FAULT_KINDS, *EXTRA_FAULT_KINDS))}")
+        parser.error(f"--faults: unknown {sorted(unknown)}; choose from {', '.join(known)}")
     return plan, args
 
 

@@ -525,7 +525,8 @@ class RedisClusterProcesses:
         every node names ``target`` as the owner.
         """
         target_id = self.node_id(target)
-        others = [n.port for n in self.nodes if n.port not in (source, target)]
+        others = [n.port for n in self.nodes if n.port not in (source, target)
+                  and b"role:master" in _bytes(n.command("INFO", "replication"))]
         for port in (target, source, *others):
             command(port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
         deadline = time.monotonic() + CLUSTER_TIMEOUT

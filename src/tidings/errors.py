@@ -26,6 +26,7 @@
     │   ├── FrameError            a WebSocket frame broke RFC 6455 (its close code says how)
     │   └── CommandError          a WebSocket command was refused (the connection stays open)
     ├── BrokerError           the message store failed (503); nothing was accepted
+    │   └── BrokerUnanswered      asked, but the answer was lost: it may have been carried out
     └── ClientError           raised by code that calls a server (tidings.client, a bridge's sink)
         ├── ClientClosed          the client or publisher was closed; open a new one
         ├── ConnectionFailed      the server could not be reached, or the link broke mid-request
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 __all__ = [
     "BadRequest",
     "BrokerError",
+    "BrokerUnanswered",
     "ClientClosed",
     "ClientError",
     "CloseCode",
@@ -282,6 +284,15 @@ class BrokerError(TidingsError):
 
     def to_json(self) -> dict[str, object]:
         return {"error": self.code, "message": str(self)}
+
+
+class BrokerUnanswered(BrokerError):
+    """The store was asked, and the connection broke before it answered.
+
+    Unlike its parent, it does not say that nothing was done: Redis may have
+    run the command (a publish may be stored). Whoever retries a publish then
+    should use an idempotency key.
+    """
 
 
 class ClientError(TidingsError):

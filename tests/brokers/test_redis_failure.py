@@ -37,7 +37,7 @@ from tidings import Server, Settings
 from tidings.brokers.redis import RedisBroker
 from tidings.brokers.redis import pubsub as pubsub_module
 from tidings.core.cursor import ORIGIN
-from tidings.errors import BrokerError
+from tidings.errors import BrokerError, BrokerUnanswered
 from tidings.testing import SseBlock, SseStream, epoch_of, publish, seq_of
 
 NodeFactory = Callable[..., Awaitable[Server]]
@@ -244,6 +244,26 @@ async def test_publishes_answer_503_at_once_when_redis_is_stopped(
         assert health["broker"]["kind"] == "redis"
         assert health["broker"]["status"] == "unavailable"
         assert health["broker"]["last_error"], health
+
+
+async def test_a_publish_whose_connection_broke_after_it_was_sent_may_be_stored(
+        redis_process: RedisProcess) -> None:
+    # Redis may have run a script whose answer was lost: the error must not say
+    # "not published" (a retry without an idempotency key may then store it twice).
+    broker = RedisBroker(redis_process.url, timeout=5 * UNIT)
+    await broker.start()
+    try:
+        await broker.publish("news", b'"before"')
+        redis_process.pause()  # the next publish is sent, and waits for its answer
+        pending = asyncio.create_task(broker.publish("news", b'"in flight"'))
+        await asyncio.sleep(0)  # let it be written to the socket
+        assert redis_process.process is not None
+        redis_process.process.kill()  # SIGKILL, frozen: the connection breaks unanswered
+        await asyncio.to_thread(redis_process.stop)
+        with pytest.raises(BrokerUnanswered, match="may or may not be stored"):
+            await pending
+    finally:
+        await broker.aclose()
 
 
 # 2. subscribers through an outage that loses the log --------------------------------

@@ -52,7 +52,7 @@ from tidings.core.fanout import Hub
 from tidings.core.idempotency import fingerprint
 from tidings.core.log import Read, Retention
 from tidings.core.message import Message
-from tidings.errors import BrokerError, IdempotencyConflict, UsageError
+from tidings.errors import BrokerError, BrokerUnanswered, IdempotencyConflict, UsageError
 
 logger = logging.getLogger("tidings.redis")
 
@@ -167,9 +167,13 @@ class RedisBroker(Broker):
                      int(retention.idempotency_window * 1000), keys.notify])
         except TimeoutError:
             self._failure("timeout")
-            raise BrokerError(f"Redis at {self._where()} did not answer within "
-                              f"{self._timeout} s; the message may or may not be "
-                              "stored") from None
+            raise BrokerUnanswered(f"Redis at {self._where()} did not answer within "
+                                   f"{self._timeout} s; the message may or may not be "
+                                   "stored") from None
+        except BrokerUnanswered as exc:
+            self._failure(exc)
+            raise BrokerUnanswered(f"Redis at {self._where()} did not answer ({exc}); "
+                                   "the message may or may not be stored") from None
         except BrokerError as exc:
             self._failure(exc)
             raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); "

@@ -29,7 +29,7 @@ import hiredis
 
 from tidings.brokers.redis.keys import ChannelKeys
 from tidings.brokers.redis.link import Address, command
-from tidings.errors import BrokerError
+from tidings.errors import BrokerError, BrokerUnanswered
 
 #: Delays (seconds) between attempts of a script the cluster answers
 #: ``TRYAGAIN`` (a slot half moved): doubling from the first to the last.
@@ -147,7 +147,8 @@ class Pipeline(asyncio.Protocol):
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(BrokerError(f"the connection to Redis {self.address} broke"))
+                future.set_exception(BrokerUnanswered(
+                    f"the connection to Redis {self.address} broke before it answered"))
 
 
 class SingleNode:
@@ -272,7 +273,14 @@ class ClusterNodes:
         await self._client.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
-        from redis.exceptions import ClusterError, RedisError, TryAgainError
+        from redis.exceptions import (
+            ClusterError,
+            RedisClusterException,
+            RedisError,
+            TryAgainError,
+        )
+        from redis.exceptions import ConnectionError as LinkBroke
+        from redis.exceptions import TimeoutError as NoAnswer
 
         try:
             return await awaitable
@@ -282,8 +290,18 @@ class ClusterNodes:
             if "TTL exhausted" in str(exc):  # redis-py's own tries ran out on TRYAGAIN
                 raise _Unsettled(f"Redis Cluster: slot moving ({exc})") from None
             raise BrokerError(f"Redis Cluster: {exc}") from None
-        except (RedisError, OSError) as exc:
+        except (LinkBroke, NoAnswer, OSError) as exc:
+            # redis-py does not say whether the command had been sent: it may have run.
+            raise BrokerUnanswered(f"Redis Cluster: {exc or type(exc).__name__}") from None
+        except (RedisError, RedisClusterException) as exc:
+            # Refused, or not sent at all (no node serves the slot during a failover).
             raise BrokerError(f"Redis Cluster: {exc or type(exc).__name__}") from None
+        except Exception as exc:
+            # redis-py closes every connection when one breaks; a command running on
+            # one of them meanwhile fails inside redis-py (AttributeError seen in the
+            # chaos soak during failovers). Whatever it is, it is this command's
+            # failure, and it may have been sent.
+            raise BrokerUnanswered(f"Redis Cluster: {type(exc).__name__}: {exc}") from None
 
 
 class _Unsettled(BrokerError):
