@@ -133,7 +133,7 @@ class Honest:
         self._started_one("longpoll")
         while True:
             answer = await poll(self.client, f"/channels/{self.channel}", since=since,
-                                wait=30 * UNIT)
+                                wait=round(30 * UNIT, 3))
             assert "gap" not in answer, answer
             self.received["longpoll"] += [m["data"] for m in answer["messages"]]
             since = answer["next"]
