@@ -159,7 +159,7 @@ class Client {
         new Set(order).size !== order.length) {
       throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
     }
-    this.options.transports = order;
+    this.options.transports = techniquesAvailable(order);
     /** One of connecting, open, fallback, reconnecting, closed. */
     this.state = "connecting";
     /** The technique in use (null while none works). */
@@ -679,6 +679,7 @@ class Reader {
 
   /** GET `url` and read its whole body within `timeout`: {status, body, response}. */
   async getJson(url, headers, timeout) {
+    if (this.stopped) throw STOPPED; // stopped while handling the last answer: ask nothing more
     const controller = new AbortController();
     const abort = () => controller.abort();
     this.controller.signal.addEventListener("abort", abort);
@@ -1141,3 +1142,21 @@ const READERS = {
 };
 
 export { STATES };
+
+// ---------------------------------------------------------------------------
+// Runtimes other than a browser (the npm package under Node, docs/browser-client.md).
+
+/**
+ * The techniques of `order` this runtime can use. Node 20 has `fetch` and streams but a
+ * WebSocket only with `--experimental-websocket` (Node 22 has it by default): without one,
+ * the WebSocket is left out rather than retried for ever; if nothing is left, say why.
+ */
+function techniquesAvailable(order) {
+  if (typeof globalThis.WebSocket === "function") return order;
+  const usable = order.filter((technique) => technique !== "websocket");
+  if (!usable.length) {
+    throw new TidingsError("this runtime has no WebSocket (Node 20 needs " +
+                           "--experimental-websocket): allow sse, longpoll or poll too");
+  }
+  return usable;
+}
