@@ -94,3 +94,27 @@ def pack_and_install(workdir: Path) -> Packed:
         {"name": "scratch", "private": True, "type": "module"}))
     npm(npm_path, "install", "--offline", str(tarball), cwd=project)
     return Packed(tarball, project, node, npm_path)
+
+
+def tool(name: str) -> Path:
+    """The path of a tool installed in tests/js/node_modules/.bin."""
+    return HERE / "node_modules" / ".bin" / name
+
+
+def install_tools() -> Path:
+    """``npm ci`` in tests/js, from its lockfile, unless what it pins is installed already.
+
+    This needs the npm registry the first time (CI has it); after that, npm's cache serves it.
+    Returns tests/js/node_modules.
+    """
+    _, npm_path = require_node()
+    pinned = _versions(HERE / "package-lock.json")
+    installed = HERE / "node_modules" / ".package-lock.json"
+    if not installed.exists() or _versions(installed) != pinned:
+        npm(npm_path, "ci", "--prefer-offline", cwd=HERE)
+    return HERE / "node_modules"
+
+
+def _versions(lockfile: Path) -> dict[str, str]:
+    packages = json.loads(lockfile.read_text())["packages"]
+    return {name: entry["version"] for name, entry in packages.items() if name}

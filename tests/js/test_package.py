@@ -10,28 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import tomllib
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from jskit import HERE, ROOT, Packed, pack_and_install
+from jskit import HERE, ROOT, Packed
 
-from tidings import Server, Settings
+from tidings import Server
 from tidings.server.static import STATIC_DIR
 from tidings.testing import UNIT, publish_many
 
 TECHNIQUES = ["websocket", "sse", "longpoll", "poll"]
-
-
-@pytest.fixture(scope="module")
-def packed(tmp_path_factory: pytest.TempPathFactory) -> Packed:
-    return pack_and_install(tmp_path_factory.mktemp("npm"))
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    async with Server(Settings(host="127.0.0.1", port=0)) as server:
-        yield server
 
 
 def test_package_json_describes_the_served_module() -> None:

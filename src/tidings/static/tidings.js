@@ -83,6 +83,14 @@ export class TidingsError extends Error {
   }
 }
 
+/**
+ * Connect to the tidings server at `url` (http or https; relative to the page in a browser).
+ * Nothing is read until the first `subscribe()`. Throws a `TidingsError` for a URL that is
+ * not http(s) or unknown `transports`. Types: tidings.d.ts, beside this file.
+ * @param {string | URL} url
+ * @param {import("./tidings.d.ts").Options} [options]
+ * @returns {import("./tidings.d.ts").Client}
+ */
 export function connect(url, options = {}) {
   return new Client(url, options);
 }
