@@ -64,8 +64,13 @@ def test_every_export_and_public_method_is_declared() -> None:
     methods = set(re.findall(r"^  (?:async )?([a-z]\w*)\(", client.group(1), re.M))
     interface = re.search(r"^export interface Client \{\n(.*?)^\}", DECLARATIONS, re.M | re.S)
     assert interface is not None
-    assert methods - {"constructor"} <= set(re.findall(r"^  (\w+)[<(]", interface.group(1),
-                                                       re.M))
+    declared_methods = set(re.findall(r"^  (\w+)[<(]", interface.group(1), re.M))
+    assert methods - {"constructor"} <= declared_methods
+    # The client a tab gets when the connection is shared has the same public methods.
+    shared = re.search(r"^class SharedClient \{\n(.*?)^\}", SOURCE, re.M | re.S)
+    assert shared is not None
+    assert set(re.findall(r"^  (?:async )?([a-z]\w*)\(", shared.group(1), re.M)) - {
+        "constructor"} == methods - {"constructor"}
 
 
 def test_the_public_api_has_jsdoc() -> None:

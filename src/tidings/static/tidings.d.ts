@@ -116,12 +116,24 @@ export interface Options {
    * server says `token_expired`, and a JWT is replaced over an open WebSocket before `exp`.
    */
   token?: TokenSource | null;
+  /**
+   * Share one connection between the tabs of this origin that connect to the same server
+   * with the same options (`"auto"`, the default: a SharedWorker where there is one, else a
+   * leader tab elected with a Web Lock); `"worker"` or `"leader"` to choose; `false` for a
+   * connection of this client's own. A client with a `token` function, or outside a page,
+   * always has its own.
+   */
+  shareTabs?: ShareTabs;
 }
 
+/** How a client shares its connection with the other tabs: see `Options.shareTabs`. */
+export type ShareTabs = "auto" | "worker" | "leader" | "off" | boolean;
+
 /** The default options (frozen). */
-export const DEFAULTS: Readonly<Required<Omit<Options, "backoff" | "token">>> & {
+export const DEFAULTS: Readonly<Required<Omit<Options, "backoff" | "token" | "shareTabs">>> & {
   readonly backoff: Readonly<Backoff>;
   readonly token: null;
+  readonly shareTabs: "auto";
 };
 
 /** What to do with a subscription's messages, and where it starts. */
@@ -163,16 +175,25 @@ export interface Client {
   /** The server's base URL, without a trailing slash. */
   readonly url: string;
   /** The options in force: the defaults, overridden by those given to `connect()`. */
-  readonly options: Readonly<Required<Omit<Options, "backoff" | "token">>> & {
+  readonly options: Readonly<Required<Omit<Options, "backoff" | "token" | "shareTabs">>> & {
     readonly backoff: Readonly<Backoff>;
     readonly token: TokenSource | null;
+    readonly shareTabs: ShareTabs;
   };
   /** The current state. */
   readonly state: State;
   /** The technique in use, or null while none works. */
   readonly transport: Technique | null;
-  /** What reading has cost since `connect()`. */
+  /**
+   * What reading has cost since `connect()`; with a shared connection, the shared
+   * connection's (as `state` and `transport` are).
+   */
   readonly stats: Readonly<Stats>;
+  /**
+   * Where the shared connection lives: `"worker"` (a SharedWorker) or `"leader"` (one of
+   * the tabs); undefined when this client has a connection of its own.
+   */
+  readonly sharing?: "worker" | "leader";
 
   /**
    * Read `channels` (a name or an array; each 1 to 128 of `A-Z a-z 0-9 _ - . : @`).

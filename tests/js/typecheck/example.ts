@@ -4,16 +4,21 @@
 import {
   connect, DEFAULTS, refreshDelay, STATES, TECHNIQUES, TidingsError, tokenExpiry,
   type BrokerStatus, type Client, type Gap, type Message, type Options, type State,
-  type StateDetail, type Subscription, type Technique,
+  type ShareTabs, type StateDetail, type Subscription, type Technique,
 } from "tidings";
 
 interface Quote { symbol: string; price: number }
 
+const share: ShareTabs = "auto";
 const options: Options = {
+  shareTabs: share,
   transports: ["websocket", "sse"],
   backoff: { initial: 100 },
   token: async () => "a-token",
 };
+const ownConnection: Client = connect("/", { shareTabs: false });
+const sharing: "worker" | "leader" | undefined = connect("/", { shareTabs: "leader" }).sharing;
+console.log(ownConnection, sharing);
 const client: Client = connect("http://127.0.0.1:8000", options);
 connect(new URL("https://realtime.example.com"));
 
@@ -75,6 +80,8 @@ client.subscribe<Quote>("stocks", {
 });
 // @ts-expect-error: publish resolves with the id, a string
 const wrongId: Promise<number> = client.publish("stocks", 1);
+// @ts-expect-error: no such way to share
+connect("/", { shareTabs: "iframe" });
 // @ts-expect-error: the state is read-only
 client.state = "open";
 console.log(wrongId);
