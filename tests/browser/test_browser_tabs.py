@@ -171,3 +171,40 @@ async def test_a_tab_reads_channels_the_others_do_not(context: Any, mode: str) -
         last = await publish(served, "b", 1)
         await wait_for_ids(third, "b", b_ids + more + last)
         assert await ids_of(second, "b") == b_ids + more
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_connection_ends_with_the_last_client(context: Any, mode: str) -> None:
+    async with serving() as served:
+        tabs = [await open_tab(context, served, ["news"], mode) for _ in range(2)]
+        for tab in tabs:
+            await wait_open(tab)
+        await until(lambda: streams(served) == 1)
+        # The first tab's client closes (in leader mode, the leader's): the other goes on.
+        await tabs[0].evaluate("window.client.close()")
+        assert await tabs[0].evaluate("window.client.state") == "closed"
+        ids = await publish(served, "news", 2)
+        await wait_for_ids(tabs[1], "news", ids)
+        assert await tabs[1].evaluate("window.client.state") == "open"
+        await tabs[1].evaluate("window.client.close()")
+        await until(lambda: streams(served) == 0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_publishing_at_once_waits_for_the_hub(context: Any, mode: str) -> None:
+    # A client publishing as soon as it is made, in the first tab: no leader is elected and no
+    # hub heard from yet. The message is published once.
+    async with serving() as served:
+        page = await context.new_page()
+        await page.goto(f"{served.url}/healthz")
+        script = """async (mode) => {
+            const { connect } = await import("/tidings.js");
+            const client = connect(location.origin, { shareTabs: mode });
+            const id = await client.publish("first", { at: "once" });
+            return [id, client.sharing];
+        }"""
+        message_id, sharing = await page.evaluate(script, mode)
+        assert sharing == mode
+        async with httpx.AsyncClient(base_url=served.url, timeout=5 * UNIT) as http:
+            answer = (await http.get("/channels/first", params={"since": "0"})).json()
+        assert [m["id"] for m in answer["messages"]] == [message_id]

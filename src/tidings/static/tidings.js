@@ -1370,7 +1370,8 @@ class SharedClient {
     this._pending = new Map(); // req → {resolve, reject, timer}
     this._nextReq = 1;
     this._closed = false;
-    this._queue = []; // publishes asked for before the link to the hub exists
+    this._queue = []; // publishes asked for before a hub was heard from
+    this._hubHeard = false; // a leader tab may not be elected yet: what is sent would be lost
     this._releaseTab = null;
     this._abdicate = null;
     this._hub = null;
@@ -1472,10 +1473,12 @@ class SharedClient {
         port.close();
         if (this._closed || this.sharing !== "worker") return;
         this.sharing = "leader";
+        this._hubHeard = false;
         this._connectLink();
       };
       port.onmessage = ({ data }) => this._receive(data);
       port.start();
+      this._hubHeard = true; // the worker makes its hub on the first packet
       this._link = { send: (packet) => port.postMessage({ key: this._key, url: this.url,
                                                           options: this._hubOptions, packet }),
                      close: () => port.close() };
@@ -1510,28 +1513,37 @@ class SharedClient {
       const channels = [...this._channels.keys()].map((n) => [n, this._sinceOf(n)]);
       this._send({ t: "sub", channels });
     }
-    // Before the link, subscribing only recorded channels (announced just now); publish waited.
-    for (const packet of this._queue.splice(0)) this._send(packet);
+    // Subscribing only recorded channels (announced just now); publishing waited for a hub.
+    if (this._hubHeard) for (const packet of this._queue.splice(0)) this._send(packet);
   }
 
   _post(packet) {
-    if (this._link) this._send(packet);
+    if (this._link && (this._hubHeard || packet.t !== "pub")) this._send(packet);
     else if (packet.t === "pub") this._queue.push(packet);
   }
 
   _send(packet) {
-    if (this._link) this._link.send({ ...packet, tab: this._id });
+    if (!this._link) return;
+    const pending = packet.t === "pub" ? this._pending.get(packet.req) : undefined;
+    if (pending) pending.sent = true;
+    this._link.send({ ...packet, tab: this._id });
   }
 
   _receive(packet) {
     if (this._closed || (packet.to !== undefined && packet.to !== this._id)) return;
+    if (!this._hubHeard && packet.t !== "hub") {
+      this._hubHeard = true;
+      for (const queued of this._queue.splice(0)) this._send(queued);
+    }
     switch (packet.t) {
       case "hub": // a new leader: it knows nothing yet; what was asked of the old one is lost
-        for (const req of [...this._pending.keys()]) {
+        for (const [req, pending] of [...this._pending]) {
+          if (!pending.sent) continue;
           this._settle(req, null, { message: "the tab holding the connection went away; " +
                                     "publish with an idempotencyKey to retry safely",
                                     status: null, code: "connection_failed" });
         }
+        this._hubHeard = true;
         this._announce();
         break;
       case "state":
