@@ -118,3 +118,18 @@ def install_tools() -> Path:
 def _versions(lockfile: Path) -> dict[str, str]:
     packages = json.loads(lockfile.read_text())["packages"]
     return {name: entry["version"] for name, entry in packages.items() if name}
+
+
+# Fixtures: a test module imports them (``from jskit import packed, tools``).
+
+
+@pytest.fixture(scope="session")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Packed:
+    """The repository packed by ``npm pack`` and installed into a scratch project."""
+    return pack_and_install(tmp_path_factory.mktemp("npm"))
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    """tests/js/node_modules: TypeScript and React (tests/js/package.json)."""
+    return install_tools()

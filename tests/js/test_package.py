@@ -13,12 +13,13 @@ import tomllib
 
 import httpx
 import pytest
-from jskit import HERE, ROOT, Packed
+from jskit import HERE, ROOT, Packed, packed
 
 from tidings import Server
 from tidings.server.static import STATIC_DIR
 from tidings.testing import UNIT, publish_many
 
+__all__ = ["packed"]  # fixtures
 TECHNIQUES = ["websocket", "sse", "longpoll", "poll"]
 
 

@@ -13,11 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from jskit import HERE, Packed, tool
+from jskit import HERE, Packed, packed, tool, tools
 
 from tidings.server.static import STATIC_DIR
 from tidings.testing import UNIT
 
+__all__ = ["packed", "tools"]  # fixtures
 SOURCE = (STATIC_DIR / "tidings.js").read_text()
 DECLARATIONS = (STATIC_DIR / "tidings.d.ts").read_text()
 
