@@ -30,6 +30,9 @@ export const DEFAULTS = Object.freeze({
   // as Authorization: Bearer on publish. With a function and a JWT, an open WebSocket
   // gets a fresh token ahead of expiry with an `auth` command (see refreshDelay).
   token: null,
+  // One connection per origin for all tabs using the same server and options: "auto"
+  // (a SharedWorker where there is one, else a leader tab), "worker", "leader", or false.
+  shareTabs: "auto",
 });
 
 // Refreshing a JWT over an open WebSocket (the same rule as the Python client): this share
@@ -83,8 +86,16 @@ export class TidingsError extends Error {
   }
 }
 
+/**
+ * Connect to the tidings server at `url` (http or https; relative to the page in a browser).
+ * Nothing is read until the first `subscribe()`. Throws a `TidingsError` for a URL that is
+ * not http(s) or unknown `transports`. Types: tidings.d.ts, beside this file.
+ * @param {string | URL} url
+ * @param {import("./tidings.d.ts").Options} [options]
+ * @returns {import("./tidings.d.ts").Client}
+ */
 export function connect(url, options = {}) {
-  return new Client(url, options);
+  return sharedClient(url, options) || new Client(url, options);
 }
 
 // ---------------------------------------------------------------------------
@@ -159,7 +170,7 @@ class Client {
         new Set(order).size !== order.length) {
       throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
     }
-    this.options.transports = order;
+    this.options.transports = techniquesAvailable(order);
     /** One of connecting, open, fallback, reconnecting, closed. */
     this.state = "connecting";
     /** The technique in use (null while none works). */
@@ -478,6 +489,7 @@ class Client {
     if (channel && channel.pos === null) {
       channel.pos = parseId(id);
       channel.fromOrigin = false;
+      if (this._onLearn) this._onLearn(name, id); // a Hub tells the tabs where reading starts
     }
   }
 
@@ -679,6 +691,7 @@ class Reader {
 
   /** GET `url` and read its whole body within `timeout`: {status, body, response}. */
   async getJson(url, headers, timeout) {
+    if (this.stopped) throw STOPPED; // stopped while handling the last answer: ask nothing more
     const controller = new AbortController();
     const abort = () => controller.abort();
     this.controller.signal.addEventListener("abort", abort);
@@ -1141,3 +1154,531 @@ const READERS = {
 };
 
 export { STATES };
+
+// ---------------------------------------------------------------------------
+// Runtimes other than a browser (the npm package under Node, docs/browser-client.md).
+
+/**
+ * The techniques of `order` this runtime can use. Node 20 has `fetch` and streams but a
+ * WebSocket only with `--experimental-websocket` (Node 22 has it by default): without one,
+ * the WebSocket is left out rather than retried for ever; if nothing is left, say why.
+ */
+function techniquesAvailable(order) {
+  if (typeof globalThis.WebSocket === "function") return order;
+  const usable = order.filter((technique) => technique !== "websocket");
+  if (!usable.length) {
+    throw new TidingsError("this runtime has no WebSocket (Node 20 needs " +
+                           "--experimental-websocket): allow sse, longpoll or poll too");
+  }
+  return usable;
+}
+
+// ---------------------------------------------------------------------------
+// One connection for all tabs (docs/browser-client.md, "One connection for all tabs").
+//
+// A `Hub` holds the one real `Client` of a (server, options) pair and serves the clients of
+// every tab of the origin that use the same pair: in a SharedWorker where there is one, else
+// in a leader tab elected with a Web Lock, talking to the others over a BroadcastChannel.
+// Each tab's `SharedClient` keeps its own position per channel (the same resume rules as a
+// `Client`): it drops what it already has, and announces its positions whenever a new hub
+// starts, which reads each channel from the oldest position any tab announced. So a leader
+// tab closing mid-stream costs no tab a message, and no tab sees one twice.
+
+const SHARE_MODES = ["auto", "worker", "leader", "off"];
+const TAB_LOCK = "tidings-tab:"; // held by each SharedClient while it lives
+const LEADER_LOCK = "tidings-leader:"; // held by the tab whose SharedClient runs the hub
+
+/** A shared client for these options, or null when this client must have its own connection. */
+function sharedClient(url, options) {
+  const mode = options.shareTabs === undefined ? DEFAULTS.shareTabs : options.shareTabs;
+  if (mode === false || mode === "off") return null;
+  if (mode !== true && !SHARE_MODES.includes(mode)) {
+    throw new TidingsError(`shareTabs must be one of ${SHARE_MODES.join(", ")}, true or false`);
+  }
+  const scope = globalThis;
+  const page = typeof scope.document === "object" && scope.location;
+  // A function token cannot cross to another context; without locks no tab can watch another.
+  if (!page || typeof options.token === "function" || !scope.navigator || !scope.navigator.locks
+      || typeof scope.BroadcastChannel !== "function") return null;
+  const worker = (mode === "auto" || mode === true || mode === "worker")
+    && typeof scope.SharedWorker === "function";
+  if (mode === "worker" && !worker) return null;
+  return new SharedClient(url, options, worker ? "worker" : "leader");
+}
+
+function randomId() {
+  return globalThis.crypto && globalThis.crypto.randomUUID ? globalThis.crypto.randomUUID()
+    : `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+}
+
+function errorFields(error) {
+  return { message: String(error && error.message || error),
+           status: error && error.status !== undefined ? error.status : null,
+           code: error && error.code || "client_error" };
+}
+
+function errorOf(fields) {
+  return new TidingsError(fields.message, { status: fields.status, code: fields.code });
+}
+
+/** Is `since` (a tab's position) before where the hub's client reads `channel` now? */
+function before(since, channel) {
+  if (since === null || since === undefined) return false;
+  if (since === "0") return !(channel.fromOrigin && channel.pos === null);
+  if (channel.pos === null) return !channel.fromOrigin;
+  const pos = parseId(since);
+  return pos.epoch === channel.pos.epoch && pos.seq < channel.pos.seq;
+}
+
+/**
+ * The one real connection of a (server, options) pair, for every tab that uses it. `send`
+ * delivers a packet to every tab (or to `packet.to` only); `handle` takes the tabs' packets.
+ */
+class Hub {
+  constructor(url, options, send, onEmpty) {
+    this.client = new Client(url, { ...options, shareTabs: false });
+    this.send = send;
+    this.onEmpty = onEmpty;
+    this.tabs = new Map(); // tab id → Set of channel names
+    this.channels = new Map(); // name → {tabs: Set, subscription}
+    const client = this.client;
+    const stats = () => ({ ...client.stats });
+    // The tabs' `stats` follow the connection's: each change is sent (once per task).
+    let statsQueued = false;
+    client.stats = new Proxy(client.stats, {
+      set: (target, name, value) => {
+        target[name] = value;
+        if (!statsQueued) {
+          statsQueued = true;
+          queueMicrotask(() => { statsQueued = false; this.send({ t: "stats", stats: stats() }); });
+        }
+        return true;
+      },
+    });
+    client.on("state", (state, detail) => send({ t: "state", state, detail, stats: stats() }));
+    client.on("broker", (status) => send({ t: "broker", status }));
+    client.on("error", (error) => send({ t: "error", error: errorFields(error) }));
+    client._onLearn = (channel, id) => send({ t: "pos", channel, id });
+    this.deliver = (m) => send({ t: "msg", m, stats: stats() });
+    this.gap = (g) => send({ t: "gap", g });
+  }
+
+  handle(packet) {
+    const { tab } = packet;
+    if (packet.t === "hello") {
+      if (!this.tabs.has(tab)) {
+        this.tabs.set(tab, new Set());
+        // The tab holds this lock while it lives: getting it means the tab is gone.
+        navigator.locks.request(TAB_LOCK + tab, () => this.drop(tab));
+      }
+      const client = this.client;
+      this.send({ t: "state", to: tab, state: client.state, stats: { ...client.stats },
+                  detail: { transport: client.transport, previous: null, reason: null } });
+    } else if (packet.t === "sub" && this.tabs.has(tab)) {
+      for (const [name, since] of packet.channels) this.add(tab, name, since);
+    } else if (packet.t === "unsub" && this.tabs.has(tab)) {
+      for (const name of packet.channels) this.remove(tab, name);
+    } else if (packet.t === "pub") {
+      const reply = { t: "pub", to: tab, req: packet.req };
+      this.client.publish(packet.channel, packet.data, packet.options).then(
+        (id) => this.send({ ...reply, id }),
+        (error) => this.send({ ...reply, error: errorFields(error) }));
+    } else if (packet.t === "bye") {
+      this.drop(tab);
+    }
+  }
+
+  add(tab, name, since) {
+    this.tabs.get(tab).add(name);
+    let channel = this.channels.get(name);
+    const read = () => this.client.subscribe(name, { since: since === null ? undefined : since,
+                                                     onMessage: this.deliver, onGap: this.gap });
+    if (!channel) {
+      channel = { tabs: new Set(), subscription: read() };
+      this.channels.set(name, channel);
+    } else if (before(since, this.client._channels.get(name))) {
+      // This tab is behind the others: read again from its position (the others drop
+      // what they have). The client resumes, or reconnects, from there.
+      channel.subscription.unsubscribe();
+      channel.subscription = read();
+    }
+    channel.tabs.add(tab);
+    const pos = this.client._channels.get(name).pos;
+    if (pos !== null) this.send({ t: "pos", to: tab, channel: name, id: pos.id });
+  }
+
+  remove(tab, name) {
+    const names = this.tabs.get(tab);
+    if (names) names.delete(name);
+    const channel = this.channels.get(name);
+    if (!channel) return;
+    channel.tabs.delete(tab);
+    if (channel.tabs.size === 0) {
+      channel.subscription.unsubscribe();
+      this.channels.delete(name);
+    }
+  }
+
+  drop(tab) {
+    const names = this.tabs.get(tab);
+    if (!names) return;
+    for (const name of [...names]) this.remove(tab, name);
+    this.tabs.delete(tab);
+    if (this.onDrop) this.onDrop(tab);
+    if (this.tabs.size === 0 && this.onEmpty) this.onEmpty();
+  }
+
+  /** Close the connection without telling the tabs (a new hub, if any, takes over). */
+  close() {
+    this.send = () => {};
+    this.client.close();
+  }
+}
+
+/**
+ * A tab's client when the connection is shared: the API of `Client`, with its channels read
+ * by a hub. It keeps its own position per channel, drops what it already has, and tells
+ * every new hub where it stands.
+ */
+class SharedClient {
+  constructor(url, options, mode) {
+    const base = new URL(url, globalThis.location.href);
+    if (base.protocol !== "http:" && base.protocol !== "https:") {
+      throw new TidingsError(`the server URL must be http(s), not ${base.protocol}`);
+    }
+    this.url = base.origin + base.pathname.replace(/\/+$/, "");
+    this.options = {
+      ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...(options.backoff || {}) },
+    };
+    const order = [...this.options.transports];
+    if (!order.length || order.some((t) => !TECHNIQUES.includes(t)) ||
+        new Set(order).size !== order.length) {
+      throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
+    }
+    this.options.transports = order;
+    /** "worker" (a SharedWorker holds the connection) or "leader" (a leader tab does). */
+    this.sharing = mode;
+    this.state = "connecting";
+    this.transport = null;
+    this.stats = { requests: 0, bytesReceived: 0, messages: 0 };
+    this._id = randomId();
+    const { shareTabs, ...shared } = this.options;
+    this._hubOptions = shared;
+    this._key = JSON.stringify([this.url, shared]);
+    this._channels = new Map(); // name → {pos, fromOrigin, subs: Set<Subscription>}
+    this._listeners = { state: new Set(), broker: new Set(), error: new Set() };
+    this._pending = new Map(); // req → {resolve, reject, timer}
+    this._nextReq = 1;
+    this._closed = false;
+    this._queue = []; // publishes asked for before a hub was heard from
+    this._hubHeard = false; // a leader tab may not be elected yet: what is sent would be lost
+    this._releaseTab = null;
+    this._abdicate = null;
+    this._hub = null;
+    this._link = null;
+    navigator.locks.request(TAB_LOCK + this._id, () => {
+      if (this._closed) return undefined;
+      this._connectLink();
+      return new Promise((resolve) => { this._releaseTab = resolve; });
+    });
+  }
+
+  on(event, fn) {
+    const set = this._listeners[event];
+    if (!set) {
+      throw new TidingsError(`no event ${JSON.stringify(event)}; use state, broker or error`);
+    }
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  subscribe(channels, { onMessage, onGap, since } = {}) {
+    if (this._closed) throw new TidingsError("the client is closed");
+    const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
+    if (!names.length || new Set(names).size !== names.length) {
+      throw new TidingsError("name each channel once, and at least one");
+    }
+    const starts = parseSince(since, names);
+    const subscription = new Subscription(this, names, onMessage, onGap);
+    const added = [];
+    for (const name of names) {
+      let channel = this._channels.get(name);
+      if (!channel) {
+        channel = { ...starts.get(name), subs: new Set() };
+        this._channels.set(name, channel);
+        added.push(name);
+      }
+      channel.subs.add(subscription);
+    }
+    if (added.length) this._post({ t: "sub", channels: added.map((n) => [n, this._sinceOf(n)]) });
+    return subscription;
+  }
+
+  async publish(channel, data, { idempotencyKey } = {}) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    const body = JSON.stringify(data);
+    if (body === undefined) throw new TidingsError("data must be a JSON value");
+    if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+      throw new TidingsError("idempotencyKey must be 1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =");
+    }
+    const req = this._nextReq++;
+    const options = idempotencyKey === undefined ? {} : { idempotencyKey };
+    return new Promise((resolve, reject) => {
+      // The hub answers within requestTimeout; this bound is for a hub that went away.
+      const timer = setTimeout(() => this._settle(req, null, {
+        message: "no answer from the shared connection", status: null, code: "timeout" }),
+      this.options.requestTimeout + this.options.attemptTimeout);
+      this._pending.set(req, { resolve, reject, timer });
+      this._post({ t: "pub", req, channel, data: JSON.parse(body), options });
+    });
+  }
+
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    this._emitState("closed", { transport: null, previous: this.transport,
+                                reason: "closed by the page" });
+    this.transport = null;
+    this._send({ t: "bye" });
+    for (const channel of this._channels.values()) {
+      for (const subscription of channel.subs) subscription.closed = true;
+    }
+    this._channels.clear();
+    for (const req of [...this._pending.keys()]) {
+      this._settle(req, null, { message: "the client is closed", status: null,
+                                code: "connection_failed" });
+    }
+    if (this._hub) this._hub.close();
+    if (this._abdicate) this._abdicate();
+    if (this._releaseTab) this._releaseTab();
+    if (this._link) this._link.close();
+  }
+
+  // the link to the hub --------------------------------------------------------
+
+  _connectLink() {
+    if (this.sharing === "worker") {
+      let worker;
+      try {
+        worker = new SharedWorker(new URL("./tidings.js", import.meta.url),
+                                  { type: "module", name: "tidings" });
+      } catch {
+        this.sharing = "leader";
+        this._connectLink();
+        return;
+      }
+      const port = worker.port;
+      worker.onerror = () => { // the worker script did not load: a leader tab instead
+        port.close();
+        if (this._closed || this.sharing !== "worker") return;
+        this.sharing = "leader";
+        this._hubHeard = false;
+        this._connectLink();
+      };
+      port.onmessage = ({ data }) => this._receive(data);
+      port.start();
+      this._hubHeard = true; // the worker makes its hub on the first packet
+      this._link = { send: (packet) => port.postMessage({ key: this._key, url: this.url,
+                                                          options: this._hubOptions, packet }),
+                     close: () => port.close() };
+    } else {
+      const channel = new BroadcastChannel(LEADER_LOCK + this._key);
+      channel.onmessage = ({ data }) => { if (data.down) this._receive(data.down); };
+      this._link = { send: (packet) => channel.postMessage({ up: packet }),
+                     close: () => channel.close() };
+      navigator.locks.request(LEADER_LOCK + this._key, () => this._lead());
+    }
+    this._announce();
+  }
+
+  /** Run the hub while this tab holds the leader lock, until this client closes. */
+  _lead() {
+    if (this._closed) return undefined;
+    const channel = new BroadcastChannel(LEADER_LOCK + this._key);
+    const hub = new Hub(this.url, this._hubOptions,
+                        (packet) => channel.postMessage({ down: packet }), null);
+    channel.onmessage = ({ data }) => { if (data.up) hub.handle(data.up); };
+    this._hub = hub;
+    channel.postMessage({ down: { t: "hub" } }); // every tab, this one too: announce yourselves
+    return new Promise((resolve) => {
+      this._abdicate = () => { channel.close(); resolve(); };
+    });
+  }
+
+  /** Tell the hub this tab is here, and where it stands on every channel it reads. */
+  _announce() {
+    this._send({ t: "hello" });
+    if (this._channels.size) {
+      const channels = [...this._channels.keys()].map((n) => [n, this._sinceOf(n)]);
+      this._send({ t: "sub", channels });
+    }
+    // Subscribing only recorded channels (announced just now); publishing waited for a hub.
+    if (this._hubHeard) for (const packet of this._queue.splice(0)) this._send(packet);
+  }
+
+  _post(packet) {
+    if (this._link && (this._hubHeard || packet.t !== "pub")) this._send(packet);
+    else if (packet.t === "pub") this._queue.push(packet);
+  }
+
+  _send(packet) {
+    if (!this._link) return;
+    const pending = packet.t === "pub" ? this._pending.get(packet.req) : undefined;
+    if (pending) pending.sent = true;
+    this._link.send({ ...packet, tab: this._id });
+  }
+
+  _receive(packet) {
+    if (this._closed || (packet.to !== undefined && packet.to !== this._id)) return;
+    if (!this._hubHeard && packet.t !== "hub") {
+      this._hubHeard = true;
+      for (const queued of this._queue.splice(0)) this._send(queued);
+    }
+    switch (packet.t) {
+      case "hub": // a new leader: it knows nothing yet; what was asked of the old one is lost
+        for (const [req, pending] of [...this._pending]) {
+          if (!pending.sent) continue;
+          this._settle(req, null, { message: "the tab holding the connection went away; " +
+                                    "publish with an idempotencyKey to retry safely",
+                                    status: null, code: "connection_failed" });
+        }
+        this._hubHeard = true;
+        this._announce();
+        break;
+      case "state":
+        this.stats = packet.stats;
+        this._emitState(packet.state, packet.detail);
+        break;
+      case "msg":
+        this.stats = packet.stats;
+        this._acceptMessage(packet.m);
+        break;
+      case "gap":
+        this._acceptGap(packet.g);
+        break;
+      case "stats":
+        this.stats = packet.stats;
+        break;
+      case "pos":
+        this._learn(packet.channel, packet.id);
+        break;
+      case "broker":
+        for (const fn of [...this._listeners.broker]) guard(() => fn(packet.status), this);
+        break;
+      case "error":
+        this._report(errorOf(packet.error));
+        break;
+      case "pub":
+        this._settle(packet.req, packet.id, packet.error);
+        break;
+      default:
+        break;
+    }
+  }
+
+  _settle(req, id, error) {
+    const pending = this._pending.get(req);
+    if (!pending) return;
+    this._pending.delete(req);
+    clearTimeout(pending.timer);
+    if (error) pending.reject(errorOf(error));
+    else pending.resolve(id);
+  }
+
+  _emitState(state, detail) {
+    if (state === this.state && detail.transport === this.transport) return;
+    this.state = state;
+    this.transport = detail.transport;
+    for (const fn of [...this._listeners.state]) guard(() => fn(state, { ...detail }), this);
+  }
+
+  // positions: the same rules as Client's ------------------------------------------
+
+  _sinceOf(name) {
+    const channel = this._channels.get(name);
+    if (!channel) return null;
+    if (channel.pos) return channel.pos.id;
+    return channel.fromOrigin ? "0" : null;
+  }
+
+  /** The hub's start on a channel this tab reads "from now" and has no position for yet. */
+  _learn(name, id) {
+    const channel = this._channels.get(name);
+    if (channel && channel.pos === null && !channel.fromOrigin) channel.pos = parseId(id);
+  }
+
+  _acceptMessage(message) {
+    const channel = this._channels.get(message.channel);
+    if (!channel) return;
+    const pos = parseId(message.id);
+    const last = channel.pos;
+    if (last !== null && last.epoch === pos.epoch && pos.seq <= last.seq) return; // had it
+    channel.pos = pos;
+    channel.fromOrigin = false;
+    for (const subscription of [...channel.subs]) subscription._message(message);
+  }
+
+  _acceptGap(gap) {
+    const channel = this._channels.get(gap.channel);
+    if (!channel) return;
+    const resume = parseId(gap.to);
+    const last = channel.pos;
+    if (last !== null && last.epoch === resume.epoch && resume.seq <= last.seq) return;
+    channel.pos = resume;
+    channel.fromOrigin = false;
+    for (const subscription of [...channel.subs]) subscription._gap(gap);
+  }
+
+  _unsubscribe(subscription) {
+    const removed = [];
+    for (const name of subscription.channels) {
+      const channel = this._channels.get(name);
+      if (!channel) continue;
+      channel.subs.delete(subscription);
+      if (channel.subs.size === 0) {
+        this._channels.delete(name);
+        removed.push(name);
+      }
+    }
+    if (removed.length && !this._closed) this._post({ t: "unsub", channels: removed });
+  }
+
+  _report(error) {
+    Client.prototype._report.call(this, error);
+  }
+}
+
+// In a SharedWorker started by a SharedClient (this very module): one hub per
+// (server, options) pair, each serving the ports of the tabs that use it.
+if (typeof globalThis.SharedWorkerGlobalScope === "function"
+    && globalThis instanceof globalThis.SharedWorkerGlobalScope) {
+  const hubs = new Map(); // key → {hub, ports: Map tab → port}
+  globalThis.addEventListener("connect", (event) => {
+    const port = event.ports[0];
+    port.onmessage = ({ data }) => {
+      let entry = hubs.get(data.key);
+      if (!entry) {
+        const ports = new Map();
+        const send = (packet) => {
+          if (packet.to !== undefined) {
+            const target = ports.get(packet.to);
+            if (target) target.postMessage(packet);
+          } else {
+            for (const target of ports.values()) target.postMessage(packet);
+          }
+        };
+        entry = { ports, hub: null };
+        entry.hub = new Hub(data.url, data.options, send, () => {
+          hubs.delete(data.key);
+          entry.hub.close();
+        });
+        entry.hub.onDrop = (tab) => ports.delete(tab);
+        hubs.set(data.key, entry);
+      }
+      if (data.packet.t === "hello") entry.ports.set(data.packet.tab, port);
+      entry.hub.handle(data.packet);
+    };
+    port.start();
+  });
+}

@@ -1,0 +1,255 @@
+// Type declarations of tidings.js, the browser (and Node) client of tidings.
+// They describe src/tidings/static/tidings.js, the file the server serves at /tidings.js
+// and the npm package ships; tests/js checks both with `tsc --noEmit` against an example,
+// and that every export and public method of the module is declared here.
+// The user's guide is docs/browser-client.md.
+
+/** A way to read a channel's log, best first. */
+export type Technique = "websocket" | "sse" | "longpoll" | "poll";
+
+/**
+ * - `connecting`: no technique has worked yet (at start, or with no subscription);
+ * - `open`: reading with the first technique of `transports`;
+ * - `fallback`: reading with a lesser technique, because the better ones failed;
+ * - `reconnecting`: the connection was lost; waiting `detail.retryIn` ms, then resuming;
+ * - `closed`: `close()` was called.
+ */
+export type State = "connecting" | "open" | "fallback" | "reconnecting" | "closed";
+
+/** Every technique, best first: the default `transports`. */
+export const TECHNIQUES: readonly Technique[];
+
+/** Every state a client can be in. */
+export const STATES: readonly State[];
+
+/** JSON, as published and delivered. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A message, once and in order per channel. */
+export interface Message<T = Json> {
+  /** The channel it was published on. */
+  channel: string;
+  /** Its place in the channel's log, `EPOCH-SEQ`: a cursor to resume after it. */
+  id: string;
+  /** The published JSON value. */
+  data: T;
+  /** When the server accepted it, in Unix milliseconds. */
+  time: number;
+}
+
+/**
+ * Messages after `from` up to `to` can no longer be delivered; reading goes on after `to`.
+ * `reason` is `"expired"` (the server no longer keeps them; `missed` says how many) or
+ * `"epoch"` (the server lost that log; `missed` is null).
+ */
+export interface Gap {
+  channel: string;
+  from: string;
+  to: string;
+  reason: "expired" | "epoch" | string;
+  missed: number | null;
+}
+
+/** What a state listener receives with the new state. */
+export interface StateDetail {
+  /** The technique in use now (null unless connected). */
+  transport: Technique | null;
+  /** The technique used before this change. */
+  previous: Technique | null;
+  /** Why it changed, for people (e.g. `"sse failed: 403 transport_disabled: ..."`). */
+  reason: string | null;
+  /** With `reconnecting`: milliseconds until the next attempt. */
+  retryIn?: number;
+}
+
+/** The server's message store (Redis) is away (`unavailable`) or back (`ok`). */
+export interface BrokerStatus {
+  broker: "unavailable" | "ok" | string;
+  message: string;
+}
+
+/** What reading has cost since `connect()`. */
+export interface Stats {
+  /** HTTP requests made, WebSocket handshakes and `/healthz` probes included. */
+  requests: number;
+  /** Bytes of response bodies and frames, plus an estimate of each response head. */
+  bytesReceived: number;
+  /** Messages delivered (duplicates dropped are not counted). */
+  messages: number;
+}
+
+/** Reconnection delays: attempt n waits a random time in [0, min(max, initial × factor^n)]. */
+export interface Backoff {
+  initial: number;
+  max: number;
+  factor: number;
+}
+
+/** A token, or a function returning one (or a promise of one), called again when it expired. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/** Options of `connect()`; every time is in milliseconds. */
+export interface Options {
+  /** Techniques allowed, best first (default: all four). */
+  transports?: readonly Technique[];
+  /** Time for a technique to work, and for the `/healthz` probe (5000). */
+  attemptTimeout?: number;
+  /** An event stream whose first event is later than this after its head is buffered (3000). */
+  sseFirstEventTimeout?: number;
+  /** An event stream with no bytes for this long is dead (60000). */
+  idleTimeout?: number;
+  /** Between WebSocket `ping` commands (25000). */
+  pingInterval?: number;
+  /** Publishing, polls, command answers (10000). */
+  requestTimeout?: number;
+  /** Reconnection delays, with full jitter; give any of the three. */
+  backoff?: Partial<Backoff>;
+  /** Time on a fallback before trying the better techniques again (300000). */
+  upgradeAfter?: number;
+  /** Between polls (1000). */
+  pollInterval?: number;
+  /** How long the server may hold a long poll (25000; it cuts to its `max_wait`). */
+  longpollWait?: number;
+  /**
+   * A token, or a function returning one: `?token=` on reads and WebSockets,
+   * `Authorization: Bearer` on publish. With a function, a fresh one is asked for when the
+   * server says `token_expired`, and a JWT is replaced over an open WebSocket before `exp`.
+   */
+  token?: TokenSource | null;
+  /**
+   * Share one connection between the tabs of this origin that connect to the same server
+   * with the same options (`"auto"`, the default: a SharedWorker where there is one, else a
+   * leader tab elected with a Web Lock); `"worker"` or `"leader"` to choose; `false` for a
+   * connection of this client's own. A client with a `token` function, or outside a page,
+   * always has its own.
+   */
+  shareTabs?: ShareTabs;
+}
+
+/** How a client shares its connection with the other tabs: see `Options.shareTabs`. */
+export type ShareTabs = "auto" | "worker" | "leader" | "off" | boolean;
+
+/** The default options (frozen). */
+export const DEFAULTS: Readonly<Required<Omit<Options, "backoff" | "token" | "shareTabs">>> & {
+  readonly backoff: Readonly<Backoff>;
+  readonly token: null;
+  readonly shareTabs: "auto";
+};
+
+/** What to do with a subscription's messages, and where it starts. */
+export interface SubscribeOptions<T = Json> {
+  /** Called once per message, in order, per channel. */
+  onMessage?: (message: Message<T>) => void;
+  /** Called when messages were lost; reading goes on after `gap.to`. */
+  onGap?: (gap: Gap) => void;
+  /**
+   * Where to start, for channels the client does not read yet: omitted → from now on;
+   * `"0"` → the oldest message the server keeps; a message id (one channel);
+   * or a multi-channel cursor `"a=ID,b=ID"`. A channel already read keeps its position.
+   */
+  since?: string;
+}
+
+/** One `subscribe()` call: its channels' messages go to its callbacks until `unsubscribe()`. */
+export interface Subscription {
+  /** The channels it reads. */
+  readonly channels: readonly string[];
+  /** True once unsubscribed (or the client closed): no callback runs any more. */
+  readonly closed: boolean;
+  /** Stop this subscription; channels no other subscription reads are no longer read. */
+  unsubscribe(): void;
+}
+
+/** Options of `publish()`. */
+export interface PublishOptions {
+  /**
+   * 1 to 128 of `A-Z a-z 0-9 - _ . : ~ + / =` (e.g. `crypto.randomUUID()`): publishing again
+   * with the same key within the server's `idempotency_window` stores nothing and resolves
+   * with the first id; the same key with other data rejects with `idempotency_conflict`.
+   */
+  idempotencyKey?: string;
+}
+
+/** A connection to a tidings server, made by `connect()`. */
+export interface Client {
+  /** The server's base URL, without a trailing slash. */
+  readonly url: string;
+  /** The options in force: the defaults, overridden by those given to `connect()`. */
+  readonly options: Readonly<Required<Omit<Options, "backoff" | "token" | "shareTabs">>> & {
+    readonly backoff: Readonly<Backoff>;
+    readonly token: TokenSource | null;
+    readonly shareTabs: ShareTabs;
+  };
+  /** The current state. */
+  readonly state: State;
+  /** The technique in use, or null while none works. */
+  readonly transport: Technique | null;
+  /**
+   * What reading has cost since `connect()`; with a shared connection, the shared
+   * connection's (as `state` and `transport` are).
+   */
+  readonly stats: Readonly<Stats>;
+  /**
+   * Where the shared connection lives: `"worker"` (a SharedWorker) or `"leader"` (one of
+   * the tabs); undefined when this client has a connection of its own.
+   */
+  readonly sharing?: "worker" | "leader";
+
+  /**
+   * Read `channels` (a name or an array; each 1 to 128 of `A-Z a-z 0-9 _ - . : @`).
+   * Throws a `TidingsError` at once for an invalid name or `since`, or a closed client;
+   * never for the network: reading reconnects and resumes by itself.
+   */
+  subscribe<T = Json>(channels: string | readonly string[],
+                      options?: SubscribeOptions<T>): Subscription;
+
+  /**
+   * Publish `data` (any JSON value) on `channel`; resolves with the new message id once it is
+   * in the log. Over the WebSocket when one is open, else over HTTP POST; never retried by
+   * itself. Rejects with a `TidingsError` (`status`, `code` as the server said, or
+   * `connection_failed`, `timeout`).
+   */
+  publish(channel: string, data: unknown, options?: PublishOptions): Promise<string>;
+
+  /** Stop reading and end every subscription; the client cannot be used again. */
+  close(): void;
+
+  /** On each change of state. Returns a function that removes the listener. */
+  on(event: "state", listener: (state: State, detail: StateDetail) => void): () => void;
+  /** When the server's message store goes away or is back. Returns a remover. */
+  on(event: "broker", listener: (status: BrokerStatus) => void): () => void;
+  /**
+   * Errors thrown by your callbacks, refused commands, and once if the server turned off
+   * every technique allowed (code `transport_disabled`). Returns a remover.
+   */
+  on(event: "error", listener: (error: unknown) => void): () => void;
+}
+
+/**
+ * Connect to the tidings server at `url` (http or https; relative to the page in a browser).
+ * Nothing is read until the first `subscribe()`. Throws a `TidingsError` for a URL that is
+ * not http(s) or unknown `transports`.
+ */
+export function connect(url: string | URL, options?: Options): Client;
+
+/** An error answered by the server, or a misuse of the client. */
+export class TidingsError extends Error {
+  constructor(message: string, detail?: { status?: number | null; code?: string });
+  readonly name: "TidingsError";
+  /** The HTTP status, or null (over a WebSocket, or a misuse). */
+  readonly status: number | null;
+  /**
+   * The server's `error` code (e.g. `payload_too_large`, `token_expired`), or
+   * `client_error`, `connection_failed`, `timeout`, `transport_disabled`.
+   */
+  readonly code: string;
+}
+
+/** The `exp` of a JWT in Unix seconds, unverified (the server verifies); null if opaque. */
+export function tokenExpiry(token: string): number | null;
+
+/**
+ * Seconds to wait before refreshing a token that expires in `remaining` seconds, or null
+ * when it is too late to: the rule the client applies over a WebSocket.
+ */
+export function refreshDelay(remaining: number): number | null;
