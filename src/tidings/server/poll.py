@@ -35,6 +35,13 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
 
 
+def answer_back(server: Server, conn: HttpConnection, channel: str, before: Start,
+                since: Start, limit: int, cors: Headers, keep_alive: bool) -> None:
+    """Answer a read backwards (``?before=`` or ``?order=desc``): one page, newest first."""
+    read = server.broker.read_back(channel, before, since, limit)
+    conn.answer(200, (*JSON_NO_CACHE, *cors), poll.back_body(read), keep_alive)
+
+
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
             cors: Headers, keep_alive: bool) -> None:
     if batch.gaps:
