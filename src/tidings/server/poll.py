@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tidings.core.cursor import Start
 from tidings.server.connection import HttpConnection
 from tidings.session.batch import Batch
-from tidings.session.reader import Reader
+from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
 
@@ -28,9 +28,10 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
-           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool) -> None:
+           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool, *,
+           latest: bool = False) -> None:
     """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
-    reader = Reader(server.broker, poll.ANSWERS, multi=multi)
+    reader = make_reader(server.broker, poll.ANSWERS, multi=multi, latest=latest)
     batch = reader.open(starts, limit)
     respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
 

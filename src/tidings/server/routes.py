@@ -136,6 +136,7 @@ class Router:
         if _reads_back(request):
             self._read_back(conn, request, channels, multi, cors)
             return
+        latest = request.latest()  # 400 before any technique starts
         if request.wants_websocket:
             self._check_enabled("websocket")
             starts = parse_since(request.arg("since"), channels) if channels else {}
@@ -147,7 +148,7 @@ class Router:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            stream = SseStream(server, conn.detach(), multi)
+            stream = SseStream(server, conn.detach(), multi, latest=latest)
             stream.expires = credentials.expires
             server.when_ready(starts, lambda: stream.start(starts, cors),
                               lambda error: stream.refuse(error, cors))
@@ -163,14 +164,14 @@ class Router:
                 def then() -> None:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive)
+                                    keep_alive, latest=latest)
             else:
                 wait = min(wait, self.settings.max_wait)
 
                 def then() -> None:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires)
+                                        keep_alive, credentials.expires, latest=latest)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)

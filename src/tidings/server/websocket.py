@@ -79,8 +79,9 @@ class WebSocketSession(Stream):
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        super().__init__(server, transport, commands.FRAMES)
+    def __init__(self, server: Server, transport: asyncio.Transport, *,
+                 latest: bool = False) -> None:
+        super().__init__(server, transport, commands.FRAMES, latest=latest)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
         )
@@ -316,7 +317,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     response = handshake(conn, request)
     if response is None:
         return
-    session = WebSocketSession(server, conn.detach())
+    session = WebSocketSession(server, conn.detach(), latest=request.latest())
     session.credentials = credentials
     session.expires = credentials.expires
     session.start(response, starts, rest)
