@@ -207,6 +207,11 @@ class Settings:
     #: message); per namespace in ``slow_readers`` (``[namespaces.X] slow_reader``).
     slow_reader: str = DISCONNECT
     slow_readers: dict[str, str] = field(default_factory=dict)
+    #: Negotiate permessage-deflate with WebSocket clients that offer it (each message
+    #: is compressed once for all of them: wire/deflate.py).
+    websocket_compression: bool = True
+    #: Messages shorter than this many bytes go uncompressed.
+    websocket_compression_threshold: int = 256
 
     #: Where channel logs live: ``"memory"`` (this process) or a ``redis://`` /
     #: ``rediss://`` URL shared by several nodes (a Redis Cluster is detected).
@@ -356,6 +361,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be at least 1, not {value!r}"
     if key in ("history_ttl", "idempotency_window") and value <= 0:
         return f" must be positive, not {value!r}"
+    if key == "websocket_compression_threshold" and value < 0:
+        return f" must be 0 or more, not {value!r}"
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))
@@ -523,6 +530,9 @@ def _type_problem(value: Any, default: Any) -> str | None:
     if isinstance(default, tuple):
         ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         kind = "a list of strings"
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+        kind = "true or false"
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         kind = "a number"
