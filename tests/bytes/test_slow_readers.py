@@ -132,6 +132,14 @@ async def test_a_slow_reader_skips_ahead_and_nobody_else_waits(
             # Its memory stays within the limit (plus the one write that crossed it).
             assert most_buffered <= LIMIT + 4200
             assert server.stats["slow_consumers"] == 0
+            # The sweep does not take a lagging reader for one whose buffer grew while
+            # it caught up: it is only cut off if it reads nothing for slow_consumer_timeout.
+            server.registry.sweep(loop.time(), time.time(), heartbeat=False, check_tokens=False)
+            assert not slowest.closed and server.stats["slow_consumers"] == 0
+            half = server.settings.slow_consumer_timeout / 2
+            server.registry.sweep(loop.time() + half, time.time(), heartbeat=False,
+                                  check_tokens=False)
+            assert not slowest.closed
 
             # The slow reader reads again: it skips ahead and goes live.
             received = bytearray()

@@ -139,11 +139,14 @@ class Stream(asyncio.Protocol):
 
     def check_progress(self, now: float) -> None:
         """From the sweep: cut off a stream whose backlog made no progress, or whose
-        buffer passed the limit while it caught up."""
-        if self.closed or not self.reader.behind:
+        buffer passed the limit while it caught up (live messages of its other
+        channels; a reader that lags writes none, its buffer passed the limit before)."""
+        reader = self.reader
+        if self.closed or not reader.behind:
             return
         settings = self._server.settings
-        if self.transport.get_write_buffer_size() > settings.output_buffer_limit or (
+        if (self.transport.get_write_buffer_size() > settings.output_buffer_limit
+                and not reader.all_behind) or (
                 self.stalled_since and now - self.stalled_since > settings.slow_consumer_timeout):
             self.cut_off()
 

@@ -233,6 +233,12 @@ class Reader:
         """Whether a backlog is owed: call :meth:`pull` when the socket has room."""
         return bool(self._behind)
 
+    @property
+    def all_behind(self) -> bool:
+        """Whether every channel owes a backlog: nothing is written live (a lagging reader)."""
+        behind = self._behind
+        return bool(behind) and all(channel in behind for channel in self._table())
+
     # events ------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
