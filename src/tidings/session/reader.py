@@ -237,7 +237,9 @@ class Reader:
     def all_behind(self) -> bool:
         """Whether every channel owes a backlog: nothing is written live (a lagging reader)."""
         behind = self._behind
-        return bool(behind) and all(channel in behind for channel in self._table())
+        if not behind:
+            return False
+        return all(channel in behind for channel in self._table())
 
     # events ------------------------------------------------------------------
 
