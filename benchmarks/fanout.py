@@ -196,7 +196,8 @@ async def bench(args: argparse.Namespace, server: ServerProcess) -> dict[str, ob
         "deflate": args.deflate,
         "feed": args.feed,
         "ws_bytes_per_delivered": round(sum(getattr(c, "frame_bytes", 0) for c in clients)
-                                        / max(1, sum(c.count for c in clients)), 1),
+                                        / max(1, sum(c.count for c in clients)), 1)
+        if args.technique == "websocket" else None,
         "connect_seconds": round(connect_seconds, 2),
         "drain_seconds": round(drain_seconds, 2),
         "poll_interval": args.poll_interval if args.technique == "poll" else None,
@@ -224,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(bench(args, server))
     finally:
         server.stop()
+    payload = "feed" if result["feed"] else f"{result['size']}B"
+    extras = " deflate" if result["deflate"] else ""
+    frames = (f", {result['ws_bytes_per_delivered']} B/delivered"
+              if result["ws_bytes_per_delivered"] is not None else "")
     print(
         f"{result['technique']:9} subs={result['subscribers']:<6} rate={result['rate']:g}/s "
-        f"size={'feed' if result['feed'] else str(result['size']) + 'B'}"
-        f"{' deflate' if result['deflate'] else ''}: "
-        f"{result['us_per_delivered']} us/delivered, "
-        f"{result['ws_bytes_per_delivered']} B/delivered "
+        f"size={payload}{extras}: {result['us_per_delivered']} us/delivered{frames} "
         f"(server {result['server_cpu_percent']}% of a core, "
         f"loadgen {result['loadgen_cpu_percent']}%), "
         f"latency p50 {result['latency_p50_ms']} ms p99 {result['latency_p99_ms']} ms, "
