@@ -41,3 +41,20 @@ def test_every_bad_value_is_named(tmp_path: Path) -> None:
     assert "[server] slow_reader" in lines[0] and "'drop'" in lines[0]
     assert "[namespaces.prices] slow_reader" in lines[1]
     assert "disconnect, skip, latest" in lines[1]
+
+
+def test_websocket_compression_settings(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text("[server]\nwebsocket_compression = false\n"
+                      "websocket_compression_threshold = 1024\n")
+    settings = Settings.from_file(config)
+    assert (settings.websocket_compression, settings.websocket_compression_threshold) == (
+        False, 1024)
+    assert Settings().websocket_compression is True
+    config.write_text('[server]\nwebsocket_compression = "no"\n'
+                      "websocket_compression_threshold = -1\n")
+    with pytest.raises(UsageError) as error:
+        Settings.from_file(config)
+    lines = str(error.value).splitlines()
+    assert "websocket_compression must be true or false" in lines[0]
+    assert "websocket_compression_threshold must be 0 or more" in lines[1]
