@@ -25,10 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from tidings.demo.feed import Market
+from tidings.wire import jsonvalue
 
 CHANNEL = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -237,18 +241,26 @@ _PONG_EMPTY = b"\x8a\x80\x00\x00\x00\x00"  # masked, empty pong with a zero mask
 
 
 class WebSocketClient(Client):
-    def __init__(self, run: Run, sampled: bool = False) -> None:
+    """With ``deflate``, it offers permessage-deflate as browsers do, and counts the
+    compressed message frames (RSV1) it gets; the sampled ones are inflated."""
+
+    def __init__(self, run: Run, sampled: bool = False, deflate: bool = False) -> None:
         super().__init__(run, sampled)
         self.buffer = b""
         self.upgraded = False
+        self.deflate = deflate
+        #: Bytes of frames received after the handshake (heads included).
+        self.frame_bytes = 0
 
     def send_request(self) -> None:
         assert self.transport is not None
         key = base64.b64encode(os.urandom(16))
+        offer = (b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                 if self.deflate else b"")
         self.transport.write(
             b"GET /channels/%s HTTP/1.1\r\n%sUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % (CHANNEL.encode(), _host_header(self.run), key))
+            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+            % (CHANNEL.encode(), _host_header(self.run), key, offer))
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer + data if self.buffer else data
@@ -280,7 +292,14 @@ class WebSocketClient(Client):
             end = start + length
             if end > size:
                 break
-            if opcode == 0x1:
+            self.frame_bytes += end - pos
+            if opcode == 0x1 and buffer[pos] & 0x40:  # compressed: only message frames are
+                self.count += 1
+                if self.sampled:
+                    inflated = zlib.decompressobj(-15).decompress(
+                        buffer[start:end] + b"\x00\x00\xff\xff")
+                    self.run.record(b"{" + inflated[len(_WS_MESSAGE) + 1:])
+            elif opcode == 0x1:
                 if buffer.startswith(_WS_MESSAGE, start):
                     self.count += 1
                     if self.sampled:
@@ -484,9 +503,12 @@ class Publisher:
     delay to the latency measured, not fan-out cost.
     """
 
-    def __init__(self, run: Run, size: int, connections: int = 4) -> None:
+    def __init__(self, run: Run, size: int, connections: int = 4, *,
+                 feed: bool = False) -> None:
         self.run = run
         self.size = size
+        #: Publish the demo's price ticks (tidings.demo.feed) instead of filler.
+        self.market = Market(seed=1) if feed else None
         self.connections_wanted = connections
         self.connections: list[PublishConnection] = []
         self.sent = 0
@@ -503,8 +525,11 @@ class Publisher:
         return sum(c.accepted for c in self.connections)
 
     def publish(self) -> None:
-        data = b'{"t":%.6f,"p":"' % time.time()
-        data += b"x" * max(0, self.size - len(data) - 2) + b'"}'
+        if self.market is not None:
+            data = b'{"t":%.6f,' % time.time() + jsonvalue.encode(self.market.tick())[1:]
+        else:
+            data = b'{"t":%.6f,"p":"' % time.time()
+            data += b"x" * max(0, self.size - len(data) - 2) + b'"}'
         # Round robin (so that no connection idles into the server's timeout),
         # skipping connections that still wait for an answer when one is free.
         count = len(self.connections)

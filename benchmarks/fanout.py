@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument("--deflate", action="store_true",
+                        help="WebSocket subscribers offer permessage-deflate")
+    parser.add_argument("--feed", action="store_true",
+                        help="publish the demo's price ticks instead of --size bytes of filler")
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")
     parser.add_argument("--profile", metavar="FILE",
                         help="record the server with py-spy over the measured window "
@@ -75,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def factory(args: argparse.Namespace, run: Run, sampled: bool) -> Callable[[], Client]:
     if args.technique == "websocket":
-        return partial(WebSocketClient, run, sampled)
+        return partial(WebSocketClient, run, sampled, args.deflate)
     if args.technique == "sse":
         return partial(SseClient, run, sampled)
     if args.technique == "longpoll":
@@ -111,7 +115,7 @@ async def bench(args: argparse.Namespace, server: ServerProcess) -> dict[str, ob
             assert isinstance(client, PollClient)
             client.start_polling(random.uniform(0, args.poll_interval))
 
-    publisher = Publisher(run, args.size)
+    publisher = Publisher(run, args.size, feed=args.feed)
     await publisher.connect()
 
     interval = 1.0 / args.rate
@@ -189,6 +193,11 @@ async def bench(args: argparse.Namespace, server: ServerProcess) -> dict[str, ob
         "duplicates": extra,
         "errors": len(run.errors),
         "first_errors": run.errors[:3],
+        "deflate": args.deflate,
+        "feed": args.feed,
+        "ws_bytes_per_delivered": round(sum(getattr(c, "frame_bytes", 0) for c in clients)
+                                        / max(1, sum(c.count for c in clients)), 1)
+        if args.technique == "websocket" else None,
         "connect_seconds": round(connect_seconds, 2),
         "drain_seconds": round(drain_seconds, 2),
         "poll_interval": args.poll_interval if args.technique == "poll" else None,
@@ -216,9 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(bench(args, server))
     finally:
         server.stop()
+    payload = "feed" if result["feed"] else f"{result['size']}B"
+    extras = " deflate" if result["deflate"] else ""
+    frames = (f", {result['ws_bytes_per_delivered']} B/delivered"
+              if result["ws_bytes_per_delivered"] is not None else "")
     print(
         f"{result['technique']:9} subs={result['subscribers']:<6} rate={result['rate']:g}/s "
-        f"size={result['size']}B: {result['us_per_delivered']} us/delivered "
+        f"size={payload}{extras}: {result['us_per_delivered']} us/delivered{frames} "
         f"(server {result['server_cpu_percent']}% of a core, "
         f"loadgen {result['loadgen_cpu_percent']}%), "
         f"latency p50 {result['latency_p50_ms']} ms p99 {result['latency_p99_ms']} ms, "

@@ -17,6 +17,7 @@ Config file::
     [namespaces.prices]          # channels named "prices:..."
     history_size = 100
     history_ttl = 60
+    slow_reader = "latest"       # or "skip", "disconnect" (the [server] default)
     subscribe = "anyone"         # or "token" (docs/security.md)
     publish = "api_key"          # or "token", "anyone"
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ from tidings.core.policy import (
     Rule,
 )
 from tidings.errors import UsageError
+from tidings.session.slow import DISCONNECT, SLOW_READER_POLICIES
 
 #: The reading techniques, by the names used everywhere (settings, CLI, clients).
 TRANSPORTS = ("websocket", "sse", "longpoll", "poll")
@@ -199,6 +202,16 @@ class Settings:
     output_buffer_limit: int = 256 * 1024  #: unsent bytes before a subscriber is cut off
     #: Seconds a subscriber may leave its backlog unread before it is cut off.
     slow_consumer_timeout: float = 30.0
+    #: What a stream past ``output_buffer_limit`` gets: ``"disconnect"`` (cut off),
+    #: ``"skip"`` (a gap to the end of the log) or ``"latest"`` (a gap and the newest
+    #: message); per namespace in ``slow_readers`` (``[namespaces.X] slow_reader``).
+    slow_reader: str = DISCONNECT
+    slow_readers: dict[str, str] = field(default_factory=dict)
+    #: Negotiate permessage-deflate with WebSocket clients that offer it (each message
+    #: is compressed once for all of them: wire/deflate.py).
+    websocket_compression: bool = True
+    #: Messages shorter than this many bytes go uncompressed.
+    websocket_compression_threshold: int = 256
 
     #: Where channel logs live: ``"memory"`` (this process) or a ``redis://`` /
     #: ``rediss://`` URL shared by several nodes (a Redis Cluster is detected).
@@ -218,6 +231,19 @@ class Settings:
         check_broker(self.broker)
         if self.idempotency_window <= 0:
             raise UsageError("idempotency_window must be positive")
+        for where, policy in [("slow_reader", self.slow_reader), *self.slow_readers.items()]:
+            check_slow_reader(policy, where)
+
+    def slow_reader_of(self, channel: str) -> str:
+        """The slow-reader policy of ``channel``: its namespace's, or the server default."""
+        return self.slow_readers.get(namespace_of(channel), self.slow_reader)
+
+    def slow_reader_policy(self) -> Callable[[str], str] | None:
+        """:meth:`slow_reader_of`, or ``None`` if every channel's policy is ``disconnect``."""
+        if self.slow_reader == DISCONNECT and all(
+                policy == DISCONNECT for policy in self.slow_readers.values()):
+            return None
+        return self.slow_reader_of
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
@@ -252,11 +278,13 @@ class Settings:
         base = cls(**server)
         auth = _auth(errors, path, config.get("auth"))
         namespaces, rules = _namespaces(errors, config.get("namespaces", {}), base, auth)
+        slow_readers = _slow_readers(errors, config.get("namespaces", {}))
         bridges = _bridges(errors, config.get("bridges", []))
         errors.raise_any()
         if rules:
             auth = dataclasses.replace(auth, rules=rules)
-        return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth)
+        return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth,
+                                   slow_readers=slow_readers)
 
 
 #: The sections of a config file.
@@ -265,7 +293,8 @@ SECTIONS = ("server", "namespaces", "auth", "bridges")
 AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
              "default_subscribe", "default_publish")
 #: The keys of a ``[namespaces.NAME]`` table.
-NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "subscribe", "publish")
+NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "slow_reader",
+                  "subscribe", "publish")
 #: The keys of a ``[[bridges]]`` entry.
 BRIDGE_KEYS = ("dsn", "schema", "tables")
 #: The shortest ``jwt_hs256_secret`` accepted, in bytes (HS256 keys shorter than the
@@ -308,7 +337,8 @@ def _server(errors: ConfigErrors, section: Any) -> dict[str, Any]:
         errors.add("", "server", " must be a table: [server]")
         return {}
     fields = {f.name: f for f in dataclasses.fields(Settings)}
-    known = [name for name in fields if name not in ("namespaces", "bridges", "auth")]
+    known = [name for name in fields
+             if name not in ("namespaces", "bridges", "auth", "slow_readers")]
     defaults = Settings()
     values: dict[str, Any] = {}
     for key, value in section.items():
@@ -331,11 +361,15 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be at least 1, not {value!r}"
     if key in ("history_ttl", "idempotency_window") and value <= 0:
         return f" must be positive, not {value!r}"
+    if key == "websocket_compression_threshold" and value < 0:
+        return f" must be 0 or more, not {value!r}"
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))
         elif key == "broker":
             check_broker(value)
+        elif key == "slow_reader":
+            check_slow_reader(value)
     except UsageError as exc:
         return f": {exc}"
     return None
@@ -379,6 +413,30 @@ def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
         if ok:
             namespaces[name] = Retention(int(size), float(ttl), float(window))
     return namespaces, rules
+
+
+def _slow_readers(errors: ConfigErrors, section: Any) -> dict[str, str]:
+    """The ``slow_reader`` of each ``[namespaces.NAME]`` table that sets one."""
+    policies: dict[str, str] = {}
+    if not isinstance(section, dict):
+        return policies  # _namespaces reported it
+    for name, values in section.items():
+        if isinstance(values, dict) and "slow_reader" in values:
+            value = values["slow_reader"]
+            try:
+                policies[name] = check_slow_reader(value)
+            except UsageError as exc:
+                errors.add(f"[namespaces.{name}]", "slow_reader", f": {exc}")
+    return policies
+
+
+def check_slow_reader(value: object, where: str = "slow_reader") -> str:
+    """``value`` if it is a slow-reader policy, else :class:`UsageError`."""
+    if value not in SLOW_READER_POLICIES:
+        raise UsageError(f"{where} must be one of {', '.join(SLOW_READER_POLICIES)}, "
+                         f"not {str(value)[:40]!r}")
+    assert isinstance(value, str)
+    return value
 
 
 def _auth(errors: ConfigErrors, path: str | Path, section: Any) -> AuthSettings:
@@ -472,6 +530,9 @@ def _type_problem(value: Any, default: Any) -> str | None:
     if isinstance(default, tuple):
         ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         kind = "a list of strings"
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+        kind = "true or false"
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         kind = "a number"

@@ -26,7 +26,7 @@ from brokerkit import (
 from conftest import UNIT
 from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import END, ORIGIN, Position, Start, new_epoch
-from tidings.core.log import Read
+from tidings.core.log import BackRead, Gap, Read
 from tidings.core.message import Message
 from tidings.errors import IdempotencyConflict, InvalidCursor
 
@@ -265,6 +265,82 @@ async def test_cursor_from_a_lost_store_gives_an_epoch_gap(harness: BrokerHarnes
     assert (read.gap.reason, read.gap.missed) == ("epoch", None)
     assert (read.gap.start, read.gap.resume) == (old[-1].position, Position(new_epoch_name, 0))
     assert ids(read.messages) == ids(new)
+
+
+# History backwards ----------------------------------------------------------------------------
+
+
+async def read_back_ready(broker: Broker, before: Start, since: Start = ORIGIN,
+                          limit: int = 1000) -> BackRead:
+    """Read backwards as the server does: ready for ``before`` (or ``since``), then read."""
+    starts = {CHANNEL: before if isinstance(before, Position) else since}
+    if not broker.ready(starts):
+        async with asyncio.timeout(5 * UNIT):
+            await broker.prepare(starts)
+    return broker.read_back(CHANNEL, before, since, limit)
+
+
+async def test_read_back_pages_newest_first_to_the_oldest(harness: BrokerHarness) -> None:
+    broker = await harness.open_broker()
+    published = await publish_many(broker, 7)
+    epoch = published[0].position.epoch
+    first = await read_back_ready(broker, END, ORIGIN, 3)
+    assert ids(first.messages) == ids(published[:-4:-1])
+    assert [m.data for m in first.messages] == [b'{"n":7}', b'{"n":6}', b'{"n":5}']
+    assert (first.top, first.more, first.gap) == (Position(epoch, 7), True, None)
+    pages = [first]
+    while pages[-1].more:
+        pages.append(await read_back_ready(broker, pages[-1].messages[-1].position, ORIGIN, 3))
+    assert [ids(page.messages) for page in pages] == [
+        ids(published[6:3:-1]), ids(published[3:0:-1]), [published[0].id]]
+    assert pages[1].top == Position(epoch, 4)
+    forward = await read_ready(broker, CHANNEL, ORIGIN)
+    assert [m for page in pages for m in ids(page.messages)] == ids(forward.messages)[::-1]
+
+
+async def test_read_back_of_a_channel_never_published_to(harness: BrokerHarness) -> None:
+    broker = await harness.open_broker()
+    read = await read_back_ready(broker, END)
+    assert (read.messages, read.more, read.gap) == ([], False, None)
+    (message,) = await publish_many(broker, 1)
+    assert read.top == Position(message.position.epoch, 0)  # the epoch it is published in
+
+
+async def test_read_back_since_bounds_and_the_expired_gap(harness: BrokerHarness) -> None:
+    broker = await harness.open_broker(size=3)
+    published = await publish_many(broker, 6)  # keeps 4..6
+    epoch = published[0].position.epoch
+    bounded = await read_back_ready(broker, END, published[4].position)
+    assert ids(bounded.messages) == [published[5].id] and bounded.gap is None
+    origin = await read_back_ready(broker, END, ORIGIN)
+    assert ids(origin.messages) == ids(published[:2:-1]) and origin.gap is None
+    stale = await read_back_ready(broker, END, published[0].position)
+    assert ids(stale.messages) == ids(published[:2:-1])
+    assert stale.gap == Gap(CHANNEL, published[0].position, Position(epoch, 3), "expired", 2)
+    with pytest.raises(InvalidCursor):
+        await read_back_ready(broker, Position(epoch, 9))
+
+
+async def test_read_back_from_a_lost_log_gives_an_epoch_gap(harness: BrokerHarness) -> None:
+    broker = await harness.open_broker()
+    old = await publish_many(broker, 3)
+    broker = await harness.lose_store(broker)
+    new = await publish_many(broker, 2, first=4)
+    read = await read_back_ready(broker, old[-1].position)
+    assert read.messages == [] and not read.more
+    assert read.gap == Gap(CHANNEL, old[-1].position, new[-1].position, "epoch", None)
+
+
+async def test_read_back_on_another_node_before_an_id_it_has_not_heard_of(
+        shared_harness: BrokerHarness) -> None:
+    node_b = await shared_harness.open_broker()
+    node_a = await shared_harness.node_in_thread()
+    first = [node_a.publish_blocking(CHANNEL, b'{"n":%d}' % n) for n in range(1, 4)]
+    read = await read_back_ready(node_b, first[-1].position)  # a channel B never read
+    assert ids(read.messages) == ids(first[1::-1])
+    more = [node_a.publish_blocking(CHANNEL, b'{"n":%d}' % n) for n in range(4, 7)]
+    read = await read_back_ready(node_b, more[-1].position, ORIGIN, 4)  # B's replica is behind
+    assert ids(read.messages) == ids([*first, *more][4::-1][:4]) and read.more
 
 
 # Live fan-out ----------------------------------------------------------------------------------

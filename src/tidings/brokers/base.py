@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 from tidings.core.cursor import Start
 from tidings.core.fanout import Hub
-from tidings.core.log import Read
+from tidings.core.log import BackRead, Read
 from tidings.core.message import Message
 
 
@@ -38,6 +38,8 @@ class Broker(abc.ABC):
       in use: :meth:`ready` says whether :meth:`read` can answer ``starts``
       now, and otherwise ``await prepare(starts)`` makes it so (or raises
       :class:`~tidings.errors.BrokerError`).
+    * :meth:`read_back` answers the same retained messages newest first,
+      under the same readiness rule (``ready`` for the ``before`` position).
     * A publish with an ``idempotency_key`` that was used on the channel
       within its window (``Retention.idempotency_window``) stores nothing: it
       returns the first message as a :class:`Replayed` if the body is the
@@ -79,6 +81,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def read(self, channel: str, start: Start, limit: int) -> Read:
         """Read up to ``limit`` messages of ``channel`` after ``start``."""
+
+    @abc.abstractmethod
+    def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
+        """Read up to ``limit`` messages of ``channel`` older than ``before``, newest first.
+
+        See :meth:`tidings.core.log.ChannelLog.read_back` for ``before`` and
+        ``since``; like :meth:`read`, it answers at once once :meth:`ready`.
+        """
 
     @abc.abstractmethod
     def maintain(self) -> None:

@@ -57,7 +57,7 @@ from tidings.brokers.base import Broker, Replayed
 from tidings.core.cursor import EPOCH_LENGTH, Start
 from tidings.core.fanout import Hub
 from tidings.core.idempotency import Record, fingerprint
-from tidings.core.log import ChannelLog, Read, Retention
+from tidings.core.log import BackRead, ChannelLog, Read, Retention
 from tidings.core.message import Message
 from tidings.errors import IdempotencyConflict
 
@@ -244,6 +244,15 @@ class MemoryBroker(Broker):
         if len(log):
             log.trim(now)
         return log.read(start, limit)
+
+    def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
+        log = self._logs.get(channel)
+        if log is None:
+            return self._stand_in(channel).read_back(before, since, limit)
+        now = log.touched = self._clock()
+        if len(log):
+            log.trim(now)
+        return log.read_back(before, since, limit)
 
     def maintain(self) -> None:
         now = self._clock()

@@ -29,6 +29,7 @@ from tidings.client.events import (
     StatusEvent,
     TransportChanged,
 )
+from tidings.client.history import History
 from tidings.client.publisher import Publisher
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Connected",
     "Disconnected",
     "Gap",
+    "History",
     "Message",
     "Publisher",
     "StatusEvent",

@@ -42,6 +42,7 @@ from tidings.client.events import (
     StatusEvent,
     TransportChanged,
 )
+from tidings.client.history import History, parse_history
 from tidings.errors import ClientClosed, ConnectionFailed, RequestRefused, UsageError
 from tidings.server_api import base_urls, refusal_of_status, refused
 
@@ -234,6 +235,47 @@ class Client:
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot publish to {self._base}: {_explain(exc)}") from None
         return published_id(response)
+
+    # history -----------------------------------------------------------------
+
+    async def history(self, channel: str, *, before: str | None = None,
+                      since: str | None = None, limit: int | None = None) -> History:
+        """A page of ``channel``'s retained messages, newest first (chat scroll-back).
+
+        Without ``before``, the newest messages; with ``before`` (a message
+        id, such as :attr:`History.before` of the page above), those older than
+        it. ``since`` (a message id, or ``"0"``) stops the page there; ``limit``
+        is the page size (the server's ``poll_limit`` if ``None``). Raises
+        :class:`ConnectionFailed` if the server cannot be reached and
+        :class:`RequestRefused` if it refuses (an id it does not know, say).
+        """
+        self._check_open()
+        checked_channel(channel)
+        params: dict[str, str] = {"order": "desc"}
+        for name, value in (("before", before), ("since", since)):
+            if value is not None:
+                params[name] = value
+        if limit is not None:
+            if limit < 1:
+                raise UsageError(f"limit must be at least 1, not {limit!r}")
+            params["limit"] = str(limit)
+        url = self._url(f"/channels/{channel}")
+        try:
+            response = await self._http.get(url, params=params)
+            if response.status_code == 401 and self._tokens.refreshable and (
+                    refused(response).code == "token_expired"):
+                self._tokens.invalidate()  # once, with a fresh token
+                response = await self._http.get(url, params=params)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot read {channel}'s history from {self._base}: "
+                                   f"{_explain(exc)}") from None
+        if response.status_code != 200:
+            raise refused(response)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        return parse_history(channel, answer)
 
     async def _publish_ws(self, channel: str, data: Any, key: str | None) -> str:
         try:

@@ -65,6 +65,23 @@ class Read:
     more: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class BackRead:
+    """The answer to :meth:`ChannelLog.read_back`: a page of history, newest first.
+
+    ``top`` is the position after the newest message the page could hold
+    (the ``since`` of a forward read of what follows it); ``more`` says older
+    messages are retained below the page (ask again with ``before`` set to
+    the oldest message's id). ``gap`` names messages of the range asked for
+    that the log no longer has, once the page reaches the bottom of it.
+    """
+
+    messages: list[Message]
+    top: Position
+    more: bool = False
+    gap: Gap | None = None
+
+
 class ChannelLog:
     """The ordered, bounded message log of one channel.
 
@@ -176,6 +193,58 @@ class ChannelLog:
         more = index + limit < len(self._items)
         begin = self._end if after == self._last_seq else Position(self.epoch, after)
         return Read(messages, begin, messages[-1].position if messages else begin, gap, more)
+
+    def read_back(self, before: Start, since: Start, limit: int) -> BackRead:
+        """Read up to ``limit`` messages older than ``before``, newest first.
+
+        ``before`` is a message id (exclusive) or :data:`END` (from the newest
+        message); ``since`` is the exclusive lower bound: :data:`ORIGIN` (the
+        oldest retained message, no gap) or a position, as a forward read's
+        cursor (with the same gap if it is older than what is retained, or of
+        another epoch). A ``before`` of another epoch belongs to a lost log:
+        the answer is empty with an ``epoch`` gap up to this log's end. Raises
+        :class:`InvalidCursor` for a position ahead of this epoch's end.
+        """
+        last, first = self._last_seq, self.first_seq
+        if before is END or before is ORIGIN:
+            top_seq = last
+        else:
+            assert isinstance(before, Position)
+            if before.epoch != self.epoch:
+                return BackRead([], self._end, False,
+                                Gap(self.channel, before, self._end, "epoch", None))
+            self._check_not_ahead(before)
+            top_seq = before.seq - 1
+        top = self._end if top_seq == last else Position(self.epoch, top_seq)
+        low = first - 1  # the page holds sequence numbers low + 1 .. top_seq
+        gap: Gap | None = None
+        if isinstance(since, Position):
+            if since.epoch != self.epoch:
+                gap = Gap(self.channel, since, Position(self.epoch, low), "epoch", None)
+            else:
+                self._check_not_ahead(since)
+                if since.seq >= top_seq:
+                    return BackRead([], top)
+                if since.seq < low:
+                    gap = Gap(self.channel, since, Position(self.epoch, low), "expired",
+                              low - since.seq)
+                else:
+                    low = since.seq
+        if top_seq <= low:
+            return BackRead([], top, False, gap)
+        bottom = max(low + 1, top_seq - limit + 1)
+        base = self._head - first
+        messages = self._items[base + bottom : base + top_seq + 1]
+        messages.reverse()
+        more = bottom > low + 1
+        return BackRead(messages, top, more, None if more else gap)
+
+    def _check_not_ahead(self, position: Position) -> None:
+        if position.seq > self._last_seq:
+            raise InvalidCursor(
+                f"cursor {position} is ahead of the end of channel {self.channel!r} "
+                f"({self.end}); it does not belong to this log"
+            )
 
     def select(self, predicate: Callable[[Message], bool]) -> list[Message]:
         """Retained messages matching ``predicate`` (for tests and tools)."""

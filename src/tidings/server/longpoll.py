@@ -22,7 +22,7 @@ from tidings.core.cursor import Start
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE
-from tidings.session.reader import Reader
+from tidings.session.reader import make_reader
 from tidings.wire import poll
 from tidings.wire.http import Headers
 
@@ -41,7 +41,7 @@ class Waiter:
     __slots__ = ("_server", "conn", "cors", "expires", "keep_alive", "parked", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
-                 keep_alive: bool, expires: float = 0.0) -> None:
+                 keep_alive: bool, expires: float = 0.0, *, latest: bool = False) -> None:
         self._server = server
         self.conn = conn
         #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
@@ -50,7 +50,8 @@ class Waiter:
         self.keep_alive = keep_alive
         self.parked = False
         #: What the hub holds while the request is parked.
-        self.reader = Reader(server.broker, poll.ANSWERS, self, multi=multi, owner=self)
+        self.reader = make_reader(server.broker, poll.ANSWERS, self, multi=multi, owner=self,
+                                  latest=latest)
 
     def park(self, wait: float) -> None:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
@@ -131,9 +132,9 @@ class Expiries:
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, wait: float, cors: Headers, keep_alive: bool,
-           expires: float = 0.0) -> None:
+           expires: float = 0.0, *, latest: bool = False) -> None:
     """Answer at once if something is there (or ``wait`` is 0), else park until it comes."""
-    waiter = Waiter(server, conn, multi, cors, keep_alive, expires)
+    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, latest=latest)
     batch = waiter.reader.open(starts, limit)
     if batch.messages or batch.gaps or wait <= 0:
         body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)

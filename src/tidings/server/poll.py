@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from tidings.core.cursor import Start
 from tidings.server.connection import HttpConnection
 from tidings.session.batch import Batch
-from tidings.session.reader import Reader
+from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
 
@@ -28,11 +28,19 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
-           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool) -> None:
+           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool, *,
+           latest: bool = False) -> None:
     """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
-    reader = Reader(server.broker, poll.ANSWERS, multi=multi)
+    reader = make_reader(server.broker, poll.ANSWERS, multi=multi, latest=latest)
     batch = reader.open(starts, limit)
     respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
+
+
+def answer_back(server: Server, conn: HttpConnection, channel: str, before: Start,
+                since: Start, limit: int, cors: Headers, keep_alive: bool) -> None:
+    """Answer a read backwards (``?before=`` or ``?order=desc``): one page, newest first."""
+    read = server.broker.read_back(channel, before, since, limit)
+    conn.answer(200, (*JSON_NO_CACHE, *cors), poll.back_body(read), keep_alive)
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,

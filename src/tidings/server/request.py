@@ -56,6 +56,15 @@ class Request:
     def wants_event_stream(self) -> bool:
         return "text/event-stream" in self.headers.get("accept", "")
 
+    def latest(self) -> bool:
+        """Whether ``?latest=1`` asks for the newest message of each channel only."""
+        text = self.arg("latest")
+        if text is None or text == "0":
+            return False
+        if text != "1":
+            raise BadRequest(f"latest must be 1 or 0, not {text[:20]!r}", code="invalid_latest")
+        return True
+
     def wait_seconds(self) -> float | None:
         """The long-poll wait from ``?wait=`` or ``Prefer: wait=N``, or ``None``."""
         text = self.arg("wait")

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import parse_since
+from tidings.core.cursor import END, ORIGIN, Start, parse_position, parse_since
 from tidings.core.names import check_channel
 from tidings.errors import (
     BadRequest,
@@ -133,6 +133,10 @@ class Router:
         cors = server.cors.headers(request.headers)
         keep_alive = request.keep_alive
         then: Callable[[], None]
+        if _reads_back(request):
+            self._read_back(conn, request, channels, multi, cors)
+            return
+        latest = request.latest()  # 400 before any technique starts
         if request.wants_websocket:
             self._check_enabled("websocket")
             starts = parse_since(request.arg("since"), channels) if channels else {}
@@ -144,7 +148,7 @@ class Router:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            stream = SseStream(server, conn.detach(), multi)
+            stream = SseStream(server, conn.detach(), multi, latest=latest)
             stream.expires = credentials.expires
             server.when_ready(starts, lambda: stream.start(starts, cors),
                               lambda error: stream.refuse(error, cors))
@@ -160,20 +164,56 @@ class Router:
                 def then() -> None:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive)
+                                    keep_alive, latest=latest)
             else:
                 wait = min(wait, self.settings.max_wait)
 
                 def then() -> None:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires)
+                                        keep_alive, credentials.expires, latest=latest)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
         if not server.when_ready(starts, then, refuse):
             conn.park()  # the requests behind it wait too
+
+    def _read_back(self, conn: HttpConnection, request: Request, channels: list[str],
+                   multi: bool, cors: http.Headers) -> None:
+        """History backwards: ``?before=ID`` or ``?order=desc``, one channel, a regular poll."""
+        if multi or request.wants_websocket or request.wants_event_stream or (
+                request.wait_seconds() is not None):
+            raise BadRequest("history backwards (before=, order=desc) is a regular poll of one "
+                             "channel: GET /channels/{channel}, without wait, SSE or WebSocket",
+                             code="invalid_order")
+        self._check_enabled("poll")
+        order = request.arg("order")
+        if order not in (None, "asc", "desc"):
+            raise BadRequest(f"order must be asc or desc, not {order[:20]!r}",
+                             code="invalid_order")
+        before_text = request.arg("before")
+        if order == "asc" and before_text is not None:
+            raise BadRequest("before= reads backwards; it cannot go with order=asc",
+                             code="invalid_order")
+        before: Start = END if before_text is None else parse_position(before_text)
+        since_text = request.arg("since")
+        since: Start = ORIGIN if since_text is None else parse_since(since_text, channels)[
+            channels[0]]
+        page = self._limit(request)
+        (channel,) = channels
+        server, keep_alive = self.server, request.keep_alive
+
+        def then() -> None:
+            if not conn.closing:
+                poll.answer_back(server, conn, channel, before, since, page, cors, keep_alive)
+
+        def refuse(error: ProtocolError | BrokerError) -> None:
+            conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
+
+        ready_for = before if before is not END else since
+        if not server.when_ready({channel: ready_for}, then, refuse):
+            conn.park()
 
     def _check_enabled(self, technique: str) -> None:
         if technique not in self.techniques:
@@ -193,6 +233,12 @@ class Router:
     def _preflight(self, conn: HttpConnection, request: Request, methods: str) -> None:
         headers = self.server.cors.preflight(request.headers, methods)
         conn.answer(204, headers, b"", request.keep_alive)
+
+
+def _reads_back(request: Request) -> bool:
+    """Whether a read asks for history backwards (``order=asc`` is the ordinary forward read)."""
+    order = request.arg("order")
+    return request.arg("before") is not None or (order is not None and order != "asc")
 
 
 def _ascii_digits(text: str, longest: int) -> bool:

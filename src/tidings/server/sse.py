@@ -35,8 +35,9 @@ class SseStream(Stream):
 
     __slots__ = ()
 
-    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool) -> None:
-        super().__init__(server, transport, sse.EVENTS, multi)
+    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool, *,
+                 latest: bool = False) -> None:
+        super().__init__(server, transport, sse.EVENTS, multi, latest=latest)
 
     def start(self, starts: Mapping[str, Start], cors: Headers) -> None:
         """Send the head and the opening cursor, then the backlog as the socket drains."""

@@ -7,6 +7,10 @@ Backpressure policy (docs/topics/backpressure.md):
   :meth:`Stream.pause_writing` and the stream is cut off: it is told why (a
   last SSE event or a WebSocket close frame), unsubscribed at once, and
   closed. Nobody else waits for it; the client resumes from its cursor.
+* **Slow readers** (``slow_reader = "skip"`` or ``"latest"``, or ``?latest=1``):
+  past the limit the reader stops writing instead (:meth:`Reader.lag`); once
+  the socket has drained it writes a gap counting what it skipped (and, for
+  ``latest``, the newest message) and goes on live (session/slow.py).
 * **Catching up**: a backlog (retained messages a client asked for) is not
   copied into the buffer. The reader pulls it from the log about half the
   limit at a time, and pulls again when the socket has taken it
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 from tidings.core.cursor import Start
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
 from tidings.session.batch import Batch
-from tidings.session.reader import Encoder, Reader
+from tidings.session.reader import Encoder, make_reader
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -45,11 +49,13 @@ class Stream(asyncio.Protocol):
     __slots__ = ("_server", "closed", "expires", "reader", "stalled_since", "transport")
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
-                 multi: bool = False) -> None:
+                 multi: bool = False, *, latest: bool = False) -> None:
         self._server = server
         self.transport = transport
-        #: What the hub holds: it hands each message straight to the reader.
-        self.reader = Reader(server.broker, encoder, transport, multi=multi, owner=self)
+        #: What the hub holds: it hands each message straight to the reader. With a
+        #: slow-reader policy (or ``?latest=1``) it can skip ahead instead of being cut off.
+        self.reader = make_reader(server.broker, encoder, transport, multi=multi, owner=self,
+                                  policy=server.settings.slow_reader_policy(), latest=latest)
         self.closed = False
         #: When the client's token expires, in Unix seconds (0: never); the server's
         #: sweep calls :meth:`token_expired` then (docs/security.md).
@@ -120,6 +126,10 @@ class Stream(asyncio.Protocol):
         if self.reader.behind:
             self.stalled_since = self.stalled_since or self._server.loop.time()
             return  # a backlog waits for the socket; the sweep watches it
+        if self.reader.lag():  # slow_reader skip or latest: skip ahead once it has drained
+            self._server.stats["slow_readers_lagged"] += 1
+            self.catch_up()
+            return
         self.cut_off()
 
     def resume_writing(self) -> None:
@@ -129,11 +139,14 @@ class Stream(asyncio.Protocol):
 
     def check_progress(self, now: float) -> None:
         """From the sweep: cut off a stream whose backlog made no progress, or whose
-        buffer passed the limit while it caught up."""
-        if self.closed or not self.reader.behind:
+        buffer passed the limit while it caught up (live messages of its other
+        channels; a reader that lags writes none, its buffer passed the limit before)."""
+        reader = self.reader
+        if self.closed or not reader.behind:
             return
         settings = self._server.settings
-        if self.transport.get_write_buffer_size() > settings.output_buffer_limit or (
+        if (self.transport.get_write_buffer_size() > settings.output_buffer_limit
+                and not reader.all_behind) or (
                 self.stalled_since and now - self.stalled_since > settings.slow_consumer_timeout):
             self.cut_off()
 

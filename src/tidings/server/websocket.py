@@ -35,7 +35,7 @@ from tidings.errors import (
 from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.request import Request
 from tidings.server.stream import Stream
-from tidings.wire import commands, http, websocket
+from tidings.wire import commands, deflate, http, websocket
 from tidings.wire.websocket import FrameParser
 
 if TYPE_CHECKING:
@@ -54,8 +54,12 @@ MAX_HELD_COMMANDS = 1000
 _HEADERS_REPLACED = frozenset({"connection", "content-length", "content-type", "date"})
 
 
-def handshake(conn: HttpConnection, request: Request) -> bytes | None:
-    """Check the upgrade request; send the answer; return ``None`` if it was refused."""
+def handshake(conn: HttpConnection, request: Request,
+              extensions: str | None = None) -> bytes | None:
+    """Check the upgrade request; return the ``101`` answer, or send a refusal and return ``None``.
+
+    ``extensions`` is the ``Sec-WebSocket-Extensions`` the answer agrees to.
+    """
     headers = WsHeaders()
     for name, value in request.headers.items():
         headers[name] = value
@@ -71,6 +75,8 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
         conn.respond(http.json_response(response.status_code, body, extra, keep_alive=False),
                      keep_alive=False)
         return None
+    if extensions is not None:
+        response.headers["Sec-WebSocket-Extensions"] = extensions
     return response.serialize()
 
 
@@ -79,11 +85,17 @@ class WebSocketSession(Stream):
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        super().__init__(server, transport, commands.FRAMES)
+    def __init__(self, server: Server, transport: asyncio.Transport, *,
+                 latest: bool = False, compression: deflate.Agreement | None = None) -> None:
+        # With compression, messages go out compressed once for every such connection.
+        encoder = commands.FRAMES if compression is None else deflate.frames(
+            compression.window_bits, server.settings.websocket_compression_threshold)
+        super().__init__(server, transport, encoder, latest=latest)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
         )
+        if compression is not None:
+            self.parser.inflate = deflate.inflate
         self.last_seen = server.loop.time()
         #: Publish commands still waiting for the broker.
         self.pending = 0
@@ -313,10 +325,13 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
     if conn.transport is None or conn.closing:
         return  # the client left while the broker was fetching
-    response = handshake(conn, request)
+    compression = deflate.negotiate(request.header("sec-websocket-extensions")) if (
+        server.settings.websocket_compression) else None
+    response = handshake(conn, request, compression.header if compression else None)
     if response is None:
         return
-    session = WebSocketSession(server, conn.detach())
+    session = WebSocketSession(server, conn.detach(), latest=request.latest(),
+                               compression=compression)
     session.credentials = credentials
     session.expires = credentials.expires
     session.start(response, starts, rest)

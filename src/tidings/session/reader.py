@@ -32,9 +32,10 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from tidings.core.cursor import Position, Start, format_multi
-from tidings.core.log import Gap, Read
+from tidings.core.log import BackRead, Gap, Read
 from tidings.core.message import Message
 from tidings.errors import UsageError
+from tidings.session import slow
 from tidings.session.batch import Batch, read_batch
 
 #: Messages read from each log per step of a pull (bounds the work of one step).
@@ -46,6 +47,10 @@ class Log(Protocol):
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
         """Up to ``limit`` messages of ``channel`` after ``start`` (see ``ChannelLog.read``)."""
+        ...
+
+    def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
+        """Newest first (see ``ChannelLog.read_back``); for the ``latest`` policy."""
         ...
 
 
@@ -133,9 +138,10 @@ class Reader:
         self._one: str | None = None
         self._at: Position | None = None
         self._positions: dict[str, Position] | None = None
-        #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
+        #: Channels that owe a backlog, pulled from the log, each with how: ``None``
+        #: (every message) or a slow-reader mode (``skip``, ``latest``: session/slow.py);
         #: ``None`` rather than empty, to keep an idle connection small.
-        self._behind: dict[str, None] | None = None
+        self._behind: dict[str, str | None] | None = None
 
     # positions -----------------------------------------------------------------
 
@@ -227,6 +233,14 @@ class Reader:
         """Whether a backlog is owed: call :meth:`pull` when the socket has room."""
         return bool(self._behind)
 
+    @property
+    def all_behind(self) -> bool:
+        """Whether every channel owes a backlog: nothing is written live (a lagging reader)."""
+        behind = self._behind
+        if not behind:
+            return False
+        return all(channel in behind for channel in self._table())
+
     # events ------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
@@ -270,7 +284,11 @@ class Reader:
         positions = self._table()
         out: list[bytes] = []
         size = 0
-        done = False
+        for channel, mode in list(behind.items()):
+            if mode is not None:  # skip ahead, and go live in this same step
+                size += self._skip_ahead(channel, mode, positions, out)
+                del behind[channel]
+        done = not behind
         while behind and size < budget and not done:
             batch = read_batch(self._log, {channel: positions[channel] for channel in behind},
                                PULL_PAGE)
@@ -294,6 +312,32 @@ class Reader:
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
             self._behind = None
 
+    def _skip_ahead(self, channel: str, mode: str, positions: dict[str, Position],
+                    out: list[bytes]) -> int:
+        """Write what ``mode`` (skip, latest) owes for ``channel``; return the bytes added."""
+        gap, message, position = slow.catch_up(self._log, channel, positions[channel], mode)
+        size = 0
+        if gap is not None:
+            positions[channel] = gap.resume
+            data = self._encoder.gap(gap, format_multi(positions) if self.multi
+                                     else str(gap.resume))
+            out.append(data)
+            size += len(data)
+        positions[channel] = position
+        if message is not None:
+            data = self._encoder.message(message, format_multi(positions) if self.multi else None)
+            out.append(data)
+            size += len(data)
+        return size
+
+    def lag(self) -> bool:
+        """The socket passed its output limit while live: skip ahead, or be cut off?
+
+        ``False`` (always, for this class): the driver cuts the connection off,
+        the ``disconnect`` policy. See :class:`TrackingReader`.
+        """
+        return False
+
     def fail(self, error: Exception) -> None:
         """The hub caught ``error`` from :meth:`deliver` or :meth:`skip`: tell the driver."""
         if self._owner is None:
@@ -307,6 +351,102 @@ class Reader:
         table.update(batch.positions)
         self._keep(table)
         return batch
+
+
+class TrackingReader(Reader):
+    """A reader with a slow-reader policy other than ``disconnect`` (session/slow.py).
+
+    It records the position of every message it writes (a plain reader that
+    is not ``multi`` does not, to keep the fan-out lean), so that when its
+    socket passes the output limit it knows where the client stands: then
+    :meth:`lag` stops writing live messages, and the next :meth:`pull` (when
+    the socket has drained) writes per channel what its policy says: a
+    ``skipped`` gap to the end of the log, or a ``latest`` gap and the newest
+    message; channels whose policy is ``disconnect`` catch up on their whole
+    backlog instead. ``policy(channel)`` names each channel's policy; with
+    ``latest`` (``?latest=1``) every channel is ``latest``, its backlog and
+    its poll pages too.
+    """
+
+    __slots__ = ("_latest", "_policy")
+
+    def __init__(self, log: Log, encoder: Encoder, output: Output | None = None, *,
+                 multi: bool = False, owner: Owner | None = None,
+                 policy: Callable[[str], str] | None = None, latest: bool = False) -> None:
+        super().__init__(log, encoder, output, multi=multi, owner=owner)
+        self._policy = policy
+        self._latest = latest
+
+    def mode(self, channel: str) -> str:
+        """The slow-reader policy of ``channel`` for this reader."""
+        if self._latest:
+            return slow.LATEST
+        return self._policy(channel) if self._policy is not None else slow.DISCONNECT
+
+    def open(self, starts: Mapping[str, Start], limit: int = 0) -> Batch:
+        if not self._latest:
+            return super().open(starts, limit)
+        if limit:  # a poll: the newest message of each channel
+            batch = slow.latest_batch(self._log, starts)
+            table = self._table()
+            table.update(batch.positions)
+            self._keep(table)
+            return batch
+        batch = super().open(starts)
+        assert self._behind is not None
+        for channel in starts:
+            self._behind[channel] = slow.LATEST
+        return batch
+
+    def page(self, limit: int) -> Batch:
+        if not self._latest:
+            return super().page(limit)
+        table = self._table()
+        batch = slow.latest_batch(self._log, table)
+        table.update(batch.positions)
+        self._keep(table)
+        return batch
+
+    def deliver(self, message: Message) -> None:
+        channel = message.channel
+        behind = self._behind
+        if behind is not None and channel in behind:
+            return  # lagging or catching up: the next pull reads the log
+        if self._one is not None:  # the position first: a write may make the reader lag
+            self._at = message.position
+        elif self._positions is not None:
+            self._positions[channel] = message.position
+        if self.multi:
+            self._output.write(self._encoder.message(message, format_multi(self._table())))
+        else:
+            self._output.write(message.encoded.get(self._key) or self._single(message))
+
+    def lag(self) -> bool:
+        """The socket passed its output limit while live: stop writing, skip ahead later.
+
+        Returns ``False`` if every channel's policy is ``disconnect`` (the
+        driver then cuts the connection off); else the reader is behind from
+        now on, and the driver calls :meth:`pull` once the socket has drained.
+        """
+        modes = {channel: self.mode(channel) for channel in self._table()}
+        if all(mode == slow.DISCONNECT for mode in modes.values()):
+            return False
+        self._behind = {channel: None if mode == slow.DISCONNECT else mode
+                        for channel, mode in modes.items()}
+        return True
+
+
+def make_reader(log: Log, encoder: Encoder, output: Output | None = None, *,
+                multi: bool = False, owner: Owner | None = None,
+                policy: Callable[[str], str] | None = None, latest: bool = False) -> Reader:
+    """A :class:`Reader`, or a :class:`TrackingReader` if a slow-reader policy applies.
+
+    ``policy`` is ``None`` when every channel's policy is ``disconnect``.
+    """
+    if policy is None and not latest:
+        return Reader(log, encoder, output, multi=multi, owner=owner)
+    return TrackingReader(log, encoder, output, multi=multi, owner=owner, policy=policy,
+                          latest=latest)
 
 
 class _NoOutput:

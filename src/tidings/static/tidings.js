@@ -279,6 +279,55 @@ class Client {
     return answer.id;
   }
 
+  /**
+   * A page of `channel`'s retained messages, newest first (chat scroll-back): resolves with
+   * `{messages, next, before, gaps}`. Without `before`, the newest messages; with `before`
+   * (an id, such as the `before` of the page above), those older than it; `before` is null
+   * on the page that reached the oldest retained message. `since` ("0" or an id) stops the
+   * page there; `limit` is the page size. `subscribe(channel, {since: page.next})` goes on
+   * after the page's newest message, nothing missed. docs/protocol.md: History backwards.
+   */
+  async history(channel, { before, since, limit } = {}) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    const query = new URLSearchParams({ order: "desc" });
+    if (before !== undefined && before !== null) query.set("before", String(before));
+    if (since !== undefined && since !== null) query.set("since", String(since));
+    if (limit !== undefined && limit !== null) {
+      if (!Number.isInteger(limit) || limit < 1) {
+        throw new TidingsError("limit must be an integer of at least 1");
+      }
+      query.set("limit", String(limit));
+    }
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.options.requestTimeout);
+    let response;
+    let answer;
+    try {
+      const token = await this._token();
+      const headers = token !== null ? { Authorization: `Bearer ${token}` } : {};
+      this.stats.requests += 1;
+      response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}?${query}`, {
+        headers, cache: "no-store", signal: controller.signal,
+      });
+      answer = await response.json().catch(() => null);
+    } catch (error) {
+      throw new TidingsError(`cannot read the history of ${channel}: ${error.message}`,
+        { code: "connection_failed" });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response.status !== 200 || !answer || !Array.isArray(answer.messages)
+        || typeof answer.next !== "string") {
+      throw refusal(response.status, answer);
+    }
+    return {
+      messages: answer.messages, next: answer.next,
+      before: typeof answer.before === "string" ? answer.before : null,
+      gaps: Array.isArray(answer.gaps) ? answer.gaps : [],
+    };
+  }
+
   /** Stop reading and end every subscription; the client cannot be used again. */
   close() {
     if (this._closed) return;

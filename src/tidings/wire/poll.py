@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tidings.core.log import Gap
+from tidings.core.log import BackRead, Gap
 from tidings.core.message import Message
 from tidings.wire import jsonvalue
 
@@ -23,6 +23,19 @@ def body(messages: Sequence[Message], cursor: str, gaps: Sequence[Gap], more: bo
         parts.append(b',"more":true')
     parts.append(b"}")
     return b"".join(parts)
+
+
+def back_body(read: BackRead) -> bytes:
+    """The body of a read backwards: a poll answer whose messages run newest first.
+
+    ``next`` is the page's top (a forward read from it goes on after the
+    page's newest message); with ``"more": true``, ``before`` is the id to ask
+    the next page back with (the page's oldest message).
+    """
+    text = body(read.messages, str(read.top), (read.gap,) if read.gap else (), read.more)
+    if read.more:
+        text = text[:-1] + b',"before":"%s"}' % read.messages[-1].id.encode()
+    return text
 
 
 def etag(cursor: str) -> str:

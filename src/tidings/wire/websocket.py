@@ -5,9 +5,11 @@ each connection keeps only a :class:`FrameParser` (a few slots, plus a buffer
 while a frame is incomplete), which keeps idle connections small. The parser
 is tested against frames made by ``websockets``' own client protocol.
 
-No extension is negotiated, so a message frame is the same bytes for every
-connection and is encoded once (:func:`message_frame`). Close codes are the
-one table of :class:`tidings.errors.CloseCode`.
+A message frame is the same bytes for every connection and is encoded once
+(:func:`message_frame`); compressed frames too, with the only extension
+negotiated, permessage-deflate without context takeover (wire/deflate.py),
+whose compressed messages from a client the parser inflates. Close codes are
+the one table of :class:`tidings.errors.CloseCode`.
 """
 
 from __future__ import annotations
@@ -43,13 +45,19 @@ _VALID_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009,
 
 def frame(opcode: int, payload: bytes) -> bytes:
     """An unmasked, final frame, as a server sends it."""
+    return raw_frame(opcode, payload)
+
+
+def raw_frame(opcode: int, payload: bytes, *, rsv1: bool = False) -> bytes:
+    """An unmasked, final frame; ``rsv1`` marks a compressed message (wire/deflate.py)."""
+    first = 0xC0 | opcode if rsv1 else 0x80 | opcode
     length = len(payload)
     if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, length)
+        head = struct.pack("!BB", first, length)
     elif length < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, length)
+        head = struct.pack("!BBH", first, 126, length)
     else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+        head = struct.pack("!BBQ", first, 127, length)
     return head + payload
 
 
@@ -127,12 +135,18 @@ class FrameParser:
     Call :meth:`feed` with each chunk received; it returns the complete events
     and keeps partial frames. It raises :class:`FrameError` on the first
     violation; the caller must then close with ``error.code`` and stop feeding.
+    Set :attr:`inflate` to a function (``wire.deflate.inflate``) once
+    permessage-deflate is negotiated: messages with RSV1 set are inflated with it.
     """
 
-    __slots__ = ("_buffer", "_fragments", "_fragments_opcode", "_fragments_size", "max_size")
+    __slots__ = ("_buffer", "_compressed", "_fragments", "_fragments_opcode", "_fragments_size",
+                 "inflate", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
+        #: ``inflate(payload, max_size)`` for compressed messages; ``None``: no extension.
+        self.inflate: Callable[[bytes, int], bytes] | None = None
+        self._compressed = False
         self._buffer = b""
         self._fragments: list[bytes] | None = None
         self._fragments_opcode = 0
@@ -147,8 +161,9 @@ class FrameParser:
             if end - offset < 2:
                 break
             b0, b1 = buffer[offset], buffer[offset + 1]
-            if b0 & 0x70:
-                raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension in use)")
+            if b0 & 0x70 and (b0 & 0x30 or self.inflate is None or b0 & 0x0F not in (
+                    OP_TEXT, OP_BINARY)):
+                raise FrameError(_PROTOCOL_ERROR, "reserved bits set (no extension uses them)")
             if not b1 & 0x80:
                 raise FrameError(_PROTOCOL_ERROR, "client frame is not masked")
             fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
@@ -177,6 +192,8 @@ class FrameParser:
             mask = buffer[offset + header - 4 : offset + header]
             payload = apply_mask(buffer[offset + header : offset + header + length], mask)
             offset += header + length
+            if b0 & 0x40:
+                self._compressed = True  # RSV1: the first frame of a compressed message
             event = self._frame(fin != 0, opcode, payload)
             if event is not None:
                 events.append(event)
@@ -214,8 +231,11 @@ class FrameParser:
             return _close(payload)
         raise FrameError(_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
 
-    @staticmethod
-    def _message(opcode: int, payload: bytes) -> Event:
+    def _message(self, opcode: int, payload: bytes) -> Event:
+        if self._compressed:
+            self._compressed = False
+            assert self.inflate is not None  # RSV1 is refused without it
+            payload = self.inflate(payload, self.max_size)
         if opcode == OP_BINARY:
             return BinaryMessage(payload)
         try:

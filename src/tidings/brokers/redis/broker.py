@@ -50,7 +50,7 @@ from tidings.brokers.redis.replica import Changes, Replica
 from tidings.core.cursor import Position, Start, new_epoch
 from tidings.core.fanout import Hub
 from tidings.core.idempotency import fingerprint
-from tidings.core.log import Read, Retention
+from tidings.core.log import BackRead, ChannelLog, Read, Retention
 from tidings.core.message import Message
 from tidings.errors import BrokerError, BrokerUnanswered, IdempotencyConflict, UsageError
 
@@ -225,13 +225,24 @@ class RedisBroker(Broker):
             replica.used = time.monotonic()
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
+        return self._prepared(channel).read(start, limit)
+
+    def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
+        # The replica holds every retained entry (its first sync fetched them
+        # with XREVRANGE, newest first, up to the retention size), so reading
+        # backwards needs no round trip, and answers from the same log as
+        # forward reads: a page back and a read on from its top agree.
+        return self._prepared(channel).read_back(before, since, limit)
+
+    def _prepared(self, channel: str) -> ChannelLog:
+        """The replica's log of ``channel``, trimmed by age; it must have been prepared."""
         replica = self._replicas.get(channel)
         if replica is None or replica.log is None:
             raise BrokerError(f"channel {channel!r} was read before it was prepared")
         log = replica.log
         if len(log):
             log.trim(int(time.time() * 1000))
-        return log.read(start, limit)
+        return log
 
     # replicas ----------------------------------------------------------------
 
