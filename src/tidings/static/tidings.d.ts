@@ -161,6 +161,28 @@ export interface Subscription {
 }
 
 /** Options of `publish()`. */
+/** Options of `history()`: which page of a channel's retained messages, newest first. */
+export interface HistoryOptions {
+  /** An id: the messages older than it (e.g. the `before` of the page above). */
+  before?: string | null;
+  /** `"0"` or an id: the page stops there (the messages after it). */
+  since?: string | null;
+  /** The page size: an integer of at least 1 (the server caps it). */
+  limit?: number | null;
+}
+
+/** A page of `history()`. */
+export interface HistoryPage<T = Json> {
+  /** Newest first. */
+  messages: Array<Message<T>>;
+  /** The cursor after the page's newest message: `subscribe(c, {since: next})` goes on live. */
+  next: string;
+  /** The id to ask `before` for the next page back; null on the page with the oldest. */
+  before: string | null;
+  /** What the server could not give (retention, a new epoch) in the range asked for. */
+  gaps: Gap[];
+}
+
 export interface PublishOptions {
   /**
    * 1 to 128 of `A-Z a-z 0-9 - _ . : ~ + / =` (e.g. `crypto.randomUUID()`): publishing again
@@ -210,6 +232,12 @@ export interface Client {
    * `connection_failed`, `timeout`).
    */
   publish(channel: string, data: unknown, options?: PublishOptions): Promise<string>;
+
+  /**
+   * A page of `channel`'s retained messages, newest first (chat scroll-back, "the last 50
+   * trades"), over HTTP. Rejects with a `TidingsError` as `publish` does.
+   */
+  history<T = Json>(channel: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
 
   /** Stop reading and end every subscription; the client cannot be used again. */
   close(): void;

@@ -287,45 +287,12 @@ class Client {
    * page there; `limit` is the page size. `subscribe(channel, {since: page.next})` goes on
    * after the page's newest message, nothing missed. docs/protocol.md: History backwards.
    */
-  async history(channel, { before, since, limit } = {}) {
+  async history(channel, page = {}) {
     checkChannel(channel);
     if (this._closed) throw new TidingsError("the client is closed");
-    const query = new URLSearchParams({ order: "desc" });
-    if (before !== undefined && before !== null) query.set("before", String(before));
-    if (since !== undefined && since !== null) query.set("since", String(since));
-    if (limit !== undefined && limit !== null) {
-      if (!Number.isInteger(limit) || limit < 1) {
-        throw new TidingsError("limit must be an integer of at least 1");
-      }
-      query.set("limit", String(limit));
-    }
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), this.options.requestTimeout);
-    let response;
-    let answer;
-    try {
-      const token = await this._token();
-      const headers = token !== null ? { Authorization: `Bearer ${token}` } : {};
-      this.stats.requests += 1;
-      response = await fetch(`${this.url}/channels/${encodeURIComponent(channel)}?${query}`, {
-        headers, cache: "no-store", signal: controller.signal,
-      });
-      answer = await response.json().catch(() => null);
-    } catch (error) {
-      throw new TidingsError(`cannot read the history of ${channel}: ${error.message}`,
-        { code: "connection_failed" });
-    } finally {
-      clearTimeout(timer);
-    }
-    if (response.status !== 200 || !answer || !Array.isArray(answer.messages)
-        || typeof answer.next !== "string") {
-      throw refusal(response.status, answer);
-    }
-    return {
-      messages: answer.messages, next: answer.next,
-      before: typeof answer.before === "string" ? answer.before : null,
-      gaps: Array.isArray(answer.gaps) ? answer.gaps : [],
-    };
+    return readHistory(this.url, channel, page, {
+      token: () => this._token(), requestTimeout: this.options.requestTimeout, stats: this.stats,
+    });
   }
 
   /** Stop reading and end every subscription; the client cannot be used again. */
@@ -1385,6 +1352,51 @@ class Hub {
 }
 
 /**
+ * A page of `channel`'s history, newest first, over HTTP (`Client.history` and the shared
+ * client's, which need no connection for it). `how`: the token (a function), the request
+ * timeout, and the stats to count the request in.
+ */
+async function readHistory(url, channel, { before, since, limit } = {},
+                           { token, requestTimeout, stats }) {
+  const query = new URLSearchParams({ order: "desc" });
+  if (before !== undefined && before !== null) query.set("before", String(before));
+  if (since !== undefined && since !== null) query.set("since", String(since));
+  if (limit !== undefined && limit !== null) {
+    if (!Number.isInteger(limit) || limit < 1) {
+      throw new TidingsError("limit must be an integer of at least 1");
+    }
+    query.set("limit", String(limit));
+  }
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), requestTimeout);
+  let response;
+  let answer;
+  try {
+    const bearer = await token();
+    const headers = bearer !== null ? { Authorization: `Bearer ${bearer}` } : {};
+    stats.requests += 1;
+    response = await fetch(`${url}/channels/${encodeURIComponent(channel)}?${query}`, {
+      headers, cache: "no-store", signal: controller.signal,
+    });
+    answer = await response.json().catch(() => null);
+  } catch (error) {
+    throw new TidingsError(`cannot read the history of ${channel}: ${error.message}`,
+      { code: "connection_failed" });
+  } finally {
+    clearTimeout(timer);
+  }
+  if (response.status !== 200 || !answer || !Array.isArray(answer.messages)
+      || typeof answer.next !== "string") {
+    throw refusal(response.status, answer);
+  }
+  return {
+    messages: answer.messages, next: answer.next,
+    before: typeof answer.before === "string" ? answer.before : null,
+    gaps: Array.isArray(answer.gaps) ? answer.gaps : [],
+  };
+}
+
+/**
  * A tab's client when the connection is shared: the API of `Client`, with its channels read
  * by a hub. It keeps its own position per channel, drops what it already has, and tells
  * every new hub where it stands.
@@ -1461,6 +1473,16 @@ class SharedClient {
     }
     if (added.length) this._post({ t: "sub", channels: added.map((n) => [n, this._sinceOf(n)]) });
     return subscription;
+  }
+
+  /** As `Client.history`: a plain HTTP read, from this tab (it needs no shared connection). */
+  async history(channel, page = {}) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    const token = typeof this.options.token === "string" ? this.options.token : null;
+    return readHistory(this.url, channel, page, {
+      token: async () => token, requestTimeout: this.options.requestTimeout, stats: this.stats,
+    });
   }
 
   async publish(channel, data, { idempotencyKey } = {}) {

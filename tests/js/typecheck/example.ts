@@ -3,7 +3,8 @@
 // (each `@ts-expect-error` line must be an error, or tsc fails).
 import {
   connect, DEFAULTS, refreshDelay, STATES, TECHNIQUES, TidingsError, tokenExpiry,
-  type BrokerStatus, type Client, type Gap, type Message, type Options, type State,
+  type BrokerStatus, type Client, type Gap, type HistoryPage, type Message, type Options,
+  type State,
   type ShareTabs, type StateDetail, type Subscription, type Technique,
 } from "tidings";
 
@@ -52,6 +53,15 @@ async function publishing(): Promise<string> {
   return id;
 }
 
+async function scrollBack(): Promise<string | null> {
+  const page: HistoryPage<Quote> = await client.history<Quote>("stocks", { limit: 50 });
+  const newest: number | undefined = page.messages[0]?.data.price;
+  const older = await client.history("stocks", { before: page.before, limit: 50 });
+  client.subscribe("stocks", { since: page.next });
+  console.log(newest, older.gaps.length);
+  return older.before;
+}
+
 const stats: number = client.stats.requests + client.stats.bytesReceived + client.stats.messages;
 const state: State = client.state;
 const techniques: readonly Technique[] = TECHNIQUES;
@@ -60,7 +70,7 @@ const timeout: number = DEFAULTS.attemptTimeout + DEFAULTS.backoff.max;
 const expiry: number | null = tokenExpiry("a.b.c");
 const delay: number | null = refreshDelay(60);
 const error = new TidingsError("refused", { status: 403, code: "forbidden" });
-console.log(channels, publishing, stats, state, techniques, states, timeout, expiry, delay, error);
+console.log(channels, publishing, scrollBack, stats, state, techniques, states, timeout, expiry, delay, error);
 client.close();
 
 // Misuse the declarations must refuse.
@@ -80,6 +90,8 @@ client.subscribe<Quote>("stocks", {
 });
 // @ts-expect-error: publish resolves with the id, a string
 const wrongId: Promise<number> = client.publish("stocks", 1);
+// @ts-expect-error: a page size is a number
+client.history("stocks", { limit: "50" });
 // @ts-expect-error: no such way to share
 connect("/", { shareTabs: "iframe" });
 // @ts-expect-error: the state is read-only
