@@ -6,6 +6,10 @@ is handed is the answer. Waiters that were at the end of one channel all get
 the same body, encoded once per message (``wire.poll.tail_body``), behind a
 head that :func:`tidings.wire.http.response` caches.
 
+A parked request holds its channels' presence (server/presence.py); when it
+is answered, a poller that chose its client id stays for the channels'
+``presence_timeout``, until its next request.
+
 Waits end by :class:`Expiries`: waiters are grouped by the 50 ms slot in
 which their wait ends, with one timer per slot rather than one per request.
 """
@@ -19,11 +23,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.poll import JSON_NO_CACHE
+from tidings.server.presence import client_header
 from tidings.session.reader import Reader
-from tidings.wire import poll
+from tidings.wire import http, poll
 from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
@@ -38,11 +44,17 @@ EXPIRY_RESOLUTION = 0.05
 class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
-    __slots__ = ("_server", "conn", "cors", "expires", "keep_alive", "parked", "reader")
+    __slots__ = ("_server", "conn", "cors", "expires", "held", "identity", "keep_alive", "named",
+                 "parked", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
-                 keep_alive: bool, expires: float = 0.0) -> None:
+                 keep_alive: bool, expires: float, identity: Identity, named: bool) -> None:
         self._server = server
+        #: Who is waiting; ``named``: it chose its id, so it lingers after the answer.
+        self.identity = identity
+        self.named = named
+        #: The channels whose presence it holds while parked.
+        self.held: list[str] = []
         self.conn = conn
         #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
         self.expires = expires
@@ -59,6 +71,7 @@ class Waiter:
         for channel in reader.channels:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
+        self.held = self._server.presence.hold(reader.channels, self.identity, "longpoll")
         self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
 
@@ -91,7 +104,9 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
-            self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
+            response = http.response(200, (*JSON_NO_CACHE, *self.cors), body,
+                                     keep_alive=self.keep_alive)
+            self.conn.respond(client_header(response, self.identity.client), self.keep_alive)
 
     def _forget(self) -> None:
         if not self.parked:
@@ -100,6 +115,9 @@ class Waiter:
         hub, reader = self._server.broker.hub, self.reader
         for channel in reader.channels:
             hub.unsubscribe(channel, reader)
+        if self.held:
+            held, self.held = self.held, []
+            self._server.presence.release(held, self.identity.client, linger=self.named)
         self._server.registry.discard_waiter(self)
 
 
@@ -131,12 +149,15 @@ class Expiries:
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, wait: float, cors: Headers, keep_alive: bool,
-           expires: float = 0.0) -> None:
+           expires: float, identity: Identity, named: bool) -> None:
     """Answer at once if something is there (or ``wait`` is 0), else park until it comes."""
-    waiter = Waiter(server, conn, multi, cors, keep_alive, expires)
+    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
     batch = waiter.reader.open(starts, limit)
     if batch.messages or batch.gaps or wait <= 0:
+        if named:
+            server.presence.touch(starts, identity, "longpoll")
         body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)
-        conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
+        response = http.response(200, (*JSON_NO_CACHE, *cors), body, keep_alive=keep_alive)
+        conn.respond(client_header(response, identity.client), keep_alive)
         return
     waiter.park(wait)

@@ -7,6 +7,10 @@ poll whose ``If-None-Match`` holds the tag its answer would carry gets
 ``304`` and no body, as HTTP says. A client polling ``since=<next>`` with the
 tag it was given gets ``304`` while nothing is new, so idle polling costs one
 short exchange. A long poll that finds nothing parks (server/longpoll.py).
+
+Every answer names the reader's client id in a ``Tidings-Client`` header; a
+poller that chose its id (``?client=``) stays present on the channels it
+reads for their ``presence_timeout`` (server/presence.py).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
+from tidings.server.presence import client_header
 from tidings.session.batch import Batch
 from tidings.session.reader import Reader
 from tidings.wire import http, poll
@@ -28,25 +34,34 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
-           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool) -> None:
+           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
+           identity: Identity, named: bool) -> None:
     """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
     reader = Reader(server.broker, poll.ANSWERS, multi=multi)
     batch = reader.open(starts, limit)
-    respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
+    if named:
+        server.presence.touch(starts, identity, "poll")
+    respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive, identity.client)
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
-            cors: Headers, keep_alive: bool) -> None:
+            cors: Headers, keep_alive: bool, client: str) -> None:
     if batch.gaps:
         body = poll.body(batch.messages, cursor, batch.gaps, batch.more)
-        conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
+        _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, client)
         return
     tag = poll.etag(cursor)
     if if_none_match is not None and _matches(if_none_match, tag):
-        conn.answer(304, (("ETag", tag), *cors), b"", keep_alive)
+        _send(conn, 304, (("ETag", tag), *cors), b"", keep_alive, client)
         return
     body = poll.body(batch.messages, cursor, (), batch.more)
-    conn.answer(200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive)
+    _send(conn, 200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive, client)
+
+
+def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,
+          client: str) -> None:
+    response = http.response(status, headers, body, keep_alive=keep_alive)
+    conn.respond(client_header(response, client), keep_alive)
 
 
 def _matches(if_none_match: str, tag: str) -> bool:

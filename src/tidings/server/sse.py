@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import BrokerError, Closing, ProtocolError
+from tidings.server.presence import CLIENT_HEADER
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
 from tidings.wire.http import Headers
@@ -34,9 +36,11 @@ class SseStream(Stream):
     """An open event stream on one or more channels."""
 
     __slots__ = ()
+    technique = "sse"
 
-    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool) -> None:
-        super().__init__(server, transport, sse.EVENTS, multi)
+    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool,
+                 identity: Identity) -> None:
+        super().__init__(server, transport, sse.EVENTS, identity, multi)
 
     def start(self, starts: Mapping[str, Start], cors: Headers) -> None:
         """Send the head and the opening cursor, then the backlog as the socket drains."""
@@ -48,9 +52,12 @@ class SseStream(Stream):
             self.transport.write(http.error_response(exc, cors, keep_alive=False))
             self._finish()
             return
+        identity = self.identity
         self.transport.write(
-            http.head(200, [*SSE_HEADERS, *cors], keep_alive=False)
-            + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor()))
+            http.head(200, [*SSE_HEADERS, (CLIENT_HEADER, identity.client), *cors],
+                      keep_alive=False)
+            + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor(),
+                          {"client": identity.client, "user": identity.user}))
         self._server.registry.add_stream(self)
         self.catch_up()
 

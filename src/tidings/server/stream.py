@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, Reader
@@ -42,12 +43,20 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("_server", "closed", "expires", "reader", "stalled_since", "transport")
+    __slots__ = ("_server", "closed", "expires", "identity", "present_in", "reader",
+                 "stalled_since", "transport")
+
+    #: How presence names this technique (server/presence.py).
+    technique = ""
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
-                 multi: bool = False) -> None:
+                 identity: Identity, multi: bool = False) -> None:
         self._server = server
         self.transport = transport
+        #: Who reads (its client id, and its token's user and info).
+        self.identity = identity
+        #: The channels whose presence this stream holds (released when it ends).
+        self.present_in: tuple[str, ...] = ()
         #: What the hub holds: it hands each message straight to the reader.
         self.reader = Reader(server.broker, encoder, transport, multi=multi, owner=self)
         self.closed = False
@@ -79,6 +88,9 @@ class Stream(asyncio.Protocol):
         hub = self._server.broker.hub
         for channel in starts:
             hub.subscribe(channel, reader)
+        held = self._server.presence.hold(starts, self.identity, self.technique)
+        if held:
+            self.present_in = (*self.present_in, *held)
         return batch
 
     def unfollow(self, channel: str) -> bool:
@@ -87,6 +99,9 @@ class Stream(asyncio.Protocol):
             return False
         self.reader.close(channel)
         self._server.broker.hub.unsubscribe(channel, self.reader)
+        if channel in self.present_in:
+            self.present_in = tuple(c for c in self.present_in if c != channel)
+            self._server.presence.release((channel,), self.identity.client)
         return True
 
     def catch_up(self) -> None:
@@ -177,6 +192,9 @@ class Stream(asyncio.Protocol):
         hub, reader = self._server.broker.hub, self.reader
         for channel in reader.channels:
             hub.unsubscribe(channel, reader)
+        if self.present_in:
+            held, self.present_in = self.present_in, ()
+            self._server.presence.release(held, self.identity.client)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

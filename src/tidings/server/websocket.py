@@ -18,6 +18,7 @@ from websockets.server import ServerProtocol
 
 from tidings.brokers.base import Replayed
 from tidings.core.cursor import Start, parse_since
+from tidings.core.presence import Identity
 from tidings.errors import (
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
@@ -33,6 +34,7 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
+from tidings.server.presence import identify
 from tidings.server.request import Request
 from tidings.server.stream import Stream
 from tidings.wire import commands, http, websocket
@@ -78,9 +80,11 @@ class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    technique = "websocket"
 
-    def __init__(self, server: Server, transport: asyncio.Transport) -> None:
-        super().__init__(server, transport, commands.FRAMES)
+    def __init__(self, server: Server, transport: asyncio.Transport,
+                 identity: Identity) -> None:
+        super().__init__(server, transport, commands.FRAMES, identity)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
         )
@@ -160,6 +164,10 @@ class WebSocketSession(Stream):
                 self._publish(command)
             elif isinstance(command, commands.AuthCommand):
                 self._authenticate(command)
+            elif isinstance(command, commands.PresenceCommand):
+                self._server.auth.check_subscribe([command.channel], self.credentials)
+                body = self._server.presence.answer(command.channel, command.count_only)
+                self.transport.write(commands.ack_frame(command.req, **body))
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except ProtocolError as exc:
@@ -217,9 +225,10 @@ class WebSocketSession(Stream):
     def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None) -> None:
         batch = self.follow({channel: start})
         (begin,) = batch.begins.values()
+        client = self.identity.client
         self.transport.write(
-            commands.subscribed_frame(channel, str(begin)) if req is None
-            else commands.ack_frame(req, channel=channel, next=str(begin)))
+            commands.subscribed_frame(channel, str(begin), client) if req is None
+            else commands.ack_frame(req, channel=channel, next=str(begin), client=client))
         self.catch_up()
 
     def _publish(self, command: commands.Publish) -> None:
@@ -295,7 +304,8 @@ def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
 
 
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
-           rest: bytes, credentials: Credentials = ANONYMOUS) -> None:
+           rest: bytes, credentials: Credentials = ANONYMOUS,
+           identity: Identity | None = None) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
 
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
@@ -316,7 +326,9 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     response = handshake(conn, request)
     if response is None:
         return
-    session = WebSocketSession(server, conn.detach())
+    if identity is None:
+        identity, _named = identify(request.arg("client"), credentials)
+    session = WebSocketSession(server, conn.detach(), identity)
     session.credentials = credentials
     session.expires = credentials.expires
     session.start(response, starts, rest)
