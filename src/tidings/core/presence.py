@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import heapq
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from tidings.core.cursor import Position, new_epoch
 from tidings.errors import BadRequest
 
 #: The longest client id a client may choose (``?client=``), in characters.
@@ -43,6 +44,9 @@ _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_CLIENT_ID_LENGTH)
 DEFAULT_PRESENCE_TIMEOUT = 30.0
 #: The longest ``presence_timeout`` accepted, in seconds (a day).
 MAX_PRESENCE_TIMEOUT = 86400.0
+#: Joins and leaves a channel's :class:`PresenceLog` keeps for pollers (besides keeping
+#: them at most ``presence_timeout`` seconds); one who missed more gets the member list.
+PRESENCE_EVENTS_KEPT = 1000
 
 Technique = Literal["websocket", "sse", "longpoll", "poll"]
 
@@ -97,18 +101,20 @@ class Member:
 class Join:
     channel: str
     member: Member
+    kind = "join"
 
     def to_json(self) -> dict[str, object]:
-        return {"channel": self.channel, **self.member.to_json()}
+        return {"type": "join", "channel": self.channel, **self.member.to_json()}
 
 
 @dataclass(frozen=True, slots=True)
 class Leave:
     channel: str
     member: Member
+    kind = "leave"
 
     def to_json(self) -> dict[str, object]:
-        return {"channel": self.channel, **self.member.to_json()}
+        return {"type": "leave", "channel": self.channel, **self.member.to_json()}
 
 
 Change = Join | Leave
@@ -305,3 +311,78 @@ def _same_person(before: Member, after: Member) -> bool:
     """Whether a member that left and came back between two drains looks the same."""
     return (before.user, before.info, before.technique) == (after.user, after.info,
                                                             after.technique)
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """A join or leave in a :class:`PresenceLog`: its number, and the channel's last message
+    when it happened (``after``: ``None`` if the channel had none), which orders it among
+    the messages of a poll answer."""
+
+    seq: int
+    change: Change
+    after: Position | None
+    time: float
+
+
+class PresenceLog:
+    """The joins and leaves of one channel, numbered ``EPOCH-SEQ`` like a message log, so
+    that a poller reads them from a cursor of its own (``presence_since``).
+
+    The epoch is drawn when the log is made (a server's restart makes a new
+    one): a cursor of another epoch, or older than what is kept, cannot say
+    what was missed, and :meth:`read` says so (``None``): the reader gets the
+    member list instead. Call :meth:`trim` about once a second.
+    """
+
+    __slots__ = ("_entries", "epoch", "seq")
+
+    def __init__(self, epoch: str | None = None) -> None:
+        self.epoch = epoch or new_epoch()
+        self.seq = 0
+        self._entries: deque[Logged] = deque(maxlen=PRESENCE_EVENTS_KEPT)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def cursor(self, seq: int | None = None) -> Position:
+        return Position(self.epoch, self.seq if seq is None else seq)
+
+    def append(self, change: Change, after: Position | None, now: float) -> Logged:
+        self.seq += 1
+        logged = Logged(self.seq, change, after, now)
+        self._entries.append(logged)
+        return logged
+
+    def trim(self, before: float) -> None:
+        """Forget what was logged before ``before`` (monotonic seconds)."""
+        entries = self._entries
+        while entries and entries[0].time < before:
+            entries.popleft()
+
+    def read(self, since: Position | None,
+             upto: Position | None = None) -> tuple[list[Logged], Position] | None:
+        """What was logged after ``since``, up to the ones that followed message ``upto``
+        (held back for the next read: they come after messages not read yet); and the cursor
+        after them. ``None`` if ``since`` cannot say what was missed."""
+        if since is None or since.epoch != self.epoch or since.seq > self.seq:
+            return None
+        entries = self._entries
+        oldest = entries[0].seq if entries else self.seq + 1
+        if since.seq < oldest - 1:
+            return None  # some were dropped: the difference would be silent
+        events: list[Logged] = []
+        last = since.seq
+        for logged in entries:
+            if logged.seq <= since.seq:
+                continue
+            if upto is not None and _follows(logged.after, upto):
+                break
+            events.append(logged)
+            last = logged.seq
+        return events, Position(self.epoch, last)
+
+
+def _follows(after: Position | None, upto: Position) -> bool:
+    """Whether an event logged after message ``after`` comes after message ``upto``."""
+    return after is not None and after.epoch == upto.epoch and after.seq > upto.seq

@@ -92,7 +92,7 @@ class Server:
         self.expiries = Expiries(self.loop)
         check_broker(self.settings, isinstance(self.broker, MemoryBroker))
         #: Who reads each channel (server/presence.py), kept by the drivers.
-        self.presence = PresenceTracker(self.settings, self.loop)
+        self.presence = PresenceTracker(self.settings, self.loop, self.broker)
         self.port = self.settings.port
 
     # lifecycle ---------------------------------------------------------------

@@ -26,11 +26,12 @@ from tidings.core.cursor import Start
 from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
-from tidings.server.poll import JSON_NO_CACHE
+from tidings.server.poll import JSON_NO_CACHE, presence_fields
 from tidings.server.presence import client_header
 from tidings.session.reader import Reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
+from tidings.wire.presence import Encoded, with_fields
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -45,11 +46,14 @@ class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
     __slots__ = ("_server", "conn", "cors", "expires", "held", "identity", "keep_alive", "named",
-                 "parked", "reader")
+                 "parked", "presence_since", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
-                 keep_alive: bool, expires: float, identity: Identity, named: bool) -> None:
+                 keep_alive: bool, expires: float, identity: Identity, named: bool,
+                 presence_since: Mapping[str, Start] | None = None) -> None:
         self._server = server
+        #: With ``?presence=1``: where its joins and leaves start; a join or leave answers it.
+        self.presence_since = presence_since
         #: Who is waiting; ``named``: it chose its id, so it lingers after the answer.
         self.identity = identity
         self.named = named
@@ -72,12 +76,21 @@ class Waiter:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
         self.held = self._server.presence.hold(reader.channels, self.identity, "longpoll")
+        if self.presence_since is not None:
+            for channel in reader.channels:
+                self._server.presence.watch(channel, self)
         self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
 
     def expire(self) -> None:
         """The wait ended with nothing new: answer with no messages and the same cursor."""
         if self.parked:
+            self._answer(poll.body((), self.reader.cursor(), (), False))
+
+    def presence_changed(self, channel: str, encoded: Encoded) -> None:
+        """A join or leave on a channel it waits on: answer with it (and no messages); its own
+        do not wake it (they come with its next answer)."""
+        if self.parked and encoded.client != self.identity.client:
             self._answer(poll.body((), self.reader.cursor(), (), False))
 
     def token_expired(self) -> None:
@@ -104,6 +117,11 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
+            if self.presence_since is not None:
+                reader = self.reader
+                body = with_fields(body, presence_fields(
+                    self._server, dict.fromkeys(reader.channels), self.presence_since,
+                    reader.cursor(), reader.multi))
             response = http.response(200, (*JSON_NO_CACHE, *self.cors), body,
                                      keep_alive=self.keep_alive)
             self.conn.respond(client_header(response, self.identity.client), self.keep_alive)
@@ -118,6 +136,9 @@ class Waiter:
         if self.held:
             held, self.held = self.held, []
             self._server.presence.release(held, self.identity.client, linger=self.named)
+        if self.presence_since is not None:
+            for channel in reader.channels:
+                self._server.presence.unwatch(channel, self)
         self._server.registry.discard_waiter(self)
 
 
@@ -149,14 +170,26 @@ class Expiries:
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, wait: float, cors: Headers, keep_alive: bool,
-           expires: float, identity: Identity, named: bool) -> None:
-    """Answer at once if something is there (or ``wait`` is 0), else park until it comes."""
-    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
+           expires: float, identity: Identity, named: bool,
+           presence_since: Mapping[str, Start] | None = None) -> None:
+    """Answer at once if something is there (or ``wait`` is 0), else park until it comes.
+
+    With ``presence_since`` (``?presence=1``), joins and leaves after it are
+    something too: they are answered at once, and one that comes wakes it.
+    """
+    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
+                    presence_since)
     batch = waiter.reader.open(starts, limit)
+    cursor = waiter.reader.cursor()
+    fields: dict[str, object] = {}
+    if presence_since is not None:
+        fields = presence_fields(server, starts, presence_since, cursor, multi)
+        if fields["presence"] or "members" in fields:
+            wait = 0  # joins, leaves or a member list to tell: at once
     if batch.messages or batch.gaps or wait <= 0:
         if named:
             server.presence.touch(starts, identity, "longpoll")
-        body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more), fields)
         response = http.response(200, (*JSON_NO_CACHE, *cors), body, keep_alive=keep_alive)
         conn.respond(client_header(response, identity.client), keep_alive)
         return

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import Start
+from tidings.core.cursor import Start, parse_since
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.presence import client_header
@@ -26,6 +26,7 @@ from tidings.session.batch import Batch
 from tidings.session.reader import Reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
+from tidings.wire.presence import with_fields
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -35,13 +36,35 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
-           identity: Identity, named: bool) -> None:
-    """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
+           identity: Identity, named: bool,
+           presence_since: Mapping[str, Start] | None = None) -> None:
+    """Answer a regular poll at once (its reader writes nothing: it is never on the hub).
+
+    With ``presence_since`` (``?presence=1``) the answer carries the joins and
+    leaves after it too, and no ``ETag``: the same messages may come with
+    other joins and leaves.
+    """
     reader = Reader(server.broker, poll.ANSWERS, multi=multi)
     batch = reader.open(starts, limit)
     if named:
         server.presence.touch(starts, identity, "poll")
-    respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive, identity.client)
+    cursor = reader.cursor()
+    if presence_since is not None:
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more),
+                           presence_fields(server, starts, presence_since, cursor, multi))
+        _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, identity.client)
+        return
+    respond(conn, batch, cursor, if_none_match, cors, keep_alive, identity.client)
+
+
+def presence_fields(server: Server, channels: Mapping[str, object],
+                    presence_since: Mapping[str, Start], cursor: str,
+                    multi: bool) -> dict[str, object]:
+    """What a poll answer ending at ``cursor`` adds with ``?presence=1``: the joins and
+    leaves that come before its end (``presence``, ``presence_next``, and ``members`` for
+    the channels whose ``presence_since`` cannot say what was missed)."""
+    upto = parse_since(cursor, list(channels))
+    return server.presence.poll_fields(channels, presence_since, upto, multi)
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,

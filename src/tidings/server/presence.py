@@ -14,16 +14,28 @@ explains the model.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
+from tidings.core.cursor import END, Position, Start, format_multi
 from tidings.core.names import namespace_of
-from tidings.core.presence import Identity, Presence, PresencePolicy, check_client_id
-from tidings.errors import NotFound, UsageError
+from tidings.core.presence import (
+    Identity,
+    Presence,
+    PresenceLog,
+    PresencePolicy,
+    check_client_id,
+)
+from tidings.errors import BadRequest, NotFound, UsageError
 from tidings.server.auth import Credentials
 from tidings.server.request import Request
 from tidings.settings import Settings
+from tidings.wire import presence as wire
+
+logger = logging.getLogger("tidings.server")
 
 #: The response header that tells a poller (or an SSE client) its client id.
 CLIENT_HEADER = "Tidings-Client"
@@ -31,6 +43,18 @@ CLIENT_HEADER = "Tidings-Client"
 MAX_LISTED_MEMBERS = 1000
 #: Random bytes in a client id the server assigns (16 characters of base64url).
 CLIENT_ID_BYTES = 12
+
+
+class Watcher(Protocol):
+    """A reader that asked for joins and leaves (a stream, a parked long poll)."""
+
+    def presence_changed(self, channel: str, encoded: wire.Encoded) -> None:
+        """A join or leave on ``channel``; must not block."""
+        ...
+
+    def fail(self, error: Exception) -> None:
+        """Handling it raised: end this reader's connection."""
+        ...
 
 
 def new_client_id() -> str:
@@ -52,6 +76,17 @@ def identify_request(request: Request, credentials: Credentials) -> tuple[Identi
     return identify(request.arg("client"), credentials)
 
 
+def wants_events(request: Request) -> bool:
+    """Whether a read asked for joins and leaves (``?presence=1``); 400 for another value."""
+    text = request.arg("presence")
+    if text is None or text in ("0", "false"):
+        return False
+    if text in ("1", "true"):
+        return True
+    raise BadRequest("presence must be 1 (or true) to receive joins and leaves, or 0",
+                     code="invalid_presence")
+
+
 def client_header(response: bytes, client: str) -> bytes:
     """``response`` with a ``Tidings-Client`` header after its status line.
 
@@ -71,15 +106,24 @@ class PresenceTracker:
     ``hold`` returns the channels it held: the caller releases exactly those.
     """
 
-    __slots__ = ("_loop", "_policies", "_settings", "enabled", "table")
+    __slots__ = ("_broker", "_loop", "_policies", "_read", "_settings", "enabled", "logs",
+                 "table", "watchers")
 
-    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop,
+                 broker: Ends | None = None) -> None:
         self._settings = settings
         self._loop = loop
+        self._broker = broker
         self._policies: dict[str, PresencePolicy] = {}
         #: Whether any channel has presence (else every call returns at once).
         self.enabled = settings.presence_anywhere
         self.table = Presence()
+        #: The joins and leaves of the channels someone asked for them (numbered, for pollers).
+        self.logs: dict[str, PresenceLog] = {}
+        #: When a poller last read each log (loop time): kept ``presence_timeout`` after.
+        self._read: dict[str, float] = {}
+        #: The streams and parked long polls told of each join and leave, per channel.
+        self.watchers: dict[str, set[Watcher]] = {}
 
     def policy(self, channel: str) -> PresencePolicy:
         namespace = namespace_of(channel)
@@ -131,9 +175,111 @@ class PresenceTracker:
                 self.table.touch(channel, identity, technique, now, policy.timeout, wall_ms)
 
     def sweep(self, now: float) -> None:
-        """From the server's housekeeping: pollers whose time ran out leave."""
-        if self.enabled:
-            self.table.expire(now)
+        """From the server's housekeeping: pollers whose time ran out leave; the joins and
+        leaves since the last sweep, coalesced, are logged and told to the watchers."""
+        if not self.enabled:
+            return
+        self.table.expire(now)
+        for change in self.table.drain():
+            channel = change.channel
+            log = self.logs.get(channel)
+            if log is None:
+                continue
+            log.append(change, self._end_of(channel), now)
+            watchers = self.watchers.get(channel)
+            if watchers:
+                encoded = wire.Encoded(change)
+                for watcher in list(watchers):
+                    try:
+                        watcher.presence_changed(channel, encoded)
+                    except Exception as exc:
+                        self.unwatch(channel, watcher)
+                        watcher.fail(exc)
+        for channel, log in list(self.logs.items()):
+            timeout = self.policy(channel).timeout
+            log.trim(now - timeout)
+            if not self.watchers.get(channel) and self._read.get(channel, 0.0) < now - timeout:
+                self._drop_log(channel)
+
+    # joins and leaves -----------------------------------------------------------------
+
+    def check_events(self, channels: Iterable[str]) -> None:
+        """Raise ``NotFound`` (``presence_disabled``) unless every channel has presence."""
+        for channel in channels:
+            self.require(channel)
+
+    def log(self, channel: str) -> PresenceLog:
+        """The numbered joins and leaves of ``channel``, kept from now on."""
+        log = self.logs.get(channel)
+        if log is None:
+            log = self.logs[channel] = PresenceLog()
+            self.table.watch(channel)
+        return log
+
+    def watch(self, channel: str, watcher: Watcher) -> PresenceLog:
+        """Tell ``watcher`` of each join and leave on ``channel`` until :meth:`unwatch`."""
+        self.watchers.setdefault(channel, set()).add(watcher)
+        return self.log(channel)
+
+    def unwatch(self, channel: str, watcher: Watcher) -> None:
+        watchers = self.watchers.get(channel)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self.watchers[channel]
+
+    def members_answer(self, channel: str) -> dict[str, object]:
+        """Who is on ``channel`` now, all of them (the start of a presence stream)."""
+        count, users = self.table.count(channel)
+        return wire.members_json(channel, self.table.members(channel), count, users)
+
+    def poll_fields(self, channels: Iterable[str], since: Mapping[str, Start],
+                    upto: Mapping[str, Start], multi: bool) -> dict[str, object]:
+        """What a poll answer with ``?presence=1`` adds: the joins and leaves after
+        ``since`` (the ``presence_since`` cursor) that come before the answer's messages end
+        (``upto``), the cursor after them, and the member list of each channel whose cursor
+        cannot say what was missed."""
+        now = self._loop.time()
+        events: list[dict[str, object]] = []
+        members: dict[str, object] = {}
+        cursors: dict[str, Position] = {}
+        for channel in channels:
+            log = self.log(channel)
+            self._read[channel] = now
+            start = since.get(channel)
+            end = upto.get(channel)
+            read = log.read(start if isinstance(start, Position) else None,
+                            end if isinstance(end, Position) else None)
+            if read is None:
+                members[channel] = [m.to_json() for m in self.table.members(channel)]
+                cursors[channel] = log.cursor()
+                continue
+            logged, cursors[channel] = read
+            events.extend(wire.logged_json(entry) for entry in logged)
+        fields: dict[str, object] = {"presence": events}
+        if members:
+            fields["members"] = members
+        if multi:
+            fields["presence_next"] = format_multi(cursors)
+        else:
+            (cursor,) = cursors.values()
+            fields["presence_next"] = str(cursor)
+        return fields
+
+    def _end_of(self, channel: str) -> Position | None:
+        if self._broker is None:
+            return None
+        try:
+            end = self._broker.read(channel, END, 0).next
+        except Exception:  # a shared store away: the event is logged without a place
+            logger.exception("reading the end of %s for presence failed", channel)
+            return None
+        return end if end.seq else None
+
+    def _drop_log(self, channel: str) -> None:
+        del self.logs[channel]
+        self._read.pop(channel, None)
+        self.table.unwatch(channel)
 
     # who is here ------------------------------------------------------------------
 
@@ -153,7 +299,19 @@ class PresenceTracker:
         return body
 
     def statistics(self) -> dict[str, int]:
-        return {"presence_channels": self.table.channels()}
+        return {"presence_channels": self.table.channels(), "presence_logs": len(self.logs),
+                "presence_watched": len(self.watchers)}
+
+
+class Ends(Protocol):
+    """Where the position of a channel's last message is read (a broker)."""
+
+    def read(self, channel: str, start: Start, limit: int) -> _Read: ...
+
+
+class _Read(Protocol):
+    @property
+    def next(self) -> Position: ...
 
 
 def check_broker(settings: Settings, local: bool) -> None:

@@ -34,7 +34,7 @@ from tidings.errors import (
 )
 from tidings.server import longpoll, poll, publish, static, websocket
 from tidings.server.connection import HttpConnection
-from tidings.server.presence import identify_request
+from tidings.server.presence import identify_request, wants_events
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.wire import http
@@ -153,6 +153,13 @@ class Router:
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
         identity, named = identify_request(request, credentials)
+        presence = wants_events(request)
+        if presence:
+            server.presence.check_events(channels)
+            if not named and not request.wants_websocket and not request.wants_event_stream:
+                raise BadRequest("a poll that asks for joins and leaves (presence=1) must name "
+                                 "itself with ?client=ID, kept from one poll to the next",
+                                 code="client_required")
         cors = server.cors.headers(request.headers)
         keep_alive = request.keep_alive
         then: Callable[[], None]
@@ -162,14 +169,15 @@ class Router:
             keep_alive = False
 
             def then() -> None:
-                websocket.accept(server, conn, request, channels, rest, credentials, identity)
+                websocket.accept(server, conn, request, channels, rest, credentials, identity,
+                                 presence)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
             stream = SseStream(server, conn.detach(), multi, identity)
             stream.expires = credentials.expires
-            server.when_ready(starts, lambda: stream.start(starts, cors),
+            server.when_ready(starts, lambda: stream.start(starts, cors, presence),
                               lambda error: stream.refuse(error, cors))
             return
         else:
@@ -177,20 +185,23 @@ class Router:
             self._check_enabled("poll" if wait is None else "longpoll")
             starts = parse_since(request.arg("since"), channels)
             page = self._limit(request)
+            presence_since = (parse_since(request.arg("presence_since"), channels)
+                              if presence else None)
             if wait is None:
                 if_none_match = request.header("if-none-match")
 
                 def then() -> None:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive, identity, named)
+                                    keep_alive, identity, named, presence_since)
             else:
                 wait = min(wait, self.settings.max_wait)
 
                 def then() -> None:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires, identity, named)
+                                        keep_alive, credentials.expires, identity, named,
+                                        presence_since)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)

@@ -19,6 +19,7 @@ from tidings.errors import BrokerError, Closing, ProtocolError
 from tidings.server.presence import CLIENT_HEADER
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
+from tidings.wire import presence as presence_wire
 from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ class SseStream(Stream):
                  identity: Identity) -> None:
         super().__init__(server, transport, sse.EVENTS, identity, multi)
 
-    def start(self, starts: Mapping[str, Start], cors: Headers) -> None:
-        """Send the head and the opening cursor, then the backlog as the socket drains."""
+    def start(self, starts: Mapping[str, Start], cors: Headers, presence: bool = False) -> None:
+        """Send the head and the opening cursor (with ``presence``, who is on each channel),
+        then the backlog as the socket drains."""
         if self.closed:
             return  # the client left while the broker fetched the channels
         try:
@@ -59,6 +61,8 @@ class SseStream(Stream):
             + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor(),
                           {"client": identity.client, "user": identity.user}))
         self._server.registry.add_stream(self)
+        if presence:
+            self.watch_presence(list(starts))
         self.catch_up()
 
     def refuse(self, error: ProtocolError | BrokerError, cors: Headers) -> None:
@@ -69,6 +73,13 @@ class SseStream(Stream):
 
     def notice(self, status: dict[str, object]) -> None:
         self.transport.write(sse.status_event(status))
+
+    def members(self, answer: dict[str, object]) -> bytes:
+        return presence_wire.members_event(answer)
+
+    def presence_changed(self, channel: str, encoded: presence_wire.Encoded) -> None:
+        if not self.closed:
+            self.transport.write(encoded.sse)
 
     def heartbeat(self, now: float) -> None:
         self.transport.write(sse.HEARTBEAT)

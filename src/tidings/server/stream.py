@@ -30,6 +30,7 @@ from tidings.core.presence import Identity
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, Reader
+from tidings.wire.presence import Encoded
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -44,7 +45,7 @@ class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
     __slots__ = ("_server", "closed", "expires", "identity", "present_in", "reader",
-                 "stalled_since", "transport")
+                 "stalled_since", "transport", "watching")
 
     #: How presence names this technique (server/presence.py).
     technique = ""
@@ -57,6 +58,8 @@ class Stream(asyncio.Protocol):
         self.identity = identity
         #: The channels whose presence this stream holds (released when it ends).
         self.present_in: tuple[str, ...] = ()
+        #: The channels whose joins and leaves it is told (``?presence=1``).
+        self.watching: tuple[str, ...] = ()
         #: What the hub holds: it hands each message straight to the reader.
         self.reader = Reader(server.broker, encoder, transport, multi=multi, owner=self)
         self.closed = False
@@ -102,7 +105,26 @@ class Stream(asyncio.Protocol):
         if channel in self.present_in:
             self.present_in = tuple(c for c in self.present_in if c != channel)
             self._server.presence.release((channel,), self.identity.client)
+        if channel in self.watching:
+            self.watching = tuple(c for c in self.watching if c != channel)
+            self._server.presence.unwatch(channel, self)
         return True
+
+    def watch_presence(self, channels: list[str]) -> None:
+        """Tell the client who is on ``channels`` now, then each join and leave."""
+        tracker = self._server.presence
+        for channel in channels:
+            tracker.watch(channel, self)
+            self.transport.write(self.members(tracker.members_answer(channel)))
+        self.watching = (*self.watching, *channels)
+
+    def members(self, answer: dict[str, object]) -> bytes:
+        """The bytes of a member list on this technique."""
+        raise NotImplementedError
+
+    def presence_changed(self, channel: str, encoded: Encoded) -> None:
+        """A join or leave on a channel this stream watches (from the tracker's sweep)."""
+        raise NotImplementedError
 
     def catch_up(self) -> None:
         """Pull the backlog while the socket has room; go live when it is done."""
@@ -195,6 +217,10 @@ class Stream(asyncio.Protocol):
         if self.present_in:
             held, self.present_in = self.present_in, ()
             self._server.presence.release(held, self.identity.client)
+        if self.watching:
+            watching, self.watching = self.watching, ()
+            for channel in watching:
+                self._server.presence.unwatch(channel, self)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

@@ -109,13 +109,16 @@ class SseStream:
         raise EOFError("the event stream ended")
 
     async def next_event(self, within: float | None = None) -> SseBlock:
-        """The next block that is an event (heartbeat comments skipped)."""
+        """The next block that is an event (heartbeat comments and a stream's opening block,
+        which :meth:`opening` reads, skipped)."""
         async with fail_after(self._bound(within), "waiting for an SSE event"):
             return await self._next_event()
 
     async def _next_event(self) -> SseBlock:
         while True:
             block = await self._next_block()
+            if block.retry is not None and block.event == "client":
+                continue  # the opening block: the cursor and the client id, not an event to test
             if block.data is not None or block.event is not None:
                 return block
 

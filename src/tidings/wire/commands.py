@@ -3,7 +3,8 @@
 Client → server, one JSON object per text frame, each with a request id
 ``req`` (a string or an integer) that the reply echoes::
 
-    {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17"}
+    {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17",
+     "presence": true}   (presence optional: who is here, then joins and leaves)
     {"type": "unsubscribe", "req": 2, "channel": "prices"}
     {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2},
      "idempotency_key": "9f1c2e"}   (the key is optional)
@@ -38,6 +39,8 @@ class Subscribe:
     req: Req
     channel: str
     since: str | None
+    #: Whether the client asked for who is here, then joins and leaves.
+    presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,10 @@ def parse(text: str) -> Command:
             since = value.get("since")
             if since is not None and not isinstance(since, str):
                 raise BadRequest("'since' must be a string", code="invalid_command")
-            return Subscribe(req, channel, since)
+            presence = value.get("presence", False)
+            if not isinstance(presence, bool):
+                raise BadRequest("'presence' must be true or false", code="invalid_command")
+            return Subscribe(req, channel, since, presence)
         if kind == "unsubscribe":
             return Unsubscribe(req, channel)
         if "data" not in value:
