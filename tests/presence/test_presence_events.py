@@ -294,3 +294,40 @@ def _logged(server: Server, channel: str, client: str, kind: str = "join") -> bo
     read = log.read(Position(log.epoch, 0))
     return read is not None and any(
         entry.change.kind == kind and entry.change.member.client == client for entry in read[0])
+
+
+# A storm ---------------------------------------------------------------------------------------
+
+
+async def test_a_storm_of_joins_and_leaves_settles_to_the_truth(server: Server) -> None:
+    """2,000 readers join within one step of the loop (as the drivers record them), half of
+    them leave at once: the watcher is told each real change once, and the list settles."""
+    storm = 2000
+    async with connect(ws_url(server, "/channels/crowd?client=w&presence=1"),
+                       max_queue=None) as ws, http_client(server) as http:
+        await frame_until(ws, lambda f: f["type"] == "presence")
+        for number in range(storm):
+            server.presence.hold(["crowd"], Identity(f"r{number}"), "websocket")
+        for number in range(0, storm, 2):  # gone before the sweep: never told
+            server.presence.release(["crowd"], f"r{number}")
+        joined: set[str] = set()
+        async with asyncio.timeout(10 * UNIT):
+            while len(joined) < storm // 2:
+                frame = await recv_json(ws)
+                assert frame["type"] == "join", frame
+                assert frame["client"] not in joined
+                joined.add(frame["client"])
+        assert joined == {f"r{number}" for number in range(1, storm, 2)}
+        body = (await http.get("/channels/crowd/presence", params={"count": ""})).json()
+        assert body["count"] == storm // 2 + 1
+        for number in range(1, storm, 2):
+            server.presence.release(["crowd"], f"r{number}")
+        left: set[str] = set()
+        async with asyncio.timeout(10 * UNIT):
+            while len(left) < storm // 2:
+                frame = await recv_json(ws)
+                assert frame["type"] == "leave", frame
+                left.add(frame["client"])
+        assert left == joined
+        body = (await http.get("/channels/crowd/presence")).json()
+        assert [m["client"] for m in body["members"]] == ["w"]
