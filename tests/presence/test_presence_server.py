@@ -261,6 +261,16 @@ async def test_presence_off_is_404_and_counts_nothing(make_server: ServerFactory
         assert (await http.post("/channels/c/presence", json={})).status_code == 405
 
 
+async def test_a_channel_named_presence_is_still_a_channel(server: Server) -> None:
+    async with http_client(server) as http:
+        message_id = await publish(http, "presence", "still a channel")
+        answer = (await http.get("/channels/presence", params={"since": "0"})).json()
+        assert [m["id"] for m in answer["messages"]] == [message_id]
+        assert (await http.get("/channels/presence/presence")).json()["channel"] == "presence"
+        require_error(await http.get("/channels//presence"), 400, "invalid_channel",
+                      "presence of an empty channel name")
+
+
 async def test_a_large_channel_lists_a_bounded_number_of_members(server: Server) -> None:
     for number in range(MAX_LISTED_MEMBERS + 5):
         server.presence.touch(["big"], Identity(f"m{number}"), "poll")

@@ -75,7 +75,9 @@ class Router:
 
     def _route(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         path, method = request.path, request.method
-        if path.startswith(CHANNEL_PREFIX) and path.endswith(PRESENCE_SUFFIX):
+        if (path.startswith(CHANNEL_PREFIX) and path.endswith(PRESENCE_SUFFIX)
+                and len(path) > len(CHANNEL_PREFIX) + len(PRESENCE_SUFFIX)):
+            # (``/channels/presence`` is the channel named "presence")
             self._presence(conn, request, path[len(CHANNEL_PREFIX):-len(PRESENCE_SUFFIX)])
         elif path.startswith(CHANNEL_PREFIX):
             if method not in CHANNEL_METHODS:
