@@ -17,6 +17,7 @@ from conftest import ServerFactory, until
 from tidings import Server
 from tidings.core.cursor import Position
 from tidings.core.presence import Identity, Join, Leave, Member, PresenceLog
+from tidings.server.presence import MAX_BATCH_EVENTS
 from tidings.testing import (
     UNIT,
     SseStream,
@@ -300,34 +301,41 @@ def _logged(server: Server, channel: str, client: str, kind: str = "join") -> bo
 
 
 async def test_a_storm_of_joins_and_leaves_settles_to_the_truth(server: Server) -> None:
-    """2,000 readers join within one step of the loop (as the drivers record them), half of
-    them leave at once: the watcher is told each real change once, and the list settles."""
-    storm = 2000
+    """1,600 readers join within one step of the loop (as the drivers record them), half of
+    them leave at once: too many to tell one by one, so a watcher is told the member list
+    (bounded), once; then all leave, and it is told the list again."""
+    storm = 1600  # half stay: fewer than MAX_LISTED_MEMBERS, all listed
     async with connect(ws_url(server, "/channels/crowd?client=w&presence=1"),
                        max_queue=None) as ws, http_client(server) as http:
         await frame_until(ws, lambda f: f["type"] == "presence")
         for number in range(storm):
             server.presence.hold(["crowd"], Identity(f"r{number}"), "websocket")
-        for number in range(0, storm, 2):  # gone before the sweep: never told
+        for number in range(0, storm, 2):  # gone before the sweep
             server.presence.release(["crowd"], f"r{number}")
-        joined: set[str] = set()
-        async with asyncio.timeout(10 * UNIT):
-            while len(joined) < storm // 2:
-                frame = await recv_json(ws)
-                assert frame["type"] == "join", frame
-                assert frame["client"] not in joined
-                joined.add(frame["client"])
-        assert joined == {f"r{number}" for number in range(1, storm, 2)}
+        listed = await frame_until(ws, lambda f: f["type"] != "message", within=10 * UNIT)
+        assert listed["type"] == "presence"  # not 1,000 join frames
+        assert (listed["count"], listed["more"]) == (storm // 2 + 1, False)
+        assert {m["client"] for m in listed["members"]} == {
+            "w", *(f"r{number}" for number in range(1, storm, 2))}
         body = (await http.get("/channels/crowd/presence", params={"count": ""})).json()
         assert body["count"] == storm // 2 + 1
         for number in range(1, storm, 2):
             server.presence.release(["crowd"], f"r{number}")
-        left: set[str] = set()
+        listed = await frame_until(ws, lambda f: f["type"] != "message", within=10 * UNIT)
+        assert listed["type"] == "presence"
+        assert [m["client"] for m in listed["members"]] == ["w"]
+
+
+async def test_a_batch_small_enough_is_told_one_by_one(server: Server) -> None:
+    async with connect(ws_url(server, "/channels/few?client=w&presence=1"),
+                       max_queue=None) as ws:
+        await frame_until(ws, lambda f: f["type"] == "presence")
+        for number in range(MAX_BATCH_EVENTS):
+            server.presence.hold(["few"], Identity(f"f{number}"), "sse")
+        joined: set[str] = set()
         async with asyncio.timeout(10 * UNIT):
-            while len(left) < storm // 2:
+            while len(joined) < MAX_BATCH_EVENTS:
                 frame = await recv_json(ws)
-                assert frame["type"] == "leave", frame
-                left.add(frame["client"])
-        assert left == joined
-        body = (await http.get("/channels/crowd/presence")).json()
-        assert [m["client"] for m in body["members"]] == ["w"]
+                assert frame["type"] == "join", frame
+                joined.add(frame["client"])
+        assert joined == {f"f{number}" for number in range(MAX_BATCH_EVENTS)}

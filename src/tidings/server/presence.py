@@ -23,6 +23,7 @@ from typing import Protocol
 from tidings.core.cursor import END, Position, Start, format_multi
 from tidings.core.names import namespace_of
 from tidings.core.presence import (
+    Change,
     Identity,
     Presence,
     PresenceLog,
@@ -43,6 +44,10 @@ CLIENT_HEADER = "Tidings-Client"
 MAX_LISTED_MEMBERS = 1000
 #: Random bytes in a client id the server assigns (16 characters of base64url).
 CLIENT_ID_BYTES = 12
+#: Joins and leaves of one channel in one sweep beyond which streams are told the member
+#: list instead (one frame, at most MAX_LISTED_MEMBERS members): a storm must not fill
+#: every watcher's output buffer (``output_buffer_limit``) with one frame per member.
+MAX_BATCH_EVENTS = 100
 
 
 class Watcher(Protocol):
@@ -180,26 +185,37 @@ class PresenceTracker:
         if not self.enabled:
             return
         self.table.expire(now)
+        batches: dict[str, list[Change]] = {}
         for change in self.table.drain():
-            channel = change.channel
+            batches.setdefault(change.channel, []).append(change)
+        for channel, changes in batches.items():
             log = self.logs.get(channel)
             if log is None:
                 continue
-            log.append(change, self._end_of(channel), now)
+            after = self._end_of(channel)
+            for change in changes:
+                log.append(change, after, now)
             watchers = self.watchers.get(channel)
-            if watchers:
-                encoded = wire.Encoded(change)
-                for watcher in list(watchers):
-                    try:
-                        watcher.presence_changed(channel, encoded)
-                    except Exception as exc:
-                        self.unwatch(channel, watcher)
-                        watcher.fail(exc)
+            if not watchers:
+                continue
+            if len(changes) > MAX_BATCH_EVENTS:
+                self._tell(channel, watchers, wire.Encoded.members(self.members_answer(channel)))
+            else:
+                for change in changes:
+                    self._tell(channel, watchers, wire.Encoded(change))
         for channel, log in list(self.logs.items()):
             timeout = self.policy(channel).timeout
             log.trim(now - timeout)
             if not self.watchers.get(channel) and self._read.get(channel, 0.0) < now - timeout:
                 self._drop_log(channel)
+
+    def _tell(self, channel: str, watchers: set[Watcher], encoded: wire.Encoded) -> None:
+        for watcher in list(watchers):
+            try:
+                watcher.presence_changed(channel, encoded)
+            except Exception as exc:
+                self.unwatch(channel, watcher)
+                watcher.fail(exc)
 
     # joins and leaves -----------------------------------------------------------------
 
@@ -229,9 +245,9 @@ class PresenceTracker:
                 del self.watchers[channel]
 
     def members_answer(self, channel: str) -> dict[str, object]:
-        """Who is on ``channel`` now, all of them (the start of a presence stream)."""
-        count, users = self.table.count(channel)
-        return wire.members_json(channel, self.table.members(channel), count, users)
+        """Who is on ``channel`` now (the start of a presence stream), as
+        ``GET /channels/{channel}/presence`` answers it."""
+        return self.answer(channel, False)
 
     def poll_fields(self, channels: Iterable[str], since: Mapping[str, Start],
                     upto: Mapping[str, Start], multi: bool) -> dict[str, object]:

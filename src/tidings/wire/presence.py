@@ -6,9 +6,9 @@ bytes are written to every watcher of its channel, as messages are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from tidings.core.presence import Change, Logged, Member
+from tidings.core.presence import Change, Logged
 from tidings.wire import jsonvalue
 from tidings.wire.websocket import text_frame
 
@@ -18,17 +18,19 @@ class Encoded:
 
     __slots__ = ("client", "frame", "sse")
 
-    def __init__(self, change: Change) -> None:
+    def __init__(self, change: Change | None, frame: bytes = b"", sse: bytes = b"") -> None:
+        if change is None:  # a member list (:meth:`members`)
+            self.client, self.frame, self.sse = "", frame, sse
+            return
         self.client = change.member.client
         data = jsonvalue.encode(change.to_json())
         self.frame = text_frame(data)
         self.sse = b"event: %s\ndata: %s\n\n" % (change.kind.encode(), data)
 
-
-def members_json(channel: str, members: Iterable[Member], count: int,
-                 users: int) -> dict[str, object]:
-    return {"channel": channel, "count": count, "users": users,
-            "members": [member.to_json() for member in members]}
+    @classmethod
+    def members(cls, answer: Mapping[str, object]) -> Encoded:
+        """A member list told instead of a batch too large to tell one by one."""
+        return cls(None, members_frame(answer), members_event(answer))
 
 
 def members_frame(answer: Mapping[str, object]) -> bytes:
