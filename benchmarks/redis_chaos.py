@@ -824,6 +824,8 @@ class SseReader(Reader):
                     if block.id != body.get("to"):
                         self.problems.append(f"SSE id: {block.id} on gap {body}")
                     self.take_gap(body, node)
+                elif block.event == "client":
+                    pass  # the opening event: who this reader is (docs/protocol.md)
                 elif block.event == "status":
                     self.stats[f"status {block.json().get('broker')}"] += 1
                 elif block.event == "close":

@@ -20,6 +20,8 @@ Config file::
     slow_reader = "latest"       # or "skip", "disconnect" (the [server] default)
     subscribe = "anyone"         # or "token" (docs/security.md)
     publish = "api_key"          # or "token", "anyone"
+    presence = true              # who is reading (docs/topics/presence.md); [server] too
+    presence_timeout = 30        # seconds a poller stays after its last request
 
     [auth]                       # any of it turns access control on (docs/security.md)
     api_key = "..."              # or the environment variable TIDINGS_API_KEY
@@ -54,6 +56,11 @@ from tidings.core.policy import (
     SUBSCRIBE_RULES,
     Policy,
     Rule,
+)
+from tidings.core.presence import (
+    DEFAULT_PRESENCE_TIMEOUT,
+    MAX_PRESENCE_TIMEOUT,
+    PresencePolicy,
 )
 from tidings.errors import UsageError
 from tidings.session.slow import DISCONNECT, SLOW_READER_POLICIES
@@ -225,6 +232,14 @@ class Settings:
     #: Who may subscribe and publish (``[auth]`` and namespace rules); open by default.
     auth: AuthSettings = field(default_factory=AuthSettings)
 
+    # Presence (docs/topics/presence.md), for channels whose namespace does not set it.
+    #: Whether ``GET /channels/{channel}/presence`` and joins and leaves are served.
+    presence: bool = False
+    #: Seconds a poller or long poller stays present after its last request.
+    presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT
+    #: ``presence`` / ``presence_timeout`` of the ``[namespaces.NAME]`` tables that set them.
+    namespace_presence: dict[str, PresencePolicy] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
         check_transports(self.transports)
@@ -244,6 +259,25 @@ class Settings:
                 policy == DISCONNECT for policy in self.slow_readers.values()):
             return None
         return self.slow_reader_of
+        problem = _timeout_problem(self.presence_timeout)
+        if problem is not None:
+            raise UsageError(f"presence_timeout{problem}")
+        for name, policy in self.namespace_presence.items():
+            problem = _timeout_problem(policy.timeout)
+            if problem is not None:
+                raise UsageError(f"[namespaces.{name}] presence_timeout{problem}")
+
+    def presence_of(self, channel: str) -> PresencePolicy:
+        """The presence of ``channel``: its namespace's, or the server's."""
+        policy = self.namespace_presence.get(namespace_of(channel))
+        if policy is not None:
+            return policy
+        return PresencePolicy(self.presence, self.presence_timeout)
+
+    @property
+    def presence_anywhere(self) -> bool:
+        """Whether any channel may have presence."""
+        return self.presence or any(p.enabled for p in self.namespace_presence.values())
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
@@ -277,14 +311,15 @@ class Settings:
         server = _server(errors, config.get("server", {}))
         base = cls(**server)
         auth = _auth(errors, path, config.get("auth"))
-        namespaces, rules = _namespaces(errors, config.get("namespaces", {}), base, auth)
+        namespaces, rules, presence = _namespaces(errors, config.get("namespaces", {}), base,
+                                                  auth)
         slow_readers = _slow_readers(errors, config.get("namespaces", {}))
         bridges = _bridges(errors, config.get("bridges", []))
         errors.raise_any()
         if rules:
             auth = dataclasses.replace(auth, rules=rules)
         return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth,
-                                   slow_readers=slow_readers)
+                                   slow_readers=slow_readers, namespace_presence=presence)
 
 
 #: The sections of a config file.
@@ -294,7 +329,7 @@ AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorith
              "default_subscribe", "default_publish")
 #: The keys of a ``[namespaces.NAME]`` table.
 NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "slow_reader",
-                  "subscribe", "publish")
+                  "subscribe", "publish", "presence", "presence_timeout")
 #: The keys of a ``[[bridges]]`` entry.
 BRIDGE_KEYS = ("dsn", "schema", "tables")
 #: The shortest ``jwt_hs256_secret`` accepted, in bytes (HS256 keys shorter than the
@@ -338,7 +373,8 @@ def _server(errors: ConfigErrors, section: Any) -> dict[str, Any]:
         return {}
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     known = [name for name in fields
-             if name not in ("namespaces", "bridges", "auth", "slow_readers")]
+             if name not in ("namespaces", "bridges", "auth", "slow_readers",
+                             "namespace_presence")]
     defaults = Settings()
     values: dict[str, Any] = {}
     for key, value in section.items():
@@ -363,6 +399,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be positive, not {value!r}"
     if key == "websocket_compression_threshold" and value < 0:
         return f" must be 0 or more, not {value!r}"
+    if key == "presence_timeout":
+        return _timeout_problem(value)
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))
@@ -375,14 +413,15 @@ def _value_problem(key: str, value: Any) -> str | None:
     return None
 
 
-def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
-                auth: AuthSettings) -> tuple[dict[str, Retention], dict[str, Rule]]:
-    """The ``[namespaces.NAME]`` tables: retention and access rules by namespace."""
+def _namespaces(errors: ConfigErrors, section: Any, base: Settings, auth: AuthSettings
+                ) -> tuple[dict[str, Retention], dict[str, Rule], dict[str, PresencePolicy]]:
+    """The ``[namespaces.NAME]`` tables: retention, access rules and presence by namespace."""
     namespaces: dict[str, Retention] = {}
     rules: dict[str, Rule] = {}
+    presence: dict[str, PresencePolicy] = {}
     if not isinstance(section, dict):
         errors.add("", "namespaces", " holds tables such as [namespaces.prices]")
-        return namespaces, rules
+        return namespaces, rules, presence
     for name, values in section.items():
         where = f"[namespaces.{name}]"
         if not isinstance(values, dict):
@@ -410,9 +449,20 @@ def _namespaces(errors: ConfigErrors, section: Any, base: Settings,
             except ValueError as exc:
                 errors.add(where, "", str(exc))  # it names the key
                 ok = False
+        if "presence" in values or "presence_timeout" in values:
+            enabled = values.get("presence", base.presence)
+            timeout = values.get("presence_timeout", base.presence_timeout)
+            for key, value, default in (("presence", enabled, base.presence),
+                                        ("presence_timeout", timeout, base.presence_timeout)):
+                problem = _type_problem(value, default) or _value_problem(key, value)
+                if problem is not None:
+                    errors.add(where, key, problem)
+                    ok = False
+            if ok:
+                presence[name] = PresencePolicy(bool(enabled), float(timeout))
         if ok:
             namespaces[name] = Retention(int(size), float(ttl), float(window))
-    return namespaces, rules
+    return namespaces, rules, presence
 
 
 def _slow_readers(errors: ConfigErrors, section: Any) -> dict[str, str]:
@@ -465,6 +515,14 @@ def _auth(errors: ConfigErrors, path: str | Path, section: Any) -> AuthSettings:
         # A relative path is relative to the config file, not to the working directory.
         values["jwt_public_key_file"] = str(Path(path).parent / values["jwt_public_key_file"])
     return AuthSettings(**values, configured=True)
+
+
+def _timeout_problem(seconds: float) -> str | None:
+    """Why a ``presence_timeout`` is refused, or ``None``."""
+    if not 0 < seconds <= MAX_PRESENCE_TIMEOUT:
+        return (f" must be more than 0 and at most {MAX_PRESENCE_TIMEOUT:.0f} seconds, "
+                f"not {seconds!r}")
+    return None
 
 
 def _secret_problem(secret: str) -> str | None:

@@ -24,6 +24,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -124,7 +125,7 @@ class SseInbox(Inbox):
     async def opening(self) -> SseBlock:
         async with asyncio.timeout(5 * UNIT):
             block = await self._stream.next_block()
-        assert block.retry is not None and block.id is not None and block.data is None, block
+        assert block.retry is not None and block.id is not None and block.event == "client", block
         return block
 
     async def _receive(self) -> dict[str, Any]:
@@ -280,7 +281,8 @@ async def test_subscribers_stay_connected_and_get_an_epoch_gap_when_redis_return
         before = await publish(client, "news", "before")
         async with open_sse(client, "/channels/news") as sse, \
                 open_ws(server, "/channels/news") as ws:
-            assert await ws.next() == {"type": "subscribed", "channel": "news", "next": before}
+            assert await ws.next() == {"type": "subscribed", "channel": "news", "next": before,
+                                       "client": ANY}
             long_poll = asyncio.create_task(
                 client.get("/channels/news", params={"since": before, "wait": 30}))
             await until(lambda: server.statistics()["long_polls"] == 1)

@@ -165,12 +165,16 @@ async def sse_subscriber(server: Server, ready: asyncio.Event) -> list[Any]:
         assert stream.status_code == 200
         ready.set()
         data: list[str] = []
+        event = "message"
         async for line in stream.aiter_lines():
             if line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
-            elif line == "" and data:
-                received.append(json.loads("\n".join(data))["data"])
-                data = []
+            elif line.startswith("event:"):
+                event = line[6:].strip()  # the opening event (client) is not a message
+            elif line == "":
+                if data and event == "message":
+                    received.append(json.loads("\n".join(data))["data"])
+                data, event = [], "message"
                 if len(received) >= MESSAGES:
                     return received
     return received

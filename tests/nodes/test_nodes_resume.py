@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from nodekit import Node, PacedPublisher, assert_exactly, open_sse, publish, start_nodes
@@ -78,7 +79,7 @@ async def test_websocket_moves_with_since_in_the_url_and_in_subscribe(
         async with ws_connect(node.ws_url(f"/channels/{channel}?since={since}")) as ws:
             subscribed = await recv_json(ws)
             assert subscribed == {"type": "subscribed", "channel": channel,
-                                  "next": subscribed["next"]}, subscribed
+                                  "next": subscribed["next"], "client": ANY}, subscribed
             if since != "0":
                 assert subscribed["next"] == since, subscribed
             return await recv_messages(ws, PER_HOP, within=10 * UNIT)
@@ -88,7 +89,8 @@ async def test_websocket_moves_with_since_in_the_url_and_in_subscribe(
             await ws.send(json.dumps({"type": "subscribe", "req": 1, "channel": channel,
                                       "since": since}))
             ack = await recv_json(ws)
-            assert ack == {"type": "ack", "req": 1, "channel": channel, "next": since}, ack
+            assert ack == {"type": "ack", "req": 1, "channel": channel, "next": since,
+                           "client": ANY}, ack
             return await recv_messages(ws, PER_HOP, within=10 * UNIT)
 
     async def read(publisher: PacedPublisher) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -265,7 +266,7 @@ async def test_websocket_upgrade_happens_once_the_channel_is_fetched(
         async with await finished(opening) as ws:
             epoch = epoch_of(broker, "a")
             assert await recv_json(ws) == {"type": "subscribed", "channel": "a",
-                                           "next": f"{epoch}-0"}
+                                           "next": f"{epoch}-0", "client": ANY}
             history = [without_time(frame) for frame in await recv_frames(ws, 2)]
             assert history == [message_frame("a", ids[0], 1), message_frame("a", ids[1], 2)]
             live_id = await publish(client, "a", "live")
@@ -281,7 +282,8 @@ async def test_websocket_subscribe_is_acked_once_the_channel_is_fetched(
         (fetch,) = await broker.preparing(1)
         assert fetch.starts == {"a": parse_start(ids[0])}
         broker.release()
-        assert await recv_json(ws) == {"type": "ack", "req": 1, "channel": "a", "next": ids[0]}
+        assert await recv_json(ws) == {"type": "ack", "req": 1, "channel": "a", "next": ids[0],
+                                       "client": ANY}
         assert without_time(await recv_json(ws)) == message_frame("a", ids[1], 2)
         live_id = await publish(client, "a", "live")
         assert without_time(await recv_json(ws)) == message_frame("a", live_id, "live")
@@ -305,7 +307,7 @@ async def test_websocket_commands_sent_while_a_subscription_waits_keep_their_ord
         broker.release()
         epoch_a = epoch_of(broker, "a")
         assert [without_time(frame) for frame in await recv_frames(ws, 2)] == [
-            {"type": "ack", "req": 1, "channel": "a", "next": f"{epoch_a}-0"},
+            {"type": "ack", "req": 1, "channel": "a", "next": f"{epoch_a}-0", "client": ANY},
             message_frame("a", first, "retained"),
         ]
         (fetch_b,) = await broker.preparing(1)  # subscribe b waits in turn ...
@@ -317,7 +319,7 @@ async def test_websocket_commands_sent_while_a_subscription_waits_keep_their_ord
         epoch_b = epoch_of(broker, "b")
         frames = [without_time(frame) for frame in await recv_frames(ws, 5)]
     assert frames == [
-        {"type": "ack", "req": 2, "channel": "b", "next": f"{epoch_b}-0"},
+        {"type": "ack", "req": 2, "channel": "b", "next": f"{epoch_b}-0", "client": ANY},
         message_frame("a", f"{epoch_a}-2", "x"),
         {"type": "ack", "req": 3, "channel": "a", "id": f"{epoch_a}-2"},
         message_frame("b", f"{epoch_b}-1", "y"),
@@ -392,7 +394,7 @@ async def test_broker_error_in_a_websocket_subscribe_is_an_error_reply(
         await broker.preparing(1)
         broker.release()
         assert await recv_json(ws) == {"type": "ack", "req": 3, "channel": "a",
-                                       "next": f"{epoch_of(broker, 'a')}-0"}
+                                       "next": f"{epoch_of(broker, 'a')}-0", "client": ANY}
 
 
 @pytest.mark.parametrize("technique", READS)

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -216,7 +217,7 @@ async def test_a_websocket_subscribe_command_reports_a_gap(make_server) -> None:
     async with connect(ws_url(server, "/subscribe")) as ws:
         await ws.send('{"type": "subscribe", "req": 1, "channel": "c", "since": "%s"}' % ids[0])
         ack = await recv_json(ws)
-        assert ack == {"type": "ack", "req": 1, "channel": "c", "next": ids[2]}
+        assert ack == {"type": "ack", "req": 1, "channel": "c", "next": ids[2], "client": ANY}
         gap = await recv_json(ws)
         assert gap == {"type": "gap", "channel": "c", "from": ids[0], "to": ids[2],
                        "reason": "expired", "missed": 2}

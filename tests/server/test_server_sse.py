@@ -23,7 +23,7 @@ async def opening(reader: SseStream) -> str:
     block = await reader.next_block()
     assert block.retry is not None and block.retry > 0
     assert block.id is not None
-    assert block.data is None and block.event is None
+    assert block.event == "client" and isinstance(block.json()["client"], str)
     return block.id
 
 

@@ -7,6 +7,7 @@ import json
 import struct
 import time
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from websockets.asyncio.client import connect
@@ -33,7 +34,8 @@ async def test_url_subscription_says_subscribed_then_delivers(server: Server) ->
     async with http_client(server) as client:
         last = await publish(client, "c", "before")
         async with connect(ws_url(server, "/channels/c")) as ws:
-            assert await recv_json(ws) == {"type": "subscribed", "channel": "c", "next": last}
+            assert await recv_json(ws) == {"type": "subscribed", "channel": "c",
+                                           "next": last, "client": ANY}
             ids = await publish_many(client, "c", ["x", {"y": 1}])
             frames = await recv_messages(ws, 2)
     assert [f["id"] for f in frames] == ids
@@ -56,7 +58,8 @@ async def test_url_subscription_with_since_replays_then_goes_live(server: Server
     async with http_client(server) as client:
         ids = await publish_many(client, "c", list(range(4)))
         async with connect(ws_url(server, f"/channels/c?since={ids[1]}")) as ws:
-            assert await recv_json(ws) == {"type": "subscribed", "channel": "c", "next": ids[1]}
+            assert await recv_json(ws) == {"type": "subscribed", "channel": "c",
+                                           "next": ids[1], "client": ANY}
             assert [f["id"] for f in await recv_messages(ws, 2)] == ids[2:]
             new = await publish(client, "c", "live")
             assert [f["id"] for f in await recv_messages(ws, 1)] == [new]
@@ -108,7 +111,7 @@ async def test_subscribe_command_with_since_resumes(server: Server) -> None:
         ids = await publish_many(client, "c", list(range(5)))
         async with connect(ws_url(server, "/subscribe")) as ws:
             ack = await command(ws, type="subscribe", req=1, channel="c", since=ids[2])
-            assert ack == {"type": "ack", "req": 1, "channel": "c", "next": ids[2]}
+            assert ack == {"type": "ack", "req": 1, "channel": "c", "next": ids[2], "client": ANY}
             assert [f["id"] for f in await recv_messages(ws, 2)] == ids[3:]
             ack = await command(ws, type="subscribe", req=2, channel="d", since="0")
             assert seq_of(ack["next"]) == 0
@@ -174,7 +177,7 @@ async def test_multi_channel_url_subscription(server: Server) -> None:
         a0 = await publish(client, "a", "a0")
         async with connect(ws_url(server, "/subscribe?channel=a&channel=b")) as ws:
             first, second = await recv_json(ws), await recv_json(ws)
-            assert first == {"type": "subscribed", "channel": "a", "next": a0}
+            assert first == {"type": "subscribed", "channel": "a", "next": a0, "client": ANY}
             assert second["type"] == "subscribed" and second["channel"] == "b"
             published = [("a", await publish(client, "a", "a1")),
                          ("b", await publish(client, "b", "b1")),
@@ -193,10 +196,10 @@ async def test_multi_channel_url_subscription_resumes_from_a_multi_cursor(server
             frames = [await recv_json(ws) for _ in range(4)]
             # Each subscription says where it starts, then replays what it missed.
             assert frames == [
-                {"type": "subscribed", "channel": "a", "next": a[0]},
+                {"type": "subscribed", "channel": "a", "next": a[0], "client": ANY},
                 *[{"type": "message", "channel": "a", "id": i, "data": d, "time": f["time"]}
                   for i, d, f in zip(a[1:], ["a2", "a3"], frames[1:3], strict=True)],
-                {"type": "subscribed", "channel": "b", "next": b[1]},
+                {"type": "subscribed", "channel": "b", "next": b[1], "client": ANY},
             ]
             new = await publish(client, "b", "b3")
             assert [f["id"] for f in await recv_messages(ws, 1)] == [new]

@@ -189,8 +189,8 @@ def test_error_frame_without_req() -> None:
 
 
 def test_subscribed_frame() -> None:
-    assert frame_json(commands.subscribed_frame("prices", "k2j4h5g6-3")) == {
-        "type": "subscribed", "channel": "prices", "next": "k2j4h5g6-3",
+    assert frame_json(commands.subscribed_frame("prices", "k2j4h5g6-3", "c-1")) == {
+        "type": "subscribed", "channel": "prices", "next": "k2j4h5g6-3", "client": "c-1",
     }
 
 

@@ -43,7 +43,7 @@ async def read(session: Session) -> None:
             for item in items:
                 if isinstance(item, Comment):
                     continue
-                if isinstance(item, Checkpoint):
+                if isinstance(item, Checkpoint) or item.type == "client":
                     session.learn_cursor(item.id)
                 elif item.type == "message":
                     await session.message(_json(item.data))

@@ -19,7 +19,7 @@ load balancer without sticky sessions would; without them it is skipped.
 Modules: ``_context`` (what a check gets, how its failures are labelled),
 ``_readers`` (one reader per technique), and the checks grouped by theme:
 ``checks_delivery``, ``checks_gaps``, ``checks_streams``, ``checks_input``,
-``checks_bytes``, ``checks_nodes``. The clients we did not write, driven by hand, are the
+``checks_bytes``, ``checks_presence``, ``checks_nodes``. The clients we did not write, driven by hand, are the
 public test kit :mod:`tidings.testing`; a check fails with its
 :class:`~tidings.testing.CheckFailed`.
 """
@@ -38,6 +38,7 @@ from tidings.conformance import (
     checks_gaps,
     checks_input,
     checks_nodes,
+    checks_presence,
     checks_streams,
 )
 from tidings.conformance._context import Check, Context, NotApplicable, describe
@@ -60,6 +61,7 @@ CHECKS: dict[str, Check] = {
     "cors": checks_input.cors,
     "history_backwards": checks_bytes.history_backwards,
     "websocket_compression": checks_bytes.websocket_compression,
+    "presence": checks_presence.presence,
     # Last: it needs other nodes (``nodes``), and is skipped without them.
     "across_nodes": checks_nodes.across_nodes,
 }

@@ -63,6 +63,8 @@ class Claims:
     expires: float | None = None
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    #: The ``info`` claim, any JSON value: what presence shows of this reader beside ``sub``.
+    info: object = field(default=None, compare=False)
 
     def grants(self, action: Literal["subscribe", "publish"], channel: str) -> bool:
         patterns = self.subscribe if action == "subscribe" else self.publish

@@ -29,6 +29,7 @@ from typing import Any
 
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import Start
 from tidings.errors import BrokerError, ProtocolError, ShuttingDown
 from tidings.server.admission import Admission
@@ -36,6 +37,7 @@ from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries
+from tidings.server.presence import PresenceTracker, check_broker
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
@@ -88,6 +90,9 @@ class Server:
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
         self.expiries = Expiries(self.loop)
+        check_broker(self.settings, isinstance(self.broker, MemoryBroker))
+        #: Who reads each channel (server/presence.py), kept by the drivers.
+        self.presence = PresenceTracker(self.settings, self.loop, self.broker)
         self.port = self.settings.port
 
     # lifecycle ---------------------------------------------------------------
@@ -202,6 +207,10 @@ class Server:
                                     check_tokens=self.auth.enabled)
             except Exception:
                 logger.exception("the sweep failed; it runs again next tick")
+            try:
+                self.presence.sweep(now)
+            except Exception:
+                logger.exception("the presence sweep failed; it runs again next tick")
             if now >= maintenance_due:
                 maintenance_due = now + MAINTENANCE_INTERVAL
                 try:
@@ -294,4 +303,5 @@ class Server:
     def statistics(self) -> dict[str, object]:
         """Open connections by kind, bytes waiting in stream buffers, and the counters."""
         return {**self.registry.statistics(), **self.admission.statistics(),
+                **self.presence.statistics(),
                 "hub_channels": self.broker.hub.channels(), **self.stats}

@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tidings.core.policy import Claims, Policy, Refusal
-from tidings.errors import Forbidden, ProtocolError, Unauthorized, UsageError
+from tidings.errors import BadRequest, Forbidden, ProtocolError, Unauthorized, UsageError
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
+from tidings.wire import jsonvalue
 
 #: The cookie a browser may carry its token in.
 TOKEN_COOKIE = "tidings_token"
@@ -232,8 +233,15 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if isinstance(sub, str) and not _is_unicode(sub):
         # A lone surrogate ("\ud800" in the JSON) cannot be written back (the auth ack).
         raise Unauthorized("the sub claim is not valid Unicode", code="invalid_token")
+    info = payload.get("info")
+    if info is not None:
+        try:  # presence writes it back as it is: it must be JSON we can write
+            jsonvalue.encode(info)
+        except BadRequest as exc:
+            raise Unauthorized(f"the info claim cannot be written back: {exc}",
+                               code="invalid_token") from None
     return Claims(sub if isinstance(sub, str) else None, _expiry(payload.get("exp")),
-                  grants[0], grants[1])
+                  grants[0], grants[1], info)
 
 
 def _is_unicode(text: str) -> bool:

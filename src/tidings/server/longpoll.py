@@ -6,6 +6,10 @@ is handed is the answer. Waiters that were at the end of one channel all get
 the same body, encoded once per message (``wire.poll.tail_body``), behind a
 head that :func:`tidings.wire.http.response` caches.
 
+A parked request holds its channels' presence (server/presence.py); when it
+is answered, a poller that chose its client id stays for the channels'
+``presence_timeout``, until its next request.
+
 Waits end by :class:`Expiries`: waiters are grouped by the 50 ms slot in
 which their wait ends, with one timer per slot rather than one per request.
 """
@@ -19,12 +23,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
-from tidings.server.poll import JSON_NO_CACHE
+from tidings.server.poll import JSON_NO_CACHE, presence_fields
+from tidings.server.presence import client_header
 from tidings.session.reader import make_reader
-from tidings.wire import poll
+from tidings.wire import http, poll
 from tidings.wire.http import Headers
+from tidings.wire.presence import Encoded, with_fields
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -38,11 +45,21 @@ EXPIRY_RESOLUTION = 0.05
 class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
-    __slots__ = ("_server", "conn", "cors", "expires", "keep_alive", "parked", "reader")
+    __slots__ = ("_server", "conn", "cors", "expires", "held", "identity", "keep_alive", "named",
+                 "parked", "presence_since", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
-                 keep_alive: bool, expires: float = 0.0, *, latest: bool = False) -> None:
+                 keep_alive: bool, expires: float, identity: Identity, named: bool,
+                 presence_since: Mapping[str, Start] | None = None, *,
+                 latest: bool = False) -> None:
         self._server = server
+        #: With ``?presence=1``: where its joins and leaves start; a join or leave answers it.
+        self.presence_since = presence_since
+        #: Who is waiting; ``named``: it chose its id, so it lingers after the answer.
+        self.identity = identity
+        self.named = named
+        #: The channels whose presence it holds while parked.
+        self.held: list[str] = []
         self.conn = conn
         #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
         self.expires = expires
@@ -60,12 +77,22 @@ class Waiter:
         for channel in reader.channels:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
+        self.held = self._server.presence.hold(reader.channels, self.identity, "longpoll")
+        if self.presence_since is not None:
+            for channel in reader.channels:
+                self._server.presence.watch(channel, self)
         self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
 
     def expire(self) -> None:
         """The wait ended with nothing new: answer with no messages and the same cursor."""
         if self.parked:
+            self._answer(poll.body((), self.reader.cursor(), (), False))
+
+    def presence_changed(self, channel: str, encoded: Encoded) -> None:
+        """A join or leave on a channel it waits on: answer with it (and no messages); its own
+        do not wake it (they come with its next answer)."""
+        if self.parked and encoded.client != self.identity.client:
             self._answer(poll.body((), self.reader.cursor(), (), False))
 
     def token_expired(self) -> None:
@@ -92,7 +119,14 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
-            self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
+            if self.presence_since is not None:
+                reader = self.reader
+                body = with_fields(body, presence_fields(
+                    self._server, dict.fromkeys(reader.channels), self.presence_since,
+                    reader.cursor(), reader.multi))
+            response = http.response(200, (*JSON_NO_CACHE, *self.cors), body,
+                                     keep_alive=self.keep_alive)
+            self.conn.respond(client_header(response, self.identity.client), self.keep_alive)
 
     def _forget(self) -> None:
         if not self.parked:
@@ -101,6 +135,12 @@ class Waiter:
         hub, reader = self._server.broker.hub, self.reader
         for channel in reader.channels:
             hub.unsubscribe(channel, reader)
+        if self.held:
+            held, self.held = self.held, []
+            self._server.presence.release(held, self.identity.client, linger=self.named)
+        if self.presence_since is not None:
+            for channel in reader.channels:
+                self._server.presence.unwatch(channel, self)
         self._server.registry.discard_waiter(self)
 
 
@@ -132,12 +172,27 @@ class Expiries:
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, wait: float, cors: Headers, keep_alive: bool,
-           expires: float = 0.0, *, latest: bool = False) -> None:
-    """Answer at once if something is there (or ``wait`` is 0), else park until it comes."""
-    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, latest=latest)
+           expires: float, identity: Identity, named: bool,
+           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False) -> None:
+    """Answer at once if something is there (or ``wait`` is 0), else park until it comes.
+
+    With ``presence_since`` (``?presence=1``), joins and leaves after it are
+    something too: they are answered at once, and one that comes wakes it.
+    """
+    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
+                    presence_since, latest=latest)
     batch = waiter.reader.open(starts, limit)
+    cursor = waiter.reader.cursor()
+    fields: dict[str, object] = {}
+    if presence_since is not None:
+        fields = presence_fields(server, starts, presence_since, cursor, multi)
+        if fields["presence"] or "members" in fields:
+            wait = 0  # joins, leaves or a member list to tell: at once
     if batch.messages or batch.gaps or wait <= 0:
-        body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)
-        conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
+        if named:
+            server.presence.touch(starts, identity, "longpoll")
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more), fields)
+        response = http.response(200, (*JSON_NO_CACHE, *cors), body, keep_alive=keep_alive)
+        conn.respond(client_header(response, identity.client), keep_alive)
         return
     waiter.park(wait)

@@ -7,6 +7,10 @@ poll whose ``If-None-Match`` holds the tag its answer would carry gets
 ``304`` and no body, as HTTP says. A client polling ``since=<next>`` with the
 tag it was given gets ``304`` while nothing is new, so idle polling costs one
 short exchange. A long poll that finds nothing parks (server/longpoll.py).
+
+Every answer names the reader's client id in a ``Tidings-Client`` header; a
+poller that chose its id (``?client=``) stays present on the channels it
+reads for their ``presence_timeout`` (server/presence.py).
 """
 
 from __future__ import annotations
@@ -14,12 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import Start
+from tidings.core.cursor import Start, parse_since
+from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
+from tidings.server.presence import client_header
 from tidings.session.batch import Batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
+from tidings.wire.presence import with_fields
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -28,12 +35,36 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
-           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool, *,
-           latest: bool = False) -> None:
-    """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
+           limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
+           identity: Identity, named: bool,
+           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False) -> None:
+    """Answer a regular poll at once (its reader writes nothing: it is never on the hub).
+
+    With ``presence_since`` (``?presence=1``) the answer carries the joins and
+    leaves after it too, and no ``ETag``: the same messages may come with
+    other joins and leaves.
+    """
     reader = make_reader(server.broker, poll.ANSWERS, multi=multi, latest=latest)
     batch = reader.open(starts, limit)
-    respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
+    if named:
+        server.presence.touch(starts, identity, "poll")
+    cursor = reader.cursor()
+    if presence_since is not None:
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more),
+                           presence_fields(server, starts, presence_since, cursor, multi))
+        _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, identity.client)
+        return
+    respond(conn, batch, cursor, if_none_match, cors, keep_alive, identity.client)
+
+
+def presence_fields(server: Server, channels: Mapping[str, object],
+                    presence_since: Mapping[str, Start], cursor: str,
+                    multi: bool) -> dict[str, object]:
+    """What a poll answer ending at ``cursor`` adds with ``?presence=1``: the joins and
+    leaves that come before its end (``presence``, ``presence_next``, and ``members`` for
+    the channels whose ``presence_since`` cannot say what was missed)."""
+    upto = parse_since(cursor, list(channels))
+    return server.presence.poll_fields(channels, presence_since, upto, multi)
 
 
 def answer_back(server: Server, conn: HttpConnection, channel: str, before: Start,
@@ -44,17 +75,23 @@ def answer_back(server: Server, conn: HttpConnection, channel: str, before: Star
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
-            cors: Headers, keep_alive: bool) -> None:
+            cors: Headers, keep_alive: bool, client: str) -> None:
     if batch.gaps:
         body = poll.body(batch.messages, cursor, batch.gaps, batch.more)
-        conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
+        _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, client)
         return
     tag = poll.etag(cursor)
     if if_none_match is not None and _matches(if_none_match, tag):
-        conn.answer(304, (("ETag", tag), *cors), b"", keep_alive)
+        _send(conn, 304, (("ETag", tag), *cors), b"", keep_alive, client)
         return
     body = poll.body(batch.messages, cursor, (), batch.more)
-    conn.answer(200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive)
+    _send(conn, 200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive, client)
+
+
+def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,
+          client: str) -> None:
+    response = http.response(status, headers, body, keep_alive=keep_alive)
+    conn.respond(client_header(response, client), keep_alive)
 
 
 def _matches(if_none_match: str, tag: str) -> bool:

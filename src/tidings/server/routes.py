@@ -5,6 +5,8 @@
 ``/channels/{name}``   GET       read: WebSocket upgrade, SSE (``Accept:
                                  text/event-stream``), long poll (``?wait=`` or
                                  ``Prefer: wait=``), else a regular poll
+``/channels/{name}/    GET       who reads it (server/presence.py), ``?count``
+presence``                       for the numbers only
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
@@ -32,6 +34,7 @@ from tidings.errors import (
 )
 from tidings.server import longpoll, poll, publish, static, websocket
 from tidings.server.connection import HttpConnection
+from tidings.server.presence import identify_request, wants_events
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.wire import http
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings.server")
 
 CHANNEL_PREFIX = "/channels/"
+PRESENCE_SUFFIX = "/presence"
 CHANNEL_METHODS = ("GET", "POST", "OPTIONS")
 READ_METHODS = ("GET", "OPTIONS")
 
@@ -71,7 +75,11 @@ class Router:
 
     def _route(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         path, method = request.path, request.method
-        if path.startswith(CHANNEL_PREFIX):
+        if (path.startswith(CHANNEL_PREFIX) and path.endswith(PRESENCE_SUFFIX)
+                and len(path) > len(CHANNEL_PREFIX) + len(PRESENCE_SUFFIX)):
+            # (``/channels/presence`` is the channel named "presence")
+            self._presence(conn, request, path[len(CHANNEL_PREFIX):-len(PRESENCE_SUFFIX)])
+        elif path.startswith(CHANNEL_PREFIX):
             if method not in CHANNEL_METHODS:
                 raise MethodNotAllowed(f"{method} is not allowed on {CHANNEL_PREFIX}{{channel}}",
                                        allow=CHANNEL_METHODS)
@@ -119,6 +127,22 @@ class Router:
         else:
             raise NotFound(f"no such URL: {path[:100]}")
 
+    def _presence(self, conn: HttpConnection, request: Request, name: str) -> None:
+        """``GET /channels/{channel}/presence``: the same permission as subscribing."""
+        if request.method not in READ_METHODS:
+            raise MethodNotAllowed(f"{request.method} is not allowed on "
+                                   f"{CHANNEL_PREFIX}{{channel}}{PRESENCE_SUFFIX}",
+                                   allow=READ_METHODS)
+        if request.method == "OPTIONS":
+            self._preflight(conn, request, "GET, OPTIONS")
+            return
+        channel = check_channel(name)
+        server = self.server
+        server.auth.check_subscribe([channel], server.auth.identify(request))
+        body = server.presence.answer(channel, request.arg("count") is not None)
+        cors = server.cors.headers(request.headers)
+        conn.answer_json(200, body, (("Cache-Control", "no-cache"), *cors), request.keep_alive)
+
     def _read(self, conn: HttpConnection, request: Request, channels: list[str], multi: bool,
               rest: bytes) -> None:
         """A read on one of the four techniques: the same checks, then its driver."""
@@ -130,6 +154,14 @@ class Router:
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
+        identity, named = identify_request(request, credentials)
+        presence = wants_events(request)
+        if presence:
+            server.presence.check_events(channels)
+            if not named and not request.wants_websocket and not request.wants_event_stream:
+                raise BadRequest("a poll that asks for joins and leaves (presence=1) must name "
+                                 "itself with ?client=ID, kept from one poll to the next",
+                                 code="client_required")
         cors = server.cors.headers(request.headers)
         keep_alive = request.keep_alive
         then: Callable[[], None]
@@ -143,14 +175,15 @@ class Router:
             keep_alive = False
 
             def then() -> None:
-                websocket.accept(server, conn, request, channels, rest, credentials)
+                websocket.accept(server, conn, request, channels, rest, credentials, identity,
+                                 presence)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            stream = SseStream(server, conn.detach(), multi, latest=latest)
+            stream = SseStream(server, conn.detach(), multi, identity, latest=latest)
             stream.expires = credentials.expires
-            server.when_ready(starts, lambda: stream.start(starts, cors),
+            server.when_ready(starts, lambda: stream.start(starts, cors, presence),
                               lambda error: stream.refuse(error, cors))
             return
         else:
@@ -158,20 +191,24 @@ class Router:
             self._check_enabled("poll" if wait is None else "longpoll")
             starts = parse_since(request.arg("since"), channels)
             page = self._limit(request)
+            presence_since = (parse_since(request.arg("presence_since"), channels)
+                              if presence else None)
             if wait is None:
                 if_none_match = request.header("if-none-match")
 
                 def then() -> None:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive, latest=latest)
+                                    keep_alive, identity, named, presence_since,
+                                    latest=latest)
             else:
                 wait = min(wait, self.settings.max_wait)
 
                 def then() -> None:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires, latest=latest)
+                                        keep_alive, credentials.expires, identity, named,
+                                        presence_since, latest=latest)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)

@@ -14,9 +14,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import BrokerError, Closing, ProtocolError
+from tidings.server.presence import CLIENT_HEADER
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
+from tidings.wire import presence as presence_wire
 from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
@@ -34,13 +37,15 @@ class SseStream(Stream):
     """An open event stream on one or more channels."""
 
     __slots__ = ()
+    technique = "sse"
 
-    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool, *,
-                 latest: bool = False) -> None:
-        super().__init__(server, transport, sse.EVENTS, multi, latest=latest)
+    def __init__(self, server: Server, transport: asyncio.Transport, multi: bool,
+                 identity: Identity, *, latest: bool = False) -> None:
+        super().__init__(server, transport, sse.EVENTS, identity, multi, latest=latest)
 
-    def start(self, starts: Mapping[str, Start], cors: Headers) -> None:
-        """Send the head and the opening cursor, then the backlog as the socket drains."""
+    def start(self, starts: Mapping[str, Start], cors: Headers, presence: bool = False) -> None:
+        """Send the head and the opening cursor (with ``presence``, who is on each channel),
+        then the backlog as the socket drains."""
         if self.closed:
             return  # the client left while the broker fetched the channels
         try:
@@ -49,10 +54,15 @@ class SseStream(Stream):
             self.transport.write(http.error_response(exc, cors, keep_alive=False))
             self._finish()
             return
+        identity = self.identity
         self.transport.write(
-            http.head(200, [*SSE_HEADERS, *cors], keep_alive=False)
-            + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor()))
+            http.head(200, [*SSE_HEADERS, (CLIENT_HEADER, identity.client), *cors],
+                      keep_alive=False)
+            + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor(),
+                          {"client": identity.client, "user": identity.user}))
         self._server.registry.add_stream(self)
+        if presence:
+            self.watch_presence(list(starts))
         self.catch_up()
 
     def refuse(self, error: ProtocolError | BrokerError, cors: Headers) -> None:
@@ -63,6 +73,13 @@ class SseStream(Stream):
 
     def notice(self, status: dict[str, object]) -> None:
         self.transport.write(sse.status_event(status))
+
+    def members(self, answer: dict[str, object]) -> bytes:
+        return presence_wire.members_event(answer)
+
+    def presence_changed(self, channel: str, encoded: presence_wire.Encoded) -> None:
+        if not self.closed:
+            self.transport.write(encoded.sse)
 
     def heartbeat(self, now: float) -> None:
         self.transport.write(sse.HEARTBEAT)

@@ -30,9 +30,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.presence import Identity
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, make_reader
+from tidings.wire.presence import Encoded
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -46,12 +48,22 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("_server", "closed", "expires", "reader", "stalled_since", "transport")
+    __slots__ = ("_server", "closed", "expires", "identity", "present_in", "reader",
+                 "stalled_since", "transport", "watching")
+
+    #: How presence names this technique (server/presence.py).
+    technique = ""
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
-                 multi: bool = False, *, latest: bool = False) -> None:
+                 identity: Identity, multi: bool = False, *, latest: bool = False) -> None:
         self._server = server
         self.transport = transport
+        #: Who reads (its client id, and its token's user and info).
+        self.identity = identity
+        #: The channels whose presence this stream holds (released when it ends).
+        self.present_in: tuple[str, ...] = ()
+        #: The channels whose joins and leaves it is told (``?presence=1``).
+        self.watching: tuple[str, ...] = ()
         #: What the hub holds: it hands each message straight to the reader. With a
         #: slow-reader policy (or ``?latest=1``) it can skip ahead instead of being cut off.
         self.reader = make_reader(server.broker, encoder, transport, multi=multi, owner=self,
@@ -85,6 +97,9 @@ class Stream(asyncio.Protocol):
         hub = self._server.broker.hub
         for channel in starts:
             hub.subscribe(channel, reader)
+        held = self._server.presence.hold(starts, self.identity, self.technique)
+        if held:
+            self.present_in = (*self.present_in, *held)
         return batch
 
     def unfollow(self, channel: str) -> bool:
@@ -93,7 +108,29 @@ class Stream(asyncio.Protocol):
             return False
         self.reader.close(channel)
         self._server.broker.hub.unsubscribe(channel, self.reader)
+        if channel in self.present_in:
+            self.present_in = tuple(c for c in self.present_in if c != channel)
+            self._server.presence.release((channel,), self.identity.client)
+        if channel in self.watching:
+            self.watching = tuple(c for c in self.watching if c != channel)
+            self._server.presence.unwatch(channel, self)
         return True
+
+    def watch_presence(self, channels: list[str]) -> None:
+        """Tell the client who is on ``channels`` now, then each join and leave."""
+        tracker = self._server.presence
+        for channel in channels:
+            tracker.watch(channel, self)
+            self.transport.write(self.members(tracker.members_answer(channel)))
+        self.watching = (*self.watching, *channels)
+
+    def members(self, answer: dict[str, object]) -> bytes:
+        """The bytes of a member list on this technique."""
+        raise NotImplementedError
+
+    def presence_changed(self, channel: str, encoded: Encoded) -> None:
+        """A join or leave on a channel this stream watches (from the tracker's sweep)."""
+        raise NotImplementedError
 
     def catch_up(self) -> None:
         """Pull the backlog while the socket has room; go live when it is done."""
@@ -190,6 +227,13 @@ class Stream(asyncio.Protocol):
         hub, reader = self._server.broker.hub, self.reader
         for channel in reader.channels:
             hub.unsubscribe(channel, reader)
+        if self.present_in:
+            held, self.present_in = self.present_in, ()
+            self._server.presence.release(held, self.identity.client)
+        if self.watching:
+            watching, self.watching = self.watching, ()
+            for channel in watching:
+                self._server.presence.unwatch(channel, self)
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

@@ -18,6 +18,7 @@ from websockets.server import ServerProtocol
 
 from tidings.brokers.base import Replayed
 from tidings.core.cursor import Start, parse_since
+from tidings.core.presence import Identity
 from tidings.errors import (
     IDLE_TIMEOUT,
     INTERNAL_ERROR,
@@ -33,9 +34,11 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
+from tidings.server.presence import identify
 from tidings.server.request import Request
 from tidings.server.stream import Stream
 from tidings.wire import commands, deflate, http, websocket
+from tidings.wire import presence as presence_wire
 from tidings.wire.websocket import FrameParser
 
 if TYPE_CHECKING:
@@ -84,13 +87,14 @@ class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    technique = "websocket"
 
-    def __init__(self, server: Server, transport: asyncio.Transport, *,
+    def __init__(self, server: Server, transport: asyncio.Transport, identity: Identity, *,
                  latest: bool = False, compression: deflate.Agreement | None = None) -> None:
         # With compression, messages go out compressed once for every such connection.
         encoder = commands.FRAMES if compression is None else deflate.frames(
             compression.window_bits, server.settings.websocket_compression_threshold)
-        super().__init__(server, transport, encoder, latest=latest)
+        super().__init__(server, transport, encoder, identity, latest=latest)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
         )
@@ -104,11 +108,12 @@ class WebSocketSession(Stream):
         #: Commands received while a subscription waits for the broker, handled after it.
         self.held: list[str] | None = None
 
-    def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
+    def start(self, response: bytes, starts: dict[str, Start], rest: bytes,
+              presence: bool = False) -> None:
         self.transport.write(response)
         self._server.registry.add_stream(self)
         for channel, start in starts.items():
-            self._subscribe_now(channel, start, None)
+            self._subscribe_now(channel, start, None, presence)
         if rest:
             self.data_received(rest)
 
@@ -162,8 +167,10 @@ class WebSocketSession(Stream):
         try:
             if isinstance(command, commands.Subscribe):
                 self._server.auth.check_subscribe([command.channel], self.credentials)
+                if command.presence:
+                    self._server.presence.require(command.channel)
                 start = parse_since(command.since, [command.channel])[command.channel]
-                self._subscribe(command.channel, start, command.req)
+                self._subscribe(command.channel, start, command.req, command.presence)
             elif isinstance(command, commands.Unsubscribe):
                 self.unfollow(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
@@ -172,6 +179,10 @@ class WebSocketSession(Stream):
                 self._publish(command)
             elif isinstance(command, commands.AuthCommand):
                 self._authenticate(command)
+            elif isinstance(command, commands.PresenceCommand):
+                self._server.auth.check_subscribe([command.channel], self.credentials)
+                body = self._server.presence.answer(command.channel, command.count_only)
+                self.transport.write(commands.ack_frame(command.req, **body))
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except ProtocolError as exc:
@@ -189,7 +200,8 @@ class WebSocketSession(Stream):
             command.req, sub=claims.sub if claims else None,
             exp=claims.expires if claims else None))
 
-    def _subscribe(self, channel: str, start: Start, req: commands.Req) -> None:
+    def _subscribe(self, channel: str, start: Start, req: commands.Req,
+                   presence: bool = False) -> None:
         if self.reader.reads(channel):
             raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
         limit = self._server.settings.max_channels_per_subscription
@@ -199,14 +211,15 @@ class WebSocketSession(Stream):
         starts = {channel: start}
         if not self._server.broker.ready(starts):
             self.held = []  # commands that follow wait for this one, in order
-        self._server.when_ready(starts, lambda: self._subscribed(channel, start, req),
+        self._server.when_ready(starts, lambda: self._subscribed(channel, start, req, presence),
                                 lambda error: self._refused(req, error))
 
-    def _subscribed(self, channel: str, start: Start, req: commands.Req) -> None:
+    def _subscribed(self, channel: str, start: Start, req: commands.Req,
+                    presence: bool = False) -> None:
         """The broker can read ``channel``: subscribe, then handle the commands held meanwhile."""
         try:
             if not self.closed:
-                self._subscribe_now(channel, start, req)
+                self._subscribe_now(channel, start, req, presence)
         except ProtocolError as exc:
             self.transport.write(commands.error_frame(req, exc))
         self._release_held()
@@ -226,12 +239,16 @@ class WebSocketSession(Stream):
                 self.held.extend((held or [])[index + 1:])
                 return
 
-    def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None) -> None:
+    def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None,
+                       presence: bool = False) -> None:
         batch = self.follow({channel: start})
         (begin,) = batch.begins.values()
+        client = self.identity.client
         self.transport.write(
-            commands.subscribed_frame(channel, str(begin)) if req is None
-            else commands.ack_frame(req, channel=channel, next=str(begin)))
+            commands.subscribed_frame(channel, str(begin), client) if req is None
+            else commands.ack_frame(req, channel=channel, next=str(begin), client=client))
+        if presence:
+            self.watch_presence([channel])
         self.catch_up()
 
     def _publish(self, command: commands.Publish) -> None:
@@ -271,6 +288,13 @@ class WebSocketSession(Stream):
     def notice(self, status: dict[str, object]) -> None:
         self.transport.write(commands.status_frame(status))
 
+    def members(self, answer: dict[str, object]) -> bytes:
+        return presence_wire.members_frame(answer)
+
+    def presence_changed(self, channel: str, encoded: presence_wire.Encoded) -> None:
+        if not self.closed:
+            self.transport.write(encoded.frame)
+
     def heartbeat(self, now: float) -> None:
         timeout = 2.5 * self._server.settings.heartbeat_interval
         if now - self.last_seen > timeout:
@@ -307,7 +331,8 @@ def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
 
 
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
-           rest: bytes, credentials: Credentials = ANONYMOUS) -> None:
+           rest: bytes, credentials: Credentials = ANONYMOUS,
+           identity: Identity | None = None, presence: bool = False) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
 
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
@@ -330,8 +355,10 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     response = handshake(conn, request, compression.header if compression else None)
     if response is None:
         return
-    session = WebSocketSession(server, conn.detach(), latest=request.latest(),
+    if identity is None:
+        identity, _named = identify(request.arg("client"), credentials)
+    session = WebSocketSession(server, conn.detach(), identity, latest=request.latest(),
                                compression=compression)
     session.credentials = credentials
     session.expires = credentials.expires
-    session.start(response, starts, rest)
+    session.start(response, starts, rest, presence)

@@ -109,27 +109,36 @@ class SseStream:
         raise EOFError("the event stream ended")
 
     async def next_event(self, within: float | None = None) -> SseBlock:
-        """The next block that is an event (heartbeat comments skipped)."""
+        """The next block that is an event (heartbeat comments and a stream's opening block,
+        which :meth:`opening` reads, skipped)."""
         async with fail_after(self._bound(within), "waiting for an SSE event"):
             return await self._next_event()
 
     async def _next_event(self) -> SseBlock:
         while True:
             block = await self._next_block()
+            if block.retry is not None and block.event == "client":
+                continue  # the opening block: the cursor and the client id, not an event to test
             if block.data is not None or block.event is not None:
                 return block
 
     async def opening(self, within: float | None = None) -> SseBlock:
-        """Read the block a tidings stream opens with: ``retry:`` and the starting ``id:``.
+        """Read the block a tidings stream opens with: ``retry:``, the starting ``id:``, and
+        (``event: client``) the reader's client id as ``{"client": id, "user": sub}``.
 
-        Call it first; afterwards :attr:`last_id` is the starting cursor.
+        Call it first; afterwards :attr:`last_id` is the starting cursor, and
+        ``block.json()["client"]`` the client id.
         """
         async with fail_after(self._bound(within), "waiting for the opening block of an "
                                                    "event stream"):
             block = await self._next_block()
-        require(block.retry is not None and block.id is not None and block.data is None
-                and block.event is None,
+        require(block.retry is not None and block.id is not None,
                 f"an event stream must open with a retry: and an id: line, not {block!r}")
+        if block.event is not None or block.data is not None:
+            require(block.event == "client" and block.data is not None
+                    and isinstance(_client_of(block), str),
+                    "an event stream's opening block must be an event: client whose data is "
+                    f'{{"client": id, ...}}, not {block!r}')
         return block
 
     async def messages(self, count: int, within: float | None = None) -> list[SseBlock]:
@@ -189,3 +198,11 @@ async def open_sse(http: httpx.AsyncClient, path: str, params: dict[str, Any] | 
         yield SseStream(response, within=within)
     finally:
         await response.aclose()
+
+
+def _client_of(block: SseBlock) -> object:
+    try:
+        value = block.json()
+    except ValueError:
+        return None
+    return value.get("client") if isinstance(value, dict) else None

@@ -3,12 +3,14 @@
 Client → server, one JSON object per text frame, each with a request id
 ``req`` (a string or an integer) that the reply echoes::
 
-    {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17"}
+    {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17",
+     "presence": true}   (presence optional: who is here, then joins and leaves)
     {"type": "unsubscribe", "req": 2, "channel": "prices"}
     {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2},
      "idempotency_key": "9f1c2e"}   (the key is optional)
     {"type": "ping",        "req": 4}
     {"type": "auth",        "req": 5, "token": "<JWT>"}
+    {"type": "presence",    "req": 6, "channel": "prices", "count": true}   (count optional)
 
 Server → client: ``ack`` or ``error`` for each command, and ``message``,
 ``gap``, ``subscribed`` frames. docs/protocol.md is the reference.
@@ -37,6 +39,8 @@ class Subscribe:
     req: Req
     channel: str
     since: str | None
+    #: Whether the client asked for who is here, then joins and leaves.
+    presence: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,16 @@ class AuthCommand:
     token: str
 
 
-Command = Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand
+@dataclass(frozen=True, slots=True)
+class PresenceCommand:
+    """Who reads ``channel``; ``count_only``: the numbers without the member list."""
+
+    req: Req
+    channel: str
+    count_only: bool = False
+
+
+Command = Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand | PresenceCommand
 
 
 def parse(text: str) -> Command:
@@ -90,14 +103,22 @@ def parse(text: str) -> Command:
             if not isinstance(token, str) or not token:
                 raise BadRequest("auth needs a 'token' string", code="invalid_command")
             return AuthCommand(req, token)
-        if kind not in ("subscribe", "unsubscribe", "publish"):
+        if kind not in ("subscribe", "unsubscribe", "publish", "presence"):
             raise BadRequest(f"unknown command type {kind!r}", code="unknown_command")
         channel = _channel(value)
+        if kind == "presence":
+            count = value.get("count", False)
+            if not isinstance(count, bool):
+                raise BadRequest("'count' must be true or false", code="invalid_command")
+            return PresenceCommand(req, channel, count)
         if kind == "subscribe":
             since = value.get("since")
             if since is not None and not isinstance(since, str):
                 raise BadRequest("'since' must be a string", code="invalid_command")
-            return Subscribe(req, channel, since)
+            presence = value.get("presence", False)
+            if not isinstance(presence, bool):
+                raise BadRequest("'presence' must be true or false", code="invalid_command")
+            return Subscribe(req, channel, since, presence)
         if kind == "unsubscribe":
             return Unsubscribe(req, channel)
         if "data" not in value:
@@ -128,8 +149,10 @@ def error_frame(req: Req | None, error: ProtocolError) -> bytes:
     return text_frame(jsonvalue.encode({"type": "error", "req": req, **error.to_json()}))
 
 
-def subscribed_frame(channel: str, cursor: str) -> bytes:
-    return text_frame(jsonvalue.encode({"type": "subscribed", "channel": channel, "next": cursor}))
+def subscribed_frame(channel: str, cursor: str, client: str) -> bytes:
+    """A subscription of the URL began at ``cursor``; ``client`` is the connection's id."""
+    return text_frame(jsonvalue.encode({"type": "subscribed", "channel": channel, "next": cursor,
+                                        "client": client}))
 
 
 def status_frame(status: dict[str, object]) -> bytes:

@@ -35,14 +35,20 @@ def gap_event(gap: Gap, cursor: str) -> bytes:
     return b"event: gap\nid: %s\ndata: %s\n\n" % (cursor.encode(), jsonvalue.encode(gap.to_json()))
 
 
-def opening(retry_ms: int, cursor: str) -> bytes:
-    """First bytes of a stream: the reconnection delay and the starting cursor.
+def opening(retry_ms: int, cursor: str, client: dict[str, object] | None = None) -> bytes:
+    """First bytes of a stream: the reconnection delay, the starting cursor, and who the
+    reader is.
 
-    An event with an ``id:`` and no ``data:`` fires nothing in the browser but
-    sets ``lastEventId``, so an EventSource that reconnects before any message
-    arrived still resumes from where it started.
+    Its ``id:`` sets ``lastEventId``, so an EventSource that reconnects before
+    any message arrived still resumes from where it started. With ``client``
+    (``{"client": id, "user": sub}``) it is an ``event: client`` whose data
+    tells the reader its client id; without, it has no ``data:`` and fires
+    nothing in the browser.
     """
-    return b"retry: %d\nid: %s\n\n" % (retry_ms, cursor.encode())
+    if client is None:
+        return b"retry: %d\nid: %s\n\n" % (retry_ms, cursor.encode())
+    return b"retry: %d\nevent: client\nid: %s\ndata: %s\n\n" % (
+        retry_ms, cursor.encode(), jsonvalue.encode(client))
 
 
 def status_event(status: dict[str, object]) -> bytes:
