@@ -248,6 +248,13 @@ class Settings:
             raise UsageError("idempotency_window must be positive")
         for where, policy in [("slow_reader", self.slow_reader), *self.slow_readers.items()]:
             check_slow_reader(policy, where)
+        problem = _timeout_problem(self.presence_timeout)
+        if problem is not None:
+            raise UsageError(f"presence_timeout{problem}")
+        for name, presence in self.namespace_presence.items():
+            problem = _timeout_problem(presence.timeout)
+            if problem is not None:
+                raise UsageError(f"[namespaces.{name}] presence_timeout{problem}")
 
     def slow_reader_of(self, channel: str) -> str:
         """The slow-reader policy of ``channel``: its namespace's, or the server default."""
@@ -259,13 +266,6 @@ class Settings:
                 policy == DISCONNECT for policy in self.slow_readers.values()):
             return None
         return self.slow_reader_of
-        problem = _timeout_problem(self.presence_timeout)
-        if problem is not None:
-            raise UsageError(f"presence_timeout{problem}")
-        for name, policy in self.namespace_presence.items():
-            problem = _timeout_problem(policy.timeout)
-            if problem is not None:
-                raise UsageError(f"[namespaces.{name}] presence_timeout{problem}")
 
     def presence_of(self, channel: str) -> PresencePolicy:
         """The presence of ``channel``: its namespace's, or the server's."""

@@ -56,8 +56,8 @@ def items_of(technique: str, data: bytes) -> list[dict[str, Any]]:
     if technique == "sse":
         for block in data[head_end:].split(b"\n\n"):
             fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line)
-            if b"data" in fields:
-                kind = fields.get(b"event", b"message").decode()
+            kind = fields.get(b"event", b"message").decode()
+            if b"data" in fields and kind in ("message", "gap"):  # not the opening client event
                 found.append({"type": kind, **json.loads(fields[b"data"])})
         return found
     position = head_end

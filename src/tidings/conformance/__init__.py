@@ -19,8 +19,8 @@ load balancer without sticky sessions would; without them it is skipped.
 Modules: ``_context`` (what a check gets, how its failures are labelled),
 ``_readers`` (one reader per technique), and the checks grouped by theme:
 ``checks_delivery``, ``checks_gaps``, ``checks_streams``, ``checks_input``,
-``checks_bytes``, ``checks_presence``, ``checks_nodes``. The clients we did not write, driven by hand, are the
-public test kit :mod:`tidings.testing`; a check fails with its
+``checks_bytes``, ``checks_presence``, ``checks_nodes``. The clients we did not write,
+driven by hand, are the public test kit :mod:`tidings.testing`; a check fails with its
 :class:`~tidings.testing.CheckFailed`.
 """
 
