@@ -29,9 +29,11 @@ from tidings.testing import UNIT
 #: Seconds any single answer (or the close) may take.
 BOUND = 5 * UNIT
 
-#: Close codes a server may send (RFC 6455 section 7.4 plus the 4000-4999 private range).
+#: Close codes a server may send (RFC 6455 section 7.4, the 3000-3999 range registered
+#: with IANA, which a server echoes when a client closes with one, and the 4000-4999
+#: private range).
 VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
-                               1013, 1014}) | frozenset(range(4000, 5000))
+                               1013, 1014}) | frozenset(range(3000, 5000))
 
 
 class ServerThread:
