@@ -34,6 +34,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -68,6 +69,7 @@ from _loadgen import (
     pin_to_cpu,
     raise_fd_limit,
 )
+from fanout import start_profiler
 
 LOADS = ("idle-poll", "websocket", "sse", "longpoll")
 SERVERS = ("tidings", "nchan")
@@ -440,6 +442,8 @@ def factory(args: argparse.Namespace, run: Run, sampled: bool) -> Callable[[], C
 
 async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
                 ) -> dict[str, object]:
+    if args.profile and not isinstance(server, ServerProcess):
+        raise SystemExit("--profile records tidings only")
     loop = asyncio.get_running_loop()
     run = NchanRun(server.host, server.port) if args.server == "nchan" else Run(
         server.host, server.port)
@@ -453,9 +457,13 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
             assert isinstance(client, (NchanPollClient, CountingPollClient))
             client.start_polling(random.uniform(0, args.poll_interval))
         await asyncio.sleep(args.warmup)
+        profiler = start_profiler(args, server) if args.profile else None
         begin = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
                  sum(getattr(c, "responses", 0) for c in clients))
         await asyncio.sleep(args.seconds)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+            await asyncio.to_thread(profiler.wait, 60)
         end = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
                sum(getattr(c, "responses", 0) for c in clients))
         for client in clients:
@@ -546,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="idle-poll on tidings: record the server with py-spy "
+                             "(FILE.svg: flame graph, FILE.txt: collapsed stacks)")
     return parser.parse_args(argv)
 
 

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
 from tidings.server.connection import HttpConnection
-from tidings.session.batch import Batch
-from tidings.session.reader import Reader
+from tidings.session.batch import Batch, read_batch
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
 
@@ -29,10 +28,15 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool) -> None:
-    """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
-    reader = Reader(server.broker, poll.ANSWERS, multi=multi)
-    batch = reader.open(starts, limit)
-    respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
+    """Answer a regular poll at once.
+
+    A regular poll is never on the hub, so it needs no :class:`Reader`: one
+    page (:func:`read_batch`, what ``Reader.open`` reads) and its cursor are
+    the answer. Raises :class:`~tidings.errors.InvalidCursor` for a cursor
+    ahead of its log, as ``Reader.open`` does.
+    """
+    batch = read_batch(server.broker, starts, limit)
+    respond(conn, batch, batch.cursor(multi), if_none_match, cors, keep_alive)
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
