@@ -16,12 +16,17 @@ import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from nodekit import STOP_TIMEOUT, Node, assert_exactly, node_argv, start_nodes
 from websockets.asyncio.client import connect as ws_connect
+
+# The nodes' kit (tests/nodes/nodekit.py) starts real ``tidings serve`` processes. No
+# conftest.py here for this: test modules import the top one as ``conftest``.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
+from nodekit import STOP_TIMEOUT, Node, assert_exactly, node_argv, start_nodes
 
 from tidings import testing as kit
 from tidings.testing import UNIT, SseStream, check_poll_answer, recv_json, recv_messages

@@ -158,10 +158,12 @@ class Supervisor:
         self._reserve()
         self._install_signals()
         try:
-            if not self._start_all():
+            started = self._start_all()
+            if started:
+                self.on_serving(self.url)
+            elif not self._signals:
                 return 1
-            self.on_serving(self.url)
-            self._supervise()
+            self._supervise()  # stopped while starting: drains at once
             return 0
         finally:
             self._kill_all()
@@ -346,6 +348,7 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
             _exit_with_parent(parent)
+            self._selector.close()
             for fd in (self._wake_read, self._wake_write, *(
                     w.ready_fd for w in self.workers.values() if w.ready_fd >= 0)):
                 os.close(fd)

@@ -1,6 +1,0 @@
-"""The worker tests run real ``tidings serve --workers N`` with tests/nodes/nodekit.py."""
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
