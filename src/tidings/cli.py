@@ -12,10 +12,11 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -27,6 +28,9 @@ from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.extras import missing_extra
 from tidings.settings import Settings, check_transports
 from tidings.wire import jsonvalue
+
+if TYPE_CHECKING:
+    from tidings.server import Server
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--broker", metavar="URL",
                        help="where channel logs live: memory (default) or "
                             "redis://HOST:PORT/DB, shared by several nodes")
+    serve.add_argument("--workers", default="1", metavar="N",
+                       help="server processes on the port, supervised by this one "
+                            "(default 1; 'auto': one per core; more than 1 needs Redis)")
     _add_log_level(serve, "info")
     serve.set_defaults(run=run_serve)
 
@@ -226,7 +233,13 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = load_settings(args)
+    from tidings.server.workers import check_workers, worker_count
+
+    workers = worker_count(args.workers)
+    check_workers(settings, workers)
     try:
+        if workers > 1:
+            return _run_workers(settings, workers)
         run_loop(serve(settings))
     except OSError as exc:
         print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
@@ -234,10 +247,34 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: Settings) -> None:
+def _run_workers(settings: Settings, count: int) -> int:
+    """``--workers N``: the parent supervises, each worker runs :func:`serve`.
+
+    See server/workers.py and docs/operations.md.
+    """
+    from tidings.server.workers import Supervisor, worker_health
+
+    def worker(index: int, sock: socket.socket, ready: Callable[[], None]) -> None:
+        def started(server: Server) -> None:
+            server.health_extra["worker"] = worker_health(index, count)
+            ready()
+
+        # The bridges run in worker 0 only (restarted as worker 0): one publisher per outbox.
+        run_loop(serve(settings if index == 0 else settings.replace(bridges=()),
+                       sock=sock, on_started=started))
+
+    def serving(url: str) -> None:
+        print(f"tidings serving on {url}", flush=True)
+
+    return Supervisor(settings, count, worker, serving).run()
+
+
+async def serve(settings: Settings, *, sock: socket.socket | None = None,
+                on_started: Callable[[Server], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_started(server)`` replaces the ``serving on`` line."""
     from tidings.server import Server
 
-    server = Server(settings)
+    server = Server(settings, sock=sock)
     await server.start()
     if settings.bridges:
         try:
@@ -262,7 +299,10 @@ async def serve(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     # Printed once the signals are handled: whoever waits for this line may stop us at once.
-    print(f"tidings serving on {server.url}", flush=True)
+    if on_started is not None:
+        on_started(server)
+    else:
+        print(f"tidings serving on {server.url}", flush=True)
     await stop.wait()
     print("tidings: shutting down", file=sys.stderr, flush=True)
     await server.aclose()

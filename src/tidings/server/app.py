@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
@@ -56,11 +57,14 @@ class Server:
 
     ``/tidings.js`` (the browser client) is always served; ``pages`` may add
     to it or replace it. Raises :class:`~tidings.errors.UsageError` if a page
-    cannot be read or its path belongs to the protocol.
+    cannot be read or its path belongs to the protocol. ``sock``, a bound listening
+    socket, is served instead of binding ``settings``' host and port (``tidings serve
+    --workers``, server/workers.py).
     """
 
     def __init__(self, settings: Settings | None = None, broker: Broker | None = None,
-                 pages: Mapping[str, Path] | None = None) -> None:
+                 pages: Mapping[str, Path] | None = None, *,
+                 sock: socket.socket | None = None) -> None:
         self.settings = settings or Settings()
         self.static = StaticFiles(pages)
         self.broker: Broker = broker or make_broker(self.settings)
@@ -94,16 +98,21 @@ class Server:
         #: Who reads each channel (server/presence.py), kept by the drivers.
         self.presence = PresenceTracker(self.settings, self.loop, self.broker)
         self.port = self.settings.port
+        self._sock = sock
 
     # lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen; :attr:`port` is the real port (useful with ``port=0``)."""
         await self.broker.start()
-        self._listener = await self.loop.create_server(
-            lambda: HttpConnection(self), self.settings.host, self.settings.port,
-            reuse_address=True, backlog=4096,
-        )
+        if self._sock is not None:
+            self._listener = await self.loop.create_server(
+                lambda: HttpConnection(self), sock=self._sock, backlog=4096)
+        else:
+            self._listener = await self.loop.create_server(
+                lambda: HttpConnection(self), self.settings.host, self.settings.port,
+                reuse_address=True, backlog=4096,
+            )
         self.port = self._listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
         files = soft_file_limit()

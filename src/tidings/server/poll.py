@@ -22,7 +22,7 @@ from tidings.core.cursor import Start, parse_since
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.presence import client_header
-from tidings.session.batch import Batch
+from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -38,17 +38,25 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
            limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
            identity: Identity, named: bool,
            presence_since: Mapping[str, Start] | None = None, *, latest: bool = False) -> None:
-    """Answer a regular poll at once (its reader writes nothing: it is never on the hub).
+    """Answer a regular poll at once.
 
-    With ``presence_since`` (``?presence=1``) the answer carries the joins and
-    leaves after it too, and no ``ETag``: the same messages may come with
-    other joins and leaves.
+    A regular poll is never on the hub, so it needs no reader: one page
+    (:func:`read_batch`, what ``Reader.open`` reads) and its cursor are the
+    answer; only ``?latest=1`` takes a reader, which keeps the newest of each
+    channel. Raises :class:`~tidings.errors.InvalidCursor` for a cursor ahead
+    of its log, as ``Reader.open`` does. With ``presence_since``
+    (``?presence=1``) the answer carries the joins and leaves after it too, and
+    no ``ETag``: the same messages may come with other joins and leaves.
     """
-    reader = make_reader(server.broker, poll.ANSWERS, multi=multi, latest=latest)
-    batch = reader.open(starts, limit)
+    if latest:
+        reader = make_reader(server.broker, poll.ANSWERS, multi=multi, latest=True)
+        batch = reader.open(starts, limit)
+        cursor = reader.cursor()
+    else:
+        batch = read_batch(server.broker, starts, limit)
+        cursor = batch.cursor(multi)
     if named:
         server.presence.touch(starts, identity, "poll")
-    cursor = reader.cursor()
     if presence_since is not None:
         body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more),
                            presence_fields(server, starts, presence_since, cursor, multi))

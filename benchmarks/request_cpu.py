@@ -1,0 +1,119 @@
+"""CPU time per poll request in the server's own code, without the network.
+
+Feeds one ``HttpConnection`` the bytes of a repeated poll request (what a
+browser or the load generator sends) through a transport that only keeps
+what is written, and divides the process's CPU time by the requests answered.
+The kernel's share (``recv``/``send`` on loopback, the event loop's ``epoll``)
+is left out on purpose: it is the same for every HTTP server and is what
+``benchmarks/nchan.py idle-poll`` adds back. Being one process on one core
+with no I/O, it is far less sensitive to a loaded machine than a
+socket benchmark; run it several times, alternating old and new code::
+
+    .venv/bin/python benchmarks/request_cpu.py              # every case
+    .venv/bin/python benchmarks/request_cpu.py --case 304 --requests 200000
+
+Cases: ``304`` (``?since=NEXT`` + ``If-None-Match``: nothing new),
+``empty`` (``?since=NEXT`` without it: ``200`` with no message), ``page``
+(``?since=`` ten messages back: ``200`` with ten messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from tidings import Server, Settings
+from tidings.server.connection import HttpConnection
+
+CASES = ("304", "empty", "page")
+
+
+class NullTransport:
+    """Enough of an asyncio transport for one HTTP connection; counts what is written."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.last = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.last = data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+async def measure(case: str, requests: int) -> dict[str, object]:
+    async with Server(Settings(host="127.0.0.1", port=0)) as server:
+        for n in range(20):
+            await server.broker.publish("bench", json.dumps({"n": n}).encode())
+        transport = NullTransport()
+        conn = HttpConnection(server)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"GET /channels/bench HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = transport.last.split(b"\r\n\r\n", 1)[1]
+        cursor = json.loads(body)["next"]
+        since = cursor
+        if case == "page":
+            epoch, seq = cursor.rsplit("-", 1)
+            since = f"{epoch}-{int(seq) - 10}"
+        extra = f'If-None-Match: "{cursor}"\r\n' if case == "304" else ""
+        request = (f"GET /channels/bench?since={since} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                   f"User-Agent: bench\r\nAccept: */*\r\n{extra}\r\n").encode()
+        expected = b"HTTP/1.1 304" if case == "304" else b"HTTP/1.1 200"
+        for _ in range(1000):  # warm up
+            conn.data_received(request)
+        assert transport.last.startswith(expected), transport.last[:200]
+        before_writes = transport.writes
+        started = time.process_time()
+        for _ in range(requests):
+            conn.data_received(request)
+        cpu = time.process_time() - started
+        answered = transport.writes - before_writes
+        assert answered == requests and not transport.closed, (answered, transport.last[:200])
+        return {"case": case, "requests": requests,
+                "us_per_request": round(1e6 * cpu / requests, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=CASES, action="append")
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    for case in args.case or CASES:
+        result = uvloop.run(measure(case, args.requests))
+        print(json.dumps(result) if args.json else
+              f"{case:6} {result['us_per_request']} µs/request ({args.requests} requests)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
