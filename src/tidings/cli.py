@@ -1,4 +1,4 @@
-"""The tidings command: serve, publish, subscribe, conformance, demo and bridge."""
+"""The tidings command: serve, config, publish, subscribe, conformance, demo and bridge."""
 
 # The module docstring is `tidings --help`'s description: plain words, no reST markup.
 
@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -25,7 +25,10 @@ from tidings.core.idempotency import check_idempotency_key
 from tidings.core.names import check_channel
 from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.extras import missing_extra
-from tidings.settings import Settings, check_transports
+from tidings.settings import Settings, check_broker, check_transports
+
+if TYPE_CHECKING:
+    from tidings.configuration import Loaded
 from tidings.wire import jsonvalue
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -58,22 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
-    serve.add_argument("--config", help="TOML config file (see docs/operations.md)")
-    serve.add_argument("--history-size", type=int, help="messages kept per channel (1000)")
-    serve.add_argument("--history-ttl", type=float, help="seconds a message is kept (3600)")
-    serve.add_argument("--cors-origin", action="append", dest="cors_origins",
-                       help="allowed browser origin; repeat for several ('*' allows all)")
-    serve.add_argument("--transports", metavar="LIST",
-                       help="reading techniques to serve, comma-separated "
-                            "(default websocket,sse,longpoll,poll)")
-    serve.add_argument("--broker", metavar="URL",
-                       help="where channel logs live: memory (default) or "
-                            "redis://HOST:PORT/DB, shared by several nodes")
+    serve = commands.add_parser(
+        "serve", help="run the server",
+        description="Run the server. Settings come from flags, then TIDINGS_<KEY> "
+                    "environment variables, then the config file, then defaults "
+                    "(docs/operations.md); `tidings config` shows the result.")
+    _add_settings_flags(serve)
     _add_log_level(serve, "info")
     serve.set_defaults(run=run_serve)
+    _add_config_command(commands)
 
     publish = commands.add_parser(
         "publish", help="publish one JSON message",
@@ -134,6 +130,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_settings_flags(command: argparse.ArgumentParser) -> None:
+    """The flags of ``serve`` that set settings (``tidings config`` takes them too)."""
+    command.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    command.add_argument("--port", type=int,
+                         help="port to listen on (default 8000; 0 picks one)")
+    command.add_argument("--config", help="TOML config file (default $TIDINGS_CONFIG; see "
+                                          "docs/operations.md)")
+    command.add_argument("--history-size", type=int, help="messages kept per channel (1000)")
+    command.add_argument("--history-ttl", type=float, help="seconds a message is kept (3600)")
+    command.add_argument("--cors-origin", action="append", dest="cors_origins",
+                         help="allowed browser origin; repeat for several ('*' allows all)")
+    command.add_argument("--transports", metavar="LIST",
+                         help="reading techniques to serve, comma-separated "
+                              "(default websocket,sse,longpoll,poll)")
+    command.add_argument("--broker", metavar="URL",
+                         help="where channel logs live: memory (default) or "
+                              "redis://HOST:PORT/DB, shared by several nodes")
+
+
+def _add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tidings config``: the effective configuration, checked (docs/operations.md)."""
+    config = commands.add_parser(
+        "config", help="check the configuration and print it, with where each value "
+                       "comes from",
+        description="Print the configuration `tidings serve` would run with, given the same "
+                    "flags, environment and config file: each value with its source (flag, "
+                    "env, file or default), secrets masked. Exits 2 on any error, so that a "
+                    "deploy can check a configuration before using it.")
+    _add_settings_flags(config)
+    config.add_argument("--format", choices=("toml", "json"), default="toml",
+                        help="toml (a config file, sources in comments; default) or json")
+    config.set_defaults(run=run_config)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """``tidings config``: print the effective configuration, or exit 2 naming every error."""
+    from tidings.configuration import describe, describe_json
+    from tidings.server.auth import Authenticator
+
+    loaded = load_configuration(args)
+    Authenticator(loaded.settings.auth)  # reads the key file: its errors are config errors
+    print(describe_json(loaded) if args.format == "json" else describe(loaded), end="")
+    return 0
+
+
 def _add_log_level(command: argparse.ArgumentParser, default: str) -> None:
     """``--log-level``; its default differs by command and the help says which."""
     command.add_argument("--log-level", default=default, choices=LOG_LEVELS,
@@ -187,20 +228,35 @@ def _bridge_command(name: str, args: argparse.Namespace) -> int:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_file(args.config) if args.config else Settings()
-    settings = settings.replace(
-        host=args.host, port=args.port, history_size=args.history_size,
-        history_ttl=args.history_ttl,
-        cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
-        transports=_transport_list(args.transports) if args.transports is not None else None,
-        broker=getattr(args, "broker", None),
-    )
-    # The file's values were checked under their own names (Settings.from_file).
+    """The settings from flags over ``TIDINGS_*`` variables over the file over defaults."""
+    return load_configuration(args).settings
+
+
+def load_configuration(args: argparse.Namespace) -> Loaded:
+    """:func:`load_settings`, with where each value came from (``tidings config``)."""
+    from tidings.configuration import load
+
+    # The file's and the environment's values are checked under their own names (load).
     if args.history_size is not None and args.history_size < 1:
         raise UsageError("--history-size must be at least 1")
     if args.history_ttl is not None and args.history_ttl <= 0:
         raise UsageError("--history-ttl must be positive")
-    return settings
+    if getattr(args, "broker", None) is not None:
+        try:
+            check_broker(args.broker)
+        except UsageError as exc:
+            raise UsageError(f"--broker: {exc}") from None
+    flags = {
+        "host": (args.host, "--host"), "port": (args.port, "--port"),
+        "history_size": (args.history_size, "--history-size"),
+        "history_ttl": (args.history_ttl, "--history-ttl"),
+        "cors_origins": (tuple(args.cors_origins) if args.cors_origins else None,
+                         "--cors-origin"),
+        "transports": (_transport_list(args.transports) if args.transports is not None
+                       else None, "--transports"),
+        "broker": (getattr(args, "broker", None), "--broker"),
+    }
+    return load(args.config, os.environ, flags)
 
 
 def _transport_list(text: str) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Every setting and limit of the server, with its default, in one place.
 
 Settings come from defaults, then a TOML config file (``tidings serve --config``),
-then command-line flags. docs/operations.md lists them for operators.
+then ``TIDINGS_<KEY>`` environment variables, then command-line flags
+(``tidings.configuration`` layers them). docs/operations.md lists them for operators.
 
 Config file::
 
@@ -239,12 +240,18 @@ class Settings:
         known key for an unknown one). Values are checked here under their file
         names; the CLI checks its flags under theirs.
         """
-        try:
-            with open(path, "rb") as f:
-                config = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read config file {path}: {exc}") from None
-        errors = ConfigErrors(path)
+        return cls.from_config(read_config_file(path), ConfigErrors(path))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], errors: ConfigErrors) -> Settings:
+        """Settings from ``config``, a table shaped like a config file.
+
+        Each problem is recorded in ``errors``, which names where it was found
+        (the file's :class:`ConfigErrors`, or the environment's in
+        ``tidings.configuration``); raises :class:`UsageError` listing them all.
+        A relative ``jwt_public_key_file`` is relative to the file's directory.
+        """
+        path = errors.path
         for section in config:
             if section not in SECTIONS:
                 errors.unknown("", section, SECTIONS, what="section")
@@ -257,6 +264,15 @@ class Settings:
         if rules:
             auth = dataclasses.replace(auth, rules=rules)
         return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TOML table of a config file; raise :class:`UsageError` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
 
 
 #: The sections of a config file.
