@@ -147,6 +147,16 @@ class AuthSettings:
                       Rule(self.default_subscribe, self.default_publish))
 
 
+def split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"``, ``"[::1]:9100"`` or ``":9100"`` (every address) -> host, port;
+    raise :class:`UsageError` for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"metrics_listen must be HOST:PORT, such as 127.0.0.1:9100, "
+                         f"not {text[:100]!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 BROKER_SCHEMES = ("redis://", "rediss://")
 
 
@@ -213,12 +223,21 @@ class Settings:
     #: Who may subscribe and publish (``[auth]`` and namespace rules); open by default.
     auth: AuthSettings = field(default_factory=AuthSettings)
 
+    # Operations (docs/operations.md).
+    #: Serve Prometheus metrics at ``/metrics`` (with the API key when access control is on).
+    metrics: bool = True
+    #: ``HOST:PORT`` where ``/metrics`` is served instead, open (keep it private); ``""``:
+    #: on the main port.
+    metrics_listen: str = ""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
         check_transports(self.transports)
         check_broker(self.broker)
         if self.idempotency_window <= 0:
             raise UsageError("idempotency_window must be positive")
+        if self.metrics_listen:
+            split_listen(self.metrics_listen)
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
@@ -352,6 +371,8 @@ def _value_problem(key: str, value: Any) -> str | None:
             check_transports(tuple(dict.fromkeys(value)))
         elif key == "broker":
             check_broker(value)
+        elif key == "metrics_listen" and value:
+            split_listen(value)
     except UsageError as exc:
         return f": {exc}"
     return None
@@ -488,6 +509,9 @@ def _type_problem(value: Any, default: Any) -> str | None:
     if isinstance(default, tuple):
         ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
         kind = "a list of strings"
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+        kind = "true or false"
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         kind = "a number"

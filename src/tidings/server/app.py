@@ -36,6 +36,7 @@ from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries
+from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
@@ -89,6 +90,16 @@ class Server:
         self.closing = False
         self.expiries = Expiries(self.loop)
         self.port = self.settings.port
+        self._init_metrics()
+
+    def _init_metrics(self) -> None:
+        """Prometheus metrics (server/metrics.py), read from the counters at scrape time."""
+        #: Seconds from a publish's arrival to its message being stored.
+        self.publish_latency = LatencyHistogram()
+        self.metrics_registry = make_registry(self)
+        self._metrics_listener: asyncio.Server | None = None
+        #: The port of ``metrics_listen`` once started (useful with port 0), else ``None``.
+        self.metrics_port: int | None = None
 
     # lifecycle ---------------------------------------------------------------
 
@@ -100,6 +111,9 @@ class Server:
             reuse_address=True, backlog=4096,
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        self._metrics_listener = await start_listener(self)
+        if self._metrics_listener is not None:
+            self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
         files = soft_file_limit()
         if files is not None and self.settings.max_connections > files - FD_RESERVE:
@@ -136,6 +150,8 @@ class Server:
         self.closing = True
         if self._listener is not None:
             self._listener.close()
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
         self.registry.say_goodbye()
         for task in self._background:
             task.cancel()  # they never end by themselves: do not wait for them

@@ -29,6 +29,7 @@ from tidings.errors import (
     ProtocolError,
     RequestTimeout,
 )
+from tidings.server.metrics import BYTES_HTTP, count_refusal
 from tidings.server.request import Request
 from tidings.wire import http, jsonvalue
 
@@ -108,6 +109,7 @@ class HttpConnection(asyncio.Protocol):
         shut and what arrives is dropped until the client closes or the linger ends.
         """
         assert self.transport is not None
+        count_refusal(self.server.stats, error)
         self.transport.write(http.error_response(error, keep_alive=False))
         self._linger()
 
@@ -264,6 +266,7 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
+        self.server.stats[BYTES_HTTP] += len(data)
         transport.write(data)
         if self._failure is not None:
             transport.write(self._failure)
@@ -293,6 +296,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing or self.transport is None:
             return
         self.queue.clear()
+        count_refusal(self.server.stats, error)
         answer = http.error_response(error, self.server.cors.headers(self._headers),
                                      keep_alive=False)
         if self.busy:

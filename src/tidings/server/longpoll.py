@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.log import Gap
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
 from tidings.server.poll import JSON_NO_CACHE
 from tidings.session.reader import Reader
 from tidings.wire import poll
@@ -73,12 +75,16 @@ class Waiter:
             self._forget()
             error = Unauthorized("the token has expired; poll again with a new one from the "
                                  "same cursor", code="token_expired")
+            count_refusal(self._server.stats, error)
             self.conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
 
     def fail(self, error: Exception) -> None:
         """Answering raised (a bug): log it, and end this request only."""
         logger.error("answering a long poll failed", exc_info=error)
         self.abort()
+
+    def sent_gap(self, gap: Gap) -> None:
+        count_gap(self._server.stats, gap)
 
     def abort(self) -> None:
         self._forget()
@@ -91,6 +97,7 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
+            self._server.stats[DELIVERED + "longpoll"] += self.reader.sent
             self.conn.answer(200, (*JSON_NO_CACHE, *self.cors), body, self.keep_alive)
 
     def _forget(self) -> None:
@@ -136,6 +143,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     waiter = Waiter(server, conn, multi, cors, keep_alive, expires)
     batch = waiter.reader.open(starts, limit)
     if batch.messages or batch.gaps or wait <= 0:
+        count_page(server.stats, "longpoll", batch)
         body = poll.body(batch.messages, waiter.reader.cursor(), batch.gaps, batch.more)
         conn.answer(200, (*JSON_NO_CACHE, *cors), body, keep_alive)
         return

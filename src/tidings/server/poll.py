@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import count_page
 from tidings.session.batch import Batch
 from tidings.session.reader import Reader
 from tidings.wire import http, poll
@@ -32,6 +33,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     """Answer a regular poll at once (its reader writes nothing: it is never on the hub)."""
     reader = Reader(server.broker, poll.ANSWERS, multi=multi)
     batch = reader.open(starts, limit)
+    count_page(server.stats, "poll", batch)
     respond(conn, batch, reader.cursor(), if_none_match, cors, keep_alive)
 
 

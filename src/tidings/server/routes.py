@@ -8,6 +8,8 @@
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
+``/metrics``           GET       Prometheus metrics (server/metrics.py), unless
+                       HEAD      served on ``metrics_listen``
 ``/tidings.js``        GET       static files (server/static.py): the browser
 (and pages given)      HEAD      client and the embedder's pages, exact paths
 any of them            OPTIONS   CORS preflight
@@ -30,8 +32,9 @@ from tidings.errors import (
     ProtocolError,
     TransportDisabled,
 )
-from tidings.server import longpoll, poll, publish, static, websocket
+from tidings.server import longpoll, metrics, poll, publish, static, websocket
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import count_refusal
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.wire import http
@@ -62,6 +65,7 @@ class Router:
         try:
             self._route(conn, request, rest)
         except ProtocolError as exc:
+            count_refusal(self.server.stats, exc)
             cors = self.server.cors.headers(request.headers)
             conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
                          request.keep_alive)
@@ -108,6 +112,8 @@ class Router:
             if method == "HEAD":  # the same head, Content-Length included, and no body
                 body = body[:body.index(b"\r\n\r\n") + 4]
             conn.respond(body, request.keep_alive)
+        elif path == metrics.METRICS_PATH:
+            metrics.answer(self.server, conn, request)
         elif path in self.server.static:
             if method not in static.ALLOWED_METHODS:
                 raise MethodNotAllowed(f"{method} is not allowed on {path[:100]}",
@@ -170,6 +176,7 @@ class Router:
                                         keep_alive, credentials.expires)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
+            count_refusal(server.stats, error)
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
         if not server.when_ready(starts, then, refuse):

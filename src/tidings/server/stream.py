@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.log import Gap
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
+from tidings.server.metrics import BYTES, DELIVERED, SLOW, count_gap
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, Reader
 
@@ -43,6 +45,9 @@ class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
     __slots__ = ("_server", "closed", "expires", "reader", "stalled_since", "transport")
+
+    #: The technique's name, for metrics (``"sse"``, ``"websocket"``).
+    technique = ""
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
                  multi: bool = False) -> None:
@@ -112,6 +117,9 @@ class Stream(asyncio.Protocol):
         logger.error("delivery to %r failed; closing it", self, exc_info=error)
         self.close_with(INTERNAL_ERROR)
 
+    def sent_gap(self, gap: Gap) -> None:
+        count_gap(self._server.stats, gap)
+
     # flow control ----------------------------------------------------------------
 
     def pause_writing(self) -> None:
@@ -144,6 +152,7 @@ class Stream(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         logger.info("cutting off a slow consumer (%s)", peer)
         self._server.stats["slow_consumers"] += 1
+        self._server.stats[SLOW + self.technique] += 1
         self.close_with(SLOW_CONSUMER)
 
     def buffered(self) -> int:
@@ -177,6 +186,10 @@ class Stream(asyncio.Protocol):
         hub, reader = self._server.broker.hub, self.reader
         for channel in reader.channels:
             hub.unsubscribe(channel, reader)
+        # What it sent moves to the totals: metrics read open streams' readers themselves.
+        stats = self._server.stats
+        stats[DELIVERED + self.technique] += reader.sent
+        stats[BYTES + self.technique] += reader.sent_bytes
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

@@ -33,6 +33,7 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
+from tidings.server.metrics import PUBLISHED, count_refusal
 from tidings.server.request import Request
 from tidings.server.stream import Stream
 from tidings.wire import commands, http, websocket
@@ -78,6 +79,7 @@ class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
     __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    technique = "websocket"
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         super().__init__(server, transport, commands.FRAMES)
@@ -145,6 +147,7 @@ class WebSocketSession(Stream):
         try:
             command = commands.parse(text)
         except CommandError as exc:
+            count_refusal(self._server.stats, exc.error)
             self.transport.write(commands.error_frame(exc.req, exc.error))
             return
         try:
@@ -163,6 +166,7 @@ class WebSocketSession(Stream):
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except ProtocolError as exc:
+            count_refusal(self._server.stats, exc)
             self.transport.write(commands.error_frame(command.req, exc))
 
     def _authenticate(self, command: commands.AuthCommand) -> None:
@@ -196,11 +200,13 @@ class WebSocketSession(Stream):
             if not self.closed:
                 self._subscribe_now(channel, start, req)
         except ProtocolError as exc:
+            count_refusal(self._server.stats, exc)
             self.transport.write(commands.error_frame(req, exc))
         self._release_held()
 
     def _refused(self, req: commands.Req, error: ProtocolError | BrokerError) -> None:
         if not self.closed:
+            count_refusal(self._server.stats, error)
             self.transport.write(commands.error_frame(req, _as_protocol_error(error)))
         self._release_held()
 
@@ -233,10 +239,13 @@ class WebSocketSession(Stream):
         self._server.spawn(self._publish_and_ack(command))
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
+        server = self._server
+        began = server.loop.time()
         try:
-            message = await self._server.broker.publish(
+            message = await server.broker.publish(
                 command.channel, command.data, idempotency_key=command.idempotency_key)
         except (ProtocolError, BrokerError) as exc:
+            count_refusal(server.stats, exc)
             reply = commands.error_frame(command.req, _as_protocol_error(exc))
         except Exception:
             logger.exception("publishing from a WebSocket failed")
@@ -247,7 +256,9 @@ class WebSocketSession(Stream):
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id,
                                            replayed=True)
             else:
-                self._server.stats["published"] += 1
+                server.stats["published"] += 1
+                server.stats[PUBLISHED + "websocket"] += 1
+                server.publish_latency.observe(server.loop.time() - began)
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
         finally:
             self.pending -= 1

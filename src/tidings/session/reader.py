@@ -81,10 +81,14 @@ class Output(Protocol):
 
 
 class Owner(Protocol):
-    """The driver of a reader, told when delivering to it failed."""
+    """The driver of a reader, told when delivering to it failed, and of the gaps it wrote."""
 
     def fail(self, error: Exception) -> None:
         """End this reader's connection (the hub has already unsubscribed the reader)."""
+        ...
+
+    def sent_gap(self, gap: Gap) -> None:
+        """The reader wrote ``gap`` to its output (for the server's metrics); must not raise."""
         ...
 
 
@@ -110,6 +114,8 @@ class Reader:
         "_positions",
         "_single",
         "multi",
+        "sent",
+        "sent_bytes",
     )
 
     def __init__(self, log: Log, encoder: Encoder,
@@ -136,6 +142,10 @@ class Reader:
         #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
         #: ``None`` rather than empty, to keep an idle connection small.
         self._behind: dict[str, None] | None = None
+        #: Messages and bytes of messages and gaps written to the output so far, for the
+        #: server's metrics (read at scrape time, so delivering costs two additions).
+        self.sent = 0
+        self.sent_bytes = 0
 
     # positions -----------------------------------------------------------------
 
@@ -239,13 +249,19 @@ class Reader:
         if behind is not None and channel in behind:
             return  # the next pull reads it from the log
         if not self.multi:  # the shared bytes, encoded by the first reader that needed them
-            self._output.write(message.encoded.get(self._key) or self._single(message))
+            data = message.encoded.get(self._key) or self._single(message)
+            self.sent += 1  # before the write: a long poll's output answers at once
+            self.sent_bytes += len(data)
+            self._output.write(data)
             return
         if self._one is not None:  # one channel, in slots
             self._at = message.position
         else:
             self._table()[channel] = message.position
-        self._output.write(self._encoder.message(message, format_multi(self._table())))
+        data = self._encoder.message(message, format_multi(self._table()))
+        self.sent += 1
+        self.sent_bytes += len(data)
+        self._output.write(data)
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
@@ -255,7 +271,11 @@ class Reader:
         table = self._table()
         table[channel] = gap.resume
         self._keep(table)
-        self._output.write(self._encoder.gap(gap, self._after_gap(gap)))
+        data = self._encoder.gap(gap, self._after_gap(gap))
+        self.sent_bytes += len(data)
+        if self._owner is not None:
+            self._owner.sent_gap(gap)
+        self._output.write(data)
 
     def pull(self, budget: int) -> None:
         """Write retained messages owed, about ``budget`` bytes at most (at least one step).
@@ -270,6 +290,7 @@ class Reader:
         positions = self._table()
         out: list[bytes] = []
         size = 0
+        count = 0
         done = False
         while behind and size < budget and not done:
             batch = read_batch(self._log, {channel: positions[channel] for channel in behind},
@@ -279,6 +300,8 @@ class Reader:
                 data = encoder.gap(gap, format_multi(positions) if multi else str(gap.resume))
                 out.append(data)
                 size += len(data)
+                if self._owner is not None:
+                    self._owner.sent_gap(gap)
             for message in batch.messages:
                 if size >= budget:
                     break  # the rest is read again next time, from the positions written
@@ -286,10 +309,13 @@ class Reader:
                 data = encoder.message(message, format_multi(positions) if multi else None)
                 out.append(data)
                 size += len(data)
+                count += 1
             else:
                 done = not batch.more
         self._keep(positions)
         if out:
+            self.sent += count
+            self.sent_bytes += size
             self._output.write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
             self._behind = None
