@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import httpx
 
+from tidings import logs
 from tidings.backoff import Backoff
 from tidings.core.idempotency import check_idempotency_key
 from tidings.core.names import check_channel
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "environment variables, then the config file, then defaults "
                     "(docs/operations.md); `tidings config` shows the result.")
     _add_settings_flags(serve)
-    _add_log_level(serve, "info")
+    _add_log_flags(serve, "info")
     serve.set_defaults(run=run_serve)
     _add_config_command(commands)
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transports", metavar="LIST",
                       help="reading techniques to serve, comma-separated "
                            "(default websocket,sse,longpoll,poll)")
-    _add_log_level(demo, "warning")
+    _add_log_flags(demo, "warning")
     demo.set_defaults(run=run_demo, history_size=None, history_ttl=None, cors_origins=None)
     _add_bridge(commands)
     return parser
@@ -159,6 +160,7 @@ def _add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
                     "env, file or default), secrets masked. Exits 2 on any error, so that a "
                     "deploy can check a configuration before using it.")
     _add_settings_flags(config)
+    _add_log_flags(config, "info")
     config.add_argument("--format", choices=("toml", "json"), default="toml",
                         help="toml (a config file, sources in comments; default) or json")
     config.set_defaults(run=run_config)
@@ -173,6 +175,29 @@ def run_config(args: argparse.Namespace) -> int:
     Authenticator(loaded.settings.auth)  # reads the key file: its errors are config errors
     print(describe_json(loaded) if args.format == "json" else describe(loaded), end="")
     return 0
+
+
+def _add_log_flags(command: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level`` and ``--log-format`` of ``serve`` and ``demo``: settings too
+    (``log_level``, ``log_format``), so flags win over the environment and the file."""
+    command.add_argument("--log-level", choices=LOG_LEVELS,
+                         help="what the server logs to stderr; the setting log_level "
+                              f"(default {default})")
+    command.add_argument("--log-format", choices=("text", "json"),
+                         help="text, or json: one object per line; the setting log_format "
+                              "(default text)")
+
+
+def configure_logging(loaded: Loaded, default_level: str) -> None:
+    """Set up logging from the flags and settings (tidings/logs.py); secrets are scrubbed."""
+    settings = loaded.settings
+    level = settings.log_level
+    if loaded.source(("server", "log_level")) == "default":
+        level = default_level
+    auth = settings.auth
+    logs.configure(level, settings.log_format, access_log=settings.access_log,
+                   secrets=(auth.api_key, auth.jwt_hs256_secret,
+                            os.environ.get("TIDINGS_API_KEY")))
 
 
 def _add_log_level(command: argparse.ArgumentParser, default: str) -> None:
@@ -255,6 +280,8 @@ def load_configuration(args: argparse.Namespace) -> Loaded:
         "transports": (_transport_list(args.transports) if args.transports is not None
                        else None, "--transports"),
         "broker": (getattr(args, "broker", None), "--broker"),
+        "log_level": (getattr(args, "log_level", None), "--log-level"),
+        "log_format": (getattr(args, "log_format", None), "--log-format"),
     }
     return load(args.config, os.environ, flags)
 
@@ -280,12 +307,13 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings(args)
+    loaded = load_configuration(args)
+    configure_logging(loaded, "info")
+    settings = loaded.settings
     try:
         run_loop(serve(settings))
     except OSError as exc:
-        print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        logs.notice(f"cannot listen on {settings.host}:{settings.port}: {exc}", logging.ERROR)
         return 1
     return 0
 
@@ -320,7 +348,7 @@ async def serve(settings: Settings) -> None:
     # Printed once the signals are handled: whoever waits for this line may stop us at once.
     print(f"tidings serving on {server.url}", flush=True)
     await stop.wait()
-    print("tidings: shutting down", file=sys.stderr, flush=True)
+    logs.notice("shutting down")
     await server.aclose()
 
 
@@ -328,8 +356,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """``tidings demo``: see docs/demo.md."""
     from tidings.demo import run_demo as serve_demo
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings(args)
+    loaded = load_configuration(args)
+    configure_logging(loaded, "warning")
+    settings = loaded.settings
     if args.database is not None:
         try:
             import tidings.demo.database  # noqa: F401 - only to fail early without psycopg
@@ -338,7 +367,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         run_loop(serve_demo(settings, args.rate, args.database))
     except OSError as exc:
-        print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        logs.notice(f"cannot listen on {settings.host}:{settings.port}: {exc}", logging.ERROR)
         return 1
     return 0
 

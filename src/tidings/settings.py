@@ -157,6 +157,10 @@ def split_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+#: The choices of the logging settings (tidings/logs.py).
+LOG_CHOICES = {"log_level": ("debug", "info", "warning", "error"),
+               "log_format": ("text", "json")}
+
 BROKER_SCHEMES = ("redis://", "rediss://")
 
 
@@ -229,6 +233,12 @@ class Settings:
     #: ``HOST:PORT`` where ``/metrics`` is served instead, open (keep it private); ``""``:
     #: on the main port.
     metrics_listen: str = ""
+    #: What ``tidings serve`` logs to stderr: ``debug``, ``info``, ``warning``, ``error``.
+    log_level: str = "info"
+    #: ``text`` or ``json`` (one object per line; tidings/logs.py).
+    log_format: str = "text"
+    #: Log every request answered and stream opened (the ``tidings.access`` logger).
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
@@ -238,6 +248,10 @@ class Settings:
             raise UsageError("idempotency_window must be positive")
         if self.metrics_listen:
             split_listen(self.metrics_listen)
+        for key, choices in LOG_CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise UsageError(f"{key} must be one of {', '.join(choices)}, "
+                                 f"not {getattr(self, key)!r}")
 
     def retention(self, channel: str) -> Retention:
         """The retention of ``channel``: its namespace's, or the server default."""
@@ -373,6 +387,8 @@ def _value_problem(key: str, value: Any) -> str | None:
             check_broker(value)
         elif key == "metrics_listen" and value:
             split_listen(value)
+        elif key in LOG_CHOICES and value not in LOG_CHOICES[key]:
+            return f" must be one of {', '.join(LOG_CHOICES[key])}, not {value!r}"
     except UsageError as exc:
         return f": {exc}"
     return None

@@ -65,6 +65,9 @@ def example_text(key: str, default: Any) -> tuple[str, Any]:
         return "sse,poll", ("sse", "poll")
     if key == "metrics_listen":
         return "127.0.0.1:9100", "127.0.0.1:9100"
+    if key in ("log_level", "log_format"):
+        other = {"log_level": "debug", "log_format": "json"}[key]
+        return other, other
     if isinstance(default, tuple):
         return "https://a.example, https://b.example", ("https://a.example",
                                                         "https://b.example")

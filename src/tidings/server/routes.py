@@ -33,6 +33,7 @@ from tidings.errors import (
     TransportDisabled,
 )
 from tidings.server import longpoll, metrics, poll, publish, static, websocket
+from tidings.server.accesslog import peer_host, technique_of
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_refusal
 from tidings.server.request import Request
@@ -66,6 +67,12 @@ class Router:
             self._route(conn, request, rest)
         except ProtocolError as exc:
             count_refusal(self.server.stats, exc)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("refused %s %s: %s", request.method,
+                             request.target.decode("latin-1")[:200],
+                             exc, extra={"client": peer_host(conn.transport),
+                                         "code": exc.code, "status": exc.status,
+                                         "technique": technique_of(request)})
             cors = self.server.cors.headers(request.headers)
             conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
                          request.keep_alive)

@@ -115,7 +115,6 @@ class Reader:
         "_single",
         "multi",
         "sent",
-        "sent_bytes",
     )
 
     def __init__(self, log: Log, encoder: Encoder,
@@ -142,10 +141,9 @@ class Reader:
         #: Channels that owe a backlog, pulled from the log (dict as an ordered set);
         #: ``None`` rather than empty, to keep an idle connection small.
         self._behind: dict[str, None] | None = None
-        #: Messages and bytes of messages and gaps written to the output so far, for the
-        #: server's metrics (read at scrape time, so delivering costs two additions).
+        #: Messages written to the output so far, for the server's metrics (read at scrape
+        #: time, so a delivery costs one addition).
         self.sent = 0
-        self.sent_bytes = 0
 
     # positions -----------------------------------------------------------------
 
@@ -249,19 +247,15 @@ class Reader:
         if behind is not None and channel in behind:
             return  # the next pull reads it from the log
         if not self.multi:  # the shared bytes, encoded by the first reader that needed them
-            data = message.encoded.get(self._key) or self._single(message)
             self.sent += 1  # before the write: a long poll's output answers at once
-            self.sent_bytes += len(data)
-            self._output.write(data)
+            self._output.write(message.encoded.get(self._key) or self._single(message))
             return
         if self._one is not None:  # one channel, in slots
             self._at = message.position
         else:
             self._table()[channel] = message.position
-        data = self._encoder.message(message, format_multi(self._table()))
         self.sent += 1
-        self.sent_bytes += len(data)
-        self._output.write(data)
+        self._output.write(self._encoder.message(message, format_multi(self._table())))
 
     def skip(self, gap: Gap) -> None:
         """The log lost messages under live readers (a replica reset)."""
@@ -271,11 +265,9 @@ class Reader:
         table = self._table()
         table[channel] = gap.resume
         self._keep(table)
-        data = self._encoder.gap(gap, self._after_gap(gap))
-        self.sent_bytes += len(data)
         if self._owner is not None:
             self._owner.sent_gap(gap)
-        self._output.write(data)
+        self._output.write(self._encoder.gap(gap, self._after_gap(gap)))
 
     def pull(self, budget: int) -> None:
         """Write retained messages owed, about ``budget`` bytes at most (at least one step).
@@ -315,7 +307,6 @@ class Reader:
         self._keep(positions)
         if out:
             self.sent += count
-            self.sent_bytes += size
             self._output.write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
             self._behind = None
