@@ -42,6 +42,7 @@ from tidings.settings import (
     AuthSettings,
     ConfigErrors,
     Settings,
+    auth_default,
     read_config_file,
 )
 
@@ -202,8 +203,7 @@ def environment_table(environ: Mapping[str, str]) -> tuple[
                      names)
             elif variable in auth or variable == "TIDINGS_API_KEY":
                 key = auth.get(variable, "api_key")
-                default: Any = () if key == "jwt_algorithms" else ""
-                _put(table, ("auth", key), _parse(text, default), variable, names)
+                _put(table, ("auth", key), _parse(text, auth_default(key)), variable, names)
             elif variable == "TIDINGS_NAMESPACES":
                 value = _toml_value(text, "a TOML table such as {prices = {history_size = 10}}")
                 table["namespaces"] = {**value, **table.get("namespaces", {})} if isinstance(
@@ -211,7 +211,7 @@ def environment_table(environ: Mapping[str, str]) -> tuple[
                 names[("", "namespaces")] = variable
             elif variable.startswith("TIDINGS_NAMESPACES_"):
                 name, key = _namespace_key(variable)
-                default = getattr(defaults, key, "")
+                default: Any = getattr(defaults, key, "")
                 namespaces = table.setdefault("namespaces", {})
                 if not isinstance(namespaces, dict):
                     raise ValueError(": TIDINGS_NAMESPACES is not a table")

@@ -122,6 +122,15 @@ class AuthSettings:
     jwt_hs256_secret: str | None = None
     jwt_public_key_file: str | None = None  #: PEM, RSA or EC
     jwt_algorithms: tuple[str, ...] = ()  #: for the public key; default by key type
+    #: Keys from an identity provider's JWKS URL (Auth0, Keycloak, Cognito): fetched at
+    #: start, every ``jwks_refresh_interval`` seconds, and on a token with an unknown
+    #: ``kid`` (at most once per ``jwks_min_refresh_interval`` seconds).
+    jwks_url: str | None = None
+    jwks_refresh_interval: float = 300.0
+    jwks_min_refresh_interval: float = 10.0
+    jwt_audience: str | None = None  #: the ``aud`` every token must hold, if set
+    jwt_issuer: str | None = None  #: the ``iss`` every token must hold, if set
+    jwt_leeway: float = 0.0  #: seconds of clock skew allowed on ``exp``, ``nbf``, ``iat``
     default_subscribe: str = SAFE_DEFAULT_SUBSCRIBE
     default_publish: str = SAFE_DEFAULT_PUBLISH
     rules: dict[str, Rule] = field(default_factory=dict)  #: namespace -> rule
@@ -136,6 +145,11 @@ class AuthSettings:
             problem = _secret_problem(self.jwt_hs256_secret)
             if problem is not None:
                 raise UsageError(f"[auth] jwt_hs256_secret{problem}")
+        for key in ("jwks_url", "jwks_refresh_interval", "jwks_min_refresh_interval",
+                    "jwt_leeway"):
+            problem = _auth_value_problem(key, getattr(self, key))
+            if problem is not None:
+                raise UsageError(f"[auth] {key}{problem}")
 
     @property
     def enabled(self) -> bool:
@@ -312,7 +326,26 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 SECTIONS = ("server", "namespaces", "auth", "bridges")
 #: The keys of ``[auth]``.
 AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
-             "default_subscribe", "default_publish")
+             "jwks_url", "jwks_refresh_interval", "jwks_min_refresh_interval", "jwt_audience",
+             "jwt_issuer", "jwt_leeway", "default_subscribe", "default_publish")
+
+
+def auth_default(key: str) -> Any:
+    """The default of an ``[auth]`` key, as a value of its type (``""`` for an unset string)."""
+    default = getattr(AuthSettings(), key)
+    return "" if default is None else default
+
+
+def _auth_value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with an ``[auth]`` value of the right type, or ``None``."""
+    if key == "jwks_url" and value is not None and not value.startswith(("https://",
+                                                                         "http://")):
+        return f" must be an https:// (or http://) URL, not {value[:100]!r}"
+    if key in ("jwks_refresh_interval", "jwks_min_refresh_interval") and value <= 0:
+        return f" must be positive, not {value!r}"
+    if key == "jwt_leeway" and not 0 <= value <= 3600:
+        return f" must be from 0 to 3600 seconds, not {value!r}"
+    return None
 #: The keys of a ``[namespaces.NAME]`` table.
 NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "subscribe", "publish")
 #: The keys of a ``[[bridges]]`` entry.
@@ -447,7 +480,9 @@ def _auth(errors: ConfigErrors, path: str | Path, section: Any) -> AuthSettings:
         if key not in AUTH_KEYS:
             errors.unknown("[auth]", key, AUTH_KEYS)
             continue
-        problem = _type_problem(value, () if key == "jwt_algorithms" else "")
+        problem = _type_problem(value, auth_default(key))
+        if problem is None:
+            problem = _auth_value_problem(key, value)
         if problem is None and key in choices and value not in choices[key]:
             problem = f" must be one of {', '.join(choices[key])}, not {value!r}"
         if problem is None and key == "jwt_hs256_secret":

@@ -112,6 +112,7 @@ class Server:
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         self._metrics_listener = await start_listener(self)
+        self._start_identity_provider()
         if self._metrics_listener is not None:
             self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
@@ -123,6 +124,16 @@ class Server:
                 "limit (ulimit -n) or lower max_connections", self.settings.max_connections,
                 files, files - FD_RESERVE)
         logger.debug("tidings serving on %s", self.url)  # `tidings serve` prints it
+
+    def _start_identity_provider(self) -> None:
+        """Fetch and refresh the keys of ``[auth] jwks_url`` (server/jwks.py), if set;
+        ``/healthz`` says ``starting`` until the first fetch."""
+        jwks = self.auth.jwks
+        if jwks is None:
+            return
+        self.starting["jwks"] = lambda: not jwks.loaded
+        self.health_extra["jwks"] = jwks.health
+        self.spawn(jwks.run(), background=True)
 
     @property
     def url(self) -> str:

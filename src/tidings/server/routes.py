@@ -35,6 +35,7 @@ from tidings.errors import (
 from tidings.server import longpoll, metrics, poll, publish, static, websocket
 from tidings.server.accesslog import peer_host, technique_of
 from tidings.server.connection import HttpConnection
+from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
@@ -65,6 +66,9 @@ class Router:
         """
         try:
             self._route(conn, request, rest)
+        except KeysMissing as missing:  # a token of a key the IdP may have published since
+            conn.park()
+            self.server.spawn(self._after_keys(missing, conn, request, rest))
         except ProtocolError as exc:
             count_refusal(self.server.stats, exc)
             if logger.isEnabledFor(logging.DEBUG):
@@ -79,6 +83,19 @@ class Router:
         except Exception:
             logger.exception("serving %s %s failed", request.method, request.path[:100])
             conn.abort()
+
+    async def _after_keys(self, missing: KeysMissing, conn: HttpConnection, request: Request,
+                          rest: bytes) -> None:
+        """Fetch the IdP's keys (at a bounded rate), then serve ``request`` again."""
+        jwks = self.server.auth.jwks
+        assert jwks is not None
+        try:
+            await jwks.fetch_for(missing.kid)
+        finally:
+            conn.busy = False
+            conn.on_lost = None
+        if not conn.closing:
+            self.dispatch(conn, request, rest)
 
     def _route(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         path, method = request.path, request.method

@@ -33,6 +33,7 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
+from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import PUBLISHED, count_refusal
 from tidings.server.request import Request
 from tidings.server.stream import Stream
@@ -165,9 +166,23 @@ class WebSocketSession(Stream):
                 self._authenticate(command)
             else:
                 self.transport.write(commands.ack_frame(command.req))
+        except KeysMissing as missing:  # fetch the IdP's keys, then handle it again, in order
+            self.held = []
+            self._server.spawn(self._after_keys(missing.kid, text))
         except ProtocolError as exc:
             count_refusal(self._server.stats, exc)
             self.transport.write(commands.error_frame(command.req, exc))
+
+    async def _after_keys(self, kid: str, text: str) -> None:
+        jwks = self._server.auth.jwks
+        assert jwks is not None
+        try:
+            await jwks.fetch_for(kid)
+        finally:
+            if self.held is not None:
+                self.held.insert(0, text)
+            if not self.closed:
+                self._release_held()
 
     def _authenticate(self, command: commands.AuthCommand) -> None:
         """Replace the connection's token; the new one must still grant every subscription."""
