@@ -340,16 +340,34 @@ async def serve(settings: Settings) -> None:
     # of the collector's way, and young collections run less often.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    await _serve_until_signal(server)
+
+
+async def _serve_until_signal(server: Any) -> None:
+    """Serve until SIGTERM (a rolling restart: drain over ``drain_period``, then close) or
+    SIGINT (close at once); a second signal while draining closes at once."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
     # Printed once the signals are handled: whoever waits for this line may stop us at once.
     print(f"tidings serving on {server.url}", flush=True)
-    await stop.wait()
-    logs.notice("shutting down")
-    await server.aclose()
+    first = await signals.get()
+    if first != signal.SIGTERM or not server.registry.streams():
+        logs.notice("shutting down")
+        await server.aclose()
+        return
+    logs.notice(f"draining: streams move to other nodes over {server.settings.drain_period:g} s "
+                "(a second signal stops at once)")
+    draining = asyncio.ensure_future(server.drain())
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        logs.notice("shutting down")
+        await server.aclose()
+    second.cancel()
+    await asyncio.gather(draining, second, return_exceptions=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -242,6 +242,9 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     # Operations (docs/operations.md).
+    #: Seconds over which a node stopped with SIGTERM tells its streams to reconnect
+    #: elsewhere, spread evenly so that the other nodes are not stormed (``Server.drain``).
+    drain_period: float = 10.0
     #: Serve Prometheus metrics at ``/metrics`` (with the API key when access control is on).
     metrics: bool = True
     #: ``HOST:PORT`` where ``/metrics`` is served instead, open (keep it private); ``""``:
@@ -262,6 +265,8 @@ class Settings:
             raise UsageError("idempotency_window must be positive")
         if self.metrics_listen:
             split_listen(self.metrics_listen)
+        if self.drain_period < 0:
+            raise UsageError("drain_period must be 0 or more")
         for key, choices in LOG_CHOICES.items():
             if getattr(self, key) not in choices:
                 raise UsageError(f"{key} must be one of {', '.join(choices)}, "
@@ -413,6 +418,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be at least 1, not {value!r}"
     if key in ("history_ttl", "idempotency_window") and value <= 0:
         return f" must be positive, not {value!r}"
+    if key == "drain_period" and value < 0:
+        return f" must be 0 or more, not {value!r}"
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))

@@ -30,7 +30,7 @@ from typing import Any
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.core.cursor import Start
-from tidings.errors import BrokerError, ProtocolError, ShuttingDown
+from tidings.errors import RESTART, BrokerError, ProtocolError, ShuttingDown
 from tidings.server.admission import Admission
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
@@ -88,6 +88,8 @@ class Server:
         self._closed = asyncio.Event()
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
+        #: Set when :meth:`drain` begins: not ready, no new stream, no connection kept.
+        self.draining = False
         self.expiries = Expiries(self.loop)
         self.port = self.settings.port
         self._init_metrics()
@@ -182,6 +184,50 @@ class Server:
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
         await self.broker.aclose()
         self._closed.set()
+
+    async def drain(self, period: float | None = None) -> None:
+        """A rolling restart: move every client to other nodes, then :meth:`aclose`.
+
+        Stops accepting clients: ``/readyz`` answers ``503`` (and ``/healthz``
+        says ``draining``), so that load balancers move on, and new streams and
+        long polls are refused with ``503 shutdown``, which clients retry
+        (elsewhere); polls and publishes are still served. Parked long polls
+        are answered at once, idle connections closed, and every HTTP
+        connection closes after its answer. Streams are told to reconnect
+        (WebSocket ``1012``, an SSE ``close`` event with ``restart``) one by
+        one, evenly over ``period`` seconds (``drain_period``), so that the
+        other nodes are not stormed. Then the listener closes and the server
+        with it (:meth:`aclose`); this returns when it is closed.
+        """
+        if self.draining or self._closed.is_set():
+            await self.wait_closed()
+            return
+        period = self.settings.drain_period if period is None else period
+        self.draining = True
+        self.registry.start_draining()
+        streams = self.registry.streams()
+        began = self.loop.time()
+        for number, stream in enumerate(streams):
+            await asyncio.sleep(max(0.0, began + period * number / len(streams)
+                                    - self.loop.time()))
+            if self.closing:
+                break  # closed meanwhile (a second signal): aclose says goodbye to the rest
+            if not stream.closed:
+                try:
+                    stream.close_with(RESTART)
+                except Exception:
+                    logger.exception("telling %r to reconnect failed", stream)
+        if self.closing:
+            await self.wait_closed()
+            return
+        logger.info("drained %d stream(s) in %.1f s", len(streams), self.loop.time() - began)
+        await self.aclose()
+
+    def ready(self) -> bool:
+        """Whether a load balancer should send clients here (``/readyz``): started, and
+        not draining."""
+        return not self.draining and not self.closing and not any(
+            still() for still in self.starting.values())
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *,
               background: bool = False) -> asyncio.Task[Any]:
@@ -302,6 +348,8 @@ class Server:
         status = "ok" if broker.get("status", "ok") == "ok" else "degraded"
         if any(still() for still in self.starting.values()):
             status = "starting"
+        if self.draining:
+            status = "draining"
         health: dict[str, object] = {
             "status": status,
             "time": int(time.time() * 1000),

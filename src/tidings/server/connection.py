@@ -281,7 +281,7 @@ class HttpConnection(asyncio.Protocol):
             transport.write(self._failure)
             self._linger()
             return
-        if not keep_alive:
+        if not keep_alive or self.server.draining:  # a draining node keeps no connection
             self.closing = True
             transport.close()
         elif not self._dispatching and self.queue:

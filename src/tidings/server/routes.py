@@ -8,6 +8,8 @@
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
+``/readyz``            GET       readiness: 503 while starting or draining
+                       HEAD
 ``/metrics``           GET       Prometheus metrics (server/metrics.py), unless
                        HEAD      served on ``metrics_listen``
 ``/tidings.js``        GET       static files (server/static.py): the browser
@@ -30,6 +32,7 @@ from tidings.errors import (
     MethodNotAllowed,
     NotFound,
     ProtocolError,
+    ShuttingDown,
     TransportDisabled,
 )
 from tidings.server import longpoll, metrics, poll, publish, static, websocket
@@ -138,6 +141,17 @@ class Router:
             conn.respond(body, request.keep_alive)
         elif path == metrics.METRICS_PATH:
             metrics.answer(self.server, conn, request)
+        elif path == "/readyz":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /readyz",
+                                       allow=("GET", "HEAD"))
+            ready = self.server.ready()
+            status = "ready" if ready else ("draining" if self.server.draining else "starting")
+            body = http.json_response(200 if ready else 503, {"status": status},
+                                      keep_alive=request.keep_alive)
+            if method == "HEAD":
+                body = body[:body.index(b"\r\n\r\n") + 4]
+            conn.respond(body, request.keep_alive)
         elif path in self.server.static:
             if method not in static.ALLOWED_METHODS:
                 raise MethodNotAllowed(f"{method} is not allowed on {path[:100]}",
@@ -157,6 +171,10 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         server = self.server
+        if server.draining and (request.wants_websocket or request.wants_event_stream
+                                or request.wait_seconds() is not None):
+            raise ShuttingDown("this node is restarting; reconnect (another node will "
+                               "answer) and resume")
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
