@@ -122,8 +122,8 @@ class JwksKeys:
             if len(response.content) > MAX_JWKS_SIZE:
                 raise ValueError(f"key set larger than {MAX_JWKS_SIZE} bytes")
             keys = self._parse(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
-            self.error = f"fetching {self.url} failed: {exc}"
+        except Exception as exc:  # whatever the provider sends, the keys held are kept
+            self.error = f"fetching {self.url} failed: {type(exc).__name__}: {exc}"
             logger.warning("JWKS: %s; keeping the %d key(s) held", self.error, len(self.keys))
             return
         self.keys = keys
