@@ -11,7 +11,6 @@ published, and every client ends on node B with every message once, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 import tidings
+from balancer import Balancer
 from conftest import UNIT, ServerFactory, until
 from tidings import Server
 from tidings.backoff import Backoff
@@ -119,48 +119,6 @@ def test_sigterm_drains_and_sigint_stops_at_once() -> None:
         if process.poll() is None:
             process.kill()
             process.communicate()
-
-
-class Balancer:
-    """A TCP load balancer: each new connection goes to the first node that accepts it."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self.ports = ports
-        self.routed: list[int] = []
-        self.url = ""
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for port in self.ports:
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                continue
-            self.routed.append(port)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-            return
-        writer.close()
-
-    async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
 
 
 @pytest.fixture
