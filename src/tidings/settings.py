@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidings.core.forwarded import parse_networks
 from tidings.core.log import Retention
 from tidings.core.names import namespace_of
 from tidings.core.policy import (
@@ -242,6 +243,9 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     # Operations (docs/operations.md).
+    #: Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed:
+    #: per-address publish rates and logs then use the client's address (core/forwarded.py).
+    trusted_proxies: tuple[str, ...] = ()
     #: Seconds over which a node stopped with SIGTERM tells its streams to reconnect
     #: elsewhere, spread evenly so that the other nodes are not stormed (``Server.drain``).
     drain_period: float = 10.0
@@ -267,6 +271,10 @@ class Settings:
             split_listen(self.metrics_listen)
         if self.drain_period < 0:
             raise UsageError("drain_period must be 0 or more")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise UsageError(f"trusted_proxies: {exc}") from None
         for key, choices in LOG_CHOICES.items():
             if getattr(self, key) not in choices:
                 raise UsageError(f"{key} must be one of {', '.join(choices)}, "
@@ -420,6 +428,11 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be positive, not {value!r}"
     if key == "drain_period" and value < 0:
         return f" must be 0 or more, not {value!r}"
+    if key == "trusted_proxies":
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            return f": {exc}"
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))

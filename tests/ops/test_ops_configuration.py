@@ -63,6 +63,8 @@ def example_text(key: str, default: Any) -> tuple[str, Any]:
         return "redis://127.0.0.1:6379/3", "redis://127.0.0.1:6379/3"
     if key == "transports":
         return "sse,poll", ("sse", "poll")
+    if key == "trusted_proxies":
+        return "10.0.0.0/8, 127.0.0.1", ("10.0.0.0/8", "127.0.0.1")
     if key == "metrics_listen":
         return "127.0.0.1:9100", "127.0.0.1:9100"
     if key in ("log_level", "log_format"):

@@ -30,7 +30,9 @@ from typing import Any
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.core.cursor import Start
+from tidings.core.forwarded import client_address, parse_networks
 from tidings.errors import RESTART, BrokerError, ProtocolError, ShuttingDown
+from tidings.server.accesslog import peer_host
 from tidings.server.admission import Admission
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
@@ -93,6 +95,8 @@ class Server:
         self.expiries = Expiries(self.loop)
         self.port = self.settings.port
         self._init_metrics()
+        #: Proxies whose X-Forwarded-For is believed (``trusted_proxies``).
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
 
     def _init_metrics(self) -> None:
         """Prometheus metrics (server/metrics.py), read from the counters at scrape time."""
@@ -126,6 +130,14 @@ class Server:
                 "limit (ulimit -n) or lower max_connections", self.settings.max_connections,
                 files, files - FD_RESERVE)
         logger.debug("tidings serving on %s", self.url)  # `tidings serve` prints it
+
+    def client_address(self, transport: Any, forwarded_for: str | None = None) -> str | None:
+        """The client's address: the peer's, or, from a trusted proxy, the one it forwards
+        (``X-Forwarded-For``, core/forwarded.py). ``None`` if the socket does not say."""
+        peer = peer_host(transport)
+        if peer is None or not self.trusted_proxies:
+            return peer
+        return client_address(peer, forwarded_for, self.trusted_proxies)
 
     def _start_identity_provider(self) -> None:
         """Fetch and refresh the keys of ``[auth] jwks_url`` (server/jwks.py), if set;

@@ -321,8 +321,8 @@ class HttpConnection(asyncio.Protocol):
         assert self._access is not None
         request, began = self._access
         self._access = None
-        accesslog.log_request(request, accesslog.peer_host(self.transport), status, size,
-                              self.server.loop.time() - began)
+        client = self.server.client_address(self.transport, request.header("x-forwarded-for"))
+        accesslog.log_request(request, client, status, size, self.server.loop.time() - began)
 
     def detach(self) -> asyncio.Transport:
         """Give up the socket to a stream (SSE, WebSocket), which sets itself as its protocol."""

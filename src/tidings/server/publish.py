@@ -38,7 +38,9 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
     key = request.header("idempotency-key")
     if key is not None:
         key = check_idempotency_key(key)
-    server.admission.check_publish_rate(conn.transport, rate_key)
+    address = (server.client_address(conn.transport, request.header("x-forwarded-for"))
+               if server.trusted_proxies else None)
+    server.admission.check_publish_rate(conn.transport, rate_key, address)
     data = jsonvalue.compact(request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive))

@@ -36,7 +36,7 @@ from tidings.errors import (
     TransportDisabled,
 )
 from tidings.server import longpoll, metrics, poll, publish, static, websocket
-from tidings.server.accesslog import peer_host, technique_of
+from tidings.server.accesslog import technique_of
 from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
@@ -77,7 +77,8 @@ class Router:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("refused %s %s: %s", request.method,
                              request.target.decode("latin-1")[:200],
-                             exc, extra={"client": peer_host(conn.transport),
+                             exc, extra={"client": self.server.client_address(
+                                             conn.transport, request.header("x-forwarded-for")),
                                          "code": exc.code, "status": exc.status,
                                          "technique": technique_of(request)})
             cors = self.server.cors.headers(request.headers)

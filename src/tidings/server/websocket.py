@@ -79,7 +79,7 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
 class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
-    __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    __slots__ = ("client_address", "credentials", "held", "last_seen", "parser", "pending")
     technique = "websocket"
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
@@ -94,6 +94,8 @@ class WebSocketSession(Stream):
         self.credentials = ANONYMOUS
         #: Commands received while a subscription waits for the broker, handled after it.
         self.held: list[str] | None = None
+        #: The client's address from a trusted proxy's X-Forwarded-For (None: the peer's).
+        self.client_address: str | None = None
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
@@ -249,7 +251,8 @@ class WebSocketSession(Stream):
                 f"data is over the limit of {self._server.settings.max_message_size} bytes",
                 code="payload_too_large",
             )
-        self._server.admission.check_publish_rate(self.transport, self.credentials.rate_key)
+        self._server.admission.check_publish_rate(self.transport, self.credentials.rate_key,
+                                                  self.client_address)
         self.pending += 1
         self._server.spawn(self._publish_and_ack(command))
 
@@ -345,4 +348,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     session = WebSocketSession(server, conn.detach())
     session.credentials = credentials
     session.expires = credentials.expires
+    if server.trusted_proxies:
+        session.client_address = server.client_address(session.transport,
+                                                        request.header("x-forwarded-for"))
     session.start(response, starts, rest)
