@@ -259,3 +259,20 @@ async def test_broker_down_shows(make_server: ServerFactory, redis_process: Redi
 
 def sample_names(samples: Iterable[tuple[str, object]]) -> set[str]:
     return {name for name, _ in samples}
+
+
+async def test_admin_status_rates_and_busiest_channels(server: Server) -> None:
+    async with http_client(server) as http, open_sse(http, "/channels/busy") as stream:
+        await stream.opening()
+        server.status_history.sample()
+        for n in range(4):
+            await publish(http, "busy", n)
+        await stream.messages(4)
+        server.status_history.sample()
+        status = (await http.get("/admin/status")).json()
+    assert status["connections"]["sse"] == 1
+    assert status["busiest"] == [{"channel": "busy", "readers": 1}]
+    assert status["rates"]["published"][-1] > 0
+    assert status["rates"]["delivered"]["sse"][-1] > 0
+    assert status["delivered"]["sse"] == 4
+    assert status["broker"]["status"] == "ok"

@@ -42,6 +42,7 @@ from tidings.server.metrics import LatencyHistogram, make_registry, start_listen
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
+from tidings.server.status import StatusHistory
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 
 logger = logging.getLogger("tidings.server")
@@ -103,6 +104,8 @@ class Server:
         #: Seconds from a publish's arrival to its message being stored.
         self.publish_latency = LatencyHistogram()
         self.metrics_registry = make_registry(self)
+        #: Samples of the counters for the live status page (server/status.py).
+        self.status_history = StatusHistory(self)
         self._metrics_listener: asyncio.Server | None = None
         #: The port of ``metrics_listen`` once started (useful with port 0), else ``None``.
         self.metrics_port: int | None = None
@@ -119,6 +122,7 @@ class Server:
         self.port = self._listener.sockets[0].getsockname()[1]
         self._metrics_listener = await start_listener(self)
         self._start_identity_provider()
+        self.spawn(self.status_history.run(), background=True)
         if self._metrics_listener is not None:
             self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)

@@ -143,6 +143,16 @@ class LatencyHistogram:
 # collecting -------------------------------------------------------------------------
 
 
+def delivered_totals(server: Server) -> dict[str, int]:
+    """Messages delivered so far per technique: closed streams' and answers' counts, plus
+    what the open streams' readers have sent."""
+    stats = server.stats
+    sent = {technique: stats[DELIVERED + technique] for technique in TECHNIQUES}
+    for stream in server.registry.streams():
+        sent[stream.technique] += stream.reader.sent
+    return sent
+
+
 class Collector:
     """Reads the server's counters and connections when Prometheus scrapes."""
 

@@ -10,6 +10,8 @@
                        HEAD      the same status, no body
 ``/readyz``            GET       readiness: 503 while starting or draining
                        HEAD
+``/admin/status``      GET       the live status page's figures (server/status.py);
+                                 the page is ``/admin``, a static file
 ``/metrics``           GET       Prometheus metrics (server/metrics.py), unless
                        HEAD      served on ``metrics_listen``
 ``/tidings.js``        GET       static files (server/static.py): the browser
@@ -36,6 +38,7 @@ from tidings.errors import (
     TransportDisabled,
 )
 from tidings.server import longpoll, metrics, poll, publish, static, websocket
+from tidings.server import status as admin_status
 from tidings.server.accesslog import technique_of
 from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
@@ -142,6 +145,8 @@ class Router:
             conn.respond(body, request.keep_alive)
         elif path == metrics.METRICS_PATH:
             metrics.answer(self.server, conn, request)
+        elif path == admin_status.STATUS_PATH:
+            admin_status.answer(self.server, conn, request)
         elif path == "/readyz":
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /readyz",
