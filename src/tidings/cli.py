@@ -1,4 +1,4 @@
-"""The tidings command: serve, publish, subscribe, conformance, demo and bridge."""
+"""The tidings command: serve, config, publish, subscribe, conformance, demo and bridge."""
 
 # The module docstring is `tidings --help`'s description: plain words, no reST markup.
 
@@ -21,12 +21,16 @@ from urllib.parse import quote
 
 import httpx
 
+from tidings import logs
 from tidings.backoff import Backoff
 from tidings.core.idempotency import check_idempotency_key
 from tidings.core.names import check_channel
 from tidings.errors import BadRequest, TidingsError, UsageError
 from tidings.extras import missing_extra
-from tidings.settings import Settings, check_transports
+from tidings.settings import Settings, check_broker, check_transports
+
+if TYPE_CHECKING:
+    from tidings.configuration import Loaded
 from tidings.wire import jsonvalue
 
 if TYPE_CHECKING:
@@ -62,25 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tidings", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8000; 0 picks one)")
-    serve.add_argument("--config", help="TOML config file (see docs/operations.md)")
-    serve.add_argument("--history-size", type=int, help="messages kept per channel (1000)")
-    serve.add_argument("--history-ttl", type=float, help="seconds a message is kept (3600)")
-    serve.add_argument("--cors-origin", action="append", dest="cors_origins",
-                       help="allowed browser origin; repeat for several ('*' allows all)")
-    serve.add_argument("--transports", metavar="LIST",
-                       help="reading techniques to serve, comma-separated "
-                            "(default websocket,sse,longpoll,poll)")
-    serve.add_argument("--broker", metavar="URL",
-                       help="where channel logs live: memory (default) or "
-                            "redis://HOST:PORT/DB, shared by several nodes")
+    serve = commands.add_parser(
+        "serve", help="run the server",
+        description="Run the server. Settings come from flags, then TIDINGS_<KEY> "
+                    "environment variables, then the config file, then defaults "
+                    "(docs/operations.md); `tidings config` shows the result.")
+    _add_settings_flags(serve)
     serve.add_argument("--workers", default="1", metavar="N",
                        help="server processes on the port, supervised by this one "
                             "(default 1; 'auto': one per core; more than 1 needs Redis)")
-    _add_log_level(serve, "info")
+    _add_log_flags(serve, "info")
     serve.set_defaults(run=run_serve)
+    _add_config_command(commands)
 
     publish = commands.add_parser(
         "publish", help="publish one JSON message",
@@ -135,10 +132,79 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transports", metavar="LIST",
                       help="reading techniques to serve, comma-separated "
                            "(default websocket,sse,longpoll,poll)")
-    _add_log_level(demo, "warning")
+    _add_log_flags(demo, "warning")
     demo.set_defaults(run=run_demo, history_size=None, history_ttl=None, cors_origins=None)
     _add_bridge(commands)
     return parser
+
+
+def _add_settings_flags(command: argparse.ArgumentParser) -> None:
+    """The flags of ``serve`` that set settings (``tidings config`` takes them too)."""
+    command.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    command.add_argument("--port", type=int,
+                         help="port to listen on (default 8000; 0 picks one)")
+    command.add_argument("--config", help="TOML config file (default $TIDINGS_CONFIG; see "
+                                          "docs/operations.md)")
+    command.add_argument("--history-size", type=int, help="messages kept per channel (1000)")
+    command.add_argument("--history-ttl", type=float, help="seconds a message is kept (3600)")
+    command.add_argument("--cors-origin", action="append", dest="cors_origins",
+                         help="allowed browser origin; repeat for several ('*' allows all)")
+    command.add_argument("--transports", metavar="LIST",
+                         help="reading techniques to serve, comma-separated "
+                              "(default websocket,sse,longpoll,poll)")
+    command.add_argument("--broker", metavar="URL",
+                         help="where channel logs live: memory (default) or "
+                              "redis://HOST:PORT/DB, shared by several nodes")
+
+
+def _add_config_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``tidings config``: the effective configuration, checked (docs/operations.md)."""
+    config = commands.add_parser(
+        "config", help="check the configuration and print it, with where each value "
+                       "comes from",
+        description="Print the configuration `tidings serve` would run with, given the same "
+                    "flags, environment and config file: each value with its source (flag, "
+                    "env, file or default), secrets masked. Exits 2 on any error, so that a "
+                    "deploy can check a configuration before using it.")
+    _add_settings_flags(config)
+    _add_log_flags(config, "info")
+    config.add_argument("--format", choices=("toml", "json"), default="toml",
+                        help="toml (a config file, sources in comments; default) or json")
+    config.set_defaults(run=run_config)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """``tidings config``: print the effective configuration, or exit 2 naming every error."""
+    from tidings.configuration import describe, describe_json
+    from tidings.server.auth import Authenticator
+
+    loaded = load_configuration(args)
+    Authenticator(loaded.settings.auth)  # reads the key file: its errors are config errors
+    print(describe_json(loaded) if args.format == "json" else describe(loaded), end="")
+    return 0
+
+
+def _add_log_flags(command: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level`` and ``--log-format`` of ``serve`` and ``demo``: settings too
+    (``log_level``, ``log_format``), so flags win over the environment and the file."""
+    command.add_argument("--log-level", choices=LOG_LEVELS,
+                         help="what the server logs to stderr; the setting log_level "
+                              f"(default {default})")
+    command.add_argument("--log-format", choices=("text", "json"),
+                         help="text, or json: one object per line; the setting log_format "
+                              "(default text)")
+
+
+def configure_logging(loaded: Loaded, default_level: str) -> None:
+    """Set up logging from the flags and settings (tidings/logs.py); secrets are scrubbed."""
+    settings = loaded.settings
+    level = settings.log_level
+    if loaded.source(("server", "log_level")) == "default":
+        level = default_level
+    auth = settings.auth
+    logs.configure(level, settings.log_format, access_log=settings.access_log,
+                   secrets=(auth.api_key, auth.jwt_hs256_secret,
+                            os.environ.get("TIDINGS_API_KEY")))
 
 
 def _add_log_level(command: argparse.ArgumentParser, default: str) -> None:
@@ -194,20 +260,37 @@ def _bridge_command(name: str, args: argparse.Namespace) -> int:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_file(args.config) if args.config else Settings()
-    settings = settings.replace(
-        host=args.host, port=args.port, history_size=args.history_size,
-        history_ttl=args.history_ttl,
-        cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
-        transports=_transport_list(args.transports) if args.transports is not None else None,
-        broker=getattr(args, "broker", None),
-    )
-    # The file's values were checked under their own names (Settings.from_file).
+    """The settings from flags over ``TIDINGS_*`` variables over the file over defaults."""
+    return load_configuration(args).settings
+
+
+def load_configuration(args: argparse.Namespace) -> Loaded:
+    """:func:`load_settings`, with where each value came from (``tidings config``)."""
+    from tidings.configuration import load
+
+    # The file's and the environment's values are checked under their own names (load).
     if args.history_size is not None and args.history_size < 1:
         raise UsageError("--history-size must be at least 1")
     if args.history_ttl is not None and args.history_ttl <= 0:
         raise UsageError("--history-ttl must be positive")
-    return settings
+    if getattr(args, "broker", None) is not None:
+        try:
+            check_broker(args.broker)
+        except UsageError as exc:
+            raise UsageError(f"--broker: {exc}") from None
+    flags = {
+        "host": (args.host, "--host"), "port": (args.port, "--port"),
+        "history_size": (args.history_size, "--history-size"),
+        "history_ttl": (args.history_ttl, "--history-ttl"),
+        "cors_origins": (tuple(args.cors_origins) if args.cors_origins else None,
+                         "--cors-origin"),
+        "transports": (_transport_list(args.transports) if args.transports is not None
+                       else None, "--transports"),
+        "broker": (getattr(args, "broker", None), "--broker"),
+        "log_level": (getattr(args, "log_level", None), "--log-level"),
+        "log_format": (getattr(args, "log_format", None), "--log-format"),
+    }
+    return load(args.config, os.environ, flags)
 
 
 def _transport_list(text: str) -> tuple[str, ...]:
@@ -231,8 +314,9 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings(args)
+    loaded = load_configuration(args)
+    configure_logging(loaded, "info")
+    settings = loaded.settings
     from tidings.server.workers import check_workers, worker_count
 
     workers = worker_count(args.workers)
@@ -242,7 +326,7 @@ def run_serve(args: argparse.Namespace) -> int:
             return _run_workers(settings, workers)
         run_loop(serve(settings))
     except OSError as exc:
-        print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        logs.notice(f"cannot listen on {settings.host}:{settings.port}: {exc}", logging.ERROR)
         return 1
     return 0
 
@@ -293,27 +377,48 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None,
     # of the collector's way, and young collections run less often.
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    await _serve_until_signal(server, on_started)
+
+
+async def _serve_until_signal(server: Any,
+                              on_started: Callable[[Server], None] | None = None) -> None:
+    """Serve until SIGTERM (a rolling restart: drain over ``drain_period``, then close) or
+    SIGINT (close at once); a second signal while draining closes at once.
+    ``on_started(server)`` replaces the ``serving on`` line."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
     # Printed once the signals are handled: whoever waits for this line may stop us at once.
     if on_started is not None:
         on_started(server)
     else:
         print(f"tidings serving on {server.url}", flush=True)
-    await stop.wait()
-    print("tidings: shutting down", file=sys.stderr, flush=True)
-    await server.aclose()
+    first = await signals.get()
+    if first != signal.SIGTERM or not server.registry.streams():
+        logs.notice("shutting down")
+        await server.aclose()
+        return
+    logs.notice(f"draining: streams move to other nodes over {server.settings.drain_period:g} s "
+                "(a second signal stops at once)")
+    draining = asyncio.ensure_future(server.drain())
+    second = asyncio.ensure_future(signals.get())
+    await asyncio.wait({draining, second}, return_when=asyncio.FIRST_COMPLETED)
+    if not draining.done():
+        logs.notice("shutting down")
+        await server.aclose()
+    second.cancel()
+    await asyncio.gather(draining, second, return_exceptions=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """``tidings demo``: see docs/demo.md."""
     from tidings.demo import run_demo as serve_demo
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    settings = load_settings(args)
+    loaded = load_configuration(args)
+    configure_logging(loaded, "warning")
+    settings = loaded.settings
     if args.database is not None:
         try:
             import tidings.demo.database  # noqa: F401 - only to fail early without psycopg
@@ -322,7 +427,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         run_loop(serve_demo(settings, args.rate, args.database))
     except OSError as exc:
-        print(f"tidings: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        logs.notice(f"cannot listen on {settings.host}:{settings.port}: {exc}", logging.ERROR)
         return 1
     return 0
 

@@ -95,6 +95,7 @@ class CloseCode(enum.IntEnum):
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     IDLE_TIMEOUT = 4000
     UNAUTHORIZED = 4001
@@ -356,6 +357,10 @@ SLOW_CONSUMER = Closing(
     "the client did not read what was sent in time; resume from your last cursor")
 SHUTDOWN = Closing("shutdown", CloseCode.GOING_AWAY,
                    "the server is shutting down; reconnect and resume")
+#: A rolling restart: the node drains (``Server.drain``) and its clients move to others.
+RESTART = Closing("restart", CloseCode.SERVICE_RESTART,
+                  "this node is restarting; reconnect (another node will answer) and resume "
+                  "from your last cursor")
 TOKEN_EXPIRED = Closing("token_expired", CloseCode.UNAUTHORIZED,
                         "the token has expired; reconnect with a new one and resume from "
                         "your last cursor")

@@ -1,7 +1,8 @@
 """Every setting and limit of the server, with its default, in one place.
 
 Settings come from defaults, then a TOML config file (``tidings serve --config``),
-then command-line flags. docs/operations.md lists them for operators.
+then ``TIDINGS_<KEY>`` environment variables, then command-line flags
+(``tidings.configuration`` layers them). docs/operations.md lists them for operators.
 
 Config file::
 
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tidings.core.forwarded import parse_networks
 from tidings.core.log import Retention
 from tidings.core.names import namespace_of
 from tidings.core.policy import (
@@ -131,6 +133,15 @@ class AuthSettings:
     jwt_hs256_secret: str | None = None
     jwt_public_key_file: str | None = None  #: PEM, RSA or EC
     jwt_algorithms: tuple[str, ...] = ()  #: for the public key; default by key type
+    #: Keys from an identity provider's JWKS URL (Auth0, Keycloak, Cognito): fetched at
+    #: start, every ``jwks_refresh_interval`` seconds, and on a token with an unknown
+    #: ``kid`` (at most once per ``jwks_min_refresh_interval`` seconds).
+    jwks_url: str | None = None
+    jwks_refresh_interval: float = 300.0
+    jwks_min_refresh_interval: float = 10.0
+    jwt_audience: str | None = None  #: the ``aud`` every token must hold, if set
+    jwt_issuer: str | None = None  #: the ``iss`` every token must hold, if set
+    jwt_leeway: float = 0.0  #: seconds of clock skew allowed on ``exp``, ``nbf``, ``iat``
     default_subscribe: str = SAFE_DEFAULT_SUBSCRIBE
     default_publish: str = SAFE_DEFAULT_PUBLISH
     rules: dict[str, Rule] = field(default_factory=dict)  #: namespace -> rule
@@ -145,6 +156,11 @@ class AuthSettings:
             problem = _secret_problem(self.jwt_hs256_secret)
             if problem is not None:
                 raise UsageError(f"[auth] jwt_hs256_secret{problem}")
+        for key in ("jwks_url", "jwks_refresh_interval", "jwks_min_refresh_interval",
+                    "jwt_leeway"):
+            problem = _auth_value_problem(key, getattr(self, key))
+            if problem is not None:
+                raise UsageError(f"[auth] {key}{problem}")
 
     @property
     def enabled(self) -> bool:
@@ -155,6 +171,20 @@ class AuthSettings:
         return Policy(self.enabled if enabled is None else enabled, dict(self.rules),
                       Rule(self.default_subscribe, self.default_publish))
 
+
+def split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"``, ``"[::1]:9100"`` or ``":9100"`` (every address) -> host, port;
+    raise :class:`UsageError` for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"metrics_listen must be HOST:PORT, such as 127.0.0.1:9100, "
+                         f"not {text[:100]!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+#: The choices of the logging settings (tidings/logs.py).
+LOG_CHOICES = {"log_level": ("debug", "info", "warning", "error"),
+               "log_format": ("text", "json")}
 
 BROKER_SCHEMES = ("redis://", "rediss://")
 
@@ -239,6 +269,24 @@ class Settings:
     presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT
     #: ``presence`` / ``presence_timeout`` of the ``[namespaces.NAME]`` tables that set them.
     namespace_presence: dict[str, PresencePolicy] = field(default_factory=dict)
+    # Operations (docs/operations.md).
+    #: Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed:
+    #: per-address publish rates and logs then use the client's address (core/forwarded.py).
+    trusted_proxies: tuple[str, ...] = ()
+    #: Seconds over which a node stopped with SIGTERM tells its streams to reconnect
+    #: elsewhere, spread evenly so that the other nodes are not stormed (``Server.drain``).
+    drain_period: float = 10.0
+    #: Serve Prometheus metrics at ``/metrics`` (with the API key when access control is on).
+    metrics: bool = True
+    #: ``HOST:PORT`` where ``/metrics`` is served instead, open (keep it private); ``""``:
+    #: on the main port.
+    metrics_listen: str = ""
+    #: What ``tidings serve`` logs to stderr: ``debug``, ``info``, ``warning``, ``error``.
+    log_level: str = "info"
+    #: ``text`` or ``json`` (one object per line; tidings/logs.py).
+    log_format: str = "text"
+    #: Log every request answered and stream opened (the ``tidings.access`` logger).
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transports", tuple(dict.fromkeys(self.transports)))
@@ -255,6 +303,18 @@ class Settings:
             problem = _timeout_problem(presence.timeout)
             if problem is not None:
                 raise UsageError(f"[namespaces.{name}] presence_timeout{problem}")
+        if self.metrics_listen:
+            split_listen(self.metrics_listen)
+        if self.drain_period < 0:
+            raise UsageError("drain_period must be 0 or more")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise UsageError(f"trusted_proxies: {exc}") from None
+        for key, choices in LOG_CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise UsageError(f"{key} must be one of {', '.join(choices)}, "
+                                 f"not {getattr(self, key)!r}")
 
     def slow_reader_of(self, channel: str) -> str:
         """The slow-reader policy of ``channel``: its namespace's, or the server default."""
@@ -299,12 +359,18 @@ class Settings:
         known key for an unknown one). Values are checked here under their file
         names; the CLI checks its flags under theirs.
         """
-        try:
-            with open(path, "rb") as f:
-                config = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read config file {path}: {exc}") from None
-        errors = ConfigErrors(path)
+        return cls.from_config(read_config_file(path), ConfigErrors(path))
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], errors: ConfigErrors) -> Settings:
+        """Settings from ``config``, a table shaped like a config file.
+
+        Each problem is recorded in ``errors``, which names where it was found
+        (the file's :class:`ConfigErrors`, or the environment's in
+        ``tidings.configuration``); raises :class:`UsageError` listing them all.
+        A relative ``jwt_public_key_file`` is relative to the file's directory.
+        """
+        path = errors.path
         for section in config:
             if section not in SECTIONS:
                 errors.unknown("", section, SECTIONS, what="section")
@@ -322,11 +388,39 @@ class Settings:
                                    slow_readers=slow_readers, namespace_presence=presence)
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The TOML table of a config file; raise :class:`UsageError` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+
+
 #: The sections of a config file.
 SECTIONS = ("server", "namespaces", "auth", "bridges")
 #: The keys of ``[auth]``.
 AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
-             "default_subscribe", "default_publish")
+             "jwks_url", "jwks_refresh_interval", "jwks_min_refresh_interval", "jwt_audience",
+             "jwt_issuer", "jwt_leeway", "default_subscribe", "default_publish")
+
+
+def auth_default(key: str) -> Any:
+    """The default of an ``[auth]`` key, as a value of its type (``""`` for an unset string)."""
+    default = getattr(AuthSettings(), key)
+    return "" if default is None else default
+
+
+def _auth_value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with an ``[auth]`` value of the right type, or ``None``."""
+    if key == "jwks_url" and value is not None and not value.startswith(("https://",
+                                                                         "http://")):
+        return f" must be an https:// (or http://) URL, not {value[:100]!r}"
+    if key in ("jwks_refresh_interval", "jwks_min_refresh_interval") and value <= 0:
+        return f" must be positive, not {value!r}"
+    if key == "jwt_leeway" and not 0 <= value <= 3600:
+        return f" must be from 0 to 3600 seconds, not {value!r}"
+    return None
 #: The keys of a ``[namespaces.NAME]`` table.
 NAMESPACE_KEYS = ("history_size", "history_ttl", "idempotency_window", "slow_reader",
                   "subscribe", "publish", "presence", "presence_timeout")
@@ -401,6 +495,13 @@ def _value_problem(key: str, value: Any) -> str | None:
         return f" must be 0 or more, not {value!r}"
     if key == "presence_timeout":
         return _timeout_problem(value)
+    if key == "drain_period" and value < 0:
+        return f" must be 0 or more, not {value!r}"
+    if key == "trusted_proxies":
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            return f": {exc}"
     try:
         if key == "transports":
             check_transports(tuple(dict.fromkeys(value)))
@@ -408,6 +509,10 @@ def _value_problem(key: str, value: Any) -> str | None:
             check_broker(value)
         elif key == "slow_reader":
             check_slow_reader(value)
+        elif key == "metrics_listen" and value:
+            split_listen(value)
+        elif key in LOG_CHOICES and value not in LOG_CHOICES[key]:
+            return f" must be one of {', '.join(LOG_CHOICES[key])}, not {value!r}"
     except UsageError as exc:
         return f": {exc}"
     return None
@@ -502,7 +607,9 @@ def _auth(errors: ConfigErrors, path: str | Path, section: Any) -> AuthSettings:
         if key not in AUTH_KEYS:
             errors.unknown("[auth]", key, AUTH_KEYS)
             continue
-        problem = _type_problem(value, () if key == "jwt_algorithms" else "")
+        problem = _type_problem(value, auth_default(key))
+        if problem is None:
+            problem = _auth_value_problem(key, value)
         if problem is None and key in choices and value not in choices[key]:
             problem = f" must be one of {', '.join(choices[key])}, not {value!r}"
         if problem is None and key == "jwt_hs256_secret":

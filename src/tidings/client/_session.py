@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 RETRYABLE_REFUSALS = frozenset({"broker_unavailable", "shutdown", "too_many_connections"})
 
 #: WebSocket close codes that say "not now": going away (a node shutting down), try again later.
-RETRYABLE_CLOSE_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.TRY_AGAIN_LATER})
+RETRYABLE_CLOSE_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.SERVICE_RESTART,
+                                   CloseCode.TRY_AGAIN_LATER})
 
 
 class Unreachable(Exception):

@@ -12,6 +12,7 @@ does can reach another subscriber or the publisher.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import Protocol
 
@@ -65,6 +66,12 @@ class Hub:
     def channels(self) -> int:
         """How many channels have at least one subscriber."""
         return len(self._subscribers)
+
+    def busiest(self, count: int) -> list[tuple[str, int]]:
+        """The ``count`` channels with the most subscribers, most first (O(channels))."""
+        return heapq.nlargest(count, ((channel, len(subscribers))
+                                      for channel, subscribers in self._subscribers.items()),
+                              key=lambda pair: pair[1])
 
     def publish(self, message: Message) -> int:
         """Deliver ``message`` to the channel's subscribers; return how many."""

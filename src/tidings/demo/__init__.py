@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 from pathlib import Path
 
+from tidings import logs
 from tidings.demo.feed import CHANNEL, DEFAULT_RATE, MAX_RATE, Market, run_feed
 from tidings.errors import UsageError
 from tidings.server import Server
@@ -105,7 +105,7 @@ async def run_demo(settings: Settings, rate: float = DEFAULT_RATE,
           f"  {rate:g} ticks a second on channel {CHANNEL!r}{only}"
           f"{' through PostgreSQL' if database else ''}; Ctrl-C to stop", flush=True)
     await stop.wait()
-    print("tidings: shutting down", file=sys.stderr, flush=True)
+    logs.notice("shutting down")
     await demo.aclose()
 
 

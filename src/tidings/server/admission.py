@@ -56,16 +56,18 @@ class Admission:
             self._counts.release(address)
 
     def check_publish_rate(self, transport: asyncio.BaseTransport | None,
-                           key: str | None = None) -> None:
+                           key: str | None = None, address: str | None = None) -> None:
         """Raise :class:`TooManyRequests` if the client on ``transport`` publishes too fast.
 
         The bucket is ``key`` if given (a verified identity, such as a token's
-        subject), else the client address.
+        subject), else ``address`` (the client's, from a trusted proxy), else the
+        connection's address.
         """
         limiter = self._limiter
         if limiter is None or transport is None:
             return
-        wait = limiter.take(key or self._peers.get(transport, ""), self._loop.time())
+        bucket = key or address or self._peers.get(transport, "")
+        wait = limiter.take(bucket, self._loop.time())
         if wait:
             self._stats["publishes_rate_limited"] += 1
             settings = self._settings

@@ -32,16 +32,20 @@ from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import Start
-from tidings.errors import BrokerError, ProtocolError, ShuttingDown
+from tidings.core.forwarded import client_address, parse_networks
+from tidings.errors import RESTART, BrokerError, ProtocolError, ShuttingDown
+from tidings.server.accesslog import peer_host
 from tidings.server.admission import Admission
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries
 from tidings.server.presence import PresenceTracker, check_broker
+from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
+from tidings.server.status import StatusHistory
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 
 logger = logging.getLogger("tidings.server")
@@ -93,12 +97,28 @@ class Server:
         self._closed = asyncio.Event()
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
+        #: Set when :meth:`drain` begins: not ready, no new stream, no connection kept.
+        self.draining = False
         self.expiries = Expiries(self.loop)
         check_broker(self.settings, isinstance(self.broker, MemoryBroker))
         #: Who reads each channel (server/presence.py), kept by the drivers.
         self.presence = PresenceTracker(self.settings, self.loop, self.broker)
         self.port = self.settings.port
         self._sock = sock
+        self._init_metrics()
+        #: Proxies whose X-Forwarded-For is believed (``trusted_proxies``).
+        self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+
+    def _init_metrics(self) -> None:
+        """Prometheus metrics (server/metrics.py), read from the counters at scrape time."""
+        #: Seconds from a publish's arrival to its message being stored.
+        self.publish_latency = LatencyHistogram()
+        self.metrics_registry = make_registry(self)
+        #: Samples of the counters for the live status page (server/status.py).
+        self.status_history = StatusHistory(self)
+        self._metrics_listener: asyncio.Server | None = None
+        #: The port of ``metrics_listen`` once started (useful with port 0), else ``None``.
+        self.metrics_port: int | None = None
 
     # lifecycle ---------------------------------------------------------------
 
@@ -114,6 +134,11 @@ class Server:
                 reuse_address=True, backlog=4096,
             )
         self.port = self._listener.sockets[0].getsockname()[1]
+        self._metrics_listener = await start_listener(self)
+        self._start_identity_provider()
+        self.spawn(self.status_history.run(), background=True)
+        if self._metrics_listener is not None:
+            self.metrics_port = self._metrics_listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
         files = soft_file_limit()
         if files is not None and self.settings.max_connections > files - FD_RESERVE:
@@ -123,6 +148,24 @@ class Server:
                 "limit (ulimit -n) or lower max_connections", self.settings.max_connections,
                 files, files - FD_RESERVE)
         logger.debug("tidings serving on %s", self.url)  # `tidings serve` prints it
+
+    def client_address(self, transport: Any, forwarded_for: str | None = None) -> str | None:
+        """The client's address: the peer's, or, from a trusted proxy, the one it forwards
+        (``X-Forwarded-For``, core/forwarded.py). ``None`` if the socket does not say."""
+        peer = peer_host(transport)
+        if peer is None or not self.trusted_proxies:
+            return peer
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    def _start_identity_provider(self) -> None:
+        """Fetch and refresh the keys of ``[auth] jwks_url`` (server/jwks.py), if set;
+        ``/healthz`` says ``starting`` until the first fetch."""
+        jwks = self.auth.jwks
+        if jwks is None:
+            return
+        self.starting["jwks"] = lambda: not jwks.loaded
+        self.health_extra["jwks"] = jwks.health
+        self.spawn(jwks.run(), background=True)
 
     @property
     def url(self) -> str:
@@ -150,6 +193,8 @@ class Server:
         self.closing = True
         if self._listener is not None:
             self._listener.close()
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
         self.registry.say_goodbye()
         for task in self._background:
             task.cancel()  # they never end by themselves: do not wait for them
@@ -169,6 +214,50 @@ class Server:
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
         await self.broker.aclose()
         self._closed.set()
+
+    async def drain(self, period: float | None = None) -> None:
+        """A rolling restart: move every client to other nodes, then :meth:`aclose`.
+
+        Stops accepting clients: ``/readyz`` answers ``503`` (and ``/healthz``
+        says ``draining``), so that load balancers move on, and new streams and
+        long polls are refused with ``503 shutdown``, which clients retry
+        (elsewhere); polls and publishes are still served. Parked long polls
+        are answered at once, idle connections closed, and every HTTP
+        connection closes after its answer. Streams are told to reconnect
+        (WebSocket ``1012``, an SSE ``close`` event with ``restart``) one by
+        one, evenly over ``period`` seconds (``drain_period``), so that the
+        other nodes are not stormed. Then the listener closes and the server
+        with it (:meth:`aclose`); this returns when it is closed.
+        """
+        if self.draining or self._closed.is_set():
+            await self.wait_closed()
+            return
+        period = self.settings.drain_period if period is None else period
+        self.draining = True
+        self.registry.start_draining()
+        streams = self.registry.streams()
+        began = self.loop.time()
+        for number, stream in enumerate(streams):
+            await asyncio.sleep(max(0.0, began + period * number / len(streams)
+                                    - self.loop.time()))
+            if self.closing:
+                break  # closed meanwhile (a second signal): aclose says goodbye to the rest
+            if not stream.closed:
+                try:
+                    stream.close_with(RESTART)
+                except Exception:
+                    logger.exception("telling %r to reconnect failed", stream)
+        if self.closing:
+            await self.wait_closed()
+            return
+        logger.info("drained %d stream(s) in %.1f s", len(streams), self.loop.time() - began)
+        await self.aclose()
+
+    def ready(self) -> bool:
+        """Whether a load balancer should send clients here (``/readyz``): started, and
+        not draining."""
+        return not self.draining and not self.closing and not any(
+            still() for still in self.starting.values())
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any], *,
               background: bool = False) -> asyncio.Task[Any]:
@@ -293,6 +382,8 @@ class Server:
         status = "ok" if broker.get("status", "ok") == "ok" else "degraded"
         if any(still() for still in self.starting.values()):
             status = "starting"
+        if self.draining:
+            status = "draining"
         health: dict[str, object] = {
             "status": status,
             "time": int(time.time() * 1000),

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tidings.core.policy import Claims, Policy, Refusal
 from tidings.errors import BadRequest, Forbidden, ProtocolError, Unauthorized, UsageError
+from tidings.server.jwks import JwksKeys
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
 from tidings.wire import jsonvalue
@@ -112,8 +113,17 @@ class Authenticator:
                                  f"choose from {', '.join(PUBLIC_KEY_ALGORITHMS[kind])}")
             for algorithm in algorithms:
                 self._keys[algorithm] = key
-        elif settings.jwt_algorithms:
-            raise UsageError("[auth] jwt_algorithms needs jwt_public_key_file")
+        elif settings.jwt_algorithms and not settings.jwks_url:
+            raise UsageError("[auth] jwt_algorithms needs jwt_public_key_file or jwks_url")
+        self._init_identity_provider(settings)
+
+    def _init_identity_provider(self, settings: AuthSettings) -> None:
+        """``aud``, ``iss``, leeway and JWKS keys (server/jwks.py): tokens of an IdP."""
+        #: Keys from ``jwks_url``; the server runs :meth:`JwksKeys.run` (app.py).
+        self.jwks = JwksKeys(settings) if settings.jwks_url else None
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.leeway = settings.jwt_leeway
 
     # finding and verifying ---------------------------------------------------
 
@@ -172,17 +182,32 @@ class Authenticator:
         if not token.isascii():  # a JWT is base64url and dots; this also keeps out surrogates
             raise Unauthorized("the token is not a JWT (not ASCII)", code="invalid_token")
         try:
-            algorithm = jwt.get_unverified_header(token).get("alg")
+            header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, *_MALFORMED_TOKEN_ERRORS):
             raise Unauthorized("the token is not a JWT", code="invalid_token") from None
-        key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+        algorithm, kid = header.get("alg"), header.get("kid")
+        if self.jwks is not None and isinstance(kid, str):
+            found = self.jwks.key(kid)  # KeysMissing: the router fetches, then asks again
+            if found is None:
+                raise Unauthorized(f"no key {kid[:40]!r} in the identity provider's key set",
+                                   code="invalid_token")
+            key, key_algorithm = found
+            if algorithm != key_algorithm:
+                raise Unauthorized(f"key {kid[:40]!r} verifies {key_algorithm}, not "
+                                   f"{str(algorithm)[:20]!r}", code="invalid_token")
+        else:
+            key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
         if key is None or not isinstance(algorithm, str):
             accepted = ", ".join(sorted(self._keys)) or "none (no JWT key configured)"
+            if self.jwks is not None:
+                accepted += "; or a key of the JWKS URL, named by the token's kid"
             raise Unauthorized(f"tokens signed with {str(algorithm)[:20]!r} are not accepted; "
                                f"accepted: {accepted}", code="invalid_token")
         try:
-            payload = jwt.decode(token, key, algorithms=[algorithm],
-                                 options={"require": ["exp"], "verify_aud": False})
+            payload = jwt.decode(token, key, algorithms=[algorithm], audience=self.audience,
+                                 issuer=self.issuer, leeway=self.leeway,
+                                 options={"require": ["exp"],
+                                          "verify_aud": self.audience is not None})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("the token has expired; get a new one",
                                code="token_expired") from None

@@ -29,6 +29,8 @@ from tidings.errors import (
     ProtocolError,
     RequestTimeout,
 )
+from tidings.server import accesslog
+from tidings.server.metrics import BYTES_HTTP, count_refusal
 from tidings.server.request import Request
 from tidings.wire import http, jsonvalue
 
@@ -54,7 +56,7 @@ class HttpConnection(asyncio.Protocol):
     """The protocol object of a connection while it speaks plain HTTP."""
 
     __slots__ = (
-        "_body", "_body_size", "_dispatching", "_error", "_failure", "_header_bytes",
+        "_access", "_body", "_body_size", "_dispatching", "_error", "_failure", "_header_bytes",
         "_headers", "_request_begun", "_url", "busy", "closing", "deadline", "handed_over",
         "on_lost", "parser", "queue", "refused", "server", "settings", "transport",
     )
@@ -78,6 +80,8 @@ class HttpConnection(asyncio.Protocol):
         self.on_lost: Any = None
         #: An error answer held back until the parked request is answered (order matters).
         self._failure: bytes | None = None
+        #: With the access log on: the request being answered, and when it was dispatched.
+        self._access: tuple[Request, float] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -108,6 +112,7 @@ class HttpConnection(asyncio.Protocol):
         shut and what arrives is dropped until the client closes or the linger ends.
         """
         assert self.transport is not None
+        count_refusal(self.server.stats, error)
         self.transport.write(http.error_response(error, keep_alive=False))
         self._linger()
 
@@ -231,6 +236,8 @@ class HttpConnection(asyncio.Protocol):
                 request = self.queue.pop(0)
                 if self.transport is not None and len(self.queue) == MAX_PIPELINED:
                     self.transport.resume_reading()
+                if self.server.settings.access_log:
+                    self._access = (request, self.server.loop.time())
                 self.server.router.dispatch(self, request)
         finally:
             self._dispatching = False
@@ -247,6 +254,8 @@ class HttpConnection(asyncio.Protocol):
             self.fail(BadRequest("upgrade request pipelined behind other requests"))
             return
         request.keep_alive = False  # the parser cannot go on after an upgrade
+        if self.server.settings.access_log:
+            self._access = (request, self.server.loop.time())
         self.server.router.dispatch(self, request, rest)
 
     def park(self, on_lost: Callable[[], object] | None = None) -> None:
@@ -264,12 +273,15 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return
+        self.server.stats[BYTES_HTTP] += len(data)
+        if self._access is not None:
+            self._logged(int(data[9:12]), len(data))
         transport.write(data)
         if self._failure is not None:
             transport.write(self._failure)
             self._linger()
             return
-        if not keep_alive:
+        if not keep_alive or self.server.draining:  # a draining node keeps no connection
             self.closing = True
             transport.close()
         elif not self._dispatching and self.queue:
@@ -293,6 +305,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closing or self.transport is None:
             return
         self.queue.clear()
+        count_refusal(self.server.stats, error)
         answer = http.error_response(error, self.server.cors.headers(self._headers),
                                      keep_alive=False)
         if self.busy:
@@ -303,9 +316,19 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(answer)
         self._linger()
 
+    def _logged(self, status: int, size: int) -> None:
+        """Write the access-log line of the request being answered (server/accesslog.py)."""
+        assert self._access is not None
+        request, began = self._access
+        self._access = None
+        client = self.server.client_address(self.transport, request.header("x-forwarded-for"))
+        accesslog.log_request(request, client, status, size, self.server.loop.time() - began)
+
     def detach(self) -> asyncio.Transport:
         """Give up the socket to a stream (SSE, WebSocket), which sets itself as its protocol."""
         assert self.transport is not None
+        if self._access is not None:
+            self._logged(101 if self._access[0].upgrade else 200, 0)
         self.handed_over = True
         self._disarm()
         self.parser = None

@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.log import Gap
 from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
 from tidings.server.poll import JSON_NO_CACHE, presence_fields
 from tidings.server.presence import client_header
 from tidings.session.reader import make_reader
@@ -101,12 +103,16 @@ class Waiter:
             self._forget()
             error = Unauthorized("the token has expired; poll again with a new one from the "
                                  "same cursor", code="token_expired")
+            count_refusal(self._server.stats, error)
             self.conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
 
     def fail(self, error: Exception) -> None:
         """Answering raised (a bug): log it, and end this request only."""
         logger.error("answering a long poll failed", exc_info=error)
         self.abort()
+
+    def sent_gap(self, gap: Gap) -> None:
+        count_gap(self._server.stats, gap)
 
     def abort(self) -> None:
         self._forget()
@@ -119,6 +125,7 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
+            self._server.stats[DELIVERED + "longpoll"] += self.reader.sent
             if self.presence_since is not None:
                 reader = self.reader
                 body = with_fields(body, presence_fields(
@@ -189,6 +196,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
         if fields["presence"] or "members" in fields:
             wait = 0  # joins, leaves or a member list to tell: at once
     if batch.messages or batch.gaps or wait <= 0:
+        count_page(server.stats, "longpoll", batch)
         if named:
             server.presence.touch(starts, identity, "longpoll")
         body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more), fields)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from tidings.core.cursor import Start, parse_since
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import count_page
 from tidings.server.presence import client_header
 from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
@@ -55,6 +56,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     else:
         batch = read_batch(server.broker, starts, limit)
         cursor = batch.cursor(multi)
+    count_page(server.stats, "poll", batch)
     if named:
         server.presence.touch(starts, identity, "poll")
     if presence_since is not None:

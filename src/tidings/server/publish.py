@@ -16,6 +16,7 @@ from tidings.brokers.base import Replayed
 from tidings.core.idempotency import check_idempotency_key
 from tidings.errors import BrokerError, ProtocolError, UnsupportedMediaType
 from tidings.server.connection import HttpConnection
+from tidings.server.metrics import PUBLISHED, count_refusal
 from tidings.server.request import Request
 from tidings.wire import jsonvalue
 from tidings.wire.http import Headers
@@ -37,7 +38,9 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
     key = request.header("idempotency-key")
     if key is not None:
         key = check_idempotency_key(key)
-    server.admission.check_publish_rate(conn.transport, rate_key)
+    address = (server.client_address(conn.transport, request.header("x-forwarded-for"))
+               if server.trusted_proxies else None)
+    server.admission.check_publish_rate(conn.transport, rate_key, address)
     data = jsonvalue.compact(request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive))
@@ -64,9 +67,11 @@ def check_json_type(content_type: str | None) -> None:
 
 async def _publish(server: Server, conn: HttpConnection, channel: str, data: bytes,
                    key: str | None, cors: Headers, keep_alive: bool) -> None:
+    began = server.loop.time()
     try:
         message = await server.broker.publish(channel, data, idempotency_key=key)
     except (ProtocolError, BrokerError) as exc:
+        count_refusal(server.stats, exc)
         conn.answer_json(exc.status, exc.to_json(), cors, keep_alive)
         return
     except Exception:
@@ -80,6 +85,8 @@ async def _publish(server: Server, conn: HttpConnection, channel: str, data: byt
         conn.answer_json(200, body, (*cors, REPLAYED_HEADER), keep_alive)
         return
     server.stats["published"] += 1
+    server.stats[PUBLISHED + "http"] += 1
+    server.publish_latency.observe(server.loop.time() - began)
     conn.answer_json(201, body, cors, keep_alive)
 
 

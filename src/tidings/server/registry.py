@@ -105,6 +105,14 @@ class Registry:
         _each([c for c in self._connections if not c.busy], lambda conn: conn.close(),
               _abort_http)
 
+    def start_draining(self) -> None:
+        """A rolling restart begins: answer parked long polls now (their connections close
+        after the answer) and close idle connections; streams are closed one by one by
+        ``Server.drain``."""
+        _each(list(self._waiters), lambda waiter: waiter.expire(), _abort_waiter)
+        _each([c for c in self._connections if not c.busy], lambda conn: conn.close(),
+              _abort_http)
+
     def close_connections(self) -> None:
         _each(list(self._connections), lambda conn: conn.close(), _abort_http)
 

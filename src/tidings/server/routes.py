@@ -10,6 +10,12 @@ presence``                       for the numbers only
 ``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
+``/readyz``            GET       readiness: 503 while starting or draining
+                       HEAD
+``/admin/status``      GET       the live status page's figures (server/status.py);
+                                 the page is ``/admin``, a static file
+``/metrics``           GET       Prometheus metrics (server/metrics.py), unless
+                       HEAD      served on ``metrics_listen``
 ``/tidings.js``        GET       static files (server/static.py): the browser
 (and pages given)      HEAD      client and the embedder's pages, exact paths
 any of them            OPTIONS   CORS preflight
@@ -30,10 +36,15 @@ from tidings.errors import (
     MethodNotAllowed,
     NotFound,
     ProtocolError,
+    ShuttingDown,
     TransportDisabled,
 )
-from tidings.server import longpoll, poll, publish, static, websocket
+from tidings.server import longpoll, metrics, poll, publish, static, websocket
+from tidings.server import status as admin_status
+from tidings.server.accesslog import technique_of
 from tidings.server.connection import HttpConnection
+from tidings.server.jwks import KeysMissing
+from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify_request, wants_events
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
@@ -65,13 +76,37 @@ class Router:
         """
         try:
             self._route(conn, request, rest)
+        except KeysMissing as missing:  # a token of a key the IdP may have published since
+            conn.park()
+            self.server.spawn(self._after_keys(missing, conn, request, rest))
         except ProtocolError as exc:
+            count_refusal(self.server.stats, exc)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("refused %s %s: %s", request.method,
+                             request.target.decode("latin-1")[:200],
+                             exc, extra={"client": self.server.client_address(
+                                             conn.transport, request.header("x-forwarded-for")),
+                                         "code": exc.code, "status": exc.status,
+                                         "technique": technique_of(request)})
             cors = self.server.cors.headers(request.headers)
             conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
                          request.keep_alive)
         except Exception:
             logger.exception("serving %s %s failed", request.method, request.path[:100])
             conn.abort()
+
+    async def _after_keys(self, missing: KeysMissing, conn: HttpConnection, request: Request,
+                          rest: bytes) -> None:
+        """Fetch the IdP's keys (at a bounded rate), then serve ``request`` again."""
+        jwks = self.server.auth.jwks
+        assert jwks is not None
+        try:
+            await jwks.fetch_for(missing.kid)
+        finally:
+            conn.busy = False
+            conn.on_lost = None
+        if not conn.closing:
+            self.dispatch(conn, request, rest)
 
     def _route(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
         path, method = request.path, request.method
@@ -116,6 +151,21 @@ class Router:
             if method == "HEAD":  # the same head, Content-Length included, and no body
                 body = body[:body.index(b"\r\n\r\n") + 4]
             conn.respond(body, request.keep_alive)
+        elif path == metrics.METRICS_PATH:
+            metrics.answer(self.server, conn, request)
+        elif path == admin_status.STATUS_PATH:
+            admin_status.answer(self.server, conn, request)
+        elif path == "/readyz":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /readyz",
+                                       allow=("GET", "HEAD"))
+            ready = self.server.ready()
+            status = "ready" if ready else ("draining" if self.server.draining else "starting")
+            body = http.json_response(200 if ready else 503, {"status": status},
+                                      keep_alive=request.keep_alive)
+            if method == "HEAD":
+                body = body[:body.index(b"\r\n\r\n") + 4]
+            conn.respond(body, request.keep_alive)
         elif path in self.server.static:
             if method not in static.ALLOWED_METHODS:
                 raise MethodNotAllowed(f"{method} is not allowed on {path[:100]}",
@@ -151,6 +201,10 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         server = self.server
+        if server.draining and (request.wants_websocket or request.wants_event_stream
+                                or request.wait_seconds() is not None):
+            raise ShuttingDown("this node is restarting; reconnect (another node will "
+                               "answer) and resume")
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
@@ -211,6 +265,7 @@ class Router:
                                         presence_since, latest=latest)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
+            count_refusal(server.stats, error)
             conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
         if not server.when_ready(starts, then, refuse):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tidings.core.cursor import Start
 from tidings.core.presence import Identity
 from tidings.errors import BrokerError, Closing, ProtocolError
+from tidings.server.metrics import count_refusal
 from tidings.server.presence import CLIENT_HEADER
 from tidings.server.stream import Stream
 from tidings.wire import http, sse
@@ -51,6 +52,7 @@ class SseStream(Stream):
         try:
             self.follow(starts)
         except ProtocolError as exc:  # a cursor ahead of the log: nothing was sent yet
+            count_refusal(self._server.stats, exc)
             self.transport.write(http.error_response(exc, cors, keep_alive=False))
             self._finish()
             return
@@ -68,6 +70,7 @@ class SseStream(Stream):
     def refuse(self, error: ProtocolError | BrokerError, cors: Headers) -> None:
         """Answer ``error`` instead of the stream (the broker could not read the channels)."""
         if not self.closed:
+            count_refusal(self._server.stats, error)
             self.transport.write(http.error_response(error, cors, keep_alive=False))
             self._finish()
 

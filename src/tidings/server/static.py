@@ -24,6 +24,8 @@ BUILTIN_PAGES: Mapping[str, Path] = {
     "/tidings.js": STATIC_DIR / "tidings.js",
     # Every browser asks for it; without it, opening /healthz logs a 404 in the console.
     "/favicon.ico": STATIC_DIR / "favicon.ico",
+    # The live status page; it holds no data and asks for the API key (server/status.py).
+    "/admin": STATIC_DIR / "admin.html",
 }
 
 CONTENT_TYPES: Mapping[str, str] = {

@@ -30,8 +30,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Start
+from tidings.core.log import Gap
 from tidings.core.presence import Identity
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
+from tidings.server.metrics import BYTES, DELIVERED, SLOW, acked_bytes, count_gap
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, make_reader
 from tidings.wire.presence import Encoded
@@ -52,6 +54,9 @@ class Stream(asyncio.Protocol):
                  "stalled_since", "transport", "watching")
 
     #: How presence names this technique (server/presence.py).
+    technique = ""
+
+    #: The technique's name, for metrics (``"sse"``, ``"websocket"``).
     technique = ""
 
     def __init__(self, server: Server, transport: asyncio.Transport, encoder: Encoder,
@@ -152,8 +157,12 @@ class Stream(asyncio.Protocol):
 
     def fail(self, error: Exception) -> None:
         """Delivering to this stream raised (a bug): log it and close this stream only."""
-        logger.error("delivery to %r failed; closing it", self, exc_info=error)
+        logger.error("delivery to %r failed; closing it", self, exc_info=error,
+                     extra={"technique": self.technique, "code": INTERNAL_ERROR.code})
         self.close_with(INTERNAL_ERROR)
+
+    def sent_gap(self, gap: Gap) -> None:
+        count_gap(self._server.stats, gap)
 
     # flow control ----------------------------------------------------------------
 
@@ -192,8 +201,11 @@ class Stream(asyncio.Protocol):
         if self.closed:
             return
         peer = self.transport.get_extra_info("peername")
-        logger.info("cutting off a slow consumer (%s)", peer)
+        logger.info("cutting off a slow consumer (%s)", peer, extra={
+            "client": peer[0] if isinstance(peer, tuple) and peer else None,
+            "technique": self.technique, "code": SLOW_CONSUMER.code})
         self._server.stats["slow_consumers"] += 1
+        self._server.stats[SLOW + self.technique] += 1
         self.close_with(SLOW_CONSUMER)
 
     def buffered(self) -> int:
@@ -234,6 +246,10 @@ class Stream(asyncio.Protocol):
             watching, self.watching = self.watching, ()
             for channel in watching:
                 self._server.presence.unwatch(channel, self)
+        # What it sent moves to the totals: metrics read open streams' readers themselves.
+        stats = self._server.stats
+        stats[DELIVERED + self.technique] += reader.sent
+        stats[BYTES + self.technique] += acked_bytes(self.transport)  # before it is closed
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)

@@ -34,6 +34,8 @@ from tidings.errors import (
     Unauthorized,
 )
 from tidings.server.auth import ANONYMOUS, Credentials
+from tidings.server.jwks import KeysMissing
+from tidings.server.metrics import PUBLISHED, count_refusal
 from tidings.server.presence import identify
 from tidings.server.request import Request
 from tidings.server.stream import Stream
@@ -86,7 +88,7 @@ def handshake(conn: HttpConnection, request: Request,
 class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
-    __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    __slots__ = ("client_address", "credentials", "held", "last_seen", "parser", "pending")
     technique = "websocket"
 
     def __init__(self, server: Server, transport: asyncio.Transport, identity: Identity, *,
@@ -107,6 +109,8 @@ class WebSocketSession(Stream):
         self.credentials = ANONYMOUS
         #: Commands received while a subscription waits for the broker, handled after it.
         self.held: list[str] | None = None
+        #: The client's address from a trusted proxy's X-Forwarded-For (None: the peer's).
+        self.client_address: str | None = None
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes,
               presence: bool = False) -> None:
@@ -162,6 +166,7 @@ class WebSocketSession(Stream):
         try:
             command = commands.parse(text)
         except CommandError as exc:
+            count_refusal(self._server.stats, exc.error)
             self.transport.write(commands.error_frame(exc.req, exc.error))
             return
         try:
@@ -185,8 +190,23 @@ class WebSocketSession(Stream):
                 self.transport.write(commands.ack_frame(command.req, **body))
             else:
                 self.transport.write(commands.ack_frame(command.req))
+        except KeysMissing as missing:  # fetch the IdP's keys, then handle it again, in order
+            self.held = []
+            self._server.spawn(self._after_keys(missing.kid, text))
         except ProtocolError as exc:
+            count_refusal(self._server.stats, exc)
             self.transport.write(commands.error_frame(command.req, exc))
+
+    async def _after_keys(self, kid: str, text: str) -> None:
+        jwks = self._server.auth.jwks
+        assert jwks is not None
+        try:
+            await jwks.fetch_for(kid)
+        finally:
+            if self.held is not None:
+                self.held.insert(0, text)
+            if not self.closed:
+                self._release_held()
 
     def _authenticate(self, command: commands.AuthCommand) -> None:
         """Replace the connection's token; the new one must still grant every subscription."""
@@ -221,11 +241,13 @@ class WebSocketSession(Stream):
             if not self.closed:
                 self._subscribe_now(channel, start, req, presence)
         except ProtocolError as exc:
+            count_refusal(self._server.stats, exc)
             self.transport.write(commands.error_frame(req, exc))
         self._release_held()
 
     def _refused(self, req: commands.Req, error: ProtocolError | BrokerError) -> None:
         if not self.closed:
+            count_refusal(self._server.stats, error)
             self.transport.write(commands.error_frame(req, _as_protocol_error(error)))
         self._release_held()
 
@@ -257,15 +279,19 @@ class WebSocketSession(Stream):
                 f"data is over the limit of {self._server.settings.max_message_size} bytes",
                 code="payload_too_large",
             )
-        self._server.admission.check_publish_rate(self.transport, self.credentials.rate_key)
+        self._server.admission.check_publish_rate(self.transport, self.credentials.rate_key,
+                                                  self.client_address)
         self.pending += 1
         self._server.spawn(self._publish_and_ack(command))
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
+        server = self._server
+        began = server.loop.time()
         try:
-            message = await self._server.broker.publish(
+            message = await server.broker.publish(
                 command.channel, command.data, idempotency_key=command.idempotency_key)
         except (ProtocolError, BrokerError) as exc:
+            count_refusal(server.stats, exc)
             reply = commands.error_frame(command.req, _as_protocol_error(exc))
         except Exception:
             logger.exception("publishing from a WebSocket failed")
@@ -276,7 +302,9 @@ class WebSocketSession(Stream):
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id,
                                            replayed=True)
             else:
-                self._server.stats["published"] += 1
+                server.stats["published"] += 1
+                server.stats[PUBLISHED + "websocket"] += 1
+                server.publish_latency.observe(server.loop.time() - began)
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
         finally:
             self.pending -= 1
@@ -361,4 +389,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
                                compression=compression)
     session.credentials = credentials
     session.expires = credentials.expires
+    if server.trusted_proxies:
+        session.client_address = server.client_address(session.transport,
+                                                        request.header("x-forwarded-for"))
     session.start(response, starts, rest, presence)

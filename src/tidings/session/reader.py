@@ -86,10 +86,14 @@ class Output(Protocol):
 
 
 class Owner(Protocol):
-    """The driver of a reader, told when delivering to it failed."""
+    """The driver of a reader, told when delivering to it failed, and of the gaps it wrote."""
 
     def fail(self, error: Exception) -> None:
         """End this reader's connection (the hub has already unsubscribed the reader)."""
+        ...
+
+    def sent_gap(self, gap: Gap) -> None:
+        """The reader wrote ``gap`` to its output (for the server's metrics); must not raise."""
         ...
 
 
@@ -115,6 +119,7 @@ class Reader:
         "_positions",
         "_single",
         "multi",
+        "sent",
     )
 
     def __init__(self, log: Log, encoder: Encoder,
@@ -142,6 +147,9 @@ class Reader:
         #: (every message) or a slow-reader mode (``skip``, ``latest``: session/slow.py);
         #: ``None`` rather than empty, to keep an idle connection small.
         self._behind: dict[str, str | None] | None = None
+        #: Messages written to the output so far, for the server's metrics (read at scrape
+        #: time, so a delivery costs one addition).
+        self.sent = 0
 
     # positions -----------------------------------------------------------------
 
@@ -253,12 +261,14 @@ class Reader:
         if behind is not None and channel in behind:
             return  # the next pull reads it from the log
         if not self.multi:  # the shared bytes, encoded by the first reader that needed them
+            self.sent += 1  # before the write: a long poll's output answers at once
             self._output.write(message.encoded.get(self._key) or self._single(message))
             return
         if self._one is not None:  # one channel, in slots
             self._at = message.position
         else:
             self._table()[channel] = message.position
+        self.sent += 1
         self._output.write(self._encoder.message(message, format_multi(self._table())))
 
     def skip(self, gap: Gap) -> None:
@@ -269,6 +279,8 @@ class Reader:
         table = self._table()
         table[channel] = gap.resume
         self._keep(table)
+        if self._owner is not None:
+            self._owner.sent_gap(gap)
         self._output.write(self._encoder.gap(gap, self._after_gap(gap)))
 
     def pull(self, budget: int) -> None:
@@ -284,6 +296,7 @@ class Reader:
         positions = self._table()
         out: list[bytes] = []
         size = 0
+        count = 0
         for channel, mode in list(behind.items()):
             if mode is not None:  # skip ahead, and go live in this same step
                 size += self._skip_ahead(channel, mode, positions, out)
@@ -297,6 +310,8 @@ class Reader:
                 data = encoder.gap(gap, format_multi(positions) if multi else str(gap.resume))
                 out.append(data)
                 size += len(data)
+                if self._owner is not None:
+                    self._owner.sent_gap(gap)
             for message in batch.messages:
                 if size >= budget:
                     break  # the rest is read again next time, from the positions written
@@ -304,10 +319,12 @@ class Reader:
                 data = encoder.message(message, format_multi(positions) if multi else None)
                 out.append(data)
                 size += len(data)
+                count += 1
             else:
                 done = not batch.more
         self._keep(positions)
         if out:
+            self.sent += count
             self._output.write(b"".join(out))
         if done:  # after the write: a driver asked to wait for the socket still sees a backlog
             self._behind = None
@@ -323,11 +340,14 @@ class Reader:
                                      else str(gap.resume))
             out.append(data)
             size += len(data)
+            if self._owner is not None:
+                self._owner.sent_gap(gap)
         positions[channel] = position
         if message is not None:
             data = self._encoder.message(message, format_multi(positions) if self.multi else None)
             out.append(data)
             size += len(data)
+            self.sent += 1
         return size
 
     def lag(self) -> bool:
@@ -416,6 +436,7 @@ class TrackingReader(Reader):
             self._at = message.position
         elif self._positions is not None:
             self._positions[channel] = message.position
+        self.sent += 1
         if self.multi:
             self._output.write(self._encoder.message(message, format_multi(self._table())))
         else:
