@@ -40,8 +40,8 @@ from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.longpoll import Expiries
-from tidings.server.presence import PresenceTracker, check_broker
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
+from tidings.server.presence import PresenceTracker, check_broker
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
