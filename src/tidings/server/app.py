@@ -6,6 +6,11 @@ Use it as an async context manager::
         print(server.url)
         await server.wait_closed()
 
+It may be constructed anywhere, at import time too: what needs the event
+loop is bound when it starts. Inside an application (docs/embedding.md),
+``await server.publish(channel, data)`` publishes from code and
+``server.asgi`` serves the whole HTTP interface as an ASGI application.
+
 Every task the server starts is tracked and cancelled or awaited by
 :meth:`Server.aclose`; nothing runs after it returns.
 
@@ -30,7 +35,10 @@ from typing import Any
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.core.cursor import Start
-from tidings.errors import BrokerError, ProtocolError, ShuttingDown
+from tidings.core.idempotency import check_idempotency_key
+from tidings.core.message import Message
+from tidings.errors import BrokerError, ProtocolError, ShuttingDown, UsageError
+from tidings.server import publish
 from tidings.server.admission import Admission
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
@@ -58,7 +66,7 @@ class Server:
     """
 
     def __init__(self, settings: Settings | None = None, broker: Broker | None = None,
-                 pages: Mapping[str, Path] | None = None) -> None:
+                 pages: Mapping[str, Path] | None = None, *, listen: bool = True) -> None:
         self.settings = settings or Settings()
         self.static = StaticFiles(pages)
         self.broker: Broker = broker or make_broker(self.settings)
@@ -69,11 +77,16 @@ class Server:
         self.router = Router(self)
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
-        self.loop = asyncio.get_running_loop()
+        #: Whether :meth:`start` opens the native listener (``False``: only
+        #: :meth:`publish` and :attr:`asgi` serve, in the application's loop).
+        self.listen = listen
+        self.loop: asyncio.AbstractEventLoop
         #: The open connections and the sweep (used by the drivers in this package).
-        self.registry = Registry(self.loop)
+        self.registry: Registry
         #: Connection counts and publish rates (used by the drivers in this package).
-        self.admission = Admission(self.settings, self.loop, self.stats)
+        self.admission: Admission
+        self.expiries: Expiries
+        self.started = False
         #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
         self.health_extra: dict[str, Callable[[], object]] = {}
         #: Parts still starting: name -> function, true while that part is not ready (e.g. a
@@ -87,19 +100,40 @@ class Server:
         self._closed = asyncio.Event()
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
-        self.expiries = Expiries(self.loop)
         self.port = self.settings.port
+        with contextlib.suppress(RuntimeError):  # no loop runs yet: bound by start()
+            self._bind_loop(asyncio.get_running_loop())
+
+    def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
+        self.loop = loop
+        self.registry = Registry(loop)
+        self.admission = Admission(self.settings, loop, self.stats)
+        self.expiries = Expiries(loop)
 
     # lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen; :attr:`port` is the real port (useful with ``port=0``)."""
+        """Listen; :attr:`port` is the real port (useful with ``port=0``).
+
+        With ``listen=False``, start everything but the listener (an
+        application serving :attr:`asgi` and publishing with :meth:`publish`).
+        """
+        loop = asyncio.get_running_loop()
+        if self.started or self._closed.is_set():
+            raise UsageError("a Server starts once; make a new one to start again")
+        if getattr(self, "loop", loop) is not loop:
+            raise UsageError("the Server was made in another event loop than the one starting it")
+        if not hasattr(self, "registry"):
+            self._bind_loop(loop)
+        self.started = True
         await self.broker.start()
-        self._listener = await self.loop.create_server(
-            lambda: HttpConnection(self), self.settings.host, self.settings.port,
-            reuse_address=True, backlog=4096,
-        )
-        self.port = self._listener.sockets[0].getsockname()[1]
+        if self.listen:
+            self._listener = await self.loop.create_server(
+                lambda: HttpConnection(self), self.settings.host, self.settings.port,
+                reuse_address=True, backlog=4096,
+            )
+            self.port = self._listener.sockets[0].getsockname()[1]
         self.spawn(self._housekeeping(), background=True)
         files = soft_file_limit()
         if files is not None and self.settings.max_connections > files - FD_RESERVE:
@@ -132,6 +166,9 @@ class Server:
     async def aclose(self) -> None:
         """Stop listening, say goodbye to every client, and end every task."""
         if self._closed.is_set():
+            return
+        if not self.started:  # never started: nothing to stop
+            self._closed.set()
             return
         self.closing = True
         if self._listener is not None:
@@ -208,6 +245,31 @@ class Server:
                     self.broker.maintain()
                 except Exception:
                     logger.exception("the broker's maintenance failed; it runs again")
+
+    # embedding (docs/embedding.md) -------------------------------------------------
+
+    async def publish(self, channel: str, data: Any, *,
+                      idempotency_key: str | None = None) -> Message:
+        """Publish ``data`` on ``channel`` from the application; return the message.
+
+        ``data`` is a JSON value (``dict``, ``list``, ``str``, number,
+        ``bool``, ``None``), or JSON text as ``bytes``. It is checked exactly
+        as an HTTP publish is (channel name, JSON, ``max_message_size``) and
+        counted the same way; a refusal raises that publish's
+        :class:`~tidings.errors.ProtocolError` (``.status``, ``.code``), a
+        store that fails :class:`~tidings.errors.BrokerError`. The message's
+        ``id``, ``channel`` and ``time`` are what subscribers receive. With an
+        ``idempotency_key`` used on the channel within its window, nothing is
+        stored or counted and the first message is returned again.
+        Call it once the server has started (``async with server:``).
+        """
+        if not isinstance(channel, str):
+            raise UsageError(f"channel must be a str, not {type(channel).__name__}")
+        if not self.started or self.closing:
+            raise UsageError("start the server before publishing (async with server: ...)")
+        data = publish.check_data(self, channel, data)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        return await publish.store(self, channel, data, key)
 
     # reading ---------------------------------------------------------------
 

@@ -1,4 +1,8 @@
-"""Publishing over HTTP: ``POST /channels/{channel}`` with a JSON body.
+"""Publishing: ``POST /channels/{channel}`` with a JSON body, and ``Server.publish``.
+
+Both paths go through :func:`check_data` (channel name, JSON value, size)
+and :func:`store` (the broker, the ``published`` counter): nothing reaches a
+subscriber that an HTTP publish would have refused.
 
 With an ``Idempotency-Key`` header (core/idempotency.py), a publish whose
 key was used on the channel within its window stores nothing and answers the
@@ -10,11 +14,19 @@ body differs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.brokers.base import Replayed
 from tidings.core.idempotency import check_idempotency_key
-from tidings.errors import BrokerError, ProtocolError, UnsupportedMediaType
+from tidings.core.message import Message
+from tidings.core.names import check_channel
+from tidings.errors import (
+    BadRequest,
+    BrokerError,
+    PayloadTooLarge,
+    ProtocolError,
+    UnsupportedMediaType,
+)
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
 from tidings.wire import jsonvalue
@@ -38,9 +50,41 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
     if key is not None:
         key = check_idempotency_key(key)
     server.admission.check_publish_rate(conn.transport, rate_key)
-    data = jsonvalue.compact(request.body)
+    data = check_data(server, channel, request.body)
     conn.park()
     server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive))
+
+
+def check_data(server: Server, channel: str, data: Any) -> bytes:
+    """The compact JSON of ``data`` as it will be stored, or a :class:`ProtocolError`.
+
+    ``data`` is JSON text as ``bytes`` (an HTTP body) or a JSON value (a
+    ``dict``, ``list``, ``str``, number, ``bool`` or ``None``). The checks of
+    every publish: a valid channel name (``invalid_channel``), JSON
+    (``invalid_json``), at most ``max_message_size`` bytes (``payload_too_large``).
+    """
+    check_channel(channel)
+    try:
+        body = data if isinstance(data, bytes) else jsonvalue.encode(data)
+    except TypeError as exc:  # a set, an object: not a JSON value
+        raise BadRequest(f"value cannot be written as JSON: {str(exc)[:100]}",
+                         code="invalid_json") from None
+    limit = server.settings.max_message_size
+    if len(body) > limit:
+        raise PayloadTooLarge(f"body of {len(body)} bytes is over the limit of {limit} bytes")
+    return jsonvalue.compact(body)
+
+
+async def store(server: Server, channel: str, data: bytes, key: str | None) -> Message:
+    """Append checked ``data`` (from :func:`check_data`) to ``channel`` and count it.
+
+    Returns the message, or the first one as a :class:`Replayed` if ``key``
+    was used on the channel within its window (not counted again).
+    """
+    message = await server.broker.publish(channel, data, idempotency_key=key)
+    if not isinstance(message, Replayed):
+        server.stats["published"] += 1
+    return message
 
 
 def check_json_type(content_type: str | None) -> None:
@@ -65,7 +109,7 @@ def check_json_type(content_type: str | None) -> None:
 async def _publish(server: Server, conn: HttpConnection, channel: str, data: bytes,
                    key: str | None, cors: Headers, keep_alive: bool) -> None:
     try:
-        message = await server.broker.publish(channel, data, idempotency_key=key)
+        message = await store(server, channel, data, key)
     except (ProtocolError, BrokerError) as exc:
         conn.answer_json(exc.status, exc.to_json(), cors, keep_alive)
         return
@@ -79,7 +123,6 @@ async def _publish(server: Server, conn: HttpConnection, channel: str, data: byt
         body["replayed"] = True
         conn.answer_json(200, body, (*cors, REPLAYED_HEADER), keep_alive)
         return
-    server.stats["published"] += 1
     conn.answer_json(201, body, cors, keep_alive)
 
 
