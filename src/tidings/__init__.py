@@ -5,6 +5,7 @@ The public API; everything else lives in private-by-convention modules.
 
 from tidings.brokers import Broker, MemoryBroker
 from tidings.client import (
+    AsyncPublisher,
     Backoff,
     BrokerStatus,
     Client,
@@ -35,6 +36,7 @@ from tidings.settings import Settings
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPublisher",
     "Backoff",
     "BadRequest",
     "Broker",
