@@ -40,6 +40,7 @@ from tidings.core.message import Message
 from tidings.errors import BrokerError, ProtocolError, ShuttingDown, UsageError
 from tidings.server import publish
 from tidings.server.admission import Admission
+from tidings.server.asgi import AsgiApp
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
@@ -101,6 +102,7 @@ class Server:
         #: Set when :meth:`aclose` begins: requests waiting for the broker are refused.
         self.closing = False
         self.port = self.settings.port
+        self._asgi: AsgiApp | None = None
         with contextlib.suppress(RuntimeError):  # no loop runs yet: bound by start()
             self._bind_loop(asyncio.get_running_loop())
 
@@ -270,6 +272,19 @@ class Server:
         data = publish.check_data(self, channel, data)
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         return await publish.store(self, channel, data, key)
+
+    @property
+    def asgi(self) -> AsgiApp:
+        """This server's HTTP interface as an ASGI 3 application (server/asgi.py).
+
+        Mount it anywhere (``Mount("/rt", app=server.asgi)``): it serves the
+        same logs as :meth:`publish` and the native listener. The application
+        starts and stops the server in its lifespan (``async with server:``);
+        run directly by an ASGI server, its own lifespan does it.
+        """
+        if self._asgi is None:
+            self._asgi = AsgiApp(self)
+        return self._asgi
 
     # reading ---------------------------------------------------------------
 
