@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Mount, Route
 
 from tidings import Server, Settings
 from tidings.testing import UNIT
@@ -34,15 +36,43 @@ class Mounted:
     host_url: str
 
 
+#: The host application's page: tidings.js from the mount, reading through the mount.
+PAGE = """<!doctype html>
+<meta charset="utf-8">
+<title>an application with tidings mounted at /rt</title>
+<ul id="messages"></ul>
+<script type="module">
+  import { connect } from "/rt/tidings.js";
+  const query = new URLSearchParams(location.search);
+  const client = connect(location.origin + "/rt", { transports: [query.get("transport")] });
+  window.log = { messages: [], states: [] };
+  client.on("state", (state) => window.log.states.push(state));
+  client.subscribe(["room"], {
+    onMessage: (message) => {
+      window.log.messages.push(message);
+      const item = document.createElement("li");
+      item.textContent = `${message.id} ${JSON.stringify(message.data)}`;
+      document.getElementById("messages").append(item);
+    },
+  });
+  window.send = (data) => client.publish("room", data);
+</script>
+"""
+
+
 def application(server: Server) -> Starlette:
-    """A Starlette application with ``server.asgi`` mounted at ``/rt``."""
+    """A Starlette application with ``server.asgi`` mounted at ``/rt`` and a page at ``/``."""
+
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with server:
             yield
 
-    return Starlette(routes=[Mount("/rt", app=server.asgi)], lifespan=lifespan)
+    return Starlette(routes=[Route("/", page), Mount("/rt", app=server.asgi)],
+                     lifespan=lifespan)
 
 
 def _listening_socket() -> socket.socket:
@@ -72,7 +102,10 @@ async def mounted(kind: str, server: Server | None = None,
 
         # WebSocket pings are the ASGI server's: as often as tidings' heartbeats.
         config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio",
-                                ws_ping_interval=server.settings.heartbeat_interval)
+                                ws_ping_interval=server.settings.heartbeat_interval,
+                                # uvicorn waits for open responses (event streams, long polls)
+                                # before the lifespan's shutdown closes them: bound the wait.
+                                timeout_graceful_shutdown=max(1, round(2 * UNIT)))
         runner = uvicorn.Server(config)
         task = asyncio.get_running_loop().create_task(runner.serve(sockets=[sock]))
         try:

@@ -131,6 +131,8 @@ class AsgiApp:
         except ProtocolError as exc:
             await send_error(send, exc)
             return
+        except ClientLeft:
+            return
         refusal = server.admission.admit(transport)
         if refusal is not None:
             await send_error(send, refusal)
@@ -216,8 +218,13 @@ def headers(scope: Scope) -> dict[str, str]:
     return fields
 
 
+class ClientLeft(Exception):
+    """The client disconnected before its request was whole."""
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, or :class:`PayloadTooLarge` past ``limit`` bytes."""
+    """The whole request body, :class:`PayloadTooLarge` past ``limit`` bytes, or
+    :class:`ClientLeft`."""
     for name, value in scope.get("headers", ()):
         if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"body of {int(value)} bytes is over the limit of "
@@ -227,7 +234,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         event = await receive()
         if event["type"] != "http.request":
-            break  # http.disconnect: answer what came; nobody will read it
+            raise ClientLeft  # a part of a body is never published
         chunk = event.get("body", b"")
         size += len(chunk)
         if size > limit:
