@@ -31,6 +31,7 @@ from tidings.errors import (
     UsageError,
 )
 from tidings.server import Server
+from tidings.server.hooks import ConnectRequest, HookUnavailable, Identity, Refuse, Replace
 from tidings.settings import Settings
 
 __version__ = "0.1.0"
@@ -45,15 +46,20 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClientError",
+    "ConnectRequest",
     "Connected",
     "ConnectionFailed",
     "Disconnected",
     "Gap",
+    "HookUnavailable",
+    "Identity",
     "MemoryBroker",
     "Message",
     "MissedMessages",
     "ProtocolError",
     "Publisher",
+    "Refuse",
+    "Replace",
     "RequestRefused",
     "Server",
     "Settings",

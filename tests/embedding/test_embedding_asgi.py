@@ -16,6 +16,7 @@ from asgikit import ASGI_SERVERS, mounted
 
 from conftest import until
 from tidings import Server, Settings, conformance
+from tidings.conformance import Context
 from tidings.testing import (
     UNIT,
     command,
@@ -139,5 +140,6 @@ async def test_the_conformance_suite_passes_against_the_mount(kind: str) -> None
     only = [name for name in conformance.CHECKS
             if not (kind == "hypercorn" and name == "bad_input") and name != "across_nodes"]
     async with mounted(kind, heartbeat_interval=1.0) as app:
-        passed = await conformance.run(app.url, out=out, heartbeat_timeout=3 * UNIT, only=only)
+        context = Context.create(app.url, timeout=10 * UNIT, heartbeat_timeout=3 * UNIT)
+        passed = await conformance.run_checks(context, only=only, out=out)
     assert passed, out.getvalue()

@@ -44,6 +44,7 @@ from tidings.server.asgi import AsgiApp
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
+from tidings.server.hooks import Hook, Hooks
 from tidings.server.longpoll import Expiries
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
@@ -76,6 +77,8 @@ class Server:
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth, self.cors.allows)
         self.router = Router(self)
+        #: What the application decides (``on_connect`` and the others; server/hooks.py).
+        self.hooks = Hooks()
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
         #: Whether :meth:`start` opens the native listener (``False``: only
@@ -272,6 +275,35 @@ class Server:
         data = publish.check_data(self, channel, data)
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         return await publish.store(self, channel, data, key)
+
+    def on_connect(self, hook: Hook) -> Hook:
+        """Register ``async def hook(request: ConnectRequest) -> Identity | str | None``.
+
+        Called once per HTTP request and WebSocket handshake, before anything
+        is read or published: return who the user is, or raise
+        :class:`~tidings.server.hooks.Refuse` (docs/embedding.md).
+        """
+        self.hooks.connect = hook
+        return hook
+
+    def on_subscribe(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, channel)``: return to allow, raise ``Refuse`` (or
+        return ``False``) to refuse. Called once per channel of each subscription."""
+        self.hooks.subscribe = hook
+        return hook
+
+    def on_publish(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, channel, data)``: return to allow, ``Replace(data)``
+        to store other data, raise ``Refuse`` (or return ``False``) to refuse. Not called
+        for :meth:`publish`, the application's own."""
+        self.hooks.publish = hook
+        return hook
+
+    def on_rpc(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, method, data)``: what it returns is the ``result``
+        of the ``ack`` to a WebSocket ``rpc`` command; ``Refuse`` is an ``error`` reply."""
+        self.hooks.rpc = hook
+        return hook
 
     @property
     def asgi(self) -> AsgiApp:

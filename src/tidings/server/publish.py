@@ -20,6 +20,7 @@ from tidings.brokers.base import Replayed
 from tidings.core.idempotency import check_idempotency_key
 from tidings.core.message import Message
 from tidings.core.names import check_channel
+from tidings.core.policy import Claims
 from tidings.errors import (
     BadRequest,
     BrokerError,
@@ -27,6 +28,7 @@ from tidings.errors import (
     ProtocolError,
     UnsupportedMediaType,
 )
+from tidings.server import hooks
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
 from tidings.wire import jsonvalue
@@ -39,11 +41,12 @@ logger = logging.getLogger("tidings.server")
 
 
 def publish(server: Server, conn: HttpConnection, request: Request, channel: str,
-            cors: Headers, rate_key: str | None = None) -> None:
+            cors: Headers, rate_key: str | None = None, claims: Claims | None = None) -> None:
     """Validate the body, then answer ``201`` once the message is in the log.
 
     ``rate_key`` names the publisher's rate bucket (its token or the API key);
-    without one, the client address's bucket is used.
+    without one, the client address's bucket is used. ``claims`` are the
+    token's, for the application's hooks (``on_connect``, ``on_publish``).
     """
     check_json_type(request.header("content-type"))
     key = request.header("idempotency-key")
@@ -51,8 +54,18 @@ def publish(server: Server, conn: HttpConnection, request: Request, channel: str
         key = check_idempotency_key(key)
     server.admission.check_publish_rate(conn.transport, rate_key)
     data = check_data(server, channel, request.body)
+    asked = None
+    if server.hooks.on_publishes:
+        peer = conn.transport.get_extra_info("peername") if conn.transport else None
+        asked = hooks.connect_request("publish", request, peer, claims, (channel,))
     conn.park()
-    server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive))
+    server.spawn(_publish(server, conn, channel, data, key, cors, request.keep_alive, asked))
+
+
+async def decide(server: Server, user: str | None, channel: str, data: bytes) -> bytes:
+    """``on_publish`` (server/hooks.py): the data to store, checked again if replaced."""
+    replaced = await server.hooks.check_publish(user, channel, data)
+    return data if replaced is None else check_data(server, channel, replaced.data)
 
 
 def check_data(server: Server, channel: str, data: Any) -> bytes:
@@ -107,8 +120,12 @@ def check_json_type(content_type: str | None) -> None:
 
 
 async def _publish(server: Server, conn: HttpConnection, channel: str, data: bytes,
-                   key: str | None, cors: Headers, keep_alive: bool) -> None:
+                   key: str | None, cors: Headers, keep_alive: bool,
+                   asked: hooks.ConnectRequest | None) -> None:
     try:
+        if asked is not None:
+            identity = await server.hooks.identify(asked)
+            data = await decide(server, identity.user, channel, data)
         message = await store(server, channel, data, key)
     except (ProtocolError, BrokerError) as exc:
         conn.answer_json(exc.status, exc.to_json(), cors, keep_alive)

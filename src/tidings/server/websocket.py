@@ -32,6 +32,7 @@ from tidings.errors import (
     ProtocolError,
     Unauthorized,
 )
+from tidings.server import publish
 from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.request import Request
 from tidings.server.stream import Stream
@@ -77,7 +78,7 @@ def handshake(conn: HttpConnection, request: Request) -> bytes | None:
 class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
-    __slots__ = ("credentials", "held", "last_seen", "parser", "pending")
+    __slots__ = ("credentials", "held", "last_seen", "parser", "pending", "user")
 
     def __init__(self, server: Server, transport: asyncio.Transport) -> None:
         super().__init__(server, transport, commands.FRAMES)
@@ -91,6 +92,8 @@ class WebSocketSession(Stream):
         self.credentials = ANONYMOUS
         #: Commands received while a subscription waits for the broker, handled after it.
         self.held: list[str] | None = None
+        #: Who ``on_connect`` said the client is (server/hooks.py), for the other hooks.
+        self.user: str | None = None
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes) -> None:
         self.transport.write(response)
@@ -151,7 +154,10 @@ class WebSocketSession(Stream):
             if isinstance(command, commands.Subscribe):
                 self._server.auth.check_subscribe([command.channel], self.credentials)
                 start = parse_since(command.since, [command.channel])[command.channel]
-                self._subscribe(command.channel, start, command.req)
+                if self._server.hooks.subscribe is not None:
+                    self._subscribe_after_hook(command.channel, start, command.req)
+                else:
+                    self._subscribe(command.channel, start, command.req)
             elif isinstance(command, commands.Unsubscribe):
                 self.unfollow(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
@@ -160,6 +166,11 @@ class WebSocketSession(Stream):
                 self._publish(command)
             elif isinstance(command, commands.AuthCommand):
                 self._authenticate(command)
+            elif isinstance(command, commands.Rpc):
+                self._server.admission.check_publish_rate(self.transport,
+                                                          self.credentials.rate_key)
+                self.pending += 1
+                self._server.spawn(self._rpc(command))
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except ProtocolError as exc:
@@ -189,6 +200,49 @@ class WebSocketSession(Stream):
             self.held = []  # commands that follow wait for this one, in order
         self._server.when_ready(starts, lambda: self._subscribed(channel, start, req),
                                 lambda error: self._refused(req, error))
+
+    def _subscribe_after_hook(self, channel: str, start: Start, req: commands.Req) -> None:
+        """Ask ``on_subscribe`` first; the commands that follow wait for it, in order."""
+        self.held = []
+
+        async def decide() -> None:
+            try:
+                await self._server.hooks.check_subscribe(self.user, (channel,))
+            except ProtocolError as exc:
+                if not self.closed:
+                    self.transport.write(commands.error_frame(req, exc))
+                self._release_held()
+                return
+            held, self.held = self.held, None
+            if self.closed:
+                return
+            try:
+                self._subscribe(channel, start, req)
+            except ProtocolError as exc:
+                self.transport.write(commands.error_frame(req, exc))
+            if self.held is not None:  # now waiting for the broker: the rest stay behind it
+                self.held.extend(held or ())
+            else:
+                self.held = held
+                self._release_held()
+
+        self._server.spawn(decide())
+
+    async def _rpc(self, command: commands.Rpc) -> None:
+        """``on_rpc``: its result in an ``ack``, a refusal or failure in an ``error``."""
+        try:
+            result = await self._server.hooks.call(self.user, command.method, command.data)
+            reply = commands.ack_frame(command.req, result=result)
+        except ProtocolError as exc:
+            reply = commands.error_frame(command.req, exc)
+        except Exception:  # a result that is not JSON
+            logger.exception("answering an rpc command failed")
+            reply = commands.error_frame(command.req, ProtocolError(
+                "the application's on_rpc hook failed; retry", code="hook_unavailable"))
+        finally:
+            self.pending -= 1
+        if not self.closed:
+            self.transport.write(reply)
 
     def _subscribed(self, channel: str, start: Start, req: commands.Req) -> None:
         """The broker can read ``channel``: subscribe, then handle the commands held meanwhile."""
@@ -234,8 +288,11 @@ class WebSocketSession(Stream):
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
         try:
+            data = command.data
+            if self._server.hooks.publish is not None:
+                data = await publish.decide(self._server, self.user, command.channel, data)
             message = await self._server.broker.publish(
-                command.channel, command.data, idempotency_key=command.idempotency_key)
+                command.channel, data, idempotency_key=command.idempotency_key)
         except (ProtocolError, BrokerError) as exc:
             reply = commands.error_frame(command.req, _as_protocol_error(exc))
         except Exception:
@@ -295,7 +352,7 @@ def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
 
 
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
-           rest: bytes, credentials: Credentials = ANONYMOUS) -> None:
+           rest: bytes, credentials: Credentials = ANONYMOUS, user: str | None = None) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
 
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
@@ -318,5 +375,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
         return
     session = WebSocketSession(server, conn.detach())
     session.credentials = credentials
+    session.user = user if user is not None else (
+        credentials.claims.sub if credentials.claims is not None else None)
     session.expires = credentials.expires
     session.start(response, starts, rest)
