@@ -62,6 +62,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 #: Response fields that belong to one HTTP/1.1 connection, which the ASGI server owns.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"upgrade",
                         b"date", b"server"})
+#: Seconds an aborted WebSocket (a slow consumer that never drained) gets to send its close.
+ABORT_CLOSE_SECONDS = 1.0
 #: The transport's default high-water mark before a stream sets its own (asyncio's).
 DEFAULT_HIGH_WATER = 64 * 1024
 
@@ -554,7 +556,27 @@ class WebSocketTransport(AsgiTransport):
         self._app = app
         self._accepted = False
         self._closed_frame = False
+        self._closing_with: dict[str, Any] | None = None
         self._frames = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        # A close frame the session writes (cut off, shutdown, an error) is remembered: if
+        # the client does not read what is queued before it, an abort still says why.
+        if data[:1] == b"\x88" and 2 <= len(data) <= 127 and data[1] >= 2:
+            code = struct.unpack_from("!H", data, 2)[0]
+            self._closing_with = {"type": "websocket.close", "code": code,
+                                  "reason": bytes(data[4:]).decode("utf-8", "replace")}
+        super().write(data)
+
+    async def serve(self, receive: Receive, conn: AsgiConnection | None) -> None:
+        try:
+            await super().serve(receive, conn)
+        finally:
+            if self._aborted and self._closing_with is not None and not self._closed_frame:
+                self._closed_frame = True
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(ABORT_CLOSE_SECONDS):
+                        await self._send(self._closing_with)
 
     def _incoming(self, event: MutableMapping[str, Any]) -> bool:
         kind = event["type"]
