@@ -456,8 +456,10 @@ def next_response(conn: Buffered) -> bytes | None:
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         return None
-    at = buffer.find(b"Content-Length: ", 0, end)
-    length = int(buffer[at + 16:buffer.find(b"\r\n", at)]) if at >= 0 else 0
+    head = buffer[:end].lower()  # uvicorn and other ASGI servers send lower-case names
+    at = head.find(b"content-length: ")
+    length = int(head[at + 16:head.find(b"\r\n", at) if b"\r\n" in head[at:] else end]) \
+        if at >= 0 else 0
     if len(buffer) < end + 4 + length:
         return None
     conn.buffer = buffer[end + 4 + length:]

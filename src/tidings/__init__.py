@@ -5,6 +5,7 @@ The public API; everything else lives in private-by-convention modules.
 
 from tidings.brokers import Broker, MemoryBroker
 from tidings.client import (
+    AsyncPublisher,
     Backoff,
     BrokerStatus,
     Client,
@@ -31,11 +32,13 @@ from tidings.errors import (
     UsageError,
 )
 from tidings.server import Server
+from tidings.server.hooks import ConnectRequest, HookUnavailable, Identity, Refuse, Replace
 from tidings.settings import Settings
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncPublisher",
     "Backoff",
     "BadRequest",
     "Broker",
@@ -44,16 +47,21 @@ __all__ = [
     "Client",
     "ClientClosed",
     "ClientError",
+    "ConnectRequest",
     "Connected",
     "ConnectionFailed",
     "Disconnected",
     "Gap",
     "History",
+    "HookUnavailable",
+    "Identity",
     "MemoryBroker",
     "Message",
     "MissedMessages",
     "ProtocolError",
     "Publisher",
+    "Refuse",
+    "Replace",
     "RequestRefused",
     "Server",
     "Settings",

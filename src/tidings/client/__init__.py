@@ -12,7 +12,7 @@
 
 Modules: ``_client`` (Client, Subscription, the reconnect loop), one module per
 technique (``websocket``, ``sse``, ``longpoll``, ``poll``), ``publisher`` (the
-synchronous publisher), and the I/O-free cores ``_cursors`` (resume rules),
+publishers), and the I/O-free cores ``_cursors`` (resume rules),
 ``_sse`` (event-stream parser). Shared with the bridges: :mod:`tidings.backoff`
 (retry delays) and :mod:`tidings.server_api` (server URLs, refusals).
 docs/client.md is the guide.
@@ -30,11 +30,12 @@ from tidings.client.events import (
     TransportChanged,
 )
 from tidings.client.history import History
-from tidings.client.publisher import Publisher
+from tidings.client.publisher import AsyncPublisher, Publisher
 
 __all__ = [
     "AUTO_ORDER",
     "TRANSPORTS",
+    "AsyncPublisher",
     "Backoff",
     "BrokerStatus",
     "Client",

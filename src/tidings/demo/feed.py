@@ -17,8 +17,6 @@ import asyncio
 import random
 from typing import TYPE_CHECKING, Any
 
-from tidings.wire import jsonvalue
-
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
@@ -92,8 +90,7 @@ async def run_feed(server: Server, rate: float = DEFAULT_RATE, market: Market | 
     interval = 1.0 / rate
     due = loop.time()
     while True:
-        await server.broker.publish(channel, jsonvalue.encode(market.tick()))
-        server.stats["published"] += 1
+        await server.publish(channel, market.tick())
         due += interval
         delay = due - loop.time()
         if delay < -MAX_LAG:

@@ -6,6 +6,11 @@ Use it as an async context manager::
         print(server.url)
         await server.wait_closed()
 
+It may be constructed anywhere, at import time too: what needs the event
+loop is bound when it starts. Inside an application (docs/embedding.md),
+``await server.publish(channel, data)`` publishes from code and
+``server.asgi`` serves the whole HTTP interface as an ASGI application.
+
 Every task the server starts is tracked and cancelled or awaited by
 :meth:`Server.aclose`; nothing runs after it returns.
 
@@ -33,12 +38,17 @@ from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import Start
 from tidings.core.forwarded import client_address, parse_networks
-from tidings.errors import RESTART, BrokerError, ProtocolError, ShuttingDown
+from tidings.core.idempotency import check_idempotency_key
+from tidings.core.message import Message
+from tidings.errors import RESTART, BrokerError, ProtocolError, ShuttingDown, UsageError
+from tidings.server import publish
 from tidings.server.accesslog import peer_host
 from tidings.server.admission import Admission
+from tidings.server.asgi import AsgiApp
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
+from tidings.server.hooks import Hook, Hooks
 from tidings.server.longpoll import Expiries
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
 from tidings.server.presence import PresenceTracker, check_broker
@@ -67,7 +77,7 @@ class Server:
     """
 
     def __init__(self, settings: Settings | None = None, broker: Broker | None = None,
-                 pages: Mapping[str, Path] | None = None, *,
+                 pages: Mapping[str, Path] | None = None, *, listen: bool = True,
                  sock: socket.socket | None = None) -> None:
         self.settings = settings or Settings()
         self.static = StaticFiles(pages)
@@ -77,13 +87,20 @@ class Server:
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth, self.cors.allows)
         self.router = Router(self)
+        #: What the application decides (``on_connect`` and the others; server/hooks.py).
+        self.hooks = Hooks()
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
-        self.loop = asyncio.get_running_loop()
+        #: Whether :meth:`start` opens the native listener (``False``: only
+        #: :meth:`publish` and :attr:`asgi` serve, in the application's loop).
+        self.listen = listen
+        self.loop: asyncio.AbstractEventLoop
         #: The open connections and the sweep (used by the drivers in this package).
-        self.registry = Registry(self.loop)
+        self.registry: Registry
         #: Connection counts and publish rates (used by the drivers in this package).
-        self.admission = Admission(self.settings, self.loop, self.stats)
+        self.admission: Admission
+        self.expiries: Expiries
+        self.started = False
         #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
         self.health_extra: dict[str, Callable[[], object]] = {}
         #: Parts still starting: name -> function, true while that part is not ready (e.g. a
@@ -99,15 +116,25 @@ class Server:
         self.closing = False
         #: Set when :meth:`drain` begins: not ready, no new stream, no connection kept.
         self.draining = False
-        self.expiries = Expiries(self.loop)
         check_broker(self.settings, isinstance(self.broker, MemoryBroker))
         #: Who reads each channel (server/presence.py), kept by the drivers.
-        self.presence = PresenceTracker(self.settings, self.loop, self.broker)
+        self.presence: PresenceTracker
         self.port = self.settings.port
         self._sock = sock
+        self._asgi: AsgiApp | None = None
         self._init_metrics()
         #: Proxies whose X-Forwarded-For is believed (``trusted_proxies``).
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        with contextlib.suppress(RuntimeError):  # no loop runs yet: bound by start()
+            self._bind_loop(asyncio.get_running_loop())
+
+    def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
+        self.loop = loop
+        self.registry = Registry(loop)
+        self.admission = Admission(self.settings, loop, self.stats)
+        self.expiries = Expiries(loop)
+        self.presence = PresenceTracker(self.settings, loop, self.broker)
 
     def _init_metrics(self) -> None:
         """Prometheus metrics (server/metrics.py), read from the counters at scrape time."""
@@ -123,17 +150,30 @@ class Server:
     # lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen; :attr:`port` is the real port (useful with ``port=0``)."""
+        """Listen; :attr:`port` is the real port (useful with ``port=0``).
+
+        With ``listen=False``, start everything but the listener (an
+        application serving :attr:`asgi` and publishing with :meth:`publish`).
+        """
+        loop = asyncio.get_running_loop()
+        if self.started or self._closed.is_set():
+            raise UsageError("a Server starts once; make a new one to start again")
+        if getattr(self, "loop", loop) is not loop:
+            raise UsageError("the Server was made in another event loop than the one starting it")
+        if not hasattr(self, "registry"):
+            self._bind_loop(loop)
+        self.started = True
         await self.broker.start()
         if self._sock is not None:
             self._listener = await self.loop.create_server(
                 lambda: HttpConnection(self), sock=self._sock, backlog=4096)
-        else:
+            self.port = self._listener.sockets[0].getsockname()[1]
+        elif self.listen:
             self._listener = await self.loop.create_server(
                 lambda: HttpConnection(self), self.settings.host, self.settings.port,
                 reuse_address=True, backlog=4096,
             )
-        self.port = self._listener.sockets[0].getsockname()[1]
+            self.port = self._listener.sockets[0].getsockname()[1]
         self._metrics_listener = await start_listener(self)
         self._start_identity_provider()
         self.spawn(self.status_history.run(), background=True)
@@ -189,6 +229,9 @@ class Server:
     async def aclose(self) -> None:
         """Stop listening, say goodbye to every client, and end every task."""
         if self._closed.is_set():
+            return
+        if not self.started:  # never started: nothing to stop
+            self._closed.set()
             return
         self.closing = True
         if self._listener is not None:
@@ -315,6 +358,73 @@ class Server:
                     self.broker.maintain()
                 except Exception:
                     logger.exception("the broker's maintenance failed; it runs again")
+
+    # embedding (docs/embedding.md) -------------------------------------------------
+
+    async def publish(self, channel: str, data: Any, *,
+                      idempotency_key: str | None = None) -> Message:
+        """Publish ``data`` on ``channel`` from the application; return the message.
+
+        ``data`` is a JSON value (``dict``, ``list``, ``str``, number,
+        ``bool``, ``None``), or JSON text as ``bytes``. It is checked exactly
+        as an HTTP publish is (channel name, JSON, ``max_message_size``) and
+        counted the same way; a refusal raises that publish's
+        :class:`~tidings.errors.ProtocolError` (``.status``, ``.code``), a
+        store that fails :class:`~tidings.errors.BrokerError`. The message's
+        ``id``, ``channel`` and ``time`` are what subscribers receive. With an
+        ``idempotency_key`` used on the channel within its window, nothing is
+        stored or counted and the first message is returned again.
+        Call it once the server has started (``async with server:``).
+        """
+        if not isinstance(channel, str):
+            raise UsageError(f"channel must be a str, not {type(channel).__name__}")
+        if not self.started or self.closing:
+            raise UsageError("start the server before publishing (async with server: ...)")
+        data = publish.check_data(self, channel, data)
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        return await publish.store(self, channel, data, key)
+
+    def on_connect(self, hook: Hook) -> Hook:
+        """Register ``async def hook(request: ConnectRequest) -> Identity | str | None``.
+
+        Called once per HTTP request and WebSocket handshake, before anything
+        is read or published: return who the user is, or raise
+        :class:`~tidings.server.hooks.Refuse` (docs/embedding.md).
+        """
+        self.hooks.connect = hook
+        return hook
+
+    def on_subscribe(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, channel)``: return to allow, raise ``Refuse`` (or
+        return ``False``) to refuse. Called once per channel of each subscription."""
+        self.hooks.subscribe = hook
+        return hook
+
+    def on_publish(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, channel, data)``: return to allow, ``Replace(data)``
+        to store other data, raise ``Refuse`` (or return ``False``) to refuse. Not called
+        for :meth:`publish`, the application's own."""
+        self.hooks.publish = hook
+        return hook
+
+    def on_rpc(self, hook: Hook) -> Hook:
+        """Register ``async def hook(user, method, data)``: what it returns is the ``result``
+        of the ``ack`` to a WebSocket ``rpc`` command; ``Refuse`` is an ``error`` reply."""
+        self.hooks.rpc = hook
+        return hook
+
+    @property
+    def asgi(self) -> AsgiApp:
+        """This server's HTTP interface as an ASGI 3 application (server/asgi.py).
+
+        Mount it anywhere (``Mount("/rt", app=server.asgi)``): it serves the
+        same logs as :meth:`publish` and the native listener. The application
+        starts and stops the server in its lifespan (``async with server:``);
+        run directly by an ASGI server, its own lifespan does it.
+        """
+        if self._asgi is None:
+            self._asgi = AsgiApp(self)
+        return self._asgi
 
     # reading ---------------------------------------------------------------
 

@@ -39,9 +39,10 @@ from tidings.errors import (
     ShuttingDown,
     TransportDisabled,
 )
-from tidings.server import longpoll, metrics, poll, publish, static, websocket
+from tidings.server import hooks, longpoll, metrics, poll, publish, static, websocket
 from tidings.server import status as admin_status
 from tidings.server.accesslog import technique_of
+from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
@@ -124,7 +125,8 @@ class Router:
                 credentials = auth.identify(request)
                 auth.check_publish(channel, credentials)
                 cors = self.server.cors.headers(request.headers)
-                publish.publish(self.server, conn, request, channel, cors, credentials.rate_key)
+                publish.publish(self.server, conn, request, channel, cors, credentials.rate_key,
+                                credentials.claims)
             elif method == "GET":
                 self._read(conn, request, [channel], False, rest)
             else:
@@ -208,6 +210,58 @@ class Router:
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
+        if server.hooks.on_reads:
+            self._read_after_hooks(conn, request, channels, multi, rest, credentials)
+        else:
+            self._read_now(conn, request, channels, multi, rest, credentials)
+
+    def _read_after_hooks(self, conn: HttpConnection, request: Request, channels: list[str],
+                          multi: bool, rest: bytes, credentials: Credentials) -> None:
+        """Run ``on_connect`` and ``on_subscribe`` (server/hooks.py), then the read."""
+        server = self.server
+        if request.wants_websocket:
+            technique = "websocket"
+        elif request.wants_event_stream:
+            technique = "sse"
+        else:
+            technique = "poll" if request.wait_seconds() is None else "longpoll"
+        peer = conn.transport.get_extra_info("peername") if conn.transport else None
+        asked = hooks.connect_request(technique, request, peer, credentials.claims,
+                                      tuple(channels))
+        conn.park()
+
+        async def decide() -> None:
+            try:
+                identity = await server.hooks.identify(asked)
+                await server.hooks.check_subscribe(identity.user, asked.channels)
+            except ProtocolError as exc:
+                if not conn.closing:
+                    cors = server.cors.headers(request.headers)
+                    keep_alive = request.keep_alive and not request.wants_websocket
+                    conn.respond(http.error_response(exc, cors, keep_alive=keep_alive),
+                                 keep_alive)
+                return
+            if conn.closing or conn.transport is None:
+                return  # the client left while the application decided
+            conn.busy = False
+            try:
+                self._read_now(conn, request, channels, multi, rest, credentials,
+                               identity.user)
+            except ProtocolError as exc:
+                cors = server.cors.headers(request.headers)
+                conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
+                             request.keep_alive)
+            except Exception:
+                logger.exception("serving %s %s failed", request.method, request.path[:100])
+                conn.abort()
+
+        server.spawn(decide())
+
+    def _read_now(self, conn: HttpConnection, request: Request, channels: list[str],
+                  multi: bool, rest: bytes, credentials: Credentials,
+                  user: str | None = None) -> None:
+        """The read itself, once it is allowed."""
+        server = self.server
         identity, named = identify_request(request, credentials)
         presence = wants_events(request)
         if presence:
@@ -230,7 +284,7 @@ class Router:
 
             def then() -> None:
                 websocket.accept(server, conn, request, channels, rest, credentials, identity,
-                                 presence)
+                                 presence, user)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")

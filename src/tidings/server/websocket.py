@@ -33,9 +33,10 @@ from tidings.errors import (
     ProtocolError,
     Unauthorized,
 )
+from tidings.server import publish
 from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.jwks import KeysMissing
-from tidings.server.metrics import PUBLISHED, count_refusal
+from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify
 from tidings.server.request import Request
 from tidings.server.stream import Stream
@@ -88,7 +89,8 @@ def handshake(conn: HttpConnection, request: Request,
 class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
-    __slots__ = ("client_address", "credentials", "held", "last_seen", "parser", "pending")
+    __slots__ = ("client_address", "credentials", "held", "last_seen", "parser", "pending",
+                 "user")
     technique = "websocket"
 
     def __init__(self, server: Server, transport: asyncio.Transport, identity: Identity, *,
@@ -111,6 +113,8 @@ class WebSocketSession(Stream):
         self.held: list[str] | None = None
         #: The client's address from a trusted proxy's X-Forwarded-For (None: the peer's).
         self.client_address: str | None = None
+        #: Who ``on_connect`` said the client is (server/hooks.py), for the other hooks.
+        self.user: str | None = None
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes,
               presence: bool = False) -> None:
@@ -175,7 +179,11 @@ class WebSocketSession(Stream):
                 if command.presence:
                     self._server.presence.require(command.channel)
                 start = parse_since(command.since, [command.channel])[command.channel]
-                self._subscribe(command.channel, start, command.req, command.presence)
+                if self._server.hooks.subscribe is not None:
+                    self._subscribe_after_hook(command.channel, start, command.req,
+                                               command.presence)
+                else:
+                    self._subscribe(command.channel, start, command.req, command.presence)
             elif isinstance(command, commands.Unsubscribe):
                 self.unfollow(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
@@ -188,6 +196,11 @@ class WebSocketSession(Stream):
                 self._server.auth.check_subscribe([command.channel], self.credentials)
                 body = self._server.presence.answer(command.channel, command.count_only)
                 self.transport.write(commands.ack_frame(command.req, **body))
+            elif isinstance(command, commands.Rpc):
+                self._server.admission.check_publish_rate(self.transport,
+                                                          self.credentials.rate_key)
+                self.pending += 1
+                self._server.spawn(self._rpc(command))
             else:
                 self.transport.write(commands.ack_frame(command.req))
         except KeysMissing as missing:  # fetch the IdP's keys, then handle it again, in order
@@ -233,6 +246,50 @@ class WebSocketSession(Stream):
             self.held = []  # commands that follow wait for this one, in order
         self._server.when_ready(starts, lambda: self._subscribed(channel, start, req, presence),
                                 lambda error: self._refused(req, error))
+
+    def _subscribe_after_hook(self, channel: str, start: Start, req: commands.Req,
+                              presence: bool = False) -> None:
+        """Ask ``on_subscribe`` first; the commands that follow wait for it, in order."""
+        self.held = []
+
+        async def decide() -> None:
+            try:
+                await self._server.hooks.check_subscribe(self.user, (channel,))
+            except ProtocolError as exc:
+                if not self.closed:
+                    self.transport.write(commands.error_frame(req, exc))
+                self._release_held()
+                return
+            held, self.held = self.held, None
+            if self.closed:
+                return
+            try:
+                self._subscribe(channel, start, req, presence)
+            except ProtocolError as exc:
+                self.transport.write(commands.error_frame(req, exc))
+            if self.held is not None:  # now waiting for the broker: the rest stay behind it
+                self.held.extend(held or ())
+            else:
+                self.held = held
+                self._release_held()
+
+        self._server.spawn(decide())
+
+    async def _rpc(self, command: commands.Rpc) -> None:
+        """``on_rpc``: its result in an ``ack``, a refusal or failure in an ``error``."""
+        try:
+            result = await self._server.hooks.call(self.user, command.method, command.data)
+            reply = commands.ack_frame(command.req, result=result)
+        except ProtocolError as exc:
+            reply = commands.error_frame(command.req, exc)
+        except Exception:  # a result that is not JSON
+            logger.exception("answering an rpc command failed")
+            reply = commands.error_frame(command.req, ProtocolError(
+                "the application's on_rpc hook failed; retry", code="hook_unavailable"))
+        finally:
+            self.pending -= 1
+        if not self.closed:
+            self.transport.write(reply)
 
     def _subscribed(self, channel: str, start: Start, req: commands.Req,
                     presence: bool = False) -> None:
@@ -286,10 +343,12 @@ class WebSocketSession(Stream):
 
     async def _publish_and_ack(self, command: commands.Publish) -> None:
         server = self._server
-        began = server.loop.time()
         try:
-            message = await server.broker.publish(
-                command.channel, command.data, idempotency_key=command.idempotency_key)
+            data = command.data
+            if server.hooks.publish is not None:
+                data = await publish.decide(server, self.user, command.channel, data)
+            message = await publish.store(server, command.channel, data,
+                                          command.idempotency_key, "websocket")
         except (ProtocolError, BrokerError) as exc:
             count_refusal(server.stats, exc)
             reply = commands.error_frame(command.req, _as_protocol_error(exc))
@@ -302,9 +361,6 @@ class WebSocketSession(Stream):
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id,
                                            replayed=True)
             else:
-                server.stats["published"] += 1
-                server.stats[PUBLISHED + "websocket"] += 1
-                server.publish_latency.observe(server.loop.time() - began)
                 reply = commands.ack_frame(command.req, channel=message.channel, id=message.id)
         finally:
             self.pending -= 1
@@ -360,7 +416,8 @@ def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
 
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
            rest: bytes, credentials: Credentials = ANONYMOUS,
-           identity: Identity | None = None, presence: bool = False) -> None:
+           identity: Identity | None = None, presence: bool = False,
+           user: str | None = None) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
 
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
@@ -388,6 +445,8 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     session = WebSocketSession(server, conn.detach(), identity, latest=request.latest(),
                                compression=compression)
     session.credentials = credentials
+    session.user = user if user is not None else (
+        credentials.claims.sub if credentials.claims is not None else None)
     session.expires = credentials.expires
     if server.trusted_proxies:
         session.client_address = server.client_address(session.transport,

@@ -10,6 +10,7 @@ import socket
 import ssl
 import struct
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from tidings.testing._checks import (
     WAIT,
@@ -18,6 +19,7 @@ from tidings.testing._checks import (
     host_and_port,
     require,
     require_equal,
+    url_of,
 )
 
 
@@ -58,8 +60,14 @@ async def close_raw(writer: asyncio.StreamWriter) -> None:
 
 
 def request_head(server: ServerAddress, method: str, target: str, *headers: str) -> bytes:
-    """An HTTP/1.1 request head for ``target``: a ``Host`` line, then ``"Name: value"`` headers."""
+    """An HTTP/1.1 request head for ``target``: a ``Host`` line, then ``"Name: value"`` headers.
+
+    ``target`` is below the server URL's path, as with the other helpers: for
+    ``http://host/rt`` (a mounted server), ``/healthz`` asks for ``/rt/healthz``.
+    """
     host, port, _ = host_and_port(server)
+    if target.startswith("/"):
+        target = urlsplit(url_of(server)).path.rstrip("/") + target
     host = f"[{host}]" if ":" in host else host
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}", *headers, "", ""]
     return "\r\n".join(lines).encode("latin-1")

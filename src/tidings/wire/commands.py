@@ -11,6 +11,7 @@ Client → server, one JSON object per text frame, each with a request id
     {"type": "ping",        "req": 4}
     {"type": "auth",        "req": 5, "token": "<JWT>"}
     {"type": "presence",    "req": 6, "channel": "prices", "count": true}   (count optional)
+    {"type": "rpc",         "req": 6, "method": "typing", "data": {"room": "lobby"}}
 
 Server → client: ``ack`` or ``error`` for each command, and ``message``,
 ``gap``, ``subscribed`` frames. docs/protocol.md is the reference.
@@ -79,7 +80,20 @@ class PresenceCommand:
     count_only: bool = False
 
 
-Command = Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand | PresenceCommand
+@dataclass(frozen=True, slots=True)
+class Rpc:
+    """A call to the application's ``on_rpc`` hook; the ``ack`` carries its ``result``."""
+
+    req: Req
+    method: str
+    data: Any = None
+
+
+#: The longest ``method`` name of an ``rpc`` command.
+MAX_METHOD_LENGTH = 128
+
+Command = (Subscribe | Unsubscribe | Publish | PingCommand | AuthCommand | PresenceCommand
+           | Rpc)
 
 
 def parse(text: str) -> Command:
@@ -103,6 +117,12 @@ def parse(text: str) -> Command:
             if not isinstance(token, str) or not token:
                 raise BadRequest("auth needs a 'token' string", code="invalid_command")
             return AuthCommand(req, token)
+        if kind == "rpc":
+            method = value.get("method")
+            if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH:
+                raise BadRequest(f"rpc needs a 'method' string of 1 to {MAX_METHOD_LENGTH} "
+                                 "characters", code="invalid_command")
+            return Rpc(req, method, value.get("data"))
         if kind not in ("subscribe", "unsubscribe", "publish", "presence"):
             raise BadRequest(f"unknown command type {kind!r}", code="unknown_command")
         channel = _channel(value)
