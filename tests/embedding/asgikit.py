@@ -103,6 +103,9 @@ async def mounted(kind: str, server: Server | None = None,
         # WebSocket pings are the ASGI server's: as often as tidings' heartbeats.
         config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="websockets-sansio",
                                 ws_ping_interval=server.settings.heartbeat_interval,
+                                # Compression per connection would defeat encode-once
+                                # (docs/embedding.md); the conformance suite checks it.
+                                ws_per_message_deflate=False,
                                 # uvicorn waits for open responses (event streams, long polls)
                                 # before the lifespan's shutdown closes them: bound the wait.
                                 timeout_graceful_shutdown=max(1, round(2 * UNIT)))

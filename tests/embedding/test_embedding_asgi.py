@@ -137,8 +137,12 @@ async def test_the_conformance_suite_passes_against_the_mount(kind: str) -> None
     # hypercorn answers "100 Continue" to every Expect before the application
     # runs, so the check of a declared oversized body cannot see the 413; that
     # 413 is checked with httpx in test_publishing_through_the_mount_is_checked_and_counted.
+    # hypercorn (0.18) also always agrees to compression per connection, with no setting
+    # to turn it off (docs/embedding.md), which the compression check refuses.
+    hypercorn_cannot = ("bad_input", "websocket_compression")
     only = [name for name in conformance.CHECKS
-            if not (kind == "hypercorn" and name == "bad_input") and name != "across_nodes"]
+            if not (kind == "hypercorn" and name in hypercorn_cannot)
+            and name != "across_nodes"]
     async with mounted(kind, heartbeat_interval=1.0) as app:
         context = Context.create(app.url, timeout=10 * UNIT, heartbeat_timeout=3 * UNIT)
         passed = await conformance.run_checks(context, only=only, out=out)

@@ -288,6 +288,7 @@ class AsgiConnection(HttpConnection):
     """
 
     __slots__ = ()
+    frames_websockets = False  # the ASGI server frames (and compresses) them
 
     def __init__(self, server: Server, transport: AsgiTransport) -> None:
         super().__init__(server)

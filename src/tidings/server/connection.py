@@ -60,6 +60,9 @@ class HttpConnection(asyncio.Protocol):
         "_headers", "_request_begun", "_url", "busy", "closing", "deadline", "handed_over",
         "on_lost", "parser", "queue", "refused", "server", "settings", "transport",
     )
+    #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
+    #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
+    frames_websockets = True
 
     def __init__(self, server: Server) -> None:
         self.server = server

@@ -227,7 +227,8 @@ class Collector:
             "what it was sent.", labels=["technique"]), stats, SLOW, STREAM_TECHNIQUES)
         yield _labelled(CounterMetricFamily(
             f"{NAMESPACE}_gaps", "Gaps sent to clients (messages they asked for that the log "
-            "no longer has), by reason.", labels=["reason"]), stats, GAPS, ("expired", "epoch", "skipped", "latest"))
+            "no longer has, or a slow reader skipped), by reason.", labels=["reason"]),
+            stats, GAPS, ("expired", "epoch", "skipped", "latest"))
         yield _labelled(CounterMetricFamily(
             f"{NAMESPACE}_refusals", "Error answers (HTTP) and error replies (WebSocket) by "
             "error code.", labels=["code"]), stats, REFUSED, ())

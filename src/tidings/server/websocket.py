@@ -436,7 +436,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     if conn.transport is None or conn.closing:
         return  # the client left while the broker was fetching
     compression = deflate.negotiate(request.header("sec-websocket-extensions")) if (
-        server.settings.websocket_compression) else None
+        server.settings.websocket_compression and conn.frames_websockets) else None
     response = handshake(conn, request, compression.header if compression else None)
     if response is None:
         return
