@@ -165,9 +165,15 @@ async def test_a_killed_worker_is_started_again_and_its_reader_resumes(redis_url
                 in stderr), stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_a_stop_signal_drains_every_worker(redis_url: str, signum: int) -> None:
-    async with start_nodes(redis_url, 1, "--workers", "2") as (node,), \
+@pytest.mark.parametrize(("signum", "reason"), [(signal.SIGTERM, "restart"),
+                                                (signal.SIGINT, "shutdown")])
+async def test_a_stop_signal_drains_every_worker(redis_url: str, signum: int, reason: str,
+                                                 tmp_path: Any) -> None:
+    # SIGTERM is a rolling restart: each worker tells its streams to reconnect elsewhere,
+    # spread over drain_period (shortened here); SIGINT stops at once.
+    config = tmp_path / "tidings.toml"
+    config.write_text("[server]\ndrain_period = 0.5\n")
+    async with start_nodes(redis_url, 1, "--workers", "2", "--config", str(config)) as (node,), \
             clients_per_worker(node, 1) as by_worker, contextlib.AsyncExitStack() as stack:
         streams = []
         for index in (0, 1):
@@ -178,7 +184,7 @@ async def test_a_stop_signal_drains_every_worker(redis_url: str, signum: int) ->
         node.process.send_signal(signum)
         for stream in streams:  # each worker says goodbye to its client
             block = await stream.next_event()
-            assert block.event == "close" and block.json()["error"] == "shutdown", block
+            assert block.event == "close" and block.json()["error"] == reason, block
         code = await asyncio.to_thread(node.process.wait, STOP_TIMEOUT)
         assert code == 0, node.stderr()
         assert "draining 2 workers" in node.stderr()

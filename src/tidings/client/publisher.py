@@ -40,10 +40,7 @@ class Publisher:
     def __init__(self, url: str, *, timeout: float = 10.0,
                  headers: dict[str, str] | None = None, token: str | None = None) -> None:
         self.url, _ = base_urls(url)
-        headers = dict(headers or {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._http = httpx.Client(timeout=timeout, headers=_with_token(headers, token))
         self.closed = False
 
     def publish(self, channel: str, data: Any, *, idempotency_key: str | None = None) -> str:
@@ -94,10 +91,7 @@ class AsyncPublisher:
     def __init__(self, url: str, *, timeout: float = 10.0,
                  headers: dict[str, str] | None = None, token: str | None = None) -> None:
         self.url, _ = base_urls(url)
-        headers = dict(headers or {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self._http = httpx.AsyncClient(timeout=timeout, headers=_with_token(headers, token))
         self.closed = False
 
     async def publish(self, channel: str, data: Any, *,
@@ -140,3 +134,11 @@ def _publish_request(base: str, channel: str, data: Any,
 
 def _unreachable(url: str, exc: httpx.TransportError) -> ConnectionFailed:
     return ConnectionFailed(f"cannot publish to {url}: {exc or type(exc).__name__}")
+
+
+def _with_token(headers: dict[str, str] | None, token: str | None) -> dict[str, str]:
+    """``headers`` (copied), with ``Authorization: Bearer`` for ``token`` if there is one."""
+    headers = dict(headers or {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers

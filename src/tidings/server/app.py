@@ -57,6 +57,7 @@ from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
 from tidings.server.status import StatusHistory
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
+from tidings.wire import http
 
 logger = logging.getLogger("tidings.server")
 
@@ -209,12 +210,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return http.local_url(self.settings.host, self.port)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -14,8 +14,9 @@ each says it listens, prints ``tidings serving on URL``, then watches them.
   (:class:`Restarts`), so a worker that cannot start does not spin. A worker
   that dies before it first listens stops the whole start: the error is the
   operator's to fix.
-- **Drained.** SIGTERM or SIGINT to the parent sends SIGTERM to every worker,
-  which says goodbye to its clients as a lone ``tidings serve`` does; a worker
+- **Drained.** SIGTERM or SIGINT to the parent is sent on to every worker,
+  which says goodbye to its clients as a lone ``tidings serve`` does (SIGTERM:
+  streams told to reconnect elsewhere over ``drain_period``; SIGINT: at once); a worker
   still running after :data:`STOP_SECONDS` is killed. A second signal kills
   them at once.
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from tidings.backoff import Backoff
 from tidings.errors import UsageError
 from tidings.settings import Settings
+from tidings.wire import http
 
 logger = logging.getLogger("tidings.workers")
 
@@ -149,6 +151,7 @@ class Supervisor:
         self._wake_read, self._wake_write = -1, -1
         self._stopping = 0.0  # when draining began (monotonic), 0 while serving
         self._signals = 0
+        self._first_signal: int = signal.SIGTERM
         self._due: dict[int, float] = {}  # index -> when to restart it
 
     # the parent ---------------------------------------------------------------
@@ -176,12 +179,7 @@ class Supervisor:
 
     @property
     def url(self) -> str:
-        host = self.settings.host
-        if ":" in host:
-            host = f"[{host}]"
-        elif host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return http.local_url(self.settings.host, self.port)
 
     def _reserve(self) -> None:
         infos = socket.getaddrinfo(self.settings.host or None, self.settings.port,
@@ -216,6 +214,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_stop_signal)
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
+        if not self._signals:
+            self._first_signal = signum
         self._signals += 1
 
     def _start_all(self) -> bool:
@@ -243,7 +243,8 @@ class Supervisor:
                       flush=True)
                 self._stopping = now
                 self._due.clear()
-                self._signal_all(signal.SIGTERM)
+                # The same signal: SIGTERM drains (a rolling restart), SIGINT stops at once.
+                self._signal_all(self._first_signal)
             if self._stopping and (self._signals > 1 or now - self._stopping > STOP_SECONDS):
                 self._signal_all(signal.SIGKILL)
             self._reap(restart=not self._stopping)

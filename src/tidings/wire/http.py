@@ -68,3 +68,13 @@ def error_response(error: ProtocolError | BrokerError, headers: Headers = (), *,
     elif isinstance(error, TooManyRequests) and error.retry_after is not None:
         extra.append(("Retry-After", str(max(1, math.ceil(error.retry_after)))))
     return json_response(error.status, error.to_json(), extra, keep_alive=keep_alive)
+
+
+def local_url(host: str, port: int) -> str:
+    """The ``http://HOST:PORT`` that reaches a listener on ``host``: an IPv6 address in
+    brackets, a wildcard address (``0.0.0.0``, ``""``) as ``127.0.0.1``."""
+    if ":" in host:
+        host = f"[{host}]"
+    elif host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
