@@ -39,6 +39,7 @@ from tidings.errors import UsageError
 from tidings.settings import (
     AUTH_KEYS,
     NAMESPACE_KEYS,
+    NOT_SERVER_KEYS,
     AuthSettings,
     ConfigErrors,
     Settings,
@@ -69,8 +70,6 @@ SECRET_KEYS = frozenset({"api_key", "jwt_hs256_secret"})
 #: Keys whose values are URLs or connection strings that may hold a password.
 CONNECTION_KEYS = frozenset({"broker", "dsn"})
 
-#: The ``[server]`` keys, which are :class:`Settings` fields but these.
-_NOT_SERVER_KEYS = ("namespaces", "bridges", "auth")
 #: Where a value came from, for each source kind.
 DEFAULT = "default"
 
@@ -81,7 +80,7 @@ Key = tuple[str, ...]
 
 def server_keys() -> list[str]:
     """The keys of ``[server]``: every :class:`Settings` field but the sections."""
-    return [f.name for f in dataclasses.fields(Settings) if f.name not in _NOT_SERVER_KEYS]
+    return [f.name for f in dataclasses.fields(Settings) if f.name not in NOT_SERVER_KEYS]
 
 
 def variable_of(key: Key) -> str:

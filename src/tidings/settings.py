@@ -196,6 +196,11 @@ def check_broker(broker: str) -> None:
                          f"not {broker[:100]!r}")
 
 
+#: :class:`Settings` fields that are not ``[server]`` keys: their own sections
+#: (``[namespaces.X]``, ``[[bridges]]``, ``[auth]``) and what is gathered from them.
+NOT_SERVER_KEYS = ("namespaces", "bridges", "auth", "slow_readers", "namespace_presence")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -466,9 +471,7 @@ def _server(errors: ConfigErrors, section: Any) -> dict[str, Any]:
         errors.add("", "server", " must be a table: [server]")
         return {}
     fields = {f.name: f for f in dataclasses.fields(Settings)}
-    known = [name for name in fields
-             if name not in ("namespaces", "bridges", "auth", "slow_readers",
-                             "namespace_presence")]
+    known = [name for name in fields if name not in NOT_SERVER_KEYS]
     defaults = Settings()
     values: dict[str, Any] = {}
     for key, value in section.items():

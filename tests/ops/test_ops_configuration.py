@@ -67,6 +67,8 @@ def example_text(key: str, default: Any) -> tuple[str, Any]:
         return "10.0.0.0/8, 127.0.0.1", ("10.0.0.0/8", "127.0.0.1")
     if key == "metrics_listen":
         return "127.0.0.1:9100", "127.0.0.1:9100"
+    if key == "slow_reader":
+        return "latest", "latest"
     if key in ("log_level", "log_format"):
         other = {"log_level": "debug", "log_format": "json"}[key]
         return other, other

@@ -76,7 +76,8 @@ async def test_every_family_is_there_with_bounded_labels(server: Server) -> None
     assert value(samples, "tidings_broker_up", kind="memory") == 1
     assert set(totals(samples, "tidings_delivered_messages_total", "technique")) == {
         "websocket", "sse", "longpoll", "poll"}
-    assert set(totals(samples, "tidings_gaps_total", "reason")) == {"expired", "epoch"}
+    assert set(totals(samples, "tidings_gaps_total", "reason")) == {
+        "expired", "epoch", "skipped", "latest"}
 
 
 async def test_counts_per_technique(server: Server) -> None:
