@@ -198,12 +198,7 @@ class Client {
    * `on("error", fn(error))`. Returns a function that stops it.
    */
   on(event, fn) {
-    const set = this._listeners[event];
-    if (!set) {
-      throw new TidingsError(`no event ${JSON.stringify(event)}; use state, broker or error`);
-    }
-    set.add(fn);
-    return () => set.delete(fn);
+    return listen(this._listeners, event, fn);
   }
 
   /**
@@ -212,24 +207,8 @@ class Client {
    * `since`: omitted → from now on, "0" → the oldest retained, an id, or "a=ID,b=ID".
    * A channel that the client already reads keeps its position; `since` applies to new ones.
    */
-  subscribe(channels, { onMessage, onGap, since } = {}) {
-    if (this._closed) throw new TidingsError("the client is closed");
-    const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
-    if (!names.length || new Set(names).size !== names.length) {
-      throw new TidingsError("name each channel once, and at least one");
-    }
-    const starts = parseSince(since, names);
-    const subscription = new Subscription(this, names, onMessage, onGap);
-    const added = [];
-    for (const name of names) {
-      let channel = this._channels.get(name);
-      if (!channel) {
-        channel = { ...starts.get(name), subs: new Set() };
-        this._channels.set(name, channel);
-        added.push(name);
-      }
-      channel.subs.add(subscription);
-    }
+  subscribe(channels, options = {}) {
+    const { subscription, added } = register(this, channels, options);
     if (added.length) this._channelsChanged(added, []);
     return subscription;
   }
@@ -1351,6 +1330,42 @@ class Hub {
   }
 }
 
+/** `on(event, fn)` of both clients: add `fn` to the event's listeners; returns a remover. */
+function listen(listeners, event, fn) {
+  const set = listeners[event];
+  if (!set) {
+    throw new TidingsError(`no event ${JSON.stringify(event)}; use state, broker or error`);
+  }
+  set.add(fn);
+  return () => set.delete(fn);
+}
+
+/**
+ * What `subscribe` does in both clients before reading: check the names and `since`, make
+ * the subscription, add it to each channel (a channel already read keeps its position).
+ * Returns it, and the channels that are new to `client`.
+ */
+function register(client, channels, { onMessage, onGap, since } = {}) {
+  if (client._closed) throw new TidingsError("the client is closed");
+  const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
+  if (!names.length || new Set(names).size !== names.length) {
+    throw new TidingsError("name each channel once, and at least one");
+  }
+  const starts = parseSince(since, names);
+  const subscription = new Subscription(client, names, onMessage, onGap);
+  const added = [];
+  for (const name of names) {
+    let channel = client._channels.get(name);
+    if (!channel) {
+      channel = { ...starts.get(name), subs: new Set() };
+      client._channels.set(name, channel);
+      added.push(name);
+    }
+    channel.subs.add(subscription);
+  }
+  return { subscription, added };
+}
+
 /**
  * A page of `channel`'s history, newest first, over HTTP (`Client.history` and the shared
  * client's, which need no connection for it). `how`: the token (a function), the request
@@ -1445,32 +1460,11 @@ class SharedClient {
   }
 
   on(event, fn) {
-    const set = this._listeners[event];
-    if (!set) {
-      throw new TidingsError(`no event ${JSON.stringify(event)}; use state, broker or error`);
-    }
-    set.add(fn);
-    return () => set.delete(fn);
+    return listen(this._listeners, event, fn);
   }
 
-  subscribe(channels, { onMessage, onGap, since } = {}) {
-    if (this._closed) throw new TidingsError("the client is closed");
-    const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
-    if (!names.length || new Set(names).size !== names.length) {
-      throw new TidingsError("name each channel once, and at least one");
-    }
-    const starts = parseSince(since, names);
-    const subscription = new Subscription(this, names, onMessage, onGap);
-    const added = [];
-    for (const name of names) {
-      let channel = this._channels.get(name);
-      if (!channel) {
-        channel = { ...starts.get(name), subs: new Set() };
-        this._channels.set(name, channel);
-        added.push(name);
-      }
-      channel.subs.add(subscription);
-    }
+  subscribe(channels, options = {}) {
+    const { subscription, added } = register(this, channels, options);
     if (added.length) this._post({ t: "sub", channels: added.map((n) => [n, this._sinceOf(n)]) });
     return subscription;
   }
