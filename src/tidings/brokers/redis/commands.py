@@ -215,9 +215,14 @@ class ClusterNodes:
         from redis.exceptions import RedisError
         from redis.retry import Retry
 
+        # reinitialize_steps=0: a MOVED patches that one slot in the map. redis-py's
+        # default (5) rebuilds the map on every fifth MOVED by closing every
+        # connection, in-use ones too, so during a slot move a publish running
+        # concurrently on another slot broke with "Connection closed by server".
         client = RedisCluster.from_url(url, socket_timeout=seconds,
                                        socket_connect_timeout=seconds,
-                                       retry=Retry(NoBackoff(), 0), max_connections=64)
+                                       retry=Retry(NoBackoff(), 0), max_connections=64,
+                                       reinitialize_steps=0)
         try:
             async with asyncio.timeout(seconds):
                 await client.initialize()
