@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tidings.brokers.base import Broker, Replayed
+from tidings.brokers.base import Added, Broker, Replayed, UserChannelChange
 from tidings.brokers.redis import pubsub, scripts
 from tidings.brokers.redis.commands import Commands, open_commands
 from tidings.brokers.redis.keys import (
+    USERS,
     ChannelKeys,
     channel_of,
     decode_entry,
@@ -43,16 +45,23 @@ from tidings.brokers.redis.keys import (
     idempotency_record,
     notice_position,
     stored_message,
+    user_channels_key,
 )
 from tidings.brokers.redis.link import Address, parse_redis_url
 from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
-from tidings.core.cursor import Position, Start, new_epoch
+from tidings.core.cursor import Position, Start, new_epoch, parse_position
 from tidings.core.fanout import Hub
 from tidings.core.idempotency import fingerprint
 from tidings.core.log import BackRead, ChannelLog, Read, Retention
 from tidings.core.message import Message
-from tidings.errors import BrokerError, BrokerUnanswered, IdempotencyConflict, UsageError
+from tidings.errors import (
+    BrokerError,
+    BrokerUnanswered,
+    IdempotencyConflict,
+    InvalidCursor,
+    UsageError,
+)
 
 logger = logging.getLogger("tidings.redis")
 
@@ -134,6 +143,24 @@ class RedisBroker(Broker):
         if self.cluster:
             self._pubsub.locate = self._commands.locate
         self._succeeded()
+        self._spawn(self._follow_users())
+
+    async def _follow_users(self) -> None:
+        """Follow the changes of users' channels (keys.USERS), until it works."""
+        delay = pubsub.RECONNECT_DELAYS[0]
+        tries = 0
+        while not self._closed:
+            tries += 1
+            try:
+                await self._pubsub.follow(USERS, self._address(USERS))
+            except BrokerError as exc:
+                logger.warning("following users' channel changes: %s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, pubsub.RECONNECT_DELAYS[1])
+                continue
+            if tries > 1 and self.on_user_channels_lost is not None:
+                self.on_user_channels_lost()  # changes made meanwhile were not heard
+            return
 
     async def aclose(self) -> None:
         self._closed = True
@@ -328,6 +355,9 @@ class RedisBroker(Broker):
             channel = channel_of(name)
         except ValueError:
             return
+        if channel == USERS:
+            self._user_channel_changed(payload)
+            return
         replica = self._replicas.get(channel)
         if replica is None:
             return
@@ -349,6 +379,8 @@ class RedisBroker(Broker):
         does not start all their syncs at once.
         """
         self._succeeded()
+        if USERS in channels and self.on_user_channels_lost is not None:
+            self.on_user_channels_lost()
         limit = self._back_syncs
 
         async def one(channel: str) -> None:
@@ -360,6 +392,55 @@ class RedisBroker(Broker):
                     await self._sync_replica(replica)
 
         await asyncio.gather(*(one(channel) for channel in channels))
+
+    # users' server-side channels ---------------------------------------------------
+
+    async def user_channels(self, user: str) -> dict[str, Position]:
+        flat = await self._run_user_script(scripts.USER_CHANNELS, user, [])
+        channels = {}
+        for channel, start in zip(flat[::2], flat[1::2], strict=True):
+            with contextlib.suppress(ValueError, InvalidCursor):
+                channels[channel.decode()] = parse_position(start.decode())
+        return channels
+
+    async def add_user_channel(self, user: str, channel: str, start: Position,
+                               limit: int) -> Added:
+        change = _change_payload(user, channel, start)
+        outcome = await self._run_user_script(
+            scripts.ADD_USER_CHANNEL, user,
+            [channel, str(start), limit, ChannelKeys.of(USERS, self._db).notify, change])
+        return "added" if outcome == 1 else "present" if outcome == 0 else "full"
+
+    async def remove_user_channel(self, user: str, channel: str) -> bool:
+        change = _change_payload(user, channel, None)
+        outcome = await self._run_user_script(
+            scripts.REMOVE_USER_CHANNEL, user,
+            [channel, ChannelKeys.of(USERS, self._db).notify, change])
+        return bool(outcome == 1)
+
+    async def _run_user_script(self, script: Any, user: str, args: list[Any]) -> Any:
+        commands = self._require_commands()
+        try:
+            async with self._deadline():
+                result = await commands.run(script, [user_channels_key(user)], args)
+        except BrokerError as exc:
+            self._failure(exc)
+            raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); the "
+                              "user's channels were not read or changed") from None
+        self._succeeded()
+        return result
+
+    def _user_channel_changed(self, payload: bytes) -> None:
+        try:
+            fields = json.loads(payload)
+            start = fields["s"]
+            change = UserChannelChange(fields["u"], fields["c"],
+                                       None if start is None else parse_position(start))
+        except (ValueError, KeyError, TypeError, InvalidCursor):
+            logger.warning("ignored a malformed change of a user's channels")
+            return
+        if self.on_user_channel is not None:
+            self.on_user_channel(change)
 
     def _address(self, channel: str) -> Address:
         """The Redis node that holds ``channel`` (in a cluster, the owner of its slot)."""
@@ -460,6 +541,12 @@ class RedisBroker(Broker):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _change_payload(user: str, channel: str, start: Position | None) -> str:
+    """What the pub/sub channel of keys.USERS carries for one change."""
+    return json.dumps({"u": user, "c": channel, "s": None if start is None else str(start)},
+                      separators=(",", ":"))
 
 
 def _consume(future: asyncio.Future[None]) -> None:
