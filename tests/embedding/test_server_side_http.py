@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import jwt
+import pytest
 
 from conftest import ServerFactory
 from tidings import ConnectRequest, Identity, Server
@@ -125,8 +126,10 @@ async def test_the_token_claim_channels_read(make_server: ServerFactory) -> None
                           "invalid_token", "a malformed channels.read")
 
 
-async def test_two_nodes_share_users_channels(make_server: ServerFactory,
-                                              redis_url: str) -> None:
+@pytest.mark.parametrize("store", ["redis_url", "redis_cluster_url"])
+async def test_two_nodes_share_users_channels(make_server: ServerFactory, store: str,
+                                              request: pytest.FixtureRequest) -> None:
+    redis_url = request.getfixturevalue(store)
     auth = AuthSettings(api_key=API_KEY)
     one = await make_server(broker=redis_url, auth=auth)
     two = await make_server(broker=redis_url, auth=auth)
@@ -157,3 +160,28 @@ async def test_two_nodes_share_users_channels(make_server: ServerFactory,
             assert (await again.next_event()).event == "unsubscribed"
         polled = await poll(http_two, "/subscribe", headers=alice)
         assert polled["next"] == ""
+
+
+async def test_a_node_whose_link_broke_reads_the_sets_again(make_server: ServerFactory,
+                                                            shared_redis: Any,
+                                                            redis_url: str) -> None:
+    """A change whose news the node never heard (its pub/sub link was down) is found when
+    the link is back: the node reads the sets of its connected users again."""
+    server = await make_server(broker=redis_url)
+    cookie_users(server)
+    first = await server.publish("room:6", "before")
+    alice = {"Cookie": "user=alice"}
+    async with http_client(server) as http, open_sse(http, "/subscribe", headers=alice
+                                                     ) as stream:
+        await stream.opening()
+        # Added behind the node's back: in Redis, with no news on pub/sub.
+        shared_redis.command("HSET", "tidings:{~users}:u:alice", "room:6", first.id)
+        shared_redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+        async with asyncio.timeout(10 * UNIT):
+            announced = await stream.next_event()
+            while announced.event == "status":  # the link went away, and came back
+                announced = await stream.next_event()
+        assert announced.event == "subscribed"
+        assert announced.json() == {"channel": "room:6", "next": first.id}
+        await server.publish("room:6", "after")
+        assert [m["data"] for m in await stream.message_objects(1)] == ["after"]

@@ -73,8 +73,9 @@ class Broker(abc.ABC):
     * Each user has a set of server-side channels, each with the position its
       reading starts at (:meth:`add_user_channel`, :meth:`remove_user_channel`,
       :meth:`user_channels`). With a shared store the set is shared by every
-      node, and every node (this one too) is told of each change that changed
-      something through :attr:`on_user_channel`, in the order of the changes;
+      node, and every node (this one too) that has read a set
+      (:meth:`user_channels`) is told, from before that read, of each change
+      that changed something through :attr:`on_user_channel`, in order;
       :attr:`on_user_channels_lost` is called when changes may have been missed
       (a link to the store was down): the server reads the sets it uses again.
     """

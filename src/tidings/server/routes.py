@@ -7,7 +7,11 @@
                                  ``Prefer: wait=``), else a regular poll
 ``/channels/{name}/    GET       who reads it (server/presence.py), ``?count``
 presence``                       for the numbers only
-``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
+``/subscribe``         GET       the same reads on ``?channel=a&channel=b``; without
+                                 ``channel``, its user's (server/subscriptions.py)
+``/users/{user}/       GET       a user's server-side channels (the API key);
+channels[/{channel}]`` POST      ``POST``/``DELETE`` one (server/subscriptions.py)
+                       DELETE
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
 ``/readyz``            GET       readiness: 503 while starting or draining

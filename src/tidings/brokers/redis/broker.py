@@ -110,6 +110,8 @@ class RedisBroker(Broker):
         self._closed = False
         self._last_error: str | None = None
         self._failed = False
+        self._users_followed = False
+        self._users_following = asyncio.Lock()
 
     # lifecycle ---------------------------------------------------------------
 
@@ -143,24 +145,6 @@ class RedisBroker(Broker):
         if self.cluster:
             self._pubsub.locate = self._commands.locate
         self._succeeded()
-        self._spawn(self._follow_users())
-
-    async def _follow_users(self) -> None:
-        """Follow the changes of users' channels (keys.USERS), until it works."""
-        delay = pubsub.RECONNECT_DELAYS[0]
-        tries = 0
-        while not self._closed:
-            tries += 1
-            try:
-                await self._pubsub.follow(USERS, self._address(USERS))
-            except BrokerError as exc:
-                logger.warning("following users' channel changes: %s; retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, pubsub.RECONNECT_DELAYS[1])
-                continue
-            if tries > 1 and self.on_user_channels_lost is not None:
-                self.on_user_channels_lost()  # changes made meanwhile were not heard
-            return
 
     async def aclose(self) -> None:
         self._closed = True
@@ -396,12 +380,25 @@ class RedisBroker(Broker):
     # users' server-side channels ---------------------------------------------------
 
     async def user_channels(self, user: str) -> dict[str, Position]:
+        await self._follow_user_changes()
         flat = await self._run_user_script(scripts.USER_CHANNELS, user, [])
         channels = {}
         for channel, start in zip(flat[::2], flat[1::2], strict=True):
             with contextlib.suppress(ValueError, InvalidCursor):
                 channels[channel.decode()] = parse_position(start.decode())
         return channels
+
+    async def _follow_user_changes(self) -> None:
+        """Follow the changes of users' channels (keys.USERS) before the first set is read,
+        so that nothing changed after a read goes unheard. Only nodes that read users'
+        sets follow them; the link stays followed (and is resynced) from then on."""
+        if self._users_followed:
+            return
+        async with self._users_following:
+            if not self._users_followed:
+                self._require_commands()
+                await self._pubsub.follow(USERS, self._address(USERS))
+                self._users_followed = True
 
     async def add_user_channel(self, user: str, channel: str, start: Position,
                                limit: int) -> Added:
