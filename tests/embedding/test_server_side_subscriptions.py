@@ -145,17 +145,20 @@ async def test_sse_resumes_an_added_channel_exactly(server: Server) -> None:
                                                               ("room:2", 4)]
 
 
-async def test_pollers_see_a_channel_at_their_next_request(server: Server) -> None:
+async def test_polls_and_long_polls_see_a_channel_at_their_next_request(server: Server) -> None:
     install(server)
     async with http_client(server) as http:
         first = await poll(http, "/subscribe", headers=ALICE)
         await server.subscribe_user("alice", "room:3")
         await server.publish("room:3", "since the subscription")
         second = await poll(http, "/subscribe", headers=ALICE, since=first["next"])
+        long_polled = (await http.get("/subscribe", headers=ALICE,
+                                      params={"since": first["next"], "wait": 5})).json()
         await server.unsubscribe_user("alice", "room:3")
         await server.publish("room:3", "after")
         third = await poll(http, "/subscribe", headers=ALICE, since=second["next"])
     assert [m["data"] for m in second["messages"]] == ["since the subscription"]
+    assert long_polled["messages"] == second["messages"]
     assert "room:3=" in second["next"]
     assert third["messages"] == [] and "room:3" not in third["next"]
 
