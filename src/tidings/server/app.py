@@ -539,5 +539,5 @@ class Server:
     def statistics(self) -> dict[str, object]:
         """Open connections by kind, bytes waiting in stream buffers, and the counters."""
         return {**self.registry.statistics(), **self.admission.statistics(),
-                **self.presence.statistics(),
+                **self.presence.statistics(), **self.subscriptions.statistics(),
                 "hub_channels": self.broker.hub.channels(), **self.stats}
