@@ -49,20 +49,22 @@ def test_a_chain_of_deltas_rebuilds_every_value(chain: list[Any]) -> None:
 
 
 def test_the_format() -> None:
-    assert delta.diff({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}) == {"b": [3], "c": [None]}
+    assert delta.diff({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": None}) == {"b": 3, "c": None}
     assert delta.diff({"a": 1, "b": 2}, {"a": 1}) == {"b": []}
-    assert delta.diff([1, 2, 3], [1, 5]) == {"len": 2, "1": [5]}
+    assert delta.diff({"a": 1}, {"a": []}) == {"a": [[]]}
+    assert delta.diff([1, 2, 3], [1, 5]) == {"len": 2, "1": 5}
     assert delta.diff([1], [1, {"x": 1}]) == {"len": 2, "1": [{"x": 1}]}
-    assert delta.diff(1, 1.0) == [1.0] and delta.diff(1, True) == [True]
+    assert delta.diff(1, 1.0) == 1.0 and delta.diff(1, True) is True
     assert delta.diff({"q": [{"p": 1}, {"p": 2}]}, {"q": [{"p": 1}, {"p": 3}]}) == {
-        "q": {"1": {"p": [3]}}}
+        "q": {"1": {"p": 3}}}
+    assert delta.diff({"a": 1}, {"a": {"b": 1}}) == {"a": [{"b": 1}]}
     assert delta.apply({"a": [1, 2]}, {"a": {"len": 1}}) == {"a": [1]}
 
 
 @pytest.mark.parametrize(("base", "patch"), [
     (1, {"a": [1]}), ({}, {"a": {"b": [1]}}), ({}, {"a": []}), ([1], {"1": {"x": [1]}}),
     ([1], {"len": 3, "1": [2]}), ([1], {"len": -1}), ([1], {"len": "2"}), ([1], {"x": [1]}),
-    ({}, [1, 2]), ({}, 5), ([1], {"5": [1]}),
+    ({}, [1, 2]), ([1], {"5": [1]}), ({}, {"a": [1, 2]}), ([1], {"len": 2, "1": [1, 2]}),
 ])
 def test_a_patch_that_does_not_fit_is_refused(base: Any, patch: Any) -> None:
     with pytest.raises(BadRequest) as caught:
@@ -82,7 +84,7 @@ def test_the_delta_of_a_message_is_computed_once_and_names_its_base() -> None:
     first, second = message(1, big(1)), message(2, big(2))
     data = delta.delta_json(second, first)
     assert json.loads(data) == {"channel": "c", "id": second.id, "base": first.id,
-                                "delta": {"n": [2]}, "time": 1002}
+                                "delta": {"n": 2}, "time": 1002}
     assert delta.delta_json(second, first) is data
     assert second.encoded[delta.DELTA_KEY] is data
 

@@ -620,15 +620,25 @@ function wholeData(channel, message) {
   return data === null || typeof data !== "object" ? data : JSON.parse(JSON.stringify(data));
 }
 
-/** `base` with `patch` applied (a new value): [v] replaces, an object patches keys or indices. */
+/**
+ * `base` with `patch` applied (a new value): a scalar or [v] replaces, an object patches keys
+ * or indices ([] removes a key, "len" resizes an array).
+ */
 export function applyDelta(base, patch) {
   if (Array.isArray(patch)) {
     if (patch.length !== 1) throw new TidingsError("a replacement is an array of one value");
     return patch[0];
   }
-  if (patch === null || typeof patch !== "object" || base === null || typeof base !== "object") {
+  if (patch === null || typeof patch !== "object") return patch;
+  if (base === null || typeof base !== "object") {
     throw new TidingsError("a patch that does not fit its base");
   }
+  const fresh = (key, change) => {  // a new key or element: a replacement, not an edit
+    if (Array.isArray(change) ? change.length !== 1 : change !== null && typeof change === "object") {
+      throw new TidingsError(`the new ${key} needs a value or [value]`);
+    }
+    return Array.isArray(change) ? change[0] : change;
+  };
   const own = (object, key) => Object.prototype.hasOwnProperty.call(object, key);
   const put = (object, key, value) => Object.defineProperty(  // "__proto__" is a key too
     object, key, { value, writable: true, enumerable: true, configurable: true });
@@ -640,10 +650,8 @@ export function applyDelta(base, patch) {
         delete result[key];
       } else if (own(result, key)) {
         put(result, key, applyDelta(result[key], change));
-      } else if (Array.isArray(change) && change.length === 1) {
-        put(result, key, change[0]);
       } else {
-        throw new TidingsError(`patches the missing key ${key}`);
+        put(result, key, fresh(key, change));
       }
     }
     return result;
@@ -658,10 +666,7 @@ export function applyDelta(base, patch) {
     const index = Number(key);
     if (!/^[0-9]+$/.test(key) || index >= length) throw new TidingsError(`no element ${key}`);
     if (index >= base.length) {
-      if (!Array.isArray(change) || change.length !== 1) {
-        throw new TidingsError(`new element ${key} needs [value]`);
-      }
-      result[index] = change[0];
+      result[index] = fresh(key, change);
       added.delete(index);
     } else {
       result[index] = applyDelta(result[index], change);
