@@ -251,3 +251,27 @@ async def test_delta_takes_1_or_0_and_subscribe_takes_a_boolean(server: Server) 
             assert reply["type"] == "error" and reply["error"] == "invalid_command"
         await ws.send(json.dumps({"type": "ping", "req": 2}))
         assert (await recv_json(ws))["req"] == 2  # the connection stays
+
+
+async def test_deltas_across_two_nodes_on_redis(make_server: ServerFactory,
+                                                redis_url: str) -> None:
+    """Published on one node, read on another: the reader's node computes the deltas of the
+    messages it follows, live and from the log alike."""
+    writer = await make_server(broker=redis_url)
+    reader = await make_server(broker=redis_url)
+    channel = f"stocks-{id(writer)}"
+    values = ticks(6)
+    applier = Applier()
+    async with http_client(writer) as http:
+        ids = await publish_many(http, channel, values[:3])
+        async with connect(ws_url(reader, f"/channels/{channel}?since=0&delta=1")) as ws:
+            assert (await recv_json(ws))["type"] == "subscribed"
+            got = [await recv_json(ws) for _ in range(3)]
+            live = await publish_many(http, channel, values[3:])
+            got += [await recv_json(ws) for _ in range(3)]
+        assert [m["id"] for m in got] == ids + live
+        assert kinds(got) == ["whole"] + ["delta"] * 5
+        assert [applier.whole(m) for m in got] == values
+    async with http_client(reader) as http:
+        answer = await poll(http, f"/channels/{channel}", since="0", delta="1")
+        assert kinds(answer["messages"]) == ["whole"] + ["delta"] * 5

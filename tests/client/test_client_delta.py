@@ -6,6 +6,7 @@ the same as without; a delta whose base the connection lacks makes it resume.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -97,3 +98,35 @@ async def test_a_delta_against_a_base_the_connection_lacks_makes_it_resume(
             zip(ids, values, strict=True))
         assert forgot and subscription.reconnects >= 1
         await status.wait_for(Connected, transport="websocket")
+
+
+async def test_a_technique_switch_under_deltas_loses_and_repeats_nothing(
+        make_server: Any, monkeypatch: pytest.MonkeyPatch, applied: list[Any]) -> None:
+    """auto on SSE (the WebSocket refused once) upgrades to a WebSocket mid-stream: the new
+    connection starts whole, deltas follow, every value arrives once, in order."""
+    from test_client_auto import refuse_upgrades
+
+    from tidings import TransportChanged
+    from tidings.testing import UNIT
+
+    server = await make_server(heartbeat_interval=0.05 * UNIT)
+    refuse_upgrades(monkeypatch, times=1)
+    market = Market(seed=5)
+    status = StatusLog()
+    sent: list[Any] = []
+    async with fast_client(server.url, upgrade_after=0.3 * UNIT, on_status=status) as client:
+        subscription = client.subscribe("stocks", since="0", delta=True)
+        await status.wait_for(Connected, transport="sse")
+        upgrade = asyncio.ensure_future(status.wait_for(TransportChanged, transport="websocket"))
+        async with asyncio.timeout(5 * UNIT):
+            while not upgrade.done() or len(sent) < 20:
+                sent.append(market.tick())
+                await client.publish("stocks", sent[-1])
+                await asyncio.sleep(0.01)  # lets time pass for the upgrade, asserts nothing
+        await upgrade
+        sent.append(market.tick())
+        await client.publish("stocks", sent[-1])
+        received = await take(subscription, len(sent))
+        assert [m.data for m in received if isinstance(m, Message)] == sent
+        assert subscription.transport == "websocket"
+        assert applied  # deltas were applied on the way
