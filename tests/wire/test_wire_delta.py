@@ -124,3 +124,12 @@ def test_a_compressed_delta_frame_is_made_once_per_window() -> None:
     frame = form.single(second, delta.delta_json(second, first))
     assert frame[0] == 0xC1  # FIN, RSV1, text
     assert form.single(second, b"ignored") is frame
+
+
+def test_a_value_nested_too_deeply_to_diff_goes_whole() -> None:
+    first = Message("c", Position("aaaaaaaa", 1), b"[" * 3000 + b"1" + b"]" * 3000, 1)
+    second = Message("c", Position("aaaaaaaa", 2), b"[" * 3000 + b"2" + b"]" * 3000, 2)
+    assert delta.delta_json(second, first) == b""
+    encoder = delta.Deltas(commands.FRAMES, delta.frame_form(0, 0))
+    encoder.single(first)
+    assert encoder.single(second) == commands.FRAMES.single(second)

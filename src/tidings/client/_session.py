@@ -208,8 +208,8 @@ class Session:
                                    "connection was not sent; resuming from the cursor")
             try:
                 data = delta.apply(base[1], value["delta"])
-            except BadRequest as exc:
-                raise self.failure(f"a delta that does not fit its base: {exc}") from None
+            except (BadRequest, RecursionError) as exc:
+                raise self.failure(f"a delta that does not fit its base: {exc!r}") from None
             value = {key: item for key, item in value.items() if key not in ("delta", "base")}
             value["data"] = data
         # The application may change what it is handed: the base stays a copy of its own.

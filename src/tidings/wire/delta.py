@@ -178,12 +178,19 @@ def delta_json(message: Message, base: Message) -> bytes:
     message. Computed once per message and cached."""
     data = message.encoded.get(DELTA_KEY)
     if data is None:
-        # Both were validated when published: the plain decoder is enough (and faster).
-        patch = jsonvalue.encode(diff(json.loads(base.data), json.loads(message.data)))
-        data = b'{"channel":"%s","id":"%s","base":"%s","delta":%s,"time":%d}' % (
-            message.channel.encode(), message.id.encode(), base.id.encode(), patch, message.time)
-        if len(data) >= len(message.json):
+        try:
+            # Both were validated when published: the plain decoder is enough (and faster).
+            patch = jsonvalue.encode(diff(json.loads(base.data), json.loads(message.data)))
+        except (RecursionError, BadRequest):
+            # Nested about as deeply as a publish may be, deeper than the diff can follow
+            # from inside a delivery: sent whole, rather than failing every reader's delivery.
             data = b""
+        else:
+            data = b'{"channel":"%s","id":"%s","base":"%s","delta":%s,"time":%d}' % (
+                message.channel.encode(), message.id.encode(), base.id.encode(), patch,
+                message.time)
+            if len(data) >= len(message.json):
+                data = b""
         message.encoded[DELTA_KEY] = data
     return data
 
