@@ -65,6 +65,7 @@ def test_the_format() -> None:
     (1, {"a": [1]}), ({}, {"a": {"b": [1]}}), ({}, {"a": []}), ([1], {"1": {"x": [1]}}),
     ([1], {"len": 3, "1": [2]}), ([1], {"len": -1}), ([1], {"len": "2"}), ([1], {"x": [1]}),
     ({}, [1, 2]), ([1], {"5": [1]}), ({}, {"a": [1, 2]}), ([1], {"len": 2, "1": [1, 2]}),
+    ([1], {"len": 10**12}), ([1], {"len": 2, "\u00b9": 1}), ([1], {"len": True}),
 ])
 def test_a_patch_that_does_not_fit_is_refused(base: Any, patch: Any) -> None:
     with pytest.raises(BadRequest) as caught:
@@ -133,3 +134,13 @@ def test_a_value_nested_too_deeply_to_diff_goes_whole() -> None:
     encoder = delta.Deltas(commands.FRAMES, delta.frame_form(0, 0))
     encoder.single(first)
     assert encoder.single(second) == commands.FRAMES.single(second)
+
+
+@given(values, st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["a", "b", "0", "1", "len", "\u00b2"]), inner, max_size=3), max_leaves=12))
+@settings(max_examples=300, deadline=None)
+def test_any_patch_applies_or_is_refused_as_invalid_delta(base: Any, patch: Any) -> None:
+    try:
+        delta.apply(base, patch)
+    except BadRequest as exc:
+        assert exc.code == "invalid_delta"

@@ -658,6 +658,9 @@ export function applyDelta(base, patch) {
   }
   const length = own(patch, "len") ? patch.len : base.length;
   if (!Number.isInteger(length) || length < 0) throw new TidingsError("a bad array length");
+  if (length - base.length > Object.keys(patch).length) {  // each new element needs its key
+    throw new TidingsError("an array grew without values for its new elements");
+  }
   const result = base.slice(0, length);
   const added = new Set();
   for (let index = base.length; index < length; index += 1) added.add(index);

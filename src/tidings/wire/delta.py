@@ -97,13 +97,29 @@ def _replace(value: Any) -> Any:
 
 def same(a: Any, b: Any) -> bool:
     """Whether two JSON values are equal as JSON: ``1 == 1.0 == True`` in Python, not here."""
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
-    if isinstance(a, dict):
-        return len(a) == len(b) and all(k in b and same(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    if kind is dict:
+        if len(a) != len(b):
+            return False
+        pairs = ((value, b.get(key, _MISSING)) for key, value in a.items())
+    elif kind is list:
+        if len(a) != len(b):
+            return False
+        pairs = zip(a, b, strict=True)
+    else:
+        return bool(a == b)
+    for x, y in pairs:  # scalars inline: most of a message is unchanged leaves
+        inner = type(x)
+        if inner is not type(y):
+            return False
+        if inner is dict or inner is list:
+            if not same(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def apply(base: Any, patch: Any) -> Any:
@@ -137,12 +153,15 @@ def apply(base: Any, patch: Any) -> Any:
         if type(length) is not int or length < 0:
             raise BadRequest("'len' must be a whole number", code="invalid_delta")
         old_length = len(items)
+        if length - old_length > len(patch):  # each new element needs a key of its own
+            raise BadRequest("an array grew without values for its new elements",
+                             code="invalid_delta")
         del items[length:]
         items.extend([_MISSING] * (length - len(items)))
         for key, change in patch.items():
             if key == LENGTH:
                 continue
-            if not key.isdigit() or int(key) >= length:
+            if not (key.isascii() and key.isdigit()) or int(key) >= length:
                 raise BadRequest(f"no element {key!r} in the array", code="invalid_delta")
             index = int(key)
             if index >= old_length:
