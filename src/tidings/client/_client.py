@@ -28,6 +28,7 @@ from tidings.client._common import checked_channel, encode_data, publish_headers
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
 from tidings.client._session import (
     Dropped,
+    ReadOptions,
     Session,
     TechniqueFailed,
     Unavailable,
@@ -186,7 +187,8 @@ class Client:
     # subscribing -------------------------------------------------------------
 
     def subscribe(self, *channels: str, since: str | None = None,
-                  on_gap: str = "deliver") -> Subscription:
+                  on_gap: str = "deliver", delta: bool = False,
+                  latest: bool = False) -> Subscription:
         """Read ``channels`` from ``since``; iterate the result with ``async for``.
 
         ``since`` is ``None`` (messages published from now on), ``"0"`` (from
@@ -194,6 +196,11 @@ class Client:
         multi-channel cursor such as :attr:`Subscription.cursor`. It yields
         :class:`Message` and :class:`Gap` objects; with ``on_gap="raise"`` a
         gap raises :class:`tidings.MissedMessages` instead and ends it.
+
+        ``delta=True`` asks the server for deltas (``?delta=1``): fewer bytes,
+        and the same whole messages here, applied as they come. ``latest=True``
+        (``?latest=1``) asks for the newest message of each channel only, the
+        skipped ones counted in a ``latest`` gap (docs/protocol.md).
         """
         self._check_open()
         if on_gap not in ("deliver", "raise"):
@@ -201,6 +208,7 @@ class Client:
         for channel in channels:
             checked_channel(channel)
         subscription = Subscription(self, CursorBook(channels, since), on_gap)
+        subscription._options = ReadOptions(delta=delta, latest=latest)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -368,6 +376,8 @@ class Subscription:
         self._stopped: BaseException | None = None
         self._limit: asyncio.Timeout | None = None
         self._reason = ""
+        #: What every read asks the server for (``delta``, ``latest``).
+        self._options = ReadOptions()
         self._task = client._spawn(self._run())
 
     @property
@@ -434,7 +444,8 @@ class Subscription:
         while True:
             technique = order[index]
             session = Session(client, self._book, technique, self._queue.put, self._on_gap,
-                              fallback=index > 0, established=self._established)
+                              fallback=index > 0, established=self._established,
+                              options=self._options)
             try:
                 await self._attempt(session)
             except OutOfOrder as exc:

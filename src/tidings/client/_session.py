@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tidings.client._cursors import BrokenStream, CursorBook
 from tidings.client.events import Gap, Message
-from tidings.errors import CloseCode, MissedMessages, RequestRefused
+from tidings.errors import BadRequest, CloseCode, MissedMessages, RequestRefused
 from tidings.server_api import refusal_of_status
+from tidings.wire import delta
 
 if TYPE_CHECKING:
     from tidings.client._client import Client
@@ -86,8 +88,28 @@ class Dropped(Exception):
     """A working connection ended."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """What a subscription asks the server for on every technique."""
+
+    #: Deltas (``?delta=1``, ``"delta": true``): applied here, whole messages delivered.
+    delta: bool = False
+    #: The newest message of each channel only (``?latest=1``, ``"latest": true``).
+    latest: bool = False
+
+    def params(self) -> list[tuple[str, str | int | float | bool | None]]:
+        """The query parameters of an HTTP read."""
+        return [(name, "1") for name in ("delta", "latest") if getattr(self, name)]
+
+
 class Session:
-    """The state one technique needs for one connection attempt."""
+    """The state one technique needs for one connection attempt.
+
+    With deltas it keeps the last whole value of each channel it was sent on
+    this connection (a delta names the id it applies to, checked here): a delta
+    whose base it lacks, or that does not fit, ends the connection, and the
+    resume from the cursor begins with a whole message.
+    """
 
     def __init__(
         self,
@@ -98,8 +120,12 @@ class Session:
         on_gap: str,
         fallback: bool,
         established: Callable[[Session], None],
+        options: ReadOptions | None = None,
     ) -> None:
         self.client = client
+        self.options = options or ReadOptions()
+        #: With deltas: each channel's last message id and whole value on this connection.
+        self._bases: dict[str, tuple[object, Any]] = {}
         self.book = book
         self.technique = technique
         self.is_established = False
@@ -115,10 +141,11 @@ class Session:
 
     def read_target(self) -> tuple[str, httpx.QueryParams]:
         """The URL and channel parameters of a read with an HTTP technique."""
+        options = self.options.params()
         if len(self.channels) == 1:
-            return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams()
+            return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams(options)
         return self.client._url("/subscribe"), httpx.QueryParams(
-            [("channel", c) for c in self.channels])
+            [*(("channel", c) for c in self.channels), *options])
 
     def failure(self, reason: str) -> Exception:
         """The exception for a connection that ended: :class:`Dropped` once established."""
@@ -163,9 +190,31 @@ class Session:
 
     async def message(self, value: Mapping[str, Any]) -> None:
         """A message object from the server: delivered unless it is a duplicate."""
+        if self.options.delta:
+            value = self._whole(value)
         message = self.book.accept_message(value)
         if message is not None:
             await self._deliver(message)
+
+    def _whole(self, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The whole message of ``value`` (a delta or not); remember it as the next base."""
+        channel = value.get("channel")
+        if not isinstance(channel, str):
+            raise BrokenStream(f"a message without a channel: {str(value)[:100]}")
+        if "delta" in value:
+            base = self._bases.get(channel)
+            if base is None or base[0] != value.get("base"):
+                raise self.failure(f"a delta against {value.get('base')!r}, a message this "
+                                   "connection was not sent; resuming from the cursor")
+            try:
+                data = delta.apply(base[1], value["delta"])
+            except (BadRequest, RecursionError) as exc:
+                raise self.failure(f"a delta that does not fit its base: {exc!r}") from None
+            value = {key: item for key, item in value.items() if key not in ("delta", "base")}
+            value["data"] = data
+        # The application may change what it is handed: the base stays a copy of its own.
+        self._bases[channel] = (value.get("id"), value.get("data"))
+        return {**value, "data": json.loads(json.dumps(value.get("data")))}
 
     async def gap(self, value: Mapping[str, Any]) -> None:
         """A gap object from the server: a :class:`Gap` event, or :class:`MissedMessages`."""

@@ -262,6 +262,7 @@ async def read(session: Session) -> None:
         try:
             for channel in channels:
                 command: dict[str, Any] = {"type": "subscribe", "channel": channel}
+                command.update((name, True) for name, _ in session.options.params())
                 since = session.book.since_of(channel)
                 if since is not None:
                     command["since"] = since

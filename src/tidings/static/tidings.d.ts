@@ -124,6 +124,12 @@ export interface Options {
    * always has its own.
    */
   shareTabs?: ShareTabs;
+  /** Ask for deltas (`?delta=1`, `"delta": true`); applied by the client: `onMessage` still
+   *  gets whole messages, with fewer bytes on the wire. Default false. */
+  delta?: boolean;
+  /** Ask for the newest message of each channel only (`?latest=1`, `"latest": true`); the
+   *  skipped ones come as a gap of reason `"latest"`. Default false. */
+  latest?: boolean;
 }
 
 /** How a client shares its connection with the other tabs: see `Options.shareTabs`. */
@@ -281,3 +287,6 @@ export function tokenExpiry(token: string): number | null;
  * when it is too late to: the rule the client applies over a WebSocket.
  */
 export function refreshDelay(remaining: number): number | null;
+
+/** `base` with a delta's `patch` applied (docs/protocol.md#deltas); throws if it does not fit. */
+export function applyDelta(base: unknown, patch: unknown): unknown;

@@ -33,6 +33,11 @@ export const DEFAULTS = Object.freeze({
   // One connection per origin for all tabs using the same server and options: "auto"
   // (a SharedWorker where there is one, else a leader tab), "worker", "leader", or false.
   shareTabs: "auto",
+  // Fewer bytes (docs/protocol.md): `delta` asks the server for deltas (?delta=1, "delta":
+  // true), applied here so that onMessage still gets whole messages; `latest` asks for the
+  // newest message of each channel only, the skipped ones counted in a "latest" gap.
+  delta: false,
+  latest: false,
 });
 
 // Refreshing a JWT over an open WebSocket (the same rule as the Python client): this share
@@ -475,6 +480,7 @@ class Client {
     const parts = names.filter((n) => this._sinceOf(n) !== null)
       .map((n) => `${n}=${this._sinceOf(n)}`);
     if (parts.length) query.push(`since=${encodeURIComponent(parts.join(","))}`);
+    for (const flag of readFlags(this.options)) query.push(`${flag}=1`);
     return `${this.url}/subscribe?${query.join("&")}${extra}`;
   }
 
@@ -513,11 +519,15 @@ class Client {
       if (pos.seq <= last.seq) return "ok"; // a duplicate after a resume: drop it
       if (pos.seq !== last.seq + 1n) return "hole";
     }
+    let data = message.data;
+    if (this.options.delta) {
+      data = wholeData(channel, message);
+      if (data === NO_BASE) return "hole"; // resume from the cursor: a whole message comes first
+    }
     channel.pos = pos;
     channel.fromOrigin = false;
     this.stats.messages += 1;
-    const delivered = { channel: message.channel, id: message.id, data: message.data,
-                        time: message.time };
+    const delivered = { channel: message.channel, id: message.id, data, time: message.time };
     for (const subscription of [...channel.subs]) subscription._message(delivered);
     return "ok";
   }
@@ -579,6 +589,94 @@ class Subscription {
   _gap(gap) {
     if (!this.closed && this._onGap) guard(() => this._onGap(gap), this.client);
   }
+}
+
+// Deltas (docs/protocol.md#deltas) ----------------------------------------------------------
+// A delta message carries `base` (the id it applies to) and `delta` (a patch) instead of
+// `data`. The client keeps each channel's last whole value; a delta whose base is not the
+// one it holds is never applied: the reader resumes from the cursor, and the server sends a
+// whole message first after a resume.
+
+const NO_BASE = Symbol("no base");
+
+function readFlags(options) {
+  return ["delta", "latest"].filter((flag) => options[flag]);
+}
+
+/** The whole data of `message` for `channel` ({base}), or NO_BASE; keeps it as the next base. */
+function wholeData(channel, message) {
+  let data = message.data;
+  if (Object.prototype.hasOwnProperty.call(message, "delta")) {
+    const base = channel.base;
+    if (!base || base.id !== message.base) return NO_BASE;
+    try {
+      data = applyDelta(base.data, message.delta);
+    } catch {
+      return NO_BASE;
+    }
+  }
+  channel.base = { id: message.id, data };
+  // The application may change what it is handed: the base stays a copy of its own.
+  return data === null || typeof data !== "object" ? data : JSON.parse(JSON.stringify(data));
+}
+
+/**
+ * `base` with `patch` applied (a new value): a scalar or [v] replaces, an object patches keys
+ * or indices ([] removes a key, "len" resizes an array).
+ */
+export function applyDelta(base, patch) {
+  if (Array.isArray(patch)) {
+    if (patch.length !== 1) throw new TidingsError("a replacement is an array of one value");
+    return patch[0];
+  }
+  if (patch === null || typeof patch !== "object") return patch;
+  if (base === null || typeof base !== "object") {
+    throw new TidingsError("a patch that does not fit its base");
+  }
+  const fresh = (key, change) => {  // a new key or element: a replacement, not an edit
+    if (Array.isArray(change) ? change.length !== 1 : change !== null && typeof change === "object") {
+      throw new TidingsError(`the new ${key} needs a value or [value]`);
+    }
+    return Array.isArray(change) ? change[0] : change;
+  };
+  const own = (object, key) => Object.prototype.hasOwnProperty.call(object, key);
+  const put = (object, key, value) => Object.defineProperty(  // "__proto__" is a key too
+    object, key, { value, writable: true, enumerable: true, configurable: true });
+  if (!Array.isArray(base)) {
+    const result = { ...base };
+    for (const [key, change] of Object.entries(patch)) {
+      if (Array.isArray(change) && change.length === 0) {
+        if (!own(result, key)) throw new TidingsError(`removes the missing key ${key}`);
+        delete result[key];
+      } else if (own(result, key)) {
+        put(result, key, applyDelta(result[key], change));
+      } else {
+        put(result, key, fresh(key, change));
+      }
+    }
+    return result;
+  }
+  const length = own(patch, "len") ? patch.len : base.length;
+  if (!Number.isInteger(length) || length < 0) throw new TidingsError("a bad array length");
+  if (length - base.length > Object.keys(patch).length) {  // each new element needs its key
+    throw new TidingsError("an array grew without values for its new elements");
+  }
+  const result = base.slice(0, length);
+  const added = new Set();
+  for (let index = base.length; index < length; index += 1) added.add(index);
+  for (const [key, change] of Object.entries(patch)) {
+    if (key === "len") continue;
+    const index = Number(key);
+    if (!/^[0-9]+$/.test(key) || index >= length) throw new TidingsError(`no element ${key}`);
+    if (index >= base.length) {
+      result[index] = fresh(key, change);
+      added.delete(index);
+    } else {
+      result[index] = applyDelta(result[index], change);
+    }
+  }
+  if (added.size) throw new TidingsError("an array grew without values for its new elements");
+  return result;
 }
 
 function guard(fn, client) {
@@ -992,6 +1090,7 @@ class WebSocketReader extends Reader {
    */
   subscribeChannel(name) {
     const command = { type: "subscribe", channel: name };
+    for (const flag of readFlags(this.options)) command[flag] = true;
     const since = this.client._sinceOf(name);
     if (since !== null) command.since = since;
     this.command(command).then(

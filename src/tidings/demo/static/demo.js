@@ -129,7 +129,8 @@ async function backfill() {
   }
 }
 
-const client = connect(location.origin);
+// Deltas: each tick comes as the few prices that moved; the client hands whole ticks here.
+const client = connect(location.origin, { delta: true });
 client.on("state", showState);
 await backfill();
 client.subscribe(CHANNEL, {

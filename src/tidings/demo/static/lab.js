@@ -90,13 +90,19 @@ class Column {
       this.chart.options.empty = "not offered by the server";
       return;
     }
-    this.client = connect(location.origin, { transports: [technique.name] });
+    this.client = connect(location.origin, { transports: [technique.name], delta: true });
     this.client.on("state", (state, detail) => this.showState(state, detail));
     this.client.subscribe(CHANNEL, {
       onMessage: (message) => this.received(message),
       onGap: (gap) => console.warn(technique.name, "missed messages", gap),
     });
     this.showState(this.client.state);
+    // Deltas compared: a second client of the same technique reads whole messages, for its
+    // bytes per message only.
+    this.plain = connect(location.origin, { transports: [technique.name] });
+    this.plainCount = 0;
+    this.plainBase = 0;
+    this.plain.subscribe(CHANNEL, { onMessage: () => { this.plainCount++; } });
   }
 
   showState(state, detail) {
@@ -127,6 +133,8 @@ class Column {
     this.chart.clear();
     const stats = (this.client && this.client.stats) || {};
     this.base = { requests: stats.requests || 0, bytesReceived: stats.bytesReceived || 0 };
+    this.plainCount = 0;
+    this.plainBase = this.plain ? this.plain.stats.bytesReceived : 0;
   }
 
   render() {
@@ -139,6 +147,9 @@ class Column {
     this.field("requests").textContent = requests.toLocaleString("en");
     this.field("bytes").textContent = bytes(received);
     this.field("per-message").textContent = this.count ? `${Math.round(received / this.count)} B` : "–";
+    const plain = this.plain ? this.plain.stats.bytesReceived - this.plainBase : 0;
+    this.field("per-message-plain").textContent =
+      this.plainCount ? `${Math.round(plain / this.plainCount)} B` : "–";
   }
 }
 
