@@ -100,6 +100,7 @@ def same(a: Any, b: Any) -> bool:
     kind = type(a)
     if kind is not type(b):
         return False
+    pairs: Iterable[tuple[Any, Any]]
     if kind is dict:
         if len(a) != len(b):
             return False
