@@ -196,3 +196,15 @@ async def test_a_chosen_client_id_is_used_on_every_technique(page: Any) -> None:
                 (x["client"], x["technique"]) == (f"kiosk-{t}", t) for x in m))
             await page.evaluate("window.client.close()")
         assert json.dumps(await page.evaluate("window.log.errors")) == "[]"
+
+
+async def test_a_page_of_another_origin_learns_its_client_id_on_polls(page: Any) -> None:
+    # The page comes from one server and polls another (another port: another origin), so
+    # the Tidings-Client header must be exposed by CORS for the poller to name itself.
+    async with serving() as pages, serving(**PRESENCE) as served:
+        await page.goto(f"{pages.url}/healthz")
+        await page.evaluate(START.replace("location.origin", "options.server"),
+                            [{**FAST, "server": served.url, "transports": ["poll"]}, False])
+        await wait_for(page, "window.client.clientId !== null")
+        mine = await page.evaluate("window.client.clientId")
+        await until_members(served, lambda m: [x["client"] for x in m] == [mine])
