@@ -163,15 +163,16 @@ async def test_a_poller_is_one_member_across_requests_then_times_out(page: Any) 
         await until_members(served, lambda m: m == [])
 
 
-async def test_tabs_sharing_a_connection_are_one_member(browser: Any) -> None:
+@pytest.mark.parametrize("sharing", ["worker", "leader"])
+async def test_tabs_sharing_a_connection_are_one_member(browser: Any, sharing: str) -> None:
     async with serving(**PRESENCE) as served:
         context = await browser.new_context()
         try:
             first, second = await context.new_page(), await context.new_page()
-            shared = {**FAST, "shareTabs": "auto"}
             for tab in (first, second):
-                await start(tab, served, **shared)
+                await start(tab, served, shareTabs=sharing)
                 await wait_for(tab, "window.log.lists.length > 0 && window.client.clientId")
+                assert await tab.evaluate("window.client.sharing") == sharing
             ids = {await tab.evaluate("window.client.clientId") for tab in (first, second)}
             assert len(ids) == 1
             (mine,) = ids
@@ -184,6 +185,15 @@ async def test_tabs_sharing_a_connection_are_one_member(browser: Any) -> None:
             await guest.close()
             for tab in (first, second):
                 await wait_for(tab, "window.log.leaves.some((m) => m.client === 'guest')")
+            if sharing == "leader":
+                # The leader tab closes: the other tab's new hub goes on with the same id.
+                await first.close()
+                await until_members(served, lambda m: [x["client"] for x in m] == [mine])
+                await wait_for(second, "window.log.states.filter(([s]) => s === 'open')"
+                                       ".length >= 2")
+                assert await second.evaluate("window.client.clientId") == mine
+                listed = await until_members(served, lambda m: len(m) == 1)
+                assert listed[0]["client"] == mine
         finally:
             await context.close()
 
