@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tidings.client._cursors import BrokenStream, CursorBook
+from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
+from tidings.client._presence import PresenceBook, PresenceItem, new_client_id
 from tidings.client.events import Gap, Message
 from tidings.errors import BadRequest, CloseCode, MissedMessages, RequestRefused
 from tidings.server_api import refusal_of_status
@@ -116,17 +117,20 @@ class Session:
         client: Client,
         book: CursorBook,
         technique: str,
-        deliver: Callable[[Message | Gap], Any],
+        deliver: Callable[[Message | Gap | PresenceItem], Any],
         on_gap: str,
         fallback: bool,
         established: Callable[[Session], None],
         options: ReadOptions | None = None,
+        presence: PresenceBook | None = None,
     ) -> None:
         self.client = client
         self.options = options or ReadOptions()
         #: With deltas: each channel's last message id and whole value on this connection.
         self._bases: dict[str, tuple[object, Any]] = {}
         self.book = book
+        #: The joins and leaves asked for (``presence=True``), else ``None``.
+        self.presence = presence
         self.technique = technique
         self.is_established = False
         self._deliver = deliver
@@ -146,6 +150,26 @@ class Session:
             return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams(options)
         return self.client._url("/subscribe"), httpx.QueryParams(
             [*(("channel", c) for c in self.channels), *options])
+
+    def read_params(self, params: httpx.QueryParams, poller: bool) -> httpx.QueryParams:
+        """``params`` with the client id once known (``?client=``), and ``presence=1`` (with,
+        for a poller, where its joins and leaves resume) when they were asked for. A poller
+        asking for them must name itself: it draws an id if none is known yet."""
+        client = self.client
+        if self.presence is not None:
+            if poller and client.client_id is None:
+                client._learn_client(new_client_id())
+            params = params.add("presence", "1")
+            since = self.presence.since()
+            if poller and since is not None:
+                params = params.add("presence_since", since)
+        if client.client_id is not None:
+            params = params.add("client", client.client_id)
+        return params
+
+    def learn_client(self, response: httpx.Response) -> None:
+        """Keep the client id the server told in its ``Tidings-Client`` header."""
+        self.client._learn_client(response.headers.get("tidings-client"))
 
     def failure(self, reason: str) -> Exception:
         """The exception for a connection that ended: :class:`Dropped` once established."""
@@ -225,13 +249,45 @@ class Session:
             raise MissedMessages(gap)
         await self._deliver(gap)
 
+    async def presence_listed(self, value: Mapping[str, Any]) -> None:
+        """A member list (a ``presence`` frame or event)."""
+        if self.presence is not None:
+            for item in self.presence.listed(value):
+                await self._deliver(item)
+
+    async def presence_changed(self, kind: str, value: Mapping[str, Any]) -> None:
+        """A ``join`` or ``leave`` frame or event."""
+        if self.presence is not None:
+            for item in self.presence.changed(kind, value):
+                await self._deliver(item)
+
     async def batch(self, body: object) -> bool:
-        """A poll or long-poll answer: gaps, then messages, then ``next``. Returns ``more``."""
+        """A poll or long-poll answer: gaps, then messages with the joins and leaves in
+        order among them, then ``next``. Returns ``more``."""
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BrokenStream(f"not a poll answer: {str(body)[:100]}")
+        messages = body["messages"]
+        placed = [] if self.presence is None else self.presence.answer(body, messages)
+        placed.sort(key=lambda pair: pair[0])  # stable: in the server's order within a place
+        queue = iter(placed)
+        pending = next(queue, None)
+
+        async def hand_up_to(place: float) -> None:
+            nonlocal pending
+            while pending is not None and pending[0] <= place:
+                for item in pending[1]:
+                    await self._deliver(item)
+                pending = next(queue, None)
+
         for gap in body.get("gaps") or ():
             await self.gap(gap)
-        for message in body["messages"]:
-            await self.message(message)
+        try:
+            for index, message in enumerate(messages):
+                await hand_up_to(index)
+                await self.message(message)
+        except OutOfOrder:
+            await hand_up_to(float("inf"))  # the presence cursor moved past them already
+            raise
+        await hand_up_to(float("inf"))
         self.learn_cursor(body.get("next"))
         return body.get("more") is True
