@@ -358,6 +358,7 @@ class Router:
             self._read_back(conn, request, channels, multi, cors)
             return
         latest = request.latest()  # 400 before any technique starts
+        delta = request.delta()
         if request.wants_websocket:
             self._check_enabled("websocket")
             starts = self._starts(request.arg("since"), channels, recorded) if channels else {}
@@ -370,7 +371,8 @@ class Router:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = self._starts(since, channels, recorded)
-            stream = SseStream(server, conn.detach(), multi, identity, latest=latest)
+            stream = SseStream(server, conn.detach(), multi, identity, latest=latest,
+                               delta=delta)
             stream.expires = credentials.expires
             stream.server_side = following
 
@@ -394,7 +396,7 @@ class Router:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
                                     keep_alive, identity, named, presence_since,
-                                    latest=latest)
+                                    latest=latest, delta=delta)
             else:
                 wait = min(wait, self.settings.max_wait)
 
@@ -402,7 +404,7 @@ class Router:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
                                         keep_alive, credentials.expires, identity, named,
-                                        presence_since, latest=latest)
+                                        presence_since, latest=latest, delta=delta)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             count_refusal(server.stats, error)
