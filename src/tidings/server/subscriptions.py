@@ -217,12 +217,15 @@ class UserChannels:
         for stream in list(self._streams.get(user, ())):
             following = stream.server_side
             assert following is not None
-            for channel in list(following.added):
-                if channel not in recorded:
-                    self._remove(stream, channel)
-            for channel, start in recorded.items():
-                if channel not in following.added:
-                    self._add(stream, channel, start)
+            try:
+                for channel in list(following.added):
+                    if channel not in recorded:
+                        self._remove(stream, channel)
+                for channel, start in recorded.items():
+                    if channel not in following.added:
+                        self._add(stream, channel, start)
+            except Exception:
+                logger.exception("reading %r's channels again for %r failed", user, stream)
 
     def _add(self, stream: Stream, channel: str, start: Position) -> None:
         following = stream.server_side
