@@ -219,3 +219,19 @@ async def test_bad_channels_from_on_connect_are_the_applications_bug(server: Ser
     async with http_client(server) as http:
         answer = await http.get("/subscribe")
     require_error(answer, 503, "hook_unavailable", "on_connect returned a bad channel")
+
+
+async def test_a_bad_cursor_is_refused_to_that_client_alone(server: Server) -> None:
+    install(server)
+    async with http_client(server) as http, \
+            open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+        await recv_json(ws)
+        await recv_json(ws)
+        for headers, params in (({"Last-Event-ID": "garbage", "Accept": "text/event-stream"},
+                                 {}),
+                                ({}, {"since": "lobby=zzzzzzzz-1,inbox:alice="}),
+                                ({}, {"since": "k2j4h5g6-3"})):  # an id names one channel
+            answer = await http.get("/subscribe", headers={**ALICE, **headers}, params=params)
+            require_error(answer, 400, "invalid_cursor", f"a bad cursor {headers} {params}")
+        await server.publish("lobby", "still served")
+        assert [m["data"] for m in await recv_messages(ws, 1)] == ["still served"]
