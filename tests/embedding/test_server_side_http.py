@@ -12,11 +12,13 @@ import asyncio
 import time
 from typing import Any
 
+import httpx
 import jwt
 import pytest
+from asgikit import mounted
 
 from conftest import ServerFactory
-from tidings import ConnectRequest, Identity, Server
+from tidings import ConnectRequest, Identity, Server, Settings
 from tidings.settings import AuthSettings
 from tidings.testing import (
     UNIT,
@@ -185,3 +187,20 @@ async def test_a_node_whose_link_broke_reads_the_sets_again(make_server: ServerF
         assert announced.json() == {"channel": "room:6", "next": first.id}
         await server.publish("room:6", "after")
         assert [m["data"] for m in await stream.message_objects(1)] == ["after"]
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "hypercorn"])
+async def test_through_the_asgi_mount(kind: str) -> None:
+    server = Server(Settings(host="127.0.0.1", port=0, auth=AuthSettings(api_key=API_KEY)),
+                    listen=False)
+    cookie_users(server)
+    async with mounted(kind, server) as app, httpx.AsyncClient(base_url=app.url) as http, \
+            open_sse(http, "/subscribe", headers={"Cookie": "user=alice"}) as stream:
+        await stream.opening()
+        require_error(await http.post("/users/alice/channels/news"), 401,
+                      "api_key_required", "no key through the mount")
+        added = await http.post("/users/alice/channels/news", headers=KEY)
+        assert added.status_code == 201
+        await server.publish("news", "through the mount")
+        assert (await stream.next_event()).event == "subscribed"
+        assert [m["data"] for m in await stream.message_objects(1)] == ["through the mount"]
