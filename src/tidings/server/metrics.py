@@ -335,9 +335,25 @@ def answer(server: Server, conn: HttpConnection, request: Request) -> None:
     if auth.enabled and not auth.identify(request).api_key:
         raise Forbidden("the metrics need the API key (Authorization: Bearer), or serve them "
                         "on a private address with metrics_listen", code="api_key_required")
-    body = exposition(server)
+    head = request.method == "HEAD"
+    if server.metrics_share is None:
+        _answer_scrape(conn, request, exposition(server), head)
+        return
+    conn.park()  # the other workers' figures come first (server/workermetrics.py)
+    server.spawn(_answer_workers(server, conn, request, head))
+
+
+async def _answer_workers(server: Server, conn: HttpConnection, request: Request,
+                          head: bool) -> None:
+    assert server.metrics_share is not None
+    body = await server.metrics_share.exposition(server)
+    if not conn.closing and conn.transport is not None:
+        _answer_scrape(conn, request, body, head)
+
+
+def _answer_scrape(conn: HttpConnection, request: Request, body: bytes, head: bool) -> None:
     conn.answer(200, [("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")],
-                b"" if request.method == "HEAD" else body, request.keep_alive)
+                b"" if head else body, request.keep_alive)
 
 
 class MetricsListener(asyncio.Protocol):
@@ -385,8 +401,19 @@ class MetricsListener(asyncio.Protocol):
         if path != METRICS_PATH.encode() or method not in (b"GET", b"HEAD"):
             self._send(404, b"only GET /metrics here\n")
             return
-        body = exposition(self._server)
-        self._send(200, b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST)
+        server = self._server
+        if server.metrics_share is None:
+            self._send(200, b"" if method == b"HEAD" else exposition(server),
+                       CONTENT_TYPE_LATEST)
+            return
+        self._parser = None  # one request per connection; answered once the workers have
+        server.spawn(self._send_workers(method == b"HEAD"))
+
+    async def _send_workers(self, head: bool) -> None:
+        server = self._server
+        assert server.metrics_share is not None
+        body = await server.metrics_share.exposition(server)
+        self._send(200, b"" if head else body, CONTENT_TYPE_LATEST)
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self._parser = None  # one request per connection
@@ -398,9 +425,19 @@ class MetricsListener(asyncio.Protocol):
 
 
 async def start_listener(server: Server) -> asyncio.Server | None:
-    """Listen on ``metrics_listen`` if it is set (the caller closes the listener)."""
-    if not server.settings.metrics_listen or not server.settings.metrics:
+    """Listen on ``metrics_listen`` if it is set (the caller closes the listener).
+
+    Under ``--workers`` (:attr:`Server.metrics_share` set), also start answering the
+    other workers, and every worker listens on ``metrics_listen`` (``SO_REUSEPORT``;
+    the parent holds the address).
+    """
+    if not server.settings.metrics:
+        return None
+    share = server.metrics_share
+    if share is not None:
+        server.spawn(share.run(server), background=True)
+    if not server.settings.metrics_listen:
         return None
     host, port = split_listen(server.settings.metrics_listen)
     return await server.loop.create_server(lambda: MetricsListener(server), host, port,
-                                           reuse_address=True)
+                                           reuse_address=True, reuse_port=share is not None)
