@@ -75,6 +75,9 @@ TECHNIQUES = ("websocket", "sse", "longpoll", "poll")
 
 # counting (called by the drivers; each is a few additions) ---------------------------
 
+#: The ``get_extra_info`` name of a transport that counts its bytes itself (the ASGI
+#: mount's, server/asgi.py): :func:`acked_bytes` takes its count.
+SENT_BYTES_INFO = "tidings_sent_bytes"
 #: Where Linux's ``struct tcp_info`` holds ``tcpi_bytes_acked`` (since Linux 4.1).
 _TCP_INFO_BYTES_ACKED = 120
 _TCP_INFO_SIZE = 256
@@ -85,10 +88,16 @@ def acked_bytes(transport: Any) -> int:
 
     Streams' bytes are counted this way rather than per write, so that a
     delivery costs no addition for them. 0 where the kernel does not tell
-    (not Linux, not TCP, a closed socket).
+    (not Linux, not TCP, a closed socket). A transport of the ASGI mount
+    tells the bytes it handed to the ASGI server (:data:`SENT_BYTES_INFO`).
     """
+    if transport is None:
+        return 0
+    counted = transport.get_extra_info(SENT_BYTES_INFO)
+    if isinstance(counted, int):
+        return counted
     option = getattr(socket, "TCP_INFO", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    sock = transport.get_extra_info("socket")
     if option is None or sock is None:
         return 0
     try:
