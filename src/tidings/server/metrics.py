@@ -22,6 +22,7 @@ import logging
 import math
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -301,6 +302,13 @@ def _bridges(server: Server) -> Iterator[Metric]:
                                  "bridge's connection (0 while it works).", labels=["bridge"])
     last = GaugeMetricFamily(f"{NAMESPACE}_bridge_last_seq", "The outbox sequence number of "
                              "the last change a bridge published.", labels=["bridge"])
+    lag = GaugeMetricFamily(f"{NAMESPACE}_bridge_lag_seconds", "Seconds since the oldest "
+                            "change waiting in a bridge's outbox was committed (0: none "
+                            "waits), as of its last read.", labels=["bridge"])
+    pending = GaugeMetricFamily(f"{NAMESPACE}_bridge_pending_changes", "Changes waiting in "
+                                "a bridge's outbox at its last read (from sequence numbers: "
+                                "rolled-back transactions may add a few).", labels=["bridge"])
+    now = time.time()
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
@@ -309,7 +317,10 @@ def _bridges(server: Server) -> Iterator[Metric]:
         published.add_metric([label], _number(entry.get("published")))
         failures.add_metric([label], _number(entry.get("failures")))
         last.add_metric([label], _number(entry.get("last_seq")))
-    yield from (state, published, failures, last)
+        since = entry.get("waiting_since")
+        lag.add_metric([label], max(now - since, 0.0) if isinstance(since, float) else 0.0)
+        pending.add_metric([label], _number(entry.get("pending")))
+    yield from (state, published, failures, last, lag, pending)
 
 
 def _number(value: object) -> float:

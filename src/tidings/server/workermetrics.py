@@ -73,6 +73,7 @@ GAUGE_MERGE: dict[str, Callable[[Iterable[float]], float]] = {
     "tidings_bridge_failures": max,
     "tidings_bridge_last_seq": max,
     "tidings_bridge_lag_seconds": max,
+    "tidings_bridge_pending_changes": max,
     "tidings_process_max_fds": max,  # a limit per process
     "tidings_process_start_time_seconds": min,  # the oldest worker's start
 }
