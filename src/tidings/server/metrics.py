@@ -39,6 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
 from tidings.core.log import Gap
+from tidings.core.names import namespace_of
 from tidings.errors import Forbidden, MethodNotAllowed, NotFound, ProtocolError
 from tidings.settings import split_listen
 from tidings.wire import http
@@ -271,6 +272,8 @@ class Collector:
         yield histogram
 
         yield from _bridges(server)
+        yield from _hooks(server)
+        yield from _presence(server)
 
 
 def _labelled(family: CounterMetricFamily, stats: Counter[str], prefix: str,
@@ -321,6 +324,48 @@ def _bridges(server: Server) -> Iterator[Metric]:
         lag.add_metric([label], max(now - since, 0.0) if isinstance(since, float) else 0.0)
         pending.add_metric([label], _number(entry.get("pending")))
     yield from (state, published, failures, last, lag, pending)
+
+
+def _hooks(server: Server) -> Iterator[Metric]:
+    """The application's hooks (server/hooks.py): seconds per call, failures by reason."""
+    hooks = server.hooks
+    latency = HistogramMetricFamily(
+        f"{NAMESPACE}_hook_latency_seconds", "Seconds an application hook took to allow, "
+        "refuse or fail, by hook.", labels=["hook"])
+    for name, histogram in sorted(hooks.latency.items()):  # the hooks called so far
+        latency.add_metric([name], histogram.buckets(), histogram.total)
+    failures = CounterMetricFamily(
+        f"{NAMESPACE}_hook_failures", "Hook calls that failed (answered 503 "
+        "hook_unavailable), by hook and reason: timeout, error (it raised), invalid_result.",
+        labels=["hook", "reason"])
+    for (name, reason), count in sorted(hooks.failures.items()):
+        failures.add_metric([name, reason], count)
+    yield from (latency, failures)
+
+
+def _presence(server: Server) -> Iterator[Metric]:
+    """Members and channels with members per namespace (configured ones; others: "")."""
+    if not server.presence.enabled:
+        return
+    configured = server.settings.namespace_presence
+    members: Counter[str] = Counter()
+    channels: Counter[str] = Counter()
+    for channel, size in server.presence.table.sizes():
+        namespace = namespace_of(channel)
+        label = namespace if namespace in configured else ""  # bounded by the config
+        members[label] += size
+        channels[label] += 1
+    member_family = GaugeMetricFamily(
+        f"{NAMESPACE}_presence_members", "Present clients, summed over channels, by "
+        "namespace (\"\": channels of no [namespaces.X] that sets presence).",
+        labels=["namespace"])
+    channel_family = GaugeMetricFamily(
+        f"{NAMESPACE}_presence_channels", "Channels with at least one present client, by "
+        "namespace.", labels=["namespace"])
+    for label in sorted({"", *(n for n, p in configured.items() if p.enabled), *members}):
+        member_family.add_metric([label], members[label])
+        channel_family.add_metric([label], channels[label])
+    yield from (member_family, channel_family)
 
 
 def _number(value: object) -> float:
