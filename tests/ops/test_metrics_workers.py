@@ -163,6 +163,20 @@ async def test_a_worker_that_does_not_answer_counts_with_what_it_saved(
         assert totals(samples, "tidings_published_messages_total", "via")["http"] == 1
 
 
+async def test_a_failure_while_gathering_stays_with_that_scrape(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: WorkerShare, server: Server) -> bytes:
+        raise RuntimeError("a bug")
+
+    async with worker_server(tmp_path, 0, 1) as server:
+        monkeypatch.setattr(WorkerShare, "exposition", broken)
+        async with http_client(server) as http:
+            assert (await http.get("/metrics")).status_code == 500
+            monkeypatch.undo()
+            assert (await http.get("/metrics")).status_code == 200
+            assert (await http.get("/healthz")).status_code == 200
+
+
 async def test_a_scrape_answered_by_any_of_two_worker_processes_shows_the_total(
         redis_url: str) -> None:
     path = "/channels/spread"

@@ -411,7 +411,12 @@ def answer(server: Server, conn: HttpConnection, request: Request) -> None:
 async def _answer_workers(server: Server, conn: HttpConnection, request: Request,
                           head: bool) -> None:
     assert server.metrics_share is not None
-    body = await server.metrics_share.exposition(server)
+    try:
+        body = await server.metrics_share.exposition(server)
+    except Exception:  # a bug: this scrape fails, nothing else
+        logger.exception("gathering the workers' metrics failed")
+        conn.abort()
+        return
     if not conn.closing and conn.transport is not None:
         _answer_scrape(conn, request, body, head)
 
@@ -477,7 +482,12 @@ class MetricsListener(asyncio.Protocol):
     async def _send_workers(self, head: bool) -> None:
         server = self._server
         assert server.metrics_share is not None
-        body = await server.metrics_share.exposition(server)
+        try:
+            body = await server.metrics_share.exposition(server)
+        except Exception:  # a bug: this scrape fails, nothing else
+            logger.exception("gathering the workers' metrics failed")
+            self._send(500, b"internal error\n")
+            return
         self._send(200, b"" if head else body, CONTENT_TYPE_LATEST)
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
