@@ -117,8 +117,9 @@ class Hooks:
     #: Seconds each call may take (``503 hook_unavailable`` after).
     timeout: float = DEFAULT_HOOK_TIMEOUT
     #: Seconds of the calls by hook name, and failures by (hook name, reason): ``/metrics``.
-    latency: dict[str, LatencyHistogram] = field(default_factory=dict)
-    failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict, compare=False, repr=False)
+    failures: Counter[tuple[str, str]] = field(default_factory=Counter, compare=False,
+                                               repr=False)
 
     @property
     def on_reads(self) -> bool:
