@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scrapes timed with --subscribers idle readers open (0: skip)")
     parser.add_argument("--workers-broker", metavar="URL",
                         help="also time scrapes of a lone server vs --workers 2 on this Redis")
+    parser.add_argument("--scrape-rounds", type=int, default=3,
+                        help="interleaved rounds of --workers-broker's timing")
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")
     return parser.parse_args(argv)
 
@@ -107,7 +109,7 @@ async def scrape_latencies(url: str, count: int) -> list[float]:
 async def workers_scrapes(args: argparse.Namespace) -> dict[str, float]:
     """Median ms per scrape: a lone server vs ``--workers 2`` (interleaved rounds)."""
     found: dict[str, list[float]] = {"lone": [], "workers": []}
-    for _round in range(args.rounds):
+    for _round in range(args.scrape_rounds):
         for variant in ("lone", "workers"):
             extra = ("--workers", "2") if variant == "workers" else ()
             server = ServerProcess.start(cpu=0, config={"broker": args.workers_broker},
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         medians[variant] = statistics.median(values)
         print(f"{variant:6} median {medians[variant]:.2f} µs/delivered "
               f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
-    print(f"on vs off: {100 * (medians['on'] / medians['off'] - 1):+.1f} %")
+    if medians:  # --rounds 0: only the scrapes
+        print(f"on vs off: {100 * (medians['on'] / medians['off'] - 1):+.1f} %")
     if "before" in medians:
         print(f"off vs before: {100 * (medians['off'] / medians['before'] - 1):+.1f} %")
         print(f"on vs before: {100 * (medians['on'] / medians['before'] - 1):+.1f} %")
