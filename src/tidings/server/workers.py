@@ -236,6 +236,10 @@ class Supervisor:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"metrics_listen {self.settings.metrics_listen}: "
+                          f"{exc.strerror}") from None
         except BaseException:
             sock.close()
             raise
