@@ -227,6 +227,11 @@ class Presence:
         """How many channels have at least one member."""
         return len(self._channels)
 
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """Each channel that has members, and how many (metrics read them at scrape time)."""
+        for channel, members in self._channels.items():
+            yield channel, len(members.entries)
+
     # joins and leaves -----------------------------------------------------------
 
     def watch(self, channel: str) -> None:

@@ -56,6 +56,7 @@ from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
 from tidings.server.status import StatusHistory
+from tidings.server.workermetrics import WorkerShare
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 from tidings.wire import http
 
@@ -147,6 +148,8 @@ class Server:
         self._metrics_listener: asyncio.Server | None = None
         #: The port of ``metrics_listen`` once started (useful with port 0), else ``None``.
         self.metrics_port: int | None = None
+        #: Under ``--workers``: the figures of every worker in one scrape (set before start).
+        self.metrics_share: WorkerShare | None = None
 
     # lifecycle ---------------------------------------------------------------
 
