@@ -17,8 +17,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from conftest import ServerFactory, until
+from rediskit import RedisProcess
 from tidings import Server
-from tidings.brokers.redis.presence import MAX_CHANGES_PER_SCRIPT, SharedPresence
+from tidings.brokers.redis.presence import (
+    MAX_CHANGES_PER_SCRIPT,
+    SharedPresence,
+    presence_keys,
+)
 from tidings.core.presence import Identity, Presence
 from tidings.testing import UNIT, http_client, open_sse, recv_json, ws_url
 
@@ -271,3 +276,24 @@ async def test_on_a_redis_cluster_both_nodes_see_both(
                 await wait_clients(http_b, channel, {"c-a"})
         for channel in channels:
             await wait_clients(http_b, channel, set())
+
+
+async def test_members_come_back_after_redis_restarts_empty(
+        make_server: ServerFactory, redis_process: RedisProcess) -> None:
+    timeout = 3 * UNIT
+    a, b = await two_nodes(make_server, redis_process.url, presence_timeout=timeout)
+    async with http_client(a) as http, \
+            connect(ws_url(b, "/channels/room?client=on-b")) as on_b:
+        await recv_json(on_b)
+        await wait_clients(http, "room", {"on-b"})
+        redis_process.restart()  # same port, nothing in it
+        # B finds its members gone at its next refresh and sends them all again.
+        (members_key, _nodes_key) = presence_keys("room")
+        await until(lambda: redis_process.command("HLEN", members_key) == 1,
+                    within=timeout + 10 * UNIT)
+        # A node that starts now reads them from Redis; A's copy is loaded again too.
+        c = await make_server(broker=redis_process.url, presence=True,
+                              presence_timeout=timeout)
+        async with http_client(c) as http_c:
+            await wait_clients(http_c, "room", {"on-b"})
+        await wait_clients(http, "room", {"on-b"})
