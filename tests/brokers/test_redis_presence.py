@@ -22,9 +22,11 @@ from tidings import Server
 from tidings.brokers.redis.presence import (
     MAX_CHANGES_PER_SCRIPT,
     SharedPresence,
+    encode_member,
+    members_of,
     presence_keys,
 )
-from tidings.core.presence import Identity, Presence
+from tidings.core.presence import Identity, Member, Presence
 from tidings.testing import UNIT, http_client, open_sse, recv_json, ws_url
 
 TIMEOUT = 20 * UNIT  # presence_timeout, when a test does not wait for it to run out
@@ -297,3 +299,56 @@ async def test_members_come_back_after_redis_restarts_empty(
         async with http_client(c) as http_c:
             await wait_clients(http_c, "room", {"on-b"})
         await wait_clients(http, "room", {"on-b"})
+
+
+async def test_a_poller_moving_to_another_node_gets_the_member_list_not_a_silent_difference(
+        make_server: ServerFactory, redis_url: str) -> None:
+    a, b = await two_nodes(make_server, redis_url)
+    async with http_client(a) as on_a, http_client(b) as on_b:
+        first = (await on_a.get("/channels/room", params={"presence": "1", "client": "p"}))
+        assert first.status_code == 200
+        cursor = first.json()["presence_next"]
+        await wait_clients(on_b, "room", {"p"})
+        # B numbers its joins and leaves on its own: A's cursor cannot say what was missed.
+        moved = (await on_b.get("/channels/room", params={
+            "presence": "1", "client": "p", "presence_since": cursor})).json()
+        assert [m["client"] for m in moved["members"]["room"]] == ["p"]
+        assert moved["presence"] == []
+        # Going on on B from B's cursor: joins made on A are told in order.
+        async with connect(ws_url(a, "/channels/room?client=new")) as new:
+            await recv_json(new)
+            await wait_clients(on_b, "room", {"p", "new"})
+            async with asyncio.timeout(5 * UNIT):
+                while True:
+                    body = (await on_b.get("/channels/room", params={
+                        "presence": "1", "client": "p",
+                        "presence_since": moved["presence_next"]})).json()
+                    assert "members" not in body
+                    if body["presence"]:
+                        break
+                    await asyncio.sleep(0.02)
+            assert [(e["type"], e["client"]) for e in body["presence"]] == [("join", "new")]
+
+
+def test_a_copy_of_members_from_elsewhere_is_put_and_dropped_with_coalesced_changes() -> None:
+    copy = Presence()
+    copy.watch("room")
+    alice = Member("c1", "alice", {"name": "Alice"}, "websocket", 5)
+    assert copy.put("room", alice) is True
+    assert copy.put("room", alice) is False  # the same again: nothing changed
+    assert copy.count("room") == (1, 1)
+    assert [type(change).__name__ for change in copy.drain()] == ["Join"]
+    assert copy.drop("room", "c1") is True and copy.drop("room", "c1") is False
+    assert copy.put("room", alice) is True
+    assert copy.drain() == []  # left and came back as it was: never told
+    copy.forget("room")
+    assert copy.count("room") == (0, 0) and copy.drain() == []
+
+
+def test_members_in_redis_are_listed_once_per_client_oldest_first() -> None:
+    first = Member("c1", None, None, "poll", 10)
+    later = Member("c1", None, None, "websocket", 20)
+    other = Member("c2", "bob", None, "sse", 15)
+    listing = [b"c1 node-b", encode_member(later), b"c2 node-a", encode_member(other),
+               b"c1 node-a", encode_member(first), b"c3 node-a", b"not json"]
+    assert members_of(listing) == [first, other]
