@@ -9,6 +9,7 @@ wait for a join or a leave is bounded by a few test units.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -86,33 +87,49 @@ def is_(kind: str, client: str) -> Callable[[dict[str, Any]], bool]:
 async def test_readers_of_each_technique_on_two_nodes_are_seen_from_either(
         make_server: ServerFactory, redis_url: str) -> None:
     a, b = await two_nodes(make_server, redis_url)
-    async with http_client(a) as http_a, http_client(b) as http_b, \
-            http_client(b) as parked:
-        assert await clients_on(http_a, "room") == set()
-        async with connect(ws_url(a, "/channels/room?client=ws-a")) as ws, \
-                open_sse(http_b, "/channels/room", {"client": "sse-b"}) as sse:
+    async with contextlib.AsyncExitStack() as stack:
+        http = {name: await stack.enter_async_context(http_client(node))
+                for name, node in (("a", a), ("b", b))}
+        assert await clients_on(http["a"], "room") == set()
+        streams: list[Any] = []
+        event_streams: list[Any] = []
+        long_polls: list[asyncio.Task[httpx.Response]] = []
+        techniques: dict[str, str] = {}
+        for name, node in (("a", a), ("b", b)):
+            ws = await stack.enter_async_context(
+                connect(ws_url(node, f"/channels/room?client=ws-{name}")))
             await recv_json(ws)
+            streams.append(ws)
+            sse = await stack.enter_async_context(
+                open_sse(http[name], "/channels/room", {"client": f"sse-{name}"}))
             await sse.opening()
-            # A poller on A and a long poll parked on B, both naming themselves.
-            first = await http_a.get("/channels/room", params={"client": "poll-a"})
+            event_streams.append(sse)  # kept: a stream dropped by the GC closes its connection
+            first = await http[name].get("/channels/room", params={"client": f"poll-{name}"})
             assert first.status_code == 200
-            long_poll = asyncio.create_task(parked.get("/channels/room", params={
-                "client": "lp-b", "since": first.json()["next"], "wait": str(10 * UNIT)}))
-            everyone = {"ws-a", "sse-b", "poll-a", "lp-b"}
-            await wait_clients(http_a, "room", everyone)
-            await wait_clients(http_b, "room", everyone)
-            body = (await http_b.get("/channels/room/presence")).json()
-            techniques = {m["client"]: m["technique"] for m in body["members"]}
-            assert techniques == {"ws-a": "websocket", "sse-b": "sse", "poll-a": "poll",
-                                  "lp-b": "longpoll"}
+            parked = await stack.enter_async_context(http_client(node))
+            long_polls.append(asyncio.create_task(parked.get("/channels/room", params={
+                "client": f"lp-{name}", "since": first.json()["next"],
+                "wait": str(10 * UNIT)})))
+            techniques.update({f"ws-{name}": "websocket", f"sse-{name}": "sse",
+                               f"poll-{name}": "poll", f"lp-{name}": "longpoll"})
+        everyone = set(techniques)
+        await wait_clients(http["a"], "room", everyone)
+        await wait_clients(http["b"], "room", everyone)
+        for name in ("a", "b"):
+            body = (await http[name].get("/channels/room/presence")).json()
+            assert {m["client"]: m["technique"] for m in body["members"]} == techniques
             assert body["users"] == 0 and body["more"] is False
-            counted = (await http_a.get("/channels/room/presence?count")).json()
-            assert counted == {"channel": "room", "count": 4, "users": 0}
-            await http_a.post("/channels/room", json="wake")  # the long poll answers
+            counted = (await http[name].get("/channels/room/presence?count")).json()
+            assert counted == {"channel": "room", "count": 8, "users": 0}
+        await http["a"].post("/channels/room", json="wake")  # the long polls answer
+        for long_poll in long_polls:
             assert (await long_poll).status_code == 200
-        # The stream and the WebSocket went: gone from both views; the pollers stay.
-        await wait_clients(http_b, "room", {"poll-a", "lp-b"})
-        await wait_clients(http_a, "room", {"poll-a", "lp-b"})
+        for ws in streams:
+            await ws.close()
+        # The WebSockets went: gone from both views; the others stay.
+        rest = everyone - {"ws-a", "ws-b"}
+        await wait_clients(http["b"], "room", rest)
+        await wait_clients(http["a"], "room", rest)
 
 
 async def test_the_websocket_presence_command_counts_every_node(
