@@ -35,7 +35,6 @@ from typing import Any
 
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
-from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import Start
 from tidings.core.forwarded import client_address, parse_networks
 from tidings.core.idempotency import check_idempotency_key
@@ -51,7 +50,7 @@ from tidings.server.cors import Cors
 from tidings.server.hooks import Hook, Hooks
 from tidings.server.longpoll import Expiries
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
-from tidings.server.presence import PresenceTracker, check_broker
+from tidings.server.presence import PresenceTracker
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
@@ -118,7 +117,6 @@ class Server:
         self.closing = False
         #: Set when :meth:`drain` begins: not ready, no new stream, no connection kept.
         self.draining = False
-        check_broker(self.settings, isinstance(self.broker, MemoryBroker))
         #: Who reads each channel (server/presence.py), kept by the drivers.
         self.presence: PresenceTracker
         self.port = self.settings.port
