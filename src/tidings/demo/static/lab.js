@@ -131,7 +131,11 @@ class Column {
       this.chart.options.empty = "not offered by the server";
       return;
     }
-    this.client = connect(location.origin, { transports: [technique.name], delta: true });
+    // One client id for the column: its second client (below) is the same member in presence.
+    // (getRandomValues: randomUUID exists only in secure contexts, and the demo may be on http.)
+    const clientId = Array.from(crypto.getRandomValues(new Uint8Array(8)),
+      (b) => b.toString(16).padStart(2, "0")).join("");
+    this.client = connect(location.origin, { transports: [technique.name], delta: true, clientId });
     this.client.on("state", (state, detail) => this.showState(state, detail));
     this.client.subscribe(CHANNEL, {
       onMessage: (message) => this.received(message),
@@ -140,8 +144,8 @@ class Column {
     });
     this.showState(this.client.state);
     // Deltas compared: a second client of the same technique reads whole messages, for its
-    // bytes per message only.
-    this.plain = connect(location.origin, { transports: [technique.name] });
+    // bytes per message only; with the column's client id, the column stays one member.
+    this.plain = connect(location.origin, { transports: [technique.name], clientId });
     this.plainCount = 0;
     this.plainBase = 0;
     this.plain.subscribe(CHANNEL, { onMessage: () => { this.plainCount++; } });
