@@ -49,6 +49,7 @@ from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.hooks import Hook, Hooks
+from tidings.server.hooks_http import HttpHooks
 from tidings.server.longpoll import Expiries
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
 from tidings.server.presence import PresenceTracker, check_broker
@@ -88,8 +89,11 @@ class Server:
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth, self.cors.allows)
         self.router = Router(self)
-        #: What the application decides (``on_connect`` and the others; server/hooks.py).
+        #: What the application decides (``on_connect`` and the others; server/hooks.py),
+        #: over HTTP for the hooks ``[hooks]`` names (server/hooks_http.py).
         self.hooks = Hooks()
+        if self.settings.hooks.enabled:
+            HttpHooks(self.settings.hooks).install(self.hooks)
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
         #: Whether :meth:`start` opens the native listener (``False``: only
@@ -252,6 +256,7 @@ class Server:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
         await self.broker.aclose()
+        await self.hooks.aclose()
         self._closed.set()
 
     async def drain(self, period: float | None = None) -> None:

@@ -24,20 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from tidings.core.policy import Claims
 from tidings.errors import CloseCode, NotFound, ProtocolError, UsageError
 from tidings.server.request import Request
+from tidings.settings import DEFAULT_HOOK_TIMEOUT
 from tidings.wire import jsonvalue
 
 logger = logging.getLogger("tidings.server")
 
-#: Seconds a hook may take before the client is answered ``503 hook_unavailable``.
-DEFAULT_HOOK_TIMEOUT = 5.0
+#: Seconds between two warnings about the same failing hook (the failures between are counted).
+FAILURE_LOG_INTERVAL = 10.0
 
 
 class Refuse(ProtocolError):
@@ -55,6 +57,11 @@ class Refuse(ProtocolError):
         super().__init__(message, code=code or ("unauthorized" if status == 401 else "forbidden"))
         self.status = status
         self.close_code = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
+
+
+class HookFailed(Exception):
+    """Raised by a hook that could not decide (the application it asks is down, or answered
+    nonsense): the client gets ``503 hook_unavailable``, the log this message, no traceback."""
 
 
 class HookUnavailable(ProtocolError):
@@ -89,6 +96,8 @@ class Identity:
 
     user: str | None = None
     info: Any = None
+    #: Channels the user reads without asking (server-side subscriptions).
+    channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,10 @@ class Hooks:
     rpc: Hook | None = None
     #: Seconds each call may take (``503 hook_unavailable`` after).
     timeout: float = DEFAULT_HOOK_TIMEOUT
+    #: Called by :meth:`aclose` (the HTTP hooks' connections: server/hooks_http.py).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: hook -> (when its failure was last logged, failures not logged since).
+    _failures: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
 
     @property
     def on_reads(self) -> bool:
@@ -170,11 +183,32 @@ class Hooks:
         except ProtocolError:
             raise  # Refuse, or a refusal the hook passed on: the client gets it
         except TimeoutError:
+            self._warn(name, f"it did not answer within {self.timeout:g} s")
             raise HookUnavailable(f"the application's {name} hook did not answer within "
                                   f"{self.timeout:g} s; retry") from None
+        except HookFailed as exc:
+            self._warn(name, str(exc))
+            raise HookUnavailable(f"the application's {name} hook failed; retry") from None
         except Exception:
             logger.exception("the application's %s hook failed", name)
             raise HookUnavailable(f"the application's {name} hook failed; retry") from None
+
+
+    def _warn(self, name: str, why: str) -> None:
+        """Log a hook's failure, at most once per :data:`FAILURE_LOG_INTERVAL` per hook."""
+        now = time.monotonic()
+        logged, unlogged = self._failures.get(name, (float("-inf"), 0))
+        if now - logged < FAILURE_LOG_INTERVAL:
+            self._failures[name] = (logged, unlogged + 1)
+            return
+        self._failures[name] = (now, 0)
+        more = f" ({unlogged} more failures since the last warning)" if unlogged else ""
+        logger.warning("the application's %s hook failed: %s%s", name, why, more)
+
+    async def aclose(self) -> None:
+        """Release what the hooks hold (the server calls it as it closes)."""
+        for close in self.closers:
+            await close()
 
 
 def connect_request(technique: str, request: Request, peer: object, claims: Claims | None,

@@ -1,0 +1,208 @@
+"""The application's hooks over HTTP (``[hooks]``), for a tidings that runs apart from it.
+
+Each hook named by a ``*_url`` of :class:`~tidings.settings.HooksSettings` is
+a ``POST`` of JSON to the application, made by :class:`HttpHooks`, whose
+methods are the hooks :class:`~tidings.server.hooks.Hooks` calls: the same
+interface as an application's in-process ``@server.on_connect`` and the
+others, so that the drivers know nothing of HTTP and every decision (once per
+connection or subscription, never per delivered message) is taken where the
+in-process ones are.
+
+The contract (docs/embedding.md, "Hooks over HTTP"):
+
+- the call carries ``X-Tidings-Hook-Secret`` (``[hooks] secret``) and a JSON
+  object naming the hook (``"hook": "connect"``) and what it decides on;
+- ``200`` with a JSON object (or ``204``) allows, with what the hook returns
+  (``user``, ``info``, ``channels``; ``data`` replacing a publish; ``result``);
+- ``401`` or ``403`` refuses: the client gets that status and the answer's
+  ``{"error": code, "message": text}`` (``unauthorized``/``forbidden`` if it
+  has none);
+- anything else (down, slower than ``[hooks] timeout``, another status, a
+  ``200`` that is not a JSON object) is ``503 hook_unavailable`` for the
+  client, retryable, and a warning in the log: never a silent allow.
+
+One connection pool per server, made at the first call (in the server's loop)
+and closed by :meth:`HttpHooks.aclose` when the server closes. Headers and
+cookies forwarded are never logged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from tidings.core.names import check_channel
+from tidings.core.policy import Claims
+from tidings.errors import BadRequest, InvalidChannel, UsageError
+from tidings.server.hooks import ConnectRequest, HookFailed, Hooks, Identity, Refuse, Replace
+from tidings.settings import HOOK_NAMES, HooksSettings
+from tidings.wire import jsonvalue
+
+#: The header carrying ``[hooks] secret`` on every call.
+SECRET_HEADER = "X-Tidings-Hook-Secret"
+#: Bytes of an answer read at most; a longer one is a failure (``503``).
+MAX_ANSWER_BYTES = 1024 * 1024
+#: Connections open to the application at once, per server; more calls wait for one
+#: (within ``[hooks] timeout``).
+MAX_CONNECTIONS = 100
+#: The longest ``user`` a connect hook may name.
+MAX_USER_LENGTH = 256
+#: A refusal's ``error`` code: what tidings' own codes look like.
+_CODE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+#: The longest refusal message passed on to a client (longer ones are cut).
+MAX_MESSAGE_LENGTH = 500
+
+
+class HttpHooks:
+    """The hooks of ``[hooks]``: :meth:`install` them on a server's :class:`Hooks`.
+
+    ``transport`` replaces the network (an ``httpx.MockTransport`` in tests).
+    """
+
+    def __init__(self, settings: HooksSettings,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not settings.enabled:
+            raise UsageError("[hooks] names no URL: no hook to call")
+        self.settings = settings
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._headers = {"Content-Type": "application/json", "User-Agent": "tidings-hooks"}
+        if settings.secret is not None:
+            self._headers[SECRET_HEADER] = settings.secret
+
+    def install(self, hooks: Hooks) -> None:
+        """Make each hook that has a URL one of ``hooks``; their timeout becomes
+        ``[hooks] timeout``; ``hooks.aclose()`` closes the connections."""
+        for name in HOOK_NAMES:
+            if self.settings.url(name):
+                setattr(hooks, name, getattr(self, name))
+        hooks.timeout = self.settings.timeout
+        hooks.closers.append(self.aclose)
+
+    async def aclose(self) -> None:
+        """Close the connections to the application."""
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    # the hooks -----------------------------------------------------------------
+
+    async def connect(self, request: ConnectRequest) -> Identity:
+        """``on_connect``: who the user is, from what the application answers."""
+        headers = {name: request.headers[name] for name in self.settings.forward_headers
+                   if name in request.headers}
+        cookies = {name: request.cookies[name] for name in self.settings.forward_cookies
+                   if name in request.cookies}
+        answer = await self._call("connect", {
+            "technique": request.technique, "path": request.path,
+            "channels": list(request.channels), "client": request.client,
+            "claims": _claims(request.claims), "headers": headers, "cookies": cookies})
+        user = answer.get("user")
+        if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH):
+            raise HookFailed(f"its user is not null or a string of 1 to {MAX_USER_LENGTH} "
+                             f"characters: {str(user)[:100]!r}")
+        channels = answer.get("channels", [])
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise HookFailed(f"its channels are not a list of channel names: "
+                             f"{str(channels)[:100]!r}")
+        try:
+            names = tuple(check_channel(name) for name in channels)
+        except InvalidChannel as exc:
+            raise HookFailed(f"its channels hold a bad name: {exc}") from None
+        return Identity(user, info=answer.get("info"), channels=names)
+
+    async def subscribe(self, user: str | None, channel: str) -> None:
+        """``on_subscribe``: returns to allow (the application answered 200)."""
+        await self._call("subscribe", {"user": user, "channel": channel})
+
+    async def publish(self, user: str | None, channel: str, data: Any) -> Replace | None:
+        """``on_publish``: ``data`` in the answer replaces the published value."""
+        answer = await self._call("publish", {"user": user, "channel": channel, "data": data})
+        return Replace(answer["data"]) if "data" in answer else None
+
+    async def rpc(self, user: str | None, method: str, data: Any) -> Any:
+        """``on_rpc``: the answer's ``result`` (``null`` if it has none)."""
+        answer = await self._call("rpc", {"user": user, "method": method, "data": data})
+        return answer.get("result")
+
+    # the call ------------------------------------------------------------------
+
+    async def _call(self, hook: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` to the hook's URL: the answer's object; raise :class:`Refuse`
+        (401/403) or :class:`HookFailed` (anything else)."""
+        body = jsonvalue.encode({"hook": hook, **payload})
+        url = self.settings.url(hook)
+        where = f"{hook} hook at {url[:200]}"
+        try:
+            async with self._client().stream("POST", url, content=body,
+                                             headers=self._headers) as response:
+                status = response.status_code
+                content = await _read(response)
+        except httpx.TimeoutException:
+            raise HookFailed(f"the {where} did not answer within "
+                             f"{self.settings.timeout:g} s") from None
+        except _TooLong:
+            raise HookFailed(f"the {where} answered over {MAX_ANSWER_BYTES} bytes") from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise HookFailed(f"the {where} cannot be reached: {type(exc).__name__} "
+                             f"{str(exc)[:200]}") from None
+        if status == 204:
+            return {}
+        if status not in (200, 401, 403):
+            raise HookFailed(f"the {where} answered {status} {content[:200]!r}; a hook answers "
+                             "200 (or 204) to allow, 401 or 403 to refuse")
+        try:
+            answer = jsonvalue.decode(content, "the answer")
+        except BadRequest:
+            answer = None
+        if status != 200:
+            raise _refusal(status, answer)
+        if not isinstance(answer, dict):
+            raise HookFailed(f"the {where} answered 200 with {content[:200]!r}, not a JSON "
+                             "object")
+        return answer
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                transport=self._transport, timeout=httpx.Timeout(self.settings.timeout),
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS,
+                                    max_keepalive_connections=MAX_CONNECTIONS))
+        return self._http
+
+
+class _TooLong(Exception):
+    pass
+
+
+async def _read(response: httpx.Response) -> bytes:
+    """The answer's body, at most :data:`MAX_ANSWER_BYTES`."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _TooLong
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refusal(status: int, answer: Any) -> Refuse:
+    """The :class:`Refuse` of a 401 or 403 answer: its ``{"error": code, "message": text}``,
+    or the defaults of ``status`` for a body that does not say (an HTML page, nothing)."""
+    if not isinstance(answer, dict):
+        return Refuse(status=status)
+    code, message = answer.get("error"), answer.get("message")
+    return Refuse(message[:MAX_MESSAGE_LENGTH] if isinstance(message, str) and message
+                  else "refused by the application", status=status,
+                  code=code if isinstance(code, str) and _CODE_RE.fullmatch(code) else None)
+
+
+def _claims(claims: Claims | None) -> dict[str, Any] | None:
+    """A verified token's claims as the connect hook gets them."""
+    if claims is None:
+        return None
+    return {"sub": claims.sub, "expires": claims.expires, "subscribe": list(claims.subscribe),
+            "publish": list(claims.publish), "info": claims.info}
