@@ -89,11 +89,8 @@ class Server:
         #: Credentials and the access policy (server/auth.py); open unless configured.
         self.auth = Authenticator(self.settings.auth, self.cors.allows)
         self.router = Router(self)
-        #: What the application decides (``on_connect`` and the others; server/hooks.py),
-        #: over HTTP for the hooks ``[hooks]`` names (server/hooks_http.py).
+        #: What the application decides (``on_connect`` and the others; server/hooks.py).
         self.hooks = Hooks()
-        if self.settings.hooks.enabled:
-            HttpHooks(self.settings.hooks).install(self.hooks)
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
         #: Whether :meth:`start` opens the native listener (``False``: only
@@ -130,6 +127,8 @@ class Server:
         self._init_metrics()
         #: Proxies whose X-Forwarded-For is believed (``trusted_proxies``).
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        if self.settings.hooks.enabled:  # the hooks [hooks] names, over HTTP
+            HttpHooks(self.settings.hooks).install(self.hooks)
         with contextlib.suppress(RuntimeError):  # no loop runs yet: bound by start()
             self._bind_loop(asyncio.get_running_loop())
 

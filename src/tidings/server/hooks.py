@@ -92,11 +92,11 @@ class ConnectRequest:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """What ``on_connect`` returns: who the user is, and what the application says of them."""
+    """What ``on_connect`` returns: who the user is, what the application says of them,
+    and the channels ``GET /subscribe`` without ``channel`` reads (server/subscriptions.py)."""
 
     user: str | None = None
     info: Any = None
-    #: Channels the user reads without asking (server-side subscriptions).
     channels: tuple[str, ...] = ()
 
 

@@ -100,9 +100,10 @@ class HttpHooks:
             "channels": list(request.channels), "client": request.client,
             "claims": _claims(request.claims), "headers": headers, "cookies": cookies})
         user = answer.get("user")
-        if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH):
+        if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH
+                                     and user.isprintable()):
             raise HookFailed(f"its user is not null or a string of 1 to {MAX_USER_LENGTH} "
-                             f"characters: {str(user)[:100]!r}")
+                             f"printable characters: {str(user)[:100]!r}")
         channels = answer.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise HookFailed(f"its channels are not a list of channel names: "
