@@ -516,13 +516,22 @@ def _hooks(errors: ConfigErrors, section: Any) -> HooksSettings:
 def _hooks_value_problem(key: str, value: Any) -> str | None:
     """What is wrong with a ``[hooks]`` value of the right type, or ``None``."""
     if key.endswith("_url") and value:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return f" must be an http:// or https:// URL, not {value[:100]!r}"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or (
+                not value.isascii() or not value.isprintable() or " " in value):
+            return f" must be an http:// or https:// URL (ASCII), not {value[:100]!r}"
+        if parts.username is not None or parts.fragment:
+            return " must have no user, password or #fragment: send the secret instead"
         if len(value) > MAX_HOOK_URL_LENGTH:
             return f" must be at most {MAX_HOOK_URL_LENGTH} bytes"
     if key == "timeout" and not 0 < value <= MAX_HOOK_TIMEOUT:
         return f" must be more than 0 and at most {MAX_HOOK_TIMEOUT:.0f} seconds, not {value!r}"
+    if key == "secret" and value is not None and not (value.isascii() and value.isprintable()):
+        return " must be printable ASCII (it is sent as a header)"
     if key == "secret" and value is not None and len(value.encode()) < MIN_HOOK_SECRET_BYTES:
         return (f" is {len(value.encode())} bytes; use {MIN_HOOK_SECRET_BYTES} random bytes or "
                 "more, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")

@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tidings.settings import HooksSettings
@@ -29,7 +29,7 @@ from tidings.testing import UNIT
 SESSIONS = {"s-alice": "alice", "s-bob": "bob"}
 SECRET = "a-shared-secret-of-the-application"
 #: Ways a hook fails (:attr:`HookApp.failing`).
-FAILURES = ("slow", "status_500", "html", "not_an_object", "bad_user", "redirect")
+FAILURES = ("slow", "status_500", "html", "not_an_object", "bad_user", "redirect", "huge")
 
 
 @dataclass
@@ -49,6 +49,14 @@ class HookApp:
     failing: dict[str, str] = field(default_factory=dict)
     #: Set at the end: slow answers wait for it.
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Answers sent in chunks (``Transfer-Encoding: chunked``) rather than with a length.
+    chunked: bool = False
+    runner: uvicorn.Server | None = None
+
+    def open_connections(self) -> int:
+        """Connections open to the application now."""
+        assert self.runner is not None
+        return len(self.runner.server_state.connections)
 
     def settings(self, **changes: Any) -> HooksSettings:
         """``[hooks]`` naming every hook of this application, and the secret."""
@@ -81,10 +89,23 @@ class HookApp:
             return JSONResponse({"user": 42})
         elif failure == "redirect":
             return Response(status_code=302, headers={"Location": "/login"})
+        elif failure == "huge":
+            return JSONResponse({"user": "alice", "info": "x" * (2 * 1024 * 1024)})
+
         if request.headers.get("x-tidings-hook-secret") != SECRET:
             return JSONResponse({"error": "bad_secret", "message": "who are you?"},
                                 status_code=403)
-        return await getattr(self, hook)(body)
+        answer: Response = await getattr(self, hook)(body)
+        if self.chunked:
+            content = answer.body
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for start in range(0, len(content), 3):
+                    yield content[start:start + 3]
+
+            return StreamingResponse(chunks(), status_code=answer.status_code,
+                                     media_type="application/json")
+        return answer
 
     async def connect(self, body: dict[str, Any]) -> Response:
         user = SESSIONS.get(body["cookies"].get("session", ""))
@@ -120,18 +141,21 @@ class HookApp:
 
 
 @contextlib.asynccontextmanager
-async def hook_app() -> AsyncIterator[HookApp]:
+async def hook_app(keep_alive: float = 5) -> AsyncIterator[HookApp]:
     """The application, serving on 127.0.0.1 at a port the kernel picked, until the block
-    ends."""
+    ends; it closes connections idle for ``keep_alive`` seconds."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
     app = HookApp(f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")
     starlette = Starlette(routes=[Route("/hooks/{hook}", app.answer, methods=["POST"])])
     runner = uvicorn.Server(uvicorn.Config(starlette, log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=1))
+                                           timeout_graceful_shutdown=1,
+                                           timeout_keep_alive=keep_alive))
+    app.runner = runner
     task = asyncio.get_running_loop().create_task(runner.serve(sockets=[sock]))
     try:
         async with asyncio.timeout(10 * UNIT):

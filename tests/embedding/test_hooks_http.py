@@ -367,10 +367,8 @@ async def test_closing_the_server_closes_its_connections_to_the_application(
     server = Server(Settings(host="127.0.0.1", port=0, hooks=app.settings()))
     async with server, http_client(server) as http:
         assert (await http.get("/channels/news", headers=ALICE)).status_code == 200
-        (closer,) = server.hooks.closers
-        hooks_client = closer.__self__._http  # type: ignore[attr-defined]
-        assert hooks_client is not None and not hooks_client.is_closed
-    assert hooks_client.is_closed
+        assert app.open_connections() == 1
+    await until(lambda: app.open_connections() == 0)
 
 
 async def test_http_hooks_apply_through_the_asgi_mount(app: HookApp) -> None:
@@ -402,3 +400,57 @@ async def test_a_slow_hook_holds_only_its_own_client(make_server: ServerFactory,
         slow = await waiting
     assert other.status_code == 200 and published.status_code == 201
     require_error(slow, 503, "hook_unavailable", "the client whose hook was slow")
+
+
+@pytest.mark.parametrize("answer", [
+    b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP
+    b"",  # closed without a word
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",  # closed mid-body
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}",  # no length: until close
+])
+async def test_an_answer_that_breaks_http_is_a_failure(make_server: ServerFactory,
+                                                       answer: bytes) -> None:
+    """Raw servers: whatever comes back that is not a whole HTTP answer is a 503."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    raw = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    try:
+        server = await make_server(hooks=HooksSettings(
+            connect_url=f"http://127.0.0.1:{port}/connect", timeout=2 * UNIT))
+        async with http_client(server) as http:
+            refused = await http.get("/channels/news")
+    finally:
+        raw.close()
+    require_error(refused, 503, "hook_unavailable", f"a hook answering {answer[:30]!r}")
+
+
+async def test_chunked_answers_are_read(make_server: ServerFactory, app: HookApp) -> None:
+    server = await make_server(hooks=app.settings())
+    app.chunked = True
+    async with http_client(server) as http:
+        anonymous = await http.get("/channels/news")
+        replaced = await publish(http, "shout", "chunks", headers=ALICE)
+        shout = await poll(http, "/channels/shout", headers=ALICE, since="0")
+    require_error(anonymous, 401, "login_required", "a chunked refusal")
+    assert shout["messages"][0]["id"] == replaced
+    assert shout["messages"][0]["data"] == {"from": "alice", "text": "CHUNKS"}
+
+
+async def test_a_connection_the_application_closed_while_idle_is_replaced(
+        make_server: ServerFactory) -> None:
+    """uvicorn closes connections idle for 0.05 s: the next call opens a new one and
+    succeeds, rather than failing on the closed one."""
+    async with hook_app(keep_alive=0.05) as app:
+        server = await make_server(hooks=app.settings(subscribe_url=""))
+        async with http_client(server) as http:
+            first = await http.get("/channels/news", headers=ALICE)
+            await until(lambda: app.open_connections() == 0)
+            second = await http.get("/channels/news", headers=ALICE)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert len({call.peer for call in app.calls}) == 2

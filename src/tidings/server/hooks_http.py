@@ -21,8 +21,9 @@ The contract (docs/embedding.md, "Hooks over HTTP"):
   ``200`` that is not a JSON object) is ``503 hook_unavailable`` for the
   client, retryable, and a warning in the log: never a silent allow.
 
-One connection pool per server, made at the first call (in the server's loop)
-and closed by :meth:`HttpHooks.aclose` when the server closes. Headers and
+Calls go over kept-alive connections (server/hooks_client.py), at most
+:data:`MAX_CONNECTIONS` at once, closed by :meth:`HttpHooks.aclose` when the
+server closes. Headers and
 cookies forwarded are never logged.
 """
 
@@ -30,13 +31,13 @@ from __future__ import annotations
 
 import re
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from tidings.core.names import check_channel
 from tidings.core.policy import Claims
 from tidings.errors import BadRequest, InvalidChannel, UsageError
 from tidings.server.hooks import ConnectRequest, HookFailed, Hooks, Identity, Refuse, Replace
+from tidings.server.hooks_client import HookCallFailed, HookClient, Origin
 from tidings.settings import HOOK_NAMES, HooksSettings
 from tidings.wire import jsonvalue
 
@@ -56,21 +57,28 @@ MAX_MESSAGE_LENGTH = 500
 
 
 class HttpHooks:
-    """The hooks of ``[hooks]``: :meth:`install` them on a server's :class:`Hooks`.
+    """The hooks of ``[hooks]``: :meth:`install` them on a server's :class:`Hooks`."""
 
-    ``transport`` replaces the network (an ``httpx.MockTransport`` in tests).
-    """
-
-    def __init__(self, settings: HooksSettings,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: HooksSettings) -> None:
         if not settings.enabled:
             raise UsageError("[hooks] names no URL: no hook to call")
         self.settings = settings
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
-        self._headers = {"Content-Type": "application/json", "User-Agent": "tidings-hooks"}
-        if settings.secret is not None:
-            self._headers[SECRET_HEADER] = settings.secret
+        self._client = HookClient(MAX_CONNECTIONS, MAX_ANSWER_BYTES)
+        secret = b"" if settings.secret is None else (
+            SECRET_HEADER.encode() + b": " + settings.secret.encode() + b"\r\n")
+        #: hook -> where its calls go, and the head of each (but its Content-Length).
+        self._targets: dict[str, tuple[Origin, bytes]] = {}
+        for name in HOOK_NAMES:
+            url = settings.url(name)
+            if url:
+                parts = urlsplit(url)
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                host = parts.netloc.rpartition("@")[2]  # never the URL's credentials
+                head = (f"POST {target} HTTP/1.1\r\nHost: {host}\r\n"
+                        "Content-Type: application/json\r\nUser-Agent: tidings-hooks\r\n"
+                        ).encode() + secret
+                self._targets[name] = (Origin(parts.scheme, parts.hostname or "", port), head)
 
     def install(self, hooks: Hooks) -> None:
         """Make each hook that has a URL one of ``hooks``; their timeout becomes
@@ -83,9 +91,7 @@ class HttpHooks:
 
     async def aclose(self) -> None:
         """Close the connections to the application."""
-        http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
+        await self._client.aclose()
 
     # the hooks -----------------------------------------------------------------
 
@@ -134,21 +140,13 @@ class HttpHooks:
         """POST ``payload`` to the hook's URL: the answer's object; raise :class:`Refuse`
         (401/403) or :class:`HookFailed` (anything else)."""
         body = jsonvalue.encode({"hook": hook, **payload})
-        url = self.settings.url(hook)
-        where = f"{hook} hook at {url[:200]}"
+        origin, head = self._targets[hook]
+        where = f"{hook} hook at {self.settings.url(hook)[:200]}"
         try:
-            async with self._client().stream("POST", url, content=body,
-                                             headers=self._headers) as response:
-                status = response.status_code
-                content = await _read(response)
-        except httpx.TimeoutException:
-            raise HookFailed(f"the {where} did not answer within "
-                             f"{self.settings.timeout:g} s") from None
-        except _TooLong:
-            raise HookFailed(f"the {where} answered over {MAX_ANSWER_BYTES} bytes") from None
-        except (httpx.HTTPError, OSError) as exc:
-            raise HookFailed(f"the {where} cannot be reached: {type(exc).__name__} "
-                             f"{str(exc)[:200]}") from None
+            status, content = await self._client.post(
+                origin, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        except HookCallFailed as exc:
+            raise HookFailed(f"the {where}: {exc}") from None
         if status == 204:
             return {}
         if status not in (200, 401, 403):
@@ -164,30 +162,6 @@ class HttpHooks:
             raise HookFailed(f"the {where} answered 200 with {content[:200]!r}, not a JSON "
                              "object")
         return answer
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            self._http = httpx.AsyncClient(
-                transport=self._transport, timeout=httpx.Timeout(self.settings.timeout),
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS,
-                                    max_keepalive_connections=MAX_CONNECTIONS))
-        return self._http
-
-
-class _TooLong(Exception):
-    pass
-
-
-async def _read(response: httpx.Response) -> bytes:
-    """The answer's body, at most :data:`MAX_ANSWER_BYTES`."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise _TooLong
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _refusal(status: int, answer: Any) -> Refuse:
