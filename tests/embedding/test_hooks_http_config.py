@@ -71,6 +71,10 @@ def test_the_environment_overrides_the_file_key_by_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ('connect_url = "ftp://app/connect"', "[hooks] connect_url must be an http:// or https://"),
     ('rpc_url = "http://"', "[hooks] rpc_url must be an http:// or https:// URL"),
+    ('connect_url = "http://user:pw@app/c"', "[hooks] connect_url must have no user, password"),
+    ('connect_url = "http://app/caf\u00e9"', "[hooks] connect_url must be an http:// or https://"),
+    ('connect_url = "http://app:99999/c"', "[hooks] connect_url must be an http:// or https://"),
+    ('secret = "0123456789abcdef\\r\\nX-Evil: 1"', "[hooks] secret must be printable ASCII"),
     ("timeout = 0", "[hooks] timeout must be more than 0 and at most 60 seconds"),
     ("timeout = 61", "[hooks] timeout must be more than 0 and at most 60 seconds"),
     ('secret = "short"', "[hooks] secret is 5 bytes; use 16 random bytes or more"),
