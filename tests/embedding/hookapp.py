@@ -141,20 +141,25 @@ class HookApp:
 
 
 @contextlib.asynccontextmanager
-async def hook_app(keep_alive: float = 5) -> AsyncIterator[HookApp]:
+async def hook_app(keep_alive: float = 5, tls: tuple[str, str] | None = None
+                   ) -> AsyncIterator[HookApp]:
     """The application, serving on 127.0.0.1 at a port the kernel picked, until the block
-    ends; it closes connections idle for ``keep_alive`` seconds."""
+    ends; it closes connections idle for ``keep_alive`` seconds. ``tls``: a certificate
+    and key file, to serve https."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)
-    app = HookApp(f"http://127.0.0.1:{sock.getsockname()[1]}/hooks")
+    scheme = "https" if tls else "http"
+    app = HookApp(f"{scheme}://127.0.0.1:{sock.getsockname()[1]}/hooks")
     starlette = Starlette(routes=[Route("/hooks/{hook}", app.answer, methods=["POST"])])
     runner = uvicorn.Server(uvicorn.Config(starlette, log_level="warning", lifespan="off",
                                            timeout_graceful_shutdown=1,
-                                           timeout_keep_alive=keep_alive))
+                                           timeout_keep_alive=keep_alive,
+                                           ssl_certfile=tls[0] if tls else None,
+                                           ssl_keyfile=tls[1] if tls else None))
     app.runner = runner
     task = asyncio.get_running_loop().create_task(runner.serve(sockets=[sock]))
     try:

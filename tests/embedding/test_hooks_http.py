@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -454,3 +456,53 @@ async def test_a_connection_the_application_closed_while_idle_is_replaced(
             second = await http.get("/channels/news", headers=ALICE)
     assert (first.status_code, second.status_code) == (200, 200)
     assert len({call.peer for call in app.calls}) == 2
+
+
+async def test_calls_beyond_the_connection_limit_wait_for_a_connection(
+        make_server: ServerFactory, app: HookApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.server import hooks_http
+
+    monkeypatch.setattr(hooks_http, "MAX_CONNECTIONS", 3)
+    server = await make_server(hooks=app.settings(timeout=1 * UNIT, subscribe_url=""))
+    app.failing["connect"] = "slow"
+    async with http_client(server) as http:
+        reads = [asyncio.ensure_future(http.get("/channels/news", headers=ALICE))
+                 for _ in range(6)]
+        await until(lambda: len(app.calls) == 3)
+        peak = app.open_connections()
+        answers = await asyncio.gather(*reads)
+    assert peak == 3
+    assert len(app.calls) == 3  # the other three waited for a connection, in vain
+    for answer in answers:
+        require_error(answer, 503, "hook_unavailable", "a call that waited past the timeout")
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (openssl)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, timeout=30 * UNIT)
+    assert made.returncode == 0, made.stderr
+    return cert, key
+
+
+async def test_hooks_over_https(make_server: ServerFactory, certificate: tuple[Path, Path],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The application's certificate is checked against the trusted ones (here, itself)."""
+    cert, key = certificate
+    async with hook_app(tls=(str(cert), str(key))) as app:
+        untrusted = await make_server(hooks=app.settings(subscribe_url=""))
+        async with http_client(untrusted) as http:
+            refused = await http.get("/channels/news", headers=ALICE)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusted = await make_server(hooks=app.settings(subscribe_url=""))
+        async with http_client(trusted) as http:
+            anonymous = await http.get("/channels/news")
+            alice = await http.get("/channels/news", headers=ALICE)
+    require_error(refused, 503, "hook_unavailable", "an application whose certificate fails")
+    require_error(anonymous, 401, "login_required", "an anonymous read over https")
+    assert alice.status_code == 200
