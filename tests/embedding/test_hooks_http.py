@@ -408,7 +408,8 @@ async def test_a_slow_hook_holds_only_its_own_client(make_server: ServerFactory,
     b"SSH-2.0-OpenSSH_9.6\r\n",  # not HTTP
     b"",  # closed without a word
     b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",  # closed mid-body
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}",  # no length: until close
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}",  # cut mid-chunks
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # cut in the head
 ])
 async def test_an_answer_that_breaks_http_is_a_failure(make_server: ServerFactory,
                                                        answer: bytes) -> None:
@@ -430,6 +431,36 @@ async def test_an_answer_that_breaks_http_is_a_failure(make_server: ServerFactor
     finally:
         raw.close()
     require_error(refused, 503, "hook_unavailable", f"a hook answering {answer[:30]!r}")
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+async def test_an_answer_that_ends_with_the_connection_is_read(
+        make_server: ServerFactory, version: bytes) -> None:
+    """No length, no chunks: the body ends where the connection does (HTTP/1.0, Django's
+    runserver without CommonMiddleware)."""
+    calls = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/%s 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                     b'{"user": "carol"' % version)
+        await writer.drain()
+        writer.write(b"}")
+        writer.close()
+
+    raw = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = raw.sockets[0].getsockname()[1]
+    try:
+        server = await make_server(hooks=HooksSettings(
+            connect_url=f"http://127.0.0.1:{port}/connect", timeout=2 * UNIT))
+        async with http_client(server) as http:
+            answers = [await http.get("/channels/news") for _ in range(2)]
+    finally:
+        raw.close()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert calls == 2  # a connection each: none is kept
 
 
 async def test_chunked_answers_are_read(make_server: ServerFactory, app: HookApp) -> None:

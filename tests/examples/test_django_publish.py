@@ -9,48 +9,16 @@ what a Django ``post_save`` signal published with ``tidings.Publisher``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
+import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from djangokit import EXAMPLE, django
 
 from tidings import Server
 from tidings.testing import UNIT, http_client, open_sse, open_ws, poll, recv_json, recv_messages
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_publish"
-STARTED = re.compile(r"Starting development server at (http://127\.0\.0\.1:\d+)/")
-
-
-@contextlib.asynccontextmanager
-async def django(tidings_url: str,
-                 tmp_path: Path) -> AsyncIterator[tuple[str, asyncio.StreamReader]]:
-    """The example's development server on a port the kernel picked: its URL and its log."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TIDINGS_", "DJANGO_"))}
-    env.update(TIDINGS_URL=tidings_url, DJANGO_DATABASE=str(tmp_path / "db.sqlite3"),
-               PYTHONUNBUFFERED="1")
-    migrate = await asyncio.create_subprocess_exec(
-        sys.executable, "manage.py", "migrate", "--verbosity", "0", cwd=EXAMPLE, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    async with asyncio.timeout(30 * UNIT):
-        output, _ = await migrate.communicate()
-    assert migrate.returncode == 0, output.decode()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload", cwd=EXAMPLE,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert process.stdout is not None and process.stderr is not None
-    try:
-        async with asyncio.timeout(30 * UNIT):
-            while (match := STARTED.search((await process.stdout.readline()).decode())) is None:
-                assert not process.stdout.at_eof(), "manage.py runserver ended"
-        yield match.group(1), process.stderr
-    finally:
-        process.terminate()
-        async with asyncio.timeout(15 * UNIT):
-            await process.communicate()
 
 
 async def test_an_order_saved_in_django_reaches_subscribers(server: Server,
@@ -89,8 +57,6 @@ async def test_a_refused_order_publishes_nothing(server: Server, tmp_path: Path)
 
 async def test_an_order_is_saved_while_tidings_is_down(tmp_path: Path) -> None:
     """The order is committed; the failed publish is logged, and the view still answers."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{sock.getsockname()[1]}"

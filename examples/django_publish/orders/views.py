@@ -1,5 +1,6 @@
 import json
 
+from django.contrib import auth
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
@@ -43,3 +44,17 @@ def order_state(request: HttpRequest, order_id: int) -> JsonResponse:
     order.state = body["state"]
     order.save()
     return JsonResponse(order.as_json())
+
+
+@csrf_exempt
+@require_POST
+def login_view(request: HttpRequest) -> JsonResponse:
+    """``POST /login {"username": ..., "password": ...}``: Django's session cookie, which
+    tidings' connect hook reads (orders/hooks.py)."""
+    body = _json(request) or {}
+    user = auth.authenticate(request, username=body.get("username"),
+                             password=body.get("password"))
+    if user is None:
+        return JsonResponse({"error": "wrong username or password"}, status=401)
+    auth.login(request, user)
+    return JsonResponse({"user": user.get_username()})

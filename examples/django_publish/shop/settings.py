@@ -1,6 +1,7 @@
-"""A minimal Django project whose orders are published to a separate tidings server.
+"""A minimal Django project whose orders are published to a separate tidings server,
+and which tells tidings who its users are (hooks over HTTP, orders/hooks.py).
 
-Only what the example needs: one app (``orders``), SQLite, no templates or sessions.
+Only what the example needs: one app (``orders``), Django's users and sessions, SQLite.
 """
 
 import os
@@ -13,8 +14,16 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-example-only")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
-INSTALLED_APPS = ["orders.apps.OrdersConfig"]
-MIDDLEWARE: list[str] = []
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "orders.apps.OrdersConfig",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
 ROOT_URLCONF = "shop.urls"
 WSGI_APPLICATION = "shop.wsgi.application"
 
@@ -31,6 +40,8 @@ USE_TZ = True
 # access control is on (docs/security.md).
 TIDINGS_URL = os.environ.get("TIDINGS_URL", "http://127.0.0.1:8000")
 TIDINGS_API_KEY = os.environ.get("TIDINGS_API_KEY")
+# The secret tidings sends with each hook call ([hooks] secret, TIDINGS_HOOKS_SECRET).
+TIDINGS_HOOKS_SECRET = os.environ.get("TIDINGS_HOOKS_SECRET", "")
 
 LOGGING = {
     "version": 1,

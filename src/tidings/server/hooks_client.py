@@ -55,6 +55,9 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.size = 0
         self.received = False
+        #: The answer's headers are in, and say where its body ends (a length, chunks).
+        self.headers_done = False
+        self.delimited = False
         self.reusable = False
         self.closed = False
         self.idle_since = 0.0
@@ -66,6 +69,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.answer = asyncio.get_running_loop().create_future()
         self.body, self.size, self.received, self.reusable = [], 0, False, False
+        self.headers_done = self.delimited = False
         self.transport.write(request)
         return self.answer
 
@@ -80,6 +84,15 @@ class _Connection(asyncio.Protocol):
             self._fail(HookCallFailed(
                 f"the answer is over {self.max_answer_bytes} bytes"
                 if self.size > self.max_answer_bytes else f"the answer is not HTTP/1.1: {exc}"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding"
+                                         and b"chunked" in value.lower()):
+            self.delimited = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -97,7 +110,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.answer is not None and not self.answer.done():
+        if self.answer is None or self.answer.done():
+            return
+        status = self.parser.get_status_code() if self.headers_done else 0
+        if exc is None and status >= 200 and not self.delimited:
+            # An answer without a length ends where the connection does (HTTP/1.0, Django's
+            # runserver without CommonMiddleware).
+            self.answer.set_result((status, b"".join(self.body)))
+        else:
             kind = HookCallFailed if self.received else _Stale
             self.answer.set_exception(kind(f"the application closed the connection "
                                            f"({exc or 'end of stream'})"))
