@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import uvloop
+
 from _loadgen import CLK_TCK, HttpReader, Run, ServerProcess, percentile, pin_to_cpu
 
 HERE = Path(__file__).resolve().parent

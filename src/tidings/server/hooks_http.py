@@ -23,8 +23,8 @@ The contract (docs/embedding.md, "Hooks over HTTP"):
 
 Calls go over kept-alive connections (server/hooks_client.py), at most
 :data:`MAX_CONNECTIONS` at once, closed by :meth:`HttpHooks.aclose` when the
-server closes. Headers and
-cookies forwarded are never logged.
+server closes. The headers and cookies forwarded, the secret and the URL's
+query are never logged.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class HttpHooks:
         (401/403) or :class:`HookFailed` (anything else)."""
         body = jsonvalue.encode({"hook": hook, **payload})
         origin, head = self._targets[hook]
-        where = f"{hook} hook at {self.settings.url(hook)[:200]}"
+        where = f"{hook} hook at {self.settings.url(hook).partition('?')[0][:200]}"
         try:
             status, content = await self._client.post(
                 origin, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
