@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
@@ -37,9 +36,6 @@ from tidings.settings import DEFAULT_HOOK_TIMEOUT
 from tidings.wire import jsonvalue
 
 logger = logging.getLogger("tidings.server")
-
-#: Seconds between two warnings about the same failing hook (the failures between are counted).
-FAILURE_LOG_INTERVAL = 10.0
 
 
 class Refuse(ProtocolError):
@@ -60,8 +56,8 @@ class Refuse(ProtocolError):
 
 
 class HookFailed(Exception):
-    """Raised by a hook that could not decide (the application it asks is down, or answered
-    nonsense): the client gets ``503 hook_unavailable``, the log this message, no traceback."""
+    """Raised by a hook that could not decide (the application it asks over HTTP is down,
+    or answered nonsense) and has logged why: the client gets ``503 hook_unavailable``."""
 
 
 class HookUnavailable(ProtocolError):
@@ -120,12 +116,10 @@ class Hooks:
     subscribe: Hook | None = None
     publish: Hook | None = None
     rpc: Hook | None = None
+    #: Awaited by :meth:`aclose` (the HTTP hooks' connections: server/hooks_http.py).
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
     #: Seconds each call may take (``503 hook_unavailable`` after).
     timeout: float = DEFAULT_HOOK_TIMEOUT
-    #: Called by :meth:`aclose` (the HTTP hooks' connections: server/hooks_http.py).
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: hook -> (when its failure was last logged, failures not logged since).
-    _failures: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False)
 
     @property
     def on_reads(self) -> bool:
@@ -136,6 +130,11 @@ class Hooks:
     def on_publishes(self) -> bool:
         """Whether a publish must wait for a hook."""
         return self.connect is not None or self.publish is not None
+
+    async def aclose(self) -> None:
+        """Release what the hooks hold (the server calls it as it closes)."""
+        for close in self.closers:
+            await close()
 
     async def identify(self, request: ConnectRequest) -> Identity:
         """``on_connect``; without one, the token's subject (or nobody)."""
@@ -180,35 +179,16 @@ class Hooks:
         try:
             async with asyncio.timeout(self.timeout):
                 return await hook(*args)
+        except HookFailed:  # it logged why
+            raise HookUnavailable(f"the application's {name} hook failed; retry") from None
         except ProtocolError:
             raise  # Refuse, or a refusal the hook passed on: the client gets it
         except TimeoutError:
-            self._warn(name, f"it did not answer within {self.timeout:g} s")
             raise HookUnavailable(f"the application's {name} hook did not answer within "
                                   f"{self.timeout:g} s; retry") from None
-        except HookFailed as exc:
-            self._warn(name, str(exc))
-            raise HookUnavailable(f"the application's {name} hook failed; retry") from None
         except Exception:
             logger.exception("the application's %s hook failed", name)
             raise HookUnavailable(f"the application's {name} hook failed; retry") from None
-
-
-    def _warn(self, name: str, why: str) -> None:
-        """Log a hook's failure, at most once per :data:`FAILURE_LOG_INTERVAL` per hook."""
-        now = time.monotonic()
-        logged, unlogged = self._failures.get(name, (float("-inf"), 0))
-        if now - logged < FAILURE_LOG_INTERVAL:
-            self._failures[name] = (logged, unlogged + 1)
-            return
-        self._failures[name] = (now, 0)
-        more = f" ({unlogged} more failures since the last warning)" if unlogged else ""
-        logger.warning("the application's %s hook failed: %s%s", name, why, more)
-
-    async def aclose(self) -> None:
-        """Release what the hooks hold (the server calls it as it closes)."""
-        for close in self.closers:
-            await close()
 
 
 def connect_request(technique: str, request: Request, peer: object, claims: Claims | None,

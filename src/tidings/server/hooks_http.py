@@ -29,7 +29,9 @@ query are never logged.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,6 +42,8 @@ from tidings.server.hooks import ConnectRequest, HookFailed, Hooks, Identity, Re
 from tidings.server.hooks_client import HookCallFailed, HookClient, Origin
 from tidings.settings import HOOK_NAMES, HooksSettings
 from tidings.wire import jsonvalue
+
+logger = logging.getLogger("tidings.server")
 
 #: The header carrying ``[hooks] secret`` on every call.
 SECRET_HEADER = "X-Tidings-Hook-Secret"
@@ -54,6 +58,9 @@ MAX_USER_LENGTH = 256
 _CODE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 #: The longest refusal message passed on to a client (longer ones are cut).
 MAX_MESSAGE_LENGTH = 500
+#: Seconds between two warnings about the same failing hook (the failures between are
+#: counted).
+FAILURE_LOG_INTERVAL = 10.0
 
 
 class HttpHooks:
@@ -79,6 +86,8 @@ class HttpHooks:
                         "Content-Type: application/json\r\nUser-Agent: tidings-hooks\r\n"
                         ).encode() + secret
                 self._targets[name] = (Origin(parts.scheme, parts.hostname or "", port), head)
+        #: hook -> (when its failure was last logged, failures not logged since).
+        self._failures: dict[str, tuple[float, int]] = {}
 
     def install(self, hooks: Hooks) -> None:
         """Make each hook that has a URL one of ``hooks``; their timeout becomes
@@ -87,7 +96,7 @@ class HttpHooks:
             if self.settings.url(name):
                 setattr(hooks, name, getattr(self, name))
         hooks.timeout = self.settings.timeout
-        hooks.closers.append(self.aclose)
+        hooks.closers += (self.aclose,)
 
     async def aclose(self) -> None:
         """Close the connections to the application."""
@@ -108,16 +117,16 @@ class HttpHooks:
         user = answer.get("user")
         if user is not None and not (isinstance(user, str) and 0 < len(user) <= MAX_USER_LENGTH
                                      and user.isprintable()):
-            raise HookFailed(f"its user is not null or a string of 1 to {MAX_USER_LENGTH} "
-                             f"printable characters: {str(user)[:100]!r}")
+            raise self._failed("connect", f"its user is not null or a string of 1 to "
+                               f"{MAX_USER_LENGTH} printable characters: {str(user)[:100]!r}")
         channels = answer.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            raise HookFailed(f"its channels are not a list of channel names: "
-                             f"{str(channels)[:100]!r}")
+            raise self._failed("connect", f"its channels are not a list of channel names: "
+                               f"{str(channels)[:100]!r}")
         try:
             names = tuple(check_channel(name) for name in channels)
         except InvalidChannel as exc:
-            raise HookFailed(f"its channels hold a bad name: {exc}") from None
+            raise self._failed("connect", f"its channels hold a bad name: {exc}") from None
         return Identity(user, info=answer.get("info"), channels=names)
 
     async def subscribe(self, user: str | None, channel: str) -> None:
@@ -141,17 +150,16 @@ class HttpHooks:
         (401/403) or :class:`HookFailed` (anything else)."""
         body = jsonvalue.encode({"hook": hook, **payload})
         origin, head = self._targets[hook]
-        where = f"{hook} hook at {self.settings.url(hook).partition('?')[0][:200]}"
         try:
             status, content = await self._client.post(
                 origin, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         except HookCallFailed as exc:
-            raise HookFailed(f"the {where}: {exc}") from None
+            raise self._failed(hook, f"no answer: {exc}") from None
         if status == 204:
             return {}
         if status not in (200, 401, 403):
-            raise HookFailed(f"the {where} answered {status} {content[:200]!r}; a hook answers "
-                             "200 (or 204) to allow, 401 or 403 to refuse")
+            raise self._failed(hook, f"it answered {status} {content[:200]!r}; a hook answers "
+                                     "200 (or 204) to allow, 401 or 403 to refuse")
         try:
             answer = jsonvalue.decode(content, "the answer")
         except BadRequest:
@@ -159,9 +167,24 @@ class HttpHooks:
         if status != 200:
             raise _refusal(status, answer)
         if not isinstance(answer, dict):
-            raise HookFailed(f"the {where} answered 200 with {content[:200]!r}, not a JSON "
-                             "object")
+            raise self._failed(hook, f"it answered 200 with {content[:200]!r}, not a JSON "
+                                     "object")
         return answer
+
+    def _failed(self, hook: str, why: str) -> HookFailed:
+        """Log why ``hook`` failed (at most every :data:`FAILURE_LOG_INTERVAL` seconds, with
+        the count of failures since); the :class:`HookFailed` to raise."""
+        now = time.monotonic()
+        logged, unlogged = self._failures.get(hook, (float("-inf"), 0))
+        if now - logged >= FAILURE_LOG_INTERVAL:
+            self._failures[hook] = (now, 0)
+            more = f" ({unlogged} more failures since the last warning)" if unlogged else ""
+            url = self.settings.url(hook).partition("?")[0]  # a query may hold a key
+            logger.warning("the application's %s hook at %s failed: %s%s", hook, url[:200],
+                           why, more)
+        else:
+            self._failures[hook] = (logged, unlogged + 1)
+        return HookFailed(why)
 
 
 def _refusal(status: int, answer: Any) -> Refuse:
