@@ -11,6 +11,9 @@ import pytest
 from conftest import UNIT, ServerFactory, until
 from tidings import Server
 
+#: The response headers scripts of other origins may read.
+EXPOSED = "ETag, Idempotent-Replayed, Tidings-Client"
+
 ORIGIN = "https://a.example"
 OTHER = "https://b.example"
 
@@ -52,7 +55,7 @@ async def read_kinds(client: httpx.AsyncClient, channel: str,
 async def test_default_allows_every_origin(client: httpx.AsyncClient) -> None:
     for kind, headers in (await read_kinds(client, "c", "https://anywhere.example")).items():
         assert headers["access-control-allow-origin"] == "*", kind
-        assert headers["access-control-expose-headers"] == "ETag, Idempotent-Replayed", kind
+        assert headers["access-control-expose-headers"] == EXPOSED, kind
         assert "vary" not in headers, kind
 
 
@@ -125,7 +128,7 @@ async def test_listed_origin_is_echoed(make_server: ServerFactory) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=5 * UNIT) as client:
         for kind, headers in (await read_kinds(client, "c", ORIGIN)).items():
             assert headers["access-control-allow-origin"] == ORIGIN, kind
-            assert headers["access-control-expose-headers"] == "ETag, Idempotent-Replayed", kind
+            assert headers["access-control-expose-headers"] == EXPOSED, kind
             assert "Origin" in headers["vary"], kind
         preflight = await client.options("/channels/c", headers={
             "Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
@@ -182,4 +185,4 @@ async def test_parked_and_expired_long_polls_carry_cors(server: Server,
         woken = await parked
     assert woken.json()["messages"][0]["data"] == 1
     assert woken.headers["access-control-allow-origin"] == "*"
-    assert woken.headers["access-control-expose-headers"] == "ETag, Idempotent-Replayed"
+    assert woken.headers["access-control-expose-headers"] == EXPOSED

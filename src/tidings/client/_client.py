@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -26,8 +26,15 @@ from tidings.backoff import Backoff
 from tidings.client import longpoll, poll, sse, websocket
 from tidings.client._common import checked_channel, encode_data, publish_headers, published_id
 from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
+from tidings.client._presence import (
+    PresenceBook,
+    PresenceItem,
+    checked_client_id,
+    presence_of,
+)
 from tidings.client._session import (
     Dropped,
+    ReadOptions,
     Session,
     TechniqueFailed,
     Unavailable,
@@ -39,6 +46,7 @@ from tidings.client.events import (
     Disconnected,
     Gap,
     Message,
+    Presence,
     StatusEvent,
     TransportChanged,
 )
@@ -47,6 +55,10 @@ from tidings.errors import ClientClosed, ConnectionFailed, RequestRefused, Usage
 from tidings.server_api import base_urls, refusal_of_status, refused
 
 logger = logging.getLogger("tidings.client")
+
+#: What a subscription yields: :class:`Message` and :class:`Gap`, and with ``presence=True``
+#: :class:`Presence`, :class:`Join` and :class:`Leave` too.
+Item = TypeVar("Item", Message | Gap, Message | Gap | PresenceItem)
 
 #: The techniques ``"auto"`` tries, best first.
 AUTO_ORDER: Final = ("websocket", "sse", "longpoll", "poll")
@@ -95,7 +107,11 @@ class Client:
       server refuses as expired is replaced by a fresh one and the
       subscription resumes from its cursor, nothing lost (docs/security.md);
     * ``on_status`` — called with :class:`Connected`, :class:`Disconnected`
-      and :class:`TransportChanged` events (it must not block).
+      and :class:`TransportChanged` events (it must not block);
+    * ``client_id`` — this client's id in presence (1 to 64 of
+      ``A-Z a-z 0-9 _ -``); by default the first id the server assigns,
+      kept in :attr:`client_id` and sent back as ``?client=`` on every
+      technique, so that reconnects and technique switches stay one member.
     """
 
     def __init__(
@@ -114,6 +130,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
         token: str | TokenGetter | None = None,
         on_status: Callable[[StatusEvent], object] | None = None,
+        client_id: str | None = None,
     ) -> None:
         self._base, self._ws_base = base_urls(url)
         if transport not in TRANSPORTS:
@@ -138,6 +155,8 @@ class Client:
         self.buffer = buffer
         self.headers = dict(headers or {})
         self.on_status = on_status
+        #: This client's id in presence: the one chosen, or the first the server assigned.
+        self.client_id = checked_client_id(client_id)
         self.closed = False
         self._order: tuple[str, ...] = AUTO_ORDER if transport == "auto" else (transport,)
         self._tokens = TokenSource(token)
@@ -148,7 +167,7 @@ class Client:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._subscriptions: set[Subscription] = set()
+        self._subscriptions: set[Subscription[Any]] = set()
         self._link: websocket.Link | None = None
         self._link_lock = asyncio.Lock()
 
@@ -185,22 +204,45 @@ class Client:
 
     # subscribing -------------------------------------------------------------
 
+    @overload
+    def subscribe(self, *channels: str, since: str | None = None, on_gap: str = "deliver",
+                  delta: bool = False, latest: bool = False,
+                  presence: Literal[False] = False) -> Subscription[Message | Gap]: ...
+
+    @overload
+    def subscribe(self, *channels: str, since: str | None = None, on_gap: str = "deliver",
+                  delta: bool = False, latest: bool = False,
+                  presence: Literal[True]) -> Subscription[Message | Gap | PresenceItem]: ...
+
     def subscribe(self, *channels: str, since: str | None = None,
-                  on_gap: str = "deliver") -> Subscription:
+                  on_gap: str = "deliver", delta: bool = False, latest: bool = False,
+                  presence: bool = False) -> Subscription[Any]:
         """Read ``channels`` from ``since``; iterate the result with ``async for``.
 
         ``since`` is ``None`` (messages published from now on), ``"0"`` (from
         the oldest message the server keeps), a message id (one channel), or a
         multi-channel cursor such as :attr:`Subscription.cursor`. It yields
         :class:`Message` and :class:`Gap` objects; with ``on_gap="raise"`` a
-        gap raises :class:`tidings.MissedMessages` instead and ends it.
+        gap raises :class:`tidings.MissedMessages` instead and ends it. With
+        ``presence=True`` it yields :class:`Presence`, :class:`Join` and
+        :class:`Leave` items too, in order with the messages (every channel's
+        namespace must have presence: else iterating raises
+        :class:`tidings.RequestRefused` ``presence_disabled``).
+
+        ``delta=True`` asks the server for deltas (``?delta=1``): fewer bytes,
+        and the same whole messages here, applied as they come. ``latest=True``
+        (``?latest=1``) asks for the newest message of each channel only, the
+        skipped ones counted in a ``latest`` gap (docs/protocol.md).
         """
         self._check_open()
         if on_gap not in ("deliver", "raise"):
             raise UsageError(f"on_gap must be 'deliver' or 'raise', not {on_gap!r}")
         for channel in channels:
             checked_channel(channel)
-        subscription = Subscription(self, CursorBook(channels, since), on_gap)
+        book = CursorBook(channels, since)
+        subscription: Subscription[Any] = Subscription(
+            self, book, on_gap, PresenceBook(book.channels) if presence else None)
+        subscription._options = ReadOptions(delta=delta, latest=latest)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -235,6 +277,52 @@ class Client:
         except httpx.TransportError as exc:
             raise ConnectionFailed(f"cannot publish to {self._base}: {_explain(exc)}") from None
         return published_id(response)
+
+    # presence ----------------------------------------------------------------
+
+    async def presence(self, channel: str, *, count_only: bool = False) -> Presence:
+        """Who is on ``channel`` now (docs/protocol.md, "Presence").
+
+        Over the WebSocket when this client reads with one, else
+        ``GET /channels/{channel}/presence``. With ``count_only``, only
+        :attr:`Presence.count` and :attr:`Presence.users` (for large channels).
+        Raises :class:`RequestRefused` (``presence_disabled`` when the channel's
+        namespace has no presence, ``forbidden``) or :class:`ConnectionFailed`.
+        """
+        self._check_open()
+        checked_channel(channel)
+        link = self._link
+        if link is not None and link.is_open:
+            command: dict[str, Any] = {"type": "presence", "channel": channel}
+            if count_only:
+                command["count"] = True
+            return _presence_answer(channel, await link.request(command))
+        url = self._url(f"/channels/{channel}/presence")
+        params = {"count": ""} if count_only else None
+        try:
+            response = await self._http.get(url, params=params)
+            if response.status_code == 401 and self._tokens.refreshable and (
+                    refused(response).code == "token_expired"):
+                self._tokens.invalidate()  # once, with a fresh token
+                response = await self._http.get(url, params=params)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(f"cannot ask {self._base} who is on {channel}: "
+                                   f"{_explain(exc)}") from None
+        if response.status_code != 200:
+            raise refused(response)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        return _presence_answer(channel, answer)
+
+    def _learn_client(self, client_id: object) -> None:
+        """The server told a reader its client id: kept, and sent back, from now on."""
+        if self.client_id is None and isinstance(client_id, str) and client_id:
+            try:
+                self.client_id = checked_client_id(client_id)
+            except UsageError:
+                logger.warning("the server told a malformed client id %r", client_id[:100])
 
     # history -----------------------------------------------------------------
 
@@ -337,6 +425,15 @@ class Client:
                 logger.exception("on_status callback failed")
 
 
+def _presence_answer(channel: str, answer: object) -> Presence:
+    if not isinstance(answer, dict):
+        raise ConnectionFailed(f"not a presence answer: {str(answer)[:100]}")
+    try:
+        return presence_of(channel, answer)
+    except BrokenStream as exc:
+        raise ConnectionFailed(str(exc)) from None
+
+
 class _End:
     __slots__ = ("error",)
 
@@ -344,7 +441,7 @@ class _End:
         self.error = error
 
 
-class Subscription:
+class Subscription(Generic[Item]):
     """Messages and gaps of some channels, once each and in order, across reconnects.
 
     Iterate it with ``async for``; close it with :meth:`aclose` (or use it as
@@ -356,18 +453,23 @@ class Subscription:
     resume from later, even in another process.
     """
 
-    def __init__(self, client: Client, book: CursorBook, on_gap: str) -> None:
+    def __init__(self, client: Client, book: CursorBook, on_gap: str,
+                 presence: PresenceBook | None = None) -> None:
         self.channels = book.channels
         self.transport: str | None = None
         self.state = "connecting"
         self.reconnects = 0
         self._client = client
         self._book = book
+        self._presence = presence
         self._on_gap = on_gap
-        self._queue: asyncio.Queue[Message | Gap | _End] = asyncio.Queue(client.buffer)
+        self._queue: asyncio.Queue[Message | Gap | PresenceItem | _End] = asyncio.Queue(
+            client.buffer)
         self._stopped: BaseException | None = None
         self._limit: asyncio.Timeout | None = None
         self._reason = ""
+        #: What every read asks the server for (``delta``, ``latest``).
+        self._options = ReadOptions()
         self._task = client._spawn(self._run())
 
     @property
@@ -379,10 +481,10 @@ class Subscription:
         """
         return self._book.handed_since()
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> Subscription[Item]:
         return self
 
-    async def __anext__(self) -> Message | Gap:
+    async def __anext__(self) -> Item:
         if self._stopped is not None:
             raise self._stopped
         item = await self._queue.get()
@@ -391,10 +493,21 @@ class Subscription:
             if item.error is not None:
                 raise item.error
             raise StopAsyncIteration
-        self._book.hand(item)
-        return item
+        if isinstance(item, Message | Gap):
+            self._book.hand(item)
+        return item  # type: ignore[return-value]  # what this subscription was made to yield
 
-    async def __aenter__(self) -> Subscription:
+    async def presence(self, channel: str | None = None, *,
+                       count_only: bool = False) -> Presence:
+        """Who is on ``channel`` (by default the subscription's only channel) now:
+        :meth:`Client.presence`. It needs no ``presence=True``: it asks the server."""
+        if channel is None:
+            if len(self.channels) != 1:
+                raise UsageError("name the channel: this subscription reads several")
+            (channel,) = self.channels
+        return await self._client.presence(channel, count_only=count_only)
+
+    async def __aenter__(self) -> Subscription[Item]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -434,7 +547,8 @@ class Subscription:
         while True:
             technique = order[index]
             session = Session(client, self._book, technique, self._queue.put, self._on_gap,
-                              fallback=index > 0, established=self._established)
+                              fallback=index > 0, established=self._established,
+                              options=self._options, presence=self._presence)
             try:
                 await self._attempt(session)
             except OutOfOrder as exc:

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tidings.client._cursors import BrokenStream, CursorBook
+from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
+from tidings.client._presence import PresenceBook, PresenceItem, new_client_id
 from tidings.client.events import Gap, Message
-from tidings.errors import CloseCode, MissedMessages, RequestRefused
+from tidings.errors import BadRequest, CloseCode, MissedMessages, RequestRefused
 from tidings.server_api import refusal_of_status
+from tidings.wire import delta
 
 if TYPE_CHECKING:
     from tidings.client._client import Client
@@ -86,21 +89,48 @@ class Dropped(Exception):
     """A working connection ended."""
 
 
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """What a subscription asks the server for on every technique."""
+
+    #: Deltas (``?delta=1``, ``"delta": true``): applied here, whole messages delivered.
+    delta: bool = False
+    #: The newest message of each channel only (``?latest=1``, ``"latest": true``).
+    latest: bool = False
+
+    def params(self) -> list[tuple[str, str | int | float | bool | None]]:
+        """The query parameters of an HTTP read."""
+        return [(name, "1") for name in ("delta", "latest") if getattr(self, name)]
+
+
 class Session:
-    """The state one technique needs for one connection attempt."""
+    """The state one technique needs for one connection attempt.
+
+    With deltas it keeps the last whole value of each channel it was sent on
+    this connection (a delta names the id it applies to, checked here): a delta
+    whose base it lacks, or that does not fit, ends the connection, and the
+    resume from the cursor begins with a whole message.
+    """
 
     def __init__(
         self,
         client: Client,
         book: CursorBook,
         technique: str,
-        deliver: Callable[[Message | Gap], Any],
+        deliver: Callable[[Message | Gap | PresenceItem], Any],
         on_gap: str,
         fallback: bool,
         established: Callable[[Session], None],
+        options: ReadOptions | None = None,
+        presence: PresenceBook | None = None,
     ) -> None:
         self.client = client
+        self.options = options or ReadOptions()
+        #: With deltas: each channel's last message id and whole value on this connection.
+        self._bases: dict[str, tuple[object, Any]] = {}
         self.book = book
+        #: The joins and leaves asked for (``presence=True``), else ``None``.
+        self.presence = presence
         self.technique = technique
         self.is_established = False
         self._deliver = deliver
@@ -115,10 +145,31 @@ class Session:
 
     def read_target(self) -> tuple[str, httpx.QueryParams]:
         """The URL and channel parameters of a read with an HTTP technique."""
+        options = self.options.params()
         if len(self.channels) == 1:
-            return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams()
+            return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams(options)
         return self.client._url("/subscribe"), httpx.QueryParams(
-            [("channel", c) for c in self.channels])
+            [*(("channel", c) for c in self.channels), *options])
+
+    def read_params(self, params: httpx.QueryParams, poller: bool) -> httpx.QueryParams:
+        """``params`` with the client id once known (``?client=``), and ``presence=1`` (with,
+        for a poller, where its joins and leaves resume) when they were asked for. A poller
+        asking for them must name itself: it draws an id if none is known yet."""
+        client = self.client
+        if self.presence is not None:
+            if poller and client.client_id is None:
+                client._learn_client(new_client_id())
+            params = params.add("presence", "1")
+            since = self.presence.since()
+            if poller and since is not None:
+                params = params.add("presence_since", since)
+        if client.client_id is not None:
+            params = params.add("client", client.client_id)
+        return params
+
+    def learn_client(self, response: httpx.Response) -> None:
+        """Keep the client id the server told in its ``Tidings-Client`` header."""
+        self.client._learn_client(response.headers.get("tidings-client"))
 
     def failure(self, reason: str) -> Exception:
         """The exception for a connection that ended: :class:`Dropped` once established."""
@@ -163,9 +214,31 @@ class Session:
 
     async def message(self, value: Mapping[str, Any]) -> None:
         """A message object from the server: delivered unless it is a duplicate."""
+        if self.options.delta:
+            value = self._whole(value)
         message = self.book.accept_message(value)
         if message is not None:
             await self._deliver(message)
+
+    def _whole(self, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The whole message of ``value`` (a delta or not); remember it as the next base."""
+        channel = value.get("channel")
+        if not isinstance(channel, str):
+            raise BrokenStream(f"a message without a channel: {str(value)[:100]}")
+        if "delta" in value:
+            base = self._bases.get(channel)
+            if base is None or base[0] != value.get("base"):
+                raise self.failure(f"a delta against {value.get('base')!r}, a message this "
+                                   "connection was not sent; resuming from the cursor")
+            try:
+                data = delta.apply(base[1], value["delta"])
+            except (BadRequest, RecursionError) as exc:
+                raise self.failure(f"a delta that does not fit its base: {exc!r}") from None
+            value = {key: item for key, item in value.items() if key not in ("delta", "base")}
+            value["data"] = data
+        # The application may change what it is handed: the base stays a copy of its own.
+        self._bases[channel] = (value.get("id"), value.get("data"))
+        return {**value, "data": json.loads(json.dumps(value.get("data")))}
 
     async def gap(self, value: Mapping[str, Any]) -> None:
         """A gap object from the server: a :class:`Gap` event, or :class:`MissedMessages`."""
@@ -176,13 +249,45 @@ class Session:
             raise MissedMessages(gap)
         await self._deliver(gap)
 
+    async def presence_listed(self, value: Mapping[str, Any]) -> None:
+        """A member list (a ``presence`` frame or event)."""
+        if self.presence is not None:
+            for item in self.presence.listed(value):
+                await self._deliver(item)
+
+    async def presence_changed(self, kind: str, value: Mapping[str, Any]) -> None:
+        """A ``join`` or ``leave`` frame or event."""
+        if self.presence is not None:
+            for item in self.presence.changed(kind, value):
+                await self._deliver(item)
+
     async def batch(self, body: object) -> bool:
-        """A poll or long-poll answer: gaps, then messages, then ``next``. Returns ``more``."""
+        """A poll or long-poll answer: gaps, then messages with the joins and leaves in
+        order among them, then ``next``. Returns ``more``."""
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BrokenStream(f"not a poll answer: {str(body)[:100]}")
+        messages = body["messages"]
+        placed = [] if self.presence is None else self.presence.answer(body, messages)
+        placed.sort(key=lambda pair: pair[0])  # stable: in the server's order within a place
+        queue = iter(placed)
+        pending = next(queue, None)
+
+        async def hand_up_to(place: float) -> None:
+            nonlocal pending
+            while pending is not None and pending[0] <= place:
+                for item in pending[1]:
+                    await self._deliver(item)
+                pending = next(queue, None)
+
         for gap in body.get("gaps") or ():
             await self.gap(gap)
-        for message in body["messages"]:
-            await self.message(message)
+        try:
+            for index, message in enumerate(messages):
+                await hand_up_to(index)
+                await self.message(message)
+        except OutOfOrder:
+            await hand_up_to(float("inf"))  # the presence cursor moved past them already
+            raise
+        await hand_up_to(float("inf"))
         self.learn_cursor(body.get("next"))
         return body.get("more") is True

@@ -9,6 +9,15 @@ A subscription yields two kinds of items, told apart with ``isinstance`` or
   Reading goes on after it; pass ``on_gap="raise"`` to get
   :class:`tidings.MissedMessages` instead.
 
+With ``presence=True`` it yields presence items too, in order with the messages:
+
+* :class:`Presence`: who is on a channel (when reading starts, after each
+  reconnect, and instead of a storm of changes); after a reconnect it comes
+  after the :class:`Join` and :class:`Leave` items it differs by, so nothing
+  changes silently;
+* :class:`Join` and :class:`Leave`: a :class:`Member` came or went, once each
+  (duplicates the server may send are dropped: they are set operations).
+
 Status events (:class:`Connected`, :class:`Disconnected`,
 :class:`TransportChanged`, :class:`BrokerStatus`) are not yielded; they go to the ``on_status``
 callback of :func:`tidings.connect`, for logs and progress displays.
@@ -26,7 +35,11 @@ __all__ = [
     "Connected",
     "Disconnected",
     "Gap",
+    "Join",
+    "Leave",
+    "Member",
     "Message",
+    "Presence",
     "StatusEvent",
     "TransportChanged",
 ]
@@ -62,6 +75,52 @@ class Gap:
     to: str
     reason: str
     missed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A reader of ``channel``: its ``client`` id, the ``user`` (``sub``) and ``info`` of its
+    token (``None`` when anonymous), how it joined (``technique``) and when (``since``,
+    Unix milliseconds)."""
+
+    channel: str
+    client: str
+    user: str | None
+    info: Any
+    technique: str
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """``member`` arrived on ``channel``."""
+
+    channel: str
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """``member`` left ``channel``."""
+
+    channel: str
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who is on ``channel``: ``count`` members (client ids), ``users`` distinct non-null
+    users among them; ``members`` oldest first, at most 1000 (``more``: there are more).
+
+    From :meth:`tidings.Client.presence` with ``count_only=True``, ``members`` is empty
+    (and ``more`` says whether anyone is there).
+    """
+
+    channel: str
+    count: int
+    users: int
+    members: tuple[Member, ...]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,11 @@ async def read(session: Session) -> None:
         params = channels.add("wait", f"{wait:g}")
         if since is not None:
             params = params.add("since", since)
+        params = session.read_params(params, poller=True)
         timeout = httpx.Timeout(client.connect_timeout, read=wait + ANSWER_MARGIN)
         response = await client._http.get(url, params=params, timeout=timeout)
         session.check(response)
+        session.learn_client(response)
         body = response.json()
         await session.established()
         more = await session.batch(body)

@@ -20,8 +20,10 @@ async def read(session: Session) -> None:
     while True:
         since = session.book.since()
         params = channels.add("since", since) if since is not None else channels
+        params = session.read_params(params, poller=True)
         headers = {"If-None-Match": etag} if etag is not None else {}
         response = await client._http.get(url, params=params, headers=headers)
+        session.learn_client(response)
         more = False
         if response.status_code == 304:
             await session.established()

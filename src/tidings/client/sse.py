@@ -26,12 +26,14 @@ async def read(session: Session) -> None:
     if since is not None:
         headers["Last-Event-ID"] = since
     timeout = httpx.Timeout(client.connect_timeout, read=client.idle_timeout)
+    params = session.read_params(channels, poller=False)
     async with client._http.stream(
-        "GET", url, params=channels, headers=headers, timeout=timeout
+        "GET", url, params=params, headers=headers, timeout=timeout
     ) as response:
         if response.status_code != 200:
             await response.aread()
             session.check(response)
+        session.learn_client(response)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream"):
             raise session.failure(f"not an event stream: {content_type or 'no content type'}")
@@ -49,6 +51,10 @@ async def read(session: Session) -> None:
                     await session.message(_json(item.data))
                 elif item.type == "gap":
                     await session.gap(_json(item.data))
+                elif item.type == "presence":
+                    await session.presence_listed(_json(item.data))
+                elif item.type in ("join", "leave"):
+                    await session.presence_changed(item.type, _json(item.data))
                 elif item.type == "status":
                     detail = _json(item.data)
                     session.client._status(BrokerStatus(

@@ -102,8 +102,9 @@ class Link:
     async def open(cls, client: Client, private: bool = False) -> Link:
         """Connect; raises what ``websockets`` raises (classified by the caller)."""
         token = await client._tokens.get()
+        named = "" if client.client_id is None else f"?client={client.client_id}"
         ws = await ws_connect(
-            client._ws_url("/subscribe"),
+            client._ws_url("/subscribe" + named),
             open_timeout=client.connect_timeout,
             compression=None,
             max_size=MAX_FRAME,
@@ -195,7 +196,7 @@ class Link:
                 if not isinstance(frame, dict):
                     raise ValueError("a frame that is not a JSON object")
                 kind = frame.get("type")
-                if kind in ("message", "gap"):
+                if kind in ("message", "gap", "presence", "join", "leave"):
                     route = self.routes.get(frame.get("channel"))  # type: ignore[arg-type]
                     if route is not None:
                         route.put(frame)
@@ -262,10 +263,14 @@ async def read(session: Session) -> None:
         try:
             for channel in channels:
                 command: dict[str, Any] = {"type": "subscribe", "channel": channel}
+                command.update((name, True) for name, _ in session.options.params())
                 since = session.book.since_of(channel)
                 if since is not None:
                     command["since"] = since
+                if session.presence is not None:
+                    command["presence"] = True
                 ack = await link.request(command)
+                client._learn_client(ack.get("client"))
                 session.learn(channel, ack.get("next"))
         except RequestRefused as exc:
             # "Not now" (the broker is away, the node shuts down): retried after a backoff,
@@ -280,10 +285,15 @@ async def read(session: Session) -> None:
             item = await route.queue.get()
             if isinstance(item, _Lost):
                 raise session.failure(item.reason)
-            if item["type"] == "message":
+            kind = item["type"]
+            if kind == "message":
                 await session.message(item)
-            else:
+            elif kind == "gap":
                 await session.gap(item)
+            elif kind == "presence":
+                await session.presence_listed(item)
+            else:
+                await session.presence_changed(kind, item)
     finally:
         await _detach(client, link, channels, route)
 

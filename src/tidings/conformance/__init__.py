@@ -61,6 +61,7 @@ CHECKS: dict[str, Check] = {
     "cors": checks_input.cors,
     "history_backwards": checks_bytes.history_backwards,
     "websocket_compression": checks_bytes.websocket_compression,
+    "deltas": checks_bytes.deltas_for_readers_that_ask,
     "presence": checks_presence.presence,
     # Last: it needs other nodes (``nodes``), and is skipped without them.
     "across_nodes": checks_nodes.across_nodes,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import httpx
 from websockets.asyncio.client import ClientConnection
 
-from tidings.client import Backoff, Connected, Gap, StatusEvent, Subscription, connect
+from tidings.client import Backoff, Connected, Gap, Message, StatusEvent, Subscription, connect
 from tidings.conformance._context import Context
 from tidings.testing import (
     CheckFailed,
@@ -182,7 +182,7 @@ class ClientReader:
     subscription's own cursor, which also counts what it has read ahead.
     """
 
-    def __init__(self, subscription: Subscription, transport: str,
+    def __init__(self, subscription: Subscription[Message | Gap], transport: str,
                  since: str | None) -> None:
         self.name = f"client-{transport}"
         self.subscription = subscription

@@ -1,4 +1,4 @@
-"""Fewer bytes: history backwards, and WebSocket compression encoded once."""
+"""Fewer bytes: history backwards, WebSocket compression encoded once, and deltas."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import zlib
 from typing import Any
 
 from tidings.conformance._context import Context, labelled
+from tidings.errors import BadRequest
 from tidings.testing import (
     close_raw,
     json_body,
     open_raw,
+    open_sse,
+    open_ws,
     publish_many,
     read_response,
+    recv_json,
     request_head,
     require,
     require_equal,
 )
+from tidings.wire import delta as deltas
 
 #: Parameters a permessage-deflate answer may carry (RFC 7692).
 _DEFLATE_PARAMS = frozenset({"server_no_context_takeover", "client_no_context_takeover",
@@ -128,3 +133,92 @@ async def _frame(ctx: Context, reader: asyncio.StreamReader) -> tuple[int, bytes
             payload = await reader.readexactly(length)
             if first & 0x0F != 0x9:
                 return first, payload
+
+
+def _ticks(count: int) -> list[dict[str, Any]]:
+    """Price ticks in which a few of many quotes move: what deltas are for."""
+    quotes: list[dict[str, Any]] = [{"symbol": f"S{i:02}", "price": 100.0 + i, "change": 0.0}
+                                    for i in range(20)]
+    ticks = []
+    for n in range(count):
+        quotes = [dict(quote) for quote in quotes]
+        for quote in quotes[n % 4::4]:
+            quote["price"] = round(quote["price"] + 0.01 * (n + 1), 2)
+            quote["change"] = round(quote["change"] + 0.01 * (n + 1), 2)
+        ticks.append({"tick": n, "quotes": quotes})
+    return ticks
+
+
+def _check_deltas(messages: list[dict[str, Any]], ids: list[str], values: list[Any],
+                  what: str) -> int:
+    """Rebuild ``values`` from ``messages`` (whole or deltas); return how many were deltas."""
+    require_equal([m.get("id") for m in messages], ids, f"the ids read ({what})")
+    require("delta" not in messages[0], f"the first message of a read is whole ({what})")
+    count = 0
+    previous: tuple[str, Any] | None = None
+    for message, value in zip(messages, values, strict=True):
+        if "delta" in message:
+            count += 1
+            require("data" not in message, f"a delta message also has data ({what})")
+            require(previous is not None and message.get("base") == previous[0],
+                    f"a delta's base {message.get('base')!r} is not the message before it "
+                    f"({what})")
+            assert previous is not None
+            try:
+                data = deltas.apply(previous[1], message["delta"])
+            except BadRequest as exc:
+                require(False, f"a delta that does not apply to its base ({what}): {exc}")
+        else:
+            data = message.get("data")
+        require(json.dumps(data, sort_keys=True) == json.dumps(value, sort_keys=True),
+                f"message {message.get('id')} rebuilt from its delta is not what was published "
+                f"({what})")
+        previous = (message["id"], data)
+    return count
+
+
+async def deltas_for_readers_that_ask(ctx: Context) -> None:
+    """``?delta=1``: a read's first message whole, then deltas naming their base, on each
+    technique; a resume starts whole again."""
+    channel = ctx.channel("deltas")
+    path = f"/channels/{channel}"
+    values = _ticks(4)
+    sent = 0
+    async with ctx.http() as http:
+        ids = await publish_many(http, channel, values)
+        for technique in ("poll", "longpoll"):
+            if not ctx.serves(technique):
+                continue
+            params = {"since": "0", "delta": "1", **({"wait": "0"} if technique == "longpoll"
+                                                     else {})}
+            async with ctx.step(f"GET {path} {params}"):
+                response = await http.get(path, params=params)
+            require_equal(response.status_code, 200, f"a {technique} with delta=1")
+            answer = json_body(response, f"a {technique} with delta=1")
+            sent += _check_deltas(answer["messages"], ids, values, technique)
+        if ctx.serves("sse"):
+            for since, expect in (("0", ids), (ids[1], ids[2:])):
+                async with open_sse(http, path, {"since": since, "delta": "1"},
+                                    within=ctx.timeout) as stream:
+                    await stream.opening()
+                    async with ctx.step("reading SSE messages with delta=1"):
+                        got = await stream.message_objects(len(expect))
+                sent += _check_deltas(got, expect, values[len(ids) - len(expect):],
+                                      f"sse since={since}")
+        if ctx.serves("websocket"):
+            for since, expect in (("0", ids), (ids[1], ids[2:])):
+                async with open_ws(ctx, f"{path}?since={since}&delta=1",
+                                   within=ctx.timeout) as ws:
+                    got = []
+                    async with ctx.step("reading WebSocket messages with delta=1"):
+                        while len(got) < len(expect):
+                            frame = await recv_json(ws, ctx.timeout)
+                            if frame.get("type") == "message":
+                                got.append(frame)
+                sent += _check_deltas(got, expect, values[len(ids) - len(expect):],
+                                      f"websocket since={since}")
+        async with ctx.step(f"GET {path}?delta=2"):
+            bad = await http.get(path, params={"delta": "2"})
+        require_equal(bad.status_code, 400, "delta=2")
+    require(sent > 0, "no technique sent a single delta for messages that differ in a few "
+                      "prices out of twenty")

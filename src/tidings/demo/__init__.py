@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from pathlib import Path
 
@@ -76,7 +77,7 @@ async def start_demo(settings: Settings, rate: float = DEFAULT_RATE,
             await through_postgres.prepare(database, market)
         except Exception as exc:  # psycopg's errors, and a malformed DSN
             raise UsageError(f"cannot prepare the demo's table in {database}: {exc}") from None
-    server = Server(settings, pages=pages())
+    server = Server(with_presence(settings), pages=pages())
     await server.start()
     if database is None:
         feed = server.spawn(run_feed(server, rate, market), background=True)
@@ -85,6 +86,15 @@ async def start_demo(settings: Settings, rate: float = DEFAULT_RATE,
         feed = server.spawn(through_postgres.run_database_feed(database, rate, market),
                             background=True)
     return Demo(server, feed)
+
+
+def with_presence(settings: Settings) -> Settings:
+    """``settings`` with presence on for the demo's channel (its pages show "N watching"
+    and the lab's four members), unless its namespace already says, or the broker is
+    Redis (presence is served with the memory broker only, for now)."""
+    if settings.broker != "memory" or settings.presence_of(CHANNEL).enabled:
+        return settings
+    return dataclasses.replace(settings, presence=True)
 
 
 async def run_demo(settings: Settings, rate: float = DEFAULT_RATE,

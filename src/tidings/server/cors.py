@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 Headers = tuple[tuple[str, str], ...]
 
-_EXPOSE = ("Access-Control-Expose-Headers", "ETag, Idempotent-Replayed")
+_EXPOSE = ("Access-Control-Expose-Headers", "ETag, Idempotent-Replayed, Tidings-Client")
 _NONE: Headers = ()
 _VARY: Headers = (("Vary", "Origin"),)
 

@@ -180,8 +180,12 @@ class Expiries:
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, wait: float, cors: Headers, keep_alive: bool,
            expires: float, identity: Identity, named: bool,
-           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False) -> None:
+           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False,
+           delta: bool = False) -> None:
     """Answer at once if something is there (or ``wait`` is 0), else park until it comes.
+
+    With ``delta`` (``?delta=1``) an answer at once has deltas within its page; a
+    parked answer is one message, whole.
 
     With ``presence_since`` (``?presence=1``), joins and leaves after it are
     something too: they are answered at once, and one that comes wakes it.
@@ -199,7 +203,8 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
         count_page(server.stats, "longpoll", batch)
         if named:
             server.presence.touch(starts, identity, "longpoll")
-        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more), fields)
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more, delta),
+                           fields)
         response = http.response(200, (*JSON_NO_CACHE, *cors), body, keep_alive=keep_alive)
         conn.respond(client_header(response, identity.client), keep_alive)
         return

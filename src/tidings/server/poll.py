@@ -38,8 +38,9 @@ JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
            limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
            identity: Identity, named: bool,
-           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False) -> None:
-    """Answer a regular poll at once.
+           presence_since: Mapping[str, Start] | None = None, *, latest: bool = False,
+           delta: bool = False) -> None:
+    """Answer a regular poll at once (with ``delta``, ``?delta=1``: deltas within the page).
 
     A regular poll is never on the hub, so it needs no reader: one page
     (:func:`read_batch`, what ``Reader.open`` reads) and its cursor are the
@@ -60,11 +61,11 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     if named:
         server.presence.touch(starts, identity, "poll")
     if presence_since is not None:
-        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more),
+        body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more, delta),
                            presence_fields(server, starts, presence_since, cursor, multi))
         _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, identity.client)
         return
-    respond(conn, batch, cursor, if_none_match, cors, keep_alive, identity.client)
+    respond(conn, batch, cursor, if_none_match, cors, keep_alive, identity.client, delta)
 
 
 def presence_fields(server: Server, channels: Mapping[str, object],
@@ -85,16 +86,16 @@ def answer_back(server: Server, conn: HttpConnection, channel: str, before: Star
 
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
-            cors: Headers, keep_alive: bool, client: str) -> None:
+            cors: Headers, keep_alive: bool, client: str, delta: bool = False) -> None:
     if batch.gaps:
-        body = poll.body(batch.messages, cursor, batch.gaps, batch.more)
+        body = poll.body(batch.messages, cursor, batch.gaps, batch.more, delta)
         _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, client)
         return
     tag = poll.etag(cursor)
     if if_none_match is not None and _matches(if_none_match, tag):
         _send(conn, 304, (("ETag", tag), *cors), b"", keep_alive, client)
         return
-    body = poll.body(batch.messages, cursor, (), batch.more)
+    body = poll.body(batch.messages, cursor, (), batch.more, delta)
     _send(conn, 200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive, client)
 
 

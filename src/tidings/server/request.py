@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
 
 from tidings.errors import BadRequest
+from tidings.wire import delta
 
 #: A number of seconds as a parameter: ASCII digits, a decimal point, no sign,
 #: exponent or ``_`` (which ``float()`` would take), at most 9 digits before it.
@@ -64,6 +65,11 @@ class Request:
         if text != "1":
             raise BadRequest(f"latest must be 1 or 0, not {text[:20]!r}", code="invalid_latest")
         return True
+
+    def delta(self) -> bool:
+        """Whether ``?delta=1`` asks for deltas (wire/delta.py); ``400 invalid_delta`` if not
+        1 or 0."""
+        return delta.wanted(self.arg("delta"))
 
     def wait_seconds(self) -> float | None:
         """The long-poll wait from ``?wait=`` or ``Prefer: wait=N``, or ``None``."""

@@ -277,6 +277,7 @@ class Router:
             self._read_back(conn, request, channels, multi, cors)
             return
         latest = request.latest()  # 400 before any technique starts
+        delta = request.delta()
         if request.wants_websocket:
             self._check_enabled("websocket")
             starts = parse_since(request.arg("since"), channels) if channels else {}
@@ -289,7 +290,8 @@ class Router:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
             starts = parse_since(since, channels)
-            stream = SseStream(server, conn.detach(), multi, identity, latest=latest)
+            stream = SseStream(server, conn.detach(), multi, identity, latest=latest,
+                               delta=delta)
             stream.expires = credentials.expires
             server.when_ready(starts, lambda: stream.start(starts, cors, presence),
                               lambda error: stream.refuse(error, cors))
@@ -308,7 +310,7 @@ class Router:
                     if not conn.closing:  # the client may have left while the broker fetched
                         poll.answer(server, conn, starts, multi, page, if_none_match, cors,
                                     keep_alive, identity, named, presence_since,
-                                    latest=latest)
+                                    latest=latest, delta=delta)
             else:
                 wait = min(wait, self.settings.max_wait)
 
@@ -316,7 +318,7 @@ class Router:
                     if not conn.closing:
                         longpoll.answer(server, conn, starts, multi, page, wait, cors,
                                         keep_alive, credentials.expires, identity, named,
-                                        presence_since, latest=latest)
+                                        presence_since, latest=latest, delta=delta)
 
         def refuse(error: ProtocolError | BrokerError) -> None:
             count_refusal(server.stats, error)

@@ -19,6 +19,7 @@ from tidings.errors import BrokerError, Closing, ProtocolError
 from tidings.server.metrics import count_refusal
 from tidings.server.presence import CLIENT_HEADER
 from tidings.server.stream import Stream
+from tidings.wire import delta as deltas
 from tidings.wire import http, sse
 from tidings.wire import presence as presence_wire
 from tidings.wire.http import Headers
@@ -41,8 +42,9 @@ class SseStream(Stream):
     technique = "sse"
 
     def __init__(self, server: Server, transport: asyncio.Transport, multi: bool,
-                 identity: Identity, *, latest: bool = False) -> None:
-        super().__init__(server, transport, sse.EVENTS, identity, multi, latest=latest)
+                 identity: Identity, *, latest: bool = False, delta: bool = False) -> None:
+        encoder = deltas.Deltas(sse.EVENTS, deltas.SSE) if delta else sse.EVENTS
+        super().__init__(server, transport, encoder, identity, multi, latest=latest)
 
     def start(self, starts: Mapping[str, Start], cors: Headers, presence: bool = False) -> None:
         """Send the head and the opening cursor (with ``presence``, who is on each channel),

@@ -91,14 +91,15 @@ class Stream(asyncio.Protocol):
 
     # reading -------------------------------------------------------------------
 
-    def follow(self, starts: Mapping[str, Start]) -> Batch:
-        """Start reading ``starts`` (raises ``InvalidCursor`` first if one is ahead of its log).
+    def follow(self, starts: Mapping[str, Start], *, latest: bool = False) -> Batch:
+        """Start reading ``starts`` (raises ``InvalidCursor`` first if one is ahead of its log);
+        with ``latest``, their backlog is only the newest message of each.
 
         The backlog is owed from here: the caller writes what comes before it
         (a head, an ack), then calls :meth:`catch_up`.
         """
         reader = self.reader
-        batch = reader.open(starts)
+        batch = reader.open(starts, latest=latest)
         hub = self._server.broker.hub
         for channel in starts:
             hub.subscribe(channel, reader)

@@ -40,7 +40,9 @@ from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify
 from tidings.server.request import Request
 from tidings.server.stream import Stream
+from tidings.session.reader import Encoder
 from tidings.wire import commands, deflate, http, websocket
+from tidings.wire import delta as deltas
 from tidings.wire import presence as presence_wire
 from tidings.wire.websocket import FrameParser
 
@@ -89,15 +91,27 @@ def handshake(conn: HttpConnection, request: Request,
 class WebSocketSession(Stream):
     """An open WebSocket: a reader of its subscriptions, and the commands the client sends."""
 
-    __slots__ = ("client_address", "credentials", "held", "last_seen", "parser", "pending",
-                 "user")
+    __slots__ = ("client_address", "credentials", "deltas", "held", "last_seen", "latest_for",
+                 "parser", "pending", "user", "window_bits")
     technique = "websocket"
 
     def __init__(self, server: Server, transport: asyncio.Transport, identity: Identity, *,
-                 latest: bool = False, compression: deflate.Agreement | None = None) -> None:
+                 latest: bool = False, compression: deflate.Agreement | None = None,
+                 delta: bool = False) -> None:
         # With compression, messages go out compressed once for every such connection.
-        encoder = commands.FRAMES if compression is None else deflate.frames(
-            compression.window_bits, server.settings.websocket_compression_threshold)
+        threshold = server.settings.websocket_compression_threshold
+        encoder: Encoder = commands.FRAMES if compression is None else deflate.frames(
+            compression.window_bits, threshold)
+        #: The compression window (0: none), for the delta encoder made on demand.
+        self.window_bits = compression.window_bits if compression is not None else 0
+        #: The encoder of a connection that asked for deltas (``?delta=1`` for every
+        #: channel, or a ``subscribe`` with ``"delta": true``); ``None`` until one does.
+        self.deltas: deltas.Deltas | None = None
+        #: Channels whose ``subscribe`` asked for ``"latest": true``.
+        self.latest_for: set[str] | None = None
+        if delta:
+            encoder = self.deltas = deltas.Deltas(
+                encoder, deltas.frame_form(self.window_bits, threshold))
         super().__init__(server, transport, encoder, identity, latest=latest)
         self.parser: FrameParser | None = FrameParser(
             server.settings.max_message_size + COMMAND_OVERHEAD
@@ -179,6 +193,7 @@ class WebSocketSession(Stream):
                 if command.presence:
                     self._server.presence.require(command.channel)
                 start = parse_since(command.since, [command.channel])[command.channel]
+                self._options(command)
                 if self._server.hooks.subscribe is not None:
                     self._subscribe_after_hook(command.channel, start, command.req,
                                                command.presence)
@@ -186,6 +201,8 @@ class WebSocketSession(Stream):
                     self._subscribe(command.channel, start, command.req, command.presence)
             elif isinstance(command, commands.Unsubscribe):
                 self.unfollow(command.channel)
+                if self.deltas is not None:
+                    self.deltas.forget(command.channel)
                 self.transport.write(commands.ack_frame(command.req, channel=command.channel))
             elif isinstance(command, commands.Publish):
                 self._server.auth.check_publish(command.channel, self.credentials)
@@ -220,6 +237,23 @@ class WebSocketSession(Stream):
                 self.held.insert(0, text)
             if not self.closed:
                 self._release_held()
+
+    def _options(self, command: commands.Subscribe) -> None:
+        """Note a ``subscribe``'s ``delta`` and ``latest`` for when the channel is opened."""
+        channel = command.channel
+        if self.reader.reads(channel):
+            return  # already_subscribed: refused by _subscribe
+        if command.latest:
+            self.latest_for = {*(self.latest_for or ()), channel}
+        elif self.latest_for is not None:
+            self.latest_for.discard(channel)
+        if self.deltas is None and command.delta:
+            encoder = self.reader.encoder
+            self.deltas = deltas.Deltas(encoder, deltas.frame_form(
+                self.window_bits, self._server.settings.websocket_compression_threshold), ())
+            self.reader.encode_with(self.deltas)
+        if self.deltas is not None:
+            self.deltas.want(channel, command.delta)
 
     def _authenticate(self, command: commands.AuthCommand) -> None:
         """Replace the connection's token; the new one must still grant every subscription."""
@@ -320,7 +354,8 @@ class WebSocketSession(Stream):
 
     def _subscribe_now(self, channel: str, start: Start, req: commands.Req | None,
                        presence: bool = False) -> None:
-        batch = self.follow({channel: start})
+        latest = self.latest_for is not None and channel in self.latest_for
+        batch = self.follow({channel: start}, latest=latest)
         (begin,) = batch.begins.values()
         client = self.identity.client
         self.transport.write(
@@ -443,7 +478,7 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     if identity is None:
         identity, _named = identify(request.arg("client"), credentials)
     session = WebSocketSession(server, conn.detach(), identity, latest=request.latest(),
-                               compression=compression)
+                               compression=compression, delta=request.delta())
     session.credentials = credentials
     session.user = user if user is not None else (
         credentials.claims.sub if credentials.claims is not None else None)

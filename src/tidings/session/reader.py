@@ -170,13 +170,26 @@ class Reader:
             self._one = self._at = None
             self._positions = table or None
 
+    @property
+    def encoder(self) -> Encoder:
+        return self._encoder
+
+    def encode_with(self, encoder: Encoder) -> None:
+        """Write with ``encoder`` from now on (a WebSocket's first subscription with deltas)."""
+        self._encoder = encoder
+        self._single = encoder.single
+        self._key = encoder.key
+
     # opening -----------------------------------------------------------------
 
-    def open(self, starts: Mapping[str, Start], limit: int = 0) -> Batch:
+    def open(self, starts: Mapping[str, Start], limit: int = 0, *,
+             latest: bool = False) -> Batch:
         """Start reading ``starts``; return the first ``limit`` messages (for a poll).
 
         With ``limit=0`` (a stream) nothing is read yet: every channel is
-        behind, and the backlog, gaps first, comes from :meth:`pull`. With a
+        behind, and the backlog, gaps first, comes from :meth:`pull`; with
+        ``latest`` (a WebSocket ``subscribe`` with ``"latest": true``) the
+        backlog is only the newest message, after a ``latest`` gap. With a
         limit, the page returned counts as told: the caller must send it.
         Raises :class:`~tidings.errors.InvalidCursor` (and changes nothing) for
         a cursor ahead of its log.
@@ -193,7 +206,7 @@ class Reader:
         self._keep(table)
         if self._behind is None:
             self._behind = {}
-        self._behind.update(dict.fromkeys(starts))
+        self._behind.update(dict.fromkeys(starts, slow.LATEST if latest else None))
         return batch
 
     def close(self, channel: str) -> None:
@@ -388,7 +401,7 @@ class TrackingReader(Reader):
     its poll pages too.
     """
 
-    __slots__ = ("_latest", "_policy")
+    __slots__ = ("_latest", "_latest_for", "_policy")
 
     def __init__(self, log: Log, encoder: Encoder, output: Output | None = None, *,
                  multi: bool = False, owner: Owner | None = None,
@@ -396,16 +409,26 @@ class TrackingReader(Reader):
         super().__init__(log, encoder, output, multi=multi, owner=owner)
         self._policy = policy
         self._latest = latest
+        #: Channels opened with ``latest`` (a WebSocket ``subscribe`` that asked for it).
+        self._latest_for: set[str] | None = None
 
     def mode(self, channel: str) -> str:
         """The slow-reader policy of ``channel`` for this reader."""
-        if self._latest:
+        if self._latest or (self._latest_for is not None and channel in self._latest_for):
             return slow.LATEST
         return self._policy(channel) if self._policy is not None else slow.DISCONNECT
 
-    def open(self, starts: Mapping[str, Start], limit: int = 0) -> Batch:
+    def close(self, channel: str) -> None:
+        super().close(channel)
+        if self._latest_for is not None:
+            self._latest_for.discard(channel)
+
+    def open(self, starts: Mapping[str, Start], limit: int = 0, *,
+             latest: bool = False) -> Batch:
         if not self._latest:
-            return super().open(starts, limit)
+            if latest:
+                self._latest_for = (self._latest_for or set()) | set(starts)
+            return super().open(starts, limit, latest=latest)
         if limit:  # a poll: the newest message of each channel
             batch = slow.latest_batch(self._log, starts)
             table = self._table()

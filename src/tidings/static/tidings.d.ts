@@ -124,6 +124,59 @@ export interface Options {
    * always has its own.
    */
   shareTabs?: ShareTabs;
+  /** Ask for deltas (`?delta=1`, `"delta": true`); applied by the client: `onMessage` still
+   *  gets whole messages, with fewer bytes on the wire. Default false. */
+  delta?: boolean;
+  /** Ask for the newest message of each channel only (`?latest=1`, `"latest": true`); the
+   *  skipped ones come as a gap of reason `"latest"`. Default false. */
+  latest?: boolean;
+  /**
+   * This client's id in presence: 1 to 64 of `A-Z a-z 0-9 _ -`. Without it (null, the
+   * default), the first id the server assigns is kept and sent back as `?client=` on every
+   * technique, so reconnects and technique switches stay one member.
+   */
+  clientId?: string | null;
+}
+
+/** A reader of a channel, as presence lists it (docs/protocol.md, "Presence"). */
+export interface Member {
+  /** The channel it reads. */
+  channel: string;
+  /** Its client id: one per client (a `Client`, or the tabs sharing one connection). */
+  client: string;
+  /** The `sub` of its token, or null for an anonymous reader. */
+  user: string | null;
+  /** The `info` claim of its token (a display name, an avatar), or null. */
+  info: Json;
+  /** How it joined. */
+  technique: Technique;
+  /** When it joined, in Unix milliseconds. */
+  since: number;
+}
+
+/** Who is on a channel: `presence()`, and each member list of `onPresence`. */
+export interface PresenceAnswer {
+  channel: string;
+  /** Members (client ids) on the channel. */
+  count: number;
+  /** Distinct non-null users among them. */
+  users: number;
+  /** Oldest first; at most 1000 (then `more` is true). */
+  members: Member[];
+  more: boolean;
+}
+
+/** `presence(channel, {count: true})`: the numbers alone, for large channels. */
+export interface PresenceCount {
+  channel: string;
+  count: number;
+  users: number;
+}
+
+/** Options of `presence()`. */
+export interface PresenceOptions {
+  /** Only `count` and `users`, no member list. */
+  count?: boolean;
 }
 
 /** How a client shares its connection with the other tabs: see `Options.shareTabs`. */
@@ -148,6 +201,21 @@ export interface SubscribeOptions<T = Json> {
    * or a multi-channel cursor `"a=ID,b=ID"`. A channel already read keeps its position.
    */
   since?: string;
+  /**
+   * Ask for joins and leaves on these channels (the channels' namespaces must have
+   * presence; else `on("error")` gets `presence_disabled` and reading goes on without).
+   * Defaults to true when `onJoin`, `onLeave` or `onPresence` is given.
+   */
+  presence?: boolean;
+  /** A member arrived (once per client id; told again after a reconnect only if it is new). */
+  onJoin?: (member: Member) => void;
+  /** A member left. */
+  onLeave?: (member: Member) => void;
+  /**
+   * The whole member list: when reading starts, after each reconnect (after the joins and
+   * leaves it differs by), and instead of a storm of changes.
+   */
+  onPresence?: (presence: PresenceAnswer) => void;
 }
 
 /** One `subscribe()` call: its channels' messages go to its callbacks until `unsubscribe()`. */
@@ -156,8 +224,17 @@ export interface Subscription {
   readonly channels: readonly string[];
   /** True once unsubscribed (or the client closed): no callback runs any more. */
   readonly closed: boolean;
+  /** Whether it asked for joins and leaves. */
+  readonly watchesPresence: boolean;
   /** Stop this subscription; channels no other subscription reads are no longer read. */
   unsubscribe(): void;
+  /**
+   * Who is on `channel` now (by default the subscription's only channel), asked of the
+   * server; rejects with a `TidingsError` (`presence_disabled`, `forbidden`, ...).
+   */
+  presence(channel?: string): Promise<PresenceAnswer>;
+  presence(channel: string | undefined, options: { count: true }): Promise<PresenceCount>;
+  presence(channel?: string, options?: PresenceOptions): Promise<PresenceAnswer | PresenceCount>;
 }
 
 /** Options of `publish()`. */
@@ -216,6 +293,11 @@ export interface Client {
    * the tabs); undefined when this client has a connection of its own.
    */
   readonly sharing?: "worker" | "leader";
+  /**
+   * This client's id in presence (the one chosen with `clientId`, or the first the server
+   * assigned), kept across reconnects and technique switches; null until known.
+   */
+  readonly clientId: string | null;
 
   /**
    * Read `channels` (a name or an array; each 1 to 128 of `A-Z a-z 0-9 _ - . : @`).
@@ -238,6 +320,15 @@ export interface Client {
    * trades"), over HTTP. Rejects with a `TidingsError` as `publish` does.
    */
   history<T = Json>(channel: string, options?: HistoryOptions): Promise<HistoryPage<T>>;
+
+  /**
+   * Who is on `channel` now: over the WebSocket when one is open, else
+   * `GET /channels/{channel}/presence`. Rejects with a `TidingsError` (`presence_disabled`
+   * when its namespace has no presence, `forbidden`, `connection_failed`).
+   */
+  presence(channel: string): Promise<PresenceAnswer>;
+  presence(channel: string, options: { count: true }): Promise<PresenceCount>;
+  presence(channel: string, options?: PresenceOptions): Promise<PresenceAnswer | PresenceCount>;
 
   /** Stop reading and end every subscription; the client cannot be used again. */
   close(): void;
@@ -281,3 +372,6 @@ export function tokenExpiry(token: string): number | null;
  * when it is too late to: the rule the client applies over a WebSocket.
  */
 export function refreshDelay(remaining: number): number | null;
+
+/** `base` with a delta's `patch` applied (docs/protocol.md#deltas); throws if it does not fit. */
+export function applyDelta(base: unknown, patch: unknown): unknown;

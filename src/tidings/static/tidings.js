@@ -33,6 +33,14 @@ export const DEFAULTS = Object.freeze({
   // One connection per origin for all tabs using the same server and options: "auto"
   // (a SharedWorker where there is one, else a leader tab), "worker", "leader", or false.
   shareTabs: "auto",
+  // Fewer bytes (docs/protocol.md): `delta` asks the server for deltas (?delta=1, "delta":
+  // true), applied here so that onMessage still gets whole messages; `latest` asks for the
+  // newest message of each channel only, the skipped ones counted in a "latest" gap.
+  delta: false,
+  latest: false,
+  // This client's id in presence (1 to 64 of A-Z a-z 0-9 _ -); null: the one the server
+  // assigns first, then kept across reconnects and technique switches (sent as ?client=).
+  clientId: null,
 });
 
 // Refreshing a JWT over an open WebSocket (the same rule as the Python client): this share
@@ -75,6 +83,8 @@ const CHANNEL_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 const ID_RE = /^([a-z0-9]{8})-(0|[1-9][0-9]{0,17})$/;
 // An idempotency key: the server's MAX_IDEMPOTENCY_KEY_LENGTH and IDEMPOTENCY_KEY_CHARSET.
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9\-_.:~+\/=]{1,128}$/;
+// A client id (docs/protocol.md, "The client id"): the server's check_client_id.
+const CLIENT_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** An error answered by the server (`status` is null over a WebSocket) or a client misuse. */
 export class TidingsError extends Error {
@@ -171,6 +181,8 @@ class Client {
       throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
     }
     this.options.transports = techniquesAvailable(order);
+    /** This client's id in presence: the one chosen, or the first the server assigned. */
+    this.clientId = checkClientId(this.options.clientId);
     /** One of connecting, open, fallback, reconnecting, closed. */
     this.state = "connecting";
     /** The technique in use (null while none works). */
@@ -208,9 +220,31 @@ class Client {
    * A channel that the client already reads keeps its position; `since` applies to new ones.
    */
   subscribe(channels, options = {}) {
-    const { subscription, added } = register(this, channels, options);
-    if (added.length) this._channelsChanged(added, []);
+    const { subscription, added, watched } = register(this, channels, options);
+    // A channel read without joins and leaves until now is read again, asking for them.
+    if (added.length || watched.length) this._channelsChanged([...added, ...watched], watched);
     return subscription;
+  }
+
+  /**
+   * Who is on `channel` now: resolves with `{channel, count, users, members, more}` (with
+   * `{count: true}`, only `{channel, count, users}`), over the WebSocket when one is open,
+   * else `GET /channels/{channel}/presence`. Rejects with a `TidingsError` (`presence_disabled`
+   * when the channel's namespace has no presence, `forbidden`, `connection_failed`).
+   */
+  async presence(channel, { count = false } = {}) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    const reader = this._reader;
+    if (reader && reader.technique === "websocket" && reader.isOpen()) {
+      const command = { type: "presence", channel };
+      if (count) command.count = true;
+      const { type, req, ...answer } = await reader.command(command);
+      return answer;
+    }
+    return readPresence(this.url, channel, count, {
+      token: () => this._token(), requestTimeout: this.options.requestTimeout, stats: this.stats,
+    });
   }
 
   /**
@@ -469,13 +503,41 @@ class Client {
     return channel.fromOrigin ? "0" : null;
   }
 
-  /** /subscribe?channel=..&since=a=ID,b=ID — one multi-channel cursor for every HTTP technique. */
-  _readUrl(names, extra = "") {
+  /**
+   * /subscribe?channel=..&since=a=ID,b=ID — one multi-channel cursor for every HTTP technique;
+   * with the client id once known, and `presence=1` (and where the joins and leaves resume)
+   * when a subscription asked for them: a poller asking needs an id, so it makes one.
+   */
+  _readUrl(names, extra = "", poller = false) {
     const query = names.map((name) => `channel=${encodeURIComponent(name)}`);
     const parts = names.filter((n) => this._sinceOf(n) !== null)
       .map((n) => `${n}=${this._sinceOf(n)}`);
     if (parts.length) query.push(`since=${encodeURIComponent(parts.join(","))}`);
+    for (const flag of readFlags(this.options)) query.push(`${flag}=1`);
+    const watched = names.filter((n) => wantsPresence(this._channels.get(n)));
+    if (watched.length) {
+      if (poller && this.clientId === null) this._learnClient(newClientId());
+      query.push("presence=1");
+      const resume = watched.filter((n) => this._channels.get(n).presenceSince)
+        .map((n) => `${n}=${this._channels.get(n).presenceSince}`);
+      if (poller && resume.length) {
+        query.push(`presence_since=${encodeURIComponent(resume.join(","))}`);
+      }
+    }
+    if (this.clientId !== null) query.push(`client=${this.clientId}`);
     return `${this.url}/subscribe?${query.join("&")}${extra}`;
+  }
+
+  /** The server told this reader its client id: kept (and sent back) from then on. */
+  _learnClient(id) {
+    if (this.clientId !== null || typeof id !== "string" || !CLIENT_ID_RE.test(id)) return;
+    this.clientId = id;
+    if (this._onClient) this._onClient(id); // a Hub tells the tabs
+  }
+
+  /** A member list, join or leave from the server: see `acceptPresence`. */
+  _acceptPresence(kind, value) {
+    acceptPresence(this, kind, value);
   }
 
   /** The server says reading `name` starts after `id`; kept only while no position is known. */
@@ -513,11 +575,15 @@ class Client {
       if (pos.seq <= last.seq) return "ok"; // a duplicate after a resume: drop it
       if (pos.seq !== last.seq + 1n) return "hole";
     }
+    let data = message.data;
+    if (this.options.delta) {
+      data = wholeData(channel, message);
+      if (data === NO_BASE) return "hole"; // resume from the cursor: a whole message comes first
+    }
     channel.pos = pos;
     channel.fromOrigin = false;
     this.stats.messages += 1;
-    const delivered = { channel: message.channel, id: message.id, data: message.data,
-                        time: message.time };
+    const delivered = { channel: message.channel, id: message.id, data, time: message.time };
     for (const subscription of [...channel.subs]) subscription._message(delivered);
     return "ok";
   }
@@ -558,18 +624,47 @@ class Client {
 }
 
 class Subscription {
-  constructor(client, channels, onMessage, onGap) {
+  constructor(client, channels, { onMessage, onGap, onJoin, onLeave, onPresence, presence }) {
     this.client = client;
     this.channels = channels;
     this.closed = false;
+    /** Whether it asked for joins and leaves (`presence`, or any presence callback). */
+    this.watchesPresence = presence === undefined ? Boolean(onJoin || onLeave || onPresence)
+      : Boolean(presence);
     this._onMessage = onMessage;
     this._onGap = onGap;
+    this._onJoin = onJoin;
+    this._onLeave = onLeave;
+    this._onPresence = onPresence;
   }
 
   unsubscribe() {
     if (this.closed) return;
     this.closed = true;
     this.client._unsubscribe(this);
+  }
+
+  /**
+   * Who is on `channel` (by default the subscription's only channel) now: resolves with
+   * `{channel, count, users, members, more}`, or `{channel, count, users}` with
+   * `{count: true}`. Needs no `presence` option: it asks the server each time.
+   */
+  async presence(channel, options = {}) {
+    if (channel === undefined) {
+      if (this.channels.length !== 1) {
+        throw new TidingsError("name the channel: this subscription reads several");
+      }
+      channel = this.channels[0];
+    }
+    if (this.closed) throw new TidingsError("the subscription is closed");
+    return this.client.presence(channel, options);
+  }
+
+  _presenceEvent(kind, event) {
+    if (this.closed || !this.watchesPresence) return;
+    const fn = kind === "join" ? this._onJoin : kind === "leave" ? this._onLeave
+      : this._onPresence;
+    if (fn) guard(() => fn(event), this.client);
   }
 
   _message(message) {
@@ -579,6 +674,94 @@ class Subscription {
   _gap(gap) {
     if (!this.closed && this._onGap) guard(() => this._onGap(gap), this.client);
   }
+}
+
+// Deltas (docs/protocol.md#deltas) ----------------------------------------------------------
+// A delta message carries `base` (the id it applies to) and `delta` (a patch) instead of
+// `data`. The client keeps each channel's last whole value; a delta whose base is not the
+// one it holds is never applied: the reader resumes from the cursor, and the server sends a
+// whole message first after a resume.
+
+const NO_BASE = Symbol("no base");
+
+function readFlags(options) {
+  return ["delta", "latest"].filter((flag) => options[flag]);
+}
+
+/** The whole data of `message` for `channel` ({base}), or NO_BASE; keeps it as the next base. */
+function wholeData(channel, message) {
+  let data = message.data;
+  if (Object.prototype.hasOwnProperty.call(message, "delta")) {
+    const base = channel.base;
+    if (!base || base.id !== message.base) return NO_BASE;
+    try {
+      data = applyDelta(base.data, message.delta);
+    } catch {
+      return NO_BASE;
+    }
+  }
+  channel.base = { id: message.id, data };
+  // The application may change what it is handed: the base stays a copy of its own.
+  return data === null || typeof data !== "object" ? data : JSON.parse(JSON.stringify(data));
+}
+
+/**
+ * `base` with `patch` applied (a new value): a scalar or [v] replaces, an object patches keys
+ * or indices ([] removes a key, "len" resizes an array).
+ */
+export function applyDelta(base, patch) {
+  if (Array.isArray(patch)) {
+    if (patch.length !== 1) throw new TidingsError("a replacement is an array of one value");
+    return patch[0];
+  }
+  if (patch === null || typeof patch !== "object") return patch;
+  if (base === null || typeof base !== "object") {
+    throw new TidingsError("a patch that does not fit its base");
+  }
+  const fresh = (key, change) => {  // a new key or element: a replacement, not an edit
+    if (Array.isArray(change) ? change.length !== 1 : change !== null && typeof change === "object") {
+      throw new TidingsError(`the new ${key} needs a value or [value]`);
+    }
+    return Array.isArray(change) ? change[0] : change;
+  };
+  const own = (object, key) => Object.prototype.hasOwnProperty.call(object, key);
+  const put = (object, key, value) => Object.defineProperty(  // "__proto__" is a key too
+    object, key, { value, writable: true, enumerable: true, configurable: true });
+  if (!Array.isArray(base)) {
+    const result = { ...base };
+    for (const [key, change] of Object.entries(patch)) {
+      if (Array.isArray(change) && change.length === 0) {
+        if (!own(result, key)) throw new TidingsError(`removes the missing key ${key}`);
+        delete result[key];
+      } else if (own(result, key)) {
+        put(result, key, applyDelta(result[key], change));
+      } else {
+        put(result, key, fresh(key, change));
+      }
+    }
+    return result;
+  }
+  const length = own(patch, "len") ? patch.len : base.length;
+  if (!Number.isInteger(length) || length < 0) throw new TidingsError("a bad array length");
+  if (length - base.length > Object.keys(patch).length) {  // each new element needs its key
+    throw new TidingsError("an array grew without values for its new elements");
+  }
+  const result = base.slice(0, length);
+  const added = new Set();
+  for (let index = base.length; index < length; index += 1) added.add(index);
+  for (const [key, change] of Object.entries(patch)) {
+    if (key === "len") continue;
+    const index = Number(key);
+    if (!/^[0-9]+$/.test(key) || index >= length) throw new TidingsError(`no element ${key}`);
+    if (index >= base.length) {
+      result[index] = fresh(key, change);
+      added.delete(index);
+    } else {
+      result[index] = applyDelta(result[index], change);
+    }
+  }
+  if (added.size) throw new TidingsError("an array grew without values for its new elements");
+  return result;
 }
 
 function guard(fn, client) {
@@ -673,6 +856,16 @@ class Reader {
 
   refused(status, answer) {
     const error = refusal(status, answer);
+    if (error.code === "presence_disabled") {
+      // Joins and leaves were asked of a channel without presence: tell the page, and read
+      // on without them (an HTTP read asks for every channel at once: all go without).
+      for (const name of this.names) {
+        const channel = this.client._channels.get(name);
+        if (wantsPresence(channel)) channel.presenceRefused = true;
+      }
+      this.client._report(error);
+      throw STOPPED;
+    }
     if (status === 401 && error.code === "token_expired" &&
         typeof this.options.token === "function") {
       this.client._tokenExpired();
@@ -719,14 +912,44 @@ class Reader {
   }
 
   /** Gaps, then messages, of a poll answer; false if a message did not follow (ask again). */
-  handleAnswer(body) {
+  handleAnswer(body, response) {
     if (!body || !Array.isArray(body.messages)) throw new Outcome("retry", "not a poll answer");
+    if (response) this.client._learnClient(response.headers.get("Tidings-Client"));
+    // Joins and leaves go in order with the messages: each after the message it followed.
+    const events = Array.isArray(body.presence) ? body.presence : [];
+    const places = new Map(body.messages.map((m, i) => [`${m && m.channel} ${m && m.id}`, i + 1]));
+    const at = events.map((e) => (e && e.after ? places.get(`${e.channel} ${e.after}`) || 0 : 0));
+    let next = 0;
+    const tellUpTo = (place) => {
+      for (; next < events.length && at[next] <= place; next += 1) {
+        this.client._acceptPresence(events[next].type, events[next]);
+      }
+    };
     for (const gap of body.gaps || []) this.client._acceptGap(gap);
-    for (const message of body.messages) {
+    for (const [i, message] of body.messages.entries()) {
+      tellUpTo(i);
       if (this.client._acceptMessage(message) === "hole") return false;
     }
+    tellUpTo(Infinity);
+    for (const [name, members] of Object.entries(body.members || {})) {
+      this.client._acceptPresence("list", { channel: name, members, more: false });
+    }
+    this.learnPresenceCursor(body.presence_next);
     this.client._learnCursor(body.next, this.names);
     return true;
+  }
+
+  /** `presence_next` of a poll answer: where each channel's joins and leaves resume. */
+  learnPresenceCursor(cursor) {
+    if (typeof cursor !== "string" || cursor === "") return;
+    const parts = cursor.includes("=") ? cursor.split(",").map((part) => {
+      const equal = part.indexOf("=");
+      return [part.slice(0, equal), part.slice(equal + 1)];
+    }) : this.names.length === 1 ? [[this.names[0], cursor]] : [];
+    for (const [name, since] of parts) {
+      const channel = this.client._channels.get(name);
+      if (channel) channel.presenceSince = since;
+    }
   }
 
   sleep(ms) {
@@ -748,12 +971,13 @@ class PollReader extends Reader {
     for (;;) {
       const timeout = this.working ? this.options.requestTimeout : this.options.attemptTimeout;
       const headers = etag ? { "If-None-Match": etag } : {};
-      const url = this.client._readUrl(this.names) + await this.client._tokenParam(false);
+      const url = this.client._readUrl(this.names, "", true) +
+        await this.client._tokenParam(false);
       const { status, body, response } = await this.getJson(url, headers, timeout);
       let more = false;
       if (status === 200) {
         this.markWorking();
-        const inOrder = this.handleAnswer(body);
+        const inOrder = this.handleAnswer(body, response);
         etag = inOrder ? response.headers.get("ETag") : null;
         more = !inOrder || body.more === true;
       } else if (status !== 304) {
@@ -772,12 +996,12 @@ class LongPollReader extends Reader {
       const wait = this.working ? this.options.longpollWait : 0;
       const timeout = this.working ? wait + this.options.requestTimeout
                                    : this.options.attemptTimeout;
-      const url = this.client._readUrl(this.names, `&wait=${wait / 1000}`) +
+      const url = this.client._readUrl(this.names, `&wait=${wait / 1000}`, true) +
         await this.client._tokenParam(false);
-      const { status, body } = await this.getJson(url, {}, timeout);
+      const { status, body, response } = await this.getJson(url, {}, timeout);
       if (status !== 200) this.refused(status, body);
       this.markWorking();
-      this.handleAnswer(body);
+      this.handleAnswer(body, response);
     }
   }
 }
@@ -821,6 +1045,7 @@ class SseReader extends Reader {
         throw new Outcome("failed", `not an event stream (${type || "no content type"})`);
       }
       this.client.stats.bytesReceived += headBytes(response);
+      this.client._learnClient(response.headers.get("Tidings-Client"));
       timer = setTimeout(() => cut("buffered"), this.options.sseFirstEventTimeout);
       // Until the first event the "buffered" timer runs; then each chunk restarts the idle one.
       await this.readStream(response.body.getReader(), () => {
@@ -900,6 +1125,12 @@ class SseReader extends Reader {
       this.client._acceptGap(value);
     } else if (event === "status") {
       this.client._brokerStatus(value);
+    } else if (event === "client") {
+      this.client._learnClient(value && value.client); // a cross-origin page sees no header
+    } else if (event === "presence") {
+      this.client._acceptPresence("list", value);
+    } else if (event === "join" || event === "leave") {
+      this.client._acceptPresence(event, value);
     } else if (event === "close") {
       if (value && value.error === "token_expired") this.client._tokenExpired();
       throw new Outcome("retry", `the server closed the stream (${value && value.error})`);
@@ -992,15 +1223,24 @@ class WebSocketReader extends Reader {
    */
   subscribeChannel(name) {
     const command = { type: "subscribe", channel: name };
+    for (const flag of readFlags(this.options)) command[flag] = true;
     const since = this.client._sinceOf(name);
     if (since !== null) command.since = since;
+    const entry = this.client._channels.get(name);
+    if (wantsPresence(entry)) command.presence = true;
     this.command(command).then(
       (ack) => {
+        this.client._learnClient(ack.client);
         this.client._learn(name, ack.next);
         this.acknowledged(name);
       },
       (error) => {
-        if (RETRYABLE_REFUSALS.has(error.code) && this.abandon !== null) {
+        if (error.code === "presence_disabled" && this.client._channels.get(name) === entry) {
+          // No joins and leaves on this channel: tell the page, and read it without them.
+          entry.presenceRefused = true;
+          this.client._report(error);
+          if (this.isOpen() || this.opened) this.subscribeChannel(name);
+        } else if (RETRYABLE_REFUSALS.has(error.code) && this.abandon !== null) {
           this.abandon(new Outcome("retry", `subscribe ${name}: ${error.message}`, error.code));
         } else if (error.code !== "connection_failed") {
           this.client._report(error);
@@ -1044,7 +1284,9 @@ class WebSocketReader extends Reader {
       let opened = false;
       let failure = null;
       this.client.stats.requests += 1;
-      const socket = new WebSocket(`${this.client._wsUrl}/subscribe${query}`);
+      const id = this.client.clientId;
+      const named = id === null ? query : `?client=${id}${query.replace(/^\?/, "&")}`;
+      const socket = new WebSocket(`${this.client._wsUrl}/subscribe${named}`);
       this.socket = socket;
       let settled = false;
       const finish = (event) => {
@@ -1119,7 +1361,15 @@ class WebSocketReader extends Reader {
         this.client._acceptGap(frame);
         break;
       case "subscribed":
+        this.client._learnClient(frame.client);
         this.client._learn(frame.channel, frame.next);
+        break;
+      case "presence":
+        this.client._acceptPresence("list", frame);
+        break;
+      case "join":
+      case "leave":
+        this.client._acceptPresence(frame.type, frame);
         break;
       case "status":
         this.client._brokerStatus(frame);
@@ -1254,13 +1504,24 @@ class Hub {
     client.on("broker", (status) => send({ t: "broker", status }));
     client.on("error", (error) => send({ t: "error", error: errorFields(error) }));
     client._onLearn = (channel, id) => send({ t: "pos", channel, id });
+    client._onClient = (id) => send({ t: "client", id });
     this.deliver = (m) => send({ t: "msg", m, stats: stats() });
     this.gap = (g) => send({ t: "gap", g });
+    // Joins, leaves and member lists, already applied to the hub's members: each tab that
+    // asked for them applies them to its own (the same set operations, so nothing twice).
+    this.watch = {
+      presence: true,
+      onJoin: (member) => send({ t: "pres", kind: "join", v: member }),
+      onLeave: (member) => send({ t: "pres", kind: "leave", v: member }),
+      onPresence: (list) => send({ t: "pres", kind: "list", v: list }),
+    };
   }
 
   handle(packet) {
     const { tab } = packet;
     if (packet.t === "hello") {
+      // A new hub (its leader tab closed) goes on with the id the tabs had.
+      if (typeof packet.clientId === "string") this.client._learnClient(packet.clientId);
       if (!this.tabs.has(tab)) {
         this.tabs.set(tab, new Set());
         // The tab holds this lock while it lives: getting it means the tab is gone.
@@ -1269,8 +1530,16 @@ class Hub {
       const client = this.client;
       this.send({ t: "state", to: tab, state: client.state, stats: { ...client.stats },
                   detail: { transport: client.transport, previous: null, reason: null } });
+      if (client.clientId !== null) this.send({ t: "client", to: tab, id: client.clientId });
     } else if (packet.t === "sub" && this.tabs.has(tab)) {
-      for (const [name, since] of packet.channels) this.add(tab, name, since);
+      for (const [name, since, presence] of packet.channels) {
+        this.add(tab, name, since, presence);
+      }
+    } else if (packet.t === "who") {
+      const reply = { t: "who", to: tab, req: packet.req };
+      this.client.presence(packet.channel, packet.options).then(
+        (answer) => this.send({ ...reply, answer }),
+        (error) => this.send({ ...reply, error: errorFields(error) }));
     } else if (packet.t === "unsub" && this.tabs.has(tab)) {
       for (const name of packet.channels) this.remove(tab, name);
     } else if (packet.t === "pub") {
@@ -1283,21 +1552,32 @@ class Hub {
     }
   }
 
-  add(tab, name, since) {
+  add(tab, name, since, presence) {
     this.tabs.get(tab).add(name);
     let channel = this.channels.get(name);
     const read = () => this.client.subscribe(name, { since: since === null ? undefined : since,
                                                      onMessage: this.deliver, onGap: this.gap });
+    const watch = () => this.client.subscribe(name, this.watch);
     if (!channel) {
-      channel = { tabs: new Set(), subscription: read() };
+      channel = { tabs: new Set(), subscription: read(), watchers: new Set(), watching: null };
       this.channels.set(name, channel);
     } else if (before(since, this.client._channels.get(name))) {
       // This tab is behind the others: read again from its position (the others drop
       // what they have). The client resumes, or reconnects, from there.
+      if (channel.watching) channel.watching.unsubscribe();
       channel.subscription.unsubscribe();
       channel.subscription = read();
+      if (channel.watching) channel.watching = watch();
     }
     channel.tabs.add(tab);
+    if (presence) {
+      channel.watchers.add(tab);
+      const entry = this.client._channels.get(name);
+      if (!channel.watching) channel.watching = watch();
+      else if (entry.members !== null) {
+        this.send({ t: "pres", to: tab, kind: "list", v: snapshotOf(name, entry) });
+      }
+    }
     const pos = this.client._channels.get(name).pos;
     if (pos !== null) this.send({ t: "pos", to: tab, channel: name, id: pos.id });
   }
@@ -1308,6 +1588,11 @@ class Hub {
     const channel = this.channels.get(name);
     if (!channel) return;
     channel.tabs.delete(tab);
+    channel.watchers.delete(tab);
+    if (channel.watching && (channel.watchers.size === 0 || channel.tabs.size === 0)) {
+      channel.watching.unsubscribe();
+      channel.watching = null;
+    }
     if (channel.tabs.size === 0) {
       channel.subscription.unsubscribe();
       this.channels.delete(name);
@@ -1345,25 +1630,166 @@ function listen(listeners, event, fn) {
  * the subscription, add it to each channel (a channel already read keeps its position).
  * Returns it, and the channels that are new to `client`.
  */
-function register(client, channels, { onMessage, onGap, since } = {}) {
+function register(client, channels, options = {}) {
   if (client._closed) throw new TidingsError("the client is closed");
   const names = (Array.isArray(channels) ? channels : [channels]).map(checkChannel);
   if (!names.length || new Set(names).size !== names.length) {
     throw new TidingsError("name each channel once, and at least one");
   }
-  const starts = parseSince(since, names);
-  const subscription = new Subscription(client, names, onMessage, onGap);
+  const starts = parseSince(options.since, names);
+  const subscription = new Subscription(client, names, options);
   const added = [];
+  const watched = []; // channels read already, and without joins and leaves until now
   for (const name of names) {
     let channel = client._channels.get(name);
     if (!channel) {
-      channel = { ...starts.get(name), subs: new Set() };
+      channel = { ...starts.get(name), subs: new Set(), ...NO_MEMBERS };
       client._channels.set(name, channel);
       added.push(name);
+    } else if (subscription.watchesPresence && !wantsPresence(channel)) {
+      Object.assign(channel, NO_MEMBERS); // what was known then may be stale: a list comes
+      watched.push(name);
     }
     channel.subs.add(subscription);
   }
-  return { subscription, added };
+  return { subscription, added, watched };
+}
+
+// ---------------------------------------------------------------------------
+// Presence in both clients (docs/protocol.md, "Joins and leaves"): each channel read with
+// joins and leaves keeps its members, keyed by client id, so that what the server sends is
+// applied as set operations: a join of a member already there, or a leave of one that is
+// not, is dropped (a member list and the first batch may overlap); a member list after a
+// reconnect or a technique switch (or a storm, or a poller that missed too much) is told as
+// the joins and leaves it differs by, then as the list, never as a silent difference.
+
+/** The presence fields of a channel entry: no member list yet. */
+const NO_MEMBERS = Object.freeze({
+  members: null, // Map client → member, once a list came
+  complete: false, // the list held every member (the server said no "more")
+  count: 0, // members, as the server counts them (with "more", beyond the list)
+  presenceSince: null, // the poll cursor of the joins and leaves (presence_next)
+  presenceRefused: false, // the server said presence_disabled: read without joins and leaves
+});
+
+/** Does any subscription of this channel entry want joins and leaves? */
+function wantsPresence(channel) {
+  if (!channel || channel.presenceRefused) return false;
+  for (const subscription of channel.subs) if (subscription.watchesPresence) return true;
+  return false;
+}
+
+function checkClientId(id) {
+  if (id === null || id === undefined) return null;
+  if (typeof id !== "string" || !CLIENT_ID_RE.test(id)) {
+    throw new TidingsError("clientId must be 1 to 64 of A-Z a-z 0-9 _ -");
+  }
+  return id;
+}
+
+/** 16 random characters of base64url, as the server draws them. */
+function newClientId() {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_");
+}
+
+function memberOf(channel, value) {
+  return { channel, client: value.client, user: value.user === undefined ? null : value.user,
+           info: value.info === undefined ? null : value.info,
+           technique: value.technique, since: value.since };
+}
+
+function distinctUsers(members) {
+  return new Set([...members.values()].map((m) => m.user).filter((u) => u !== null)).size;
+}
+
+/** The members of `channel` (an entry) as an answer object. */
+function snapshotOf(name, channel) {
+  const members = [...channel.members.values()];
+  return { channel: name, count: Math.max(channel.count, members.length),
+           users: distinctUsers(channel.members), members, more: !channel.complete };
+}
+
+/**
+ * Apply a member list (`kind` "list": `{channel, count, users, members, more}`), a "join" or
+ * a "leave" (a member object with its `channel`) to `client`'s channel, and tell its
+ * subscriptions what changed (`onJoin`, `onLeave`, then `onPresence` for a list).
+ */
+function acceptPresence(client, kind, value) {
+  if (!value || typeof value !== "object" || typeof value.channel !== "string") return;
+  const name = value.channel;
+  const channel = client._channels.get(name);
+  if (!channel || !wantsPresence(channel)) return;
+  const tell = (event, detail) => {
+    for (const subscription of [...channel.subs]) subscription._presenceEvent(event, detail);
+  };
+  if (kind === "list") {
+    if (!Array.isArray(value.members)) return;
+    const next = new Map();
+    for (const member of value.members) {
+      if (member && typeof member.client === "string") {
+        next.set(member.client, memberOf(name, member));
+      }
+    }
+    const previous = channel.members;
+    channel.members = next;
+    channel.complete = value.more !== true;
+    channel.count = typeof value.count === "number" ? value.count : next.size;
+    if (previous !== null) {
+      for (const [id, member] of previous) {
+        if (!next.has(id) && channel.complete) tell("leave", member);
+      }
+      for (const [id, member] of next) if (!previous.has(id)) tell("join", member);
+    }
+    tell("presence", { channel: name, count: channel.count,
+                       users: typeof value.users === "number" ? value.users
+                         : distinctUsers(next),
+                       members: [...next.values()], more: !channel.complete });
+    return;
+  }
+  if (typeof value.client !== "string") return;
+  if (channel.members === null) channel.members = new Map();
+  const known = channel.members.has(value.client);
+  if (kind === "join") {
+    if (known) return;
+    const member = memberOf(name, value);
+    channel.members.set(value.client, member);
+    channel.count += 1;
+    tell("join", member);
+  } else if (kind === "leave") {
+    if (!known && channel.complete) return;
+    const member = known ? channel.members.get(value.client) : memberOf(name, value);
+    channel.members.delete(value.client);
+    channel.count = Math.max(0, channel.count - 1);
+    tell("leave", member);
+  }
+}
+
+/** Who is on `channel`, over HTTP (`presence()` without an open WebSocket). */
+async function readPresence(url, channel, countOnly, { token, requestTimeout, stats }) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), requestTimeout);
+  let response;
+  let answer;
+  try {
+    const bearer = await token();
+    const headers = bearer !== null ? { Authorization: `Bearer ${bearer}` } : {};
+    stats.requests += 1;
+    response = await fetch(`${url}/channels/${encodeURIComponent(channel)}/presence` +
+                           (countOnly ? "?count" : ""),
+                           { headers, cache: "no-store", signal: controller.signal });
+    answer = await response.json().catch(() => null);
+  } catch (error) {
+    throw new TidingsError(`cannot ask who is on ${channel}: ${error.message}`,
+      { code: "connection_failed" });
+  } finally {
+    clearTimeout(timer);
+  }
+  if (response.status !== 200 || !answer || typeof answer.count !== "number") {
+    throw refusal(response.status, answer);
+  }
+  return answer;
 }
 
 /**
@@ -1432,6 +1858,8 @@ class SharedClient {
       throw new TidingsError(`transports must be distinct names from ${TECHNIQUES.join(", ")}`);
     }
     this.options.transports = order;
+    /** The shared connection's client id in presence (the same for every tab sharing it). */
+    this.clientId = checkClientId(this.options.clientId);
     /** "worker" (a SharedWorker holds the connection) or "leader" (a leader tab does). */
     this.sharing = mode;
     this.state = "connecting";
@@ -1464,9 +1892,17 @@ class SharedClient {
   }
 
   subscribe(channels, options = {}) {
-    const { subscription, added } = register(this, channels, options);
-    if (added.length) this._post({ t: "sub", channels: added.map((n) => [n, this._sinceOf(n)]) });
+    const { subscription, added, watched } = register(this, channels, options);
+    const changed = [...added, ...watched];
+    if (changed.length) this._post({ t: "sub", channels: changed.map((n) => this._subOf(n)) });
     return subscription;
+  }
+
+  /** As `Client.presence`: asked by the shared connection (over its WebSocket, if open). */
+  async presence(channel, { count = false } = {}) {
+    checkChannel(channel);
+    if (this._closed) throw new TidingsError("the client is closed");
+    return this._ask({ t: "who", channel, options: { count } });
   }
 
   /** As `Client.history`: a plain HTTP read, from this tab (it needs no shared connection). */
@@ -1487,15 +1923,20 @@ class SharedClient {
     if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
       throw new TidingsError("idempotencyKey must be 1 to 128 of A-Z a-z 0-9 - _ . : ~ + / =");
     }
-    const req = this._nextReq++;
     const options = idempotencyKey === undefined ? {} : { idempotencyKey };
+    return this._ask({ t: "pub", channel, data: JSON.parse(body), options });
+  }
+
+  /** Send `packet` (a "pub" or "who") to the hub; resolves with its answer. */
+  _ask(packet) {
+    const req = this._nextReq++;
     return new Promise((resolve, reject) => {
       // The hub answers within requestTimeout; this bound is for a hub that went away.
       const timer = setTimeout(() => this._settle(req, null, {
         message: "no answer from the shared connection", status: null, code: "timeout" }),
       this.options.requestTimeout + this.options.attemptTimeout);
       this._pending.set(req, { resolve, reject, timer });
-      this._post({ t: "pub", req, channel, data: JSON.parse(body), options });
+      this._post({ ...packet, req });
     });
   }
 
@@ -1573,23 +2014,30 @@ class SharedClient {
 
   /** Tell the hub this tab is here, and where it stands on every channel it reads. */
   _announce() {
-    this._send({ t: "hello" });
+    this._send({ t: "hello", clientId: this.clientId });
     if (this._channels.size) {
-      const channels = [...this._channels.keys()].map((n) => [n, this._sinceOf(n)]);
+      const channels = [...this._channels.keys()].map((n) => this._subOf(n));
       this._send({ t: "sub", channels });
     }
     // Subscribing only recorded channels (announced just now); publishing waited for a hub.
     if (this._hubHeard) for (const packet of this._queue.splice(0)) this._send(packet);
   }
 
+  /** A channel as a "sub" packet names it: [name, since, whether this tab wants presence]. */
+  _subOf(name) {
+    return [name, this._sinceOf(name), wantsPresence(this._channels.get(name))];
+  }
+
   _post(packet) {
-    if (this._link && (this._hubHeard || packet.t !== "pub")) this._send(packet);
-    else if (packet.t === "pub") this._queue.push(packet);
+    const asked = packet.t === "pub" || packet.t === "who";
+    if (this._link && (this._hubHeard || !asked)) this._send(packet);
+    else if (asked) this._queue.push(packet);
   }
 
   _send(packet) {
     if (!this._link) return;
-    const pending = packet.t === "pub" ? this._pending.get(packet.req) : undefined;
+    const asked = packet.t === "pub" || packet.t === "who";
+    const pending = asked ? this._pending.get(packet.req) : undefined;
     if (pending) pending.sent = true;
     this._link.send({ ...packet, tab: this._id });
   }
@@ -1637,18 +2085,27 @@ class SharedClient {
       case "pub":
         this._settle(packet.req, packet.id, packet.error);
         break;
+      case "who":
+        this._settle(packet.req, packet.answer, packet.error);
+        break;
+      case "client":
+        this.clientId = packet.id;
+        break;
+      case "pres":
+        acceptPresence(this, packet.kind, packet.v);
+        break;
       default:
         break;
     }
   }
 
-  _settle(req, id, error) {
+  _settle(req, value, error) {
     const pending = this._pending.get(req);
     if (!pending) return;
     this._pending.delete(req);
     clearTimeout(pending.timer);
     if (error) pending.reject(errorOf(error));
-    else pending.resolve(id);
+    else pending.resolve(value);
   }
 
   _emitState(state, detail) {

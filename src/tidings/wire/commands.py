@@ -4,7 +4,8 @@ Client → server, one JSON object per text frame, each with a request id
 ``req`` (a string or an integer) that the reply echoes::
 
     {"type": "subscribe",   "req": 1, "channel": "prices", "since": "k2j4h5g6-17",
-     "presence": true}   (presence optional: who is here, then joins and leaves)
+     "presence": true, "delta": true, "latest": true}
+     (optional: who is here, then joins and leaves; deltas; the newest message only)
     {"type": "unsubscribe", "req": 2, "channel": "prices"}
     {"type": "publish",     "req": 3, "channel": "prices", "data": {"AAPL": 187.2},
      "idempotency_key": "9f1c2e"}   (the key is optional)
@@ -42,6 +43,10 @@ class Subscribe:
     since: str | None
     #: Whether the client asked for who is here, then joins and leaves.
     presence: bool = False
+    #: Whether the client asked for deltas (wire/delta.py) on this channel.
+    delta: bool = False
+    #: Whether the client asked for the newest message only, then live (``latest``).
+    latest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +140,12 @@ def parse(text: str) -> Command:
             since = value.get("since")
             if since is not None and not isinstance(since, str):
                 raise BadRequest("'since' must be a string", code="invalid_command")
-            presence = value.get("presence", False)
-            if not isinstance(presence, bool):
-                raise BadRequest("'presence' must be true or false", code="invalid_command")
-            return Subscribe(req, channel, since, presence)
+            flags = []
+            for flag in ("presence", "delta", "latest"):
+                flags.append(value.get(flag, False))
+                if not isinstance(flags[-1], bool):
+                    raise BadRequest(f"'{flag}' must be true or false", code="invalid_command")
+            return Subscribe(req, channel, since, *flags)
         if kind == "unsubscribe":
             return Unsubscribe(req, channel)
         if "data" not in value:

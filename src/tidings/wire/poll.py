@@ -11,10 +11,15 @@ from collections.abc import Sequence
 from tidings.core.log import BackRead, Gap
 from tidings.core.message import Message
 from tidings.wire import jsonvalue
+from tidings.wire.delta import page_jsons as delta_page
 
 
-def body(messages: Sequence[Message], cursor: str, gaps: Sequence[Gap], more: bool) -> bytes:
-    parts = [b'{"messages":[', b",".join(m.json for m in messages), b'],"next":"',
+def body(messages: Sequence[Message], cursor: str, gaps: Sequence[Gap], more: bool,
+         delta: bool = False) -> bytes:
+    """With ``delta`` (``?delta=1``), messages that follow their channel's previous message
+    in the page go as deltas (wire/delta.py)."""
+    jsons = delta_page(messages) if delta else [m.json for m in messages]
+    parts = [b'{"messages":[', b",".join(jsons), b'],"next":"',
              cursor.encode(), b'"']
     if gaps:
         parts.append(b',"gap":true,"gaps":')

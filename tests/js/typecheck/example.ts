@@ -3,8 +3,8 @@
 // (each `@ts-expect-error` line must be an error, or tsc fails).
 import {
   connect, DEFAULTS, refreshDelay, STATES, TECHNIQUES, TidingsError, tokenExpiry,
-  type BrokerStatus, type Client, type Gap, type HistoryPage, type Message, type Options,
-  type State,
+  type BrokerStatus, type Client, type Gap, type HistoryPage, type Member, type Message,
+  type Options, type PresenceAnswer, type PresenceCount, type State,
   type ShareTabs, type StateDetail, type Subscription, type Technique,
 } from "tidings";
 
@@ -62,6 +62,21 @@ async function scrollBack(): Promise<string | null> {
   return older.before;
 }
 
+async function watching(): Promise<number> {
+  const room = client.subscribe("room", {
+    onJoin: (member: Member) => console.log(member.client, member.user, member.technique),
+    onLeave: ({ client: id, since }: Member) => console.log(id, new Date(since)),
+    onPresence: ({ count, users, members, more }: PresenceAnswer) =>
+      console.log(count, users, members.length, more),
+  });
+  const who: PresenceAnswer = await room.presence();
+  const numbers: PresenceCount = await client.presence("room", { count: true });
+  const id: string | null = client.clientId;
+  console.log(who.members[0]?.info, id, room.watchesPresence);
+  connect("/", { clientId: "kiosk-7" });
+  return numbers.count + numbers.users;
+}
+
 const stats: number = client.stats.requests + client.stats.bytesReceived + client.stats.messages;
 const state: State = client.state;
 const techniques: readonly Technique[] = TECHNIQUES;
@@ -70,7 +85,7 @@ const timeout: number = DEFAULTS.attemptTimeout + DEFAULTS.backoff.max;
 const expiry: number | null = tokenExpiry("a.b.c");
 const delay: number | null = refreshDelay(60);
 const error = new TidingsError("refused", { status: 403, code: "forbidden" });
-console.log(channels, publishing, scrollBack, stats, state, techniques, states, timeout, expiry, delay, error);
+console.log(channels, publishing, scrollBack, watching, stats, state, techniques, states, timeout, expiry, delay, error);
 client.close();
 
 // Misuse the declarations must refuse.
@@ -97,3 +112,5 @@ connect("/", { shareTabs: "iframe" });
 // @ts-expect-error: the state is read-only
 client.state = "open";
 console.log(wrongId);
+// @ts-expect-error: a count answer has no member list
+client.presence("room", { count: true }).then((answer) => answer.members);

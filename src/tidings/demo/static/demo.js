@@ -129,10 +129,26 @@ async function backfill() {
   }
 }
 
-const client = connect(location.origin);
+// "N watching": who reads the channel, over all four techniques (presence). The member list
+// comes when reading starts (and after a reconnect); joins and leaves keep it current.
+let watching = null;
+function showWatching(count) {
+  watching = count;
+  $("watching").textContent = count.toLocaleString("en");
+}
+
+// Deltas: each tick comes as the few prices that moved; the client hands whole ticks here.
+const client = connect(location.origin, { delta: true });
 client.on("state", showState);
+client.on("error", (error) => {
+  if (error.code === "presence_disabled") $("watching-pill").hidden = true; // not on this server
+  else console.error("tidings:", error);
+});
 await backfill();
-client.subscribe(CHANNEL, {
+const subscription = client.subscribe(CHANNEL, {
+  onPresence: ({ count }) => showWatching(count),
+  onJoin: () => showWatching(watching + 1),
+  onLeave: () => showWatching(Math.max(0, watching - 1)),
   onMessage(message) {
     received++;
     arrivals.push(performance.now());
@@ -153,4 +169,4 @@ setInterval(() => {
   if (span >= 1) $("rate").textContent = (arrivals.length / span).toFixed(1);
 }, 1000);
 
-window.tidingsDemo = { client };
+window.tidingsDemo = { client, subscription, watching: () => watching };

@@ -67,8 +67,49 @@ function bytes(value) {
 
 let clock = null;
 
+// The channel's members (presence), as the first column that reads sees them: its four
+// columns are four of them, each with its technique and client id.
+const members = new Map(); // client id → member
+let memberCount = null;
+
+function showMembers() {
+  const body = $("members").tBodies[0];
+  body.replaceChildren();
+  const ours = new Map(columns.filter((c) => c.client && c.client.clientId)
+    .map((c) => [c.client.clientId, c.technique.title]));
+  for (const member of members.values()) {
+    const row = body.insertRow();
+    row.dataset.client = member.client;
+    row.dataset.technique = member.technique;
+    row.classList.toggle("mine", ours.has(member.client));
+    for (const [name, text] of [["technique", member.technique], ["client", member.client],
+                                ["reader", ours.get(member.client) || "another page"],
+                                ["since", new Date(member.since).toLocaleTimeString()]]) {
+      const cell = row.insertCell();
+      cell.className = name;
+      cell.textContent = text;
+    }
+  }
+  $("member-count").textContent = memberCount === null ? "–" : memberCount.toLocaleString("en");
+}
+
+const watchMembers = {
+  onPresence: (list) => {
+    members.clear();
+    for (const member of list.members) members.set(member.client, member);
+    memberCount = list.count;
+    showMembers();
+  },
+  onJoin: (member) => { members.set(member.client, member); memberCount += 1; showMembers(); },
+  onLeave: (member) => {
+    members.delete(member.client);
+    memberCount = Math.max(0, memberCount - 1);
+    showMembers();
+  },
+};
+
 class Column {
-  constructor(technique, offered) {
+  constructor(technique, offered, watch) {
     this.technique = technique;
     const node = $("column").content.firstElementChild.cloneNode(true);
     node.dataset.technique = technique.name;
@@ -90,13 +131,24 @@ class Column {
       this.chart.options.empty = "not offered by the server";
       return;
     }
-    this.client = connect(location.origin, { transports: [technique.name] });
+    // One client id for the column: its second client (below) is the same member in presence.
+    // (getRandomValues: randomUUID exists only in secure contexts, and the demo may be on http.)
+    const clientId = Array.from(crypto.getRandomValues(new Uint8Array(8)),
+      (b) => b.toString(16).padStart(2, "0")).join("");
+    this.client = connect(location.origin, { transports: [technique.name], delta: true, clientId });
     this.client.on("state", (state, detail) => this.showState(state, detail));
     this.client.subscribe(CHANNEL, {
       onMessage: (message) => this.received(message),
       onGap: (gap) => console.warn(technique.name, "missed messages", gap),
+      ...(watch ? watchMembers : {}),
     });
     this.showState(this.client.state);
+    // Deltas compared: a second client of the same technique reads whole messages, for its
+    // bytes per message only; with the column's client id, the column stays one member.
+    this.plain = connect(location.origin, { transports: [technique.name], clientId });
+    this.plainCount = 0;
+    this.plainBase = 0;
+    this.plain.subscribe(CHANNEL, { onMessage: () => { this.plainCount++; } });
   }
 
   showState(state, detail) {
@@ -127,6 +179,8 @@ class Column {
     this.chart.clear();
     const stats = (this.client && this.client.stats) || {};
     this.base = { requests: stats.requests || 0, bytesReceived: stats.bytesReceived || 0 };
+    this.plainCount = 0;
+    this.plainBase = this.plain ? this.plain.stats.bytesReceived : 0;
   }
 
   render() {
@@ -139,6 +193,10 @@ class Column {
     this.field("requests").textContent = requests.toLocaleString("en");
     this.field("bytes").textContent = bytes(received);
     this.field("per-message").textContent = this.count ? `${Math.round(received / this.count)} B` : "–";
+    const plain = this.plain ? this.plain.stats.bytesReceived - this.plainBase : 0;
+    this.field("per-message-plain").textContent =
+      this.plainCount ? `${Math.round(plain / this.plainCount)} B` : "–";
+    this.field("client").textContent = (this.client && this.client.clientId) || "–";
   }
 }
 
@@ -155,13 +213,16 @@ try {
 
 // /healthz names the techniques the server offers; a column for one it does not stays idle.
 const offered = (clock && clock.transports) || TECHNIQUES.map((technique) => technique.name);
-const columns = TECHNIQUES.map((technique) => new Column(technique, offered.includes(technique.name)));
+const watcher = TECHNIQUES.find((technique) => offered.includes(technique.name));
+const columns = TECHNIQUES.map((technique) => new Column(technique, offered.includes(technique.name),
+                                                         technique === watcher));
 $("reset").addEventListener("click", () => columns.forEach((column) => column.reset()));
 
 const arrivals = [];
 let lastCount = 0;
 setInterval(() => {
   for (const column of columns) column.render();
+  if (members.size) showMembers(); // a column's client id may have come since
   // the feed's rate, as the column that received most sees it, over the last five seconds
   const t = performance.now();
   const count = Math.max(...columns.map((column) => column.count));
@@ -173,4 +234,4 @@ setInterval(() => {
   $("rate").textContent = span ? (counted / span).toFixed(1) : "–";
 }, 250);
 
-window.tidingsLab = { columns };
+window.tidingsLab = { columns, members };
