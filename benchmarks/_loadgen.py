@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +70,9 @@ class ServerProcess:
     config_path: Path
 
     @classmethod
-    def start(cls, cpu: int = 0, config: dict[str, object] | None = None) -> ServerProcess:
+    def start(cls, cpu: int = 0, config: dict[str, object] | None = None,
+              extra: Sequence[str] = ()) -> ServerProcess:
+        """``extra``: more arguments of ``tidings serve`` (``--workers 2``)."""
         raise_fd_limit()  # inherited by the child
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in (config or {}).items()]
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -78,7 +80,7 @@ class ServerProcess:
             config_path = Path(f.name)
         command = ["taskset", "-c", str(cpu), sys.executable, "-m", "tidings", "serve",
                    "--host", "127.0.0.1", "--port", "0", "--config", str(config_path),
-                   "--log-level", "warning"]
+                   "--log-level", "warning", *extra]
         # Its stderr (log lines, "shutting down") goes to a file, shown only if it fails.
         log = config_path.with_suffix(".log")
         with log.open("wb") as stderr:

@@ -12,6 +12,11 @@ round every variant once, in a rotating order:
 * ``before`` (with ``--before-src DIR``): the server run from another source
   tree, such as the code before metrics existed, to measure what counting costs.
 
+With ``--workers-broker redis://HOST:PORT/DB``, it also times scrapes (wall
+time, sequential) of a lone server against ``tidings serve --workers 2``, whose
+scrape asks the other worker over a Unix socket (server/workermetrics.py),
+in interleaved rounds.
+
 Prints µs of server CPU (utime + stime) per delivered message for each run, the
 median of each variant, and the differences. CPU time per message is used
 rather than wall time because the machine may be shared. Example::
@@ -54,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run a server from this source tree (its PYTHONPATH)")
     parser.add_argument("--scrapes", type=int, default=50,
                         help="scrapes timed with --subscribers idle readers open (0: skip)")
+    parser.add_argument("--workers-broker", metavar="URL",
+                        help="also time scrapes of a lone server vs --workers 2 on this Redis")
+    parser.add_argument("--scrape-rounds", type=int, default=3,
+                        help="interleaved rounds of --workers-broker's timing")
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")
     return parser.parse_args(argv)
 
@@ -82,6 +91,35 @@ async def scrape_cost(args: argparse.Namespace) -> float:
     finally:
         server.stop()
     return spent / args.scrapes
+
+
+async def scrape_latencies(url: str, count: int) -> list[float]:
+    """Seconds of ``count`` sequential scrapes, each on a new connection (as Prometheus
+    scrapes: under --workers, the kernel hands each to either worker)."""
+    seconds = []
+    loop = asyncio.get_running_loop()
+    for _ in range(count):
+        async with httpx.AsyncClient(timeout=10) as http:
+            began = loop.time()
+            (await http.get(f"{url}/metrics")).raise_for_status()
+            seconds.append(loop.time() - began)
+    return seconds
+
+
+async def workers_scrapes(args: argparse.Namespace) -> dict[str, float]:
+    """Median ms per scrape: a lone server vs ``--workers 2`` (interleaved rounds)."""
+    found: dict[str, list[float]] = {"lone": [], "workers": []}
+    for _round in range(args.scrape_rounds):
+        for variant in ("lone", "workers"):
+            extra = ("--workers", "2") if variant == "workers" else ()
+            server = ServerProcess.start(cpu=0, config={"broker": args.workers_broker},
+                                         extra=extra)
+            try:
+                await scrape_latencies(server.url, 5)  # imports, caches
+                found[variant] += await scrape_latencies(server.url, max(args.scrapes, 10))
+            finally:
+                server.stop()
+    return {variant: 1000 * statistics.median(seconds) for variant, seconds in found.items()}
 
 
 async def scraping(url: str, interval: float, counts: list[int]) -> None:
@@ -149,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         medians[variant] = statistics.median(values)
         print(f"{variant:6} median {medians[variant]:.2f} µs/delivered "
               f"(runs: {', '.join(f'{v:.2f}' for v in values)})")
-    print(f"on vs off: {100 * (medians['on'] / medians['off'] - 1):+.1f} %")
+    if medians:  # --rounds 0: only the scrapes
+        print(f"on vs off: {100 * (medians['on'] / medians['off'] - 1):+.1f} %")
     if "before" in medians:
         print(f"off vs before: {100 * (medians['off'] / medians['before'] - 1):+.1f} %")
         print(f"on vs before: {100 * (medians['on'] / medians['before'] - 1):+.1f} %")
@@ -158,8 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         per_scrape = uvloop.run(scrape_cost(args))
         print(f"one scrape with {args.subscribers} {args.technique} readers open: "
               f"{1000 * per_scrape:.2f} ms of server CPU")
+    scrapes = None
+    if args.workers_broker:
+        scrapes = uvloop.run(workers_scrapes(args))
+        print(f"one scrape, median wall time: lone server {scrapes['lone']:.2f} ms, "
+              f"--workers 2 {scrapes['workers']:.2f} ms")
     if args.json:
-        print(json.dumps({"medians": medians, "scrape_cpu_s": per_scrape, "runs": results}))
+        print(json.dumps({"medians": medians, "scrape_cpu_s": per_scrape,
+                          "workers_scrape_ms": scrapes, "runs": results}))
     return 1 if any(r["missing"] for r in results) else 0
 
 

@@ -18,16 +18,30 @@
    by one, or in a member list when a sweep has more than
    ``MAX_BATCH_EVENTS``); then the process's CPU time per join (HTTP
    included). Then the same joins made in one step of the loop.
+5. **On Redis** (``--redis``; by default a ``redis-server`` of its own on a
+   free port of 127.0.0.1, started and stopped here): two servers in this
+   process sharing it; ``--storm`` joins made on node B in one step of the
+   loop (as the drivers make them), then: how long until node A counts them
+   all (the time to settle), the scripts (round trips) it took, CPU per join
+   of this process (both nodes: the batches, the scripts' replies, the
+   pub/sub payloads, the copies) and of Redis (``INFO cpu``), Redis's memory
+   per member (``MEMORY USAGE`` of the channel's keys); then the same for
+   leaves, and a node restart: B closed with all its members, until A counts 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
+import socket
+import subprocess
+import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 
 import httpx
 from websockets.asyncio.client import connect
@@ -167,11 +181,106 @@ async def storm(count: int) -> dict[str, float]:
     return result
 
 
+@contextlib.contextmanager
+def own_redis() -> Iterator[str]:
+    """A redis-server of this run's own on 127.0.0.1 (no persistence); its URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    directory = tempfile.mkdtemp(prefix="tidings-bench-redis-")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def redis_run(url: str, count: int) -> dict[str, float]:
+    """Joins and leaves of ``count`` readers on node B, seen from node A (section 5)."""
+    import redis.asyncio as redis_client
+
+    from tidings.brokers.redis.presence import SharedPresence, presence_keys
+
+    async def redis_cpu() -> float:
+        info = await direct.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    direct = redis_client.from_url(url)
+    await direct.flushdb()
+    settings = Settings(host="127.0.0.1", port=0, presence=True, presence_timeout=60.0,
+                        broker=url)
+    result: dict[str, float] = {}
+    async with Server(settings) as a, Server(settings) as b:
+        table = b.presence.table
+        assert isinstance(table, SharedPresence)
+        async with httpx.AsyncClient(base_url=a.url) as http:
+            # A serves the channel (a copy loaded), as it would for any reader of it.
+            assert (await http.get("/channels/storm/presence")).json()["count"] == 0
+
+            async def settled(wanted: int) -> None:
+                async with asyncio.timeout(120):
+                    while True:
+                        if a.presence.table.count("storm")[0] == wanted:
+                            return
+                        await asyncio.sleep(0.005)
+
+            identities = [Identity(f"{n:016d}", f"user-{n % 1000}") for n in range(count)]
+            for phase in ("join", "leave"):
+                scripts, cpu, redis_before = table.scripts, time.process_time(), await redis_cpu()
+                started = time.monotonic()
+                for identity in identities:
+                    if phase == "join":
+                        b.presence.hold(["storm"], identity, "websocket")
+                    else:
+                        b.presence.release(["storm"], identity.client)
+                await settled(count if phase == "join" else 0)
+                result[f"{phase}_settle_s"] = time.monotonic() - started
+                result[f"{phase}_cpu_us"] = (time.process_time() - cpu) / count * 1e6
+                result[f"{phase}_redis_cpu_us"] = (await redis_cpu() - redis_before) / count * 1e6
+                result[f"{phase}_scripts"] = table.scripts - scripts
+                if phase == "join":
+                    used = 0
+                    for key in presence_keys("storm"):
+                        used += await direct.memory_usage(key) or 0
+                    result["redis_bytes_per_member"] = used / count
+            for identity in identities:
+                b.presence.hold(["storm"], identity, "websocket")
+            await settled(count)
+            started = time.monotonic()
+            await b.aclose()  # a restart: every member of B leaves at once
+            await settled(0)
+            result["restart_settle_s"] = time.monotonic() - started
+    await direct.aclose()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--storm", type=int, default=10_000)
+    parser.add_argument("--redis", default="own", help="a redis:// URL on 127.0.0.1 (its "
+                        "database is emptied), 'own' (default: start one) or 'none'")
+    parser.add_argument("--only-redis", action="store_true",
+                        help="run section 5 (Redis) only")
     args = parser.parse_args()
+    if not args.only_redis:
+        memory_sections(args)
+    if args.redis == "none":
+        return
+    redis_section(args)
+
+
+def memory_sections(args: argparse.Namespace) -> None:
     for watched in (False, True):
         join, leave = cpu_per_change(args.members, watched)
         label = "watched (recorded, coalesced)" if watched else "nobody watching"
@@ -192,6 +301,24 @@ def main() -> None:
     print(f"burst of {args.storm:,} joins in one step of the loop: "
           f"{result['burst_cpu_us_per_join']:.2f} µs CPU per join; every join told to a "
           f"watching WebSocket in {result['burst_told_s']:.2f} s (one sweep, about a second)")
+
+
+def redis_section(args: argparse.Namespace) -> None:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(own_redis()) if args.redis == "own" else args.redis
+        if not url.startswith("redis://127.0.0.1"):
+            raise SystemExit("--redis must be on 127.0.0.1")
+        found = asyncio.run(redis_run(url, args.storm))
+    for phase in ("join", "leave"):
+        print(f"Redis, {args.storm:,} {phase}s on node B in one step of the loop: node A's "
+              f"count settles after {found[phase + '_settle_s']:.2f} s; "
+              f"{found[phase + '_scripts']:.0f} scripts (round trips); "
+              f"{found[phase + '_cpu_us']:.1f} µs CPU per {phase} in the nodes' process "
+              f"(both nodes), {found[phase + '_redis_cpu_us']:.1f} µs in Redis")
+    print(f"Redis memory per member: {found['redis_bytes_per_member']:.0f} bytes "
+          "(MEMORY USAGE of the channel's members hash and nodes set)")
+    print(f"Redis, node B closed with {args.storm:,} members (a restart): node A counts 0 "
+          f"after {found['restart_settle_s']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from tidings.wire import jsonvalue
 
 if TYPE_CHECKING:
     from tidings.server import Server
+    from tidings.server.workermetrics import WorkerShare
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -336,6 +337,7 @@ def _run_workers(settings: Settings, count: int) -> int:
 
     See server/workers.py and docs/operations.md.
     """
+    from tidings.server.workermetrics import WorkerShare
     from tidings.server.workers import Supervisor, worker_health
 
     def worker(index: int, sock: socket.socket, ready: Callable[[], None]) -> None:
@@ -344,21 +346,27 @@ def _run_workers(settings: Settings, count: int) -> int:
             ready()
 
         # The bridges run in worker 0 only (restarted as worker 0): one publisher per outbox.
-        run_loop(serve(settings if index == 0 else settings.replace(bridges=()),
-                       sock=sock, on_started=started))
+        mine = supervisor.settings
+        run_loop(serve(mine if index == 0 else mine.replace(bridges=()), sock=sock,
+                       on_started=started,
+                       metrics_share=WorkerShare(supervisor.shared, index, count)))
 
     def serving(url: str) -> None:
         print(f"tidings serving on {url}", flush=True)
 
-    return Supervisor(settings, count, worker, serving).run()
+    supervisor = Supervisor(settings, count, worker, serving)
+    return supervisor.run()
 
 
 async def serve(settings: Settings, *, sock: socket.socket | None = None,
-                on_started: Callable[[Server], None] | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; ``on_started(server)`` replaces the ``serving on`` line."""
+                on_started: Callable[[Server], None] | None = None,
+                metrics_share: WorkerShare | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; ``on_started(server)`` replaces the ``serving on`` line.
+    ``metrics_share``: a worker's part of the scrape of all workers (``--workers``)."""
     from tidings.server import Server
 
     server = Server(settings, sock=sock)
+    server.metrics_share = metrics_share
     await server.start()
     if settings.bridges:
         try:

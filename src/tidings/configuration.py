@@ -228,15 +228,23 @@ def environment_table(environ: Mapping[str, str]) -> tuple[
                     text, 'a TOML array such as [{dsn = "postgresql://app@db/shop"}]')
                 names[("", "bridges")] = variable
             else:
-                near = difflib.get_close_matches(variable, known, n=1, cutoff=0.7)
-                hint = f" (did you mean {near[0]}?)" if near else (
-                    "; every setting's variable is listed in docs/operations.md")
-                problems.append(f"{variable} is not a setting{hint}")
+                problems.append(_not_a_setting(variable, known))
         except ValueError as exc:
             problems.append(f"{variable}{exc}")
     if "TIDINGS_API_KEY" in environ and "TIDINGS_AUTH_API_KEY" in environ:
         problems.append("TIDINGS_API_KEY and TIDINGS_AUTH_API_KEY are both set; set one")
     return table, names, ignored, problems
+
+
+def _not_a_setting(variable: str, known: list[str]) -> str:
+    """The problem of a ``TIDINGS_`` variable that names no setting: the nearest one if
+    it looks like a typo, and what to do either way."""
+    # Names compared without the prefix they share, which would make any two look alike.
+    near = difflib.get_close_matches(variable[len(PREFIX):],
+                                     [name[len(PREFIX):] for name in known], n=1, cutoff=0.75)
+    hint = f" (did you mean {PREFIX}{near[0]}?)" if near else ""
+    return (f"{variable} is not a setting{hint}: every TIDINGS_ variable is read as one; "
+            "rename or unset it (docs/operations.md lists them)")
 
 
 def _put(table: dict[str, Any], key: Key, value: Any, variable: str,

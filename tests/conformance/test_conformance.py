@@ -28,7 +28,7 @@ EXTERNAL_URL = os.environ.get("TIDINGS_CONFORMANCE_URL")
 #: Small settings for speed: frequent heartbeats, and a short history for the
 #: conformance namespace so that the retention check publishes ~200 messages.
 FAST = {"heartbeat_interval": 0.3, "namespaces": {"conformance": Retention(200, 3600.0)}}
-#: Presence on for the conformance namespace (the memory broker only, for now).
+#: Presence on for the conformance namespace.
 PRESENCE = {"namespace_presence": {"conformance": PresencePolicy(True, 30.0)}}
 
 
@@ -56,14 +56,12 @@ async def test_the_presence_check_is_skipped_where_presence_is_off(make_server) 
 
 async def test_every_check_passes_on_the_redis_broker(make_server, redis_url: str) -> None:
     """The protocol holds, unchanged, on nodes whose channel logs live in Redis."""
-    server = await make_server(broker=redis_url, **FAST)
-    other = await make_server(broker=redis_url, **FAST)
+    server = await make_server(broker=redis_url, **FAST, **PRESENCE)
+    other = await make_server(broker=redis_url, **FAST, **PRESENCE)
     out = io.StringIO()
     assert await run(server.url, out=out, heartbeat_timeout=3 * UNIT,
                      nodes=[other.url]) is True, out.getvalue()
-    # Presence is not served with the Redis broker yet: that check is skipped.
-    assert any(line.startswith("SKIP presence:") for line in report_lines(out))
-    assert report_lines(out)[-1] == f"{len(CHECKS) - 1} passed, 0 failed"
+    assert report_lines(out)[-1] == f"{len(CHECKS)} passed, 0 failed"
 
 
 def report_lines(out: io.StringIO) -> list[str]:

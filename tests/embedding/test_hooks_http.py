@@ -328,6 +328,7 @@ async def test_failures_are_logged_without_what_the_client_sent(
                                headers={**ALICE, "X-Request-Id": "private-request-id"})
     warnings = [r.getMessage() for r in caplog.records if "hook" in r.getMessage()]
     assert len(warnings) == 1, warnings  # the next failures are counted, not logged
+    assert server.hooks.failures["on_connect", "error"] == 3  # /metrics counts every one
     assert "connect" in warnings[0] and "500" in warnings[0] and app.url in warnings[0]
     text = caplog.text
     assert "s-alice" not in text and "private-request-id" not in text and SECRET not in text

@@ -299,3 +299,17 @@ def test_serve_takes_its_settings_from_the_environment(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=10 * UNIT)
+
+
+def test_a_variable_of_the_operators_own_is_refused_with_what_to_do() -> None:
+    """Not a typo: no far-fetched suggestion (TIDINGS_DEBUG is not TIDINGS_BRIDGES), but
+    what to do; the variables other tools read pass."""
+    with pytest.raises(UsageError) as info:
+        load(None, {"TIDINGS_DEBUG": "1", "TIDINGS_TEST_UNIT": "3",
+                    "TIDINGS_URL": "http://x", "TIDINGS_LOGLEVEL": "debug"})
+    lines = str(info.value).splitlines()
+    assert [line.split(" is not")[0] for line in lines] == ["TIDINGS_DEBUG", "TIDINGS_LOGLEVEL"]
+    assert "did you mean" not in lines[0]
+    assert "(did you mean TIDINGS_LOG_LEVEL?)" in lines[1]
+    assert all("rename or unset it" in line for line in lines)
+    assert load(None, {"TIDINGS_TEST_UNIT": "3"}).settings == load(None, {}).settings

@@ -348,7 +348,3 @@ def test_bad_presence_settings_are_named(tmp_path: Any) -> None:
     with pytest.raises(UsageError):
         Settings(presence_timeout=-1)
 
-
-async def test_presence_is_refused_on_a_shared_broker_for_now() -> None:
-    with pytest.raises(UsageError, match="memory broker"):
-        Server(Settings(port=0, presence=True, broker="redis://127.0.0.1:1/0"))

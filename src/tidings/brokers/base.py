@@ -9,6 +9,7 @@ from tidings.core.cursor import Start
 from tidings.core.fanout import Hub
 from tidings.core.log import BackRead, Read
 from tidings.core.message import Message
+from tidings.core.presence import Presence, PresencePolicy
 
 
 class Replayed(Message):
@@ -93,6 +94,20 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def maintain(self) -> None:
         """Apply retention by age and forget idle logs; call about once a second."""
+
+    def presence(self, policy: Callable[[str], PresencePolicy]) -> Presence:
+        """The table of who reads which channel, made once by the server (``policy``:
+        each channel's presence setting).
+
+        The server tells it of this node's readers (``hold``, ``release``,
+        ``touch``, ``expire``) and reads the members and their joins and
+        leaves from it (``members``, ``count``, ``watch``, ``drain``). Here,
+        one node's table is the whole truth. A broker shared by several nodes
+        answers with a table that also keeps every node's members in the
+        shared store, and :meth:`ready` is false until the members of the
+        channels read are copied here (``prepare`` copies them).
+        """
+        return Presence()
 
     def health(self) -> dict[str, object]:
         """What ``/healthz`` shows under ``broker``."""

@@ -141,10 +141,13 @@ class _Channel:
 class Presence:
     """The members of every channel on this node; see the module docstring."""
 
-    __slots__ = ("_channels", "_leases", "_pending", "_watched", "changes")
+    __slots__ = ("_channels", "_leases", "_pending", "_record_all", "_watched", "changes")
 
-    def __init__(self) -> None:
+    def __init__(self, *, record_all: bool = False) -> None:
         self._channels: dict[str, _Channel] = {}
+        #: Record the joins and leaves of every channel, watched or not (a node that
+        #: shares its members with other nodes sends them all).
+        self._record_all = record_all
         self._leases: list[tuple[float, str, str]] = []
         self._watched: Counter[str] = Counter()
         #: channel -> client -> (member before the first change since the last drain, now)
@@ -203,6 +206,34 @@ class Presence:
                 left += 1
         return left
 
+    def put(self, channel: str, member: Member) -> bool:
+        """A member known from elsewhere (another node's, in a shared store): present until
+        :meth:`drop`, with no hold or lease. Say whether anything changed."""
+        members = self._channels.get(channel)
+        entry = members.entries.get(member.client) if members is not None else None
+        if entry is not None:
+            if entry.member == member:
+                return False
+            self._remove(channel, member.client)
+        identity = Identity(member.client, member.user, member.info)
+        self._entry(channel, identity, member.technique, member.since)
+        return True
+
+    def drop(self, channel: str, client: str) -> bool:
+        """A member :meth:`put` here left; say whether it was here."""
+        members = self._channels.get(channel)
+        if members is None or client not in members.entries:
+            return False
+        self._remove(channel, client)
+        return True
+
+    def forget(self, channel: str) -> None:
+        """Drop every member of ``channel`` without recording leaves (a copy given up)."""
+        self._channels.pop(channel, None)
+        pending = self._pending.get(channel)
+        if pending is not None:
+            pending.clear()
+
     # who is here --------------------------------------------------------------
 
     def members(self, channel: str) -> Iterator[Member]:
@@ -227,6 +258,14 @@ class Presence:
         """How many channels have at least one member."""
         return len(self._channels)
 
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        """Each channel that has members, and how many (metrics read them at scrape time)."""
+        for channel, members in self._channels.items():
+            yield channel, len(members.entries)
+    def names(self) -> list[str]:
+        """The channels that have at least one member."""
+        return list(self._channels)
+
     # joins and leaves -----------------------------------------------------------
 
     def watch(self, channel: str) -> None:
@@ -240,7 +279,8 @@ class Presence:
         self._watched[channel] -= 1
         if self._watched[channel] <= 0:
             del self._watched[channel]
-            self._pending.pop(channel, None)
+            if not self._record_all:
+                self._pending.pop(channel, None)
 
     def drain(self) -> list[Change]:
         """The joins and leaves of watched channels since the last drain, coalesced.
@@ -276,7 +316,7 @@ class Presence:
         if identity.user is not None:
             members.users[identity.user] += 1
         self.changes += 1
-        if channel in self._watched:
+        if self._record_all or channel in self._watched:
             self._note(channel, identity.client, None, member)
         return entry, True
 
@@ -298,7 +338,7 @@ class Presence:
         if not members.entries:
             del self._channels[channel]
         self.changes += 1
-        if channel in self._watched:
+        if self._record_all or channel in self._watched:
             self._note(channel, client, entry.member, None)
 
     def _note(self, channel: str, client: str, old: Member | None, new: Member | None) -> None:

@@ -90,9 +90,9 @@ async def start_demo(settings: Settings, rate: float = DEFAULT_RATE,
 
 def with_presence(settings: Settings) -> Settings:
     """``settings`` with presence on for the demo's channel (its pages show "N watching"
-    and the lab's four members), unless its namespace already says, or the broker is
-    Redis (presence is served with the memory broker only, for now)."""
-    if settings.broker != "memory" or settings.presence_of(CHANNEL).enabled:
+    and the lab's four members), unless its namespace already says (on Redis too: the
+    count is over every node)."""
+    if settings.presence_of(CHANNEL).enabled:
         return settings
     return dataclasses.replace(settings, presence=True)
 

@@ -35,7 +35,6 @@ from typing import Any
 
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
-from tidings.brokers.memory import MemoryBroker
 from tidings.core.cursor import Start
 from tidings.core.forwarded import client_address, parse_networks
 from tidings.core.idempotency import check_idempotency_key
@@ -52,11 +51,12 @@ from tidings.server.hooks import Hook, Hooks
 from tidings.server.hooks_http import HttpHooks
 from tidings.server.longpoll import Expiries
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
-from tidings.server.presence import PresenceTracker, check_broker
+from tidings.server.presence import PresenceTracker
 from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
 from tidings.server.status import StatusHistory
+from tidings.server.workermetrics import WorkerShare
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 from tidings.wire import http
 
@@ -118,7 +118,6 @@ class Server:
         self.closing = False
         #: Set when :meth:`drain` begins: not ready, no new stream, no connection kept.
         self.draining = False
-        check_broker(self.settings, isinstance(self.broker, MemoryBroker))
         #: Who reads each channel (server/presence.py), kept by the drivers.
         self.presence: PresenceTracker
         self.port = self.settings.port
@@ -150,6 +149,8 @@ class Server:
         self._metrics_listener: asyncio.Server | None = None
         #: The port of ``metrics_listen`` once started (useful with port 0), else ``None``.
         self.metrics_port: int | None = None
+        #: Under ``--workers``: the figures of every worker in one scrape (set before start).
+        self.metrics_share: WorkerShare | None = None
 
     # lifecycle ---------------------------------------------------------------
 

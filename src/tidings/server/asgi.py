@@ -46,6 +46,7 @@ from tidings.errors import (
     ShuttingDown,
 )
 from tidings.server.connection import INTERNAL_ANSWER, HttpConnection
+from tidings.server.metrics import BYTES_HTTP, SENT_BYTES_INFO
 from tidings.server.request import Request
 from tidings.wire import http
 from tidings.wire.websocket import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT
@@ -303,6 +304,7 @@ class AsgiConnection(HttpConnection):
         transport = self.transport
         if transport is None or self.closing:
             return
+        self.server.stats[BYTES_HTTP] += len(data)  # as the native connection counts
         transport.write(data)
         self.closing = True
         transport.close()
@@ -370,6 +372,9 @@ class AsgiTransport(asyncio.Transport):
         self._head = b""
         self._remaining: int | None = None
         self.sent_head = False
+        #: Bytes handed to the ASGI server (a stream's ``written_bytes``, where the native
+        #: listener asks the kernel what was acknowledged).
+        self.bytes_sent = 0
         self._pumping: asyncio.Task[None] | None = None
         self.protocol: Any = None
         #: The HTTP connection while no stream has taken over.
@@ -442,6 +447,8 @@ class AsgiTransport(asyncio.Transport):
             return tuple(self._scope["client"]) if self._scope.get("client") else default
         if name == "sockname":
             return tuple(self._scope["server"]) if self._scope.get("server") else default
+        if name == SENT_BYTES_INFO:
+            return self.bytes_sent
         return default
 
     # driving -------------------------------------------------------------------------
@@ -486,6 +493,7 @@ class AsgiTransport(asyncio.Transport):
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks.clear()
             done = await self._emit(data)
+            self.bytes_sent += len(data)
             self._size = max(0, self._size - len(data)) if not self._aborted else 0
             if self._paused and self._size <= self._low:
                 self._paused = False

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from tidings.core.policy import Claims
 from tidings.errors import CloseCode, NotFound, ProtocolError, UsageError
+from tidings.server.metrics import LatencyHistogram
 from tidings.server.request import Request
 from tidings.settings import DEFAULT_HOOK_TIMEOUT
 from tidings.wire import jsonvalue
@@ -120,6 +123,10 @@ class Hooks:
     closers: tuple[Callable[[], Awaitable[None]], ...] = ()
     #: Seconds each call may take (``503 hook_unavailable`` after).
     timeout: float = DEFAULT_HOOK_TIMEOUT
+    #: Seconds of the calls by hook name, and failures by (hook name, reason): ``/metrics``.
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict, compare=False, repr=False)
+    failures: Counter[tuple[str, str]] = field(default_factory=Counter, compare=False,
+                                               repr=False)
 
     @property
     def on_reads(self) -> bool:
@@ -149,6 +156,7 @@ class Hooks:
         if isinstance(result, str):
             return Identity(result)
         logger.error("on_connect returned %r, not an Identity, a str or None", result)
+        self.failures["on_connect", "invalid_result"] += 1
         raise HookUnavailable("the application's on_connect hook failed; retry")
 
     async def check_subscribe(self, user: str | None, channels: tuple[str, ...]) -> None:
@@ -176,19 +184,28 @@ class Hooks:
         return await self._call("on_rpc", self.rpc, user, method, data)
 
     async def _call(self, name: str, hook: Hook, *args: Any) -> Any:
+        began = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
                 return await hook(*args)
         except HookFailed:  # it logged why
+            self.failures[name, "error"] += 1
             raise HookUnavailable(f"the application's {name} hook failed; retry") from None
         except ProtocolError:
             raise  # Refuse, or a refusal the hook passed on: the client gets it
         except TimeoutError:
+            self.failures[name, "timeout"] += 1
             raise HookUnavailable(f"the application's {name} hook did not answer within "
                                   f"{self.timeout:g} s; retry") from None
         except Exception:
+            self.failures[name, "error"] += 1
             logger.exception("the application's %s hook failed", name)
             raise HookUnavailable(f"the application's {name} hook failed; retry") from None
+        finally:
+            histogram = self.latency.get(name)
+            if histogram is None:
+                histogram = self.latency[name] = LatencyHistogram()
+            histogram.observe(time.perf_counter() - began)
 
 
 def connect_request(technique: str, request: Request, peer: object, claims: Claims | None,

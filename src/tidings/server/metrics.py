@@ -22,6 +22,7 @@ import logging
 import math
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
 from tidings.core.log import Gap
+from tidings.core.names import namespace_of
 from tidings.errors import Forbidden, MethodNotAllowed, NotFound, ProtocolError
 from tidings.settings import split_listen
 from tidings.wire import http
@@ -75,6 +77,9 @@ TECHNIQUES = ("websocket", "sse", "longpoll", "poll")
 
 # counting (called by the drivers; each is a few additions) ---------------------------
 
+#: The ``get_extra_info`` name of a transport that counts its bytes itself (the ASGI
+#: mount's, server/asgi.py): :func:`acked_bytes` takes its count.
+SENT_BYTES_INFO = "tidings_sent_bytes"
 #: Where Linux's ``struct tcp_info`` holds ``tcpi_bytes_acked`` (since Linux 4.1).
 _TCP_INFO_BYTES_ACKED = 120
 _TCP_INFO_SIZE = 256
@@ -85,10 +90,16 @@ def acked_bytes(transport: Any) -> int:
 
     Streams' bytes are counted this way rather than per write, so that a
     delivery costs no addition for them. 0 where the kernel does not tell
-    (not Linux, not TCP, a closed socket).
+    (not Linux, not TCP, a closed socket). A transport of the ASGI mount
+    tells the bytes it handed to the ASGI server (:data:`SENT_BYTES_INFO`).
     """
+    if transport is None:
+        return 0
+    counted = transport.get_extra_info(SENT_BYTES_INFO)
+    if isinstance(counted, int):
+        return counted
     option = getattr(socket, "TCP_INFO", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    sock = transport.get_extra_info("socket")
     if option is None or sock is None:
         return 0
     try:
@@ -261,6 +272,8 @@ class Collector:
         yield histogram
 
         yield from _bridges(server)
+        yield from _hooks(server)
+        yield from _presence(server)
 
 
 def _labelled(family: CounterMetricFamily, stats: Counter[str], prefix: str,
@@ -292,6 +305,13 @@ def _bridges(server: Server) -> Iterator[Metric]:
                                  "bridge's connection (0 while it works).", labels=["bridge"])
     last = GaugeMetricFamily(f"{NAMESPACE}_bridge_last_seq", "The outbox sequence number of "
                              "the last change a bridge published.", labels=["bridge"])
+    lag = GaugeMetricFamily(f"{NAMESPACE}_bridge_lag_seconds", "Seconds since the oldest "
+                            "change waiting in a bridge's outbox was committed (0: none "
+                            "waits), as of its last read.", labels=["bridge"])
+    pending = GaugeMetricFamily(f"{NAMESPACE}_bridge_pending_changes", "Changes waiting in "
+                                "a bridge's outbox at its last read (from sequence numbers: "
+                                "rolled-back transactions may add a few).", labels=["bridge"])
+    now = time.time()
     for number, entry in enumerate(entries):
         if not isinstance(entry, dict):
             continue
@@ -300,7 +320,52 @@ def _bridges(server: Server) -> Iterator[Metric]:
         published.add_metric([label], _number(entry.get("published")))
         failures.add_metric([label], _number(entry.get("failures")))
         last.add_metric([label], _number(entry.get("last_seq")))
-    yield from (state, published, failures, last)
+        since = entry.get("waiting_since")
+        lag.add_metric([label], max(now - since, 0.0) if isinstance(since, float) else 0.0)
+        pending.add_metric([label], _number(entry.get("pending")))
+    yield from (state, published, failures, last, lag, pending)
+
+
+def _hooks(server: Server) -> Iterator[Metric]:
+    """The application's hooks (server/hooks.py): seconds per call, failures by reason."""
+    hooks = server.hooks
+    latency = HistogramMetricFamily(
+        f"{NAMESPACE}_hook_latency_seconds", "Seconds an application hook took to allow, "
+        "refuse or fail, by hook.", labels=["hook"])
+    for name, histogram in sorted(hooks.latency.items()):  # the hooks called so far
+        latency.add_metric([name], histogram.buckets(), histogram.total)
+    failures = CounterMetricFamily(
+        f"{NAMESPACE}_hook_failures", "Hook calls that failed (answered 503 "
+        "hook_unavailable), by hook and reason: timeout, error (it raised), invalid_result.",
+        labels=["hook", "reason"])
+    for (name, reason), count in sorted(hooks.failures.items()):
+        failures.add_metric([name, reason], count)
+    yield from (latency, failures)
+
+
+def _presence(server: Server) -> Iterator[Metric]:
+    """Members and channels with members per namespace (configured ones; others: "")."""
+    if not server.presence.enabled:
+        return
+    configured = server.settings.namespace_presence
+    members: Counter[str] = Counter()
+    channels: Counter[str] = Counter()
+    for channel, size in server.presence.table.sizes():
+        namespace = namespace_of(channel)
+        label = namespace if namespace in configured else ""  # bounded by the config
+        members[label] += size
+        channels[label] += 1
+    member_family = GaugeMetricFamily(
+        f"{NAMESPACE}_presence_members", "Present clients, summed over channels, by "
+        "namespace (\"\": channels of no [namespaces.X] that sets presence).",
+        labels=["namespace"])
+    channel_family = GaugeMetricFamily(
+        f"{NAMESPACE}_presence_channels", "Channels with at least one present client, by "
+        "namespace.", labels=["namespace"])
+    for label in sorted({"", *(n for n, p in configured.items() if p.enabled), *members}):
+        member_family.add_metric([label], members[label])
+        channel_family.add_metric([label], channels[label])
+    yield from (member_family, channel_family)
 
 
 def _number(value: object) -> float:
@@ -335,9 +400,30 @@ def answer(server: Server, conn: HttpConnection, request: Request) -> None:
     if auth.enabled and not auth.identify(request).api_key:
         raise Forbidden("the metrics need the API key (Authorization: Bearer), or serve them "
                         "on a private address with metrics_listen", code="api_key_required")
-    body = exposition(server)
+    head = request.method == "HEAD"
+    if server.metrics_share is None:
+        _answer_scrape(conn, request, exposition(server), head)
+        return
+    conn.park()  # the other workers' figures come first (server/workermetrics.py)
+    server.spawn(_answer_workers(server, conn, request, head))
+
+
+async def _answer_workers(server: Server, conn: HttpConnection, request: Request,
+                          head: bool) -> None:
+    assert server.metrics_share is not None
+    try:
+        body = await server.metrics_share.exposition(server)
+    except Exception:  # a bug: this scrape fails, nothing else
+        logger.exception("gathering the workers' metrics failed")
+        conn.abort()
+        return
+    if not conn.closing and conn.transport is not None:
+        _answer_scrape(conn, request, body, head)
+
+
+def _answer_scrape(conn: HttpConnection, request: Request, body: bytes, head: bool) -> None:
     conn.answer(200, [("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")],
-                b"" if request.method == "HEAD" else body, request.keep_alive)
+                b"" if head else body, request.keep_alive)
 
 
 class MetricsListener(asyncio.Protocol):
@@ -385,8 +471,24 @@ class MetricsListener(asyncio.Protocol):
         if path != METRICS_PATH.encode() or method not in (b"GET", b"HEAD"):
             self._send(404, b"only GET /metrics here\n")
             return
-        body = exposition(self._server)
-        self._send(200, b"" if method == b"HEAD" else body, CONTENT_TYPE_LATEST)
+        server = self._server
+        if server.metrics_share is None:
+            self._send(200, b"" if method == b"HEAD" else exposition(server),
+                       CONTENT_TYPE_LATEST)
+            return
+        self._parser = None  # one request per connection; answered once the workers have
+        server.spawn(self._send_workers(method == b"HEAD"))
+
+    async def _send_workers(self, head: bool) -> None:
+        server = self._server
+        assert server.metrics_share is not None
+        try:
+            body = await server.metrics_share.exposition(server)
+        except Exception:  # a bug: this scrape fails, nothing else
+            logger.exception("gathering the workers' metrics failed")
+            self._send(500, b"internal error\n")
+            return
+        self._send(200, b"" if head else body, CONTENT_TYPE_LATEST)
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         self._parser = None  # one request per connection
@@ -398,9 +500,19 @@ class MetricsListener(asyncio.Protocol):
 
 
 async def start_listener(server: Server) -> asyncio.Server | None:
-    """Listen on ``metrics_listen`` if it is set (the caller closes the listener)."""
-    if not server.settings.metrics_listen or not server.settings.metrics:
+    """Listen on ``metrics_listen`` if it is set (the caller closes the listener).
+
+    Under ``--workers`` (:attr:`Server.metrics_share` set), also start answering the
+    other workers, and every worker listens on ``metrics_listen`` (``SO_REUSEPORT``;
+    the parent holds the address).
+    """
+    if not server.settings.metrics:
+        return None
+    share = server.metrics_share
+    if share is not None:
+        server.spawn(share.run(server), background=True)
+    if not server.settings.metrics_listen:
         return None
     host, port = split_listen(server.settings.metrics_listen)
     return await server.loop.create_server(lambda: MetricsListener(server), host, port,
-                                           reuse_address=True)
+                                           reuse_address=True, reuse_port=share is not None)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from tidings.brokers.base import Broker
 from tidings.core.cursor import END, Position, Start, format_multi
 from tidings.core.names import namespace_of
 from tidings.core.presence import (
@@ -30,7 +31,7 @@ from tidings.core.presence import (
     PresencePolicy,
     check_client_id,
 )
-from tidings.errors import BadRequest, NotFound, UsageError
+from tidings.errors import BadRequest, NotFound
 from tidings.server.auth import Credentials
 from tidings.server.request import Request
 from tidings.settings import Settings
@@ -115,14 +116,16 @@ class PresenceTracker:
                  "table", "watchers")
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop,
-                 broker: Ends | None = None) -> None:
+                 broker: Broker | None = None) -> None:
         self._settings = settings
         self._loop = loop
         self._broker = broker
         self._policies: dict[str, PresencePolicy] = {}
         #: Whether any channel has presence (else every call returns at once).
         self.enabled = settings.presence_anywhere
-        self.table = Presence()
+        #: This node's readers, and who is on each channel: on a broker shared by several
+        #: nodes, on all of them (``Broker.presence``).
+        self.table = broker.presence(self.policy) if broker is not None else Presence()
         #: The joins and leaves of the channels someone asked for them (numbered, for pollers).
         self.logs: dict[str, PresenceLog] = {}
         #: When a poller last read each log (loop time): kept ``presence_timeout`` after.
@@ -319,20 +322,3 @@ class PresenceTracker:
                 "presence_watched": len(self.watchers)}
 
 
-class Ends(Protocol):
-    """Where the position of a channel's last message is read (a broker)."""
-
-    def read(self, channel: str, start: Start, limit: int) -> _Read: ...
-
-
-class _Read(Protocol):
-    @property
-    def next(self) -> Position: ...
-
-
-def check_broker(settings: Settings, local: bool) -> None:
-    """Refuse presence on a broker shared by several nodes until it keeps members there too:
-    a count of this node's readers only would be a wrong answer, not a partial one."""
-    if settings.presence_anywhere and not local:
-        raise UsageError("presence is served with the memory broker only, for now; "
-                         "turn presence off or use broker = \"memory\"")

@@ -191,9 +191,20 @@ class Router:
         channel = check_channel(name)
         server = self.server
         server.auth.check_subscribe([channel], server.auth.identify(request))
-        body = server.presence.answer(channel, request.arg("count") is not None)
+        server.presence.require(channel)
         cors = server.cors.headers(request.headers)
-        conn.answer_json(200, body, (("Cache-Control", "no-cache"), *cors), request.keep_alive)
+        keep_alive = request.keep_alive
+
+        def then() -> None:  # on a shared broker, once this node has a copy of the members
+            if not conn.closing:
+                body = server.presence.answer(channel, request.arg("count") is not None)
+                conn.answer_json(200, body, (("Cache-Control", "no-cache"), *cors), keep_alive)
+
+        def refuse(error: ProtocolError | BrokerError) -> None:
+            conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
+
+        if not server.when_ready({channel: END}, then, refuse):
+            conn.park()
 
     def _read(self, conn: HttpConnection, request: Request, channels: list[str], multi: bool,
               rest: bytes) -> None:

@@ -17,7 +17,7 @@ from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 from tidings.brokers.base import Replayed
-from tidings.core.cursor import Start, parse_since
+from tidings.core.cursor import END, Start, parse_since
 from tidings.core.presence import Identity
 from tidings.errors import (
     IDLE_TIMEOUT,
@@ -211,8 +211,7 @@ class WebSocketSession(Stream):
                 self._authenticate(command)
             elif isinstance(command, commands.PresenceCommand):
                 self._server.auth.check_subscribe([command.channel], self.credentials)
-                body = self._server.presence.answer(command.channel, command.count_only)
-                self.transport.write(commands.ack_frame(command.req, **body))
+                self._presence(command)
             elif isinstance(command, commands.Rpc):
                 self._server.admission.check_publish_rate(self.transport,
                                                           self.credentials.rate_key)
@@ -280,6 +279,24 @@ class WebSocketSession(Stream):
             self.held = []  # commands that follow wait for this one, in order
         self._server.when_ready(starts, lambda: self._subscribed(channel, start, req, presence),
                                 lambda error: self._refused(req, error))
+
+    def _presence(self, command: commands.PresenceCommand) -> None:
+        """Who is on a channel; on a shared broker, once this node has a copy of its members
+        (the commands that follow wait for it, in order)."""
+        channel = command.channel
+        self._server.presence.require(channel)
+        starts = {channel: END}
+        if not self._server.broker.ready(starts):
+            self.held = []
+
+        def then() -> None:
+            if not self.closed:
+                body = self._server.presence.answer(channel, command.count_only)
+                self.transport.write(commands.ack_frame(command.req, **body))
+            if self.held is not None:
+                self._release_held()
+
+        self._server.when_ready(starts, then, lambda error: self._refused(command.req, error))
 
     def _subscribe_after_hook(self, channel: str, start: Start, req: commands.Req,
                               presence: bool = False) -> None:

@@ -14,6 +14,11 @@ each says it listens, prints ``tidings serving on URL``, then watches them.
   (:class:`Restarts`), so a worker that cannot start does not spin. A worker
   that dies before it first listens stops the whole start: the error is the
   operator's to fix.
+- **One scrape.** The parent makes a private directory where the workers
+  share their figures (server/workermetrics.py): whichever worker a scrape of
+  ``/metrics`` reaches answers the total of all. With ``metrics_listen``, the
+  parent holds that address too (bound, not listening, as the main port) and
+  every worker listens on it with ``SO_REUSEPORT``.
 - **Drained.** SIGTERM or SIGINT to the parent is sent on to every worker,
   which says goodbye to its clients as a lone ``tidings serve`` does (SIGTERM:
   streams told to reconnect elsewhere over ``drain_period``; SIGINT: at once); a worker
@@ -31,16 +36,19 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tidings.backoff import Backoff
 from tidings.errors import UsageError
-from tidings.settings import Settings
+from tidings.settings import Settings, split_listen
 from tidings.wire import http
 
 logger = logging.getLogger("tidings.workers")
@@ -133,6 +141,8 @@ class Supervisor:
 
     Use :meth:`run` (it blocks, and returns the exit status for the command).
     The parent must not run an event loop or threads: workers are forked.
+    Workers run on :attr:`settings` (``metrics_listen`` resolved to the address
+    the parent holds) and share their figures in :attr:`shared`.
     """
 
     def __init__(self, settings: Settings, count: int, main: WorkerMain,
@@ -147,6 +157,9 @@ class Supervisor:
         self.port = settings.port
         self._address: tuple[socket.AddressFamily, tuple[object, ...]] | None = None
         self._reserved: socket.socket | None = None
+        self._metrics_reserved: socket.socket | None = None
+        #: The workers' private directory (metrics), made by :meth:`run`, removed at its end.
+        self.shared = Path()
         self._selector = selectors.DefaultSelector()
         self._wake_read, self._wake_write = -1, -1
         self._stopping = 0.0  # when draining began (monotonic), 0 while serving
@@ -160,6 +173,7 @@ class Supervisor:
         """Bind, start the workers, supervise; the exit status once all have ended."""
         self._reserve()
         self._install_signals()
+        self.shared = Path(tempfile.mkdtemp(prefix="tidings-workers-"))
         try:
             started = self._start_all()
             if started:
@@ -176,6 +190,9 @@ class Supervisor:
                 os.close(fd)
             if self._reserved is not None:
                 self._reserved.close()
+            if self._metrics_reserved is not None:
+                self._metrics_reserved.close()
+            shutil.rmtree(self.shared, ignore_errors=True)
 
     @property
     def url(self) -> str:
@@ -201,6 +218,35 @@ class Supervisor:
         self._reserved = sock
         self.port = sock.getsockname()[1]
         self._address = (family, (*address[:1], self.port, *address[2:]))
+        self._reserve_metrics()
+
+    def _reserve_metrics(self) -> None:
+        """Hold ``metrics_listen`` (bound with ``SO_REUSEPORT``, not listening), so that
+        every worker listens there and the port (even 0) stays ours across restarts."""
+        if not (self.settings.metrics and self.settings.metrics_listen):
+            return
+        if not self.reuse_port:
+            raise UsageError("metrics_listen with --workers needs SO_REUSEPORT (Linux); "
+                             "serve /metrics on the main port instead")
+        host, port = split_listen(self.settings.metrics_listen)
+        family, _type, _proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"metrics_listen {self.settings.metrics_listen}: "
+                          f"{exc.strerror}") from None
+        except BaseException:
+            sock.close()
+            raise
+        self._metrics_reserved = sock
+        ip, bound = str(address[0]), sock.getsockname()[1]
+        where = f"[{ip}]:{bound}" if family == socket.AF_INET6 else f"{ip}:{bound}"
+        self.settings = self.settings.replace(metrics_listen=where)
 
     def _install_signals(self) -> None:
         self._wake_read, self._wake_write = os.pipe()
@@ -233,6 +279,9 @@ class Supervisor:
                 return False
         pids = ", ".join(str(pid) for pid in sorted(self.workers))
         logger.info("%d workers serving on %s (pids %s)", self.count, self.url, pids)
+        if self._metrics_reserved is not None:
+            logger.info("metrics of all workers on http://%s/metrics",
+                        self.settings.metrics_listen)
         return True
 
     def _supervise(self) -> None:
@@ -353,6 +402,8 @@ class Supervisor:
             for fd in (self._wake_read, self._wake_write, *(
                     w.ready_fd for w in self.workers.values() if w.ready_fd >= 0)):
                 os.close(fd)
+            if self._metrics_reserved is not None:
+                self._metrics_reserved.close()
             sock = self._listening_socket()
 
             def ready() -> None:

@@ -109,6 +109,11 @@ class PostgresBridge:
         #: Changes that could not be published (no valid channel, refused): logged, then done.
         self.skipped = 0
         self.last_seq = 0
+        #: Commit time (Unix seconds) of the oldest change the bridge knows is waiting,
+        #: as of its last read of the outbox; ``None`` when that read found it empty.
+        self.pending_since: float | None = None
+        #: The highest ``seq`` in the outbox at the last read (``pending`` in :meth:`health`).
+        self.newest_seq = 0
         self.source = ""
         self._templates: dict[str, ChannelTemplate] = {}
         self._verifying = True
@@ -141,7 +146,20 @@ class PostgresBridge:
             "recovered": self.recovered,
             "skipped": self.skipped,
             "last_seq": self.last_seq,
+            "waiting_since": self.pending_since,
+            "pending": max(self.newest_seq - self.last_seq, 0),
         }
+
+    def lag(self, now: float | None = None) -> float:
+        """Seconds since the oldest change still waiting was committed (0: none waits).
+
+        As of the last read of the outbox: it grows while the bridge cannot publish
+        (a refusing server, a lost database) with changes waiting. Changes committed
+        while the database is unreachable are not seen until the bridge reconnects.
+        """
+        if self.pending_since is None:
+            return 0.0
+        return max((time.time() if now is None else now) - self.pending_since, 0.0)
 
     # the loop ----------------------------------------------------------------
 
@@ -217,13 +235,22 @@ class PostgresBridge:
             await asyncio.sleep(self.poll_interval)
 
     async def _fetch(self, conn: AsyncConnection) -> list[Change]:
+        outbox = sql.Identifier(self.schema)
         cursor = await conn.execute(sql.SQL(
             "SELECT seq, op, table_name, template, pk_columns, row, "
-            "(extract(epoch FROM commit_ts) * 1000)::bigint "
-            "FROM {}.outbox ORDER BY seq LIMIT %s").format(sql.Identifier(self.schema)),
-            [self.batch_size])
-        return [Change(seq, op, table, template, tuple(pk), row, commit_ts)
-                for seq, op, table, template, pk, row, commit_ts in await cursor.fetchall()]
+            "(extract(epoch FROM commit_ts) * 1000)::bigint, "
+            "(SELECT max(seq) FROM {}.outbox) "  # the primary key's index: no scan
+            "FROM {}.outbox ORDER BY seq LIMIT %s").format(outbox, outbox), [self.batch_size])
+        rows = await cursor.fetchall()
+        changes = [Change(seq, op, table, template, tuple(pk), row, commit_ts)
+                   for seq, op, table, template, pk, row, commit_ts, _newest in rows]
+        if changes:
+            self.pending_since = changes[0].commit_ts / 1000
+            self.newest_seq = rows[0][-1]
+        else:
+            self.pending_since = None
+            self.newest_seq = self.last_seq
+        return changes
 
     async def _done(self, conn: AsyncConnection, seq: int) -> None:
         await conn.execute(sql.SQL("DELETE FROM {}.outbox WHERE seq <= %s").format(
@@ -241,6 +268,7 @@ class PostgresBridge:
         ``seq`` order, so after the first one that was not, none was.
         """
         for change in changes:
+            self.pending_since = change.commit_ts / 1000  # the oldest one waiting now
             channel = self._channel(change)
             if channel is None:
                 continue
@@ -254,6 +282,8 @@ class PostgresBridge:
                 self._published_through.clear()
             await self._publish(channel, change)
         await self._done(conn, changes[-1].seq)
+        if len(changes) < self.batch_size:
+            self.pending_since = None  # that read found no more
 
     def _channel(self, change: Change) -> str | None:
         template = self._templates.get(change.template)

@@ -45,6 +45,7 @@ from tidings.brokers.redis.keys import (
     stored_message,
 )
 from tidings.brokers.redis.link import Address, parse_redis_url
+from tidings.brokers.redis.presence import EVENTS_HEAD, SharedPresence
 from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
 from tidings.core.cursor import Position, Start, new_epoch
@@ -52,6 +53,7 @@ from tidings.core.fanout import Hub
 from tidings.core.idempotency import fingerprint
 from tidings.core.log import BackRead, ChannelLog, Read, Retention
 from tidings.core.message import Message
+from tidings.core.presence import Presence, PresencePolicy
 from tidings.errors import BrokerError, BrokerUnanswered, IdempotencyConflict, UsageError
 
 logger = logging.getLogger("tidings.redis")
@@ -101,6 +103,8 @@ class RedisBroker(Broker):
         self._closed = False
         self._last_error: str | None = None
         self._failed = False
+        #: Members across nodes (brokers/redis/presence.py), once the server asked for them.
+        self._presence: SharedPresence | None = None
 
     # lifecycle ---------------------------------------------------------------
 
@@ -135,7 +139,15 @@ class RedisBroker(Broker):
             self._pubsub.locate = self._commands.locate
         self._succeeded()
 
+    def presence(self, policy: Callable[[str], PresencePolicy]) -> Presence:
+        """This node's readers, kept in Redis with every other node's (presence.py)."""
+        self._presence = SharedPresence(policy, self._require_commands, self._db,
+                                        self._timeout)
+        return self._presence
+
     async def aclose(self) -> None:
+        if self._presence is not None and not self._closed:
+            await self._presence.aclose()  # while Redis is still reachable: members leave
         self._closed = True
         for task in self._tasks:
             task.cancel()
@@ -209,6 +221,8 @@ class RedisBroker(Broker):
             if isinstance(start, Position) and (start.epoch != log.epoch
                                                 or start.seq > log.end.seq):
                 return False  # from another node's future, or of another epoch: ask Redis
+            if self._presence is not None and not self._presence.ready(channel):
+                return False  # its members are not copied here yet
             replica.used = now
         return True
 
@@ -222,6 +236,8 @@ class RedisBroker(Broker):
                 # A cursor from the future (read on another node) or of another
                 # epoch: only a sync that starts now can tell.
                 await self._sync_replica(replica)
+            if self._presence is not None and not self._presence.ready(channel):
+                await self._presence.load(channel)
             replica.used = time.monotonic()
 
     def read(self, channel: str, start: Start, limit: int) -> Read:
@@ -322,11 +338,17 @@ class RedisBroker(Broker):
         self._sync_locks.pop(channel, None)
         self._sync_wanted.discard(channel)
         self._pubsub.unfollow(channel)
+        if self._presence is not None:
+            self._presence.forget(channel)
 
     def _on_message(self, name: str, payload: bytes) -> None:
         try:
             channel = channel_of(name)
         except ValueError:
+            return
+        if payload.startswith(EVENTS_HEAD):
+            if self._presence is not None:
+                self._presence.received(channel, payload)
             return
         replica = self._replicas.get(channel)
         if replica is None:
@@ -360,6 +382,8 @@ class RedisBroker(Broker):
                     await self._sync_replica(replica)
 
         await asyncio.gather(*(one(channel) for channel in channels))
+        if self._presence is not None:
+            await self._presence.reload(channels)
 
     def _address(self, channel: str) -> Address:
         """The Redis node that holds ``channel`` (in a cluster, the owner of its slot)."""
@@ -420,6 +444,7 @@ class RedisBroker(Broker):
             "cluster": self.cluster,
             "channels": len(self._replicas),
             "links": self._pubsub.health(),
+            **({"presence": self._presence.statistics()} if self._presence is not None else {}),
             "last_error": self._last_error,
         }
 
