@@ -204,7 +204,7 @@ def configure_logging(loaded: Loaded, default_level: str) -> None:
         level = default_level
     auth = settings.auth
     logs.configure(level, settings.log_format, access_log=settings.access_log,
-                   secrets=(auth.api_key, auth.jwt_hs256_secret,
+                   secrets=(auth.api_key, auth.jwt_hs256_secret, settings.hooks.secret,
                             os.environ.get("TIDINGS_API_KEY")))
 
 

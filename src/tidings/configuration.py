@@ -9,6 +9,7 @@ its section (docs/operations.md):
 ``[server] history_size``                 ``TIDINGS_HISTORY_SIZE``
 ``[auth] jwt_hs256_secret``               ``TIDINGS_AUTH_JWT_HS256_SECRET``
 ``[auth] api_key``                        ``TIDINGS_AUTH_API_KEY`` or ``TIDINGS_API_KEY``
+``[hooks] connect_url``                   ``TIDINGS_HOOKS_CONNECT_URL``
 ``[namespaces.prices] history_ttl``       ``TIDINGS_NAMESPACES_PRICES_HISTORY_TTL``
 ``[namespaces]`` (all, as TOML)           ``TIDINGS_NAMESPACES='{Prices = {history_size = 10}}'``
 ``[[bridges]]`` (all, as TOML)            ``TIDINGS_BRIDGES='[{dsn = "postgresql://..."}]'``
@@ -38,12 +39,14 @@ from urllib.parse import urlsplit, urlunsplit
 from tidings.errors import UsageError
 from tidings.settings import (
     AUTH_KEYS,
+    HOOKS_KEYS,
     NAMESPACE_KEYS,
     NOT_SERVER_KEYS,
     AuthSettings,
     ConfigErrors,
     Settings,
     auth_default,
+    hooks_default,
     read_config_file,
 )
 
@@ -185,7 +188,8 @@ def environment_table(environ: Mapping[str, str]) -> tuple[
     defaults = Settings()
     server = {PREFIX + key.upper(): key for key in server_keys()}
     auth = {PREFIX + "AUTH_" + key.upper(): key for key in AUTH_KEYS}
-    known = [*server, *auth, "TIDINGS_API_KEY", "TIDINGS_NAMESPACES",
+    hooks = {PREFIX + "HOOKS_" + key.upper(): key for key in HOOKS_KEYS}
+    known = [*server, *auth, *hooks, "TIDINGS_API_KEY", "TIDINGS_NAMESPACES",
              "TIDINGS_NAMESPACES_<NAME>_<KEY>", "TIDINGS_BRIDGES"]
     for variable in sorted(environ):
         text = environ[variable]
@@ -203,6 +207,9 @@ def environment_table(environ: Mapping[str, str]) -> tuple[
             elif variable in auth or variable == "TIDINGS_API_KEY":
                 key = auth.get(variable, "api_key")
                 _put(table, ("auth", key), _parse(text, auth_default(key)), variable, names)
+            elif variable in hooks:
+                key = hooks[variable]
+                _put(table, ("hooks", key), _parse(text, hooks_default(key)), variable, names)
             elif variable == "TIDINGS_NAMESPACES":
                 value = _toml_value(text, "a TOML table such as {prices = {history_size = 10}}")
                 table["namespaces"] = {**value, **table.get("namespaces", {})} if isinstance(
@@ -380,6 +387,11 @@ def rows(loaded: Loaded) -> Iterator[tuple[Key, Any, str]]:
         if value is None or value == ():
             value = None
         yield ("auth", key), shown(key, value), loaded.source(("auth", key))
+    for key in HOOKS_KEYS:
+        value = getattr(settings.hooks, key)
+        if value in (None, (), ""):
+            value = None
+        yield ("hooks", key), shown(key, value), loaded.source(("hooks", key))
     rules = auth.rules
     for name, retention in settings.namespaces.items():
         values: dict[str, Any] = {"history_size": retention.size, "history_ttl": retention.ttl,

@@ -32,6 +32,16 @@ Config file::
     default_subscribe = "token"  # for namespaces without a rule
     default_publish = "api_key"
 
+    [hooks]                      # the application decides, over HTTP (docs/embedding.md)
+    connect_url = "http://127.0.0.1:8001/tidings/connect"
+    subscribe_url = "http://127.0.0.1:8001/tidings/subscribe"
+    publish_url = "http://127.0.0.1:8001/tidings/publish"
+    rpc_url = "http://127.0.0.1:8001/tidings/rpc"
+    timeout = 5                  # seconds; then 503 hook_unavailable
+    secret = "..."               # sent as X-Tidings-Hook-Secret (TIDINGS_HOOKS_SECRET)
+    forward_headers = ["authorization"]   # nothing is forwarded unless listed
+    forward_cookies = ["sessionid"]
+
     [[bridges]]                  # publish a PostgreSQL database's changes (docs/bridge.md)
     dsn = "postgresql://app@localhost/shop"
     schema = "tidings"           # where the outbox lives (optional)
@@ -42,11 +52,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tidings.core.forwarded import parse_networks
 from tidings.core.log import Retention
@@ -172,6 +184,59 @@ class AuthSettings:
                       Rule(self.default_subscribe, self.default_publish))
 
 
+#: Seconds a hook may take by default (``[hooks] timeout``), and at most.
+DEFAULT_HOOK_TIMEOUT = 5.0
+MAX_HOOK_TIMEOUT = 60.0
+#: The shortest ``[hooks] secret`` accepted, in bytes.
+MIN_HOOK_SECRET_BYTES = 16
+#: The longest hook URL accepted, in bytes.
+MAX_HOOK_URL_LENGTH = 2048
+#: The hooks ``[hooks]`` may name, each with its ``<name>_url`` key.
+HOOK_NAMES = ("connect", "subscribe", "publish", "rpc")
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """The ``[hooks]`` section: the application's hooks as HTTP calls (docs/embedding.md).
+
+    Each ``*_url`` set makes that hook a ``POST`` of JSON to the application
+    (server/hooks_http.py); an empty one leaves it to an in-process hook, or none.
+    Nothing of a client's request is forwarded but the headers and cookies listed.
+    """
+
+    connect_url: str = ""
+    subscribe_url: str = ""
+    publish_url: str = ""
+    rpc_url: str = ""
+    #: Seconds each call may take; past it the client gets ``503 hook_unavailable``.
+    timeout: float = DEFAULT_HOOK_TIMEOUT
+    #: Sent as the ``X-Tidings-Hook-Secret`` header of every call, for the application to check.
+    secret: str | None = None
+    #: Request headers (case-insensitive names) passed on to ``connect``.
+    forward_headers: tuple[str, ...] = ()
+    #: Cookies (by name) passed on to ``connect``.
+    forward_cookies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forward_headers",
+                           tuple(dict.fromkeys(h.lower() for h in self.forward_headers)))
+        object.__setattr__(self, "forward_cookies", tuple(dict.fromkeys(self.forward_cookies)))
+        for key in HOOKS_KEYS:
+            problem = _hooks_value_problem(key, getattr(self, key))
+            if problem is not None:
+                raise UsageError(f"[hooks] {key}{problem}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any hook is an HTTP call."""
+        return any(self.url(name) for name in HOOK_NAMES)
+
+    def url(self, hook: str) -> str:
+        """The URL of ``hook`` (``"connect"``, ...), or ``""``."""
+        return str(getattr(self, f"{hook}_url"))
+
+
 def split_listen(text: str) -> tuple[str, int]:
     """``"127.0.0.1:9100"``, ``"[::1]:9100"`` or ``":9100"`` (every address) -> host, port;
     raise :class:`UsageError` for anything else."""
@@ -198,7 +263,8 @@ def check_broker(broker: str) -> None:
 
 #: :class:`Settings` fields that are not ``[server]`` keys: their own sections
 #: (``[namespaces.X]``, ``[[bridges]]``, ``[auth]``) and what is gathered from them.
-NOT_SERVER_KEYS = ("namespaces", "bridges", "auth", "slow_readers", "namespace_presence")
+NOT_SERVER_KEYS = ("namespaces", "bridges", "auth", "slow_readers", "namespace_presence",
+                   "hooks")
 
 
 @dataclass(frozen=True)
@@ -266,6 +332,8 @@ class Settings:
     bridges: tuple[BridgeConfig, ...] = ()
     #: Who may subscribe and publish (``[auth]`` and namespace rules); open by default.
     auth: AuthSettings = field(default_factory=AuthSettings)
+    #: The application's hooks as HTTP calls (``[hooks]``); none by default.
+    hooks: HooksSettings = field(default_factory=HooksSettings)
 
     # Presence (docs/topics/presence.md), for channels whose namespace does not set it.
     #: Whether ``GET /channels/{channel}/presence`` and joins and leaves are served.
@@ -386,11 +454,13 @@ class Settings:
                                                   auth)
         slow_readers = _slow_readers(errors, config.get("namespaces", {}))
         bridges = _bridges(errors, config.get("bridges", []))
+        hooks = _hooks(errors, config.get("hooks"))
         errors.raise_any()
         if rules:
             auth = dataclasses.replace(auth, rules=rules)
         return dataclasses.replace(base, namespaces=namespaces, bridges=bridges, auth=auth,
-                                   slow_readers=slow_readers, namespace_presence=presence)
+                                   slow_readers=slow_readers, namespace_presence=presence,
+                                   hooks=hooks)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -403,11 +473,73 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 #: The sections of a config file.
-SECTIONS = ("server", "namespaces", "auth", "bridges")
+SECTIONS = ("server", "namespaces", "auth", "bridges", "hooks")
 #: The keys of ``[auth]``.
 AUTH_KEYS = ("api_key", "jwt_hs256_secret", "jwt_public_key_file", "jwt_algorithms",
              "jwks_url", "jwks_refresh_interval", "jwks_min_refresh_interval", "jwt_audience",
              "jwt_issuer", "jwt_leeway", "default_subscribe", "default_publish")
+
+
+#: The keys of ``[hooks]``.
+HOOKS_KEYS = ("connect_url", "subscribe_url", "publish_url", "rpc_url", "timeout", "secret",
+              "forward_headers", "forward_cookies")
+
+
+def hooks_default(key: str) -> Any:
+    """The default of a ``[hooks]`` key, as a value of its type (``""`` for an unset string)."""
+    default = getattr(HooksSettings(), key)
+    return "" if default is None else default
+
+
+def _hooks(errors: ConfigErrors, section: Any) -> HooksSettings:
+    """The ``[hooks]`` section (absent: no HTTP hooks)."""
+    if section is None:
+        return HooksSettings()
+    if not isinstance(section, dict):
+        errors.add("", "hooks", " must be a table: [hooks]")
+        return HooksSettings()
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        if key not in HOOKS_KEYS:
+            errors.unknown("[hooks]", key, HOOKS_KEYS)
+            continue
+        problem = _type_problem(value, hooks_default(key))
+        if problem is None:
+            problem = _hooks_value_problem(key, value)
+        if problem is not None:
+            errors.add("[hooks]", key, problem)
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return HooksSettings(**values)
+
+
+def _hooks_value_problem(key: str, value: Any) -> str | None:
+    """What is wrong with a ``[hooks]`` value of the right type, or ``None``."""
+    if key.endswith("_url") and value:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or (
+                not value.isascii() or not value.isprintable() or " " in value):
+            return f" must be an http:// or https:// URL (ASCII), not {value[:100]!r}"
+        if parts.username is not None or parts.fragment:
+            return " must have no user, password or #fragment: send the secret instead"
+        if len(value) > MAX_HOOK_URL_LENGTH:
+            return f" must be at most {MAX_HOOK_URL_LENGTH} bytes"
+    if key == "timeout" and not 0 < value <= MAX_HOOK_TIMEOUT:
+        return f" must be more than 0 and at most {MAX_HOOK_TIMEOUT:.0f} seconds, not {value!r}"
+    if key == "secret" and value is not None and not (value.isascii() and value.isprintable()):
+        return " must be printable ASCII (it is sent as a header)"
+    if key == "secret" and value is not None and len(value.encode()) < MIN_HOOK_SECRET_BYTES:
+        return (f" is {len(value.encode())} bytes; use {MIN_HOOK_SECRET_BYTES} random bytes or "
+                "more, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if key in ("forward_headers", "forward_cookies"):
+        bad = [name for name in value if not _TOKEN_RE.fullmatch(name)]
+        if bad:
+            return f" must hold header or cookie names, not {bad[0][:100]!r}"
+    return None
 
 
 def auth_default(key: str) -> Any:

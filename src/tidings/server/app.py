@@ -48,6 +48,7 @@ from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
 from tidings.server.hooks import Hook, Hooks
+from tidings.server.hooks_http import HttpHooks
 from tidings.server.longpoll import Expiries
 from tidings.server.metrics import LatencyHistogram, make_registry, start_listener
 from tidings.server.presence import PresenceTracker
@@ -128,6 +129,8 @@ class Server:
         self._init_metrics()
         #: Proxies whose X-Forwarded-For is believed (``trusted_proxies``).
         self.trusted_proxies = parse_networks(self.settings.trusted_proxies)
+        if self.settings.hooks.enabled:  # the hooks [hooks] names, over HTTP
+            HttpHooks(self.settings.hooks).install(self.hooks)
         with contextlib.suppress(RuntimeError):  # no loop runs yet: bound by start()
             self._bind_loop(asyncio.get_running_loop())
 
@@ -256,6 +259,7 @@ class Server:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._listener.wait_closed(), 5)
         await self.broker.aclose()
+        await self.hooks.aclose()
         self._closed.set()
 
     async def drain(self, period: float | None = None) -> None:

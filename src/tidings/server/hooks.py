@@ -35,12 +35,10 @@ from tidings.core.policy import Claims
 from tidings.errors import CloseCode, NotFound, ProtocolError, UsageError
 from tidings.server.metrics import LatencyHistogram
 from tidings.server.request import Request
+from tidings.settings import DEFAULT_HOOK_TIMEOUT
 from tidings.wire import jsonvalue
 
 logger = logging.getLogger("tidings.server")
-
-#: Seconds a hook may take before the client is answered ``503 hook_unavailable``.
-DEFAULT_HOOK_TIMEOUT = 5.0
 
 
 class Refuse(ProtocolError):
@@ -58,6 +56,11 @@ class Refuse(ProtocolError):
         super().__init__(message, code=code or ("unauthorized" if status == 401 else "forbidden"))
         self.status = status
         self.close_code = CloseCode.UNAUTHORIZED if status == 401 else CloseCode.FORBIDDEN
+
+
+class HookFailed(Exception):
+    """Raised by a hook that could not decide (the application it asks over HTTP is down,
+    or answered nonsense) and has logged why: the client gets ``503 hook_unavailable``."""
 
 
 class HookUnavailable(ProtocolError):
@@ -116,6 +119,8 @@ class Hooks:
     subscribe: Hook | None = None
     publish: Hook | None = None
     rpc: Hook | None = None
+    #: Awaited by :meth:`aclose` (the HTTP hooks' connections: server/hooks_http.py).
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
     #: Seconds each call may take (``503 hook_unavailable`` after).
     timeout: float = DEFAULT_HOOK_TIMEOUT
     #: Seconds of the calls by hook name, and failures by (hook name, reason): ``/metrics``.
@@ -132,6 +137,11 @@ class Hooks:
     def on_publishes(self) -> bool:
         """Whether a publish must wait for a hook."""
         return self.connect is not None or self.publish is not None
+
+    async def aclose(self) -> None:
+        """Release what the hooks hold (the server calls it as it closes)."""
+        for close in self.closers:
+            await close()
 
     async def identify(self, request: ConnectRequest) -> Identity:
         """``on_connect``; without one, the token's subject (or nobody)."""
@@ -178,6 +188,9 @@ class Hooks:
         try:
             async with asyncio.timeout(self.timeout):
                 return await hook(*args)
+        except HookFailed:  # it logged why
+            self.failures[name, "error"] += 1
+            raise HookUnavailable(f"the application's {name} hook failed; retry") from None
         except ProtocolError:
             raise  # Refuse, or a refusal the hook passed on: the client gets it
         except TimeoutError:
