@@ -29,6 +29,7 @@ from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
 from tidings.server.poll import JSON_NO_CACHE, client_line, presence_fields
+from tidings.session.batch import read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -190,6 +191,23 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     With ``presence_since`` (``?presence=1``), joins and leaves after it are
     something too: they are answered at once, and one that comes wakes it.
     """
+    if not latest and presence_since is None:
+        # The reader and its waiter are built only if the request parks: under load most
+        # long polls find messages already there and are answered at once, like a poll.
+        batch = read_batch(server.broker, starts, limit)
+        if batch.messages or batch.gaps or wait <= 0:
+            count_page(server.stats, "longpoll", batch)
+            if named:
+                server.presence.touch(starts, identity, "longpoll")
+            body = poll.body(batch.messages, batch.cursor(multi), batch.gaps, batch.more)
+            headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
+            conn.respond(http.response(200, headers, body, keep_alive=keep_alive,
+                                       lead=client_line(identity.client)), keep_alive)
+            return
+        waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
+        waiter.reader.open(starts, limit)  # at the end of every log: a short read
+        waiter.park(wait)
+        return
     waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
                     presence_since, latest=latest)
     batch = waiter.reader.open(starts, limit)
