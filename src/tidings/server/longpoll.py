@@ -205,7 +205,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
                                        lead=client_line(identity.client)), keep_alive)
             return
         waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
-        waiter.reader.open(starts, limit)  # at the end of every log: a short read
+        waiter.reader.opened(batch)
         waiter.park(wait)
         return
     waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
