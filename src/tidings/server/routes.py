@@ -25,11 +25,13 @@ any of them            OPTIONS   CORS preflight
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import END, ORIGIN, Start, parse_position, parse_since
 from tidings.core.names import check_channel
+from tidings.core.presence import Identity
 from tidings.errors import (
     BadRequest,
     BrokerError,
@@ -283,6 +285,8 @@ class Router:
                                  code="client_required")
         cors = server.cors.headers(request.headers)
         keep_alive = request.keep_alive
+        # partial(), not closures: this runs for every read, and a closure would make a cell
+        # of every name it uses, at every call, whichever technique was asked for.
         then: Callable[[], None]
         if _reads_back(request):
             self._read_back(conn, request, channels, multi, cors)
@@ -293,10 +297,8 @@ class Router:
             self._check_enabled("websocket")
             starts = parse_since(request.arg("since"), channels) if channels else {}
             keep_alive = False
-
-            def then() -> None:
-                websocket.accept(server, conn, request, channels, rest, credentials, identity,
-                                 presence, user)
+            then = partial(websocket.accept, server, conn, request, channels, rest, credentials,
+                           identity, presence, user)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
@@ -304,8 +306,8 @@ class Router:
             stream = SseStream(server, conn.detach(), multi, identity, latest=latest,
                                delta=delta)
             stream.expires = credentials.expires
-            server.when_ready(starts, lambda: stream.start(starts, cors, presence),
-                              lambda error: stream.refuse(error, cors))
+            server.when_ready(starts, partial(stream.start, starts, cors, presence),
+                              partial(stream.refuse, cors=cors))
             return
         else:
             wait = request.wait_seconds()
@@ -315,27 +317,15 @@ class Router:
             presence_since = (parse_since(request.arg("presence_since"), channels)
                               if presence else None)
             if wait is None:
-                if_none_match = request.header("if-none-match")
-
-                def then() -> None:
-                    if not conn.closing:  # the client may have left while the broker fetched
-                        poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive, identity, named, presence_since,
-                                    latest=latest, delta=delta)
+                then = partial(_answer_poll, server, conn, starts, multi, page,
+                               request.header("if-none-match"), cors, keep_alive, identity,
+                               named, presence_since, latest, delta)
             else:
-                wait = min(wait, self.settings.max_wait)
-
-                def then() -> None:
-                    if not conn.closing:
-                        longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires, identity, named,
-                                        presence_since, latest=latest, delta=delta)
-
-        def refuse(error: ProtocolError | BrokerError) -> None:
-            count_refusal(server.stats, error)
-            conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
-
-        if not server.when_ready(starts, then, refuse):
+                then = partial(_answer_long_poll, server, conn, starts, multi, page,
+                               min(wait, self.settings.max_wait), cors, keep_alive,
+                               credentials.expires, identity, named, presence_since, latest, delta)
+        if not server.when_ready(starts, then,
+                                 partial(_refuse_read, server, conn, cors, keep_alive)):
             conn.park()  # the requests behind it wait too
 
     def _read_back(self, conn: HttpConnection, request: Request, channels: list[str],
@@ -392,6 +382,32 @@ class Router:
     def _preflight(self, conn: HttpConnection, request: Request, methods: str) -> None:
         headers = self.server.cors.preflight(request.headers, methods)
         conn.answer(204, headers, b"", request.keep_alive)
+
+
+def _answer_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
+                 multi: bool, page: int, if_none_match: str | None, cors: http.Headers,
+                 keep_alive: bool, identity: Identity, named: bool,
+                 presence_since: Mapping[str, Start] | None, latest: bool,
+                 delta: bool) -> None:
+    if not conn.closing:  # the client may have left while the broker fetched
+        poll.answer(server, conn, starts, multi, page, if_none_match, cors, keep_alive,
+                    identity, named, presence_since, latest=latest, delta=delta)
+
+
+def _answer_long_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
+                      multi: bool, page: int, wait: float, cors: http.Headers, keep_alive: bool,
+                      expires: float, identity: Identity, named: bool,
+                      presence_since: Mapping[str, Start] | None, latest: bool,
+                      delta: bool) -> None:
+    if not conn.closing:
+        longpoll.answer(server, conn, starts, multi, page, wait, cors, keep_alive, expires,
+                        identity, named, presence_since, latest=latest, delta=delta)
+
+
+def _refuse_read(server: Server, conn: HttpConnection, cors: http.Headers, keep_alive: bool,
+                 error: ProtocolError | BrokerError) -> None:
+    count_refusal(server.stats, error)
+    conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
 
 def _reads_back(request: Request) -> bool:
