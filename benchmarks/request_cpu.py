@@ -14,7 +14,11 @@ socket benchmark; run it several times, alternating old and new code::
 
 Cases: ``304`` (``?since=NEXT`` + ``If-None-Match``: nothing new),
 ``empty`` (``?since=NEXT`` without it: ``200`` with no message), ``page``
-(``?since=`` ten messages back: ``200`` with ten messages).
+(``?since=`` ten messages back: ``200`` with ten messages), and ``longpoll``:
+``--waiters`` connections (1,000) park ``?since=HEAD&wait=30``, a message is
+published, every waiter is answered and polls again from the new head; the
+figure is CPU per delivered message (the publish, the answer, the next request
+parsed and parked), what a long poll's delivery costs without the sockets.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import uvloop
 from tidings import Server, Settings
 from tidings.server.connection import HttpConnection
 
-CASES = ("304", "empty", "page")
+CASES = ("304", "empty", "page", "longpoll")
 
 
 class NullTransport:
@@ -70,6 +74,43 @@ class NullTransport:
         self.closed = True
 
 
+async def measure_longpoll(requests: int, waiters: int) -> dict[str, object]:
+    """CPU per long-poll delivery: ``waiters`` parked polls, one message at a time."""
+    async with Server(Settings(host="127.0.0.1", port=0)) as server:
+        head = (await server.broker.publish("bench", b'{"n":0}')).id
+        conns = []
+        for _ in range(waiters):
+            transport = NullTransport()
+            conn = HttpConnection(server)
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conns.append((conn, transport))
+
+        def poll_from(cursor: str) -> bytes:
+            return (f"GET /channels/bench?since={cursor}&wait=30 HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
+                    ).encode()
+
+        def round_trip(cursor: str) -> str:
+            request = poll_from(cursor)
+            for conn, _ in conns:
+                conn.data_received(request)
+            return server.broker.publish_nowait("bench", b'{"n":1}').id
+
+        for _ in range(20):  # warm up
+            head = round_trip(head)
+        rounds = max(1, requests // waiters)
+        before = sum(t.writes for _, t in conns)
+        started = time.process_time()
+        for _ in range(rounds):
+            head = round_trip(head)
+        cpu = time.process_time() - started
+        answered = sum(t.writes for _, t in conns) - before
+        assert answered == rounds * waiters, (answered, conns[0][1].last[:300])
+        assert conns[0][1].last.startswith(b"HTTP/1.1 200"), conns[0][1].last[:300]
+        return {"case": "longpoll", "requests": answered,
+                "us_per_request": round(1e6 * cpu / answered, 3)}
+
+
 async def measure(case: str, requests: int) -> dict[str, object]:
     async with Server(Settings(host="127.0.0.1", port=0)) as server:
         for n in range(20):
@@ -106,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=CASES, action="append")
     parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--waiters", type=int, default=1000,
+                        help="parked long polls in the longpoll case")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for case in args.case or CASES:
-        result = uvloop.run(measure(case, args.requests))
+        result = uvloop.run(measure_longpoll(args.requests, args.waiters) if case == "longpoll"
+                            else measure(case, args.requests))
         print(json.dumps(result) if args.json else
               f"{case:6} {result['us_per_request']} µs/request ({args.requests} requests)")
     return 0

@@ -18,6 +18,7 @@ from tidings.core.cursor import END, ORIGIN, Position, Start, parse_multi
 from tidings.core.log import Gap, Retention
 from tidings.core.message import Message
 from tidings.errors import InvalidCursor, UsageError
+from tidings.session.batch import read_batch
 from tidings.session.reader import Reader
 
 
@@ -190,6 +191,26 @@ def test_a_poll_reader_answers_with_open_and_has_no_output() -> None:
     assert [m.id for m in reader.page(10).messages] == ids[3:]
     with pytest.raises(UsageError):
         reader.deliver(log.publish_nowait("c", b"1"))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_opened_after_a_page_read_elsewhere_is_open_without_reading_again(multi: bool) -> None:
+    log = broker()
+    publish(log, "a", 4)
+    publish(log, "b", 2)
+    starts: dict[str, Start] = {"a": ORIGIN, "b": ORIGIN} if multi else {"a": ORIGIN}
+    opened, _ = reader_on(log, multi)
+    page = read_batch(log, starts, 3)
+    opened.opened(page)
+    reference, _ = reader_on(log, multi)
+    assert reference.open(starts, 3) == page
+    assert opened.cursor() == reference.cursor() == page.cursor(multi)
+    assert opened.channels == reference.channels
+    live = log.publish_nowait("a", b"9")
+    rest = opened.page(10)
+    assert rest == reference.page(10)
+    assert live.id in [m.id for m in rest.messages]
+    assert opened.cursor() == reference.cursor()
 
 
 def test_closing_a_channel_stops_its_backlog_and_its_cursor() -> None:

@@ -166,8 +166,9 @@ class ChannelLog:
 
         Raises :class:`InvalidCursor` for a position ahead of this epoch's end.
         """
-        if start is END:
-            return Read([], self._end, self._end)
+        if start is END or (isinstance(start, Position) and start.seq == self._last_seq
+                            and start.epoch == self.epoch):
+            return Read([], self._end, self._end)  # at the end: the most frequent read
         first = self.first_seq
         gap: Gap | None = None
         if start is ORIGIN:

@@ -43,6 +43,11 @@ logger = logging.getLogger("tidings.server")
 MAX_PIPELINED = 16
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+#: Header field names as sent → as looked up (lower-cased ``str``): the same few names come
+#: in every request, so each is decoded once. Bounded: past it, names are decoded each time.
+MAX_FIELD_NAMES = 256
+_FIELD_NAMES: dict[bytes, str] = {}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")}
 #: The body of a ``500``: serving a request raised (a bug, logged with its traceback).
 INTERNAL_ANSWER = {"error": INTERNAL_ERROR.code,
                    "message": "the server failed to answer this request; try again"}
@@ -183,7 +188,11 @@ class HttpConnection(asyncio.Protocol):
         if len(self._headers) >= self.settings.max_headers:
             self._error = HeadersTooLarge(f"more than {self.settings.max_headers} header fields")
             raise self._error
-        key = name.decode("latin-1").lower()
+        key = _FIELD_NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_FIELD_NAMES) < MAX_FIELD_NAMES:
+                _FIELD_NAMES[name] = key
         text = value.decode("latin-1")
         previous = self._headers.get(key)
         self._headers[key] = text if previous is None else f"{previous}, {text}"
@@ -211,8 +220,9 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._disarm()
         try:
+            method = self.parser.get_method()
             request = Request(
-                method=self.parser.get_method().decode("ascii"),
+                method=_METHODS.get(method) or method.decode("ascii"),
                 target=self._url,
                 headers=self._headers,
                 body=b"".join(self._body),

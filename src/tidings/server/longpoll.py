@@ -28,8 +28,8 @@ from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
-from tidings.server.poll import JSON_NO_CACHE, presence_fields
-from tidings.server.presence import client_header
+from tidings.server.poll import JSON_NO_CACHE, client_line, presence_fields
+from tidings.session.batch import read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -47,8 +47,8 @@ EXPIRY_RESOLUTION = 0.05
 class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
-    __slots__ = ("_server", "conn", "cors", "expires", "held", "identity", "keep_alive", "named",
-                 "parked", "presence_since", "reader")
+    __slots__ = ("_server", "conn", "cors", "expires", "headers", "held", "identity", "keep_alive",
+                 "named", "parked", "presence_since", "reader")
 
     def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
                  keep_alive: bool, expires: float, identity: Identity, named: bool,
@@ -66,6 +66,8 @@ class Waiter:
         #: When the client's token expires, in Unix seconds (0: never); see :meth:`token_expired`.
         self.expires = expires
         self.cors = cors
+        #: The answer's header fields (its head is cached by ``http.response``).
+        self.headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
         self.keep_alive = keep_alive
         self.parked = False
         #: What the hub holds while the request is parked.
@@ -76,12 +78,13 @@ class Waiter:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
         self.parked = True
         hub, reader = self._server.broker.hub, self.reader
-        for channel in reader.channels:
+        channels = reader.channels
+        for channel in channels:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
-        self.held = self._server.presence.hold(reader.channels, self.identity, "longpoll")
+        self.held = self._server.presence.hold(channels, self.identity, "longpoll")
         if self.presence_since is not None:
-            for channel in reader.channels:
+            for channel in channels:
                 self._server.presence.watch(channel, self)
         self._server.registry.add_waiter(self)
         self._server.expiries.add(self, wait)
@@ -131,22 +134,24 @@ class Waiter:
                 body = with_fields(body, presence_fields(
                     self._server, dict.fromkeys(reader.channels), self.presence_since,
                     reader.cursor(), reader.multi))
-            response = http.response(200, (*JSON_NO_CACHE, *self.cors), body,
-                                     keep_alive=self.keep_alive)
-            self.conn.respond(client_header(response, self.identity.client), self.keep_alive)
+            self.conn.respond(http.response(200, self.headers, body,
+                                            keep_alive=self.keep_alive,
+                                            lead=client_line(self.identity.client)),
+                              self.keep_alive)
 
     def _forget(self) -> None:
         if not self.parked:
             return
         self.parked = False
         hub, reader = self._server.broker.hub, self.reader
-        for channel in reader.channels:
+        channels = reader.channels
+        for channel in channels:
             hub.unsubscribe(channel, reader)
         if self.held:
             held, self.held = self.held, []
             self._server.presence.release(held, self.identity.client, linger=self.named)
         if self.presence_since is not None:
-            for channel in reader.channels:
+            for channel in channels:
                 self._server.presence.unwatch(channel, self)
         self._server.registry.discard_waiter(self)
 
@@ -190,6 +195,23 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     With ``presence_since`` (``?presence=1``), joins and leaves after it are
     something too: they are answered at once, and one that comes wakes it.
     """
+    if not latest and presence_since is None:
+        # The reader and its waiter are built only if the request parks: under load most
+        # long polls find messages already there and are answered at once, like a poll.
+        batch = read_batch(server.broker, starts, limit)
+        if batch.messages or batch.gaps or wait <= 0:
+            count_page(server.stats, "longpoll", batch)
+            if named:
+                server.presence.touch(starts, identity, "longpoll")
+            body = poll.body(batch.messages, batch.cursor(multi), batch.gaps, batch.more, delta)
+            headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
+            conn.respond(http.response(200, headers, body, keep_alive=keep_alive,
+                                       lead=client_line(identity.client)), keep_alive)
+            return
+        waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
+        waiter.reader.opened(batch)
+        waiter.park(wait)
+        return
     waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
                     presence_since, latest=latest)
     batch = waiter.reader.open(starts, limit)
@@ -205,7 +227,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
             server.presence.touch(starts, identity, "longpoll")
         body = with_fields(poll.body(batch.messages, cursor, batch.gaps, batch.more, delta),
                            fields)
-        response = http.response(200, (*JSON_NO_CACHE, *cors), body, keep_alive=keep_alive)
-        conn.respond(client_header(response, identity.client), keep_alive)
+        conn.respond(http.response(200, waiter.headers, body, keep_alive=keep_alive,
+                                   lead=client_line(identity.client)), keep_alive)
         return
     waiter.park(wait)

@@ -22,7 +22,7 @@ from tidings.core.cursor import Start, parse_since
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_page
-from tidings.server.presence import client_header
+from tidings.server.presence import CLIENT_HEADER
 from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
@@ -33,6 +33,14 @@ if TYPE_CHECKING:
     from tidings.server.app import Server
 
 JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
+_CLIENT_LINE = b"%s: %%s\r\n" % CLIENT_HEADER.encode("ascii")
+
+
+def client_line(client: str) -> bytes:
+    """The ``Tidings-Client`` header line naming a reader's client id (``lead`` of
+    :func:`tidings.wire.http.response`: it differs per answer, so it stays out of the
+    cached heads)."""
+    return _CLIENT_LINE % client.encode("ascii")
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
@@ -101,8 +109,8 @@ def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str 
 
 def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,
           client: str) -> None:
-    response = http.response(status, headers, body, keep_alive=keep_alive)
-    conn.respond(client_header(response, client), keep_alive)
+    conn.respond(http.response(status, headers, body, keep_alive=keep_alive,
+                               lead=client_line(client)), keep_alive)
 
 
 def _matches(if_none_match: str, tag: str) -> bool:

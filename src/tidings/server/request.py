@@ -24,23 +24,22 @@ class Request:
     upgrade: bool = False
     path: str = field(init=False)
     query: list[tuple[str, str]] = field(init=False)
+    #: The last value of each query parameter (what :meth:`arg` answers, asked often).
+    params: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         raw_path, _, raw_query = self.target.partition(b"?")
         try:
             path = raw_path.decode("ascii")
             self.path = unquote(path, errors="strict") if "%" in path else path
-            self.query = _parse_query(raw_query.decode("ascii"))
+            self.query = _parse_query(raw_query.decode("ascii")) if raw_query else []
         except (UnicodeError, ValueError):
             raise BadRequest("request target is not valid percent-encoded ASCII") from None
+        self.params = dict(self.query)
 
     def arg(self, name: str) -> str | None:
         """The last value of query parameter ``name``, or ``None``."""
-        value = None
-        for key, item in self.query:
-            if key == name:
-                value = item
-        return value
+        return self.params.get(name)
 
     def args(self, name: str) -> list[str]:
         """Every value of query parameter ``name``, in order."""

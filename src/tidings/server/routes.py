@@ -29,7 +29,8 @@ any of them            OPTIONS   CORS preflight
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import END, ORIGIN, Position, Start, parse_position, parse_since
@@ -364,6 +365,8 @@ class Router:
                                  code="client_required")
         cors = server.cors.headers(request.headers)
         keep_alive = request.keep_alive
+        # partial(), not closures: this runs for every read, and a closure would make a cell
+        # of every name it uses, at every call, whichever technique was asked for.
         then: Callable[[], None]
         if _reads_back(request):
             self._read_back(conn, request, channels, multi, cors)
@@ -374,10 +377,8 @@ class Router:
             self._check_enabled("websocket")
             starts = self._starts(request.arg("since"), channels, recorded) if channels else {}
             keep_alive = False
-
-            def then() -> None:
-                websocket.accept(server, conn, request, channels, rest, credentials, identity,
-                                 presence, user, following, starts)
+            then = partial(websocket.accept, server, conn, request, channels, rest, credentials,
+                           identity, presence, user, following, starts)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
@@ -385,13 +386,17 @@ class Router:
             stream = SseStream(server, conn.detach(), multi, identity, latest=latest,
                                delta=delta)
             stream.expires = credentials.expires
+            if following is None:
+                server.when_ready(starts, partial(stream.start, starts, cors, presence),
+                                  partial(stream.refuse, cors=cors))
+                return
             stream.server_side = following
 
             def start_stream() -> None:
                 stream.start(starts, cors, presence)
                 server.subscriptions.track(stream)
 
-            server.when_ready(starts, start_stream, lambda error: stream.refuse(error, cors))
+            server.when_ready(starts, start_stream, partial(stream.refuse, cors=cors))
             return
         else:
             wait = request.wait_seconds()
@@ -401,27 +406,15 @@ class Router:
             presence_since = (parse_since(request.arg("presence_since"), channels)
                               if presence else None)
             if wait is None:
-                if_none_match = request.header("if-none-match")
-
-                def then() -> None:
-                    if not conn.closing:  # the client may have left while the broker fetched
-                        poll.answer(server, conn, starts, multi, page, if_none_match, cors,
-                                    keep_alive, identity, named, presence_since,
-                                    latest=latest, delta=delta)
+                then = partial(_answer_poll, server, conn, starts, multi, page,
+                               request.header("if-none-match"), cors, keep_alive, identity,
+                               named, presence_since, latest, delta)
             else:
-                wait = min(wait, self.settings.max_wait)
-
-                def then() -> None:
-                    if not conn.closing:
-                        longpoll.answer(server, conn, starts, multi, page, wait, cors,
-                                        keep_alive, credentials.expires, identity, named,
-                                        presence_since, latest=latest, delta=delta)
-
-        def refuse(error: ProtocolError | BrokerError) -> None:
-            count_refusal(server.stats, error)
-            conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
-
-        if not server.when_ready(starts, then, refuse):
+                then = partial(_answer_long_poll, server, conn, starts, multi, page,
+                               min(wait, self.settings.max_wait), cors, keep_alive,
+                               credentials.expires, identity, named, presence_since, latest, delta)
+        if not server.when_ready(starts, then,
+                                 partial(_refuse_read, server, conn, cors, keep_alive)):
             conn.park()  # the requests behind it wait too
 
     def _read_back(self, conn: HttpConnection, request: Request, channels: list[str],
@@ -496,6 +489,32 @@ def _hook_channels(channels: object) -> tuple[str, ...]:
     except (TypeError, ProtocolError) as exc:
         logger.error("on_connect returned channels %r: %s", channels, exc)
         raise hooks.HookUnavailable("the application's on_connect hook failed; retry") from None
+
+
+def _answer_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
+                 multi: bool, page: int, if_none_match: str | None, cors: http.Headers,
+                 keep_alive: bool, identity: Identity, named: bool,
+                 presence_since: Mapping[str, Start] | None, latest: bool,
+                 delta: bool) -> None:
+    if not conn.closing:  # the client may have left while the broker fetched
+        poll.answer(server, conn, starts, multi, page, if_none_match, cors, keep_alive,
+                    identity, named, presence_since, latest=latest, delta=delta)
+
+
+def _answer_long_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
+                      multi: bool, page: int, wait: float, cors: http.Headers, keep_alive: bool,
+                      expires: float, identity: Identity, named: bool,
+                      presence_since: Mapping[str, Start] | None, latest: bool,
+                      delta: bool) -> None:
+    if not conn.closing:
+        longpoll.answer(server, conn, starts, multi, page, wait, cors, keep_alive, expires,
+                        identity, named, presence_since, latest=latest, delta=delta)
+
+
+def _refuse_read(server: Server, conn: HttpConnection, cors: http.Headers, keep_alive: bool,
+                 error: ProtocolError | BrokerError) -> None:
+    count_refusal(server.stats, error)
+    conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
 
 def _reads_back(request: Request) -> bool:

@@ -34,6 +34,11 @@ class Batch:
 
 def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
     """Read up to ``limit`` messages in all, oldest first across channels."""
+    if len(starts) == 1:  # most reads: nothing to merge
+        ((channel, start),) = starts.items()
+        read = log.read(channel, start, limit)
+        return Batch(read.messages, {channel: read.after}, {channel: read.next},
+                     [] if read.gap is None else [read.gap], read.more)
     begins: dict[str, Position] = {}
     positions: dict[str, Position] = {}
     gaps: list[Gap] = []

@@ -195,11 +195,10 @@ class Reader:
         a cursor ahead of its log.
         """
         batch = read_batch(self._log, starts, limit)
-        table = self._table()
         if limit:
-            table.update(batch.positions)
-            self._keep(table)
+            self.opened(batch)
             return batch
+        table = self._table()
         table.update(batch.begins)
         for gap in batch.gaps:
             table[gap.channel] = gap.start  # not told of the gap yet: claim no more
@@ -208,6 +207,14 @@ class Reader:
             self._behind = {}
         self._behind.update(dict.fromkeys(starts, slow.LATEST if latest else None))
         return batch
+
+    def opened(self, batch: Batch) -> None:
+        """Go on after ``batch``, a page the caller read with :func:`read_batch` and sent:
+        what :meth:`open` with a limit does, without reading the logs again (a long poll
+        reads first and makes a reader only if it must wait)."""
+        table = self._table()
+        table.update(batch.positions)
+        self._keep(table)
 
     def close(self, channel: str) -> None:
         """Stop reading ``channel``; the caller must unsubscribe it from the hub too."""

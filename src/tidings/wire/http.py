@@ -34,21 +34,27 @@ def head(status: int, headers: Headers, *, keep_alive: bool = True) -> bytes:
     return b"".join(lines)
 
 
-def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bool = True) -> bytes:
+def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bool = True,
+             lead: bytes = b"") -> bytes:
     """A whole response with a ``Content-Length`` body.
 
     Heads repeat (every long-poll waiter of a channel gets the same one), so
-    each distinct head is built once and cached.
+    each distinct set of header lines is built once and cached. ``lead`` is
+    header lines (each ending in CRLF) that differ from one answer to the
+    next, such as a client id: they go right after the status line, outside
+    the cache, so that they do not make every head new.
     """
-    return _cached_head(status, tuple(headers), keep_alive, len(body)) + body
+    return b"".join((_STATUS_LINES[status], lead,
+                     _cached_fields(status, tuple(headers), keep_alive, len(body)), body))
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_head(status: int, headers: tuple[tuple[str, str], ...], keep_alive: bool,
-                 length: int) -> bytes:
+def _cached_fields(status: int, headers: tuple[tuple[str, str], ...], keep_alive: bool,
+                   length: int) -> bytes:
+    """The header lines of a response and the blank line, without the status line."""
     if status >= 200 and status not in (204, 304):
         headers = (*headers, ("Content-Length", str(length)))
-    return head(status, headers, keep_alive=keep_alive)
+    return head(status, headers, keep_alive=keep_alive)[len(_STATUS_LINES[status]):]
 
 
 JSON = ("Content-Type", "application/json")
