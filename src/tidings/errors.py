@@ -364,6 +364,11 @@ RESTART = Closing("restart", CloseCode.SERVICE_RESTART,
 TOKEN_EXPIRED = Closing("token_expired", CloseCode.UNAUTHORIZED,
                         "the token has expired; reconnect with a new one and resume from "
                         "your last cursor")
+#: A channel the server subscribed the stream's user to could not be read (its broker).
+USER_CHANNEL_UNAVAILABLE = Closing(
+    "broker_unavailable", CloseCode.TRY_AGAIN_LATER,
+    "a channel the server subscribed you to cannot be read now; reconnect and resume from "
+    "your last cursor")
 IDLE_TIMEOUT = Closing("idle_timeout", CloseCode.IDLE_TIMEOUT, "no answer to pings")
 INTERNAL_ERROR = Closing("internal_error", CloseCode.INTERNAL_ERROR,
                          "the server failed while serving this connection; reconnect and "

@@ -9,10 +9,12 @@ or answers garbage gives a retryable 503, never a silent allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,16 @@ READS = {
     "longpoll": {"params": {"wait": "0.01"}},
     "sse": {"headers": {"Accept": "text/event-stream"}},
 }
+
+
+@contextlib.asynccontextmanager
+async def alice_ws(server: Server) -> AsyncIterator[Any]:
+    """Alice's WebSocket on ``/subscribe``: the channels her connect hook named
+    (``private:alice``) are read first, announced by a ``subscribed`` frame."""
+    async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+        first = await recv_json(ws)
+        assert (first["type"], first["channel"]) == ("subscribed", "private:alice")
+        yield ws
 
 
 @pytest.fixture
@@ -80,6 +92,7 @@ ANSWER_FAILURES = [failure for failure in FAILURES if failure != "bad_user"]
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
+
 async def test_connect_refuses_and_allows_on_every_technique(
         make_server: ServerFactory, app: HookApp, technique: str) -> None:
     server = await make_server(hooks=app.settings())
@@ -119,7 +132,7 @@ async def test_a_refusal_reaches_the_client_with_its_message(make_server: Server
 async def test_websocket_subscribe_commands_go_through_the_hook_in_order(
         make_server: ServerFactory, app: HookApp) -> None:
     server = await make_server(hooks=app.settings())
-    async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+    async with alice_ws(server) as ws:
         for req, channel in enumerate(["news", "private:bob", "private:alice"], 1):
             await ws.send(f'{{"type":"subscribe","req":{req},"channel":"{channel}"}}')
         replies = [await recv_json(ws) for _ in range(3)]
@@ -135,7 +148,7 @@ async def test_publish_allows_refuses_and_replaces(make_server: ServerFactory,
         kept = await publish(http, "news", {"n": 1}, headers=ALICE)
         refused = await post(http, "forbidden", 1, headers=ALICE)
         replaced = await publish(http, "shout", "hello", headers=ALICE)
-        async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+        async with alice_ws(server) as ws:
             ws_refused = await command(ws, type="publish", req=1, channel="forbidden", data=2)
             ws_replaced = await command(ws, type="publish", req=2, channel="shout", data="hi")
         news = await poll(http, "/channels/news", headers=ALICE, since="0")
@@ -156,7 +169,7 @@ async def test_publish_allows_refuses_and_replaces(make_server: ServerFactory,
 
 async def test_rpc_answers_and_refuses(make_server: ServerFactory, app: HookApp) -> None:
     server = await make_server(hooks=app.settings())
-    async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+    async with alice_ws(server) as ws:
         echo = await command(ws, type="rpc", req=1, method="typing", data={"room": "lobby"})
         secret = await command(ws, type="rpc", req=2, method="secret")
     assert echo == {"type": "ack", "req": 1,
@@ -283,7 +296,7 @@ async def test_a_failing_subscribe_hook_answers_a_retryable_503(
     app.failing["subscribe"] = failure
     answers = [await read_status(server, technique, "/channels/news", ALICE)
                for technique in TECHNIQUES]
-    async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+    async with alice_ws(server) as ws:
         reply = await command(ws, type="subscribe", req=1, channel="news")
     assert answers == [(503, "hook_unavailable")] * 4
     assert (reply["type"], reply["error"]) == ("error", "hook_unavailable")
@@ -296,7 +309,7 @@ async def test_a_failing_publish_or_rpc_hook_answers_a_retryable_503(
     app.failing["publish"] = app.failing["rpc"] = failure
     async with http_client(server) as http:
         published = await post(http, "news", 1, headers=ALICE)
-        async with open_ws(server, "/subscribe", additional_headers=ALICE) as ws:
+        async with alice_ws(server) as ws:
             ws_published = await command(ws, type="publish", req=1, channel="news", data=2)
             rpc = await command(ws, type="rpc", req=2, method="typing")
         news = await poll(http, "/channels/news", headers=ALICE, since="0")

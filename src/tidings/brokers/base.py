@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
 
-from tidings.core.cursor import Start
+from tidings.core.cursor import Position, Start
 from tidings.core.fanout import Hub
 from tidings.core.log import BackRead, Read
 from tidings.core.message import Message
@@ -19,6 +21,24 @@ class Replayed(Message):
     """
 
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UserChannelChange:
+    """A channel added to or removed from a user's server-side set (server/subscriptions.py).
+
+    ``start`` is where reading the channel begins for that user (the end of its
+    log when it was added), ``None`` when it was removed.
+    """
+
+    user: str
+    channel: str
+    start: Position | None
+
+
+#: What :meth:`Broker.add_user_channel` did: ``added``; ``present`` (it was there already,
+#: with its first start); ``full`` (the user has ``limit`` channels: nothing changed).
+Added = Literal["added", "present", "full"]
 
 
 class Broker(abc.ABC):
@@ -51,12 +71,24 @@ class Broker(abc.ABC):
       publish stores the message anew.
     * If the log of a channel loses messages under live subscribers (a shared
       store emptied or unreachable for too long), :meth:`Hub.skip` tells them.
+    * Each user has a set of server-side channels, each with the position its
+      reading starts at (:meth:`add_user_channel`, :meth:`remove_user_channel`,
+      :meth:`user_channels`). With a shared store the set is shared by every
+      node, and every node (this one too) that has read a set
+      (:meth:`user_channels`) is told, from before that read, of each change
+      that changed something through :attr:`on_user_channel`, in order;
+      :attr:`on_user_channels_lost` is called when changes may have been missed
+      (a link to the store was down): the server reads the sets it uses again.
     """
 
     hub: Hub
     #: Called with ``True``/``False`` and an explanation when the store becomes
     #: reachable or unreachable (the server tells its streams).
     on_status: Callable[[bool, str], None] | None = None
+    #: Called on every node with each change of a user's server-side channels.
+    on_user_channel: Callable[[UserChannelChange], None] | None = None
+    #: Called when changes of users' channels may have been missed (no argument).
+    on_user_channels_lost: Callable[[], None] | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect to what the broker needs; called once by the server before it listens."""
@@ -94,6 +126,21 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def maintain(self) -> None:
         """Apply retention by age and forget idle logs; call about once a second."""
+
+    @abc.abstractmethod
+    async def user_channels(self, user: str) -> dict[str, Position]:
+        """The server-side channels of ``user``, each with where its reading starts."""
+
+    @abc.abstractmethod
+    async def add_user_channel(self, user: str, channel: str, start: Position,
+                               limit: int) -> Added:
+        """Add ``channel`` to ``user``'s set, read from ``start``, unless the set holds
+        ``limit`` channels; tell every node (:attr:`on_user_channel`) if it was added."""
+
+    @abc.abstractmethod
+    async def remove_user_channel(self, user: str, channel: str) -> bool:
+        """Remove ``channel`` from ``user``'s set; say whether it was there (and then tell
+        every node)."""
 
     def presence(self, policy: Callable[[str], PresencePolicy]) -> Presence:
         """The table of who reads which channel, made once by the server (``policy``:

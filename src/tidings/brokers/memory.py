@@ -53,8 +53,8 @@ from array import array
 from collections.abc import Callable
 from itertools import islice
 
-from tidings.brokers.base import Broker, Replayed
-from tidings.core.cursor import EPOCH_LENGTH, Start
+from tidings.brokers.base import Added, Broker, Replayed, UserChannelChange
+from tidings.core.cursor import EPOCH_LENGTH, Position, Start
 from tidings.core.fanout import Hub
 from tidings.core.idempotency import Record, fingerprint
 from tidings.core.log import BackRead, ChannelLog, Read, Retention
@@ -138,6 +138,8 @@ class MemoryBroker(Broker):
         self._tombstones: dict[str, tuple[str, int]] = {}
         self._secret = secrets.token_bytes(16)
         self._lost: array[int] | None = None
+        #: Users' server-side channels: user -> channel -> where reading starts.
+        self._user_channels: dict[str, dict[str, Position]] = {}
         # Stand-ins of the channels without a log read most recently, so that idle
         # readers of one such channel share its end; a bounded cache, never more
         # than STAND_INS entries, dropped whenever a log or tombstone changes.
@@ -299,6 +301,37 @@ class MemoryBroker(Broker):
 
     def health(self) -> dict[str, object]:
         return {"kind": "memory", "status": "ok", "channels": len(self._logs)}
+
+    # users' server-side channels --------------------------------------------------
+
+    async def user_channels(self, user: str) -> dict[str, Position]:
+        return dict(self._user_channels.get(user, {}))
+
+    async def add_user_channel(self, user: str, channel: str, start: Position,
+                               limit: int) -> Added:
+        held = self._user_channels.setdefault(user, {})
+        if channel in held:
+            return "present"
+        if len(held) >= limit:
+            if not held:
+                del self._user_channels[user]
+            return "full"
+        held[channel] = start
+        self._tell(UserChannelChange(user, channel, start))
+        return "added"
+
+    async def remove_user_channel(self, user: str, channel: str) -> bool:
+        held = self._user_channels.get(user)
+        if held is None or held.pop(channel, None) is None:
+            return False
+        if not held:
+            del self._user_channels[user]
+        self._tell(UserChannelChange(user, channel, None))
+        return True
+
+    def _tell(self, change: UserChannelChange) -> None:
+        if self.on_user_channel is not None:
+            self.on_user_channel(change)
 
     def channels(self) -> int:
         """How many channel logs are held."""

@@ -65,6 +65,8 @@ class Claims:
     publish: tuple[str, ...] = ()
     #: The ``info`` claim, any JSON value: what presence shows of this reader beside ``sub``.
     info: object = field(default=None, compare=False)
+    #: ``channels.read``: channels a ``GET /subscribe`` without ``channel`` reads (exact names).
+    read: tuple[str, ...] = ()
 
     def grants(self, action: Literal["subscribe", "publish"], channel: str) -> bool:
         patterns = self.subscribe if action == "subscribe" else self.publish

@@ -56,6 +56,7 @@ from tidings.server.registry import Registry
 from tidings.server.routes import Router
 from tidings.server.static import StaticFiles
 from tidings.server.status import StatusHistory
+from tidings.server.subscriptions import UserChannels
 from tidings.server.workermetrics import WorkerShare
 from tidings.settings import FD_RESERVE, Settings, soft_file_limit
 from tidings.wire import http
@@ -91,6 +92,8 @@ class Server:
         self.router = Router(self)
         #: What the application decides (``on_connect`` and the others; server/hooks.py).
         self.hooks = Hooks()
+        #: Users' server-side channels and the streams following them (server/subscriptions.py).
+        self.subscriptions = UserChannels(self)
         #: Counters shown by ``/healthz`` (published, slow_consumers, refusals, ...).
         self.stats: Counter[str] = Counter()
         #: Whether :meth:`start` opens the native listener (``False``: only
@@ -385,6 +388,33 @@ class Server:
         key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         return await publish.store(self, channel, data, key)
 
+    async def subscribe_user(self, user: str, channel: str) -> bool:
+        """Subscribe every connection of ``user`` to ``channel``, on every node, from now on.
+
+        Its SSE streams and WebSockets read by ``GET /subscribe`` without
+        ``channel`` start reading it within moments (announced by a
+        ``subscribed`` event or frame); its polls see it at their next request;
+        a reconnection, to any node, keeps it (docs/embedding.md). Returns
+        ``False`` if ``user`` had it already. Raises a
+        :class:`~tidings.errors.ProtocolError` for a bad channel or user name
+        (``invalid_channel``, ``invalid_user``) or a user with
+        ``max_channels_per_subscription`` channels (``too_many_channels``), and
+        :class:`~tidings.errors.BrokerError` if the broker cannot store it.
+        """
+        self._require_started()
+        return await self.subscriptions.subscribe(user, channel)
+
+    async def unsubscribe_user(self, user: str, channel: str) -> bool:
+        """Undo :meth:`subscribe_user`: every connection of ``user`` stops reading
+        ``channel`` (an ``unsubscribed`` event or frame). Returns ``False`` if it was not
+        subscribed."""
+        self._require_started()
+        return await self.subscriptions.unsubscribe(user, channel)
+
+    def _require_started(self) -> None:
+        if not self.started or self.closing:
+            raise UsageError("start the server first (async with server: ...)")
+
     def on_connect(self, hook: Hook) -> Hook:
         """Register ``async def hook(request: ConnectRequest) -> Identity | str | None``.
 
@@ -514,5 +544,5 @@ class Server:
     def statistics(self) -> dict[str, object]:
         """Open connections by kind, bytes waiting in stream buffers, and the counters."""
         return {**self.registry.statistics(), **self.admission.statistics(),
-                **self.presence.statistics(),
+                **self.presence.statistics(), **self.subscriptions.statistics(),
                 "hub_channels": self.broker.hub.channels(), **self.stats}

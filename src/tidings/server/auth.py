@@ -31,8 +31,16 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from tidings.core.names import check_channel
 from tidings.core.policy import Claims, Policy, Refusal
-from tidings.errors import BadRequest, Forbidden, ProtocolError, Unauthorized, UsageError
+from tidings.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidChannel,
+    ProtocolError,
+    Unauthorized,
+    UsageError,
+)
 from tidings.server.jwks import JwksKeys
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
@@ -254,6 +262,13 @@ def _claims(payload: dict[str, Any]) -> Claims:
             raise Unauthorized(f"channels.{action} must be a list of names or patterns",
                                code="invalid_token")
         grants.append(tuple(patterns))
+    read = channels.get("read", [])
+    if not isinstance(read, list) or not all(isinstance(c, str) for c in read):
+        raise Unauthorized("channels.read must be a list of channel names", code="invalid_token")
+    try:
+        read = [check_channel(c) for c in read]
+    except InvalidChannel as exc:
+        raise Unauthorized(f"channels.read: {exc}", code="invalid_token") from None
     sub = payload.get("sub")
     if isinstance(sub, str) and not _is_unicode(sub):
         # A lone surrogate ("\ud800" in the JSON) cannot be written back (the auth ack).
@@ -266,7 +281,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
             raise Unauthorized(f"the info claim cannot be written back: {exc}",
                                code="invalid_token") from None
     return Claims(sub if isinstance(sub, str) else None, _expiry(payload.get("exp")),
-                  grants[0], grants[1], info)
+                  grants[0], grants[1], info, tuple(dict.fromkeys(read)))
 
 
 def _is_unicode(text: str) -> bool:

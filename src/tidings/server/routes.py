@@ -7,7 +7,11 @@
                                  ``Prefer: wait=``), else a regular poll
 ``/channels/{name}/    GET       who reads it (server/presence.py), ``?count``
 presence``                       for the numbers only
-``/subscribe``         GET       the same reads on ``?channel=a&channel=b``
+``/subscribe``         GET       the same reads on ``?channel=a&channel=b``; without
+                                 ``channel``, its user's (server/subscriptions.py)
+``/users/{user}/       GET       a user's server-side channels (the API key);
+channels[/{channel}]`` POST      ``POST``/``DELETE`` one (server/subscriptions.py)
+                       DELETE
 ``/healthz``           GET       liveness, a few counters and the server's clock
                        HEAD      the same status, no body
 ``/readyz``            GET       readiness: 503 while starting or draining
@@ -29,7 +33,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import END, ORIGIN, Start, parse_position, parse_since
+from tidings.core.cursor import END, ORIGIN, Position, Start, parse_position, parse_since
 from tidings.core.names import check_channel
 from tidings.core.presence import Identity
 from tidings.errors import (
@@ -51,6 +55,7 @@ from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify_request, wants_events
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
+from tidings.server.subscriptions import USERS_PREFIX, Resolved, starts_of
 from tidings.wire import http
 
 if TYPE_CHECKING:
@@ -141,10 +146,12 @@ class Router:
                 self._preflight(conn, request, "GET, OPTIONS")
                 return
             channels = list(dict.fromkeys(check_channel(c) for c in request.args("channel")))
-            if not channels and not request.wants_websocket:
-                raise BadRequest("name at least one channel: /subscribe?channel=a&channel=b",
-                                 code="no_channel")
-            self._read(conn, request, channels, True, rest)
+            if not channels:
+                self._read_user_channels(conn, request, rest)
+            else:
+                self._read(conn, request, channels, True, rest)
+        elif path.startswith(USERS_PREFIX):
+            self.server.subscriptions.answer(conn, request)
         elif path == "/healthz":
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /healthz",
@@ -216,10 +223,7 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         server = self.server
-        if server.draining and (request.wants_websocket or request.wants_event_stream
-                                or request.wait_seconds() is not None):
-            raise ShuttingDown("this node is restarting; reconnect (another node will "
-                               "answer) and resume")
+        self._check_draining(request)
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
@@ -228,10 +232,74 @@ class Router:
         else:
             self._read_now(conn, request, channels, multi, rest, credentials)
 
-    def _read_after_hooks(self, conn: HttpConnection, request: Request, channels: list[str],
-                          multi: bool, rest: bytes, credentials: Credentials) -> None:
-        """Run ``on_connect`` and ``on_subscribe`` (server/hooks.py), then the read."""
+    def _check_draining(self, request: Request) -> None:
+        if self.server.draining and (request.wants_websocket or request.wants_event_stream
+                                     or request.wait_seconds() is not None):
+            raise ShuttingDown("this node is restarting; reconnect (another node will "
+                               "answer) and resume")
+
+    def _read_user_channels(self, conn: HttpConnection, request: Request, rest: bytes) -> None:
+        """``GET /subscribe`` without ``channel``: the channels of its user (``on_connect``'s,
+        the token's ``channels.read`` and the user's set: server/subscriptions.py)."""
         server = self.server
+        credentials = server.auth.identify(request)
+        claims = credentials.claims
+        if server.hooks.connect is None and (claims is None or (
+                claims.sub is None and not claims.read)):
+            # Nobody to read for: a WebSocket subscribes with commands, the others must ask.
+            if not request.wants_websocket:
+                raise BadRequest("name at least one channel: /subscribe?channel=a&channel=b "
+                                 "(or be a user with channels: docs/embedding.md)",
+                                 code="no_channel")
+            self._read(conn, request, [], True, rest)
+            return
+        self._check_draining(request)
+        asked = self._connect_request(conn, request, credentials, ())
+        conn.park()
+
+        async def decide() -> None:
+            try:
+                if server.hooks.connect is not None:
+                    who: hooks.Identity | None = await server.hooks.identify(asked)
+                    assert who is not None
+                    fixed = _hook_channels(who.channels)
+                else:
+                    who = None
+                    fixed = ()
+                user = who.user if who is not None else (claims.sub if claims else None)
+                if claims is not None:
+                    fixed = (*fixed, *claims.read)
+                resolved = await server.subscriptions.resolve(user, fixed)
+                if user is None and not resolved.channels and not request.wants_websocket:
+                    raise BadRequest("name at least one channel: /subscribe?channel=a&channel=b "
+                                     "(on_connect named no user and no channel)",
+                                     code="no_channel")
+            except (ProtocolError, BrokerError) as exc:
+                if not conn.closing:
+                    count_refusal(server.stats, exc)
+                    keep_alive = request.keep_alive and not request.wants_websocket
+                    conn.respond(http.error_response(exc, server.cors.headers(request.headers),
+                                                     keep_alive=keep_alive), keep_alive)
+                return
+            if conn.closing or conn.transport is None:
+                return
+            conn.busy = False
+            try:
+                self._read_now(conn, request, resolved.channels, True, rest, credentials, who,
+                               resolved)
+            except ProtocolError as exc:
+                cors = server.cors.headers(request.headers)
+                conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
+                             request.keep_alive)
+            except Exception:
+                logger.exception("serving %s %s failed", request.method, request.path[:100])
+                conn.abort()
+
+        server.spawn(decide())
+
+    def _connect_request(self, conn: HttpConnection, request: Request,
+                         credentials: Credentials, channels: tuple[str, ...]
+                         ) -> hooks.ConnectRequest:
         if request.wants_websocket:
             technique = "websocket"
         elif request.wants_event_stream:
@@ -239,8 +307,13 @@ class Router:
         else:
             technique = "poll" if request.wait_seconds() is None else "longpoll"
         peer = conn.transport.get_extra_info("peername") if conn.transport else None
-        asked = hooks.connect_request(technique, request, peer, credentials.claims,
-                                      tuple(channels))
+        return hooks.connect_request(technique, request, peer, credentials.claims, channels)
+
+    def _read_after_hooks(self, conn: HttpConnection, request: Request, channels: list[str],
+                          multi: bool, rest: bytes, credentials: Credentials) -> None:
+        """Run ``on_connect`` and ``on_subscribe`` (server/hooks.py), then the read."""
+        server = self.server
+        asked = self._connect_request(conn, request, credentials, tuple(channels))
         conn.park()
 
         async def decide() -> None:
@@ -259,7 +332,7 @@ class Router:
             conn.busy = False
             try:
                 self._read_now(conn, request, channels, multi, rest, credentials,
-                               identity.user)
+                               identity if server.hooks.connect is not None else None)
             except ProtocolError as exc:
                 cors = server.cors.headers(request.headers)
                 conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
@@ -272,10 +345,17 @@ class Router:
 
     def _read_now(self, conn: HttpConnection, request: Request, channels: list[str],
                   multi: bool, rest: bytes, credentials: Credentials,
-                  user: str | None = None) -> None:
-        """The read itself, once it is allowed."""
+                  who: hooks.Identity | None = None, resolved: Resolved | None = None) -> None:
+        """The read itself, once it is allowed: ``who`` is ``on_connect``'s answer, if any;
+        ``resolved``, the channels of a read of its user's (server/subscriptions.py)."""
         server = self.server
         identity, named = identify_request(request, credentials)
+        if who is not None:  # presence shows the user the application named
+            identity = Identity(identity.client, who.user, who.info)
+        user = who.user if who is not None else (
+            credentials.claims.sub if credentials.claims is not None else None)
+        recorded = resolved.recorded if resolved is not None else None
+        following = resolved.following if resolved is not None else None
         presence = wants_events(request)
         if presence:
             server.presence.check_events(channels)
@@ -295,24 +375,33 @@ class Router:
         delta = request.delta()
         if request.wants_websocket:
             self._check_enabled("websocket")
-            starts = parse_since(request.arg("since"), channels) if channels else {}
+            starts = self._starts(request.arg("since"), channels, recorded) if channels else {}
             keep_alive = False
             then = partial(websocket.accept, server, conn, request, channels, rest, credentials,
-                           identity, presence, user)
+                           identity, presence, user, following, starts)
         elif request.wants_event_stream:
             self._check_enabled("sse")
             since = request.header("last-event-id") or request.arg("since")
-            starts = parse_since(since, channels)
+            starts = self._starts(since, channels, recorded)
             stream = SseStream(server, conn.detach(), multi, identity, latest=latest,
                                delta=delta)
             stream.expires = credentials.expires
-            server.when_ready(starts, partial(stream.start, starts, cors, presence),
-                              partial(stream.refuse, cors=cors))
+            if following is None:
+                server.when_ready(starts, partial(stream.start, starts, cors, presence),
+                                  partial(stream.refuse, cors=cors))
+                return
+            stream.server_side = following
+
+            def start_stream() -> None:
+                stream.start(starts, cors, presence)
+                server.subscriptions.track(stream)
+
+            server.when_ready(starts, start_stream, partial(stream.refuse, cors=cors))
             return
         else:
             wait = request.wait_seconds()
             self._check_enabled("poll" if wait is None else "longpoll")
-            starts = parse_since(request.arg("since"), channels)
+            starts = self._starts(request.arg("since"), channels, recorded)
             page = self._limit(request)
             presence_since = (parse_since(request.arg("presence_since"), channels)
                               if presence else None)
@@ -364,6 +453,13 @@ class Router:
         if not server.when_ready({channel: ready_for}, then, refuse):
             conn.park()
 
+    @staticmethod
+    def _starts(since: str | None, channels: list[str],
+                recorded: dict[str, Position] | None) -> dict[str, Start]:
+        if recorded is None:
+            return parse_since(since, channels)
+        return starts_of(since, channels, recorded)
+
     def _check_enabled(self, technique: str) -> None:
         if technique not in self.techniques:
             enabled = ", ".join(self.settings.transports)
@@ -382,6 +478,17 @@ class Router:
     def _preflight(self, conn: HttpConnection, request: Request, methods: str) -> None:
         headers = self.server.cors.preflight(request.headers, methods)
         conn.answer(204, headers, b"", request.keep_alive)
+
+
+def _hook_channels(channels: object) -> tuple[str, ...]:
+    """``Identity.channels`` checked: a bad value is the application's bug (``503``)."""
+    try:
+        if isinstance(channels, str):
+            raise TypeError("a str, not a sequence of names")
+        return tuple(check_channel(channel) for channel in channels)  # type: ignore[attr-defined]
+    except (TypeError, ProtocolError) as exc:
+        logger.error("on_connect returned channels %r: %s", channels, exc)
+        raise hooks.HookUnavailable("the application's on_connect hook failed; retry") from None
 
 
 def _answer_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],

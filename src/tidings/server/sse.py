@@ -86,6 +86,12 @@ class SseStream(Stream):
         if not self.closed:
             self.transport.write(encoded.sse)
 
+    def subscribed(self, channel: str, begin: str) -> bytes:
+        return sse.subscribed_event(channel, begin, self.reader.cursor())
+
+    def unsubscribed(self, channel: str) -> bytes:
+        return sse.unsubscribed_event(channel, self.reader.cursor())
+
     def heartbeat(self, now: float) -> None:
         self.transport.write(sse.HEARTBEAT)
 

@@ -40,6 +40,7 @@ from tidings.wire.presence import Encoded
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+    from tidings.server.subscriptions import Following
 
 logger = logging.getLogger("tidings.server")
 
@@ -51,7 +52,7 @@ class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
     __slots__ = ("_server", "closed", "expires", "identity", "present_in", "reader",
-                 "stalled_since", "transport", "watching")
+                 "server_side", "stalled_since", "transport", "watching")
 
     #: How presence names this technique (server/presence.py).
     technique = ""
@@ -69,6 +70,9 @@ class Stream(asyncio.Protocol):
         self.present_in: tuple[str, ...] = ()
         #: The channels whose joins and leaves it is told (``?presence=1``).
         self.watching: tuple[str, ...] = ()
+        #: What it reads because of the server (a ``/subscribe`` without ``channel``;
+        #: server/subscriptions.py), or ``None``.
+        self.server_side: Following | None = None
         #: What the hub holds: it hands each message straight to the reader. With a
         #: slow-reader policy (or ``?latest=1``) it can skip ahead instead of being cut off.
         self.reader = make_reader(server.broker, encoder, transport, multi=multi, owner=self,
@@ -121,6 +125,32 @@ class Stream(asyncio.Protocol):
             self.watching = tuple(c for c in self.watching if c != channel)
             self._server.presence.unwatch(channel, self)
         return True
+
+    def add_server_channel(self, channel: str, start: Start) -> None:
+        """The server subscribed this stream's user to ``channel`` (server/subscriptions.py):
+        announce it with where its reading starts, then read it from ``start``.
+
+        Call it once the broker can read ``start`` (``Server.when_ready``); raises
+        ``InvalidCursor`` (and changes nothing) for a start ahead of the log.
+        """
+        if self.closed or self.reader.reads(channel):
+            return
+        batch = self.follow({channel: start})
+        self.transport.write(self.subscribed(channel, str(batch.begins[channel])))
+        self.catch_up()
+
+    def remove_server_channel(self, channel: str) -> None:
+        """The server unsubscribed this stream's user from ``channel``: stop, and say so."""
+        if not self.closed and self.unfollow(channel):
+            self.transport.write(self.unsubscribed(channel))
+
+    def subscribed(self, channel: str, begin: str) -> bytes:
+        """The bytes announcing a channel the server added, read from ``begin`` on."""
+        raise NotImplementedError
+
+    def unsubscribed(self, channel: str) -> bytes:
+        """The bytes announcing a channel the server removed."""
+        raise NotImplementedError
 
     def watch_presence(self, channels: list[str]) -> None:
         """Tell the client who is on ``channels`` now, then each join and leave."""
@@ -247,6 +277,8 @@ class Stream(asyncio.Protocol):
             watching, self.watching = self.watching, ()
             for channel in watching:
                 self._server.presence.unwatch(channel, self)
+        if self.server_side is not None:
+            self._server.subscriptions.forget(self)
         # What it sent moves to the totals: metrics read open streams' readers themselves.
         stats = self._server.stats
         stats[DELIVERED + self.technique] += reader.sent

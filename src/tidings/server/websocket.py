@@ -49,6 +49,7 @@ from tidings.wire.websocket import FrameParser
 if TYPE_CHECKING:
     from tidings.server.app import Server
     from tidings.server.connection import HttpConnection
+    from tidings.server.subscriptions import Following
 
 logger = logging.getLogger("tidings.server")
 
@@ -268,6 +269,14 @@ class WebSocketSession(Stream):
 
     def _subscribe(self, channel: str, start: Start, req: commands.Req,
                    presence: bool = False) -> None:
+        following = self.server_side
+        if following is not None and self.reader.reads(channel) and (
+                channel in following.added or channel in following.fixed):
+            # The client asks for a channel the server reads for it: it takes it over,
+            # from its own ``since`` (server/subscriptions.py).
+            following.added.discard(channel)
+            following.fixed = following.fixed - {channel}
+            self.unfollow(channel)
         if self.reader.reads(channel):
             raise BadRequest(f"already subscribed to {channel!r}", code="already_subscribed")
         limit = self._server.settings.max_channels_per_subscription
@@ -421,6 +430,12 @@ class WebSocketSession(Stream):
 
     # sending -----------------------------------------------------------------
 
+    def subscribed(self, channel: str, begin: str) -> bytes:
+        return commands.subscribed_frame(channel, begin, self.identity.client)
+
+    def unsubscribed(self, channel: str) -> bytes:
+        return commands.unsubscribed_frame(channel)
+
     def notice(self, status: dict[str, object]) -> None:
         self.transport.write(commands.status_frame(status))
 
@@ -469,20 +484,23 @@ def _as_protocol_error(error: ProtocolError | BrokerError) -> ProtocolError:
 def accept(server: Server, conn: HttpConnection, request: Request, channels: list[str],
            rest: bytes, credentials: Credentials = ANONYMOUS,
            identity: Identity | None = None, presence: bool = False,
-           user: str | None = None) -> None:
+           user: str | None = None, following: Following | None = None,
+           starts: dict[str, Start] | None = None) -> None:
     """Upgrade ``conn`` to a WebSocket subscribed to ``channels`` from ``?since=``.
 
     A browser page from an origin not in ``cors_origins`` is refused (``403``)
     before the handshake: a WebSocket is not covered by CORS, and without the
     check any site could open one with its visitors' cookies. Clients that send
     no ``Origin`` (not browsers) are let in. Call it once the broker can read
-    the channels (``Server.when_ready``).
+    the channels (``Server.when_ready``). A read of its user's channels
+    (server/subscriptions.py) gives their ``starts`` and what it follows.
     """
     origin = request.header("origin")
     if origin is not None and not server.cors.allows(origin):
         raise OriginNotAllowed(f"WebSocket connections from origin {origin[:200]!r} "
                                "are not allowed (cors_origins)")
-    starts = parse_since(request.arg("since"), channels) if channels else {}
+    if starts is None:
+        starts = parse_since(request.arg("since"), channels) if channels else {}
     for channel, start in starts.items():
         server.broker.read(channel, start, 0)  # a cursor ahead of the log: 400 before upgrading
     if conn.transport is None or conn.closing:
@@ -503,4 +521,6 @@ def accept(server: Server, conn: HttpConnection, request: Request, channels: lis
     if server.trusted_proxies:
         session.client_address = server.client_address(session.transport,
                                                         request.header("x-forwarded-for"))
+    session.server_side = following
     session.start(response, starts, rest, presence)
+    server.subscriptions.track(session)

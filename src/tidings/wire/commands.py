@@ -182,6 +182,11 @@ def subscribed_frame(channel: str, cursor: str, client: str) -> bytes:
                                         "client": client}))
 
 
+def unsubscribed_frame(channel: str) -> bytes:
+    """The server ended the connection's subscription to ``channel`` (a user's channel)."""
+    return text_frame(jsonvalue.encode({"type": "unsubscribed", "channel": channel}))
+
+
 def status_frame(status: dict[str, object]) -> bytes:
     return text_frame(jsonvalue.encode({"type": "status", **status}))
 

@@ -56,6 +56,19 @@ def status_event(status: dict[str, object]) -> bytes:
     return b"event: status\ndata: %s\n\n" % jsonvalue.encode(status)
 
 
+def subscribed_event(channel: str, begin: str, cursor: str) -> bytes:
+    """``event: subscribed``: the server added ``channel``, read from ``begin``; the ``id:``
+    is the stream's cursor with it, so a reconnection resumes it exactly."""
+    return b"event: subscribed\nid: %s\ndata: %s\n\n" % (
+        cursor.encode(), jsonvalue.encode({"channel": channel, "next": begin}))
+
+
+def unsubscribed_event(channel: str, cursor: str) -> bytes:
+    """``event: unsubscribed``: the server removed ``channel``; the ``id:`` no longer names it."""
+    return b"event: unsubscribed\nid: %s\ndata: %s\n\n" % (
+        cursor.encode(), jsonvalue.encode({"channel": channel}))
+
+
 def closing(code: str, reason: str) -> bytes:
     """``event: close`` sent before the server ends a stream on purpose."""
     return b"event: close\ndata: %s\n\n" % jsonvalue.encode({"error": code, "message": reason})

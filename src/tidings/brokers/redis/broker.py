@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tidings.brokers.base import Broker, Replayed
+from tidings.brokers.base import Added, Broker, Replayed, UserChannelChange
 from tidings.brokers.redis import pubsub, scripts
 from tidings.brokers.redis.commands import Commands, open_commands
 from tidings.brokers.redis.keys import (
+    USERS,
     ChannelKeys,
     channel_of,
     decode_entry,
@@ -43,18 +45,25 @@ from tidings.brokers.redis.keys import (
     idempotency_record,
     notice_position,
     stored_message,
+    user_channels_key,
 )
 from tidings.brokers.redis.link import Address, parse_redis_url
 from tidings.brokers.redis.presence import EVENTS_HEAD, SharedPresence
 from tidings.brokers.redis.pubsub import PubSub
 from tidings.brokers.redis.replica import Changes, Replica
-from tidings.core.cursor import Position, Start, new_epoch
+from tidings.core.cursor import Position, Start, new_epoch, parse_position
 from tidings.core.fanout import Hub
 from tidings.core.idempotency import fingerprint
 from tidings.core.log import BackRead, ChannelLog, Read, Retention
 from tidings.core.message import Message
 from tidings.core.presence import Presence, PresencePolicy
-from tidings.errors import BrokerError, BrokerUnanswered, IdempotencyConflict, UsageError
+from tidings.errors import (
+    BrokerError,
+    BrokerUnanswered,
+    IdempotencyConflict,
+    InvalidCursor,
+    UsageError,
+)
 
 logger = logging.getLogger("tidings.redis")
 
@@ -103,6 +112,8 @@ class RedisBroker(Broker):
         self._closed = False
         self._last_error: str | None = None
         self._failed = False
+        self._users_followed = False
+        self._users_following = asyncio.Lock()
         #: Members across nodes (brokers/redis/presence.py), once the server asked for them.
         self._presence: SharedPresence | None = None
 
@@ -346,6 +357,9 @@ class RedisBroker(Broker):
             channel = channel_of(name)
         except ValueError:
             return
+        if channel == USERS:
+            self._user_channel_changed(payload)
+            return
         if payload.startswith(EVENTS_HEAD):
             if self._presence is not None:
                 self._presence.received(channel, payload)
@@ -371,6 +385,8 @@ class RedisBroker(Broker):
         does not start all their syncs at once.
         """
         self._succeeded()
+        if USERS in channels and self.on_user_channels_lost is not None:
+            self.on_user_channels_lost()
         limit = self._back_syncs
 
         async def one(channel: str) -> None:
@@ -384,6 +400,68 @@ class RedisBroker(Broker):
         await asyncio.gather(*(one(channel) for channel in channels))
         if self._presence is not None:
             await self._presence.reload(channels)
+
+    # users' server-side channels ---------------------------------------------------
+
+    async def user_channels(self, user: str) -> dict[str, Position]:
+        await self._follow_user_changes()
+        flat = await self._run_user_script(scripts.USER_CHANNELS, user, [])
+        channels = {}
+        for channel, start in zip(flat[::2], flat[1::2], strict=True):
+            with contextlib.suppress(ValueError, InvalidCursor):
+                channels[channel.decode()] = parse_position(start.decode())
+        return channels
+
+    async def _follow_user_changes(self) -> None:
+        """Follow the changes of users' channels (keys.USERS) before the first set is read,
+        so that nothing changed after a read goes unheard. Only nodes that read users'
+        sets follow them; the link stays followed (and is resynced) from then on."""
+        if self._users_followed:
+            return
+        async with self._users_following:
+            if not self._users_followed:
+                self._require_commands()
+                await self._pubsub.follow(USERS, self._address(USERS))
+                self._users_followed = True
+
+    async def add_user_channel(self, user: str, channel: str, start: Position,
+                               limit: int) -> Added:
+        change = _change_payload(user, channel, start)
+        outcome = await self._run_user_script(
+            scripts.ADD_USER_CHANNEL, user,
+            [channel, str(start), limit, ChannelKeys.of(USERS, self._db).notify, change])
+        return "added" if outcome == 1 else "present" if outcome == 0 else "full"
+
+    async def remove_user_channel(self, user: str, channel: str) -> bool:
+        change = _change_payload(user, channel, None)
+        outcome = await self._run_user_script(
+            scripts.REMOVE_USER_CHANNEL, user,
+            [channel, ChannelKeys.of(USERS, self._db).notify, change])
+        return bool(outcome == 1)
+
+    async def _run_user_script(self, script: Any, user: str, args: list[Any]) -> Any:
+        commands = self._require_commands()
+        try:
+            async with self._deadline():
+                result = await commands.run(script, [user_channels_key(user)], args)
+        except BrokerError as exc:
+            self._failure(exc)
+            raise BrokerError(f"Redis at {self._where()} is unavailable ({exc}); the "
+                              "user's channels were not read or changed") from None
+        self._succeeded()
+        return result
+
+    def _user_channel_changed(self, payload: bytes) -> None:
+        try:
+            fields = json.loads(payload)
+            start = fields["s"]
+            change = UserChannelChange(fields["u"], fields["c"],
+                                       None if start is None else parse_position(start))
+        except (ValueError, KeyError, TypeError, InvalidCursor):
+            logger.warning("ignored a malformed change of a user's channels")
+            return
+        if self.on_user_channel is not None:
+            self.on_user_channel(change)
 
     def _address(self, channel: str) -> Address:
         """The Redis node that holds ``channel`` (in a cluster, the owner of its slot)."""
@@ -485,6 +563,12 @@ class RedisBroker(Broker):
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _change_payload(user: str, channel: str, start: Position | None) -> str:
+    """What the pub/sub channel of keys.USERS carries for one change."""
+    return json.dumps({"u": user, "c": channel, "s": None if start is None else str(start)},
+                      separators=(",", ":"))
 
 
 def _consume(future: asyncio.Future[None]) -> None:

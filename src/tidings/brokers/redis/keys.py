@@ -19,7 +19,16 @@ one Lua script can touch them all. Channel names never contain braces
 ``tidings:{C}:DB``       sharded pub/sub channel (``SPUBLISH``) carrying each
                          new message to the nodes that follow ``C``; pub/sub
                          ignores databases, so the database number is in it
+``tidings:{~users}:u:U`` hash: user ``U``'s server-side channels, channel ->
+                         the position its reading starts at (``EPOCH-SEQ``)
+``tidings:{~users}:DB``  sharded pub/sub channel telling every node of each
+                         change of a user's channels (JSON: ``u``, ``c``, ``s``)
 =======================  ====================================================
+
+``~users`` is not a channel name (``~`` is not allowed in one), so its keys
+and pub/sub channel never meet a channel's. All users' hashes share its slot
+in a Redis Cluster, so that one script changes a hash and tells the nodes:
+changes of subscriptions are rare next to messages, and a hash is small.
 """
 
 from __future__ import annotations
@@ -41,6 +50,15 @@ class ChannelKeys:
     def of(cls, channel: str, db: int = 0) -> ChannelKeys:
         tag = f"tidings:{{{channel}}}"
         return cls(f"{tag}:log", f"{tag}:meta", f"{tag}:{db}")
+
+
+#: The pseudo-channel whose hash tag every user's channel set shares (not a channel name).
+USERS = "~users"
+
+
+def user_channels_key(user: str) -> str:
+    """The Redis hash of ``user``'s server-side channels."""
+    return f"tidings:{{{USERS}}}:u:{user}"
 
 
 def idempotency_record(channel: str, key: str) -> str:

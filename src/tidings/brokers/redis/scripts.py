@@ -186,3 +186,29 @@ if last > after then
 end
 return {epoch, last, entries}
 """)
+
+# Users' server-side channels (keys.user_channels_key): a hash channel -> start position.
+# Every user's hash has the hash tag of keys.USERS, as has the pub/sub channel that tells
+# every node of a change: one script adds and announces atomically, in a cluster too.
+
+#: KEYS: the user's hash.  ARGV: channel, start, limit, pub/sub name, change payload.
+#: Returns 1 (added), 0 (there already), -1 (the user has ``limit`` channels).
+ADD_USER_CHANNEL = Script("""
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[4], ARGV[5])
+return 1
+""")
+
+#: KEYS: the user's hash.  ARGV: channel, pub/sub name, change payload.  Returns 1 or 0.
+REMOVE_USER_CHANNEL = Script("""
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SPUBLISH', ARGV[2], ARGV[3])
+return 1
+""")
+
+#: KEYS: the user's hash.  Returns HGETALL's flat list.
+USER_CHANNELS = Script("""
+return redis.call('HGETALL', KEYS[1])
+""")
