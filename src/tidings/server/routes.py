@@ -29,9 +29,9 @@ any of them            OPTIONS   CORS preflight
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidings.core.cursor import END, ORIGIN, Position, Start, parse_position, parse_since
 from tidings.core.names import check_channel
@@ -255,47 +255,27 @@ class Router:
             return
         self._check_draining(request)
         asked = self._connect_request(conn, request, credentials, ())
-        conn.park()
 
-        async def decide() -> None:
-            try:
-                if server.hooks.connect is not None:
-                    who: hooks.Identity | None = await server.hooks.identify(asked)
-                    assert who is not None
-                    fixed = _hook_channels(who.channels)
-                else:
-                    who = None
-                    fixed = ()
-                user = who.user if who is not None else (claims.sub if claims else None)
-                if claims is not None:
-                    fixed = (*fixed, *claims.read)
-                resolved = await server.subscriptions.resolve(user, fixed)
-                if user is None and not resolved.channels and not request.wants_websocket:
-                    raise BadRequest("name at least one channel: /subscribe?channel=a&channel=b "
-                                     "(on_connect named no user and no channel)",
-                                     code="no_channel")
-            except (ProtocolError, BrokerError) as exc:
-                if not conn.closing:
-                    count_refusal(server.stats, exc)
-                    keep_alive = request.keep_alive and not request.wants_websocket
-                    conn.respond(http.error_response(exc, server.cors.headers(request.headers),
-                                                     keep_alive=keep_alive), keep_alive)
-                return
-            if conn.closing or conn.transport is None:
-                return
-            conn.busy = False
-            try:
-                self._read_now(conn, request, resolved.channels, True, rest, credentials, who,
-                               resolved)
-            except ProtocolError as exc:
-                cors = server.cors.headers(request.headers)
-                conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
-                             request.keep_alive)
-            except Exception:
-                logger.exception("serving %s %s failed", request.method, request.path[:100])
-                conn.abort()
+        async def decide() -> Callable[[], None]:
+            if server.hooks.connect is not None:
+                who: hooks.Identity | None = await server.hooks.identify(asked)
+                assert who is not None
+                fixed = _hook_channels(who.channels)
+            else:
+                who = None
+                fixed = ()
+            user = who.user if who is not None else (claims.sub if claims else None)
+            if claims is not None:
+                fixed = (*fixed, *claims.read)
+            resolved = await server.subscriptions.resolve(user, fixed)
+            if user is None and not resolved.channels and not request.wants_websocket:
+                raise BadRequest("name at least one channel: /subscribe?channel=a&channel=b "
+                                 "(on_connect named no user and no channel)",
+                                 code="no_channel")
+            return partial(self._read_now, conn, request, resolved.channels, True, rest,
+                           credentials, who, resolved)
 
-        server.spawn(decide())
+        self._decide_then_read(conn, request, decide())
 
     def _connect_request(self, conn: HttpConnection, request: Request,
                          credentials: Credentials, channels: tuple[str, ...]
@@ -314,25 +294,38 @@ class Router:
         """Run ``on_connect`` and ``on_subscribe`` (server/hooks.py), then the read."""
         server = self.server
         asked = self._connect_request(conn, request, credentials, tuple(channels))
+
+        async def decide() -> Callable[[], None]:
+            identity = await server.hooks.identify(asked)
+            await server.hooks.check_subscribe(identity.user, asked.channels)
+            return partial(self._read_now, conn, request, channels, multi, rest, credentials,
+                           identity if server.hooks.connect is not None else None)
+
+        self._decide_then_read(conn, request, decide())
+
+    def _decide_then_read(self, conn: HttpConnection, request: Request,
+                          deciding: Coroutine[Any, Any, Callable[[], None]]) -> None:
+        """Park ``conn`` while the application decides (hooks, a user's channels), then
+        start the read ``deciding`` returns. A refusal, or a failure, answers this client
+        alone; a client that left meanwhile is not answered."""
+        server = self.server
         conn.park()
 
-        async def decide() -> None:
+        async def run() -> None:
             try:
-                identity = await server.hooks.identify(asked)
-                await server.hooks.check_subscribe(identity.user, asked.channels)
-            except ProtocolError as exc:
+                read = await deciding
+            except (ProtocolError, BrokerError) as exc:
                 if not conn.closing:
-                    cors = server.cors.headers(request.headers)
+                    count_refusal(server.stats, exc)
                     keep_alive = request.keep_alive and not request.wants_websocket
-                    conn.respond(http.error_response(exc, cors, keep_alive=keep_alive),
-                                 keep_alive)
+                    conn.respond(http.error_response(exc, server.cors.headers(request.headers),
+                                                     keep_alive=keep_alive), keep_alive)
                 return
             if conn.closing or conn.transport is None:
                 return  # the client left while the application decided
             conn.busy = False
             try:
-                self._read_now(conn, request, channels, multi, rest, credentials,
-                               identity if server.hooks.connect is not None else None)
+                read()
             except ProtocolError as exc:
                 cors = server.cors.headers(request.headers)
                 conn.respond(http.error_response(exc, cors, keep_alive=request.keep_alive),
@@ -341,7 +334,7 @@ class Router:
                 logger.exception("serving %s %s failed", request.method, request.path[:100])
                 conn.abort()
 
-        server.spawn(decide())
+        server.spawn(run())
 
     def _read_now(self, conn: HttpConnection, request: Request, channels: list[str],
                   multi: bool, rest: bytes, credentials: Credentials,
