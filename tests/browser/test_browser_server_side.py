@@ -228,3 +228,43 @@ async def test_rpc_without_a_hook_is_no_rpc(page: Any) -> None:
         await page.goto("about:blank")
     assert idle["error"]["code"] == "not_websocket"
     assert no_rpc["error"]["code"] == "no_rpc"
+
+
+@pytest.mark.parametrize("mode", ["worker", "leader"])
+async def test_tabs_sharing_a_connection_read_the_users_channels(page: Any, mode: str) -> None:
+    """Two tabs, one connection (a SharedWorker, or a leader tab): both are told of each
+    channel added and get its messages; a tab that joins later learns the channels read
+    already; rpc goes over the shared WebSocket; a tab's unsubscribe leaves the other's."""
+    context = page.context
+    async with node() as served:
+        assert served.server is not None
+        await served.server.subscribe_user("alice", "inbox:alice")
+        shared = {**FAST, "shareTabs": mode}
+        args = {"transports": "websocket", "options": json.dumps(shared)}
+        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
+        await page.goto(f"{served.url}/test/serverside?{urlencode(args)}")
+        await wait_for(page, "window.log.subscribed.length >= 1 && "
+                             "window.client.state === 'open'")
+        assert await page.evaluate("window.client.sharing") == mode
+        other = await context.new_page()
+        await other.goto(f"{served.url}/test/serverside?{urlencode(args)}")
+        await wait_for(other, "window.log.subscribed.length >= 1 && "
+                              "window.client.state === 'open'")
+        await served.server.subscribe_user("alice", "room:b")
+        await served.server.publish("room:b", "one")
+        await served.server.publish("inbox:alice", "hi")
+        for tab in (page, other):
+            await wait_for_data(tab, "room:b", ["one"])
+            await wait_for_data(tab, "inbox:alice", ["hi"])
+        answer = await other.evaluate("window.call('typing', {room: 'b'})")
+        refused = await other.evaluate("window.call('secret')")
+        await other.evaluate("window.mine.unsubscribe()")
+        await served.server.publish("room:b", "two")
+        await wait_for_data(page, "room:b", ["one", "two"])
+        assert await data_of(other, "room:b") == ["one"]
+        subscribed = await other.evaluate("window.log.subscribed")
+        await other.close()
+        await page.goto("about:blank")
+    assert [s["channel"] for s in subscribed] == ["inbox:alice", "room:b"]
+    assert answer == {"result": {"user": "alice", "method": "typing", "data": {"room": "b"}}}
+    assert refused["error"]["code"] == "not_yours"

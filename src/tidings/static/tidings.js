@@ -1763,6 +1763,8 @@ class Hub {
     this.onEmpty = onEmpty;
     this.tabs = new Map(); // tab id → Set of channel names
     this.channels = new Map(); // name → {tabs: Set, subscription}
+    this.serverTabs = new Set(); // the tabs reading the user's channels
+    this.serverSide = null; // the hub client's ServerSideSubscription, while any tab reads
     const client = this.client;
     const stats = () => ({ ...client.stats });
     // The tabs' `stats` follow the connection's: each change is sent (once per task).
@@ -1824,8 +1826,47 @@ class Hub {
       this.client.publish(packet.channel, packet.data, packet.options).then(
         (id) => this.send({ ...reply, id }),
         (error) => this.send({ ...reply, error: errorFields(error) }));
+    } else if (packet.t === "rpc") {
+      const reply = { t: "rpc", to: tab, req: packet.req };
+      this.client.rpc(packet.method, packet.data).then(
+        (result) => this.send({ ...reply, result }),
+        (error) => this.send({ ...reply, error: errorFields(error) }));
+    } else if (packet.t === "ssub" && this.tabs.has(tab)) {
+      this.readServerSide(tab, packet.since);
+    } else if (packet.t === "sunsubs") {
+      this.stopServerSide(tab);
     } else if (packet.t === "bye") {
       this.drop(tab);
+    }
+  }
+
+  /** `tab` reads the user's channels: the hub's client does, from the first tab's cursor. */
+  readServerSide(tab, since) {
+    this.serverTabs.add(tab);
+    if (this.serverSide === null) {
+      try {
+        this.serverSide = this.client.subscribeServerSide({
+          since: since || undefined, onMessage: this.deliver, onGap: this.gap,
+          onSubscribed: (event) => this.send({ t: "ssubd", ...event }),
+          onUnsubscribed: (event) => this.send({ t: "sunsub", ...event }),
+        });
+      } catch (error) {
+        this.serverTabs.delete(tab);
+        this.send({ t: "error", to: tab, error: errorFields(error) });
+      }
+      return;
+    }
+    for (const name of this.serverSide.channels) { // what the others read already
+      const pos = this.client._channels.get(name).pos;
+      this.send({ t: "ssubd", to: tab, channel: name, next: pos === null ? null : pos.id });
+    }
+  }
+
+  stopServerSide(tab) {
+    this.serverTabs.delete(tab);
+    if (this.serverTabs.size === 0 && this.serverSide !== null) {
+      this.serverSide.unsubscribe();
+      this.serverSide = null;
     }
   }
 
@@ -1880,6 +1921,7 @@ class Hub {
     const names = this.tabs.get(tab);
     if (!names) return;
     for (const name of [...names]) this.remove(tab, name);
+    this.stopServerSide(tab);
     this.tabs.delete(tab);
     if (this.onDrop) this.onDrop(tab);
     if (this.tabs.size === 0 && this.onEmpty) this.onEmpty();
@@ -2151,6 +2193,7 @@ class SharedClient {
     this._pending = new Map(); // req → {resolve, reject, timer}
     this._nextReq = 1;
     this._closed = false;
+    this._serverSide = null; // as Client's: the user's channels, read through the hub
     this._queue = []; // publishes asked for before a hub was heard from
     this._hubHeard = false; // a leader tab may not be elected yet: what is sent would be lost
     this._releaseTab = null;
@@ -2173,6 +2216,37 @@ class SharedClient {
     const changed = [...added, ...watched];
     if (changed.length) this._post({ t: "sub", channels: changed.map((n) => this._subOf(n)) });
     return subscription;
+  }
+
+  /** As `Client.subscribeServerSide`: the shared connection reads the user's channels. */
+  subscribeServerSide(options = {}) {
+    if (this._closed) throw new TidingsError("the client is closed");
+    if (this._serverSide) throw new TidingsError("this client reads its user's channels already");
+    checkMix(this, true);
+    const starts = serverSideStarts(options.since);
+    this._serverSide = new ServerSideSubscription(this, options);
+    for (const [name, start] of starts) {
+      if (this._channels.has(name)) continue;
+      this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
+      this._serverSide.channels.push(name);
+    }
+    this._post({ t: "ssub", since: this._serverCursor() });
+    return this._serverSide;
+  }
+
+  /** As `Client.rpc`: sent over the shared connection's WebSocket. */
+  async rpc(method, data) {
+    if (typeof method !== "string" || method.length < 1 || method.length > 128) {
+      throw new TidingsError("method must be a string of 1 to 128 characters");
+    }
+    const packet = { t: "rpc", method };
+    if (data !== undefined) {
+      const body = JSON.stringify(data);
+      if (body === undefined) throw new TidingsError("data must be a JSON value");
+      packet.data = JSON.parse(body);
+    }
+    if (this._closed) throw new TidingsError("the client is closed");
+    return this._ask(packet);
   }
 
   /** As `Client.presence`: asked by the shared connection (over its WebSocket, if open). */
@@ -2204,7 +2278,7 @@ class SharedClient {
     return this._ask({ t: "pub", channel, data: JSON.parse(body), options });
   }
 
-  /** Send `packet` (a "pub" or "who") to the hub; resolves with its answer. */
+  /** Send `packet` (a "pub", "who" or "rpc") to the hub; resolves with its answer. */
   _ask(packet) {
     const req = this._nextReq++;
     return new Promise((resolve, reject) => {
@@ -2293,9 +2367,11 @@ class SharedClient {
   _announce() {
     this._send({ t: "hello", clientId: this.clientId });
     if (this._channels.size) {
-      const channels = [...this._channels.keys()].map((n) => this._subOf(n));
-      this._send({ t: "sub", channels });
+      const channels = [...this._channels.keys()].filter((n) => this._named(n))
+        .map((n) => this._subOf(n));
+      if (channels.length) this._send({ t: "sub", channels });
     }
+    if (this._serverSide) this._send({ t: "ssub", since: this._serverCursor() });
     // Subscribing only recorded channels (announced just now); publishing waited for a hub.
     if (this._hubHeard) for (const packet of this._queue.splice(0)) this._send(packet);
   }
@@ -2305,15 +2381,39 @@ class SharedClient {
     return [name, this._sinceOf(name), wantsPresence(this._channels.get(name))];
   }
 
+  /** Does a `subscribe()` of this tab read `name` (not only its user's channels)? */
+  _named(name) {
+    return [...this._channels.get(name).subs].some((s) => s !== this._serverSide);
+  }
+
+  /** Where this tab stands on its user's channels: "a=ID,b=ID", or null. */
+  _serverCursor() {
+    const parts = this._serverSide.channels.filter((n) => this._sinceOf(n) !== null)
+      .map((n) => `${n}=${this._sinceOf(n)}`);
+    return parts.length ? parts.join(",") : null;
+  }
+
+  _serverChannel(name, next) {
+    Client.prototype._serverChannel.call(this, name, next);
+  }
+
+  _serverChannelRemoved(name) {
+    Client.prototype._serverChannelRemoved.call(this, name);
+  }
+
+  _dropServerChannel(name) {
+    Client.prototype._dropServerChannel.call(this, name);
+  }
+
   _post(packet) {
-    const asked = packet.t === "pub" || packet.t === "who";
+    const asked = packet.t === "pub" || packet.t === "who" || packet.t === "rpc";
     if (this._link && (this._hubHeard || !asked)) this._send(packet);
     else if (asked) this._queue.push(packet);
   }
 
   _send(packet) {
     if (!this._link) return;
-    const asked = packet.t === "pub" || packet.t === "who";
+    const asked = packet.t === "pub" || packet.t === "who" || packet.t === "rpc";
     const pending = asked ? this._pending.get(packet.req) : undefined;
     if (pending) pending.sent = true;
     this._link.send({ ...packet, tab: this._id });
@@ -2364,6 +2464,15 @@ class SharedClient {
         break;
       case "who":
         this._settle(packet.req, packet.answer, packet.error);
+        break;
+      case "rpc":
+        this._settle(packet.req, packet.result, packet.error);
+        break;
+      case "ssubd":
+        this._serverChannel(packet.channel, packet.next);
+        break;
+      case "sunsub":
+        this._serverChannelRemoved(packet.channel);
         break;
       case "client":
         this.clientId = packet.id;
@@ -2430,6 +2539,12 @@ class SharedClient {
   }
 
   _unsubscribe(subscription) {
+    if (subscription === this._serverSide) {
+      this._serverSide = null;
+      for (const name of [...subscription.channels]) this._dropServerChannel(name);
+      if (!this._closed) this._post({ t: "sunsubs" });
+      return;
+    }
     const removed = [];
     for (const name of subscription.channels) {
       const channel = this._channels.get(name);
