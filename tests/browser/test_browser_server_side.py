@@ -268,3 +268,19 @@ async def test_tabs_sharing_a_connection_read_the_users_channels(page: Any, mode
     assert [s["channel"] for s in subscribed] == ["inbox:alice", "room:b"]
     assert answer == {"result": {"user": "alice", "method": "typing", "data": {"room": "b"}}}
     assert refused["error"]["code"] == "not_yours"
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_channel_added_to_an_empty_set_loses_nothing(page: Any, technique: str) -> None:
+    """Once the server named an empty set, the client's cursor is "" (not none): a channel
+    added between two polls is read from where it was added, not from its end."""
+    async with node() as served:
+        assert served.server is not None
+        await open_page(page, served, [technique])
+        await wait_for(page, "window.client.state === 'open'")
+        await served.server.subscribe_user("alice", "room:x")
+        await served.server.publish("room:x", "first")
+        await wait_for_data(page, "room:x", ["first"])
+        subscribed = await page.evaluate("window.log.subscribed.map((s) => s.channel)")
+        await page.goto("about:blank")
+    assert subscribed == ["room:x"]

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from clientkit import FAST, TECHNIQUES
+from clientkit import FAST, TECHNIQUES, StatusLog
 
 import tidings
 from tidings import ConnectRequest, Identity, Server, Settings
@@ -207,3 +207,38 @@ def test_bad_arguments_are_usage_errors() -> None:
         client.subscribe_server_side(since="k2j4h5g6-3")  # names no channel
     with pytest.raises(tidings.UsageError):
         client.subscribe_server_side(on_gap="ignore")
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_channel_added_to_an_empty_set_loses_nothing(technique: str) -> None:
+    """Reading an empty set, the cursor is "" (names no channel), not none: a channel added
+    between two polls is read from where it was added, not from its end."""
+    log = StatusLog()
+    async with node() as served, tidings.connect(served.url, technique, headers=COOKIE,
+                                                 longpoll_wait=1, on_status=log,
+                                                 **FAST) as client:
+        assert served.server is not None
+        mine = client.subscribe_server_side()
+        await log.wait_for(tidings.Connected)  # the server named the (empty) set
+        await served.server.subscribe_user("alice", "room:x")
+        await served.server.publish("room:x", "first")
+        got = what(await until(mine, "first"))
+    assert got == [("+", "room:x"), ("room:x", "first")]
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_channel_added_to_an_empty_set_while_away_loses_nothing(technique: str) -> None:
+    log = StatusLog()
+    async with node() as served, tidings.connect(served.url, technique, headers=COOKIE,
+                                                 longpoll_wait=1, on_status=log,
+                                                 **FAST) as client:
+        mine = client.subscribe_server_side()
+        await log.wait_for(tidings.Connected)
+        served.open.clear()  # the reconnection waits in on_connect
+        await served.stop()
+        server = await served.start()
+        await server.subscribe_user("alice", "room:x")
+        await server.publish("room:x", "first")
+        served.open.set()
+        got = what(await until(mine, "first", within=20 * UNIT))
+    assert got == [("+", "room:x"), ("room:x", "first")]

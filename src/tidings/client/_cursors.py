@@ -215,10 +215,13 @@ class ServerSideBook(CursorBook):
         self._from_origin = {channel for channel, start in starts.items() if start is ORIGIN}
         self._starts = dict(self._positions)
         self._handed = {}
+        #: The server named the set once: from then on an empty set is the cursor "".
+        self.heard = since is not None
 
     def add(self, channel: str, position: str | None) -> bool:
         """The server reads ``channel`` after ``position`` (``None``: from its first message
         to come). True if it is new to the book; a known channel only learns ``position``."""
+        self.heard = True
         if channel in self._positions:
             if position is not None:
                 self.learn(channel, position)
@@ -245,7 +248,9 @@ class ServerSideBook(CursorBook):
     def _join(self, positions: dict[str, Position | None]) -> str | None:
         parts = [f"{channel}={since}" for channel in self.channels
                  if (since := self._since_of(channel, positions.get(channel))) is not None]
-        return ",".join(parts) or None
+        # "": a cursor naming no channel. The server then reads a channel added meanwhile
+        # from where it was added, where no cursor at all would read it from its end.
+        return ",".join(parts) or ("" if self.heard else None)
 
     def learn_cursor(self, cursor: str) -> None:
         if "=" in cursor:

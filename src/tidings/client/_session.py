@@ -243,6 +243,7 @@ class Session:
         that brings their first messages), those missing from it are removed."""
         if not isinstance(self.book, ServerSideBook) or not isinstance(cursor, str):
             return
+        self.book.heard = True
         named: dict[str, str | None] = {}
         for part in cursor.split(",") if cursor else ():
             channel, sep, value = part.partition("=")

@@ -26,6 +26,8 @@ async def read(session: Session) -> None:
     if since is not None:
         headers["Last-Event-ID"] = since
     timeout = httpx.Timeout(client.connect_timeout, read=client.idle_timeout)
+    if since == "" and session.server_side:
+        channels = channels.add("since", "")  # a browser sends no empty Last-Event-ID
     params = session.read_params(channels, poller=False)
     async with client._http.stream(
         "GET", url, params=params, headers=headers, timeout=timeout

@@ -36,6 +36,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from tidings.client._cursors import ServerSideBook
 from tidings.client._session import (
     RETRYABLE_CLOSE_CODES,
     Session,
@@ -376,6 +377,8 @@ async def read_server_side(session: Session) -> None:
             elif kind == "unsubscribed":
                 await session.unsubscribed(item.get("channel"))
             elif item is _OPENED:
+                if isinstance(session.book, ServerSideBook):
+                    session.book.heard = True  # the set was named, even if empty
                 for channel in session.channels:
                     if announced is not None and channel not in announced:
                         await session.unsubscribed(channel)

@@ -245,6 +245,7 @@ class Client {
     checkMix(this, true);
     const starts = serverSideStarts(options.since);
     this._serverSide = new ServerSideSubscription(this, options);
+    this._serverSide.heard = starts.size > 0;
     for (const [name, start] of starts) {
       if (this._channels.has(name)) continue; // a named channel keeps its position
       this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
@@ -609,6 +610,9 @@ class Client {
     const parts = names.filter((n) => this._sinceOf(n) !== null)
       .map((n) => `${n}=${this._sinceOf(n)}`);
     if (parts.length) query.push(`since=${encodeURIComponent(parts.join(","))}`);
+    // A cursor naming no channel, once the server named the user's (empty) set: a channel
+    // added meanwhile is then read from where it was added, not from its end.
+    else if (this._serverSide && this._serverSide.heard) query.push("since=");
     for (const flag of readFlags(this.options)) query.push(`${flag}=1`);
     const watched = names.filter((n) => wantsPresence(this._channels.get(n)));
     if (watched.length) {
@@ -652,6 +656,7 @@ class Client {
   _serverChannel(name, next) {
     const subscription = this._serverSide;
     if (!subscription || typeof name !== "string" || !CHANNEL_RE.test(name)) return;
+    subscription.heard = true;
     if (subscription.channels.includes(name)) {
       this._learn(name, next);
       return;
@@ -698,6 +703,7 @@ class Client {
       if (at > 0) set.set(part.slice(0, at), part.slice(at + 1));
     }
     if (cursor !== "" && set.size === 0) return; // a single-channel cursor: not a set
+    this._serverSide.heard = true;
     for (const name of [...this._serverSide.channels]) {
       if (!set.has(name)) this._serverChannelRemoved(name);
     }
@@ -834,6 +840,7 @@ class Subscription {
 class ServerSideSubscription extends Subscription {
   constructor(client, { onMessage, onGap, onSubscribed, onUnsubscribed } = {}) {
     super(client, [], { onMessage, onGap, presence: false });
+    this.heard = false; // the server named the user's set once (an empty one too)
     this._onSubscribed = onSubscribed;
     this._onUnsubscribed = onUnsubscribed;
   }
@@ -1531,7 +1538,7 @@ class WebSocketReader extends Reader {
       const resume = this.client._serverSide ? this.client._serverSide.channels
         .filter((n) => this.client._sinceOf(n) !== null)
         .map((n) => `${n}=${this.client._sinceOf(n)}`) : [];
-      if (resume.length) {
+      if (resume.length || (this.client._serverSide && this.client._serverSide.heard)) {
         // The user's channels resume from the URL's cursor; named ones from their subscribe.
         named += `${named ? "&" : "?"}since=${encodeURIComponent(resume.join(","))}`;
       }
@@ -1587,6 +1594,7 @@ class WebSocketReader extends Reader {
           this.command({ type: "ping" }).then(() => {
             const server = this.client._serverSide;
             if (server) {
+              server.heard = true;
               for (const name of [...server.channels]) {
                 if (!this.announced.has(name)) this.client._serverChannelRemoved(name);
               }
@@ -2225,6 +2233,7 @@ class SharedClient {
     checkMix(this, true);
     const starts = serverSideStarts(options.since);
     this._serverSide = new ServerSideSubscription(this, options);
+    this._serverSide.heard = starts.size > 0;
     for (const [name, start] of starts) {
       if (this._channels.has(name)) continue;
       this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
