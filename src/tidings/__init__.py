@@ -19,8 +19,10 @@ from tidings.client import (
     Message,
     Presence,
     Publisher,
+    Subscribed,
     Subscription,
     TransportChanged,
+    Unsubscribed,
     connect,
 )
 from tidings.errors import (
@@ -73,9 +75,11 @@ __all__ = [
     "RequestRefused",
     "Server",
     "Settings",
+    "Subscribed",
     "Subscription",
     "TidingsError",
     "TransportChanged",
+    "Unsubscribed",
     "UsageError",
     "__version__",
     "connect",

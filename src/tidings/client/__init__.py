@@ -31,7 +31,9 @@ from tidings.client.events import (
     Message,
     Presence,
     StatusEvent,
+    Subscribed,
     TransportChanged,
+    Unsubscribed,
 )
 from tidings.client.history import History
 from tidings.client.publisher import AsyncPublisher, Publisher
@@ -54,7 +56,9 @@ __all__ = [
     "Presence",
     "Publisher",
     "StatusEvent",
+    "Subscribed",
     "Subscription",
     "TransportChanged",
+    "Unsubscribed",
     "connect",
 ]

@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from tidings.backoff import Backoff
 from tidings.client import longpoll, poll, sse, websocket
 from tidings.client._common import checked_channel, encode_data, publish_headers, published_id
-from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
+from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder, ServerSideBook
 from tidings.client._presence import (
     PresenceBook,
     PresenceItem,
@@ -48,7 +48,9 @@ from tidings.client.events import (
     Message,
     Presence,
     StatusEvent,
+    Subscribed,
     TransportChanged,
+    Unsubscribed,
 )
 from tidings.client.history import History, parse_history
 from tidings.errors import ClientClosed, ConnectionFailed, RequestRefused, UsageError
@@ -58,7 +60,8 @@ logger = logging.getLogger("tidings.client")
 
 #: What a subscription yields: :class:`Message` and :class:`Gap`, and with ``presence=True``
 #: :class:`Presence`, :class:`Join` and :class:`Leave` too.
-Item = TypeVar("Item", Message | Gap, Message | Gap | PresenceItem)
+Item = TypeVar("Item", Message | Gap, Message | Gap | PresenceItem,
+               Message | Gap | Subscribed | Unsubscribed)
 
 #: The techniques ``"auto"`` tries, best first.
 AUTO_ORDER: Final = ("websocket", "sse", "longpoll", "poll")
@@ -246,6 +249,68 @@ class Client:
         self._subscriptions.add(subscription)
         return subscription
 
+    def subscribe_server_side(self, *, since: str | None = None, on_gap: str = "deliver",
+                              delta: bool = False, latest: bool = False,
+                              ) -> Subscription[Message | Gap | Subscribed | Unsubscribed]:
+        """Read the channels the server reads for this client's user (docs/protocol.md,
+        "A user's channels"): ``GET /subscribe`` without ``channel``, on every technique.
+
+        It yields :class:`Subscribed` when the server starts reading a channel for
+        the user (each one at the first connection: ``on_connect``'s, the token's
+        ``channels.read``, the user's set; then each one the application adds),
+        :class:`Unsubscribed` when it stops (removed while reading, or while
+        away), and the channels' :class:`Message` and :class:`Gap` items. Their
+        positions are in :attr:`Subscription.cursor` (always ``a=ID,b=ID``):
+        a reconnection or a technique switch resumes each exactly, and so does
+        ``since=`` a cursor saved earlier. ``on_gap``, ``delta`` and ``latest``
+        as in :meth:`subscribe`. The server must know the user (``on_connect``
+        or a token's ``sub``): else iterating raises :class:`RequestRefused`
+        ``no_channel`` (over HTTP; a WebSocket just reads nothing).
+        """
+        self._check_open()
+        if on_gap not in ("deliver", "raise"):
+            raise UsageError(f"on_gap must be 'deliver' or 'raise', not {on_gap!r}")
+        subscription: Subscription[Any] = Subscription(self, ServerSideBook(since), on_gap)
+        subscription._options = ReadOptions(delta=delta, latest=latest)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # rpc ---------------------------------------------------------------------
+
+    async def rpc(self, method: str, data: Any = None) -> Any:
+        """Call the application's ``on_rpc`` hook with ``method`` and ``data`` (any JSON
+        value) over the WebSocket; return its result.
+
+        The client's shared WebSocket carries it (opened now if it has none, whatever
+        ``transport`` reads with). Raises :class:`RequestRefused` with the code the
+        hook refused with (``forbidden`` by default), ``no_rpc`` if the server has no
+        hook, ``hook_unavailable`` (retry); :class:`ConnectionFailed` if no WebSocket
+        can be opened or no answer comes within ``request_timeout``.
+        """
+        self._check_open()
+        if not isinstance(method, str) or not 1 <= len(method) <= 128:
+            raise UsageError(f"method must be a string of 1 to 128 characters, not {method!r}")
+        encode_data(data)  # a JSON value, or UsageError now
+        link = await self._open_shared_link()
+        command: dict[str, Any] = {"type": "rpc", "method": method}
+        if data is not None:
+            command["data"] = data
+        ack = await link.request(command)
+        return ack.get("result")
+
+    async def _open_shared_link(self) -> websocket.Link:
+        """The shared link, opened if need be; failures as :class:`RequestRefused` or
+        :class:`ConnectionFailed`."""
+        try:
+            return await self._shared_link()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            refused = refusal_of_status(status, exc.response.body or b"")
+            raise refused or ConnectionFailed(f"WebSocket refused: HTTP {status}") from None
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ConnectionFailed(f"cannot open a WebSocket to {self._ws_base}: "
+                                   f"{_explain(exc)}") from None
+
     # publishing --------------------------------------------------------------
 
     async def publish(self, channel: str, data: Any, *,
@@ -366,15 +431,7 @@ class Client:
         return parse_history(channel, answer)
 
     async def _publish_ws(self, channel: str, data: Any, key: str | None) -> str:
-        try:
-            link = await self._shared_link()
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            refused = refusal_of_status(status, exc.response.body or b"")
-            raise refused or ConnectionFailed(f"WebSocket refused: HTTP {status}") from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ConnectionFailed(f"cannot open a WebSocket to {self._ws_base}: "
-                                   f"{_explain(exc)}") from None
+        link = await self._open_shared_link()
         command = {"type": "publish", "channel": channel, "data": data}
         if key is not None:
             command["idempotency_key"] = key
@@ -455,7 +512,6 @@ class Subscription(Generic[Item]):
 
     def __init__(self, client: Client, book: CursorBook, on_gap: str,
                  presence: PresenceBook | None = None) -> None:
-        self.channels = book.channels
         self.transport: str | None = None
         self.state = "connecting"
         self.reconnects = 0
@@ -463,7 +519,8 @@ class Subscription(Generic[Item]):
         self._book = book
         self._presence = presence
         self._on_gap = on_gap
-        self._queue: asyncio.Queue[Message | Gap | PresenceItem | _End] = asyncio.Queue(
+        self._queue: asyncio.Queue[Message | Gap | PresenceItem | Subscribed | Unsubscribed
+                                   | _End] = asyncio.Queue(
             client.buffer)
         self._stopped: BaseException | None = None
         self._limit: asyncio.Timeout | None = None
@@ -471,6 +528,12 @@ class Subscription(Generic[Item]):
         #: What every read asks the server for (``delta``, ``latest``).
         self._options = ReadOptions()
         self._task = client._spawn(self._run())
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels read now (for :meth:`Client.subscribe_server_side`, as the server
+        announced them)."""
+        return self._book.channels
 
     @property
     def cursor(self) -> str | None:

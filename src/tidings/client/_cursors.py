@@ -190,3 +190,68 @@ def _position(text: object) -> Position:
         return parse_position(text)
     except TidingsError as exc:
         raise BrokenStream(f"malformed id from the server: {exc}") from None
+
+
+class ServerSideBook(CursorBook):
+    """The positions of a read of the user's channels: the server names the channels.
+
+    It starts with the channels of ``since`` (a multi-channel cursor kept from
+    before, or ``None``); :meth:`add` and :meth:`remove` follow what the server
+    announces. Its cursors always name their channels (``a=ID``), even one.
+    """
+
+    def __init__(self, since: str | None = None) -> None:
+        starts: dict[str, Start] = {}
+        if since is not None:
+            if "=" not in since:
+                raise UsageError(f"since must be a multi-channel cursor a=ID,b=ID, not {since!r}")
+            try:
+                starts = parse_multi(since)
+            except TidingsError as exc:
+                raise UsageError(str(exc)) from None
+        self.channels = tuple(starts)
+        self._positions = {channel: start if isinstance(start, Position) else None
+                           for channel, start in starts.items()}
+        self._from_origin = {channel for channel, start in starts.items() if start is ORIGIN}
+        self._starts = dict(self._positions)
+        self._handed = {}
+        #: The server named the set once: from then on an empty set is the cursor "".
+        self.heard = since is not None
+
+    def add(self, channel: str, position: str | None) -> bool:
+        """The server reads ``channel`` after ``position`` (``None``: from its first message
+        to come). True if it is new to the book; a known channel only learns ``position``."""
+        self.heard = True
+        if channel in self._positions:
+            if position is not None:
+                self.learn(channel, position)
+            return False
+        try:
+            check_channel(channel)
+        except TidingsError as exc:
+            raise BrokenStream(f"the server announced a bad channel: {exc}") from None
+        start = None if position is None else _position(position)
+        self.channels = (*self.channels, channel)
+        self._positions[channel] = self._starts[channel] = start
+        return True
+
+    def remove(self, channel: str) -> bool:
+        """The server no longer reads ``channel``: forget it. True if it was in the book."""
+        if channel not in self._positions:
+            return False
+        self.channels = tuple(c for c in self.channels if c != channel)
+        for table in (self._positions, self._starts, self._handed):
+            table.pop(channel, None)
+        self._from_origin.discard(channel)
+        return True
+
+    def _join(self, positions: dict[str, Position | None]) -> str | None:
+        parts = [f"{channel}={since}" for channel in self.channels
+                 if (since := self._since_of(channel, positions.get(channel))) is not None]
+        # "": a cursor naming no channel. The server then reads a channel added meanwhile
+        # from where it was added, where no cursor at all would read it from its end.
+        return ",".join(parts) or ("" if self.heard else None)
+
+    def learn_cursor(self, cursor: str) -> None:
+        if "=" in cursor:
+            super().learn_cursor(cursor)

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder
+from tidings.client._cursors import BrokenStream, CursorBook, OutOfOrder, ServerSideBook
 from tidings.client._presence import PresenceBook, PresenceItem, new_client_id
-from tidings.client.events import Gap, Message
+from tidings.client.events import Gap, Message, Subscribed, Unsubscribed
 from tidings.errors import BadRequest, CloseCode, MissedMessages, RequestRefused
 from tidings.server_api import refusal_of_status
 from tidings.wire import delta
@@ -117,7 +117,7 @@ class Session:
         client: Client,
         book: CursorBook,
         technique: str,
-        deliver: Callable[[Message | Gap | PresenceItem], Any],
+        deliver: Callable[[Message | Gap | PresenceItem | Subscribed | Unsubscribed], Any],
         on_gap: str,
         fallback: bool,
         established: Callable[[Session], None],
@@ -143,9 +143,16 @@ class Session:
     def channels(self) -> tuple[str, ...]:
         return self.book.channels
 
+    @property
+    def server_side(self) -> bool:
+        """Does this read the user's channels (``/subscribe`` without ``channel``)?"""
+        return isinstance(self.book, ServerSideBook)
+
     def read_target(self) -> tuple[str, httpx.QueryParams]:
         """The URL and channel parameters of a read with an HTTP technique."""
         options = self.options.params()
+        if self.server_side:
+            return self.client._url("/subscribe"), httpx.QueryParams(options)
         if len(self.channels) == 1:
             return self.client._url(f"/channels/{self.channels[0]}"), httpx.QueryParams(options)
         return self.client._url("/subscribe"), httpx.QueryParams(
@@ -211,6 +218,43 @@ class Session:
         if not isinstance(cursor, str):
             raise BrokenStream(f"a cursor must be a string, not {cursor!r}")
         self.book.learn_cursor(cursor)
+
+    # the user's channels (a ServerSideBook) -------------------------------------
+
+    async def subscribed(self, channel: object, position: object) -> None:
+        """The server reads ``channel`` for the user after ``position`` (``None``: from its
+        first message): a :class:`Subscribed` if it is new to the book."""
+        if not isinstance(self.book, ServerSideBook):
+            return
+        if not isinstance(channel, str) or not (position is None or isinstance(position, str)):
+            raise BrokenStream(f"a bad announcement of a channel: {channel!r} at {position!r}")
+        if self.book.add(channel, position):
+            await self._deliver(Subscribed(channel, position))
+
+    async def unsubscribed(self, channel: object) -> None:
+        """The server stopped reading ``channel`` for the user: an :class:`Unsubscribed`."""
+        if isinstance(self.book, ServerSideBook) and isinstance(channel, str) and (
+                self.book.remove(channel)):
+            await self._deliver(Unsubscribed(channel))
+
+    async def server_set(self, cursor: object, starts: Mapping[str, str | None] = {}) -> None:
+        """The whole set of the user's channels, as a cursor (a poll's ``next``, the first
+        SSE ``id:``): those new to the book are announced (from ``starts`` when given: a poll
+        that brings their first messages), those missing from it are removed."""
+        if not isinstance(self.book, ServerSideBook) or not isinstance(cursor, str):
+            return
+        self.book.heard = True
+        named: dict[str, str | None] = {}
+        for part in cursor.split(",") if cursor else ():
+            channel, sep, value = part.partition("=")
+            if not sep:
+                return  # a one-channel cursor is not a set
+            named[channel] = starts.get(channel, None if value == "0" else value)
+        for channel in self.book.channels:
+            if channel not in named:
+                await self.unsubscribed(channel)
+        for channel, start in named.items():
+            await self.subscribed(channel, start)
 
     async def message(self, value: Mapping[str, Any]) -> None:
         """A message object from the server: delivered unless it is a duplicate."""
@@ -279,6 +323,8 @@ class Session:
                     await self._deliver(item)
                 pending = next(queue, None)
 
+        if self.server_side:
+            await self.server_set(body.get("next"), _starts_in(body))
         for gap in body.get("gaps") or ():
             await self.gap(gap)
         try:
@@ -291,3 +337,21 @@ class Session:
         await hand_up_to(float("inf"))
         self.learn_cursor(body.get("next"))
         return body.get("more") is True
+
+
+def _starts_in(body: Mapping[str, Any]) -> dict[str, str | None]:
+    """Where each channel of a poll answer starts, read off its first gap or message: a
+    channel new to the client is read from there (the answer's ``next`` is past them)."""
+    starts: dict[str, str | None] = {}
+    for gap in body.get("gaps") or ():
+        if isinstance(gap, dict) and isinstance(gap.get("channel"), str):
+            starts.setdefault(gap["channel"], None)
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict) or not isinstance(message.get("channel"), str):
+            continue
+        if message["channel"] in starts:
+            continue
+        epoch, _, seq = str(message.get("id")).rpartition("-")
+        starts[message["channel"]] = (f"{epoch}-{int(seq) - 1}" if seq.isdigit() and int(seq) > 0
+                                      else None)
+    return starts

@@ -18,6 +18,10 @@ With ``presence=True`` it yields presence items too, in order with the messages:
 * :class:`Join` and :class:`Leave`: a :class:`Member` came or went, once each
   (duplicates the server may send are dropped: they are set operations).
 
+A subscription to the user's channels (:meth:`tidings.Client.subscribe_server_side`)
+yields :class:`Subscribed` and :class:`Unsubscribed` too: the server started or
+stopped reading a channel for the user.
+
 Status events (:class:`Connected`, :class:`Disconnected`,
 :class:`TransportChanged`, :class:`BrokerStatus`) are not yielded; they go to the ``on_status``
 callback of :func:`tidings.connect`, for logs and progress displays.
@@ -41,7 +45,9 @@ __all__ = [
     "Message",
     "Presence",
     "StatusEvent",
+    "Subscribed",
     "TransportChanged",
+    "Unsubscribed",
 ]
 
 
@@ -75,6 +81,23 @@ class Gap:
     to: str
     reason: str
     missed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The server reads ``channel`` for the user from now on, after ``next`` (``None``
+    when a poll learnt of it with its first messages): at the first connection for each
+    of the user's channels, then for each one the application adds."""
+
+    channel: str
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """The server stopped reading ``channel`` for the user: nothing more of it comes."""
+
+    channel: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ async def read(session: Session) -> None:
     if since is not None:
         headers["Last-Event-ID"] = since
     timeout = httpx.Timeout(client.connect_timeout, read=client.idle_timeout)
+    if since == "" and session.server_side:
+        channels = channels.add("since", "")  # a browser sends no empty Last-Event-ID
     params = session.read_params(channels, poller=False)
     async with client._http.stream(
         "GET", url, params=params, headers=headers, timeout=timeout
@@ -38,6 +40,8 @@ async def read(session: Session) -> None:
         if not content_type.startswith("text/event-stream"):
             raise session.failure(f"not an event stream: {content_type or 'no content type'}")
         parser = SseParser()
+        # Reading the user's channels, the stream's first block names the whole set.
+        opening = session.server_side
         async for chunk in response.aiter_raw():
             items = parser.feed(chunk)
             if items:
@@ -45,12 +49,20 @@ async def read(session: Session) -> None:
             for item in items:
                 if isinstance(item, Comment):
                     continue
+                if opening:
+                    opening = False
+                    await session.server_set(item.id)
                 if isinstance(item, Checkpoint) or item.type == "client":
                     session.learn_cursor(item.id)
                 elif item.type == "message":
                     await session.message(_json(item.data))
                 elif item.type == "gap":
                     await session.gap(_json(item.data))
+                elif item.type == "subscribed":
+                    detail = _json(item.data)
+                    await session.subscribed(detail.get("channel"), detail.get("next"))
+                elif item.type == "unsubscribed":
+                    await session.unsubscribed(_json(item.data).get("channel"))
                 elif item.type == "presence":
                     await session.presence_listed(_json(item.data))
                 elif item.type in ("join", "leave"):

@@ -30,11 +30,13 @@ import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from tidings.client._cursors import ServerSideBook
 from tidings.client._session import (
     RETRYABLE_CLOSE_CODES,
     Session,
@@ -94,15 +96,25 @@ class Link:
         #: The close code the server sent, once closed (``None``: none came, or still open).
         self.close_code: int | None = None
         self._client = client
+        #: Reading the user's channels: the route of every frame of a channel no
+        #: subscription named, and of ``subscribed`` / ``unsubscribed`` frames.
+        self.server_route: Route | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reqs = itertools.count(1)
         self._refresher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, client: Client, private: bool = False) -> Link:
-        """Connect; raises what ``websockets`` raises (classified by the caller)."""
+    async def open(cls, client: Client, private: bool = False,
+                   server_route: Route | None = None, since: str | None = None) -> Link:
+        """Connect; raises what ``websockets`` raises (classified by the caller).
+
+        With ``server_route``, a private link reading the user's channels, resumed from
+        ``since`` (their multi-channel cursor)."""
         token = await client._tokens.get()
-        named = "" if client.client_id is None else f"?client={client.client_id}"
+        query = {} if client.client_id is None else {"client": client.client_id}
+        if since is not None:
+            query["since"] = since
+        named = f"?{urlencode(query)}" if query else ""
         ws = await ws_connect(
             client._ws_url("/subscribe" + named),
             open_timeout=client.connect_timeout,
@@ -110,7 +122,8 @@ class Link:
             max_size=MAX_FRAME,
             additional_headers={**client.headers, **bearer(token)},
         )
-        link = cls(ws, client, private)
+        link = cls(ws, client, private or server_route is not None)
+        link.server_route = server_route
         client._spawn(link._read_frames())
         if token is not None and client._tokens.refreshable:
             link._refresher = client._spawn(link._keep_token_fresh(token))
@@ -197,9 +210,13 @@ class Link:
                     raise ValueError("a frame that is not a JSON object")
                 kind = frame.get("type")
                 if kind in ("message", "gap", "presence", "join", "leave"):
-                    route = self.routes.get(frame.get("channel"))  # type: ignore[arg-type]
+                    named = self.routes.get(frame.get("channel"))  # type: ignore[arg-type]
+                    route = named if named is not None else self.server_route
                     if route is not None:
                         route.put(frame)
+                elif kind in ("subscribed", "unsubscribed"):
+                    if self.server_route is not None:
+                        self.server_route.put(frame)
                 elif kind == "error" and frame.get("req") is None and (
                         frame.get("error") == "token_expired"):
                     self._client._tokens.invalidate()  # the server closes with 4001 next
@@ -225,6 +242,8 @@ class Link:
                     reply.set_exception(ConnectionFailed(f"WebSocket closed: {reason}"))
             for route in self.routes.values():
                 route.put(_Lost(reason))
+            if self.server_route is not None:
+                self.server_route.put(_Lost(reason))
 
 
 def _describe_close(ws: ClientConnection) -> str:
@@ -239,8 +258,15 @@ def _describe(exc: ConnectionClosed) -> str:
     return f"closed by the server ({exc.rcvd.code} {exc.rcvd.reason})".replace(" )", ")")
 
 
+#: Put in a server-side route after the opening's announcements (see :func:`read_server_side`).
+_OPENED: dict[str, Any] = {"type": "opened"}
+
+
 async def read(session: Session) -> None:
     """Read the session's channels over a shared (or private) link until it breaks."""
+    if session.server_side:
+        await read_server_side(session)
+        return
     client = session.client
     channels = session.channels
     try:
@@ -296,6 +322,74 @@ async def read(session: Session) -> None:
                 await session.presence_changed(kind, item)
     finally:
         await _detach(client, link, channels, route)
+
+
+async def _open(session: Session, open_link: Any) -> Link:
+    """``await open_link()``, with its failures in the reconnect loop's terms."""
+    try:
+        link: Link = await open_link()
+    except InvalidStatus as exc:
+        response = exc.response
+        busy = unavailable(response.status_code, response.body or b"")
+        if busy is not None:
+            raise busy from None
+        refused = refusal_of_status(response.status_code, response.body or b"")
+        if refused is not None:
+            raise refused from None
+        raise TechniqueFailed(f"WebSocket refused: HTTP {response.status_code}") from None
+    except InvalidHandshake as exc:
+        raise TechniqueFailed(f"WebSocket handshake failed: {exc}") from None
+    return link
+
+
+async def read_server_side(session: Session) -> None:
+    """Read the user's channels over a link of their own, resumed from the book's cursor.
+
+    The server announces every channel of the set (``subscribed``) as the
+    connection opens, before it reads a command: so the answer to a first
+    ``ping`` comes after them, and a channel of the book not announced by then
+    was removed while the client was away.
+    """
+    client = session.client
+    route = Route()
+    link = await _open(session, lambda: Link.open(
+        client, server_route=route, since=session.book.since()))
+    try:
+        try:
+            await link.request({"type": "ping"})
+        except ConnectionFailed as exc:
+            if link.close_code in RETRYABLE_CLOSE_CODES:
+                raise Unavailable(str(exc)) from None
+            raise session.failure(str(exc)) from None
+        route.put(_OPENED)
+        announced: set[str] | None = set()
+        await session.established()
+        while True:
+            item = await route.queue.get()
+            if isinstance(item, _Lost):
+                raise session.failure(item.reason)
+            kind = item["type"]
+            if kind == "subscribed":
+                client._learn_client(item.get("client"))
+                if announced is not None:
+                    announced.add(str(item.get("channel")))
+                await session.subscribed(item.get("channel"), item.get("next"))
+            elif kind == "unsubscribed":
+                await session.unsubscribed(item.get("channel"))
+            elif item is _OPENED:
+                if isinstance(session.book, ServerSideBook):
+                    session.book.heard = True  # the set was named, even if empty
+                for channel in session.channels:
+                    if announced is not None and channel not in announced:
+                        await session.unsubscribed(channel)
+                announced = None
+            elif kind == "message":
+                await session.message(item)
+            elif kind == "gap":
+                await session.gap(item)
+    finally:
+        with contextlib.suppress(Exception):
+            await link.aclose()
 
 
 async def _detach(client: Client, link: Link, channels: tuple[str, ...], route: Route) -> None:

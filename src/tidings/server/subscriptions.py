@@ -100,10 +100,14 @@ class Resolved:
 def starts_of(since: str | None, channels: list[str],
               recorded: Mapping[str, Position]) -> dict[str, Start]:
     """``since`` parsed for a read of a user's channels: a channel of the set that a
-    multi-channel cursor does not name starts where it was added (an empty ``since``,
-    which a poll of no channel gets as its ``next``, is the end)."""
-    if not since:
+    multi-channel cursor does not name starts where it was added. No ``since`` is the
+    end; an empty one (the ``next`` a poll of an empty set gets, sent back) is a cursor
+    that names no channel: every channel of the set starts where it was added, so that
+    a channel added between two polls of an empty set loses nothing."""
+    if since is None:
         return dict.fromkeys(channels, END)
+    if since == "":
+        return {channel: recorded.get(channel, END) for channel in channels}
     starts = parse_since(since, channels)
     if "=" in since:
         for channel, start in starts.items():

@@ -237,7 +237,37 @@ export interface Subscription {
   presence(channel?: string, options?: PresenceOptions): Promise<PresenceAnswer | PresenceCount>;
 }
 
-/** Options of `publish()`. */
+/** A channel the server reads for the user: where reading it starts (null: from its first
+ *  message, as a poll learns of it). */
+export interface ServerSubscribed {
+  channel: string;
+  next: string | null;
+}
+
+/** What to do with the user's channels (`subscribeServerSide()`), and where they resume. */
+export interface ServerSideOptions<T = Json> {
+  /** Called once per message of any of the user's channels, in order per channel. */
+  onMessage?: (message: Message<T>) => void;
+  /** Called when messages of one of them were lost; reading goes on after `gap.to`. */
+  onGap?: (gap: Gap) => void;
+  /**
+   * The server reads `channel` for the user: the channels of `on_connect`, of the token's
+   * `channels.read`, and of the user's set, at the first connection; then each one the
+   * application adds (`server.subscribe_user`, `POST /users/{user}/channels/{channel}`).
+   */
+  onSubscribed?: (event: ServerSubscribed) => void;
+  /** The server stopped reading `channel` for the user (removed while reading or while away). */
+  onUnsubscribed?: (event: { channel: string }) => void;
+  /** A multi-channel cursor `"a=ID,b=ID"` kept from before: those channels resume there. */
+  since?: string;
+}
+
+/** The user's channels, read by `subscribeServerSide()`, until `unsubscribe()`. */
+export interface ServerSideSubscription extends Subscription {
+  /** The user's channels read now, as the server announced them (a copy). */
+  readonly serverChannels: string[];
+}
+
 /** Options of `history()`: which page of a channel's retained messages, newest first. */
 export interface HistoryOptions {
   /** An id: the messages older than it (e.g. the `before` of the page above). */
@@ -330,6 +360,24 @@ export interface Client {
   presence(channel: string, options: { count: true }): Promise<PresenceCount>;
   presence(channel: string, options?: PresenceOptions): Promise<PresenceAnswer | PresenceCount>;
 
+  /**
+   * Read the channels the server reads for this client's user (`GET /subscribe` without
+   * `channel`, on every technique): the server names them, announces each one it adds or
+   * removes, and their positions stay in the client's cursor, so that a reconnection or a
+   * technique switch resumes each exactly. One per client; with named `subscribe()`
+   * channels beside it, only over a WebSocket (`transports: ["websocket"]`): throws a
+   * `TidingsError` otherwise.
+   */
+  subscribeServerSide<T = Json>(options?: ServerSideOptions<T>): ServerSideSubscription;
+
+  /**
+   * Call the application's `on_rpc` hook over the open WebSocket (waiting up to
+   * `requestTimeout` for one being opened); resolves with its result. Rejects with a
+   * `TidingsError`: the code the hook refused with (`forbidden` by default), `no_rpc`,
+   * `hook_unavailable`, `timeout`, or `not_websocket` when the client is not on a WebSocket.
+   */
+  rpc<R = Json>(method: string, data?: unknown): Promise<R>;
+
   /** Stop reading and end every subscription; the client cannot be used again. */
   close(): void;
 
@@ -359,7 +407,7 @@ export class TidingsError extends Error {
   readonly status: number | null;
   /**
    * The server's `error` code (e.g. `payload_too_large`, `token_expired`), or
-   * `client_error`, `connection_failed`, `timeout`, `transport_disabled`.
+   * `client_error`, `connection_failed`, `timeout`, `transport_disabled`, `not_websocket`.
    */
   readonly code: string;
 }

@@ -200,6 +200,7 @@ class Client {
     this._disabled = new Set(); // techniques the server said it turned off, since the last success
     this._disabledReported = false;
     this._tokenValue = typeof this.options.token === "string" ? this.options.token : null;
+    this._serverSide = null; // the ServerSideSubscription reading the user's channels, if any
     this._run().catch((error) => this._report(error));
   }
 
@@ -220,10 +221,97 @@ class Client {
    * A channel that the client already reads keeps its position; `since` applies to new ones.
    */
   subscribe(channels, options = {}) {
+    checkMix(this, false);
     const { subscription, added, watched } = register(this, channels, options);
     // A channel read without joins and leaves until now is read again, asking for them.
     if (added.length || watched.length) this._channelsChanged([...added, ...watched], watched);
     return subscription;
+  }
+
+  /**
+   * Read the channels the server reads for this client's user (docs/protocol.md, "A user's
+   * channels"): `GET /subscribe` without `channel`, on every technique. `onSubscribed({channel,
+   * next})` when the server starts reading one for the user (at the connection, or added by
+   * `server.subscribe_user` while reading), `onUnsubscribed({channel})` when it stops;
+   * `onMessage` and `onGap` as in `subscribe`. Their positions stay in the client's cursor:
+   * a reconnection, or a switch of technique, resumes each exactly. `since` ("a=ID,b=ID",
+   * e.g. a cursor kept from an earlier page) resumes those channels from there. One per
+   * client; named channels beside it need `transports: ["websocket"]` (an HTTP read is
+   * one or the other).
+   */
+  subscribeServerSide(options = {}) {
+    if (this._closed) throw new TidingsError("the client is closed");
+    if (this._serverSide) throw new TidingsError("this client reads its user's channels already");
+    checkMix(this, true);
+    const starts = serverSideStarts(options.since);
+    this._serverSide = new ServerSideSubscription(this, options);
+    this._serverSide.heard = starts.size > 0;
+    for (const [name, start] of starts) {
+      if (this._channels.has(name)) continue; // a named channel keeps its position
+      this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
+      this._serverSide.channels.push(name);
+    }
+    this._wakeUp();
+    if (this._reader) this._reader.stop(); // read again, without channel
+    return this._serverSide;
+  }
+
+  /**
+   * Call the application's `on_rpc` hook over the WebSocket: resolves with its result.
+   * Rejects with a `TidingsError`: the code the hook refused with (`forbidden` by default),
+   * `no_rpc` (the server has no hook), `hook_unavailable` (retry), `timeout`, or
+   * `not_websocket` when the client is not on an open WebSocket (it waits up to
+   * `requestTimeout` for one being opened).
+   */
+  async rpc(method, data) {
+    if (typeof method !== "string" || method.length < 1 || method.length > 128) {
+      throw new TidingsError("method must be a string of 1 to 128 characters");
+    }
+    const command = { type: "rpc", method };
+    if (data !== undefined) {
+      const body = JSON.stringify(data);
+      if (body === undefined) throw new TidingsError("data must be a JSON value");
+      command.data = JSON.parse(body);
+    }
+    if (this._closed) throw new TidingsError("the client is closed");
+    const reader = await this._openWebSocket();
+    const ack = await reader.command(command);
+    return ack.result === undefined ? null : ack.result;
+  }
+
+  /** The open WebSocket reader, waiting up to `requestTimeout` for one being opened. */
+  async _openWebSocket() {
+    const open = () => {
+      const reader = this._reader;
+      return reader && reader.technique === "websocket" && reader.isOpen() ? reader : null;
+    };
+    let reader = open();
+    const reading = this._channels.size > 0 || this._serverSide !== null;
+    const waiting = this.options.transports[0] === "websocket" && !this._closed && reading &&
+      (this.state === "connecting" || this.state === "reconnecting" ||
+       (this._reader && this._reader.technique === "websocket"));
+    if (reader === null && waiting) {
+      reader = await new Promise((resolve) => {
+        const timer = setTimeout(() => { stop(); resolve(open()); }, this.options.requestTimeout);
+        const stop = this.on("state", () => {
+          const ready = open();
+          if (ready || this._closed || (this.transport && this.transport !== "websocket")) {
+            clearTimeout(timer);
+            stop();
+            resolve(ready);
+          }
+        });
+      });
+    }
+    if (reader === null) {
+      throw new TidingsError(reading
+        ? `rpc needs an open WebSocket; this client is ${this.state}` +
+          (this.transport ? ` on ${this.transport}` : "")
+        : "rpc needs an open WebSocket, and this client reads nothing yet " +
+          "(subscribe or subscribeServerSide first)",
+                             { code: "not_websocket" });
+    }
+    return reader;
   }
 
   /**
@@ -368,7 +456,7 @@ class Client {
   async _run() {
     const order = this.options.transports;
     while (!this._closed) {
-      if (this._channels.size === 0) {
+      if (this._channels.size === 0 && this._serverSide === null) {
         await new Promise((resolve) => { this._wake = resolve; });
         continue;
       }
@@ -482,6 +570,12 @@ class Client {
   }
 
   _unsubscribe(subscription) {
+    if (subscription === this._serverSide) {
+      this._serverSide = null;
+      for (const name of [...subscription.channels]) this._dropServerChannel(name);
+      if (this._reader && !this._closed) this._reader.stop(); // read again, with channels
+      return;
+    }
     const removed = [];
     for (const name of subscription.channels) {
       const channel = this._channels.get(name);
@@ -509,10 +603,16 @@ class Client {
    * when a subscription asked for them: a poller asking needs an id, so it makes one.
    */
   _readUrl(names, extra = "", poller = false) {
-    const query = names.map((name) => `channel=${encodeURIComponent(name)}`);
+    // The user's channels: no `channel`, and the cursor of every channel heard of.
+    if (this._serverSide) names = [...this._channels.keys()];
+    const query = this._serverSide ? []
+      : names.map((name) => `channel=${encodeURIComponent(name)}`);
     const parts = names.filter((n) => this._sinceOf(n) !== null)
       .map((n) => `${n}=${this._sinceOf(n)}`);
     if (parts.length) query.push(`since=${encodeURIComponent(parts.join(","))}`);
+    // A cursor naming no channel, once the server named the user's (empty) set: a channel
+    // added meanwhile is then read from where it was added, not from its end.
+    else if (this._serverSide && this._serverSide.heard) query.push("since=");
     for (const flag of readFlags(this.options)) query.push(`${flag}=1`);
     const watched = names.filter((n) => wantsPresence(this._channels.get(n)));
     if (watched.length) {
@@ -548,6 +648,66 @@ class Client {
       channel.fromOrigin = false;
       if (this._onLearn) this._onLearn(name, id); // a Hub tells the tabs where reading starts
     }
+  }
+
+  // the user's channels (subscribeServerSide) -------------------------------------
+
+  /** The server reads `name` for the user, from `next` (null: from its first message). */
+  _serverChannel(name, next) {
+    const subscription = this._serverSide;
+    if (!subscription || typeof name !== "string" || !CHANNEL_RE.test(name)) return;
+    subscription.heard = true;
+    if (subscription.channels.includes(name)) {
+      this._learn(name, next);
+      return;
+    }
+    let channel = this._channels.get(name);
+    if (!channel) {
+      channel = { pos: null, fromOrigin: false, subs: new Set(), ...NO_MEMBERS };
+      this._channels.set(name, channel);
+    }
+    channel.subs.add(subscription);
+    if (next !== null) this._learn(name, next);
+    subscription.channels.push(name);
+    subscription._subscribed({ channel: name, next });
+  }
+
+  /** The server stopped reading `name` for the user: nothing more of it is handed on. */
+  _serverChannelRemoved(name) {
+    const subscription = this._serverSide;
+    if (!subscription || !subscription.channels.includes(name)) return;
+    this._dropServerChannel(name);
+    subscription._unsubscribed({ channel: name });
+  }
+
+  _dropServerChannel(name) {
+    const subscription = this._serverSide || null;
+    const channel = this._channels.get(name);
+    const owner = subscription || [...(channel ? channel.subs : [])]
+      .find((s) => s instanceof ServerSideSubscription);
+    if (owner) owner.channels = owner.channels.filter((n) => n !== name);
+    if (!channel) return;
+    if (owner) channel.subs.delete(owner);
+    if (channel.subs.size === 0) this._channels.delete(name);
+  }
+
+  /**
+   * The whole set the server reads for the user, as a cursor (`a=ID,b=ID`): channels new to
+   * the client are announced from their position there, those missing from it removed.
+   */
+  _serverSet(cursor) {
+    if (!this._serverSide || typeof cursor !== "string") return;
+    const set = new Map();
+    for (const part of cursor ? cursor.split(",") : []) {
+      const at = part.indexOf("=");
+      if (at > 0) set.set(part.slice(0, at), part.slice(at + 1));
+    }
+    if (cursor !== "" && set.size === 0) return; // a single-channel cursor: not a set
+    this._serverSide.heard = true;
+    for (const name of [...this._serverSide.channels]) {
+      if (!set.has(name)) this._serverChannelRemoved(name);
+    }
+    for (const [name, next] of set) this._serverChannel(name, next === "0" ? null : next);
   }
 
   _learnCursor(cursor, names) {
@@ -673,6 +833,60 @@ class Subscription {
 
   _gap(gap) {
     if (!this.closed && this._onGap) guard(() => this._onGap(gap), this.client);
+  }
+}
+
+/** The user's channels (`subscribeServerSide`): a subscription whose channels the server names. */
+class ServerSideSubscription extends Subscription {
+  constructor(client, { onMessage, onGap, onSubscribed, onUnsubscribed } = {}) {
+    super(client, [], { onMessage, onGap, presence: false });
+    this.heard = false; // the server named the user's set once (an empty one too)
+    this._onSubscribed = onSubscribed;
+    this._onUnsubscribed = onUnsubscribed;
+  }
+
+  /** The user's channels read now (a copy). */
+  get serverChannels() {
+    return [...this.channels];
+  }
+
+  async presence(channel, options = {}) {
+    if (channel === undefined) throw new TidingsError("name the channel");
+    return super.presence(channel, options);
+  }
+
+  _subscribed(event) {
+    if (!this.closed && this._onSubscribed) guard(() => this._onSubscribed(event), this.client);
+  }
+
+  _unsubscribed(event) {
+    if (!this.closed && this._onUnsubscribed) {
+      guard(() => this._onUnsubscribed(event), this.client);
+    }
+  }
+}
+
+/** The `since` of `subscribeServerSide`: "a=ID,b=ID" (or nothing) as name → start. */
+function serverSideStarts(since) {
+  if (since === undefined || since === null) return new Map();
+  if (typeof since !== "string" || !since.includes("=")) {
+    throw new TidingsError(`invalid since ${JSON.stringify(since)}: use a=ID,b=ID`);
+  }
+  const names = since.split(",").map((part) => part.slice(0, Math.max(part.indexOf("="), 0)));
+  names.forEach(checkChannel);
+  return parseSince(since, names);
+}
+
+/** A client reads named channels or its user's channels over HTTP, both only on a WebSocket. */
+function checkMix(client, serverSide) {
+  const named = [...client._channels.values()].some(
+    (channel) => [...channel.subs].some((s) => !(s instanceof ServerSideSubscription)));
+  const other = serverSide ? named : client._serverSide !== null;
+  const order = client.options.transports;
+  if (other && (order.length !== 1 || order[0] !== "websocket")) {
+    throw new TidingsError("a client reads named channels and its user's channels together " +
+                           "only over a WebSocket (transports: [\"websocket\"]): an HTTP " +
+                           "read is one or the other; use two clients");
   }
 }
 
@@ -925,6 +1139,7 @@ class Reader {
         this.client._acceptPresence(events[next].type, events[next]);
       }
     };
+    if (this.client._serverSide) this.announceSet(body);
     for (const gap of body.gaps || []) this.client._acceptGap(gap);
     for (const [i, message] of body.messages.entries()) {
       tellUpTo(i);
@@ -937,6 +1152,31 @@ class Reader {
     this.learnPresenceCursor(body.presence_next);
     this.client._learnCursor(body.next, this.names);
     return true;
+  }
+
+  /**
+   * A poll of the user's channels: its `next` is the whole set. A channel new to the client
+   * starts before its first message in this answer (or at a gap's end, or at `next`).
+   */
+  announceSet(body) {
+    const client = this.client;
+    if (typeof body.next !== "string") return;
+    const starts = new Map();
+    for (const gap of body.gaps || []) {
+      if (gap && !starts.has(gap.channel)) starts.set(gap.channel, null);
+    }
+    for (const message of body.messages) {
+      if (!message || starts.has(message.channel)) continue;
+      const pos = parseId(message.id);
+      starts.set(message.channel, pos.seq > 0n ? `${pos.epoch}-${pos.seq - 1n}` : null);
+    }
+    const parts = body.next === "" ? [] : body.next.split(",").map((part) => {
+      const at = part.indexOf("=");
+      const name = part.slice(0, at);
+      return starts.has(name) && !client._channels.has(name)
+        ? `${name}=${starts.get(name) || "0"}` : part;
+    });
+    client._serverSet(parts.join(","));
   }
 
   /** `presence_next` of a poll answer: where each channel's joins and leaves resume. */
@@ -1104,7 +1344,11 @@ class SseReader extends Reader {
         if (value.startsWith(" ")) value = value.slice(1);
         if (field === "event") event = value;
         else if (field === "data") data.push(value);
-        else if (field === "id") this.client._learnCursor(value, this.names);
+        else if (field === "id") {
+          if (this.client._serverSide && !this.sawId) this.client._serverSet(value);
+          this.sawId = true;
+          this.client._learnCursor(value, this.names);
+        }
       }
       alive();
     }
@@ -1125,6 +1369,10 @@ class SseReader extends Reader {
       this.client._acceptGap(value);
     } else if (event === "status") {
       this.client._brokerStatus(value);
+    } else if (event === "subscribed") {
+      this.client._serverChannel(value && value.channel, value && value.next);
+    } else if (event === "unsubscribed") {
+      this.client._serverChannelRemoved(value && value.channel);
     } else if (event === "client") {
       this.client._learnClient(value && value.client); // a cross-origin page sees no header
     } else if (event === "presence") {
@@ -1150,6 +1398,7 @@ class WebSocketReader extends Reader {
     this.unacknowledged = new Set(); // channels subscribed at the opening, not acked yet
     this.abandon = null; // (outcome) => end this reader with outcome, once read() runs
     this.openTimer = null; // the attempt's deadline: open and acknowledged within it
+    this.announced = null; // the user's channels the server announced at the opening
   }
 
   isOpen() {
@@ -1285,7 +1534,14 @@ class WebSocketReader extends Reader {
       let failure = null;
       this.client.stats.requests += 1;
       const id = this.client.clientId;
-      const named = id === null ? query : `?client=${id}${query.replace(/^\?/, "&")}`;
+      let named = id === null ? query : `?client=${id}${query.replace(/^\?/, "&")}`;
+      const resume = this.client._serverSide ? this.client._serverSide.channels
+        .filter((n) => this.client._sinceOf(n) !== null)
+        .map((n) => `${n}=${this.client._sinceOf(n)}`) : [];
+      if (resume.length || (this.client._serverSide && this.client._serverSide.heard)) {
+        // The user's channels resume from the URL's cursor; named ones from their subscribe.
+        named += `${named ? "&" : "?"}since=${encodeURIComponent(resume.join(","))}`;
+      }
       const socket = new WebSocket(`${this.client._wsUrl}/subscribe${named}`);
       this.socket = socket;
       let settled = false;
@@ -1325,9 +1581,31 @@ class WebSocketReader extends Reader {
         opened = true;
         this.client.stats.bytesReceived += 160; // about the size of the 101 answer
         // The attempt timer runs on until every channel is acknowledged (markWorking).
-        this.unacknowledged = new Set(this.client._channels.keys());
+        this.unacknowledged = new Set([...this.client._channels.keys()].filter(
+          (name) => !this.client._serverSide ||
+            !this.client._serverSide.channels.includes(name) ||
+            this.client._channels.get(name).subs.size > 1));
         this.opened = true;
-        for (const name of this.unacknowledged) this.subscribeChannel(name);
+        if (this.client._serverSide) {
+          // The server announced the user's channels before it reads a command: what it did
+          // not announce when the ping's answer comes was removed while the client was away.
+          this.announced = new Set();
+          this.unacknowledged.add(SERVER_SET);
+          this.command({ type: "ping" }).then(() => {
+            const server = this.client._serverSide;
+            if (server) {
+              server.heard = true;
+              for (const name of [...server.channels]) {
+                if (!this.announced.has(name)) this.client._serverChannelRemoved(name);
+              }
+            }
+            this.announced = null;
+            this.acknowledged(SERVER_SET);
+          }, () => {});
+        }
+        for (const name of this.unacknowledged) {
+          if (name !== SERVER_SET) this.subscribeChannel(name);
+        }
         if (this.unacknowledged.size === 0) this.markWorking();
         this.pinger = setInterval(() => this.command({ type: "ping" }).catch(() => {}),
                                   this.options.pingInterval);
@@ -1362,7 +1640,12 @@ class WebSocketReader extends Reader {
         break;
       case "subscribed":
         this.client._learnClient(frame.client);
-        this.client._learn(frame.channel, frame.next);
+        if (this.announced) this.announced.add(frame.channel);
+        if (this.client._serverSide) this.client._serverChannel(frame.channel, frame.next);
+        else this.client._learn(frame.channel, frame.next);
+        break;
+      case "unsubscribed":
+        this.client._serverChannelRemoved(frame.channel);
         break;
       case "presence":
         this.client._acceptPresence("list", frame);
@@ -1390,6 +1673,8 @@ class WebSocketReader extends Reader {
     }
   }
 }
+
+const SERVER_SET = Symbol("the user's channels"); // acknowledged by the opening's ping
 
 const READERS = {
   websocket: WebSocketReader,
@@ -1486,6 +1771,8 @@ class Hub {
     this.onEmpty = onEmpty;
     this.tabs = new Map(); // tab id → Set of channel names
     this.channels = new Map(); // name → {tabs: Set, subscription}
+    this.serverTabs = new Set(); // the tabs reading the user's channels
+    this.serverSide = null; // the hub client's ServerSideSubscription, while any tab reads
     const client = this.client;
     const stats = () => ({ ...client.stats });
     // The tabs' `stats` follow the connection's: each change is sent (once per task).
@@ -1547,8 +1834,47 @@ class Hub {
       this.client.publish(packet.channel, packet.data, packet.options).then(
         (id) => this.send({ ...reply, id }),
         (error) => this.send({ ...reply, error: errorFields(error) }));
+    } else if (packet.t === "rpc") {
+      const reply = { t: "rpc", to: tab, req: packet.req };
+      this.client.rpc(packet.method, packet.data).then(
+        (result) => this.send({ ...reply, result }),
+        (error) => this.send({ ...reply, error: errorFields(error) }));
+    } else if (packet.t === "ssub" && this.tabs.has(tab)) {
+      this.readServerSide(tab, packet.since);
+    } else if (packet.t === "sunsubs") {
+      this.stopServerSide(tab);
     } else if (packet.t === "bye") {
       this.drop(tab);
+    }
+  }
+
+  /** `tab` reads the user's channels: the hub's client does, from the first tab's cursor. */
+  readServerSide(tab, since) {
+    this.serverTabs.add(tab);
+    if (this.serverSide === null) {
+      try {
+        this.serverSide = this.client.subscribeServerSide({
+          since: since || undefined, onMessage: this.deliver, onGap: this.gap,
+          onSubscribed: (event) => this.send({ t: "ssubd", ...event }),
+          onUnsubscribed: (event) => this.send({ t: "sunsub", ...event }),
+        });
+      } catch (error) {
+        this.serverTabs.delete(tab);
+        this.send({ t: "error", to: tab, error: errorFields(error) });
+      }
+      return;
+    }
+    for (const name of this.serverSide.channels) { // what the others read already
+      const pos = this.client._channels.get(name).pos;
+      this.send({ t: "ssubd", to: tab, channel: name, next: pos === null ? null : pos.id });
+    }
+  }
+
+  stopServerSide(tab) {
+    this.serverTabs.delete(tab);
+    if (this.serverTabs.size === 0 && this.serverSide !== null) {
+      this.serverSide.unsubscribe();
+      this.serverSide = null;
     }
   }
 
@@ -1603,6 +1929,7 @@ class Hub {
     const names = this.tabs.get(tab);
     if (!names) return;
     for (const name of [...names]) this.remove(tab, name);
+    this.stopServerSide(tab);
     this.tabs.delete(tab);
     if (this.onDrop) this.onDrop(tab);
     if (this.tabs.size === 0 && this.onEmpty) this.onEmpty();
@@ -1874,6 +2201,7 @@ class SharedClient {
     this._pending = new Map(); // req → {resolve, reject, timer}
     this._nextReq = 1;
     this._closed = false;
+    this._serverSide = null; // as Client's: the user's channels, read through the hub
     this._queue = []; // publishes asked for before a hub was heard from
     this._hubHeard = false; // a leader tab may not be elected yet: what is sent would be lost
     this._releaseTab = null;
@@ -1896,6 +2224,38 @@ class SharedClient {
     const changed = [...added, ...watched];
     if (changed.length) this._post({ t: "sub", channels: changed.map((n) => this._subOf(n)) });
     return subscription;
+  }
+
+  /** As `Client.subscribeServerSide`: the shared connection reads the user's channels. */
+  subscribeServerSide(options = {}) {
+    if (this._closed) throw new TidingsError("the client is closed");
+    if (this._serverSide) throw new TidingsError("this client reads its user's channels already");
+    checkMix(this, true);
+    const starts = serverSideStarts(options.since);
+    this._serverSide = new ServerSideSubscription(this, options);
+    this._serverSide.heard = starts.size > 0;
+    for (const [name, start] of starts) {
+      if (this._channels.has(name)) continue;
+      this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
+      this._serverSide.channels.push(name);
+    }
+    this._post({ t: "ssub", since: this._serverCursor() });
+    return this._serverSide;
+  }
+
+  /** As `Client.rpc`: sent over the shared connection's WebSocket. */
+  async rpc(method, data) {
+    if (typeof method !== "string" || method.length < 1 || method.length > 128) {
+      throw new TidingsError("method must be a string of 1 to 128 characters");
+    }
+    const packet = { t: "rpc", method };
+    if (data !== undefined) {
+      const body = JSON.stringify(data);
+      if (body === undefined) throw new TidingsError("data must be a JSON value");
+      packet.data = JSON.parse(body);
+    }
+    if (this._closed) throw new TidingsError("the client is closed");
+    return this._ask(packet);
   }
 
   /** As `Client.presence`: asked by the shared connection (over its WebSocket, if open). */
@@ -1927,7 +2287,7 @@ class SharedClient {
     return this._ask({ t: "pub", channel, data: JSON.parse(body), options });
   }
 
-  /** Send `packet` (a "pub" or "who") to the hub; resolves with its answer. */
+  /** Send `packet` (a "pub", "who" or "rpc") to the hub; resolves with its answer. */
   _ask(packet) {
     const req = this._nextReq++;
     return new Promise((resolve, reject) => {
@@ -2016,9 +2376,11 @@ class SharedClient {
   _announce() {
     this._send({ t: "hello", clientId: this.clientId });
     if (this._channels.size) {
-      const channels = [...this._channels.keys()].map((n) => this._subOf(n));
-      this._send({ t: "sub", channels });
+      const channels = [...this._channels.keys()].filter((n) => this._named(n))
+        .map((n) => this._subOf(n));
+      if (channels.length) this._send({ t: "sub", channels });
     }
+    if (this._serverSide) this._send({ t: "ssub", since: this._serverCursor() });
     // Subscribing only recorded channels (announced just now); publishing waited for a hub.
     if (this._hubHeard) for (const packet of this._queue.splice(0)) this._send(packet);
   }
@@ -2028,15 +2390,39 @@ class SharedClient {
     return [name, this._sinceOf(name), wantsPresence(this._channels.get(name))];
   }
 
+  /** Does a `subscribe()` of this tab read `name` (not only its user's channels)? */
+  _named(name) {
+    return [...this._channels.get(name).subs].some((s) => s !== this._serverSide);
+  }
+
+  /** Where this tab stands on its user's channels: "a=ID,b=ID", or null. */
+  _serverCursor() {
+    const parts = this._serverSide.channels.filter((n) => this._sinceOf(n) !== null)
+      .map((n) => `${n}=${this._sinceOf(n)}`);
+    return parts.length ? parts.join(",") : null;
+  }
+
+  _serverChannel(name, next) {
+    Client.prototype._serverChannel.call(this, name, next);
+  }
+
+  _serverChannelRemoved(name) {
+    Client.prototype._serverChannelRemoved.call(this, name);
+  }
+
+  _dropServerChannel(name) {
+    Client.prototype._dropServerChannel.call(this, name);
+  }
+
   _post(packet) {
-    const asked = packet.t === "pub" || packet.t === "who";
+    const asked = packet.t === "pub" || packet.t === "who" || packet.t === "rpc";
     if (this._link && (this._hubHeard || !asked)) this._send(packet);
     else if (asked) this._queue.push(packet);
   }
 
   _send(packet) {
     if (!this._link) return;
-    const asked = packet.t === "pub" || packet.t === "who";
+    const asked = packet.t === "pub" || packet.t === "who" || packet.t === "rpc";
     const pending = asked ? this._pending.get(packet.req) : undefined;
     if (pending) pending.sent = true;
     this._link.send({ ...packet, tab: this._id });
@@ -2087,6 +2473,15 @@ class SharedClient {
         break;
       case "who":
         this._settle(packet.req, packet.answer, packet.error);
+        break;
+      case "rpc":
+        this._settle(packet.req, packet.result, packet.error);
+        break;
+      case "ssubd":
+        this._serverChannel(packet.channel, packet.next);
+        break;
+      case "sunsub":
+        this._serverChannelRemoved(packet.channel);
         break;
       case "client":
         this.clientId = packet.id;
@@ -2153,6 +2548,12 @@ class SharedClient {
   }
 
   _unsubscribe(subscription) {
+    if (subscription === this._serverSide) {
+      this._serverSide = null;
+      for (const name of [...subscription.channels]) this._dropServerChannel(name);
+      if (!this._closed) this._post({ t: "sunsubs" });
+      return;
+    }
     const removed = [];
     for (const name of subscription.channels) {
       const channel = this._channels.get(name);

@@ -5,6 +5,7 @@ import {
   connect, DEFAULTS, refreshDelay, STATES, TECHNIQUES, TidingsError, tokenExpiry,
   type BrokerStatus, type Client, type Gap, type HistoryPage, type Member, type Message,
   type Options, type PresenceAnswer, type PresenceCount, type State,
+  type ServerSideSubscription, type ServerSubscribed,
   type ShareTabs, type StateDetail, type Subscription, type Technique,
 } from "tidings";
 
@@ -77,6 +78,24 @@ async function watching(): Promise<number> {
   return numbers.count + numbers.users;
 }
 
+interface Typing { ok: boolean; others: string[] }
+
+async function mine(): Promise<boolean> {
+  const inbox: ServerSideSubscription = client.subscribeServerSide<{ text: string }>({
+    onMessage: (message) => console.log(message.channel, message.data.text),
+    onGap: (gap: Gap) => console.log(gap.missed),
+    onSubscribed: ({ channel, next }: ServerSubscribed) => console.log(channel, next),
+    onUnsubscribed: ({ channel }) => console.log(channel),
+    since: "inbox:alice=k2j4h5g6-3",
+  });
+  const channels: string[] = inbox.serverChannels;
+  const typing = await client.rpc<Typing>("typing", { room: "lobby" });
+  const anything = await client.rpc("ping");
+  console.log(channels, anything);
+  inbox.unsubscribe();
+  return typing.ok;
+}
+
 const stats: number = client.stats.requests + client.stats.bytesReceived + client.stats.messages;
 const state: State = client.state;
 const techniques: readonly Technique[] = TECHNIQUES;
@@ -85,7 +104,7 @@ const timeout: number = DEFAULTS.attemptTimeout + DEFAULTS.backoff.max;
 const expiry: number | null = tokenExpiry("a.b.c");
 const delay: number | null = refreshDelay(60);
 const error = new TidingsError("refused", { status: 403, code: "forbidden" });
-console.log(channels, publishing, scrollBack, watching, stats, state, techniques, states, timeout, expiry, delay, error);
+console.log(channels, publishing, scrollBack, watching, mine, stats, state, techniques, states, timeout, expiry, delay, error);
 client.close();
 
 // Misuse the declarations must refuse.
@@ -112,5 +131,9 @@ connect("/", { shareTabs: "iframe" });
 // @ts-expect-error: the state is read-only
 client.state = "open";
 console.log(wrongId);
+// @ts-expect-error: a method is a string
+client.rpc(7);
+// @ts-expect-error: onSubscribed gets {channel, next}, not a string
+client.subscribeServerSide({ onSubscribed: (channel: string) => console.log(channel) });
 // @ts-expect-error: a count answer has no member list
 client.presence("room", { count: true }).then((answer) => answer.members);
