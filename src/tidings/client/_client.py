@@ -362,23 +362,9 @@ class Client:
             if count_only:
                 command["count"] = True
             return _presence_answer(channel, await link.request(command))
-        url = self._url(f"/channels/{channel}/presence")
-        params = {"count": ""} if count_only else None
-        try:
-            response = await self._http.get(url, params=params)
-            if response.status_code == 401 and self._tokens.refreshable and (
-                    refused(response).code == "token_expired"):
-                self._tokens.invalidate()  # once, with a fresh token
-                response = await self._http.get(url, params=params)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot ask {self._base} who is on {channel}: "
-                                   f"{_explain(exc)}") from None
-        if response.status_code != 200:
-            raise refused(response)
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
+        answer = await self._get_json(f"/channels/{channel}/presence",
+                                      {"count": ""} if count_only else None,
+                                      f"ask {self._base} who is on {channel}")
         return _presence_answer(channel, answer)
 
     def _learn_client(self, client_id: object) -> None:
@@ -412,7 +398,16 @@ class Client:
             if limit < 1:
                 raise UsageError(f"limit must be at least 1, not {limit!r}")
             params["limit"] = str(limit)
-        url = self._url(f"/channels/{channel}")
+        answer = await self._get_json(f"/channels/{channel}", params,
+                                      f"read {channel}'s history from {self._base}")
+        return parse_history(channel, answer)
+
+    async def _get_json(self, path: str, params: dict[str, str] | None, doing: str) -> Any:
+        """``GET path`` and its JSON answer (``None`` if it is not JSON), with one retry on
+        a fresh token when the server says it expired. Raises :class:`ConnectionFailed`
+        ("cannot ``doing``") if the server cannot be reached, :class:`RequestRefused`
+        for any answer but ``200``."""
+        url = self._url(path)
         try:
             response = await self._http.get(url, params=params)
             if response.status_code == 401 and self._tokens.refreshable and (
@@ -420,15 +415,13 @@ class Client:
                 self._tokens.invalidate()  # once, with a fresh token
                 response = await self._http.get(url, params=params)
         except httpx.TransportError as exc:
-            raise ConnectionFailed(f"cannot read {channel}'s history from {self._base}: "
-                                   f"{_explain(exc)}") from None
+            raise ConnectionFailed(f"cannot {doing}: {_explain(exc)}") from None
         if response.status_code != 200:
             raise refused(response)
         try:
-            answer = response.json()
+            return response.json()
         except ValueError:
-            answer = None
-        return parse_history(channel, answer)
+            return None
 
     async def _publish_ws(self, channel: str, data: Any, key: str | None) -> str:
         link = await self._open_shared_link()

@@ -2094,29 +2094,35 @@ function acceptPresence(client, kind, value) {
 }
 
 /** Who is on `channel`, over HTTP (`presence()` without an open WebSocket). */
-async function readPresence(url, channel, countOnly, { token, requestTimeout, stats }) {
+async function readPresence(url, channel, countOnly, how) {
+  const [status, answer] = await getJson(
+    `${url}/channels/${encodeURIComponent(channel)}/presence${countOnly ? "?count" : ""}`,
+    `ask who is on ${channel}`, how);
+  if (status !== 200 || !answer || typeof answer.count !== "number") {
+    throw refusal(status, answer);
+  }
+  return answer;
+}
+
+/**
+ * `GET target` with the token, under the request timeout, counted in `stats`: the status
+ * and the JSON answer (null if it is not JSON). A request that fails rejects with a
+ * `connection_failed` TidingsError ("cannot `doing`").
+ */
+async function getJson(target, doing, { token, requestTimeout, stats }) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), requestTimeout);
-  let response;
-  let answer;
   try {
     const bearer = await token();
     const headers = bearer !== null ? { Authorization: `Bearer ${bearer}` } : {};
     stats.requests += 1;
-    response = await fetch(`${url}/channels/${encodeURIComponent(channel)}/presence` +
-                           (countOnly ? "?count" : ""),
-                           { headers, cache: "no-store", signal: controller.signal });
-    answer = await response.json().catch(() => null);
+    const response = await fetch(target, { headers, cache: "no-store", signal: controller.signal });
+    return [response.status, await response.json().catch(() => null)];
   } catch (error) {
-    throw new TidingsError(`cannot ask who is on ${channel}: ${error.message}`,
-      { code: "connection_failed" });
+    throw new TidingsError(`cannot ${doing}: ${error.message}`, { code: "connection_failed" });
   } finally {
     clearTimeout(timer);
   }
-  if (response.status !== 200 || !answer || typeof answer.count !== "number") {
-    throw refusal(response.status, answer);
-  }
-  return answer;
 }
 
 /**
@@ -2124,8 +2130,7 @@ async function readPresence(url, channel, countOnly, { token, requestTimeout, st
  * client's, which need no connection for it). `how`: the token (a function), the request
  * timeout, and the stats to count the request in.
  */
-async function readHistory(url, channel, { before, since, limit } = {},
-                           { token, requestTimeout, stats }) {
+async function readHistory(url, channel, { before, since, limit } = {}, how) {
   const query = new URLSearchParams({ order: "desc" });
   if (before !== undefined && before !== null) query.set("before", String(before));
   if (since !== undefined && since !== null) query.set("since", String(since));
@@ -2135,27 +2140,12 @@ async function readHistory(url, channel, { before, since, limit } = {},
     }
     query.set("limit", String(limit));
   }
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), requestTimeout);
-  let response;
-  let answer;
-  try {
-    const bearer = await token();
-    const headers = bearer !== null ? { Authorization: `Bearer ${bearer}` } : {};
-    stats.requests += 1;
-    response = await fetch(`${url}/channels/${encodeURIComponent(channel)}?${query}`, {
-      headers, cache: "no-store", signal: controller.signal,
-    });
-    answer = await response.json().catch(() => null);
-  } catch (error) {
-    throw new TidingsError(`cannot read the history of ${channel}: ${error.message}`,
-      { code: "connection_failed" });
-  } finally {
-    clearTimeout(timer);
-  }
-  if (response.status !== 200 || !answer || !Array.isArray(answer.messages)
+  const [status, answer] = await getJson(
+    `${url}/channels/${encodeURIComponent(channel)}?${query}`,
+    `read the history of ${channel}`, how);
+  if (status !== 200 || !answer || !Array.isArray(answer.messages)
       || typeof answer.next !== "string") {
-    throw refusal(response.status, answer);
+    throw refusal(status, answer);
   }
   return {
     messages: answer.messages, next: answer.next,
