@@ -4,8 +4,11 @@ Each worker keeps its own counters (server/metrics.py reads them at scrape
 time). Under ``--workers`` the parent gives the workers a private directory
 (mode 0700) where each one
 
-- listens on a Unix socket, ``worker-I.sock``, that answers its figures (a
-  :data:`Snapshot`, JSON) to whoever connects, then closes;
+- listens on a Unix socket, ``worker-I.sock``: whoever connects sends one
+  line naming a question of :data:`QUESTIONS` (``metrics``: its figures, a
+  :data:`Snapshot`; ``status``: its part of the live status page,
+  server/status.py), and the worker answers it as JSON, then closes (an end
+  of file before any line asks ``metrics``);
 - saves its counters and histograms in ``worker-I.json`` whenever its figures
   leave the process (a scrape, a peer asking) and every
   :data:`SAVE_SECONDS`, and once more when it closes.
@@ -46,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from tidings.server import status
+
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
@@ -57,6 +62,10 @@ SAVE_SECONDS = 5.0
 PEER_TIMEOUT = 2.0
 #: Bytes of one worker's figures read at most (they are a few kilobytes).
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
+#: Bytes of a question read at most (a word and a newline).
+MAX_QUESTION_BYTES = 64
+#: What a worker answers on its socket: the question's word -> the answer's JSON type.
+QUESTIONS: dict[str, type] = {"metrics": list, "status": dict}
 
 #: One metric family, as JSON: ``{"name", "type", "help", "samples": [[name, labels, value]]}``.
 Family = dict[str, Any]
@@ -180,10 +189,19 @@ class WorkerShare:
         self._save(figures)
         return figures
 
+    def others(self) -> list[int]:
+        """The indexes of every other worker."""
+        return [i for i in range(self.count) if i != self.index]
+
+    async def ask_others(self, question: str) -> list[Any]:
+        """Every other worker's answer to ``question`` (``None``: it did not answer in
+        :data:`PEER_TIMEOUT`), in the order of :meth:`others`; all asked at once."""
+        return list(await asyncio.gather(*(self._ask(i, question) for i in self.others())))
+
     async def exposition(self, server: Server) -> bytes:
         """Every worker's figures, added up, as the text exposition."""
-        others = [i for i in range(self.count) if i != self.index]
-        answers = await asyncio.gather(*(self._ask(i) for i in others))
+        others = self.others()
+        answers = await self.ask_others("metrics")
         snapshots = [self.own(server)]
         unreachable = 0
         for index, answer in zip(others, answers, strict=True):
@@ -205,16 +223,25 @@ class WorkerShare:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a predecessor's
 
-        async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                writer.write(json.dumps(self.own(server)).encode())
+                async with asyncio.timeout(PEER_TIMEOUT):
+                    line = await reader.readline()
+                question = line.decode("ascii").strip() or "metrics"
+                if question not in QUESTIONS:
+                    raise ValueError(f"no such question: {question[:MAX_QUESTION_BYTES]!r}")
+                writer.write(json.dumps(self._answer(server, question)).encode())
                 await writer.drain()
-            except OSError:
-                pass  # the asking worker gave up: it counts with what was saved
+            except (OSError, TimeoutError, ValueError) as exc:
+                # The asking worker gave up (it counts with what was saved) or asked
+                # what this one does not know: it reads no answer and says so.
+                logger.debug("a worker's question unanswered: %s", exc)
+            except Exception:  # a bug: that question fails, this worker goes on
+                logger.exception("answering another worker failed")
             finally:
                 writer.close()
 
-        listener = await asyncio.start_unix_server(answer, path)
+        listener = await asyncio.start_unix_server(answer, path, limit=MAX_QUESTION_BYTES)
         try:
             while True:
                 await asyncio.sleep(SAVE_SECONDS)
@@ -225,12 +252,19 @@ class WorkerShare:
                 path.unlink()
             self.own(server)  # the last counts before this worker ends
 
-    async def _ask(self, index: int) -> Snapshot | None:
-        """Worker ``index``'s figures, or ``None`` if it does not answer in time."""
+    def _answer(self, server: Server, question: str) -> Any:
+        if question == "status":
+            return status.worker_part(server)
+        return self.own(server)
+
+    async def _ask(self, index: int, question: str = "metrics") -> Any:
+        """Worker ``index``'s answer to ``question``, or ``None`` if it does not answer in time."""
         writer = None
         try:
             async with asyncio.timeout(PEER_TIMEOUT):
                 reader, writer = await asyncio.open_unix_connection(self.socket_path(index))
+                writer.write(question.encode("ascii") + b"\n")
+                await writer.drain()
                 chunks, size = [], 0
                 while chunk := await reader.read(65536):
                     size += len(chunk)
@@ -238,11 +272,11 @@ class WorkerShare:
                         raise ValueError(f"more than {MAX_SNAPSHOT_BYTES} bytes")
                     chunks.append(chunk)
             answer = json.loads(b"".join(chunks))
-            if not isinstance(answer, list):
-                raise ValueError("not a list of families")
+            if not isinstance(answer, QUESTIONS[question]):
+                raise ValueError(f"not a {QUESTIONS[question].__name__}")
             return answer
         except (OSError, TimeoutError, ValueError) as exc:
-            logger.debug("worker %d's figures: %s; counting with its saved ones", index, exc)
+            logger.debug("worker %d's answer to %r: %s", index, question, exc)
             return None
         finally:
             if writer is not None:
