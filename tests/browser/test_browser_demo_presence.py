@@ -89,7 +89,9 @@ async def test_the_lab_shows_its_four_columns_as_four_members(demo: Demo, browse
     page = await open_page(browser, demo.url + "/lab")
     await page.wait_for_function(
         "() => window.tidingsLab && window.tidingsLab.columns.every((c) => c.client.clientId)"
-        " && document.querySelectorAll('#members tbody tr.mine').length === 4",
+        " && document.querySelectorAll('#members tbody tr.mine').length === 4"
+        " && [...document.querySelectorAll('.column .client')].every("
+        "(c) => c.textContent !== '\u2013')",
         timeout=WAIT_MS)
     columns = await page.evaluate(
         "window.tidingsLab.columns.map((c) => [c.technique.name, c.client.clientId])")

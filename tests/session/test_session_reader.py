@@ -276,3 +276,11 @@ def test_a_reader_of_several_channels_whose_messages_carry_their_ids_reports_eac
                                    ("gap", "b", b[5], "zzzzzzzz-0", "zzzzzzzz-0")]
     # Live messages carry their own ids: the reader keeps where its backlog left it.
     assert reader.position("a") == _position(a[5])
+
+
+def test_messages_of_several_channels_within_one_millisecond_keep_their_publication_order() -> None:
+    log = broker()  # its clock stands still: every message has the same time
+    ids = [log.publish_nowait(channel, b"1").id for channel in ("b", "a", "b", "a")]
+    page = read_batch(log, {"a": ORIGIN, "b": ORIGIN}, 10)
+    assert len({m.time for m in page.messages}) == 1
+    assert [(m.channel, m.id) for m in page.messages] == list(zip("baba", ids, strict=True))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from itertools import count
+
 from tidings.core.cursor import Position
+
+#: This process's arrival counter: each message made here takes the next number.
+_arrivals = count()
 
 
 class Message:
@@ -17,7 +22,7 @@ class Message:
     every connection that wants it.
     """
 
-    __slots__ = ("channel", "data", "encoded", "id", "json", "position", "time")
+    __slots__ = ("arrival", "channel", "data", "encoded", "id", "json", "position", "time")
 
     def __init__(self, channel: str, position: Position, data: bytes, time: int) -> None:
         self.channel = channel
@@ -26,6 +31,9 @@ class Message:
         self.data = data
         #: Unix time of publication in milliseconds.
         self.time = time
+        #: When this process got it, against every other message: orders messages of
+        #: several channels published within one millisecond (:func:`publication_order`).
+        self.arrival = next(_arrivals)
         # Channel names and ids never need JSON escaping (see core.names, core.cursor).
         self.json = b'{"channel":"%s","id":"%s","data":%s,"time":%d}' % (
             channel.encode(),
@@ -41,3 +49,9 @@ class Message:
 
     def __repr__(self) -> str:
         return f"<Message {self.channel} {self.id}>"
+
+
+def publication_order(message: Message) -> tuple[int, int]:
+    """The sort key of messages of several channels: oldest first, and within one
+    millisecond in the order this process got them (the order live readers are sent them)."""
+    return message.time, message.arrival

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Position, Start, format_multi
 from tidings.core.log import Gap
-from tidings.core.message import Message
+from tidings.core.message import Message, publication_order
 
 if TYPE_CHECKING:
     from tidings.session.reader import Log
@@ -53,7 +53,7 @@ def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
         messages.extend(read.messages)
         more = more or read.more
     if len(starts) > 1 and messages:
-        messages.sort(key=_publication_order)
+        messages.sort(key=publication_order)
         if len(messages) > limit:
             more = True
             for dropped in messages[limit:]:
@@ -63,6 +63,3 @@ def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
             del messages[limit:]
     return Batch(messages, begins, positions, gaps, more)
 
-
-def _publication_order(message: Message) -> int:
-    return message.time

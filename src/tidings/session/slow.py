@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 from tidings.core.cursor import END, ORIGIN, Position, Start
 from tidings.core.log import BackRead, Gap, Read
-from tidings.core.message import Message
+from tidings.core.message import Message, publication_order
 from tidings.session.batch import Batch
 
 DISCONNECT: Final = "disconnect"
@@ -103,5 +103,5 @@ def latest_batch(log: Log, starts: Mapping[str, Start]) -> Batch:
         else:
             begins[channel] = position
         positions[channel] = position
-    messages.sort(key=lambda message: message.time)
+    messages.sort(key=publication_order)
     return Batch(messages, begins, positions, gaps, False)

@@ -136,6 +136,7 @@ class Column {
     const clientId = Array.from(crypto.getRandomValues(new Uint8Array(8)),
       (b) => b.toString(16).padStart(2, "0")).join("");
     this.client = connect(location.origin, { transports: [technique.name], delta: true, clientId });
+    this.field("client").textContent = clientId;
     this.client.on("state", (state, detail) => this.showState(state, detail));
     this.client.subscribe(CHANNEL, {
       onMessage: (message) => this.received(message),
