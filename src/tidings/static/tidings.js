@@ -240,20 +240,10 @@ class Client {
    * one or the other).
    */
   subscribeServerSide(options = {}) {
-    if (this._closed) throw new TidingsError("the client is closed");
-    if (this._serverSide) throw new TidingsError("this client reads its user's channels already");
-    checkMix(this, true);
-    const starts = serverSideStarts(options.since);
-    this._serverSide = new ServerSideSubscription(this, options);
-    this._serverSide.heard = starts.size > 0;
-    for (const [name, start] of starts) {
-      if (this._channels.has(name)) continue; // a named channel keeps its position
-      this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
-      this._serverSide.channels.push(name);
-    }
+    const subscription = registerServerSide(this, options);
     this._wakeUp();
     if (this._reader) this._reader.stop(); // read again, without channel
-    return this._serverSide;
+    return subscription;
   }
 
   /**
@@ -264,15 +254,7 @@ class Client {
    * `requestTimeout` for one being opened).
    */
   async rpc(method, data) {
-    if (typeof method !== "string" || method.length < 1 || method.length > 128) {
-      throw new TidingsError("method must be a string of 1 to 128 characters");
-    }
-    const command = { type: "rpc", method };
-    if (data !== undefined) {
-      const body = JSON.stringify(data);
-      if (body === undefined) throw new TidingsError("data must be a JSON value");
-      command.data = JSON.parse(body);
-    }
+    const command = rpcRequest({ type: "rpc" }, method, data);
     if (this._closed) throw new TidingsError("the client is closed");
     const reader = await this._openWebSocket();
     const ack = await reader.command(command);
@@ -2093,6 +2075,40 @@ function acceptPresence(client, kind, value) {
   }
 }
 
+/**
+ * `subscribeServerSide` of both clients: checked, the channels of `options.since` taken
+ * into the client's positions (a named channel keeps its own), the subscription kept.
+ */
+function registerServerSide(client, options) {
+  if (client._closed) throw new TidingsError("the client is closed");
+  if (client._serverSide) throw new TidingsError("this client reads its user's channels already");
+  checkMix(client, true);
+  const starts = serverSideStarts(options.since);
+  const subscription = new ServerSideSubscription(client, options);
+  subscription.heard = starts.size > 0;
+  client._serverSide = subscription;
+  for (const [name, start] of starts) {
+    if (client._channels.has(name)) continue; // a named channel keeps its position
+    client._channels.set(name, { ...start, subs: new Set([subscription]), ...NO_MEMBERS });
+    subscription.channels.push(name);
+  }
+  return subscription;
+}
+
+/** `fields` with an `rpc`'s checked `method` and a copy of its `data` (a JSON value). */
+function rpcRequest(fields, method, data) {
+  if (typeof method !== "string" || method.length < 1 || method.length > 128) {
+    throw new TidingsError("method must be a string of 1 to 128 characters");
+  }
+  const request = { ...fields, method };
+  if (data !== undefined) {
+    const body = JSON.stringify(data);
+    if (body === undefined) throw new TidingsError("data must be a JSON value");
+    request.data = JSON.parse(body);
+  }
+  return request;
+}
+
 /** Who is on `channel`, over HTTP (`presence()` without an open WebSocket). */
 async function readPresence(url, channel, countOnly, how) {
   const [status, answer] = await getJson(
@@ -2218,32 +2234,14 @@ class SharedClient {
 
   /** As `Client.subscribeServerSide`: the shared connection reads the user's channels. */
   subscribeServerSide(options = {}) {
-    if (this._closed) throw new TidingsError("the client is closed");
-    if (this._serverSide) throw new TidingsError("this client reads its user's channels already");
-    checkMix(this, true);
-    const starts = serverSideStarts(options.since);
-    this._serverSide = new ServerSideSubscription(this, options);
-    this._serverSide.heard = starts.size > 0;
-    for (const [name, start] of starts) {
-      if (this._channels.has(name)) continue;
-      this._channels.set(name, { ...start, subs: new Set([this._serverSide]), ...NO_MEMBERS });
-      this._serverSide.channels.push(name);
-    }
+    const subscription = registerServerSide(this, options);
     this._post({ t: "ssub", since: this._serverCursor() });
-    return this._serverSide;
+    return subscription;
   }
 
   /** As `Client.rpc`: sent over the shared connection's WebSocket. */
   async rpc(method, data) {
-    if (typeof method !== "string" || method.length < 1 || method.length > 128) {
-      throw new TidingsError("method must be a string of 1 to 128 characters");
-    }
-    const packet = { t: "rpc", method };
-    if (data !== undefined) {
-      const body = JSON.stringify(data);
-      if (body === undefined) throw new TidingsError("data must be a JSON value");
-      packet.data = JSON.parse(body);
-    }
+    const packet = rpcRequest({ t: "rpc" }, method, data);
     if (this._closed) throw new TidingsError("the client is closed");
     return this._ask(packet);
   }
