@@ -269,19 +269,7 @@ async def read(session: Session) -> None:
         return
     client = session.client
     channels = session.channels
-    try:
-        link = await client._acquire_link(channels)
-    except InvalidStatus as exc:
-        response = exc.response
-        busy = unavailable(response.status_code, response.body or b"")
-        if busy is not None:
-            raise busy from None
-        refused = refusal_of_status(response.status_code, response.body or b"")
-        if refused is not None:
-            raise refused from None
-        raise TechniqueFailed(f"WebSocket refused: HTTP {response.status_code}") from None
-    except InvalidHandshake as exc:
-        raise TechniqueFailed(f"WebSocket handshake failed: {exc}") from None
+    link = await _open(session, lambda: client._acquire_link(channels))
     route = Route()
     for channel in channels:
         link.routes[channel] = route
