@@ -270,6 +270,84 @@ async def test_tabs_sharing_a_connection_read_the_users_channels(page: Any, mode
     assert refused["error"]["code"] == "not_yours"
 
 
+@pytest.mark.parametrize("mode", ["worker", "leader"])
+async def test_a_tab_behind_the_shared_connection_loses_nothing(page: Any, mode: str) -> None:
+    """A tab that joins the shared connection behind it on a channel (as every tab but the
+    first does when a new leader takes over from their cursors) is read from its own
+    position: it gets what it had not, the tab ahead gets nothing twice."""
+    context = page.context
+    async with node() as served:
+        assert served.server is not None
+        await served.server.subscribe_user("alice", "inbox:alice")
+        shared = {**FAST, "shareTabs": mode}
+        args = {"transports": "websocket", "options": json.dumps(shared)}
+        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
+        await page.goto(f"{served.url}/test/serverside?{urlencode(args)}")
+        await wait_for(page, "window.log.subscribed.length >= 1 && "
+                             "window.client.state === 'open'")
+        ids = [(await served.server.publish("inbox:alice", n)).id for n in ("a", "b", "c")]
+        await wait_for_data(page, "inbox:alice", ["a", "b", "c"])
+        other = await context.new_page()
+        await other.goto(f"{served.url}/test/serverside?{urlencode({**args, 'read': 'no'})}")
+        await wait_for(other, "window.client.state === 'open'")
+        await other.evaluate("""(since) => { window.mine = window.client.subscribeServerSide({
+            since, onMessage: (m) => window.log.messages.push(m),
+            onGap: (g) => window.log.gaps.push(g),
+            onSubscribed: (e) => window.log.subscribed.push(e) }); }""",
+                             f"inbox:alice={ids[0]}")
+        await wait_for_data(other, "inbox:alice", ["b", "c"])
+        await served.server.publish("inbox:alice", "d")
+        await wait_for_data(other, "inbox:alice", ["b", "c", "d"])
+        await wait_for_data(page, "inbox:alice", ["a", "b", "c", "d"])
+        logs = [await tab.evaluate("window.log") for tab in (page, other)]
+        await other.close()
+        await page.goto("about:blank")
+    for log in logs:
+        assert log["gaps"] == [] and log["errors"] == []
+
+
+@pytest.mark.parametrize("mode", ["worker", "leader"])
+async def test_closing_the_first_tab_mid_stream_loses_none_of_the_users_channels(
+        page: Any, mode: str) -> None:
+    """Three tabs read the user's channels over one connection; the first (the leader, in
+    leader mode) closes while messages flow: the others get every message once, in order."""
+    context = page.context
+    async with node() as served:
+        server = served.server
+        assert server is not None
+        await server.subscribe_user("alice", "ticks:alice")
+        args = {"transports": "websocket", "options": json.dumps({**FAST, "shareTabs": mode})}
+        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
+        tabs = [page] + [await context.new_page() for _ in range(2)]
+        for tab in tabs:
+            await tab.goto(f"{served.url}/test/serverside?{urlencode(args)}")
+            await wait_for(tab, "window.log.subscribed.length >= 1 && "
+                                "window.client.state === 'open'")
+
+        async def stream() -> list[int]:
+            sent = []
+            for n in range(60):
+                await server.publish("ticks:alice", n)
+                sent.append(n)
+                await asyncio.sleep(0.02)  # a steady stream, not a wait for anything
+            return sent
+
+        flowing = asyncio.create_task(stream())
+        try:
+            await wait_for(tabs[1], "window.log.messages.length >= 10")
+            await page.goto("about:blank")  # the first tab goes away
+            sent = await flowing
+        finally:
+            if not flowing.done():
+                flowing.cancel()
+        await server.publish("ticks:alice", "last")
+        for tab in tabs[1:]:
+            await wait_for_data(tab, "ticks:alice", [*sent, "last"])
+            assert await tab.evaluate("window.log.gaps") == []
+        for tab in tabs[1:]:
+            await tab.close()
+
+
 @pytest.mark.parametrize("technique", TECHNIQUES)
 async def test_a_channel_added_to_an_empty_set_loses_nothing(page: Any, technique: str) -> None:
     """Once the server named an empty set, the client's cursor is "" (not none): a channel

@@ -1830,26 +1830,64 @@ class Hub {
     }
   }
 
-  /** `tab` reads the user's channels: the hub's client does, from the first tab's cursor. */
+  /**
+   * `tab` reads the user's channels: the hub's client does, from the first tab's cursor, and
+   * again from an earlier one when a tab that joins is behind on a channel (a new hub after
+   * its leader closed, a tab given `since`). The tabs drop what they had already.
+   */
   readServerSide(tab, since) {
     this.serverTabs.add(tab);
-    if (this.serverSide === null) {
-      try {
-        this.serverSide = this.client.subscribeServerSide({
-          since: since || undefined, onMessage: this.deliver, onGap: this.gap,
-          onSubscribed: (event) => this.send({ t: "ssubd", ...event }),
-          onUnsubscribed: (event) => this.send({ t: "sunsub", ...event }),
-        });
-      } catch (error) {
-        this.serverTabs.delete(tab);
-        this.send({ t: "error", to: tab, error: errorFields(error) });
+    if (this.serverSide !== null) {
+      const earlier = this.serverCursorBack(since);
+      if (earlier === null) {
+        for (const name of this.serverSide.channels) { // what the others read already
+          const pos = this.client._channels.get(name).pos;
+          this.send({ t: "ssubd", to: tab, channel: name, next: pos === null ? null : pos.id });
+        }
+        return;
       }
-      return;
+      this.serverSide.unsubscribe();
+      this.serverSide = null;
+      since = earlier;
     }
-    for (const name of this.serverSide.channels) { // what the others read already
-      const pos = this.client._channels.get(name).pos;
-      this.send({ t: "ssubd", to: tab, channel: name, next: pos === null ? null : pos.id });
+    try {
+      this.serverSide = this.client.subscribeServerSide({
+        since: since || undefined, onMessage: this.deliver, onGap: this.gap,
+        onSubscribed: (event) => this.send({ t: "ssubd", ...event }),
+        onUnsubscribed: (event) => this.send({ t: "sunsub", ...event }),
+      });
+    } catch (error) {
+      this.serverTabs.delete(tab);
+      this.send({ t: "error", to: tab, error: errorFields(error) });
     }
+  }
+
+  /**
+   * The hub's cursor on the user's channels moved back to a tab's `since` ("a=ID,b=ID") where
+   * that tab is behind, or null if it is behind on none.
+   */
+  serverCursorBack(since) {
+    let starts;
+    try {
+      starts = serverSideStarts(since);
+    } catch {
+      return null; // a tab checks its own `since`; nothing to go back to
+    }
+    const cursor = new Map();
+    for (const name of this.serverSide.channels) {
+      const at = this.client._sinceOf(name);
+      if (at !== null) cursor.set(name, at);
+    }
+    let behind = false;
+    for (const [name, start] of starts) {
+      const at = start.fromOrigin ? "0" : start.pos && start.pos.id;
+      const entry = this.client._channels.get(name);
+      if (at && (!entry || before(at, entry))) {
+        cursor.set(name, at);
+        behind = true;
+      }
+    }
+    return behind ? [...cursor].map(([name, at]) => `${name}=${at}`).join(",") : null;
   }
 
   stopServerSide(tab) {
