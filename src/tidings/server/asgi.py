@@ -504,6 +504,18 @@ class AsgiTransport(asyncio.Transport):
         if not self._aborted and not self._lost:
             await self._end()
 
+    def _gather_head(self, data: bytes
+                     ) -> tuple[int, list[tuple[bytes, bytes]], int | None, bytes] | None:
+        """Gather the head the drivers wrote, across writes: once it is whole, its status,
+        fields and ``Content-Length``, and the bytes written after it; None until then."""
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head, rest = self._head[:end + 4], self._head[end + 4:]
+        self._head = b""
+        return (*parse_head(head), rest)
+
     async def _end(self) -> None:
         """The drivers closed the transport: end the response if it is still open."""
         if self.sent_head and self._remaining != 0:
@@ -515,13 +527,10 @@ class AsgiTransport(asyncio.Transport):
     async def _emit(self, data: bytes) -> bool:
         """Send ``data`` (head bytes, then body); say whether the response is complete."""
         if not self.sent_head:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
+            answer = self._gather_head(data)
+            if answer is None:
                 return False
-            head, data = self._head[:end + 4], self._head[end + 4:]
-            self._head = b""
-            status, fields, length = parse_head(head)
+            status, fields, length, data = answer
             self.sent_head = True
             self._remaining = 0 if self._head_only else length
             await self._send({"type": "http.response.start", "status": status,
@@ -601,13 +610,10 @@ class WebSocketTransport(AsgiTransport):
 
     async def _emit(self, data: bytes) -> bool:
         if not self._accepted:
-            self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
+            answer = self._gather_head(data)
+            if answer is None:
                 return False
-            head, data = self._head[:end + 4], self._head[end + 4:]
-            self._head = b""
-            status, fields, _length = parse_head(head)
+            status, fields, _length, data = answer
             if status != 101:
                 await self._refuse(status, fields, data)
                 self._closed_frame = True
