@@ -27,6 +27,11 @@ async def test_the_lab_shows_bytes_per_message_with_and_without_deltas(
         await page.wait_for_function(f"Number({count}.replace(/,/g, '')) >= 10")
         figures[technique] = [int((await page.text_content(f"{column} .{field}") or "")[:-2])
                               for field in ("per-message", "per-message-plain")]
+    # Each figure shows once per column (no second row of the same figure left at "–").
+    fields = await page.evaluate(
+        "[...document.querySelectorAll('#columns [data-technique] .figures dd')]"
+        ".map((dd) => dd.className)")
+    assert len(fields) == len(set(fields)) * 4, fields
     options = await page.evaluate(
         "window.tidingsLab.columns.map(c => [c.client.options.delta, c.plain.options.delta])")
     assert options == [[True, False]] * 4
