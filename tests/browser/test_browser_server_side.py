@@ -89,6 +89,17 @@ async def open_page(page: Any, served: Node, transports: list[str], **query: str
     await page.goto(f"{served.url}/test/serverside?{urlencode(args)}")
 
 
+async def open_shared_tab(tab: Any, served: Node, mode: str, **query: str) -> None:
+    """Open the page in ``tab`` as alice, sharing one WebSocket between tabs (``mode``);
+    wait until it reads (and, unless ``read=no``, was told of a channel of hers)."""
+    await tab.context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
+    args = {"transports": "websocket", "options": json.dumps({**FAST, "shareTabs": mode}),
+            **query}
+    await tab.goto(f"{served.url}/test/serverside?{urlencode(args)}")
+    told = "" if query.get("read") == "no" else "window.log.subscribed.length >= 1 && "
+    await wait_for(tab, f"{told}window.client.state === 'open'")
+
+
 async def wait_for(page: Any, condition: str) -> None:
     await page.wait_for_function(f"() => {condition}", timeout=WAIT_MS)
 
@@ -239,17 +250,10 @@ async def test_tabs_sharing_a_connection_read_the_users_channels(page: Any, mode
     async with node() as served:
         assert served.server is not None
         await served.server.subscribe_user("alice", "inbox:alice")
-        shared = {**FAST, "shareTabs": mode}
-        args = {"transports": "websocket", "options": json.dumps(shared)}
-        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
-        await page.goto(f"{served.url}/test/serverside?{urlencode(args)}")
-        await wait_for(page, "window.log.subscribed.length >= 1 && "
-                             "window.client.state === 'open'")
+        await open_shared_tab(page, served, mode)
         assert await page.evaluate("window.client.sharing") == mode
         other = await context.new_page()
-        await other.goto(f"{served.url}/test/serverside?{urlencode(args)}")
-        await wait_for(other, "window.log.subscribed.length >= 1 && "
-                              "window.client.state === 'open'")
+        await open_shared_tab(other, served, mode)
         await served.server.subscribe_user("alice", "room:b")
         await served.server.publish("room:b", "one")
         await served.server.publish("inbox:alice", "hi")
@@ -279,17 +283,11 @@ async def test_a_tab_behind_the_shared_connection_loses_nothing(page: Any, mode:
     async with node() as served:
         assert served.server is not None
         await served.server.subscribe_user("alice", "inbox:alice")
-        shared = {**FAST, "shareTabs": mode}
-        args = {"transports": "websocket", "options": json.dumps(shared)}
-        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
-        await page.goto(f"{served.url}/test/serverside?{urlencode(args)}")
-        await wait_for(page, "window.log.subscribed.length >= 1 && "
-                             "window.client.state === 'open'")
+        await open_shared_tab(page, served, mode)
         ids = [(await served.server.publish("inbox:alice", n)).id for n in ("a", "b", "c")]
         await wait_for_data(page, "inbox:alice", ["a", "b", "c"])
         other = await context.new_page()
-        await other.goto(f"{served.url}/test/serverside?{urlencode({**args, 'read': 'no'})}")
-        await wait_for(other, "window.client.state === 'open'")
+        await open_shared_tab(other, served, mode, read="no")
         await other.evaluate("""(since) => { window.mine = window.client.subscribeServerSide({
             since, onMessage: (m) => window.log.messages.push(m),
             onGap: (g) => window.log.gaps.push(g),
@@ -316,13 +314,9 @@ async def test_closing_the_first_tab_mid_stream_loses_none_of_the_users_channels
         server = served.server
         assert server is not None
         await server.subscribe_user("alice", "ticks:alice")
-        args = {"transports": "websocket", "options": json.dumps({**FAST, "shareTabs": mode})}
-        await context.add_cookies([{"name": "user", "value": "alice", "url": served.url}])
         tabs = [page] + [await context.new_page() for _ in range(2)]
         for tab in tabs:
-            await tab.goto(f"{served.url}/test/serverside?{urlencode(args)}")
-            await wait_for(tab, "window.log.subscribed.length >= 1 && "
-                                "window.client.state === 'open'")
+            await open_shared_tab(tab, served, mode)
 
         async def stream() -> list[int]:
             sent = []
