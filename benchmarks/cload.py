@@ -220,6 +220,7 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
         answer = await loadgen.command(command)
         return {"time": time.monotonic(), "server_cpu": server.cpu_seconds(),
                 "loadgen_cpu": answer["cpu"], "received": answer["received"],
+                "reads": answer["reads"],
                 "published": publisher.sent, "publisher_cpu": own_cpu_seconds()}
 
     await publish_for(publisher, args.warmup, args.rate, answered)
@@ -228,10 +229,11 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
     end = await snapshot("stop")
 
     # Wait for the last answers and the readers still catching up: until every reader has
-    # every message, or nothing has arrived for 2 s (at least 5 s, at most DRAIN_LIMIT).
+    # every message, or neither a message nor a publish's answer has arrived for 2 s (at
+    # least 5 s, at most DRAIN_LIMIT).
     drain_start = loop.time()
     quiet_until = drain_start + 5
-    received = -1
+    progress: tuple[int, int] = (-1, -1)
     while True:
         total = publisher.sent
         status = await loadgen.command(f"status {total}")
@@ -239,8 +241,8 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
             break
         if loop.time() > min(quiet_until, drain_start + DRAIN_LIMIT):
             break
-        if status["received"] != received:
-            received = status["received"]
+        if (status["received"], publisher.accepted) != progress:
+            progress = (status["received"], publisher.accepted)
             quiet_until = max(quiet_until, loop.time() + 2)
         await asyncio.sleep(0.05)
     latency = await loadgen.command("latency")
@@ -258,6 +260,8 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
         "server_cpu_percent": round(100 * cpu / seconds, 1),
         "loadgen_cpu_percent": round(100 * delta["loadgen_cpu"] / seconds, 1),
         "publisher_cpu_percent": round(100 * delta["publisher_cpu"] / seconds, 1),
+        # Several messages per read once they queue up: what makes reading cheap at full rate.
+        "messages_per_read": round(delivered / delta["reads"], 2) if delta["reads"] else None,
         "latency_p50_ms": latency["p50_ms"] if latency["samples"] else None,
         "latency_p99_ms": latency["p99_ms"] if latency["samples"] else None,
         "missing": status["missing"], "duplicated": status["extra"], "errors": errors,

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:g} s measured per run, "
           f"{args.readers} readers (benchmarks/loadgen.c), 100-byte messages\n")
     print("| technique | msg/s | server | µs/delivered | server CPU | deliveries/s "
-          "| p50 ms | p99 ms | missing | loadgen CPU |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| p50 ms | p99 ms | missing | loadgen CPU | msgs/read |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for technique in args.techniques:
         for rate in rates:
             for server in ("tidings", "nchan"):
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"| {technique} | {shown} | {server} | {cell(r, 'us_per_delivered')} "
                       f"| {cell(r, 'server_cpu_percent')} % | {cell(r, 'deliveries_per_s')} "
                       f"| {cell(r, 'latency_p50_ms')} | {cell(r, 'latency_p99_ms')} "
-                      f"| {missing} | {cell(r, 'loadgen_cpu_percent')} % |", flush=True)
+                      f"| {missing} | {cell(r, 'loadgen_cpu_percent')} % "
+                      f"| {cell(r, 'messages_per_read')} |", flush=True)
     return 0
 
 

@@ -15,13 +15,14 @@
  *
  * Once every reader is subscribed it prints {"ready":READERS}. Then it reads
  * one command per line on stdin and answers each with one JSON line:
- *   start         latency samples from now on: {"received":R,"cpu":S}
- *   stop          no more samples:             {"received":R,"cpu":S}
+ *   start         latency samples from now on: {"received":R,"reads":N,"cpu":S}
+ *   stop          no more samples:             {"received":R,"reads":N,"cpu":S}
  *   status TOTAL  {"received":R,"missing":M,"extra":X,"errors":E,"first_error":"..."}
  *                 (M and X: messages short of / beyond TOTAL, summed over readers)
  *   latency       {"samples":N,"p50_ms":..,"p99_ms":..}
  *   quit, or end of input: exit.
- * R is the messages received by all readers so far, S this process's CPU seconds.
+ * R is the messages received by all readers so far, N the reads (recv calls) that
+ * returned bytes, S this process's CPU seconds.
  * A reader that fails before it is subscribed ends the program with {"error":"..."}.
  */
 #define _GNU_SOURCE
@@ -64,7 +65,7 @@ static struct reader *readers;
 static int epoll_fd;
 static char *buf;
 static size_t buf_cap = FIRST_BUFFER;
-static long received;
+static long received, reads;
 static int measuring;
 static double *samples;
 static size_t sample_count, sample_cap;
@@ -401,6 +402,7 @@ static void on_readable(struct reader *r) {
         close(r->fd);
         return;
     }
+    reads++;
     size_t have = r->rest_len + (size_t)n, used = consume(r, buf, have);
     r->rest_len = have - used;
     if (r->rest_len > r->rest_cap) {
@@ -448,7 +450,8 @@ static void command(char *line) {
         measuring = strcmp(line, "start") == 0;
         if (measuring)
             sample_count = 0;
-        printf("{\"received\":%ld,\"cpu\":%.6f}\n", received, cpu_seconds());
+        printf("{\"received\":%ld,\"reads\":%ld,\"cpu\":%.6f}\n", received, reads,
+               cpu_seconds());
     } else if (strncmp(line, "status ", 7) == 0) {
         long total = atol(line + 7), missing = 0, extra = 0;
         for (int i = 0; i < reader_count; i++) {
