@@ -85,11 +85,11 @@ class LoadGen:
 
     @classmethod
     async def start(cls, server: str, technique: str, port: int, readers: int, sampled: int,
-                    cpu: int, within: float = 60.0) -> LoadGen:
+                    cpu: int, pause_us: int = 0, within: float = 60.0) -> LoadGen:
         """Start the readers; return once every one is subscribed (or raise)."""
         process = await asyncio.create_subprocess_exec(
             str(build_loadgen()), server, technique, str(port), str(readers), str(sampled),
-            str(cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            str(cpu), str(pause_us), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         loadgen = cls(process)
         try:
             async with asyncio.timeout(within):
@@ -196,7 +196,8 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
                 ) -> dict[str, object]:
     run = Run(server.host, server.port)
     loadgen = await LoadGen.start(args.server, args.technique, server.port, args.readers,
-                                  min(args.sample, args.readers), args.client_cpu)
+                                  min(args.sample, args.readers), args.client_cpu,
+                                  args.read_pause_us)
     try:
         await wait_subscribed(argparse.Namespace(server=args.server, load=args.technique),
                               run, args.readers)
@@ -252,6 +253,7 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
     errors = status["errors"] + len(run.errors)
     return {
         "server": args.server, "technique": args.technique, "readers": args.readers,
+        "read_pause_us": args.read_pause_us,
         "rate": "max" if args.rate is None else args.rate, "seconds": round(seconds, 2),
         "published": publisher.sent, "accepted": publisher.accepted,
         "publishes_per_s": round(delta["published"] / seconds),
@@ -287,6 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--sample", type=int, default=50,
                         help="readers that parse every message for latency")
+    parser.add_argument("--read-pause-us", type=int, default=0,
+                        help="the readers sleep this long before each wait (loadgen.c: "
+                             "fewer wake-ups paid by the server, added latency)")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")

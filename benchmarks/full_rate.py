@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=1000)
     parser.add_argument("--rates", nargs="+", help="messages per second, or max")
     parser.add_argument("--techniques", nargs="+", choices=TECHNIQUES, default=TECHNIQUES)
+    parser.add_argument("--read-pause-us", default="0",
+                        help="cload.py's: the readers sleep this long before each wait")
     parser.add_argument("--quick", action="store_true",
                         help="4 measured seconds per run, rates 200, 400 and max")
     args = parser.parse_args(argv)
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 2.0 if args.quick else 3.0
     rates = args.rates or (QUICK_RATES if args.quick else RATES)
     print(f"Run {time.strftime('%Y-%m-%d %H:%M %Z')}, {seconds:g} s measured per run, "
-          f"{args.readers} readers (benchmarks/loadgen.c), 100-byte messages\n")
+          f"{args.readers} readers (benchmarks/loadgen.c, read pause {args.read_pause_us} µs), "
+          "100-byte messages\n")
     print("| technique | msg/s | server | µs/delivered | server CPU | deliveries/s "
           "| p50 ms | p99 ms | missing | loadgen CPU | msgs/read |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             for server in ("tidings", "nchan"):
                 r = one(technique, server, ["--readers", str(args.readers), "--rate", rate,
                                             "--seconds", f"{seconds:g}", "--warmup",
-                                            f"{warmup:g}"])
+                                            f"{warmup:g}", "--read-pause-us",
+                                            args.read_pause_us])
                 # At max the server sets the rate: show the publishes it answered per second.
                 shown = f"max ({cell(r, 'publishes_per_s')})" if rate == "max" else rate
                 missing = cell(r, "missing") if not r.get("errors") else (

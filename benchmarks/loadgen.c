@@ -1,6 +1,6 @@
 /* loadgen.c: N readers of one channel on one core, for benchmarks/cload.py.
  *
- *   loadgen SERVER TECHNIQUE PORT READERS [SAMPLED [CPU]]
+ *   loadgen SERVER TECHNIQUE PORT READERS [SAMPLED [CPU [PAUSE_US]]]
  *
  * SERVER is tidings or nchan, TECHNIQUE websocket, sse or longpoll. It opens
  * READERS connections to 127.0.0.1:PORT (200 at a time until each is
@@ -12,6 +12,11 @@
  * Every reader counts its messages. The first SAMPLED readers (default 50)
  * also parse the publisher's timestamp {"t":SECONDS.MICROS,...} out of each
  * message and, between "start" and "stop", record publish-to-arrival latency.
+ *
+ * With PAUSE_US (default 0) it sleeps that long before each wait for readable sockets, once
+ * every reader is subscribed. On loopback the server's write wakes a reader that waits in
+ * epoll_wait, and the server's CPU time pays for it; a reader that sleeps is not woken, as
+ * a client on another machine never is. The pause adds up to PAUSE_US to each latency.
  *
  * Once every reader is subscribed it prints {"ready":READERS}. Then it reads
  * one command per line on stdin and answers each with one JSON line:
@@ -495,7 +500,7 @@ static void on_stdin(void) {
 int main(int argc, char **argv) {
     if (argc < 5 || (strcmp(argv[1], "tidings") != 0 && strcmp(argv[1], "nchan") != 0)) {
         fprintf(stderr, "usage: %s tidings|nchan websocket|sse|longpoll PORT READERS "
-                        "[SAMPLED [CPU]]\n", argv[0]);
+                        "[SAMPLED [CPU [PAUSE_US]]]\n", argv[0]);
         return 2;
     }
     nchan = strcmp(argv[1], "nchan") == 0;
@@ -512,6 +517,8 @@ int main(int argc, char **argv) {
     port = atoi(argv[3]);
     reader_count = atoi(argv[4]);
     int sampled = argc > 5 ? atoi(argv[5]) : 50, cpu = argc > 6 ? atoi(argv[6]) : 1;
+    long pause_us = argc > 7 ? atol(argv[7]) : 0;
+    struct timespec pause = {pause_us / 1000000, pause_us % 1000000 * 1000};
 
     cpu_set_t cpus;
     CPU_ZERO(&cpus);
@@ -542,6 +549,8 @@ int main(int argc, char **argv) {
             fflush(stdout);
             announced = 1;
         }
+        if (pause_us > 0 && announced)
+            nanosleep(&pause, NULL);
         int n = epoll_wait(epoll_fd, events, 512, -1);
         for (int i = 0; i < n; i++) {
             struct reader *r = events[i].data.ptr;

@@ -166,20 +166,22 @@ async def nchan_longpoll(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return 3, 0
 
 
-SCRIPTS: dict[str, tuple[str, str, Script]] = {
-    "tidings-websocket": ("tidings", "websocket", tidings_websocket),
-    "nchan-websocket": ("nchan", "websocket", nchan_websocket),
-    "tidings-websocket-closed": ("tidings", "websocket", tidings_closed),
-    "tidings-sse": ("tidings", "sse", tidings_sse),
-    "nchan-sse": ("nchan", "sse", nchan_sse),
-    "tidings-longpoll": ("tidings", "longpoll", tidings_longpoll),
-    "nchan-longpoll": ("nchan", "longpoll", nchan_longpoll),
+#: name: (server imitated, technique, script, the readers' pause before each wait in µs)
+SCRIPTS: dict[str, tuple[str, str, Script, int]] = {
+    "tidings-websocket": ("tidings", "websocket", tidings_websocket, 0),
+    "nchan-websocket": ("nchan", "websocket", nchan_websocket, 0),
+    "tidings-websocket-closed": ("tidings", "websocket", tidings_closed, 0),
+    "tidings-sse": ("tidings", "sse", tidings_sse, 0),
+    "tidings-sse-paused": ("tidings", "sse", tidings_sse, 1000),
+    "nchan-sse": ("nchan", "sse", nchan_sse, 0),
+    "tidings-longpoll": ("tidings", "longpoll", tidings_longpoll, 0),
+    "nchan-longpoll": ("nchan", "longpoll", nchan_longpoll, 0),
 }
 
 
 @pytest.mark.parametrize("case", list(SCRIPTS))
 async def test_loadgen_counts_messages_split_across_reads(case: str) -> None:
-    kind, technique, script = SCRIPTS[case]
+    kind, technique, script, pause_us = SCRIPTS[case]
     started: asyncio.Future[cload.LoadGen] = asyncio.get_running_loop().create_future()
     outcome: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
 
@@ -194,7 +196,8 @@ async def test_loadgen_counts_messages_split_across_reads(case: str) -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server, asyncio.timeout(10 * UNIT):
-        loadgen = await cload.LoadGen.start(kind, technique, port, readers=1, sampled=1, cpu=1)
+        loadgen = await cload.LoadGen.start(kind, technique, port, readers=1, sampled=1, cpu=1,
+                                            pause_us=pause_us)
         try:
             await loadgen.command("start")
             started.set_result(loadgen)
