@@ -43,9 +43,44 @@ def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bo
     header lines (each ending in CRLF) that differ from one answer to the
     next, such as a client id: they go right after the status line, outside
     the cache, so that they do not make every head new.
+
+    What follows ``lead`` (the cached header lines and the body) is kept for
+    the last answer built: the waiters woken by one message are answered one
+    after the other with the same body and head, so each of them after the
+    first costs the join of three pieces, not a cache lookup and the body copied
+    again.
     """
-    return b"".join((_STATUS_LINES[status], lead,
-                     _cached_fields(status, tuple(headers), keep_alive, len(body)), body))
+    last = _last
+    if (body is last.body and status == last.status and keep_alive is last.keep_alive
+            and headers == last.headers):
+        tail = last.tail
+    else:
+        fields = tuple(headers)  # (a list given is copied: the caller may change it later)
+        tail = _cached_fields(status, fields, keep_alive, len(body)) + body
+        last.status, last.headers, last.keep_alive, last.body, last.tail = (
+            status, fields, keep_alive, body, tail)
+    return b"".join((_STATUS_LINES[status], lead, tail))
+
+
+class _LastAnswer:
+    """The inputs of the last :func:`response` and what follows its ``lead``.
+
+    ``body`` is compared by identity (and held, so that its id is not reused):
+    a long poll's body is one object shared by every waiter of the message
+    (``wire.poll.tail_body``); the empty body of a ``304`` is one object too.
+    """
+
+    __slots__ = ("body", "headers", "keep_alive", "status", "tail")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: tuple[tuple[str, str], ...] = ()
+        self.keep_alive = True
+        self.body: bytes | None = None
+        self.tail = b""
+
+
+_last = _LastAnswer()
 
 
 @functools.lru_cache(maxsize=1024)
