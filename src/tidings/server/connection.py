@@ -206,7 +206,8 @@ class HttpConnection(asyncio.Protocol):
                 f"{self.settings.max_message_size} bytes"
             )
             raise self._error
-        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue" and self.transport:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -219,7 +220,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self.deadline = 0.0  # (_disarm)
         try:
             method = self.parser.get_method()
             request = Request(

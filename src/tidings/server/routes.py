@@ -225,7 +225,8 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         server = self.server
-        self._check_draining(request)
+        if server.draining:
+            self._check_draining(request)
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
