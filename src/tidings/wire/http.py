@@ -50,37 +50,23 @@ def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bo
     first costs the join of three pieces, not a cache lookup and the body copied
     again.
     """
-    last = _last
-    if (body is last.body and status == last.status and keep_alive is last.keep_alive
-            and headers == last.headers):
-        tail = last.tail
-    else:
+    global _last
+    last_status, last_headers, last_keep_alive, last_body, tail = _last
+    if not (body is last_body and status == last_status and keep_alive is last_keep_alive
+            and headers == last_headers):
         fields = tuple(headers)  # (a list given is copied: the caller may change it later)
         tail = _cached_fields(status, fields, keep_alive, len(body)) + body
-        last.status, last.headers, last.keep_alive, last.body, last.tail = (
-            status, fields, keep_alive, body, tail)
+        # One tuple, replaced whole: a server on another thread never sees half of it.
+        _last = (status, fields, keep_alive, body, tail)
     return b"".join((_STATUS_LINES[status], lead, tail))
 
 
-class _LastAnswer:
-    """The inputs of the last :func:`response` and what follows its ``lead``.
-
-    ``body`` is compared by identity (and held, so that its id is not reused):
-    a long poll's body is one object shared by every waiter of the message
-    (``wire.poll.tail_body``); the empty body of a ``304`` is one object too.
-    """
-
-    __slots__ = ("body", "headers", "keep_alive", "status", "tail")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.headers: tuple[tuple[str, str], ...] = ()
-        self.keep_alive = True
-        self.body: bytes | None = None
-        self.tail = b""
-
-
-_last = _LastAnswer()
+#: The inputs of the last :func:`response` (status, header fields, keep-alive, body) and
+#: what follows its ``lead``. The body is compared by identity (and held, so that its id is
+#: not reused): a long poll's body is one object shared by every waiter of the message
+#: (``wire.poll.tail_body``); the empty body of a ``304`` is one object too.
+_last: tuple[int, tuple[tuple[str, str], ...], bool, bytes | None, bytes] = (
+    0, (), True, None, b"")
 
 
 @functools.lru_cache(maxsize=1024)
