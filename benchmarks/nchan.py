@@ -183,28 +183,6 @@ class NginxProcess:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def user_system_seconds(server: ServerProcess | NginxProcess) -> tuple[float, float]:
-    """The server's CPU so far split in user and kernel (system) time, from ``/proc``."""
-    pids = server.pids() if isinstance(server, NginxProcess) else [server.process.pid]
-    user = system = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / CLK_TCK, system / CLK_TCK
-
-
-def add_cpu_split(result: dict[str, object], begin: tuple[float, float],
-                  end: tuple[float, float], seconds: float, operations: float) -> None:
-    """``--cpu-split``: the server's user and system CPU (share of a core, µs per operation)."""
-    user, system = end[0] - begin[0], end[1] - begin[1]
-    result.update({
-        "server_user_percent": round(100 * user / seconds, 1),
-        "server_system_percent": round(100 * system / seconds, 1),
-        "us_user": round(1e6 * user / operations, 2) if operations else None,
-        "us_system": round(1e6 * system / operations, 2) if operations else None})
-
-
 # --- nchan clients ------------------------------------------------------------------------
 
 
@@ -480,7 +458,6 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
             client.start_polling(random.uniform(0, args.poll_interval))
         await asyncio.sleep(args.warmup)
         profiler = start_profiler(args, server) if args.profile else None
-        split_begin = user_system_seconds(server)
         begin = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
                  sum(getattr(c, "responses", 0) for c in clients))
         await asyncio.sleep(args.seconds)
@@ -489,7 +466,6 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
             await asyncio.to_thread(profiler.wait, 60)
         end = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
                sum(getattr(c, "responses", 0) for c in clients))
-        split_end = user_system_seconds(server)
         for client in clients:
             client.close()
         cpu, own, seconds, requests = (e - b for e, b in zip(end, begin, strict=True))
@@ -500,8 +476,6 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
             "server_cpu_percent": round(100 * cpu / seconds, 1),
             "loadgen_cpu_percent": round(100 * own / seconds, 1),
             "errors": len(run.errors), "first_errors": run.errors[:3]})
-        if args.cpu_split:
-            add_cpu_split(result, split_begin, split_end, seconds, requests)
         return result
 
     await wait_subscribed(args, run, args.subscribers)
@@ -514,7 +488,6 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
     window: dict[str, float] = {}
 
     def snapshot(name: str) -> None:
-        window[f"{name}_user"], window[f"{name}_system"] = user_system_seconds(server)
         window[f"{name}_cpu"] = server.cpu_seconds()
         window[f"{name}_own_cpu"] = own_cpu_seconds()
         window[f"{name}_received"] = sum(c.count for c in clients)
@@ -563,9 +536,6 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
         "latency_p50_ms": round(1000 * percentile(run.latencies, 0.50), 2),
         "latency_p99_ms": round(1000 * percentile(run.latencies, 0.99), 2),
         "missing": missing, "errors": len(run.errors), "first_errors": run.errors[:3]})
-    if args.cpu_split:
-        add_cpu_split(result, (window["begin_user"], window["begin_system"]),
-                      (window["end_user"], window["end_system"]), seconds, delivered)
     return result
 
 
@@ -584,8 +554,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print a JSON result line")
-    parser.add_argument("--cpu-split", action="store_true",
-                        help="also report the server's CPU in user and system (kernel) time")
     parser.add_argument("--profile", metavar="FILE",
                         help="idle-poll on tidings: record the server with py-spy "
                              "(FILE.svg: flame graph, FILE.txt: collapsed stacks)")
