@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from conftest import SAMPLE_VALUES
 from tidings import Server
 from tidings.testing import epoch_of, http_client, poll, publish, publish_many, seq_of
@@ -208,3 +212,31 @@ async def test_multi_channel_since_without_a_channel_starts_that_channel_at_the_
         a2 = await publish(client, "a", "a2")
         answer = await poll(client, "/subscribe", channel=["a", "b"], since=f"a={a1}")
         assert [m["id"] for m in answer["messages"]] == [a2]
+
+
+async def test_a_read_the_broker_can_answer_at_once_takes_no_callbacks(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polls and long polls on a broker that holds the log are answered without
+    ``when_ready`` (and the two callbacks it takes); a broker that must fetch first still
+    goes through it, and its readers are answered the same."""
+    waited: list[object] = []
+    when_ready = server.when_ready
+
+    def counted(*args: Any) -> bool:
+        waited.append(args)
+        return when_ready(*args)
+
+    monkeypatch.setattr(server, "when_ready", counted)
+    async with http_client(server) as client:
+        first = await publish(client, "ready", 1)
+        assert (await poll(client, "/channels/ready", since="0"))["next"] == first
+        answered = await client.get("/channels/ready", params={"since": "0", "wait": "5"})
+        assert answered.json()["next"] == first
+        assert waited == []
+        ready = server.broker.ready
+        monkeypatch.setattr(server.broker, "ready", lambda starts: False)
+        # (a broker that is not ready prepares: the memory broker's prepare is at once)
+        answer = await poll(client, "/channels/ready", since="0")
+        assert [m["data"] for m in answer["messages"]] == [1]
+        monkeypatch.setattr(server.broker, "ready", ready)
+        assert len(waited) == 1

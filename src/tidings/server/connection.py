@@ -165,9 +165,10 @@ class HttpConnection(asyncio.Protocol):
     # httptools callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._reset()
+        # The fields were reset when the previous request completed (or the connection
+        # opened): a parser that fails stops the connection, so nothing is left over.
         self._request_begun = True
-        self._arm(self.settings.header_timeout)
+        self.deadline = self.server.loop.time() + self.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -205,7 +206,8 @@ class HttpConnection(asyncio.Protocol):
                 f"{self.settings.max_message_size} bytes"
             )
             raise self._error
-        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue" and self.transport:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -218,7 +220,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self.deadline = 0.0  # (_disarm)
         try:
             method = self.parser.get_method()
             request = Request(
@@ -233,6 +235,9 @@ class HttpConnection(asyncio.Protocol):
             self._error = exc
             raise
         self._reset()  # nothing is half-received now: an idle timeout is not a 408
+        if not self.queue and not self.busy and not request.upgrade:
+            self._serve(request)  # the usual case: nothing pipelined, nothing parked
+            return
         self.queue.append(request)
         if len(self.queue) > MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
@@ -255,6 +260,21 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self._dispatching = False
         if not self.busy and not self.queue and not self.closing and not self.handed_over:
+            self._arm(self.settings.keep_alive_timeout)
+
+    def _serve(self, request: Request) -> None:
+        """:meth:`_next` for a request that arrived with none queued before it."""
+        if self.closing or self.handed_over:
+            return
+        if self.settings.access_log:
+            self._access = (request, self.server.loop.time())
+        self._dispatching = True
+        try:
+            self.server.router.dispatch(self, request)
+        finally:
+            self._dispatching = False
+        # (Nothing is queued meanwhile: the parser hands over the next request after this.)
+        if not self.busy and not self.closing and not self.handed_over:
             self._arm(self.settings.keep_alive_timeout)
 
     def _upgrade(self, rest: bytes) -> None:

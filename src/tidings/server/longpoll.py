@@ -42,19 +42,23 @@ logger = logging.getLogger("tidings.server")
 
 #: How finely the ends of waits are grouped, in seconds (a wait ends up to this late).
 EXPIRY_RESOLUTION = 0.05
+_DELIVERED = DELIVERED + "longpoll"
 
 
 class Waiter:
     """A parked long-poll request: a reader whose first output is the answer."""
 
-    __slots__ = ("_server", "conn", "cors", "expires", "headers", "held", "identity", "keep_alive",
-                 "named", "parked", "presence_since", "reader")
+    __slots__ = ("_server", "channels", "conn", "cors", "expires", "headers", "held", "identity",
+                 "keep_alive", "named", "parked", "presence_since", "reader")
 
-    def __init__(self, server: Server, conn: HttpConnection, multi: bool, cors: Headers,
-                 keep_alive: bool, expires: float, identity: Identity, named: bool,
+    def __init__(self, server: Server, conn: HttpConnection, channels: list[str], multi: bool,
+                 cors: Headers, keep_alive: bool, expires: float, identity: Identity, named: bool,
                  presence_since: Mapping[str, Start] | None = None, *,
                  latest: bool = False) -> None:
         self._server = server
+        #: The channels it reads (its reader's, kept: asked when it parks and when it is
+        #: answered).
+        self.channels = channels
         #: With ``?presence=1``: where its joins and leaves start; a join or leave answers it.
         self.presence_since = presence_since
         #: Who is waiting; ``named``: it chose its id, so it lingers after the answer.
@@ -78,7 +82,7 @@ class Waiter:
         """Wait for the first message (or gap) for at most ``wait`` seconds."""
         self.parked = True
         hub, reader = self._server.broker.hub, self.reader
-        channels = reader.channels
+        channels = self.channels
         for channel in channels:
             hub.subscribe(channel, reader)
         self.conn.park(self._forget)
@@ -128,7 +132,7 @@ class Waiter:
     def _answer(self, body: bytes) -> None:
         if self.parked:
             self._forget()
-            self._server.stats[DELIVERED + "longpoll"] += self.reader.sent
+            self._server.stats[_DELIVERED] += self.reader.sent
             if self.presence_since is not None:
                 reader = self.reader
                 body = with_fields(body, presence_fields(
@@ -144,7 +148,7 @@ class Waiter:
             return
         self.parked = False
         hub, reader = self._server.broker.hub, self.reader
-        channels = reader.channels
+        channels = self.channels
         for channel in channels:
             hub.unsubscribe(channel, reader)
         if self.held:
@@ -208,11 +212,12 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
             conn.respond(http.response(200, headers, body, keep_alive=keep_alive,
                                        lead=client_line(identity.client)), keep_alive)
             return
-        waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named)
+        waiter = Waiter(server, conn, list(starts), multi, cors, keep_alive, expires, identity,
+                        named)
         waiter.reader.opened(batch)
         waiter.park(wait)
         return
-    waiter = Waiter(server, conn, multi, cors, keep_alive, expires, identity, named,
+    waiter = Waiter(server, conn, list(starts), multi, cors, keep_alive, expires, identity, named,
                     presence_since, latest=latest)
     batch = waiter.reader.open(starts, limit)
     cursor = waiter.reader.cursor()

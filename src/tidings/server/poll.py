@@ -100,7 +100,7 @@ def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str 
         _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, client)
         return
     tag = poll.etag(cursor)
-    if if_none_match is not None and _matches(if_none_match, tag):
+    if if_none_match is not None and (if_none_match == tag or _matches(if_none_match, tag)):
         _send(conn, 304, (("ETag", tag), *cors), b"", keep_alive, client)
         return
     body = poll.body(batch.messages, cursor, (), batch.more, delta)

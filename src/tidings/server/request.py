@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, unquote_plus
@@ -82,10 +83,17 @@ class Request:
                         text = value.strip()
         if text is None:
             return None
-        if _SECONDS.fullmatch(text) is None:
-            raise BadRequest(f"wait must be a number of seconds such as 30 or 2.5, not "
-                             f"{text[:20]!r}", code="invalid_wait")
-        return float(text)
+        return _seconds(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _seconds(text: str) -> float:
+    """A ``wait`` value checked and converted; long pollers send the same few again and
+    again, so each is checked once (a refusal is not cached: it raises)."""
+    if _SECONDS.fullmatch(text) is None:
+        raise BadRequest(f"wait must be a number of seconds such as 30 or 2.5, not "
+                         f"{text[:20]!r}", code="invalid_wait")
+    return float(text)
 
 
 def _parse_query(query: str) -> list[tuple[str, str]]:

@@ -52,7 +52,7 @@ from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
-from tidings.server.presence import identify_request, wants_events
+from tidings.server.presence import identify, identify_request, wants_events
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.server.subscriptions import USERS_PREFIX, Resolved, starts_of
@@ -67,6 +67,8 @@ CHANNEL_PREFIX = "/channels/"
 PRESENCE_SUFFIX = "/presence"
 CHANNEL_METHODS = ("GET", "POST", "OPTIONS")
 READ_METHODS = ("GET", "OPTIONS")
+#: The query parameters that change what a read is; a read with none of them is "plain".
+READ_CHOICES = frozenset(("client", "presence", "before", "order", "latest", "delta"))
 
 
 class Router:
@@ -223,7 +225,8 @@ class Router:
             raise BadRequest(f"at most {limit} channels in one subscription",
                              code="too_many_channels")
         server = self.server
-        self._check_draining(request)
+        if server.draining:
+            self._check_draining(request)
         auth = server.auth
         credentials = auth.identify(request)
         auth.check_subscribe(channels, credentials)
@@ -342,14 +345,19 @@ class Router:
         """The read itself, once it is allowed: ``who`` is ``on_connect``'s answer, if any;
         ``resolved``, the channels of a read of its user's (server/subscriptions.py)."""
         server = self.server
-        identity, named = identify_request(request, credentials)
+        # Most reads name none of the parameters that change what a read is (a chosen
+        # client id, joins and leaves, history backwards, latest, deltas): one look at
+        # the parameters then stands for the six checks below.
+        plain = request.params.keys().isdisjoint(READ_CHOICES)
+        identity, named = (identify(None, credentials) if plain
+                           else identify_request(request, credentials))
         if who is not None:  # presence shows the user the application named
             identity = Identity(identity.client, who.user, who.info)
         user = who.user if who is not None else (
             credentials.claims.sub if credentials.claims is not None else None)
         recorded = resolved.recorded if resolved is not None else None
         following = resolved.following if resolved is not None else None
-        presence = wants_events(request)
+        presence = not plain and wants_events(request)
         if presence:
             server.presence.check_events(channels)
             if not named and not request.wants_websocket and not request.wants_event_stream:
@@ -361,11 +369,11 @@ class Router:
         # partial(), not closures: this runs for every read, and a closure would make a cell
         # of every name it uses, at every call, whichever technique was asked for.
         then: Callable[[], None]
-        if _reads_back(request):
+        if not plain and _reads_back(request):
             self._read_back(conn, request, channels, multi, cors)
             return
-        latest = request.latest()  # 400 before any technique starts
-        delta = request.delta()
+        latest = not plain and request.latest()  # 400 before any technique starts
+        delta = not plain and request.delta()
         if request.wants_websocket:
             self._check_enabled("websocket")
             starts = self._starts(request.arg("since"), channels, recorded) if channels else {}
@@ -398,6 +406,20 @@ class Router:
             page = self._limit(request)
             presence_since = (parse_since(request.arg("presence_since"), channels)
                               if presence else None)
+            if server.broker.ready(starts):
+                # What ``when_ready`` would do at once, without building the two callbacks
+                # it takes for a broker that must fetch first: most reads of the memory
+                # broker, and every read of a channel whose log this node holds.
+                if wait is None:
+                    poll.answer(server, conn, starts, multi, page,
+                                request.header("if-none-match"), cors, keep_alive, identity,
+                                named, presence_since, latest=latest, delta=delta)
+                else:
+                    longpoll.answer(server, conn, starts, multi, page,
+                                    min(wait, self.settings.max_wait), cors, keep_alive,
+                                    credentials.expires, identity, named, presence_since,
+                                    latest=latest, delta=delta)
+                return
             if wait is None:
                 then = partial(_answer_poll, server, conn, starts, multi, page,
                                request.header("if-none-match"), cors, keep_alive, identity,

@@ -43,9 +43,30 @@ def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bo
     header lines (each ending in CRLF) that differ from one answer to the
     next, such as a client id: they go right after the status line, outside
     the cache, so that they do not make every head new.
+
+    What follows ``lead`` (the cached header lines and the body) is kept for
+    the last answer built: the waiters woken by one message are answered one
+    after the other with the same body and head, so each of them after the
+    first costs the join of three pieces, not a cache lookup and the body copied
+    again.
     """
-    return b"".join((_STATUS_LINES[status], lead,
-                     _cached_fields(status, tuple(headers), keep_alive, len(body)), body))
+    global _last
+    last_status, last_headers, last_keep_alive, last_body, tail = _last
+    if not (body is last_body and status == last_status and keep_alive is last_keep_alive
+            and headers == last_headers):
+        fields = tuple(headers)  # (a list given is copied: the caller may change it later)
+        tail = _cached_fields(status, fields, keep_alive, len(body)) + body
+        # One tuple, replaced whole: a server on another thread never sees half of it.
+        _last = (status, fields, keep_alive, body, tail)
+    return b"".join((_STATUS_LINES[status], lead, tail))
+
+
+#: The inputs of the last :func:`response` (status, header fields, keep-alive, body) and
+#: what follows its ``lead``. The body is compared by identity (and held, so that its id is
+#: not reused): a long poll's body is one object shared by every waiter of the message
+#: (``wire.poll.tail_body``); the empty body of a ``304`` is one object too.
+_last: tuple[int, tuple[tuple[str, str], ...], bool, bytes | None, bytes] = (
+    0, (), True, None, b"")
 
 
 @functools.lru_cache(maxsize=1024)
