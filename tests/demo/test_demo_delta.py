@@ -27,7 +27,7 @@ async def test_the_lab_shows_bytes_per_message_with_and_without_deltas(
         await page.wait_for_function(f"Number({count}.replace(/,/g, '')) >= 10")
         figures[technique] = [int((await page.text_content(f"{column} .{field}") or "")[:-2])
                               for field in ("per-message", "per-message-plain")]
-    # Each figure shows once per column (no second row of the same figure left at "–").
+    # Each figure shows once per column (no second row of the same figure left empty).
     fields = await page.evaluate(
         "[...document.querySelectorAll('#columns [data-technique] .figures dd')]"
         ".map((dd) => dd.className)")
