@@ -336,9 +336,9 @@ class Stream(asyncio.Protocol):
         # What it sent moves to the totals: metrics read open streams' readers themselves.
         stats = self._server.stats
         stats[DELIVERED + self.technique] += reader.sent
-        held, self._held = self._held, None
-        if held is not None:  # the last bytes (a close frame) go before the socket closes
-            self.transport.write(_joined(held))
+        last, self._held = self._held, None
+        if last is not None:  # the last bytes (a close frame) go before the socket closes
+            self.transport.write(_joined(last))
         stats[BYTES + self.technique] += acked_bytes(self.transport)  # before it is closed
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
