@@ -1,27 +1,30 @@
-"""In-process: CPU of the server's thread per delivered message, with N messages per loop step.
+"""In-process: server CPU per delivered message, with N messages per loop step.
 
-One process: a tidings ``Server`` (memory broker, uvloop) in the main
-thread, ``--subscribers`` WebSocket or SSE readers of one channel over
-loopback sockets, read by a second thread that only drains them (so its
-work is not counted). Each step of the loop publishes ``--burst`` messages
-with the broker's ``publish_nowait`` (several publishes landing in one step,
-as at full load), ``--rate`` steps a second. Counted: ``time.thread_time()``
-of the server's thread over ``--steps`` steps (utime + stime, so the write
-system calls count) divided by the messages delivered, and the bytes the
-readers received (must be all of them). Run two builds interleaved with
+A tidings ``Server`` (memory broker, uvloop) in this process, pinned to CPU
+0; ``--subscribers`` WebSocket or SSE readers of one channel over loopback
+sockets, in a process of their own on CPU 1 that only reads and counts
+bytes (so their work is not counted). Each step of the loop publishes
+``--burst`` messages with the broker's ``publish_nowait`` (several
+publishes landing in one step, as at full load), ``--rate`` steps a second.
+Counted: the server's CPU over ``--steps`` steps (``time.process_time()``:
+utime + stime, so the write system calls count) divided by the messages
+delivered, and the bytes the readers received per delivery (the same for
+both builds: nothing missing). Run two builds interleaved with
 ``--baseline OTHER/src`` (``git -C /work/main archive main src | tar -x -C
 /tmp/base``)::
 
     .venv/bin/python benchmarks/fanout_cpu.py websocket --burst 1 4 --baseline /tmp/base/src
 
-CPU time of one thread depends little on what else the machine runs, so
-this stays comparable on a loaded machine (wall-clock rates do not).
+CPU time depends less than wall-clock rates on what else the machine runs,
+and the builds alternate run by run, so the comparison holds on a loaded
+machine; the absolute figures are still those of a loaded machine then.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import selectors
@@ -29,7 +32,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 REQUESTS = {
@@ -40,83 +42,78 @@ REQUESTS = {
 }
 
 
-class Drainer(threading.Thread):
-    """Reads every client socket and counts the bytes, nothing else."""
-
-    def __init__(self, socks: list[socket.socket]) -> None:
-        super().__init__(daemon=True)
-        self.selector = selectors.DefaultSelector()
-        for sock in socks:
-            sock.setblocking(False)
-            self.selector.register(sock, selectors.EVENT_READ)
-        self.received = 0
-        self.stop = False
-
-    def run(self) -> None:
-        if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
-            os.sched_setaffinity(0, {1})  # this thread only: the server's keeps CPU 0
-        while not self.stop:
-            for key, _ in self.selector.select(0.1):
-                try:
-                    data = key.fileobj.recv(1 << 18)  # type: ignore[union-attr]
-                except BlockingIOError:
+def drain(port: int, technique: str, subscribers: int) -> None:
+    """The readers (``--drain``, a process of their own on CPU 1): connect, say ``ready``
+    once each is subscribed, then read and count bytes until stdin closes; print the count."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    selector = selectors.DefaultSelector()
+    socks = []
+    for _ in range(subscribers):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(REQUESTS[technique])
+        socks.append(sock)
+    for sock in socks:
+        sock.recv(1 << 16)  # the head: subscribed
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    selector.register(sys.stdin, selectors.EVENT_READ)
+    print("ready", flush=True)
+    received = 0
+    counting = False
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is sys.stdin:
+                line = sys.stdin.readline()
+                if line.strip() == "count":  # from here on
+                    received, counting = 0, True
                     continue
-                self.received += len(data)
+                print(received if counting else 0, flush=True)
+                return
+            with contextlib.suppress(BlockingIOError):
+                received += len(key.fileobj.recv(1 << 18))  # type: ignore[union-attr]
 
 
 async def measure(args: argparse.Namespace) -> dict[str, object]:
     from tidings import Server, Settings
 
-    if hasattr(os, "sched_setaffinity") and os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
-        os.sched_setaffinity(0, {0})  # the server's thread (the drainer moves to CPU 1)
-
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {0})
     server = Server(Settings(host="127.0.0.1", port=0, output_buffer_limit=16 << 20))
     await server.start()
     loop = asyncio.get_running_loop()
-    socks = []
-    for _ in range(args.subscribers):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", server.port))
-        await loop.sock_sendall(sock, REQUESTS[args.technique])
-        socks.append(sock)
-    for sock in socks:  # each answered: subscribed
-        await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
-    await asyncio.sleep(0.2)
+    readers = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, args.technique, "--subscribers", str(args.subscribers),
+        "--drain", str(server.port), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE)
+    assert readers.stdin is not None and readers.stdout is not None
+    line = await asyncio.wait_for(readers.stdout.readline(), 120)
+    assert line.strip() == b"ready", line
     assert server.broker.hub.subscribers("bench") == args.subscribers
-    for sock in socks:  # the head, the opening
-        try:
-            while sock.recv(1 << 16):
-                pass
-        except BlockingIOError:
-            pass
-    drainer = Drainer(socks)
-    drainer.start()
     data = json.dumps({"p": "x" * max(0, args.size - 10)}).encode()
     broker = server.broker
     period = 1.0 / args.rate
 
     async def steps(count: int) -> float:
-        began = time.thread_time()
+        began = time.process_time()
         due = loop.time()
         for _ in range(count):
             for _ in range(args.burst):
                 broker.publish_nowait("bench", data)  # type: ignore[attr-defined]
             due += period
             await asyncio.sleep(max(0.0, due - loop.time()))
-        return time.thread_time() - began
+        return time.process_time() - began
 
     await steps(args.steps // 5)  # warm up
-    sent_before = drainer.received
+    await asyncio.sleep(0.5)
+    readers.stdin.write(b"count\n")
     cpu = await steps(args.steps)
     delivered = args.steps * args.burst * args.subscribers
-    await asyncio.sleep(0.5)
-    received = drainer.received - sent_before
-    drainer.stop = True
-    drainer.join()
+    await asyncio.sleep(1.0)  # the readers take the last ones
+    readers.stdin.write(b"stop\n")
+    received = int(await asyncio.wait_for(readers.stdout.readline(), 60))
+    await readers.wait()
     await server.aclose()
-    for sock in socks:
-        sock.close()
     return {"technique": args.technique, "burst": args.burst,
             "us_per_delivered": round(cpu / delivered * 1e6, 3),
             "received_bytes_per_delivery": round(received / delivered, 1)}
@@ -147,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", help="the other build's src directory (interleaved A/B)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--drain", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.drain:
+        drain(args.drain, args.technique, args.subscribers)
+        return 0
     if args.one:
         import uvloop
 

@@ -22,7 +22,7 @@ from websockets.asyncio.client import connect
 
 from conftest import ServerFactory
 from tidings import Server
-from tidings.core.cursor import END
+from tidings.core.cursor import END, ORIGIN, Start
 from tidings.core.message import Message
 from tidings.core.presence import Identity
 from tidings.server.sse import SseStream
@@ -104,17 +104,19 @@ class CountingTransport(asyncio.Transport):
         return self.closed
 
 
-def open_stream(server: Server, technique: str) -> tuple[Stream, CountingTransport]:
-    """A stream of ``CHANNEL`` from now on, its head written; the double's writes cleared."""
+def open_stream(server: Server, technique: str, start: Start = END, *,
+                stalled: bool = False) -> tuple[Stream, CountingTransport]:
+    """A stream of ``CHANNEL`` from ``start`` (its head written)."""
     transport = CountingTransport()
+    transport.stalled = stalled
     identity = Identity(f"{technique}-client")
     stream: Stream
     if technique == "sse":
         stream = SseStream(server, transport, False, identity)
-        stream.start({CHANNEL: END}, [])
+        stream.start({CHANNEL: start}, [])
     else:
         stream = session = WebSocketSession(server, transport, identity)
-        session.start(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", {CHANNEL: END}, b"")
+        session.start(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", {CHANNEL: start}, b"")
     return stream, transport
 
 
@@ -346,3 +348,25 @@ async def test_a_burst_reaches_clients_we_did_not_write(server: Server) -> None:
         got_sse = [event.id for event in await events.messages(len(ids))]
         assert got_ws == ids
         assert got_sse == ids
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_last_pull_that_fills_the_socket_waits(make_server: ServerFactory,
+                                                       technique: str) -> None:
+    """A backlog's last pull passes the lowered high-water mark: the pause that follows means
+    "wait for the socket", as for every pull, not "cut off" (the pull has finished the backlog
+    by the time its bytes reach the transport)."""
+    server = await make_server(output_buffer_limit=LIMIT)
+    messages = publish_now(server, 16, {"filler": FILLER})  # two pulls of 8 (LIMIT // 2 each)
+    stream, transport = open_stream(server, technique, ORIGIN, stalled=True)
+    assert transport.paused  # the first pull filled the socket
+    transport.read_all()  # the second, last pull fills it again
+    assert transport.paused
+    assert not stream.closed
+    assert server.health()["slow_consumers_cut_off"] == 0
+    transport.read_all()
+    (live,) = publish_now(server, 1)
+    await end_of_step()
+    ids = [item["id"] for item in items_of(technique, b"".join(transport.writes[1:]))
+           if "id" in item and item.get("type", "message") == "message"]
+    assert ids == [m.id for m in [*messages, live]]

@@ -54,7 +54,7 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("_held", "_held_size", "_server", "closed", "expires", "identity",
+    __slots__ = ("_held_size", "_pulling", "_server", "closed", "expires", "held_bytes", "identity",
                  "present_in", "reader", "server_side", "stalled_since", "transport",
                  "watching")
 
@@ -68,10 +68,13 @@ class Stream(asyncio.Protocol):
                  identity: Identity, multi: bool = False, *, latest: bool = False) -> None:
         self._server = server
         self.transport = transport
-        # What the stream holds for its socket until the end of the loop's step (write()):
-        # one bytes object, or a list once a second arrives (then _held_size counts it).
-        self._held: bytes | list[bytes] | None = None
+        #: What the stream holds for its socket until the end of the loop's step (write()):
+        #: one bytes object, or a list once a second arrives (then _held_size counts it).
+        self.held_bytes: bytes | list[bytes] | None = None
         self._held_size = 0
+        # True while a pull's bytes go to the transport: a pause then means "wait for the
+        # socket", even if that pull finished the backlog (pause_writing).
+        self._pulling = False
         #: Who reads (its client id, and its token's user and info).
         self.identity = identity
         #: The channels whose presence this stream holds (released when it ends).
@@ -194,7 +197,11 @@ class Stream(asyncio.Protocol):
                     self.stalled_since = self._server.loop.time()
                 return  # resume_writing comes when the socket has taken half of it
             reader.pull(budget)
-            self.flush()
+            self._pulling = True
+            try:
+                self.flush()
+            finally:
+                self._pulling = False
         self.stalled_since = 0.0
         if not self.closed:
             transport.set_write_buffer_limits(high=self._server.settings.output_buffer_limit)
@@ -215,7 +222,7 @@ class Stream(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.closed:
             return
-        if self.reader.behind:
+        if self.reader.behind or self._pulling:
             self.stalled_since = self.stalled_since or self._server.loop.time()
             return  # a backlog waits for the socket; the sweep watches it
         if self.reader.lag():  # slow_reader skip or latest: skip ahead once it has drained
@@ -258,7 +265,7 @@ class Stream(asyncio.Protocol):
         """Bytes written to the socket that the client has not taken yet (held ones too)."""
         if self.closed:
             return 0
-        held = self._held
+        held = self.held_bytes
         size = 0 if held is None else len(held) if isinstance(held, bytes) else self._held_size
         return size + self.transport.get_write_buffer_size()
 
@@ -273,13 +280,17 @@ class Stream(asyncio.Protocol):
         ``pause_writing`` sees them as before. Every write of a stream goes
         through here (messages, heartbeats, replies, close frames): their order holds.
         """
-        held = self._held
+        held = self.held_bytes
         if held is None:  # the first in this step: a lone message costs this branch only
-            self._held = data
-            self._server.flusher.hold(self)
+            self.held_bytes = data
+            flusher = self._server.flusher
+            streams = flusher.holding
+            if not streams:
+                flusher.schedule()
+            streams.append(self)
             return
         if isinstance(held, bytes):
-            self._held = [held, data]
+            self.held_bytes = [held, data]
             self._held_size = len(held) + len(data)
         else:
             held.append(data)
@@ -290,12 +301,12 @@ class Stream(asyncio.Protocol):
 
     def flush(self) -> None:
         """Hand what the stream holds to the transport now (one write)."""
-        held = self._held
+        held = self.held_bytes
         if held is None:
             return
-        self._held = None
+        self.held_bytes = None
         if not self.closed:  # else what a late writer added after the close: dropped
-            self.transport.write(_joined(held))
+            self.transport.write(held if isinstance(held, bytes) else b"".join(held))
 
     # what each technique says ------------------------------------------------------
 
@@ -336,7 +347,7 @@ class Stream(asyncio.Protocol):
         # What it sent moves to the totals: metrics read open streams' readers themselves.
         stats = self._server.stats
         stats[DELIVERED + self.technique] += reader.sent
-        last, self._held = self._held, None
+        last, self.held_bytes = self.held_bytes, None
         if last is not None:  # the last bytes (a close frame) go before the socket closes
             self.transport.write(_joined(last))
         stats[BYTES + self.technique] += acked_bytes(self.transport)  # before it is closed
@@ -345,7 +356,7 @@ class Stream(asyncio.Protocol):
         self._server.registry.discard_stream(self, flushing=self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._held = None  # nobody to write to
+        self.held_bytes = None  # nobody to write to
         self._finish()
         self._server.registry.flushed(self.transport)
         self._server.admission.release(self.transport)
