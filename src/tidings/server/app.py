@@ -47,6 +47,7 @@ from tidings.server.asgi import AsgiApp
 from tidings.server.auth import Authenticator
 from tidings.server.connection import HttpConnection
 from tidings.server.cors import Cors
+from tidings.server.flush import Flusher
 from tidings.server.hooks import Hook, Hooks
 from tidings.server.hooks_http import HttpHooks
 from tidings.server.longpoll import Expiries
@@ -105,6 +106,7 @@ class Server:
         #: Connection counts and publish rates (used by the drivers in this package).
         self.admission: Admission
         self.expiries: Expiries
+        self.flusher: Flusher
         self.started = False
         #: More sections of ``/healthz``: name -> function returning a JSON value (e.g. bridges).
         self.health_extra: dict[str, Callable[[], object]] = {}
@@ -138,6 +140,8 @@ class Server:
         """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
         self.loop = loop
         self.registry = Registry(loop)
+        #: The streams holding bytes until the end of the loop's step (server/flush.py).
+        self.flusher = Flusher(loop)
         self.admission = Admission(self.settings, loop, self.stats)
         self.expiries = Expiries(loop)
         self.presence = PresenceTracker(self.settings, loop, self.broker)

@@ -55,11 +55,11 @@ class SseStream(Stream):
             self.follow(starts)
         except ProtocolError as exc:  # a cursor ahead of the log: nothing was sent yet
             count_refusal(self._server.stats, exc)
-            self.transport.write(http.error_response(exc, cors, keep_alive=False))
+            self.write(http.error_response(exc, cors, keep_alive=False))
             self._finish()
             return
         identity = self.identity
-        self.transport.write(
+        self.write(
             http.head(200, [*SSE_HEADERS, (CLIENT_HEADER, identity.client), *cors],
                       keep_alive=False)
             + sse.opening(self._server.settings.sse_retry_ms, self.reader.cursor(),
@@ -73,18 +73,18 @@ class SseStream(Stream):
         """Answer ``error`` instead of the stream (the broker could not read the channels)."""
         if not self.closed:
             count_refusal(self._server.stats, error)
-            self.transport.write(http.error_response(error, cors, keep_alive=False))
+            self.write(http.error_response(error, cors, keep_alive=False))
             self._finish()
 
     def notice(self, status: dict[str, object]) -> None:
-        self.transport.write(sse.status_event(status))
+        self.write(sse.status_event(status))
 
     def members(self, answer: dict[str, object]) -> bytes:
         return presence_wire.members_event(answer)
 
     def presence_changed(self, channel: str, encoded: presence_wire.Encoded) -> None:
         if not self.closed:
-            self.transport.write(encoded.sse)
+            self.write(encoded.sse)
 
     def subscribed(self, channel: str, begin: str) -> bytes:
         return sse.subscribed_event(channel, begin, self.reader.cursor())
@@ -93,12 +93,12 @@ class SseStream(Stream):
         return sse.unsubscribed_event(channel, self.reader.cursor())
 
     def heartbeat(self, now: float) -> None:
-        self.transport.write(sse.HEARTBEAT)
+        self.write(sse.HEARTBEAT)
 
     def data_received(self, data: bytes) -> None:
         """A client has nothing to say on an event stream; ignore it."""
 
     def close_with(self, closing: Closing) -> None:
         if not self.closed:
-            self.transport.write(sse.closing(closing.code, closing.message))
+            self.write(sse.closing(closing.code, closing.message))
             self._finish()

@@ -2,8 +2,11 @@
 
 Backpressure policy (docs/topics/backpressure.md):
 
-* **Live**: the transport's write buffer may hold ``output_buffer_limit``
-  bytes the client has not read. Past that, asyncio calls
+* **Live**: the stream may hold ``output_buffer_limit`` bytes the client
+  has not read: what it holds until the end of the loop's step
+  (:meth:`Stream.write`, server/flush.py) and what the transport's buffer
+  holds. Held bytes go to the transport at the end of the step, or at once
+  when they would take the stream past its limit; past that, asyncio calls
   :meth:`Stream.pause_writing` and the stream is cut off: it is told why (a
   last SSE event or a WebSocket close frame), unsubscribed at once, and
   closed. Nobody else waits for it; the client resumes from its cursor.
@@ -51,8 +54,9 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("_server", "closed", "expires", "identity", "present_in", "reader",
-                 "server_side", "stalled_since", "transport", "watching")
+    __slots__ = ("_held_size", "_pulling", "_server", "closed", "expires", "held_bytes", "identity",
+                 "present_in", "reader", "server_side", "stalled_since", "transport",
+                 "watching")
 
     #: How presence names this technique (server/presence.py).
     technique = ""
@@ -64,6 +68,13 @@ class Stream(asyncio.Protocol):
                  identity: Identity, multi: bool = False, *, latest: bool = False) -> None:
         self._server = server
         self.transport = transport
+        #: What the stream holds for its socket until the end of the loop's step (write()):
+        #: one bytes object, or a list once a second arrives (then _held_size counts it).
+        self.held_bytes: bytes | list[bytes] | None = None
+        self._held_size = 0
+        # True while a pull's bytes go to the transport: a pause then means "wait for the
+        # socket", even if that pull finished the backlog (pause_writing).
+        self._pulling = False
         #: Who reads (its client id, and its token's user and info).
         self.identity = identity
         #: The channels whose presence this stream holds (released when it ends).
@@ -75,7 +86,7 @@ class Stream(asyncio.Protocol):
         self.server_side: Following | None = None
         #: What the hub holds: it hands each message straight to the reader. With a
         #: slow-reader policy (or ``?latest=1``) it can skip ahead instead of being cut off.
-        self.reader = make_reader(server.broker, encoder, transport, multi=multi, owner=self,
+        self.reader = make_reader(server.broker, encoder, self, multi=multi, owner=self,
                                   policy=server.settings.slow_reader_policy(), latest=latest)
         self.closed = False
         #: When the client's token expires, in Unix seconds (0: never); the server's
@@ -136,13 +147,13 @@ class Stream(asyncio.Protocol):
         if self.closed or self.reader.reads(channel):
             return
         batch = self.follow({channel: start})
-        self.transport.write(self.subscribed(channel, str(batch.begins[channel])))
+        self.write(self.subscribed(channel, str(batch.begins[channel])))
         self.catch_up()
 
     def remove_server_channel(self, channel: str) -> None:
         """The server unsubscribed this stream's user from ``channel``: stop, and say so."""
         if not self.closed and self.unfollow(channel):
-            self.transport.write(self.unsubscribed(channel))
+            self.write(self.unsubscribed(channel))
 
     def subscribed(self, channel: str, begin: str) -> bytes:
         """The bytes announcing a channel the server added, read from ``begin`` on."""
@@ -157,7 +168,7 @@ class Stream(asyncio.Protocol):
         tracker = self._server.presence
         for channel in channels:
             tracker.watch(channel, self)
-            self.transport.write(self.members(tracker.members_answer(channel)))
+            self.write(self.members(tracker.members_answer(channel)))
         self.watching = (*self.watching, *channels)
 
     def members(self, answer: dict[str, object]) -> bytes:
@@ -169,17 +180,28 @@ class Stream(asyncio.Protocol):
         raise NotImplementedError
 
     def catch_up(self) -> None:
-        """Pull the backlog while the socket has room; go live when it is done."""
+        """Pull the backlog while the socket has room; go live when it is done.
+
+        A backlog is not held for the end of the step: each pull goes to the
+        transport at once (after what was held before it, a head or an ack),
+        whose buffer says when to wait for the socket.
+        """
         reader, transport = self.reader, self.transport
         budget = self._server.settings.output_buffer_limit // 2
         if reader.behind:
             transport.set_write_buffer_limits(high=budget)  # pause_writing: wait, not cut
+            self.flush()
         while reader.behind and not self.closed:
             if transport.get_write_buffer_size() > budget:
                 if not self.stalled_since:
                     self.stalled_since = self._server.loop.time()
                 return  # resume_writing comes when the socket has taken half of it
             reader.pull(budget)
+            self._pulling = True
+            try:
+                self.flush()
+            finally:
+                self._pulling = False
         self.stalled_since = 0.0
         if not self.closed:
             transport.set_write_buffer_limits(high=self._server.settings.output_buffer_limit)
@@ -200,7 +222,7 @@ class Stream(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.closed:
             return
-        if self.reader.behind:
+        if self.reader.behind or self._pulling:
             self.stalled_since = self.stalled_since or self._server.loop.time()
             return  # a backlog waits for the socket; the sweep watches it
         if self.reader.lag():  # slow_reader skip or latest: skip ahead once it has drained
@@ -222,7 +244,7 @@ class Stream(asyncio.Protocol):
         if self.closed or not reader.behind:
             return
         settings = self._server.settings
-        if (self.transport.get_write_buffer_size() > settings.output_buffer_limit
+        if (self.buffered() > settings.output_buffer_limit
                 and not reader.all_behind) or (
                 self.stalled_since and now - self.stalled_since > settings.slow_consumer_timeout):
             self.cut_off()
@@ -240,8 +262,51 @@ class Stream(asyncio.Protocol):
         self.close_with(SLOW_CONSUMER)
 
     def buffered(self) -> int:
-        """Bytes written to the socket that the client has not taken yet."""
-        return 0 if self.closed else self.transport.get_write_buffer_size()
+        """Bytes written to the socket that the client has not taken yet (held ones too)."""
+        if self.closed:
+            return 0
+        held = self.held_bytes
+        size = 0 if held is None else len(held) if isinstance(held, bytes) else self._held_size
+        return size + self.transport.get_write_buffer_size()
+
+    # writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` after what this stream wrote before (the reader's output).
+
+        The bytes are held until the end of the loop's step and joined with
+        what else the stream gets in that step (server/flush.py); at once if
+        they would take the stream past its output limit, so that asyncio's
+        ``pause_writing`` sees them as before. Every write of a stream goes
+        through here (messages, heartbeats, replies, close frames): their order holds.
+        """
+        held = self.held_bytes
+        if held is None:  # the first in this step: a lone message costs this branch only
+            self.held_bytes = data
+            flusher = self._server.flusher
+            streams = flusher.holding
+            if not streams:
+                flusher.schedule()
+            streams.append(self)
+            return
+        if isinstance(held, bytes):
+            self.held_bytes = [held, data]
+            self._held_size = len(held) + len(data)
+        else:
+            held.append(data)
+            self._held_size += len(data)
+        if (self._held_size + self.transport.get_write_buffer_size()
+                > self._server.settings.output_buffer_limit):
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what the stream holds to the transport now (one write)."""
+        held = self.held_bytes
+        if held is None:
+            return
+        self.held_bytes = None
+        if not self.closed:  # else what a late writer added after the close: dropped
+            self.transport.write(held if isinstance(held, bytes) else b"".join(held))
 
     # what each technique says ------------------------------------------------------
 
@@ -282,12 +347,20 @@ class Stream(asyncio.Protocol):
         # What it sent moves to the totals: metrics read open streams' readers themselves.
         stats = self._server.stats
         stats[DELIVERED + self.technique] += reader.sent
+        last, self.held_bytes = self.held_bytes, None
+        if last is not None:  # the last bytes (a close frame) go before the socket closes
+            self.transport.write(_joined(last))
         stats[BYTES + self.technique] += acked_bytes(self.transport)  # before it is closed
         self.transport.close()
         # Aborted by the server's sweep if the client does not read what is left.
         self._server.registry.discard_stream(self, flushing=self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.held_bytes = None  # nobody to write to
         self._finish()
         self._server.registry.flushed(self.transport)
         self._server.admission.release(self.transport)
+
+
+def _joined(held: bytes | list[bytes]) -> bytes:
+    return held if isinstance(held, bytes) else b"".join(held)

@@ -133,7 +133,7 @@ class WebSocketSession(Stream):
 
     def start(self, response: bytes, starts: dict[str, Start], rest: bytes,
               presence: bool = False) -> None:
-        self.transport.write(response)
+        self.write(response)
         self._server.registry.add_stream(self)
         for channel, start in starts.items():
             self._subscribe_now(channel, start, None, presence)
@@ -163,7 +163,7 @@ class WebSocketSession(Stream):
         if isinstance(event, websocket.TextMessage):
             self._command(event.text)
         elif isinstance(event, websocket.Ping):
-            self.transport.write(websocket.frame(websocket.OP_PONG, event.payload))
+            self.write(websocket.frame(websocket.OP_PONG, event.payload))
         elif isinstance(event, websocket.CloseReceived):
             # Echo the close (RFC 6455 section 5.5.1), then close the TCP connection.
             self.close(event.code or CloseCode.NORMAL, "")
@@ -186,7 +186,7 @@ class WebSocketSession(Stream):
             command = commands.parse(text)
         except CommandError as exc:
             count_refusal(self._server.stats, exc.error)
-            self.transport.write(commands.error_frame(exc.req, exc.error))
+            self.write(commands.error_frame(exc.req, exc.error))
             return
         try:
             if isinstance(command, commands.Subscribe):
@@ -204,7 +204,7 @@ class WebSocketSession(Stream):
                 self.unfollow(command.channel)
                 if self.deltas is not None:
                     self.deltas.forget(command.channel)
-                self.transport.write(commands.ack_frame(command.req, channel=command.channel))
+                self.write(commands.ack_frame(command.req, channel=command.channel))
             elif isinstance(command, commands.Publish):
                 self._server.auth.check_publish(command.channel, self.credentials)
                 self._publish(command)
@@ -219,13 +219,13 @@ class WebSocketSession(Stream):
                 self.pending += 1
                 self._server.spawn(self._rpc(command))
             else:
-                self.transport.write(commands.ack_frame(command.req))
+                self.write(commands.ack_frame(command.req))
         except KeysMissing as missing:  # fetch the IdP's keys, then handle it again, in order
             self.held = []
             self._server.spawn(self._after_keys(missing.kid, text))
         except ProtocolError as exc:
             count_refusal(self._server.stats, exc)
-            self.transport.write(commands.error_frame(command.req, exc))
+            self.write(commands.error_frame(command.req, exc))
 
     async def _after_keys(self, kid: str, text: str) -> None:
         jwks = self._server.auth.jwks
@@ -263,7 +263,7 @@ class WebSocketSession(Stream):
         self.credentials = credentials
         self.expires = credentials.expires
         claims = credentials.claims
-        self.transport.write(commands.ack_frame(
+        self.write(commands.ack_frame(
             command.req, sub=claims.sub if claims else None,
             exp=claims.expires if claims else None))
 
@@ -301,7 +301,7 @@ class WebSocketSession(Stream):
         def then() -> None:
             if not self.closed:
                 body = self._server.presence.answer(channel, command.count_only)
-                self.transport.write(commands.ack_frame(command.req, **body))
+                self.write(commands.ack_frame(command.req, **body))
             if self.held is not None:
                 self._release_held()
 
@@ -317,7 +317,7 @@ class WebSocketSession(Stream):
                 await self._server.hooks.check_subscribe(self.user, (channel,))
             except ProtocolError as exc:
                 if not self.closed:
-                    self.transport.write(commands.error_frame(req, exc))
+                    self.write(commands.error_frame(req, exc))
                 self._release_held()
                 return
             held, self.held = self.held, None
@@ -326,7 +326,7 @@ class WebSocketSession(Stream):
             try:
                 self._subscribe(channel, start, req, presence)
             except ProtocolError as exc:
-                self.transport.write(commands.error_frame(req, exc))
+                self.write(commands.error_frame(req, exc))
             if self.held is not None:  # now waiting for the broker: the rest stay behind it
                 self.held.extend(held or ())
             else:
@@ -349,7 +349,7 @@ class WebSocketSession(Stream):
         finally:
             self.pending -= 1
         if not self.closed:
-            self.transport.write(reply)
+            self.write(reply)
 
     def _subscribed(self, channel: str, start: Start, req: commands.Req,
                     presence: bool = False) -> None:
@@ -359,13 +359,13 @@ class WebSocketSession(Stream):
                 self._subscribe_now(channel, start, req, presence)
         except ProtocolError as exc:
             count_refusal(self._server.stats, exc)
-            self.transport.write(commands.error_frame(req, exc))
+            self.write(commands.error_frame(req, exc))
         self._release_held()
 
     def _refused(self, req: commands.Req, error: ProtocolError | BrokerError) -> None:
         if not self.closed:
             count_refusal(self._server.stats, error)
-            self.transport.write(commands.error_frame(req, _as_protocol_error(error)))
+            self.write(commands.error_frame(req, _as_protocol_error(error)))
         self._release_held()
 
     def _release_held(self) -> None:
@@ -384,7 +384,7 @@ class WebSocketSession(Stream):
         batch = self.follow({channel: start}, latest=latest)
         (begin,) = batch.begins.values()
         client = self.identity.client
-        self.transport.write(
+        self.write(
             commands.subscribed_frame(channel, str(begin), client) if req is None
             else commands.ack_frame(req, channel=channel, next=str(begin), client=client))
         if presence:
@@ -426,7 +426,7 @@ class WebSocketSession(Stream):
         finally:
             self.pending -= 1
         if not self.closed:
-            self.transport.write(reply)
+            self.write(reply)
 
     # sending -----------------------------------------------------------------
 
@@ -437,21 +437,21 @@ class WebSocketSession(Stream):
         return commands.unsubscribed_frame(channel)
 
     def notice(self, status: dict[str, object]) -> None:
-        self.transport.write(commands.status_frame(status))
+        self.write(commands.status_frame(status))
 
     def members(self, answer: dict[str, object]) -> bytes:
         return presence_wire.members_frame(answer)
 
     def presence_changed(self, channel: str, encoded: presence_wire.Encoded) -> None:
         if not self.closed:
-            self.transport.write(encoded.frame)
+            self.write(encoded.frame)
 
     def heartbeat(self, now: float) -> None:
         timeout = 2.5 * self._server.settings.heartbeat_interval
         if now - self.last_seen > timeout:
             self.close(IDLE_TIMEOUT.close_code, f"no answer to pings for {timeout:.0f} s")
         else:
-            self.transport.write(websocket.PING)
+            self.write(websocket.PING)
 
     def close_with(self, closing: Closing) -> None:
         self.close(closing.close_code, f"{closing.code}: {closing.message}")
@@ -462,7 +462,7 @@ class WebSocketSession(Stream):
             return
         error = Unauthorized("the token has expired; reconnect with a new one and resume, or "
                              "send an auth command before it expires", code="token_expired")
-        self.transport.write(commands.error_frame(None, error))
+        self.write(commands.error_frame(None, error))
         self.close(error.close_code, TOKEN_EXPIRED.code)
 
     def close(self, code: int, reason: str) -> None:
@@ -470,7 +470,7 @@ class WebSocketSession(Stream):
         if self.closed:
             return
         self.parser = None
-        self.transport.write(websocket.close_frame(code, reason))
+        self.write(websocket.close_frame(code, reason))
         self._finish()
 
 

@@ -14,8 +14,9 @@ Every technique reads the log the same way, and this object is that way. A
 Events come in as method calls: :meth:`deliver` and :meth:`skip` from the
 fan-out (the reader is what the hub holds), :meth:`pull` when the socket has
 room, :meth:`page` for a poll. Output goes to ``output.write``: the driver
-gives its socket (a stream) or itself (a parked long poll, whose first output
-is its answer); a failure goes to the driver too (:meth:`fail`). The drivers in
+gives itself (a stream, which holds the bytes until the end of the loop's
+step and writes them to its socket joined; a parked long poll, whose first
+output is its answer); a failure goes to the driver too (:meth:`fail`). The drivers in
 ``tidings.server`` own sockets, timers and tasks; this module imports none.
 
 Race-free resume: a channel goes from behind to live inside :meth:`pull`,
@@ -78,7 +79,7 @@ class Encoder(Protocol):
 
 
 class Output(Protocol):
-    """Where a reader's bytes go (an asyncio transport, or a parked request)."""
+    """Where a reader's bytes go (a stream, or a parked request)."""
 
     def write(self, data: bytes) -> None:
         """Take ``data``; must not block (the hub's loop calls it)."""
