@@ -120,6 +120,13 @@ def open_stream(server: Server, technique: str, start: Start = END, *,
     return stream, transport
 
 
+async def next_step(server: Server, *, after_burst: bool) -> None:
+    """End this step, and start the next as the flusher would after a step with a burst
+    (every write held) or without one (a stream's first write at once)."""
+    await end_of_step()
+    server.flusher.busy = after_burst
+
+
 async def end_of_step() -> None:
     """Return once what was held in this step has been flushed: the flush was scheduled
     (``call_soon``) before this marker, and callbacks run in order."""
@@ -181,40 +188,60 @@ def masked(opcode: int, payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-async def test_messages_of_one_step_leave_in_one_write(make_server: ServerFactory,
-                                                       technique: str) -> None:
+async def test_messages_of_one_step_leave_in_one_write_while_bursts_come(
+        make_server: ServerFactory, technique: str) -> None:
     server = await make_server()
     stream, transport = open_stream(server, technique)
-    await end_of_step()
+    await next_step(server, after_burst=False)
     transport.writes.clear()
 
-    messages = publish_now(server, 5)
-    assert transport.writes == []  # held until the end of the step
+    # A quiet step: the first message at once, the rest of the burst held and joined.
+    first = publish_now(server, 5)
+    assert transport.writes == [shared_bytes(technique, first[0])]
     await end_of_step()
-
-    assert transport.writes == [b"".join(shared_bytes(technique, m) for m in messages)]
-    assert stream.reader.sent == 5
+    assert transport.writes == [shared_bytes(technique, first[0]),
+                                b"".join(shared_bytes(technique, m) for m in first[1:])]
+    assert server.flusher.busy
+    # The step after a burst holds everything: five messages, one write.
+    transport.writes.clear()
+    then = publish_now(server, 5)
+    assert transport.writes == []
+    await end_of_step()
+    assert transport.writes == [b"".join(shared_bytes(technique, m) for m in then)]
+    assert stream.reader.sent == 10
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-async def test_a_lone_message_leaves_at_the_end_of_its_step(make_server: ServerFactory,
-                                                           technique: str) -> None:
+async def test_a_lone_message_leaves_at_once(make_server: ServerFactory,
+                                             technique: str) -> None:
+    """At a low rate nothing waits for the end of the step; after a burst, one step does."""
     server = await make_server()
     _stream, transport = open_stream(server, technique)
+    await next_step(server, after_burst=False)
+    transport.writes.clear()
+    for _ in range(3):  # one message a step: written as it is handed over
+        (message,) = publish_now(server, 1)
+        assert transport.writes == [shared_bytes(technique, message)]
+        await end_of_step()
+        transport.writes.clear()
+    assert not server.flusher.busy
+
+    publish_now(server, 2)  # a burst
     await end_of_step()
     transport.writes.clear()
-    for _ in range(3):  # one message a step: one write each, in the step it was published
-        (message,) = publish_now(server, 1)
-        assert transport.writes == []
-        await end_of_step()
-        assert transport.writes == [shared_bytes(technique, message)]
-        transport.writes.clear()
+    (held,) = publish_now(server, 1)  # the step after it holds, and has no burst
+    assert transport.writes == []
+    await end_of_step()
+    assert transport.writes == [shared_bytes(technique, held)]
+    transport.writes.clear()
+    (alone,) = publish_now(server, 1)  # so the next is quiet again
+    assert transport.writes == [shared_bytes(technique, alone)]
 
 
 async def test_sse_heartbeats_and_notices_keep_their_place(make_server: ServerFactory) -> None:
     server = await make_server()
     stream, transport = open_stream(server, "sse")
-    await end_of_step()
+    await next_step(server, after_burst=True)
     transport.writes.clear()
 
     (first,) = publish_now(server, 1)
@@ -233,7 +260,7 @@ async def test_websocket_pings_pongs_and_replies_keep_their_place(
         make_server: ServerFactory) -> None:
     server = await make_server()
     stream, transport = open_stream(server, "websocket")
-    await end_of_step()
+    await next_step(server, after_burst=True)
     transport.writes.clear()
 
     (first,) = publish_now(server, 1)
@@ -257,7 +284,7 @@ async def test_a_close_frame_follows_what_was_held(make_server: ServerFactory,
                                                     technique: str) -> None:
     server = await make_server()
     stream, transport = open_stream(server, technique)
-    await end_of_step()
+    await next_step(server, after_burst=True)
     transport.writes.clear()
 
     messages = publish_now(server, 3)
@@ -280,7 +307,7 @@ async def test_a_burst_past_the_limit_cuts_off_within_it(make_server: ServerFact
     not at the end of the step."""
     server = await make_server(output_buffer_limit=LIMIT)
     stream, transport = open_stream(server, technique)
-    await end_of_step()
+    await next_step(server, after_burst=True)
     transport.stalled = True
     transport.writes.clear()
 
@@ -307,7 +334,7 @@ async def test_a_burst_past_the_limit_skips_ahead(make_server: ServerFactory, te
     (with ``latest``, the newest message after it), then live messages, one write a step."""
     server = await make_server(output_buffer_limit=LIMIT, slow_reader=policy)
     stream, transport = open_stream(server, technique)
-    await end_of_step()
+    await next_step(server, after_burst=True)
     transport.stalled = True
     transport.writes.clear()
 

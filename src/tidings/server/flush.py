@@ -1,13 +1,21 @@
-"""Writes held until the end of the loop's step, then one write per stream.
+"""Writes held until the end of the loop's step when messages come in bursts.
 
 At full load several messages reach a stream in one step of the event loop
 (several publishes read in one poll of the sockets, a Redis read carrying
 many). Written one by one, each costs a system call per subscriber; held
-and joined, a stream pays one per step. A stream's :meth:`Stream.write`
-keeps references to the shared pre-encoded bytes (encode once, write many);
-the first stream that holds bytes in a step schedules one ``call_soon``
-shared by every stream, never a timer, so a lone message leaves in the next
-turn of the loop, before any new input is handled. The output limit still
+and joined, a stream pays one per step. At a low rate there is nothing to
+join, and holding would only delay a lone message by the fan-out's pass
+over every reader. So the flusher holds writes only while bursts come:
+
+* in a quiet step, a stream's first write goes to its transport at once
+  (what a lone message gets, as before); a second write in the same step
+  is held, and the step is marked a burst;
+* a step that follows a burst holds every write; it stays so while each
+  step has a burst, and the first step without one makes the next quiet.
+
+A held write keeps references to the shared pre-encoded bytes (encode once,
+write many). One ``call_soon`` per step, shared by every stream, ends the
+step and writes what each holds joined; never a timer. The output limit
 counts what is held (server/stream.py, docs/topics/backpressure.md).
 """
 
@@ -35,23 +43,34 @@ class Held(Protocol):
 
 
 class Flusher:
-    """The streams holding bytes in this step of the loop, flushed together at its end.
+    """The steps of the loop as the streams see them, and what they hold until a step ends.
 
-    A stream that holds bytes and did not before appends itself to
-    :attr:`holding`, calling :meth:`schedule` first if the list is empty (the
-    first in the step).
+    A stream asks :attr:`step` and :attr:`busy` to choose between writing at
+    once and holding (``Stream.write``); one that holds appends itself to
+    :attr:`holding`. Either way it calls :meth:`schedule`, which ends the step
+    with :meth:`flush_all` at the end of this turn of the loop.
     """
 
-    __slots__ = ("_loop", "holding")
+    __slots__ = ("_loop", "burst", "busy", "holding", "scheduled", "step")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         #: Streams to flush at the end of this step, in the order they first held bytes.
         self.holding: list[Held] = []
+        #: Which step this is: a stream that wrote at once remembers it.
+        self.step = 0
+        #: Hold every write of this step: the last step that wrote had a burst.
+        self.busy = False
+        #: A stream has had a second write in this step.
+        self.burst = False
+        #: :meth:`flush_all` is to run at the end of this step.
+        self.scheduled = False
 
     def schedule(self) -> None:
-        """Flush at the end of this step (call it when :attr:`holding` is empty)."""
-        self._loop.call_soon(self.flush_all)
+        """End the step (write what is held) at the end of this turn of the loop."""
+        if not self.scheduled:
+            self.scheduled = True
+            self._loop.call_soon(self.flush_all)
 
     def flush_all(self) -> None:
         """Write every stream's held bytes (a failure closes that stream only).
@@ -60,6 +79,9 @@ class Flusher:
         frame) is held for the next step, unless it flushes itself.
         (``Stream.flush``, inlined: one call less per stream per step.)
         """
+        self.scheduled = False
+        self.step += 1
+        self.busy, self.burst = self.burst, False
         streams, self.holding = self.holding, []
         for stream in streams:
             held = stream.held_bytes

@@ -54,8 +54,8 @@ MIN_SEND_BUFFER = 64 * 1024
 class Stream(asyncio.Protocol):
     """Base of :class:`SseStream` and :class:`WebSocketSession`: owns the socket and the reader."""
 
-    __slots__ = ("_held_size", "_pulling", "_server", "closed", "expires", "held_bytes", "identity",
-                 "present_in", "reader", "server_side", "stalled_since", "transport",
+    __slots__ = ("_held_size", "_pulling", "_server", "_step", "closed", "expires", "held_bytes",
+                 "identity", "present_in", "reader", "server_side", "stalled_since", "transport",
                  "watching")
 
     #: How presence names this technique (server/presence.py).
@@ -72,6 +72,8 @@ class Stream(asyncio.Protocol):
         #: one bytes object, or a list once a second arrives (then _held_size counts it).
         self.held_bytes: bytes | list[bytes] | None = None
         self._held_size = 0
+        # The flusher's step in which this stream last wrote or held (server/flush.py).
+        self._step = -1
         # True while a pull's bytes go to the transport: a pause then means "wait for the
         # socket", even if that pull finished the backlog (pause_writing).
         self._pulling = False
@@ -274,21 +276,33 @@ class Stream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Write ``data`` after what this stream wrote before (the reader's output).
 
-        The bytes are held until the end of the loop's step and joined with
-        what else the stream gets in that step (server/flush.py); at once if
-        they would take the stream past its output limit, so that asyncio's
-        ``pause_writing`` sees them as before. Every write of a stream goes
-        through here (messages, heartbeats, replies, close frames): their order holds.
+        In a quiet step the stream's first write goes to the transport at
+        once; a second in the same step, and every write of a step that
+        follows a burst, is held until the end of the step and joined with
+        what else the stream gets in it (server/flush.py). Held bytes go at
+        once if they would take the stream past its output limit, so that
+        asyncio's ``pause_writing`` sees them as before. Every write of a
+        stream goes through here (messages, heartbeats, replies, close
+        frames): their order holds.
         """
         held = self.held_bytes
-        if held is None:  # the first in this step: a lone message costs this branch only
-            self.held_bytes = data
+        if held is None:
             flusher = self._server.flusher
-            streams = flusher.holding
-            if not streams:
+            if self._step != flusher.step:
+                self._step = flusher.step
+                if not flusher.busy:  # a lone message: at once, as if nothing were held
+                    if not flusher.scheduled:
+                        flusher.schedule()
+                    self.transport.write(data)
+                    return
+            else:  # the stream wrote at once in this step already
+                flusher.burst = True
+            self.held_bytes = data
+            flusher.holding.append(self)
+            if not flusher.scheduled:
                 flusher.schedule()
-            streams.append(self)
             return
+        self._server.flusher.burst = True
         if isinstance(held, bytes):
             self.held_bytes = [held, data]
             self._held_size = len(held) + len(data)
