@@ -25,6 +25,7 @@ from tidings import Server
 from tidings.core.cursor import END, ORIGIN, Start
 from tidings.core.message import Message
 from tidings.core.presence import Identity
+from tidings.server.flush import QUIET_BATCH
 from tidings.server.sse import SseStream
 from tidings.server.stream import Stream
 from tidings.server.websocket import WebSocketSession
@@ -188,54 +189,77 @@ def masked(opcode: int, payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-async def test_messages_of_one_step_leave_in_one_write_while_bursts_come(
-        make_server: ServerFactory, technique: str) -> None:
+async def test_messages_of_one_step_leave_in_one_write(make_server: ServerFactory,
+                                                       technique: str) -> None:
     server = await make_server()
     stream, transport = open_stream(server, technique)
     await next_step(server, after_burst=False)
     transport.writes.clear()
 
-    # A quiet step: the first message at once, the rest of the burst held and joined.
-    first = publish_now(server, 5)
-    assert transport.writes == [shared_bytes(technique, first[0])]
+    messages = publish_now(server, 5)
+    assert transport.writes == []  # held until the end of the step
+    assert server.flusher.busy  # a second message for the stream: a burst
     await end_of_step()
-    assert transport.writes == [shared_bytes(technique, first[0]),
-                                b"".join(shared_bytes(technique, m) for m in first[1:])]
-    assert server.flusher.busy
-    # The step after a burst holds everything: five messages, one write.
-    transport.writes.clear()
-    then = publish_now(server, 5)
-    assert transport.writes == []
-    await end_of_step()
-    assert transport.writes == [b"".join(shared_bytes(technique, m) for m in then)]
-    assert stream.reader.sent == 10
+    assert transport.writes == [b"".join(shared_bytes(technique, m) for m in messages)]
+    assert stream.reader.sent == 5
 
 
 @pytest.mark.parametrize("technique", TECHNIQUES)
-async def test_a_lone_message_leaves_at_once(make_server: ServerFactory,
-                                             technique: str) -> None:
-    """At a low rate nothing waits for the end of the step; after a burst, one step does."""
+async def test_a_lone_message_leaves_at_the_end_of_its_step(make_server: ServerFactory,
+                                                           technique: str) -> None:
     server = await make_server()
     _stream, transport = open_stream(server, technique)
     await next_step(server, after_burst=False)
     transport.writes.clear()
-    for _ in range(3):  # one message a step: written as it is handed over
+    for _ in range(3):  # one message a step: one write each, in the step it was published
         (message,) = publish_now(server, 1)
-        assert transport.writes == [shared_bytes(technique, message)]
+        assert transport.writes == []
         await end_of_step()
+        assert transport.writes == [shared_bytes(technique, message)]
         transport.writes.clear()
     assert not server.flusher.busy
 
-    publish_now(server, 2)  # a burst
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+async def test_a_quiet_step_writes_as_the_fan_out_goes_and_a_burst_holds(
+        make_server: ServerFactory, technique: str) -> None:
+    """A lone message does not wait for the fan-out's pass over every reader: in a quiet
+    step the streams are written QUIET_BATCH at a time. A second message in the step
+    makes it a burst: it and the next step are held to their end, one write a stream."""
+    server = await make_server()
+    opened = [open_stream(server, technique) for _ in range(2 * QUIET_BATCH + 1)]
+    transports = [transport for _stream, transport in opened]
+    await next_step(server, after_burst=False)
+    for transport in transports:
+        transport.writes.clear()
+
+    first, second = publish_now(server, 2)
+    # The first message reached the first two batches as the fan-out went; the last
+    # stream's waits for the end of the step, with the second message (a burst).
+    for transport in transports[:-1]:
+        assert transport.writes == [shared_bytes(technique, first)]
+    assert transports[-1].writes == []
     await end_of_step()
-    transport.writes.clear()
-    (held,) = publish_now(server, 1)  # the step after it holds, and has no burst
-    assert transport.writes == []
+    assert server.flusher.busy
+    for transport in transports[:-1]:
+        assert transport.writes == [shared_bytes(technique, first),
+                                    shared_bytes(technique, second)]
+    assert transports[-1].writes == [shared_bytes(technique, first)
+                                     + shared_bytes(technique, second)]
+
+    # The step after a burst holds everything to its end: one write a stream.
+    for transport in transports:
+        transport.writes.clear()
+    then = publish_now(server, 3)
+    assert all(transport.writes == [] for transport in transports)
     await end_of_step()
-    assert transport.writes == [shared_bytes(technique, held)]
-    transport.writes.clear()
-    (alone,) = publish_now(server, 1)  # so the next is quiet again
-    assert transport.writes == [shared_bytes(technique, alone)]
+    joined = b"".join(shared_bytes(technique, m) for m in then)
+    assert all(transport.writes == [joined] for transport in transports)
+
+    # A step without a burst makes the next quiet again.
+    publish_now(server, 1)
+    await end_of_step()
+    assert not server.flusher.busy
 
 
 async def test_sse_heartbeats_and_notices_keep_their_place(make_server: ServerFactory) -> None:

@@ -1,22 +1,21 @@
-"""Writes held until the end of the loop's step when messages come in bursts.
+"""Writes held until the end of the loop's step, then one write per stream.
 
 At full load several messages reach a stream in one step of the event loop
 (several publishes read in one poll of the sockets, a Redis read carrying
 many). Written one by one, each costs a system call per subscriber; held
-and joined, a stream pays one per step. At a low rate there is nothing to
-join, and holding would only delay a lone message by the fan-out's pass
-over every reader. So the flusher holds writes only while bursts come:
+and joined, a stream pays one per step. A stream's ``write`` keeps
+references to the shared pre-encoded bytes (encode once, write many); the
+first stream that holds bytes in a step schedules one ``call_soon`` shared
+by every stream, never a timer, and the step's held bytes are written when
+it runs, before any new input is handled.
 
-* in a quiet step, a stream's first write goes to its transport at once
-  (what a lone message gets, as before); a second write in the same step
-  is held, and the step is marked a burst;
-* a step that follows a burst holds every write; it stays so while each
-  step has a burst, and the first step without one makes the next quiet.
-
-A held write keeps references to the shared pre-encoded bytes (encode once,
-write many). One ``call_soon`` per step, shared by every stream, ends the
-step and writes what each holds joined; never a timer. The output limit
-counts what is held (server/stream.py, docs/topics/backpressure.md).
+Holding a lone message would delay every reader by the fan-out's pass over
+all of them (about 0.3 ms at 1,000 readers). So in a quiet step the held
+bytes are written :data:`QUIET_BATCH` streams at a time as the fan-out goes;
+a stream given a second write in the step marks it a burst, and from then on
+every write is held to the end of the step, and so is every write of the
+next step, until a step passes without a burst. The output limit counts
+what is held (server/stream.py, docs/topics/backpressure.md).
 """
 
 from __future__ import annotations
@@ -26,6 +25,11 @@ import logging
 from typing import Protocol
 
 logger = logging.getLogger("tidings.server")
+
+#: In a quiet step, held bytes are written as soon as this many streams hold some:
+#: writes in batches cost less than one by one, and the first reader waits only for
+#: this many, not for the whole fan-out.
+QUIET_BATCH = 64
 
 
 class Held(Protocol):
@@ -45,21 +49,23 @@ class Held(Protocol):
 class Flusher:
     """The steps of the loop as the streams see them, and what they hold until a step ends.
 
-    A stream asks :attr:`step` and :attr:`busy` to choose between writing at
-    once and holding (``Stream.write``); one that holds appends itself to
-    :attr:`holding`. Either way it calls :meth:`schedule`, which ends the step
-    with :meth:`flush_all` at the end of this turn of the loop.
+    A stream that holds bytes appends itself to :attr:`holding`, calls
+    :meth:`schedule`, and in a quiet step :meth:`write_held` once
+    :data:`QUIET_BATCH` streams hold bytes. It remembers :attr:`step`, so
+    that a second write in the same step is seen, and sets :attr:`burst`
+    (and :attr:`busy`) then (``Stream.write``).
     """
 
     __slots__ = ("_loop", "burst", "busy", "holding", "scheduled", "step")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        #: Streams to flush at the end of this step, in the order they first held bytes.
+        #: Streams whose held bytes are to be written, in the order they first held them.
         self.holding: list[Held] = []
-        #: Which step this is: a stream that wrote at once remembers it.
+        #: Which step this is (a stream that wrote remembers it).
         self.step = 0
-        #: Hold every write of this step: the last step that wrote had a burst.
+        #: Hold every write until the end of this step: it has had a burst, or the step
+        #: before it had one.
         self.busy = False
         #: A stream has had a second write in this step.
         self.burst = False
@@ -73,15 +79,20 @@ class Flusher:
             self._loop.call_soon(self.flush_all)
 
     def flush_all(self) -> None:
-        """Write every stream's held bytes (a failure closes that stream only).
-
-        A stream that holds bytes again while this runs (a cut-off's close
-        frame) is held for the next step, unless it flushes itself.
-        (``Stream.flush``, inlined: one call less per stream per step.)
-        """
+        """End the step: write what every stream holds; the next step is busy if this one
+        had a burst."""
         self.scheduled = False
         self.step += 1
         self.busy, self.burst = self.burst, False
+        self.write_held()
+
+    def write_held(self) -> None:
+        """Write every holding stream's bytes, joined (a failure closes that stream only).
+
+        A stream that holds bytes again while this runs (a cut-off's close
+        frame) is held for later, unless it flushes itself. (``Stream.flush``,
+        inlined: one call less per stream.)
+        """
         streams, self.holding = self.holding, []
         for stream in streams:
             held = stream.held_bytes

@@ -36,6 +36,7 @@ from tidings.core.cursor import Start
 from tidings.core.log import Gap
 from tidings.core.presence import Identity
 from tidings.errors import INTERNAL_ERROR, SLOW_CONSUMER, TOKEN_EXPIRED, Closing
+from tidings.server.flush import QUIET_BATCH
 from tidings.server.metrics import BYTES, DELIVERED, SLOW, acked_bytes, count_gap
 from tidings.session.batch import Batch
 from tidings.session.reader import Encoder, make_reader
@@ -276,33 +277,31 @@ class Stream(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Write ``data`` after what this stream wrote before (the reader's output).
 
-        In a quiet step the stream's first write goes to the transport at
-        once; a second in the same step, and every write of a step that
-        follows a burst, is held until the end of the step and joined with
-        what else the stream gets in it (server/flush.py). Held bytes go at
-        once if they would take the stream past its output limit, so that
-        asyncio's ``pause_writing`` sees them as before. Every write of a
-        stream goes through here (messages, heartbeats, replies, close
-        frames): their order holds.
+        The bytes are held and joined with what else the stream gets in this
+        step of the loop (server/flush.py): in a quiet step they are written
+        with the next batch of streams, as the fan-out goes; once the step has
+        a burst (a second write for a stream), and in the step after a burst,
+        at the end of the step. They go at once if they would take the stream
+        past its output limit, so that asyncio's ``pause_writing`` sees them as
+        before. Every write of a stream goes through here (messages,
+        heartbeats, replies, close frames): their order holds.
         """
         held = self.held_bytes
+        flusher = self._server.flusher
         if held is None:
-            flusher = self._server.flusher
-            if self._step != flusher.step:
+            if self._step == flusher.step:  # it had bytes in this step already: a burst
+                flusher.busy = flusher.burst = True
+            else:
                 self._step = flusher.step
-                if not flusher.busy:  # a lone message: at once, as if nothing were held
-                    if not flusher.scheduled:
-                        flusher.schedule()
-                    self.transport.write(data)
-                    return
-            else:  # the stream wrote at once in this step already
-                flusher.burst = True
             self.held_bytes = data
-            flusher.holding.append(self)
+            holding = flusher.holding
+            holding.append(self)
             if not flusher.scheduled:
                 flusher.schedule()
+            elif len(holding) >= QUIET_BATCH and not flusher.busy:
+                flusher.write_held()
             return
-        self._server.flusher.burst = True
+        flusher.busy = flusher.burst = True
         if isinstance(held, bytes):
             self.held_bytes = [held, data]
             self._held_size = len(held) + len(data)
