@@ -50,6 +50,7 @@ from nchan import (
     NchanPublisher,
     NginxProcess,
     nchan_missing,
+    report,
     wait_subscribed,
 )
 
@@ -314,12 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(bench(args, server))
     finally:
         server.stop()
-    shown = {k: v for k, v in result.items() if k != "first_errors"}
-    print(" ".join(f"{k}={v}" for k, v in shown.items()))
-    if result["first_errors"]:
-        print("  first errors:", *result["first_errors"], sep="\n    ")
-    if args.json:
-        print(json.dumps(result))
+    report(result, args.json)
     return 1 if result["missing"] or result["errors"] or result["duplicated"] else 0
 
 

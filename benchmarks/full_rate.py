@@ -14,37 +14,17 @@ on CPU 1. The figures go to docs/benchmarks.md with this command::
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_nchan import cell, one  # the same runner and table cells, another script
+
 TECHNIQUES = ("websocket", "sse", "longpoll")
 RATES = ("50", "200", "400", "max")
 QUICK_RATES = ("200", "400", "max")
-
-
-def one(technique: str, server: str, extra: list[str]) -> dict[str, object]:
-    command = [sys.executable, str(HERE / "cload.py"), technique, "--server", server, "--json",
-               *extra]
-    print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        return {"error": "timed out"}
-    sys.stderr.write(done.stdout + done.stderr)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        return {"error": f"exit status {done.returncode}"}
-    result: dict[str, object] = json.loads(lines[-1])
-    return result
-
-
-def cell(result: dict[str, object], key: str) -> str:
-    value = result.get(key)
-    return "—" if value is None else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     for technique in args.techniques:
         for rate in rates:
             for server in ("tidings", "nchan"):
-                r = one(technique, server, ["--readers", str(args.readers), "--rate", rate,
-                                            "--seconds", f"{seconds:g}", "--warmup",
-                                            f"{warmup:g}", "--read-pause-us",
-                                            args.read_pause_us])
+                r = one(technique, server, script="cload.py", extra=[
+                    "--readers", str(args.readers), "--rate", rate, "--seconds", f"{seconds:g}",
+                    "--warmup", f"{warmup:g}", "--read-pause-us", args.read_pause_us])
                 # At max the server sets the rate: show the publishes it answered per second.
                 shown = f"max ({cell(r, 'publishes_per_s')})" if rate == "max" else rate
                 missing = cell(r, "missing") if not r.get("errors") else (

@@ -560,6 +560,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def report(result: dict[str, object], as_json: bool) -> None:
+    """Print a run's result: a line of its fields, its first errors, its JSON if asked."""
+    shown = {k: v for k, v in result.items() if k != "first_errors"}
+    print(" ".join(f"{k}={v}" for k, v in shown.items()))
+    errors = result["first_errors"]
+    if isinstance(errors, list) and errors:
+        print("  first errors:", *errors, sep="\n    ")
+    if as_json:
+        print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.server == "nchan" and (reason := nchan_missing()) is not None:
@@ -575,12 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         result = uvloop.run(bench(args, server))
     finally:
         server.stop()
-    shown = {k: v for k, v in result.items() if k != "first_errors"}
-    print(" ".join(f"{k}={v}" for k, v in shown.items()))
-    if result["first_errors"]:
-        print("  first errors:", *result["first_errors"], sep="\n    ")
-    if args.json:
-        print(json.dumps(result))
+    report(result, args.json)
     return 1 if result.get("missing") or result["errors"] else 0
 
 

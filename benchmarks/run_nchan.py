@@ -25,11 +25,15 @@ RATES = (50.0, 100.0, 200.0, 400.0)
 QUICK_RATES = (50.0, 200.0)
 
 
-def one(load: str, server: str, extra: list[str]) -> dict[str, object]:
-    command = [sys.executable, str(HERE / "nchan.py"), load, "--server", server, "--json",
-               *extra]
+def one(load: str, server: str, extra: list[str], script: str = "nchan.py"
+        ) -> dict[str, object]:
+    """Run ``script LOAD --server SERVER --json EXTRA`` in a process of its own; its result."""
+    command = [sys.executable, str(HERE / script), load, "--server", server, "--json", *extra]
     print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out"}
     sys.stderr.write(done.stdout + done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:

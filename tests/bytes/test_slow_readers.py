@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import struct
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from conftest import UNIT, ServerFactory, until
 from tidings import Server
 from tidings.server.stream import Stream
 from tidings.session import slow
-from tidings.testing import http_client, open_sse, publish, ws_url
+from tidings.testing import http_client, open_sse, publish, server_frames, ws_url
 
 CHANNEL = "prices:aapl"
 FILLER = "x" * 4000  # about 4 KB a message
@@ -60,22 +59,11 @@ def items_of(technique: str, data: bytes) -> list[dict[str, Any]]:
             if b"data" in fields and kind in ("message", "gap"):  # not the opening client event
                 found.append({"type": kind, **json.loads(fields[b"data"])})
         return found
-    position = head_end
-    while position + 2 <= len(data):
-        second = data[position + 1]
-        length, position = second & 0x7F, position + 2
-        if length == 126:
-            (length,) = struct.unpack_from("!H", data, position)
-            position += 2
-        elif length == 127:
-            (length,) = struct.unpack_from("!Q", data, position)
-            position += 8
-        if position + length > len(data):
-            break
-        value = json.loads(data[position:position + length])
+    frames, _taken = server_frames(data[head_end:])  # the last one may not be whole yet
+    for _opcode, payload in frames:
+        value = json.loads(payload)
         if value["type"] in ("message", "gap"):
             found.append(value)
-        position += length
     return found
 
 

@@ -30,7 +30,7 @@ from tidings.server.sse import SseStream
 from tidings.server.stream import Stream
 from tidings.server.websocket import WebSocketSession
 from tidings.session import slow
-from tidings.testing import UNIT, http_client, open_sse, recv_json, ws_url
+from tidings.testing import UNIT, http_client, open_sse, recv_json, server_frames, ws_url
 from tidings.wire import commands, sse, websocket
 
 CHANNEL = "c"
@@ -159,24 +159,14 @@ def items_of(technique: str, data: bytes) -> list[dict[str, Any]]:
             if b"data" in fields:
                 found.append({"type": kind, **json.loads(fields[b"data"])})
         return found
-    position = 0
-    while position < len(data):
-        opcode, second = data[position] & 0x0F, data[position + 1]
-        length, position = second & 0x7F, position + 2
-        if length == 126:
-            (length,) = struct.unpack_from("!H", data, position)
-            position += 2
-        elif length == 127:
-            (length,) = struct.unpack_from("!Q", data, position)
-            position += 8
-        payload = data[position:position + length]
-        position += length
+    frames, taken = server_frames(data)
+    assert taken == len(data)
+    for opcode, payload in frames:
         if opcode == websocket.OP_CLOSE:
             (code,) = struct.unpack("!H", payload[:2])
             found.append({"type": "close", "code": code, "reason": payload[2:].decode()})
         elif opcode == 0x1:
             found.append(json.loads(payload))
-    assert position == len(data)
     return found
 
 

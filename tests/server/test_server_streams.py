@@ -22,6 +22,7 @@ from tidings.testing import (
     poll,
     publish,
     recv_json,
+    server_frames,
     ws_url,
 )
 
@@ -52,22 +53,10 @@ async def drain(sock: socket.socket) -> bytes:
 
 def last_ws_frame(data: bytes) -> tuple[int, bytes]:
     """Skip the handshake response, walk the server's frames, return the last one."""
-    position = data.index(b"\r\n\r\n") + 4
-    frame: tuple[int, bytes] = (0, b"")
-    while position < len(data):
-        first, second = data[position], data[position + 1]
-        position += 2
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack_from("!H", data, position)
-            position += 2
-        elif length == 127:
-            (length,) = struct.unpack_from("!Q", data, position)
-            position += 8
-        frame = (first & 0x0F, data[position:position + length])
-        position += length
-    assert position == len(data)
-    return frame
+    head_end = data.index(b"\r\n\r\n") + 4
+    frames, taken = server_frames(data[head_end:])
+    assert head_end + taken == len(data)
+    return frames[-1] if frames else (0, b"")
 
 
 SLOW_REQUESTS = {

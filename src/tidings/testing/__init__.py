@@ -70,6 +70,7 @@ from tidings.testing._raw import (
     open_raw,
     read_response,
     request_head,
+    server_frames,
 )
 from tidings.testing._sse import SseBlock, SseStream, open_sse
 from tidings.testing._websocket import command, open_ws, recv_json, recv_messages, ws_url
@@ -108,5 +109,6 @@ __all__ = [
     "require_equal",
     "require_error",
     "seq_of",
+    "server_frames",
     "ws_url",
 ]

@@ -163,3 +163,28 @@ class RawWebSocket:
     async def aclose(self) -> None:
         """Drop the connection, without a closing handshake."""
         await close_raw(self.writer)
+
+
+def server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """The whole server WebSocket frames at the start of ``data`` (unmasked, as RFC 6455
+    requires of a server) as ``(opcode, payload)``, and how many bytes they took: what
+    follows is a frame not yet received in full."""
+    frames: list[tuple[int, bytes]] = []
+    position = 0
+    while position + 2 <= len(data):
+        length, start = data[position + 1] & 0x7F, position + 2
+        if length == 126:
+            if start + 2 > len(data):
+                break
+            (length,) = struct.unpack_from("!H", data, start)
+            start += 2
+        elif length == 127:
+            if start + 8 > len(data):
+                break
+            (length,) = struct.unpack_from("!Q", data, start)
+            start += 8
+        if start + length > len(data):
+            break
+        frames.append((data[position] & 0x0F, data[start:start + length]))
+        position = start + length
+    return frames, position
