@@ -33,8 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvloop
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _loadgen import (
@@ -43,7 +41,6 @@ from _loadgen import (
     Run,
     ServerProcess,
     own_cpu_seconds,
-    pin_to_cpu,
 )
 from nchan import (
     NchanPublishConnection,
@@ -51,6 +48,7 @@ from nchan import (
     NginxProcess,
     nchan_missing,
     report,
+    run_against,
     wait_subscribed,
 )
 
@@ -305,16 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cload.py: {reason}", file=sys.stderr)
         return 2
     build_loadgen()  # a compile error shows before any server starts
-    server: ServerProcess | NginxProcess
-    if args.server == "nchan":
-        server = NginxProcess.start(cpu=args.server_cpu)
-    else:
-        server = ServerProcess.start(cpu=args.server_cpu, config=TIDINGS_CONFIG)
-    pin_to_cpu(args.client_cpu)
-    try:
-        result = uvloop.run(bench(args, server))
-    finally:
-        server.stop()
+    result = run_against(args, bench, TIDINGS_CONFIG)
     report(result, args.json)
     return 1 if result["missing"] or result["errors"] or result["duplicated"] else 0
 

@@ -40,10 +40,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -560,6 +561,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+Bench = Callable[[argparse.Namespace, "ServerProcess | NginxProcess"],
+                 Coroutine[Any, Any, dict[str, object]]]
+
+
+def run_against(args: argparse.Namespace, bench: Bench,
+                config: dict[str, object] | None = None) -> dict[str, object]:
+    """Start ``args.server`` on ``args.server_cpu`` (tidings with ``config``), pin this
+    process to ``args.client_cpu``, run ``bench`` against it, stop it; the result."""
+    server: ServerProcess | NginxProcess
+    if args.server == "nchan":
+        server = NginxProcess.start(cpu=args.server_cpu)
+    else:
+        server = ServerProcess.start(cpu=args.server_cpu, config=config)
+    pin_to_cpu(args.client_cpu)
+    try:
+        return uvloop.run(bench(args, server))
+    finally:
+        server.stop()
+
+
 def report(result: dict[str, object], as_json: bool) -> None:
     """Print a run's result: a line of its fields, its first errors, its JSON if asked."""
     shown = {k: v for k, v in result.items() if k != "first_errors"}
@@ -576,16 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.server == "nchan" and (reason := nchan_missing()) is not None:
         print(f"nchan.py: {reason}", file=sys.stderr)
         return 2
-    server: ServerProcess | NginxProcess
-    if args.server == "nchan":
-        server = NginxProcess.start(cpu=args.server_cpu)
-    else:
-        server = ServerProcess.start(cpu=args.server_cpu)
-    pin_to_cpu(args.client_cpu)
-    try:
-        result = uvloop.run(bench(args, server))
-    finally:
-        server.stop()
+    result = run_against(args, bench)
     report(result, args.json)
     return 1 if result.get("missing") or result["errors"] else 0
 
