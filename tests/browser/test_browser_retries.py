@@ -126,8 +126,10 @@ START_CLIENT = """([options, channel]) => {
 async def test_a_full_node_is_retried_over_the_same_technique(page: Any, limit: str) -> None:
     """The WebSocket handshake is refused (503/429); /healthz says ``too_many_connections``
     (a browser hides the handshake's answer): the client retries the WebSocket, not SSE."""
+    # Idle connections (Chromium's kept-alive and speculative ones) close within moments;
+    # the three that fill the node are long polls parked for longer than the test.
     async with serving(**{limit: 3, "keep_alive_timeout": 0.2 * UNIT,
-                          "header_timeout": 30 * UNIT}) as served:
+                          "header_timeout": 0.5 * UNIT}) as served:
         server = served.server
         assert server is not None
         await page.goto(f"{served.url}/tidings.js")  # same origin, no client running yet
@@ -136,6 +138,9 @@ async def test_a_full_node_is_retried_over_the_same_technique(page: Any, limit: 
         sockets: list[Any] = []
         page.on("websocket", lambda socket: sockets.append(socket))
         fillers = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(3)]
+        for _reader, writer in fillers:
+            writer.write(b"GET /channels/filler?since=0&wait=60 HTTP/1.1\r\n"
+                         b"Host: 127.0.0.1\r\n\r\n")
         try:
             await until(lambda: server.admission.statistics()["connections"] == 3)
             options = {"pollInterval": 200, "longpollWait": 3000, "attemptTimeout": 3000,
