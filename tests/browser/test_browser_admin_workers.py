@@ -5,8 +5,6 @@ workers answered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +13,15 @@ from browserkit import browser, page
 from test_browser_client import wait_for
 
 from conftest import UNIT
-from tidings import Server, Settings
-from tidings.server.workermetrics import WorkerShare
 from tidings.testing import http_client, open_sse
+from workerkit import worker_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 __all__ = ["browser", "page"]  # fixtures
 
 
-@contextlib.asynccontextmanager
-async def worker(directory: Path, index: int, count: int) -> AsyncIterator[Server]:
-    server = Server(Settings(host="127.0.0.1", port=0))
-    server.metrics_share = WorkerShare(directory, index, count)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
-
-
 async def test_the_status_page_shows_every_worker(page: Any, tmp_path: Path) -> None:
-    async with worker(tmp_path, 0, 2) as first, worker(tmp_path, 1, 2) as second, \
+    async with worker_server(tmp_path, 0, 2) as first, worker_server(tmp_path, 1, 2) as second, \
             http_client(first) as a, http_client(second) as b, \
             open_sse(a, "/channels/hot") as on_first, open_sse(b, "/channels/hot") as on_second:
         await on_first.opening()
@@ -49,7 +35,7 @@ async def test_the_status_page_shows_every_worker(page: Any, tmp_path: Path) -> 
             "#busiest tr", "(rows) => rows.map((r) => r.innerText.split('\\t'))")
         assert rows == [["hot", "2"]]
     # Worker 1 is gone: the page goes on, and says so.
-    async with worker(tmp_path, 0, 2) as alone:
+    async with worker_server(tmp_path, 0, 2) as alone:
         await page.goto(f"http://127.0.0.1:{alone.port}/admin")
         async with asyncio.timeout(10 * UNIT):
             await wait_for(page, "document.getElementById('workers').textContent === '1 of 2'")

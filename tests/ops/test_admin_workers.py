@@ -8,7 +8,6 @@ clients we did not write (httpx, ``websockets``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -17,19 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
-from test_metrics_workers import worker_server
-from websockets.asyncio.client import connect as ws_connect
+from test_metrics_workers import readers_spread_over_two_workers
 
 from conftest import UNIT
 from tidings.server import status as admin_status
 from tidings.server import workermetrics
 from tidings.server.status import BUSIEST, merge_parts
-from tidings.testing import http_client, open_sse, publish, recv_json
+from tidings.testing import http_client, open_sse, publish
+from workerkit import worker_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
-from nodekit import start_nodes
-from test_workers import clients_per_worker, worker_of
+from test_workers import worker_of
 
 
 def part(*, sse: int = 0, published: int = 0, busiest: dict[str, int] | None = None,
@@ -145,20 +143,7 @@ async def test_a_failure_while_gathering_stays_with_that_request(
 
 
 async def test_admin_status_of_two_worker_processes_shows_the_node(redis_url: str) -> None:
-    path = "/channels/spread"
-    async with start_nodes(redis_url, 1, "--workers", "2") as (node,), \
-            clients_per_worker(node, 2) as by_worker, contextlib.AsyncExitStack() as stack:
-        streams = []  # kept: a stream object collected closes its connection
-        for index in (0, 1):  # an SSE stream on each worker, and WebSockets spread
-            streams.append(await stack.enter_async_context(open_sse(by_worker[index][0],
-                                                                    node.url + path)))
-            await streams[-1].opening()
-        sockets = [await stack.enter_async_context(ws_connect(node.ws_url(path)))
-                   for _ in range(4)]
-        for ws in sockets:
-            assert (await recv_json(ws))["type"] == "subscribed"
-        for n in range(6):  # three publishes on each worker
-            await publish(by_worker[n % 2][1], "spread", n, server=node)
+    async with readers_spread_over_two_workers(redis_url) as (_node, by_worker, sockets):
         for index in (0, 1):
             value = await admin_status_of(by_worker[index][1])
             assert value["workers"] == {"answered": 2, "unreachable": 0}, value

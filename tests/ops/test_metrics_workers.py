@@ -20,13 +20,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_ops_metrics import Samples, parse, totals, value
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
 from conftest import UNIT
-from tidings import Server, Settings
+from tidings import Server
 from tidings.server import workermetrics
 from tidings.server.workermetrics import WorkerShare, exposition_of, merge
 from tidings.testing import http_client, open_sse, publish, recv_json
+from workerkit import worker_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nodes"))
@@ -74,16 +76,26 @@ def test_merge_sums_counters_histograms_and_gauges_but_not_every_gauge() -> None
 
 
 @contextlib.asynccontextmanager
-async def worker_server(directory: Path, index: int, count: int = 2,
-                        ) -> AsyncIterator[Server]:
-    """A server that serves as worker ``index`` (sharing ``directory``), in this process."""
-    server = Server(Settings(host="127.0.0.1", port=0))
-    server.metrics_share = WorkerShare(directory, index, count)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
+async def readers_spread_over_two_workers(redis_url: str) -> AsyncIterator[
+        tuple[Node, dict[int, list[httpx.AsyncClient]], list[ClientConnection]]]:
+    """One node of two worker processes on Redis, read on channel ``spread`` by an SSE
+    stream on each worker and four WebSockets spread over them, after three publishes on
+    each worker: the node, two clients of each worker (by index), the WebSockets."""
+    path = "/channels/spread"
+    async with start_nodes(redis_url, 1, "--workers", "2") as (node,), \
+            clients_per_worker(node, 2) as by_worker, contextlib.AsyncExitStack() as stack:
+        streams = []  # kept: a stream object collected closes its connection
+        for index in (0, 1):  # an SSE stream on each worker, and WebSockets spread
+            streams.append(await stack.enter_async_context(open_sse(by_worker[index][0],
+                                                                    node.url + path)))
+            await streams[-1].opening()
+        sockets = [await stack.enter_async_context(ws_connect(node.ws_url(path)))
+                   for _ in range(4)]
+        for ws in sockets:
+            assert (await recv_json(ws))["type"] == "subscribed"
+        for n in range(6):  # three publishes on each worker
+            await publish(by_worker[n % 2][1], "spread", n, server=node)
+        yield node, by_worker, sockets
 
 
 async def scrape(server: Server) -> tuple[Samples, str]:
@@ -179,20 +191,7 @@ async def test_a_failure_while_gathering_stays_with_that_scrape(
 
 async def test_a_scrape_answered_by_any_of_two_worker_processes_shows_the_total(
         redis_url: str) -> None:
-    path = "/channels/spread"
-    async with start_nodes(redis_url, 1, "--workers", "2") as (node,), \
-            clients_per_worker(node, 2) as by_worker, contextlib.AsyncExitStack() as stack:
-        streams = []  # kept: a stream object collected closes its connection
-        for index in (0, 1):  # an SSE stream on each worker, and WebSockets spread
-            streams.append(await stack.enter_async_context(open_sse(by_worker[index][0],
-                                                                    node.url + path)))
-            await streams[-1].opening()
-        sockets = [await stack.enter_async_context(ws_connect(node.ws_url(path)))
-                   for _ in range(4)]
-        for ws in sockets:
-            assert (await recv_json(ws))["type"] == "subscribed"
-        for n in range(6):  # three publishes on each worker
-            await publish(by_worker[n % 2][1], "spread", n, server=node)
+    async with readers_spread_over_two_workers(redis_url) as (node, by_worker, sockets):
 
         async def scrape_on(client: httpx.AsyncClient) -> Samples:
             response = await client.get("/metrics")
