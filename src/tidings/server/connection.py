@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
 from tidings.errors import (
     INTERNAL_ERROR,
     BadRequest,
+    BrokerError,
     HeadersTooLarge,
     PayloadTooLarge,
     ProtocolError,
@@ -33,6 +34,7 @@ from tidings.server import accesslog
 from tidings.server.metrics import BYTES_HTTP, count_refusal
 from tidings.server.request import Request
 from tidings.wire import http, jsonvalue
+from tidings.wire.repeat import RequestShape
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -57,13 +59,22 @@ INTERNAL_ANSWER = {"error": INTERNAL_ERROR.code,
 REFUSAL_LINGER = 1.0
 
 
+class Repeatable(Protocol):
+    """A request's decision that can answer the same request again (server/repeat.py)."""
+
+    def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
+        """Answer the request again from the ``since`` value given (``None``: it has none);
+        ``False`` if it must be read in full instead, with nothing done."""
+
+
 class HttpConnection(asyncio.Protocol):
     """The protocol object of a connection while it speaks plain HTTP."""
 
     __slots__ = (
-        "_access", "_body", "_body_size", "_dispatching", "_error", "_failure", "_header_bytes",
-        "_headers", "_request_begun", "_url", "busy", "closing", "deadline", "handed_over",
-        "on_lost", "parser", "queue", "refused", "server", "settings", "transport",
+        "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
+        "_header_bytes", "_headers", "_offered", "_repeat", "_request_begun", "_url", "busy",
+        "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "refused", "server",
+        "settings", "transport",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
@@ -90,6 +101,11 @@ class HttpConnection(asyncio.Protocol):
         self._failure: bytes | None = None
         #: With the access log on: the request being answered, and when it was dispatched.
         self._access: tuple[Request, float] | None = None
+        #: The last request's shape and decision, if the router offered one: the same
+        #: request again (another ``since``) is answered from it (wire/repeat.py).
+        self._repeat: tuple[RequestShape, Repeatable] | None = None
+        self._offered: Repeatable | None = None
+        self._completed = 0  # requests completed by the parser in this read
         self._reset()
 
     def _reset(self) -> None:
@@ -143,6 +159,15 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._failure is not None:
             return
+        repeat = self._repeat
+        if repeat is not None and not self.busy and not self.queue and not self._request_begun:
+            shape, decision = repeat
+            since = shape.match(data)
+            if since is not None and self._answer_again(decision, since if shape.has_since
+                                                        else None):
+                return
+        self._repeat = self._offered = None
+        self._completed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -152,6 +177,36 @@ class HttpConnection(asyncio.Protocol):
             self.fail(error)
         except httptools.HttpParserError as exc:
             self.fail(BadRequest(f"malformed HTTP request: {exc}"))
+        else:
+            offered, self._offered = self._offered, None
+            if offered is not None and self._completed == 1 and not self._request_begun:
+                shape = RequestShape.of(data, self.settings.max_url_length)
+                if shape is not None:
+                    self._repeat = (shape, offered)
+
+    def offer(self, decision: Repeatable) -> None:
+        """The request being served may be answered again by ``decision`` (server/repeat.py).
+
+        Kept only if the bytes just read were that one request, whole: the next read
+        of the same shape is then handed to it instead of the parser and the router.
+        """
+        self._offered = decision
+
+    def _answer_again(self, decision: Repeatable, since: bytes | None) -> bool:
+        """:meth:`_serve` for a request of the last one's shape; ``False``: parse it."""
+        self._dispatching = True
+        try:
+            if not decision.answer(self, since):
+                return False
+        except Exception:
+            logger.exception("answering a repeated request failed")
+            self.abort()
+            return True
+        finally:
+            self._dispatching = False
+        if not self.busy and not self.closing:
+            self._arm(self.settings.keep_alive_timeout)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -221,6 +276,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.deadline = 0.0  # (_disarm)
+        self._completed += 1
         try:
             method = self.parser.get_method()
             request = Request(
@@ -332,6 +388,13 @@ class HttpConnection(asyncio.Protocol):
     def answer_json(self, status: int, value: object, headers: http.Headers = (),
                     keep_alive: bool = True) -> None:
         self.answer(status, [http.JSON, *headers], jsonvalue.encode(value), keep_alive)
+
+    def refuse(self, error: ProtocolError | BrokerError, cors: http.Headers = (),
+               keep_alive: bool = True) -> None:
+        """Answer the request being served with ``error`` (its status, a JSON body), counted
+        in the metrics; the connection goes on (a refusal, not a broken stream)."""
+        count_refusal(self.server.stats, error)
+        self.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
     def fail(self, error: ProtocolError) -> None:
         """Answer ``error`` and close: after a protocol error the stream is not trusted."""

@@ -29,7 +29,7 @@ any of them            OPTIONS   CORS preflight
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ from tidings.errors import (
     ShuttingDown,
     TransportDisabled,
 )
-from tidings.server import hooks, longpoll, metrics, poll, publish, static, websocket
+from tidings.server import hooks, metrics, poll, publish, static, websocket
 from tidings.server import status as admin_status
 from tidings.server.accesslog import technique_of
 from tidings.server.auth import Credentials
@@ -53,6 +53,7 @@ from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify, identify_request, wants_events
+from tidings.server.repeat import PollRead, Repeat
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.server.subscriptions import USERS_PREFIX, Resolved, starts_of
@@ -403,33 +404,22 @@ class Router:
             wait = request.wait_seconds()
             self._check_enabled("poll" if wait is None else "longpoll")
             starts = self._starts(request.arg("since"), channels, recorded)
-            page = self._limit(request)
-            presence_since = (parse_since(request.arg("presence_since"), channels)
-                              if presence else None)
-            if server.broker.ready(starts):
-                # What ``when_ready`` would do at once, without building the two callbacks
-                # it takes for a broker that must fetch first: most reads of the memory
-                # broker, and every read of a channel whose log this node holds.
-                if wait is None:
-                    poll.answer(server, conn, starts, multi, page,
-                                request.header("if-none-match"), cors, keep_alive, identity,
-                                named, presence_since, latest=latest, delta=delta)
-                else:
-                    longpoll.answer(server, conn, starts, multi, page,
-                                    min(wait, self.settings.max_wait), cors, keep_alive,
-                                    credentials.expires, identity, named, presence_since,
-                                    latest=latest, delta=delta)
-                return
-            if wait is None:
-                then = partial(_answer_poll, server, conn, starts, multi, page,
-                               request.header("if-none-match"), cors, keep_alive, identity,
-                               named, presence_since, latest, delta)
-            else:
-                then = partial(_answer_long_poll, server, conn, starts, multi, page,
-                               min(wait, self.settings.max_wait), cors, keep_alive,
-                               credentials.expires, identity, named, presence_since, latest, delta)
+            read = PollRead(server, multi, self._limit(request),
+                            None if wait is None else min(wait, self.settings.max_wait),
+                            request.header("if-none-match"), cors, keep_alive,
+                            credentials.expires,
+                            parse_since(request.arg("presence_since"), channels)
+                            if presence else None, latest, delta)
+            if (not presence and not latest and not delta and recorded is None
+                    and not server.hooks.on_reads and not self.settings.access_log
+                    and (credentials.claims is None or server.auth.jwks is None)):
+                # Nothing but the request's bytes decided this read: the same request
+                # again (another ``since``) is answered from this decision.
+                conn.offer(Repeat(read, channels, credentials, identity if named else None))
+            read.start(conn, starts, identity, named)
+            return
         if not server.when_ready(starts, then,
-                                 partial(_refuse_read, server, conn, cors, keep_alive)):
+                                 partial(conn.refuse, cors=cors, keep_alive=keep_alive)):
             conn.park()  # the requests behind it wait too
 
     def _read_back(self, conn: HttpConnection, request: Request, channels: list[str],
@@ -504,32 +494,6 @@ def _hook_channels(channels: object) -> tuple[str, ...]:
     except (TypeError, ProtocolError) as exc:
         logger.error("on_connect returned channels %r: %s", channels, exc)
         raise hooks.HookUnavailable("the application's on_connect hook failed; retry") from None
-
-
-def _answer_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
-                 multi: bool, page: int, if_none_match: str | None, cors: http.Headers,
-                 keep_alive: bool, identity: Identity, named: bool,
-                 presence_since: Mapping[str, Start] | None, latest: bool,
-                 delta: bool) -> None:
-    if not conn.closing:  # the client may have left while the broker fetched
-        poll.answer(server, conn, starts, multi, page, if_none_match, cors, keep_alive,
-                    identity, named, presence_since, latest=latest, delta=delta)
-
-
-def _answer_long_poll(server: Server, conn: HttpConnection, starts: Mapping[str, Start],
-                      multi: bool, page: int, wait: float, cors: http.Headers, keep_alive: bool,
-                      expires: float, identity: Identity, named: bool,
-                      presence_since: Mapping[str, Start] | None, latest: bool,
-                      delta: bool) -> None:
-    if not conn.closing:
-        longpoll.answer(server, conn, starts, multi, page, wait, cors, keep_alive, expires,
-                        identity, named, presence_since, latest=latest, delta=delta)
-
-
-def _refuse_read(server: Server, conn: HttpConnection, cors: http.Headers, keep_alive: bool,
-                 error: ProtocolError | BrokerError) -> None:
-    count_refusal(server.stats, error)
-    conn.respond(http.error_response(error, cors, keep_alive=keep_alive), keep_alive)
 
 
 def _reads_back(request: Request) -> bool:

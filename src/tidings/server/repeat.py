@@ -1,0 +1,133 @@
+"""Polls and long polls decided once, and answered again when the request repeats.
+
+A poll or a long poll is checked, routed and decided once per request:
+its channels, page size, wait, CORS headers, who asks and whether it may.
+:class:`PollRead` is that decision; it answers from any cursor with the
+poll or long-poll driver (server/poll.py, server/longpoll.py).
+
+Pollers send the same request over and over on one connection, with at most
+``since=`` changed (wire/repeat.py). When the router has decided a read whose
+answer depends on nothing else in the request, it offers the connection a
+:class:`Repeat`: the bytes of that request and its decision. The next request
+of the same shape is answered by :meth:`Repeat.answer` from its new cursor,
+without being parsed, routed, authenticated and checked again; anything that
+could make the decision differ sends it through the whole path instead:
+
+* a request of another shape (another path, query, header, or ``since`` value
+  that is not a cursor's characters), or more than one request in one read;
+* a node that is draining, a token past its ``exp``;
+* a cursor the driver refuses (``400``, ``InvalidCursor``: the whole path
+  answers the error), or a broker that must fetch the log first.
+
+Reads are offered only when nothing outside the request bytes decides them:
+no hooks (``on_connect``, ``on_subscribe``), no access log, no joins and
+leaves, ``latest`` or deltas, no user's channels, and no token whose key may
+leave the identity provider's key set (JWKS) meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus
+
+from tidings.core.cursor import Start, parse_since
+from tidings.core.presence import Identity
+from tidings.errors import ProtocolError
+from tidings.server import longpoll, poll
+from tidings.server.auth import Credentials
+from tidings.server.connection import HttpConnection
+from tidings.server.presence import identify
+from tidings.wire.http import Headers
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+
+@dataclass(frozen=True, slots=True)
+class PollRead:
+    """A poll (``wait`` is ``None``) or long poll, checked and decided: answers from a cursor."""
+
+    server: Server
+    multi: bool
+    page: int
+    wait: float | None
+    if_none_match: str | None
+    cors: Headers
+    keep_alive: bool
+    expires: float  #: the token's ``exp`` (0: none), for a long poll's wait
+    presence_since: Mapping[str, Start] | None = None
+    latest: bool = False
+    delta: bool = False
+
+    def start(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
+              named: bool) -> None:
+        """Answer from ``starts`` now, or once the broker has read the logs (the connection
+        is parked meanwhile)."""
+        if self.server.broker.ready(starts):
+            self.answer(conn, starts, identity, named)
+            return
+        later = partial(self._answer_later, conn, starts, identity, named)
+        refuse = partial(conn.refuse, cors=self.cors, keep_alive=self.keep_alive)
+        if not self.server.when_ready(starts, later, refuse):
+            conn.park()  # the requests behind it wait too
+
+    def answer(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
+               named: bool) -> None:
+        """Answer from ``starts`` with the broker ready (:meth:`Broker.ready`); raises what
+        the driver raises before answering (``InvalidCursor``)."""
+        if self.wait is None:
+            poll.answer(self.server, conn, starts, self.multi, self.page, self.if_none_match,
+                        self.cors, self.keep_alive, identity, named, self.presence_since,
+                        latest=self.latest, delta=self.delta)
+        else:
+            longpoll.answer(self.server, conn, starts, self.multi, self.page, self.wait,
+                            self.cors, self.keep_alive, self.expires, identity, named,
+                            self.presence_since, latest=self.latest, delta=self.delta)
+
+    def _answer_later(self, conn: HttpConnection, starts: Mapping[str, Start],
+                      identity: Identity, named: bool) -> None:
+        if not conn.closing:  # the client may have left while the broker fetched
+            self.answer(conn, starts, identity, named)
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """A read decided for one request, to answer the same request again from another cursor.
+
+    Offered to the connection (:meth:`HttpConnection.offer`), which keeps it with the
+    request's shape if the request was one whole read of its own.
+    """
+
+    read: PollRead
+    channels: list[str]
+    credentials: Credentials
+    #: The client id it chose (``?client=``, part of the request), or ``None``: a fresh
+    #: one for each answer, as for a request read in full.
+    identity: Identity | None
+
+    def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
+        """Answer the request again from ``since`` (its raw value; ``None``: it has none)
+        unless something else decides otherwise; ``False``: nothing was done, the request
+        must be read in full."""
+        read = self.read
+        expires = self.credentials.expires
+        if read.server.draining or (expires and time.time() >= expires):
+            return False
+        try:
+            text = None if since is None else since.decode("ascii")
+            if text is not None and "%" in text:
+                text = unquote_plus(text, errors="strict")
+            starts = parse_since(text, self.channels)
+            if not read.server.broker.ready(starts):
+                return False
+            if self.identity is None:
+                read.answer(conn, starts, identify(None, self.credentials)[0], False)
+            else:
+                read.answer(conn, starts, self.identity, True)
+        except (ProtocolError, UnicodeError):
+            return False  # raised before anything was answered: the whole path answers it
+        return True

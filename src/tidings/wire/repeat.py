@@ -1,0 +1,88 @@
+"""A request that repeats the previous one on its connection, but for its cursor.
+
+A poller sends the same request again and again: the same path, query and
+headers, and only ``since=`` moves on (a long poll) or not even that (a
+regular poll that finds nothing new). :class:`RequestShape` is the bytes of
+such a request with a hole where the ``since`` value is; :meth:`~RequestShape.match`
+tells whether new bytes are the same request with another value there, and
+which. The server then answers them as it answered the first, without
+parsing, routing and checking the same bytes again (server/repeat.py).
+
+Bytes only, no I/O. A shape is made only of a whole ``GET`` request with no
+body, and matches only bytes that hold exactly one such request: the hole
+takes the characters of a cursor (percent-encoded or not) and nothing that
+could end a field, a line or the request, so no two requests pipelined in
+one read, and no header the first request did not have, can match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What a ``since`` value may hold in the hole: the characters of a message id
+#: (``EPOCH-SEQ``), of a multi-channel cursor (``a=ID,b=ID``: channel names too, see
+#: core/names.py) and of their percent-encoding. Not ``&``, ``+``, ``#``, a space, CR or LF.
+CURSOR_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~:,=%")
+_CURSOR_BYTES = bytes(sorted(CURSOR_BYTES))
+_END = b"\r\n\r\n"
+_SINCE = b"since="
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """The bytes of one request around its ``since`` value; see the module docstring."""
+
+    #: Everything up to the ``since`` value (the whole request when it has none).
+    before: bytes
+    #: Everything after it, from the ``&`` or the space that ends it.
+    after: bytes
+    #: Whether the request has ``since=`` at all (if not, only the same bytes match).
+    has_since: bool
+    #: The longest value the hole takes: the rest of the target and the server's
+    #: ``max_url_length`` leave this much.
+    longest: int
+
+    @classmethod
+    def of(cls, data: bytes, max_url_length: int) -> RequestShape | None:
+        """The shape of ``data`` if it is exactly one ``GET`` request with no body whose
+        target names ``since`` at most once with a value of :data:`CURSOR_BYTES`; else
+        ``None`` (such a request is always parsed in full)."""
+        if not data.startswith(b"GET ") or data.find(_END) != len(data) - len(_END):
+            return None
+        line_end = data.index(b"\r\n")
+        target_end = data.rfind(b" ", 0, line_end)
+        if target_end <= 4 or data[target_end:line_end] != b" HTTP/1.1":
+            return None
+        target = data[4:target_end]
+        at = target.find(_SINCE)
+        if at < 0:
+            return cls(data, b"", False, 0)
+        if target.find(_SINCE, at + 1) >= 0 or not 0 < target.find(b"?") < at or (
+                target[at - 1] not in b"?&"):
+            return None  # "since=" twice, or inside another name or value: parse in full
+        start = 4 + at + len(_SINCE)
+        end = data.find(b"&", start, target_end)
+        end = target_end if end < 0 else end
+        value = data[start:end]
+        if not value or value.translate(None, _CURSOR_BYTES):
+            return None
+        longest = max_url_length - (len(target) - len(value))
+        if len(value) > longest:
+            return None
+        return cls(data[:start], data[end:], True, longest)
+
+    def match(self, data: bytes) -> bytes | None:
+        """The ``since`` value of ``data`` if it is this request with another value (or,
+        for a request without ``since``, the same bytes: then ``b""``); else ``None``."""
+        before, after = self.before, self.after
+        if not self.has_since:
+            return b"" if data == before else None
+        size = len(data) - len(before) - len(after)
+        if not 0 < size <= self.longest or not data.startswith(before) or (
+                not data.endswith(after)):
+            return None
+        value = data[len(before):len(data) - len(after)]
+        if value.translate(None, _CURSOR_BYTES):
+            return None
+        return value
+
