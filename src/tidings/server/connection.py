@@ -168,6 +168,7 @@ class HttpConnection(asyncio.Protocol):
                 return
         self._repeat = self._offered = None
         self._completed = 0
+        begun = self._request_begun  # a read that ends a request begun before is no shape
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -179,7 +180,8 @@ class HttpConnection(asyncio.Protocol):
             self.fail(BadRequest(f"malformed HTTP request: {exc}"))
         else:
             offered, self._offered = self._offered, None
-            if offered is not None and self._completed == 1 and not self._request_begun:
+            if (offered is not None and self._completed == 1 and not begun
+                    and not self._request_begun):
                 shape = RequestShape.of(data, self.settings.max_url_length)
                 if shape is not None:
                     self._repeat = (shape, offered)

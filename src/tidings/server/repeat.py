@@ -115,7 +115,8 @@ class Repeat:
         must be read in full."""
         read = self.read
         expires = self.credentials.expires
-        if read.server.draining or (expires and time.time() >= expires):
+        # (PyJWT compares whole seconds: a fractional ``exp`` ends at its integer part)
+        if read.server.draining or (expires and time.time() >= int(expires)):
             return False
         try:
             text = None if since is None else since.decode("ascii")

@@ -54,12 +54,11 @@ class RequestShape:
         if target_end <= 4 or data[target_end:line_end] != b" HTTP/1.1":
             return None
         target = data[4:target_end]
-        at = target.find(_SINCE)
+        at = _since_at(target)
+        if at is None:
+            return None
         if at < 0:
             return cls(data, b"", False, 0)
-        if target.find(_SINCE, at + 1) >= 0 or not 0 < target.find(b"?") < at or (
-                target[at - 1] not in b"?&"):
-            return None  # "since=" twice, or inside another name or value: parse in full
         start = 4 + at + len(_SINCE)
         end = data.find(b"&", start, target_end)
         end = target_end if end < 0 else end
@@ -86,3 +85,23 @@ class RequestShape:
             return None
         return value
 
+
+def _since_at(target: bytes) -> int | None:
+    """Where the ``since`` parameter of ``target`` starts (``-1``: it has none), or ``None``
+    if the server's query parser (server/request.py) could read another ``since`` than the
+    one seen here: a name percent-encoded or with ``+`` (``%73ince=``), ``since`` twice, or
+    a bare ``since`` (the server reads the last one)."""
+    query = target.find(b"?")
+    if query < 0:
+        return -1
+    at, offset = -1, query + 1
+    for part in target[query + 1:].split(b"&"):
+        name = part.partition(b"=")[0]
+        if b"%" in name or b"+" in name:
+            return None
+        if name == b"since":
+            if at >= 0 or b"=" not in part:
+                return None
+            at = offset
+        offset += len(part) + 1
+    return at
