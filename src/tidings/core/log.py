@@ -55,7 +55,8 @@ class Read:
 
     ``after`` is the position the messages follow (past the gap, if any),
     ``next`` the cursor to continue from; ``more`` says the read stopped at
-    its limit with more messages retained after ``next``.
+    its limit with more messages retained after ``next``. A read may be shared (the
+    read at the end of a log is, until its next message): never change ``messages``.
     """
 
     messages: list[Message]
@@ -89,7 +90,8 @@ class ChannelLog:
     the oldest retained message is the exact number of messages missed.
     """
 
-    __slots__ = ("_end", "_head", "_items", "_last_seq", "channel", "epoch", "retention")
+    __slots__ = ("_at_end", "_end", "_head", "_items", "_last_seq", "channel", "epoch",
+                 "retention")
 
     def __init__(self, channel: str, retention: Retention, epoch: str | None = None,
                  last_seq: int = 0) -> None:
@@ -104,6 +106,9 @@ class ChannelLog:
         self._last_seq = last_seq
         # The end as one shared object: every reader at the end holds this one.
         self._end = Position(self.epoch, last_seq)
+        # The read at the end, shared by every reader that finds nothing new (until the
+        # next message): the most frequent read, a poll's 304 and a long poll that parks.
+        self._at_end: Read | None = None
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -130,6 +135,7 @@ class ChannelLog:
             raise ValueError(f"{message!r} does not follow {self.end} in {self.channel!r}")
         self._last_seq += 1
         self._end = message.position
+        self._at_end = None
         self._items.append(message)
         if len(self) > self.retention.size:
             self._drop(len(self) - self.retention.size)
@@ -168,7 +174,10 @@ class ChannelLog:
         """
         if start is END or (isinstance(start, Position) and start.seq == self._last_seq
                             and start.epoch == self.epoch):
-            return Read([], self._end, self._end)  # at the end: the most frequent read
+            at_end = self._at_end
+            if at_end is None:
+                at_end = self._at_end = Read([], self._end, self._end)
+            return at_end
         first = self.first_seq
         gap: Gap | None = None
         if start is ORIGIN:
