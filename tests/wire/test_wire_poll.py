@@ -72,3 +72,34 @@ def test_body_round_trips(datas: list[bytes], with_gap: bool, more: bool) -> Non
 
 def test_etag() -> None:
     assert poll.etag(f"{EPOCH}-3") == f'"{EPOCH}-3"'
+
+
+def test_a_page_asked_again_is_the_same_bytes_and_another_page_is_its_own() -> None:
+    """The last page of one channel is kept: the same page again is the same object; a page
+    that differs in any way (its end, its start, the cursor, ``more``) is built anew."""
+    log = [message("news", seq, b'{"n":%d}' % seq) for seq in range(1, 6)]
+
+    def fresh(messages: list[Message], cursor: str, more: bool) -> bytes:
+        return poll._body(messages, cursor, (), more, False)
+
+    pages = [(log[0:3], f"{EPOCH}-3", False), (log[0:3], f"{EPOCH}-3", True),
+             (log[0:4], f"{EPOCH}-4", False), (log[1:4], f"{EPOCH}-4", False),
+             (log[1:4], f"{EPOCH}-5", False), (log[0:3], f"{EPOCH}-3", False)]
+    for messages, cursor, more in pages:
+        first = poll.body(list(messages), cursor, [], more)
+        assert first == fresh(messages, cursor, more)
+        assert poll.body(list(messages), cursor, [], more) is first
+
+
+def test_one_message_at_the_end_is_the_waiters_body() -> None:
+    last = message("news", 7, b'"x"')
+    assert poll.body([last], f"{EPOCH}-7", [], False) is poll.tail_body(last)
+    assert poll.body([last], f"{EPOCH}-7", [], True) == poll._body([last], f"{EPOCH}-7", (),
+                                                                   True, False)
+
+
+def test_pages_of_several_channels_are_not_kept() -> None:
+    a, b = message("a", 1, b"1"), message("b", 1, b"2")
+    cursor = f"a={EPOCH}-1,b={EPOCH}-1"
+    assert poll.body([a, b], cursor, [], False) == poll._body([a, b], cursor, (), False, False)
+    assert poll.body([a, b], cursor, [], False) is not poll.body([a, b], cursor, [], False)

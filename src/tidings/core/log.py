@@ -49,14 +49,15 @@ class Gap:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Read:
     """The answer to :meth:`ChannelLog.read`.
 
     ``after`` is the position the messages follow (past the gap, if any),
     ``next`` the cursor to continue from; ``more`` says the read stopped at
-    its limit with more messages retained after ``next``. A read may be shared (the
-    read at the end of a log is, until its next message): never change ``messages``.
+    its limit with more messages retained after ``next``. A value, shared (the read at
+    the end of a log is, until its next message): never change one. Not frozen: one is
+    built per read, and a frozen dataclass costs three times as much to build.
     """
 
     messages: list[Message]
