@@ -112,6 +112,15 @@ async def parked(server: Server, count: int = 1) -> None:
 # long polls and polls served by the repeat -------------------------------------------------------
 
 
+async def answered_after_publish(server: Server, connection: Raw, publisher: Any, target: str,
+                                 data: object) -> RawResponse:
+    """Send the long poll ``target``, publish ``data`` on ``c`` once it is parked: its answer."""
+    connection[1].write(get(server, target))
+    await parked(server)
+    await publish(publisher, "c", data)
+    return await read_response(connection[0], WITHIN)
+
+
 @pytest.mark.parametrize("client_id", [None, "poller-1"])
 async def test_a_long_poller_is_answered_by_the_repeat(server: Server, client_id: str | None,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,10 +131,9 @@ async def test_a_long_poller_is_answered_by_the_repeat(server: Server, client_id
     clients: list[str] = []
     async with raw(server) as connection, http_client(server) as publisher:
         for number in range(50):
-            connection[1].write(get(server, f"/channels/c?{named}wait=30&since={cursor}"))
-            await parked(server)
-            await publish(publisher, "c", number)
-            answer = await read_response(connection[0], WITHIN)
+            answer = await answered_after_publish(
+                server, connection, publisher, f"/channels/c?{named}wait=30&since={cursor}",
+                number)
             seen += data_of(answer)
             cursor = json.loads(answer.body)["next"]
             clients.append(answer.headers["tidings-client"])
@@ -410,10 +418,8 @@ async def test_repeated_polls_count_in_the_metrics(server: Server,
     dispatches = Dispatches(server, monkeypatch)
     async with raw(server) as connection, http_client(server) as publisher:
         for number in range(5):
-            connection[1].write(get(server, f"/channels/c?wait=30&since={cursor}"))
-            await parked(server)
-            await publish(publisher, "c", number)
-            answer = await read_response(connection[0], WITHIN)
+            answer = await answered_after_publish(
+                server, connection, publisher, f"/channels/c?wait=30&since={cursor}", number)
             assert data_of(answer) == [number]
             cursor = json.loads(answer.body)["next"]
         text = (await publisher.get("/metrics")).text
