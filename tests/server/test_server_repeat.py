@@ -21,9 +21,13 @@ import pytest
 
 from conftest import ServerFactory, until
 from tidings import Server
-from tidings.core.policy import Rule
+from tidings.core.policy import Claims, Rule
+from tidings.core.presence import Identity
+from tidings.server import repeat
 from tidings.server.accesslog import ACCESS_LOGGER
+from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.connection import HttpConnection
+from tidings.server.repeat import PollRead, Shared
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
 from tidings.testing import (
@@ -448,3 +452,29 @@ async def test_a_since_grown_past_max_url_length_is_refused(
     assert answer.status in (400, 414)
     assert json.loads(answer.body)["error"] == "request_line_too_long"
     assert comparable(answer) == comparable(await fresh(server, get(server, long)))
+
+
+# shared decisions ---------------------------------------------------------------------------------
+
+
+def test_equal_decisions_are_one_object_and_the_table_is_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pollers that ask the same read share one decision; a reader with a token or a client
+    id of its own keeps its own; past ``MAX_SHARED`` the table starts again."""
+    server: Any = object()
+
+    def read(page: int = 100) -> PollRead:
+        return PollRead(server, False, page, 30.0, None, (), True, 0.0)
+
+    shared = Shared()
+    first = shared.repeat(read(), ("c",), ANONYMOUS, None)
+    again = shared.repeat(read(), ("c",), ANONYMOUS, None)
+    assert again is first
+    assert shared.repeat(read(), ("d",), ANONYMOUS, None) is not first
+    named = shared.repeat(read(), ("c",), ANONYMOUS, Identity("me"))
+    assert named.read is first.read and named.identity == Identity("me")
+    token = Credentials(Claims(sub="alice", info={"name": "A"}))
+    assert shared.repeat(read(), ("c",), token, None).credentials is token
+    monkeypatch.setattr(repeat, "MAX_SHARED", 4)
+    kept = [shared.repeat(read(page), ("c",), ANONYMOUS, None) for page in range(1, 10)]
+    assert [shared.repeat(read(page), ("c",), ANONYMOUS, None) for page in range(1, 10)] == kept

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -94,7 +95,7 @@ def parse_start(text: str) -> Start:
     return parse_position(text)
 
 
-def parse_since(text: str | None, channels: list[str]) -> dict[str, Start]:
+def parse_since(text: str | None, channels: Sequence[str]) -> dict[str, Start]:
     """Parse a ``since`` value for a subscription to ``channels``.
 
     Accepts ``0`` (every channel from its oldest message), a message id (only

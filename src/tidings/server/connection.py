@@ -59,6 +59,22 @@ INTERNAL_ANSWER = {"error": INTERNAL_ERROR.code,
 REFUSAL_LINGER = 1.0
 
 
+#: Request shapes kept once for every connection that sends the same (pollers of one channel
+#: with the same headers): a shape is a few hundred bytes, a third of an idle poll connection.
+MAX_SHARED_SHAPES = 1024
+_SHAPES: dict[RequestShape, RequestShape] = {}
+
+
+def _shared(shape: RequestShape) -> RequestShape:
+    """The equal shape already kept, or ``shape`` (kept from now on; bounded)."""
+    found = _SHAPES.get(shape)
+    if found is None:
+        if len(_SHAPES) >= MAX_SHARED_SHAPES:
+            _SHAPES.clear()  # the connections keep theirs; new ones start a new table
+        found = _SHAPES[shape] = shape
+    return found
+
+
 class Repeatable(Protocol):
     """A request's decision that can answer the same request again (server/repeat.py)."""
 
@@ -72,7 +88,8 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
-        "_header_bytes", "_headers", "_offered", "_repeat", "_request_begun", "_url", "busy",
+        "_header_bytes", "_headers", "_offered", "_repeat", "_repeat_shape", "_request_begun",
+        "_url", "busy",
         "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "refused", "server",
         "settings", "transport",
     )
@@ -103,7 +120,8 @@ class HttpConnection(asyncio.Protocol):
         self._access: tuple[Request, float] | None = None
         #: The last request's shape and decision, if the router offered one: the same
         #: request again (another ``since``) is answered from it (wire/repeat.py).
-        self._repeat: tuple[RequestShape, Repeatable] | None = None
+        self._repeat: Repeatable | None = None
+        self._repeat_shape: RequestShape | None = None
         self._offered: Repeatable | None = None
         self._completed = 0  # requests completed by the parser in this read
         self._reset()
@@ -159,14 +177,12 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self._failure is not None:
             return
-        repeat = self._repeat
-        if repeat is not None and not self.busy and not self.queue and not self._request_begun:
-            shape, decision = repeat
+        shape = self._repeat_shape
+        if shape is not None and not self.busy and not self.queue and not self._request_begun:
             since = shape.match(data)
-            if since is not None and self._answer_again(decision, since if shape.has_since
-                                                        else None):
+            if since is not None and self._answer_again(since if shape.has_since else None):
                 return
-        self._repeat = self._offered = None
+        self._repeat = self._repeat_shape = self._offered = None
         self._completed = 0
         begun = self._request_begun  # a read that ends a request begun before is no shape
         try:
@@ -184,7 +200,7 @@ class HttpConnection(asyncio.Protocol):
                     and not self._request_begun):
                 shape = RequestShape.of(data, self.settings.max_url_length)
                 if shape is not None:
-                    self._repeat = (shape, offered)
+                    self._repeat, self._repeat_shape = offered, _shared(shape)
 
     def offer(self, decision: Repeatable) -> None:
         """The request being served may be answered again by ``decision`` (server/repeat.py).
@@ -194,11 +210,12 @@ class HttpConnection(asyncio.Protocol):
         """
         self._offered = decision
 
-    def _answer_again(self, decision: Repeatable, since: bytes | None) -> bool:
+    def _answer_again(self, since: bytes | None) -> bool:
         """:meth:`_serve` for a request of the last one's shape; ``False``: parse it."""
+        assert self._repeat is not None
         self._dispatching = True
         try:
-            if not decision.answer(self, since):
+            if not self._repeat.answer(self, since):
                 return False
         except Exception:
             logger.exception("answering a repeated request failed")

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote_plus
 
 from tidings.core.cursor import Start, parse_since
@@ -45,6 +45,8 @@ from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,7 @@ class Repeat:
     """
 
     read: PollRead
-    channels: list[str]
+    channels: tuple[str, ...]
     credentials: Credentials
     #: The client id it chose (``?client=``, part of the request), or ``None``: a fresh
     #: one for each answer, as for a request read in full.
@@ -132,3 +134,37 @@ class Repeat:
         except (ProtocolError, UnicodeError):
             return False  # raised before anything was answered: the whole path answers it
         return True
+
+
+#: Decisions kept once for every connection that asks the same read in the same way (same
+#: channels, parameters, headers and token, no client id of its own): a poll connection
+#: otherwise holds its own, a few hundred bytes.
+MAX_SHARED = 1024
+
+
+class Shared:
+    """Equal decisions as one object: every :class:`PollRead`, and a :class:`Repeat` of a
+    reader with no token and no client id of its own (a token's claims compare without
+    their ``info``, which presence shows). Bounded by :data:`MAX_SHARED`, after which it
+    starts again (what was given out stays valid)."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: dict[object, object] = {}
+
+    def repeat(self, read: PollRead, channels: tuple[str, ...], credentials: Credentials,
+               identity: Identity | None) -> Repeat:
+        repeat = Repeat(self._one(read), channels, credentials, identity)
+        if identity is not None or credentials.claims is not None:
+            return repeat
+        return self._one(repeat)
+
+    def _one(self, value: _T) -> _T:
+        kept = self._kept
+        found = kept.get(value)
+        if found is None:
+            if len(kept) >= MAX_SHARED:
+                kept.clear()
+            kept[value] = found = value
+        return found  # type: ignore[return-value]

@@ -53,7 +53,7 @@ from tidings.server.connection import HttpConnection
 from tidings.server.jwks import KeysMissing
 from tidings.server.metrics import count_refusal
 from tidings.server.presence import identify, identify_request, wants_events
-from tidings.server.repeat import PollRead, Repeat
+from tidings.server.repeat import PollRead, Shared
 from tidings.server.request import Request
 from tidings.server.sse import SseStream
 from tidings.server.subscriptions import USERS_PREFIX, Resolved, starts_of
@@ -78,6 +78,8 @@ class Router:
         self.settings = server.settings
         #: The techniques served (the setting keeps its public name, ``transports``).
         self.techniques = frozenset(server.settings.transports)
+        #: The poll decisions connections keep to answer a repeated request (server/repeat.py).
+        self.repeats = Shared()
 
     def dispatch(self, conn: HttpConnection, request: Request, rest: bytes = b"") -> None:
         """Answer ``request`` (or start answering it); never raises.
@@ -415,7 +417,8 @@ class Router:
                     and (credentials.claims is None or server.auth.jwks is None)):
                 # Nothing but the request's bytes decided this read: the same request
                 # again (another ``since``) is answered from this decision.
-                conn.offer(Repeat(read, channels, credentials, identity if named else None))
+                conn.offer(self.repeats.repeat(read, tuple(channels), credentials,
+                                               identity if named else None))
             read.start(conn, starts, identity, named)
             return
         if not server.when_ready(starts, then,
