@@ -89,9 +89,8 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
         "_header_bytes", "_headers", "_offered", "_repeat", "_repeat_shape", "_request_begun",
-        "_url", "busy",
-        "closing", "deadline", "handed_over", "on_lost", "parser", "queue", "refused", "server",
-        "settings", "transport",
+        "_url", "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue",
+        "refused", "server", "settings", "transport",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
