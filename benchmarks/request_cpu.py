@@ -12,7 +12,10 @@ socket benchmark; run it several times, alternating old and new code::
     .venv/bin/python benchmarks/request_cpu.py              # every case
     .venv/bin/python benchmarks/request_cpu.py --case 304 --requests 200000
 
-Cases: ``304`` (``?since=NEXT`` + ``If-None-Match``: nothing new),
+Cases: ``304`` (``?since=NEXT`` + ``If-None-Match``: nothing new), ``fresh``
+(the same ``304`` request in two versions that differ by a header, sent
+alternately: a request that never repeats the one before, as with a
+cache-busting parameter, so it is always read in full),
 ``empty`` (``?since=NEXT`` without it: ``200`` with no message), ``page``
 (``?since=`` ten messages back: ``200`` with ten messages), and ``longpoll``:
 ``--waiters`` connections (1,000) park ``?since=HEAD&wait=30``, a message is
@@ -34,7 +37,7 @@ import uvloop
 from tidings import Server, Settings
 from tidings.server.connection import HttpConnection
 
-CASES = ("304", "empty", "page", "longpoll")
+CASES = ("304", "empty", "page", "fresh", "longpoll")
 
 
 class NullTransport:
@@ -125,17 +128,18 @@ async def measure(case: str, requests: int) -> dict[str, object]:
         if case == "page":
             epoch, seq = cursor.rsplit("-", 1)
             since = f"{epoch}-{int(seq) - 10}"
-        extra = f'If-None-Match: "{cursor}"\r\n' if case == "304" else ""
-        request = (f"GET /channels/bench?since={since} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
-                   f"User-Agent: bench\r\nAccept: */*\r\n{extra}\r\n").encode()
-        expected = b"HTTP/1.1 304" if case == "304" else b"HTTP/1.1 200"
-        for _ in range(1000):  # warm up
-            conn.data_received(request)
+        extra = f'If-None-Match: "{cursor}"\r\n' if case in ("304", "fresh") else ""
+        versions = [(f"GET /channels/bench?since={since} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                     f"User-Agent: bench\r\nAccept: */*\r\n{extra}{other}\r\n").encode()
+                    for other in (("", "X-Other: 1\r\n") if case == "fresh" else ("",))]
+        expected = b"HTTP/1.1 200" if case in ("empty", "page") else b"HTTP/1.1 304"
+        for n in range(1000):  # warm up
+            conn.data_received(versions[n % len(versions)])
         assert transport.last.startswith(expected), transport.last[:200]
         before_writes = transport.writes
         started = time.process_time()
-        for _ in range(requests):
-            conn.data_received(request)
+        for n in range(requests):
+            conn.data_received(versions[n % len(versions)])
         cpu = time.process_time() - started
         answered = transport.writes - before_writes
         assert answered == requests and not transport.closed, (answered, transport.last[:200])

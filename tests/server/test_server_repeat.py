@@ -26,7 +26,7 @@ from tidings.core.presence import Identity
 from tidings.server import repeat
 from tidings.server.accesslog import ACCESS_LOGGER
 from tidings.server.auth import ANONYMOUS, Credentials
-from tidings.server.connection import HttpConnection
+from tidings.server.connection import SHAPE_EVERY, HttpConnection
 from tidings.server.repeat import PollRead, Shared
 from tidings.server.request import Request
 from tidings.settings import AuthSettings
@@ -323,6 +323,8 @@ async def test_not_offered_with_the_access_log(make_server: ServerFactory,
                                                monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     server = await make_server(access_log=True)
+    # (An earlier test's configure_logging may have turned the logger off: it is global.)
+    monkeypatch.setattr(logging.getLogger(ACCESS_LOGGER), "disabled", False)
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     dispatches = await three_times(server, "/channels/c?since=0", monkeypatch)
     assert len(dispatches) == 3
@@ -459,22 +461,39 @@ async def test_a_since_grown_past_max_url_length_is_refused(
 
 def test_equal_decisions_are_one_object_and_the_table_is_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pollers that ask the same read share one decision; a reader with a token or a client
-    id of its own keeps its own; past ``MAX_SHARED`` the table starts again."""
+    """Pollers that ask the same read share one decision, each with its own client id and
+    token; past ``MAX_SHARED`` the table starts again."""
     server: Any = object()
 
-    def read(page: int = 100) -> PollRead:
-        return PollRead(server, False, page, 30.0, None, (), True, 0.0)
+    def read(page: int = 100, channel: str = "c") -> PollRead:
+        return PollRead(server, (channel,), False, page, 30.0, None, (), True, 0.0)
 
     shared = Shared()
-    first = shared.repeat(read(), ("c",), ANONYMOUS, None)
-    again = shared.repeat(read(), ("c",), ANONYMOUS, None)
-    assert again is first
-    assert shared.repeat(read(), ("d",), ANONYMOUS, None) is not first
-    named = shared.repeat(read(), ("c",), ANONYMOUS, Identity("me"))
+    first = shared.repeat(read(), ANONYMOUS, None)
+    assert shared.repeat(read(), ANONYMOUS, None).read is first.read
+    assert shared.repeat(read(channel="d"), ANONYMOUS, None).read is not first.read
+    named = shared.repeat(read(), ANONYMOUS, Identity("me"))
     assert named.read is first.read and named.identity == Identity("me")
     token = Credentials(Claims(sub="alice", info={"name": "A"}))
-    assert shared.repeat(read(), ("c",), token, None).credentials is token
+    assert shared.repeat(read(), token, None).credentials is token
     monkeypatch.setattr(repeat, "MAX_SHARED", 4)
-    kept = [shared.repeat(read(page), ("c",), ANONYMOUS, None) for page in range(1, 10)]
-    assert [shared.repeat(read(page), ("c",), ANONYMOUS, None) for page in range(1, 10)] == kept
+    kept = [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)]
+    assert [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)] == kept
+
+
+async def test_a_client_that_never_repeats_makes_shapes_less_often_and_is_caught_again(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache-busting parameter makes every request new: after a few, the connection stops
+    shaping each one, and a client that starts repeating is answered again within
+    ``SHAPE_EVERY`` requests."""
+    cursor = await start_of(server)
+    dispatches = Dispatches(server, monkeypatch)
+    async with raw(server) as connection:
+        for n in range(12):
+            assert (await ask(connection, get(server, f"/channels/c?since={cursor}&_={n}"))
+                    ).status == 200
+        assert len(dispatches) == 12
+        same = get(server, f"/channels/c?since={cursor}&_=same")
+        for _ in range(SHAPE_EVERY + 2):
+            assert (await ask(connection, same)).status == 200
+    assert 12 < len(dispatches) <= 12 + SHAPE_EVERY

@@ -75,6 +75,13 @@ def _shared(shape: RequestShape) -> RequestShape:
     return found
 
 
+#: A client whose requests never repeat (a cache-busting parameter, a header that changes)
+#: would pay for a shape at every request (a fifth of its cost): after this many reads of
+#: requests in full in a row, a connection makes one only every ``SHAPE_EVERY``-th read.
+SHAPES_BEFORE_BACKING_OFF = 4
+SHAPE_EVERY = 8
+
+
 class Repeatable(Protocol):
     """A request's decision that can answer the same request again (server/repeat.py)."""
 
@@ -88,9 +95,9 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
-        "_header_bytes", "_headers", "_offered", "_repeat", "_repeat_shape", "_request_begun",
-        "_url", "busy", "closing", "deadline", "handed_over", "on_lost", "parser", "queue",
-        "refused", "server", "settings", "transport",
+        "_header_bytes", "_headers", "_misses", "_offered", "_repeat", "_repeat_shape",
+        "_request_begun", "_url", "busy", "closing", "deadline", "handed_over", "on_lost",
+        "parser", "queue", "refused", "server", "settings", "transport",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
@@ -123,6 +130,7 @@ class HttpConnection(asyncio.Protocol):
         self._repeat_shape: RequestShape | None = None
         self._offered: Repeatable | None = None
         self._completed = 0  # requests completed by the parser in this read
+        self._misses = 0  # requests read in full since the last one answered again
         self._reset()
 
     def _reset(self) -> None:
@@ -195,8 +203,12 @@ class HttpConnection(asyncio.Protocol):
             self.fail(BadRequest(f"malformed HTTP request: {exc}"))
         else:
             offered, self._offered = self._offered, None
+            if self._completed:
+                self._misses += 1
+            misses = self._misses
             if (offered is not None and self._completed == 1 and not begun
-                    and not self._request_begun):
+                    and not self._request_begun
+                    and (misses <= SHAPES_BEFORE_BACKING_OFF or misses % SHAPE_EVERY == 0)):
                 shape = RequestShape.of(data, self.settings.max_url_length)
                 if shape is not None:
                     self._repeat, self._repeat_shape = offered, _shared(shape)
@@ -216,6 +228,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             if not self._repeat.answer(self, since):
                 return False
+            self._misses = 0
         except Exception:
             logger.exception("answering a repeated request failed")
             self.abort()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus
 
 from tidings.core.cursor import Start, parse_since
@@ -46,14 +46,16 @@ from tidings.wire.http import Headers
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
-_T = TypeVar("_T")
 
+class PollRead(NamedTuple):
+    """A poll (``wait`` is ``None``) or long poll, checked and decided: answers from a cursor.
 
-@dataclass(frozen=True, slots=True)
-class PollRead:
-    """A poll (``wait`` is ``None``) or long poll, checked and decided: answers from a cursor."""
+    A value (a named tuple rather than a frozen dataclass: one is built for every poll,
+    and equal ones are looked up to be kept once, which a tuple hashes and compares in C).
+    """
 
     server: Server
+    channels: tuple[str, ...]
     multi: bool
     page: int
     wait: float | None
@@ -96,7 +98,7 @@ class PollRead:
             self.answer(conn, starts, identity, named)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Repeat:
     """A read decided for one request, to answer the same request again from another cursor.
 
@@ -105,7 +107,6 @@ class Repeat:
     """
 
     read: PollRead
-    channels: tuple[str, ...]
     credentials: Credentials
     #: The client id it chose (``?client=``, part of the request), or ``None``: a fresh
     #: one for each answer, as for a request read in full.
@@ -116,7 +117,7 @@ class Repeat:
         unless something else decides otherwise; ``False``: nothing was done, the request
         must be read in full."""
         read = self.read
-        expires = self.credentials.expires
+        expires = read.expires
         # (PyJWT compares whole seconds: a fractional ``exp`` ends at its integer part)
         if read.server.draining or (expires and time.time() >= int(expires)):
             return False
@@ -124,7 +125,7 @@ class Repeat:
             text = None if since is None else since.decode("ascii")
             if text is not None and "%" in text:
                 text = unquote_plus(text, errors="strict")
-            starts = parse_since(text, self.channels)
+            starts = parse_since(text, read.channels)
             if not read.server.broker.ready(starts):
                 return False
             if self.identity is None:
@@ -136,35 +137,27 @@ class Repeat:
         return True
 
 
-#: Decisions kept once for every connection that asks the same read in the same way (same
-#: channels, parameters, headers and token, no client id of its own): a poll connection
-#: otherwise holds its own, a few hundred bytes.
+#: Decisions kept once for every connection that asks the same read in the same way (the same
+#: channels, parameters and headers): a poll connection otherwise holds its own.
 MAX_SHARED = 1024
 
 
 class Shared:
-    """Equal decisions as one object: every :class:`PollRead`, and a :class:`Repeat` of a
-    reader with no token and no client id of its own (a token's claims compare without
-    their ``info``, which presence shows). Bounded by :data:`MAX_SHARED`, after which it
-    starts again (what was given out stays valid)."""
+    """Equal poll decisions (:class:`PollRead`) as one object; bounded by :data:`MAX_SHARED`,
+    after which it starts again (what was given out stays valid)."""
 
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: dict[object, object] = {}
+        self._kept: dict[PollRead, PollRead] = {}
 
-    def repeat(self, read: PollRead, channels: tuple[str, ...], credentials: Credentials,
+    def repeat(self, read: PollRead, credentials: Credentials,
                identity: Identity | None) -> Repeat:
-        repeat = Repeat(self._one(read), channels, credentials, identity)
-        if identity is not None or credentials.claims is not None:
-            return repeat
-        return self._one(repeat)
-
-    def _one(self, value: _T) -> _T:
+        """The :class:`Repeat` of ``read`` (which must hold no ``presence_since``: a dict)."""
         kept = self._kept
-        found = kept.get(value)
+        found = kept.get(read)
         if found is None:
             if len(kept) >= MAX_SHARED:
                 kept.clear()
-            kept[value] = found = value
-        return found  # type: ignore[return-value]
+            kept[read] = found = read
+        return Repeat(found, credentials, identity)

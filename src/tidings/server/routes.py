@@ -406,7 +406,7 @@ class Router:
             wait = request.wait_seconds()
             self._check_enabled("poll" if wait is None else "longpoll")
             starts = self._starts(request.arg("since"), channels, recorded)
-            read = PollRead(server, multi, self._limit(request),
+            read = PollRead(server, tuple(channels), multi, self._limit(request),
                             None if wait is None else min(wait, self.settings.max_wait),
                             request.header("if-none-match"), cors, keep_alive,
                             credentials.expires,
@@ -417,8 +417,7 @@ class Router:
                     and (credentials.claims is None or server.auth.jwks is None)):
                 # Nothing but the request's bytes decided this read: the same request
                 # again (another ``since``) is answered from this decision.
-                conn.offer(self.repeats.repeat(read, tuple(channels), credentials,
-                                               identity if named else None))
+                conn.offer(self.repeats.repeat(read, credentials, identity if named else None))
             read.start(conn, starts, identity, named)
             return
         if not server.when_ready(starts, then,

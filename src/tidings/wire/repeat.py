@@ -17,7 +17,8 @@ one read, and no header the first request did not have, can match.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 #: What a ``since`` value may hold in the hole: the characters of a message id
 #: (``EPOCH-SEQ``), of a multi-channel cursor (``a=ID,b=ID``: channel names too, see
@@ -28,9 +29,13 @@ _END = b"\r\n\r\n"
 _SINCE = b"since="
 
 
-@dataclass(frozen=True, slots=True)
-class RequestShape:
-    """The bytes of one request around its ``since`` value; see the module docstring."""
+class RequestShape(NamedTuple):
+    """The bytes of one request around its ``since`` value; see the module docstring.
+
+    A value (a named tuple rather than a frozen dataclass: one is made for every read
+    that may repeat, and equal ones are looked up to be kept once, which a tuple hashes
+    and compares in C).
+    """
 
     #: Everything up to the ``since`` value (the whole request when it has none).
     before: bytes
@@ -94,14 +99,23 @@ def _since_at(target: bytes) -> int | None:
     query = target.find(b"?")
     if query < 0:
         return -1
-    at, offset = -1, query + 1
-    for part in target[query + 1:].split(b"&"):
-        name = part.partition(b"=")[0]
-        if b"%" in name or b"+" in name:
-            return None
-        if name == b"since":
-            if at >= 0 or b"=" not in part:
-                return None
-            at = offset
-        offset += len(part) + 1
-    return at
+    if _ODD_NAME.search(target, query) is not None:
+        return None
+    found = [at for at in _all(target, _SINCE, query) if at == query + 1 or target[at - 1] == _AMP]
+    if not found:
+        return -1
+    return found[0] if len(found) == 1 else None
+
+
+#: A query parameter whose name the server's parser decodes (``%``, ``+``), or a bare ``since``.
+_ODD_NAME = re.compile(rb"[?&](?:[^=&]*[%+]|since(?:&|$))")
+_AMP = ord("&")
+
+
+def _all(data: bytes, part: bytes, start: int) -> list[int]:
+    """Where ``part`` starts in ``data`` after ``start``."""
+    found, at = [], data.find(part, start)
+    while at >= 0:
+        found.append(at)
+        at = data.find(part, at + 1)
+    return found
