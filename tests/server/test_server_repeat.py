@@ -497,3 +497,37 @@ async def test_a_client_that_never_repeats_makes_shapes_less_often_and_is_caught
         for _ in range(SHAPE_EVERY + 2):
             assert (await ask(connection, same)).status == 200
     assert 12 < len(dispatches) <= 12 + SHAPE_EVERY
+
+
+async def test_a_failure_while_answering_again_stays_with_its_client(
+        server: Server, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in answering a repeated request: that client gets ``500`` and is closed; a long
+    poll parked on another connection, an SSE reader and the publisher go on."""
+    cursor = await start_of(server)
+    target = f"/channels/c?since={cursor}&wait=30"
+    async with raw(server) as other, raw(server) as failing, http_client(server) as client:
+        other[1].write(get(server, target))
+        await parked(server)
+        first = get(server, f"/channels/c?since={cursor}")
+        assert data_of(await ask(failing, first)) == []
+        answer = PollRead.answer
+
+        def broken(read: PollRead, *args: Any) -> None:
+            if read.wait is None:
+                raise RuntimeError("a bug")
+            answer(read, *args)
+
+        monkeypatch.setattr(PollRead, "answer", broken)
+        refused = await ask(failing, first)  # the same request: answered again, and fails
+        assert refused.status == 500
+        assert await failing[0].read() == b""  # closed
+        async with client.stream("GET", "/channels/c", headers={"Accept": "text/event-stream"},
+                                 params={"since": cursor}) as stream:
+            assert (await client.post("/channels/c", json="after")).status_code == 201
+            lines = stream.aiter_lines()
+            async with asyncio.timeout(WITHIN):
+                while not (await anext(lines)).startswith("data: {\"channel\""):
+                    pass
+        assert data_of(await read_response(other[0], WITHIN)) == ["after"]
+    assert "answering a repeated request failed" in caplog.text
