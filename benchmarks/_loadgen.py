@@ -71,14 +71,16 @@ class ServerProcess:
 
     @classmethod
     def start(cls, cpu: int = 0, config: dict[str, object] | None = None,
-              extra: Sequence[str] = ()) -> ServerProcess:
-        """``extra``: more arguments of ``tidings serve`` (``--workers 2``)."""
+              extra: Sequence[str] = (),
+              program: Sequence[str] = ("-m", "tidings", "serve")) -> ServerProcess:
+        """``extra``: more arguments of ``tidings serve`` (``--workers 2``); ``program``:
+        what Python runs instead (``benchmarks/_floor.py``), given the same arguments."""
         raise_fd_limit()  # inherited by the child
         lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in (config or {}).items()]
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
             f.write("\n".join(lines) + "\n")
             config_path = Path(f.name)
-        command = ["taskset", "-c", str(cpu), sys.executable, "-m", "tidings", "serve",
+        command = ["taskset", "-c", str(cpu), sys.executable, *program,
                    "--host", "127.0.0.1", "--port", "0", "--config", str(config_path),
                    "--log-level", "warning", *extra]
         # Its stderr (log lines, "shutting down") goes to a file, shown only if it fails.

@@ -7,7 +7,8 @@ machine was doing. ``--baseline`` is the ``src`` directory of the other build
 with ``PYTHONPATH`` set to it, the new one with this checkout. Each round runs
 ``benchmarks/nchan.py LOAD --server tidings`` once per build (``--nchan`` adds
 nginx + nchan to each round, for reference) and the table lists every run, then
-the median of each build::
+the median of each build (``--floor`` adds benchmarks/_floor.py, canned answers on
+uvloop, to each round of ``idle-poll``)::
 
     .venv/bin/python benchmarks/ab.py idle-poll --baseline /tmp/base/src --rounds 3 \\
         --subscribers 10000 --seconds 8
@@ -37,7 +38,7 @@ COLUMNS = {
 
 def run_once(load: str, build: str, baseline: str, extra: list[str]) -> dict[str, object]:
     env = dict(os.environ)
-    server = "nchan" if build == "nchan" else "tidings"
+    server = build if build in ("nchan", "floor") else "tidings"
     if build == "old":
         env["PYTHONPATH"] = baseline
     command = [sys.executable, str(HERE / "nchan.py"), load, "--server", server, "--json", *extra]
@@ -55,11 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", required=True, help="the other build's src directory")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nchan", action="store_true", help="run nchan in every round too")
+    parser.add_argument("--floor", action="store_true",
+                        help="idle-poll: run the canned-answer floor (benchmarks/_floor.py) too")
     args, extra = parser.parse_known_args(argv)
     if not (Path(args.baseline) / "tidings" / "__init__.py").exists():
         parser.error(f"{args.baseline} holds no tidings package")
     columns = COLUMNS.get(args.load, COLUMNS["default"])
-    builds = ["old", "new", *(["nchan"] if args.nchan else [])]
+    builds = ["old", "new", *(["nchan"] if args.nchan else []),
+              *(["floor"] if args.floor else [])]
     results: dict[str, list[dict[str, object]]] = {build: [] for build in builds}
     print("| round | build | " + " | ".join(columns) + " |")
     print("|---:|---|" + "---:|" * len(columns))

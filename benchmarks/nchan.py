@@ -17,6 +17,10 @@ generator pins itself to CPU 1. Server CPU is utime + stime from ``/proc``
   (``If-Modified-Since`` / ``If-None-Match`` from the last answer); tidings'
   answers what the log holds past ``since``.
 
+``--server floor`` (``idle-poll`` only) runs benchmarks/_floor.py instead: a
+uvloop protocol that answers every request with canned bytes, the floor below
+which no Python server on uvloop goes.
+
 Example (one line of JSON with ``--json``)::
 
     .venv/bin/python benchmarks/nchan.py longpoll --server nchan --subscribers 1000 --rate 50
@@ -73,7 +77,8 @@ from _loadgen import (
 from fanout import start_profiler
 
 LOADS = ("idle-poll", "websocket", "sse", "longpoll")
-SERVERS = ("tidings", "nchan")
+#: ``floor``: benchmarks/_floor.py, canned answers on uvloop (``idle-poll`` only).
+SERVERS = ("tidings", "nchan", "floor")
 NCHAN_MODULE = Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
 #: Messages nchan keeps per channel (tidings' default history_size).
 NCHAN_BUFFER = 1000
@@ -572,6 +577,9 @@ def run_against(args: argparse.Namespace, bench: Bench,
     server: ServerProcess | NginxProcess
     if args.server == "nchan":
         server = NginxProcess.start(cpu=args.server_cpu)
+    elif args.server == "floor":
+        server = ServerProcess.start(cpu=args.server_cpu,
+                                     program=(str(Path(__file__).with_name("_floor.py")),))
     else:
         server = ServerProcess.start(cpu=args.server_cpu, config=config)
     pin_to_cpu(args.client_cpu)
@@ -594,6 +602,9 @@ def report(result: dict[str, object], as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.server == "floor" and args.load != "idle-poll":
+        print("nchan.py: the floor server answers idle-poll only", file=sys.stderr)
+        return 2
     if args.server == "nchan" and (reason := nchan_missing()) is not None:
         print(f"nchan.py: {reason}", file=sys.stderr)
         return 2

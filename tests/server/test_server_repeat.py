@@ -169,6 +169,99 @@ async def test_a_poll_with_if_none_match_gets_304_until_a_message(
             assert comparable(answer) == comparable(await fresh(server, request))
 
 
+# the answer kept when nothing is new --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_id", [None, "poller-1"])
+@pytest.mark.parametrize("kind", ["304", "empty"])
+async def test_pollers_that_find_nothing_new_share_one_answer_until_a_message(
+        server: Server, kind: str, client_id: str | None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three connections repeat a poll that finds nothing new: each answer is the full
+    path's (a fresh client id each time, or the one chosen); a message ends the kept answer
+    for every one of them at once, and the next poll from the new end is kept again."""
+    async with http_client(server) as client:
+        cursor = await publish(client, "c", "a")
+        named = f"&client={client_id}" if client_id else ""
+
+        def request(since: str) -> bytes:
+            tag = (f'If-None-Match: "{since}"',) if kind == "304" else ()
+            return get(server, f"/channels/c?since={since}{named}", *tag)
+
+        dispatches = Dispatches(server, monkeypatch)
+        clients: list[str] = []
+        async with raw(server) as one, raw(server) as two, raw(server) as three:
+            connections = [one, two, three]
+            for _ in range(4):
+                for connection in connections:
+                    answer = await ask(connection, request(cursor))
+                    assert answer.status == (304 if kind == "304" else 200)
+                    assert comparable(answer) == comparable(await fresh(server, request(cursor)))
+                    clients.append(answer.headers["tidings-client"])
+            assert len([r for r in dispatches.requests if r.method == "GET"]) == 3 + 12
+            await publish(client, "c", "b")
+            for connection in connections:
+                answer = await ask(connection, request(cursor))
+                assert data_of(answer) == ["b"]
+                assert comparable(answer) == comparable(await fresh(server, request(cursor)))
+            cursor = json.loads(answer.body)["next"]
+            for _ in range(2):
+                for connection in connections:
+                    answer = await ask(connection, request(cursor))
+                    assert comparable(answer) == comparable(await fresh(server, request(cursor)))
+                    assert answer.status == (304 if kind == "304" else 200)
+            # (a new If-None-Match is another request: read in full once on each connection)
+            again = 3 if kind == "304" else 0
+            assert len([r for r in dispatches.requests if r.method == "GET"]) == 24 + again
+    if client_id is None:
+        assert len(set(clients)) == len(clients)  # a fresh id each answer, as on the full path
+    else:
+        assert set(clients) == {client_id}
+
+
+async def test_the_kept_answer_keeps_a_named_poller_present(
+        make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poller that chose its id stays present between polls: each kept answer touches it."""
+    server = await make_server(presence=True)
+    cursor = await start_of(server)
+    touched: list[str] = []
+    tracker = type(server.presence)
+    touch = tracker.touch
+
+    def counting(self: Any, channels: Any, identity: Identity, technique: str) -> None:
+        touched.append(identity.client)
+        touch(self, channels, identity, technique)
+
+    monkeypatch.setattr(tracker, "touch", counting)
+    dispatches = Dispatches(server, monkeypatch)
+    async with raw(server) as connection:
+        for _ in range(5):
+            assert data_of(await ask(connection,
+                                     get(server, f"/channels/c?since={cursor}&client=me"))) == []
+    assert len(dispatches) == 1
+    assert touched == ["me"] * 5
+    async with http_client(server) as client:
+        members = (await client.get("/channels/c/presence")).json()
+    assert [m["client"] for m in members["members"]] == ["me"]
+
+
+async def test_polls_of_one_decision_from_other_cursors_are_each_answered_right(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poll without ``since`` (from the end) and polls from the end and from behind it
+    share one decision: they take turns with the kept answer, each answered as a fresh
+    connection would be."""
+    async with http_client(server) as client:
+        behind = await publish(client, "c", "a")
+        end = await publish(client, "c", "b")
+    targets = ["/channels/c", f"/channels/c?since={end}", f"/channels/c?since={behind}"]
+    async with raw(server) as one, raw(server) as two, raw(server) as three:
+        for _ in range(3):
+            for connection, target in zip((one, two, three), targets, strict=True):
+                answer = await ask(connection, get(server, target))
+                assert comparable(answer) == comparable(await fresh(server, get(server, target)))
+                assert data_of(answer) == (["b"] if target.endswith(behind) else [])
+
+
 # falls back to the full path ---------------------------------------------------------------------
 
 
@@ -481,6 +574,24 @@ def test_equal_decisions_are_one_object_and_the_table_is_bounded(
     assert [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)] == kept
 
 
+def test_only_a_regular_poll_of_one_channel_keeps_its_answer() -> None:
+    server: Any = object()
+    shared = Shared()
+
+    def unchanged(channels: tuple[str, ...] = ("c",), multi: bool = False,
+                  wait: float | None = None, latest: bool = False) -> object:
+        read = PollRead(server, channels, multi, 100, wait, None, (), True, 0.0, latest=latest)
+        return shared.repeat(read, ANONYMOUS, None).unchanged
+
+    assert unchanged() is not None
+    assert unchanged() is unchanged()  # one per decision, shared
+    assert unchanged(("d",)) is not unchanged()
+    assert unchanged(wait=30.0) is None
+    assert unchanged(("c", "d"), multi=True) is None
+    assert unchanged(multi=True) is None
+    assert unchanged(latest=True) is None
+
+
 async def test_a_client_that_never_repeats_makes_shapes_less_often_and_is_caught_again(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache-busting parameter makes every request new: after a few, the connection stops
@@ -499,26 +610,37 @@ async def test_a_client_that_never_repeats_makes_shapes_less_often_and_is_caught
     assert 12 < len(dispatches) <= 12 + SHAPE_EVERY
 
 
+@pytest.mark.parametrize("where", ["decision", "unchanged"])
 async def test_a_failure_while_answering_again_stays_with_its_client(
         server: Server, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """A bug in answering a repeated request: that client gets ``500`` and is closed; a long
-    poll parked on another connection, an SSE reader and the publisher go on."""
-    cursor = await start_of(server)
-    target = f"/channels/c?since={cursor}&wait=30"
+        caplog: pytest.LogCaptureFixture, where: str) -> None:
+    """A bug in answering a repeated request, a page (``decision``) or nothing new
+    (``unchanged``, the answer kept for a decision): that client gets ``500`` and is closed;
+    a long poll parked on another connection, an SSE reader and the publisher go on."""
+    behind = await start_of(server)
     async with raw(server) as other, raw(server) as failing, http_client(server) as client:
-        other[1].write(get(server, target))
+        if where == "decision":
+            assert (await client.post("/channels/c", json="before")).status_code == 201
+        cursor = await start_of(server)
+        other[1].write(get(server, f"/channels/c?since={cursor}&wait=30"))
         await parked(server)
-        first = get(server, f"/channels/c?since={cursor}")
-        assert data_of(await ask(failing, first)) == []
-        answer = PollRead.answer
+        first = get(server, f"/channels/c?since={behind}")
+        assert data_of(await ask(failing, first)) == (["before"] if where == "decision" else [])
 
-        def broken(read: PollRead, *args: Any) -> None:
-            if read.wait is None:
-                raise RuntimeError("a bug")
-            answer(read, *args)
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
 
-        monkeypatch.setattr(PollRead, "answer", broken)
+        if where == "decision":
+            answer = PollRead.answer
+
+            def broken_poll(read: PollRead, *args: Any) -> None:
+                if read.wait is None:
+                    broken()
+                answer(read, *args)
+
+            monkeypatch.setattr(PollRead, "answer", broken_poll)
+        else:
+            monkeypatch.setattr(repeat, "client_line", broken)
         refused = await ask(failing, first)  # the same request: answered again, and fails
         assert refused.status == 500
         assert await failing[0].read() == b""  # closed

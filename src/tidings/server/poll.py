@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import Start, parse_since
+from tidings.core.cursor import Position, Start, parse_since
+from tidings.core.log import Read
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_page
 from tidings.server.presence import CLIENT_HEADER
-from tidings.session.batch import Batch, read_batch
+from tidings.session.batch import Batch, batch_of, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -47,14 +48,15 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
            limit: int, if_none_match: str | None, cors: Headers, keep_alive: bool,
            identity: Identity, named: bool,
            presence_since: Mapping[str, Start] | None = None, *, latest: bool = False,
-           delta: bool = False) -> None:
+           delta: bool = False, found: Read | None = None) -> None:
     """Answer a regular poll at once (with ``delta``, ``?delta=1``: deltas within the page).
 
     A regular poll is never on the hub, so it needs no reader: one page
     (:func:`read_batch`, what ``Reader.open`` reads) and its cursor are the
     answer; only ``?latest=1`` takes a reader, which keeps the newest of each
     channel. Raises :class:`~tidings.errors.InvalidCursor` for a cursor ahead
-    of its log, as ``Reader.open`` does. With ``presence_since``
+    of its log, as ``Reader.open`` does. ``found`` is the read of the one channel from
+    ``starts``, when the caller has made it already. With ``presence_since``
     (``?presence=1``) the answer carries the joins and leaves after it too, and
     no ``ETag``: the same messages may come with other joins and leaves.
     """
@@ -63,7 +65,10 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
         batch = reader.open(starts, limit)
         cursor = reader.cursor()
     else:
-        batch = read_batch(server.broker, starts, limit)
+        if found is None:
+            batch = read_batch(server.broker, starts, limit)
+        else:
+            batch = batch_of(next(iter(starts)), found)
         cursor = batch.cursor(multi)
     count_page(server.stats, "poll", batch)
     if named:
@@ -95,16 +100,34 @@ def answer_back(server: Server, conn: HttpConnection, channel: str, before: Star
 
 def respond(conn: HttpConnection, batch: Batch, cursor: str, if_none_match: str | None,
             cors: Headers, keep_alive: bool, client: str, delta: bool = False) -> None:
+    status, headers, body = reply(batch, cursor, if_none_match, cors, delta)
+    _send(conn, status, headers, body, keep_alive, client)
+
+
+def reply(batch: Batch, cursor: str, if_none_match: str | None, cors: Headers,
+          delta: bool = False) -> tuple[int, Headers, bytes]:
+    """The status, header fields and body answering a poll with ``batch`` (ending at
+    ``cursor``); ``304`` if ``If-None-Match`` holds the tag the answer would carry."""
     if batch.gaps:
-        body = poll.body(batch.messages, cursor, batch.gaps, batch.more, delta)
-        _send(conn, 200, (*JSON_NO_CACHE, *cors), body, keep_alive, client)
-        return
+        return 200, (*JSON_NO_CACHE, *cors), poll.body(batch.messages, cursor, batch.gaps,
+                                                       batch.more, delta)
     tag = poll.etag(cursor)
     if if_none_match is not None and (if_none_match == tag or _matches(if_none_match, tag)):
-        _send(conn, 304, (("ETag", tag), *cors), b"", keep_alive, client)
-        return
+        return 304, (("ETag", tag), *cors), b""
     body = poll.body(batch.messages, cursor, (), batch.more, delta)
-    _send(conn, 200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body, keep_alive, client)
+    return 200, (*JSON_NO_CACHE, ("ETag", tag), *cors), body
+
+
+def nothing_new(cursor: Position, if_none_match: str | None, cors: Headers,
+                keep_alive: bool) -> tuple[bytes, bytes]:
+    """The answer to a poll of one channel that found nothing after ``cursor``, as the
+    bytes before and after its ``Tidings-Client`` line (the one part that may differ from
+    one poller to the next): what :func:`answer` sends for such a read."""
+    batch = Batch([], {}, {}, [], False)
+    status, headers, body = reply(batch, str(cursor), if_none_match, cors)
+    whole = http.response(status, headers, body, keep_alive=keep_alive)
+    cut = whole.index(b"\r\n") + 2
+    return whole[:cut], whole[cut:]
 
 
 def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,

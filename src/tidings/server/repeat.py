@@ -19,6 +19,13 @@ could make the decision differ sends it through the whole path instead:
 * a cursor the driver refuses (``400``, ``InvalidCursor``: the whole path
   answers the error), or a broker that must fetch the log first.
 
+A regular poll of one channel that finds nothing new is the most frequent
+request of all (a ``304``, or an empty ``200``), and its answer is the same for
+every poller of the decision until the log moves on: :class:`Unchanged` keeps
+it, once per decision, and sends it again while ``broker.read`` gives the same
+read at the end of the log (core/log.py shares it until the next message).
+Only the ``Tidings-Client`` line differs from one answer to the next.
+
 Reads are offered only when nothing outside the request bytes decides them:
 no hooks (``on_connect``, ``on_subscribe``), no access log, no joins and
 leaves, ``latest`` or deltas, no user's channels, and no token whose key may
@@ -34,13 +41,15 @@ from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote_plus
 
-from tidings.core.cursor import Start, parse_since
+from tidings.core.cursor import END, Start, parse_since
+from tidings.core.log import Read
 from tidings.core.presence import Identity
 from tidings.errors import ProtocolError
 from tidings.server import longpoll, poll
 from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
-from tidings.server.presence import identify
+from tidings.server.poll import client_line
+from tidings.server.presence import identify, new_client_id
 from tidings.wire.http import Headers
 
 if TYPE_CHECKING:
@@ -80,13 +89,14 @@ class PollRead(NamedTuple):
             conn.park()  # the requests behind it wait too
 
     def answer(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
-               named: bool) -> None:
+               named: bool, found: Read | None = None) -> None:
         """Answer from ``starts`` with the broker ready (:meth:`Broker.ready`); raises what
-        the driver raises before answering (``InvalidCursor``)."""
+        the driver raises before answering (``InvalidCursor``). ``found``: a poll's read of
+        its one channel, made already."""
         if self.wait is None:
             poll.answer(self.server, conn, starts, self.multi, self.page, self.if_none_match,
                         self.cors, self.keep_alive, identity, named, self.presence_since,
-                        latest=self.latest, delta=self.delta)
+                        latest=self.latest, delta=self.delta, found=found)
         else:
             longpoll.answer(self.server, conn, starts, self.multi, self.page, self.wait,
                             self.cors, self.keep_alive, self.expires, identity, named,
@@ -96,6 +106,27 @@ class PollRead(NamedTuple):
                       identity: Identity, named: bool) -> None:
         if not conn.closing:  # the client may have left while the broker fetched
             self.answer(conn, starts, identity, named)
+
+
+class Unchanged:
+    """A decided poll's answer when it found nothing new, kept for its next pollers.
+
+    One per decision (:class:`Shared`), for a poll of one channel: :meth:`Repeat.answer`
+    sends it again to a request with the same ``since`` value while the broker's read from
+    there is the very read it was made from; a new message (a new read at the end), another
+    cursor or another log make a new one.
+    """
+
+    __slots__ = ("channel", "found", "head", "since", "start", "starts", "tail")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.since: bytes | None = None  #: the ``since`` value of the request it answered
+        self.starts: Mapping[str, Start] = {}  #: that value parsed: {channel: start}
+        self.start: Start = END
+        #: The read it answers (held, so that no other read can take its id); ``None``: none yet.
+        self.found: Read | None = None
+        self.head = self.tail = b""  #: the answer, before and after its ``Tidings-Client`` line
 
 
 @dataclass(slots=True, eq=False)
@@ -111,30 +142,76 @@ class Repeat:
     #: The client id it chose (``?client=``, part of the request), or ``None``: a fresh
     #: one for each answer, as for a request read in full.
     identity: Identity | None
+    #: The answer when nothing is new, shared with the decision's other pollers; ``None``
+    #: for a read that is not a regular poll of one channel.
+    unchanged: Unchanged | None = None
 
     def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
         """Answer the request again from ``since`` (its raw value; ``None``: it has none)
         unless something else decides otherwise; ``False``: nothing was done, the request
         must be read in full."""
         read = self.read
+        server = read.server
         expires = read.expires
         # (PyJWT compares whole seconds: a fractional ``exp`` ends at its integer part)
-        if read.server.draining or (expires and time.time() >= int(expires)):
+        if server.draining or (expires and time.time() >= int(expires)):
             return False
+        unchanged = self.unchanged
+        broker = server.broker
         try:
-            text = None if since is None else since.decode("ascii")
-            if text is not None and "%" in text:
-                text = unquote_plus(text, errors="strict")
-            starts = parse_since(text, read.channels)
-            if not read.server.broker.ready(starts):
-                return False
-            if self.identity is None:
-                read.answer(conn, starts, identify(None, self.credentials)[0], False)
+            if unchanged is not None and unchanged.found is not None and since == unchanged.since:
+                # The most frequent request: the same poll again, most often still at the end.
+                starts = unchanged.starts
+                if not broker.ready(starts):
+                    return False
+                found = broker.read(unchanged.channel, unchanged.start, read.page)
+                if found is unchanged.found:
+                    self._send(conn, unchanged)
+                    return True
             else:
-                read.answer(conn, starts, self.identity, True)
+                text = None if since is None else since.decode("ascii")
+                if text is not None and "%" in text:
+                    text = unquote_plus(text, errors="strict")
+                starts = parse_since(text, read.channels)
+                if not broker.ready(starts):
+                    return False
+                if unchanged is None:
+                    found = None
+                else:
+                    ((channel, start),) = starts.items()
+                    found = broker.read(channel, start, read.page)
+            if found is not None and not (found.messages or found.gap or found.more):
+                assert unchanged is not None
+                self._keep(unchanged, since, starts, found)
+                self._send(conn, unchanged)
+            elif self.identity is None:
+                read.answer(conn, starts, identify(None, self.credentials)[0], False, found)
+            else:
+                read.answer(conn, starts, self.identity, True, found)
         except (ProtocolError, UnicodeError):
             return False  # raised before anything was answered: the whole path answers it
         return True
+
+    def _keep(self, unchanged: Unchanged, since: bytes | None, starts: Mapping[str, Start],
+              found: Read) -> None:
+        """Make ``unchanged`` the answer to ``found``, a read from ``starts`` that found
+        nothing new."""
+        read = self.read
+        unchanged.head, unchanged.tail = poll.nothing_new(found.next, read.if_none_match,
+                                                          read.cors, read.keep_alive)
+        (unchanged.start,) = starts.values()
+        unchanged.since, unchanged.starts, unchanged.found = since, starts, found
+
+    def _send(self, conn: HttpConnection, unchanged: Unchanged) -> None:
+        """Send ``unchanged``'s answer, as :func:`poll.answer` would have."""
+        identity = self.identity
+        if identity is None:
+            client = new_client_id()
+        else:
+            self.read.server.presence.touch(unchanged.starts, identity, "poll")
+            client = identity.client
+        conn.respond(b"".join((unchanged.head, client_line(client), unchanged.tail)),
+                     self.read.keep_alive)
 
 
 #: Decisions kept once for every connection that asks the same read in the same way (the same
@@ -143,13 +220,14 @@ MAX_SHARED = 1024
 
 
 class Shared:
-    """Equal poll decisions (:class:`PollRead`) as one object; bounded by :data:`MAX_SHARED`,
-    after which it starts again (what was given out stays valid)."""
+    """Equal poll decisions (:class:`PollRead`) as one object, each with its
+    :class:`Unchanged` answer; bounded by :data:`MAX_SHARED`, after which it starts again
+    (what was given out stays valid)."""
 
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: dict[PollRead, PollRead] = {}
+        self._kept: dict[PollRead, tuple[PollRead, Unchanged | None]] = {}
 
     def repeat(self, read: PollRead, credentials: Credentials,
                identity: Identity | None) -> Repeat:
@@ -159,5 +237,8 @@ class Shared:
         if found is None:
             if len(kept) >= MAX_SHARED:
                 kept.clear()
-            kept[read] = found = read
-        return Repeat(found, credentials, identity)
+            single = (read.wait is None and not read.multi and len(read.channels) == 1
+                      and not read.latest and read.presence_since is None)
+            unchanged = Unchanged(read.channels[0]) if single else None
+            kept[read] = found = (read, unchanged)
+        return Repeat(found[0], credentials, identity, found[1])

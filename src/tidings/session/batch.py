@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tidings.core.cursor import Position, Start, format_multi
-from tidings.core.log import Gap
+from tidings.core.log import Gap, Read
 from tidings.core.message import Message, publication_order
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
     """Read up to ``limit`` messages in all, oldest first across channels."""
     if len(starts) == 1:  # most reads: nothing to merge
         ((channel, start),) = starts.items()
-        read = log.read(channel, start, limit)
-        return Batch(read.messages, {channel: read.after}, {channel: read.next},
-                     [] if read.gap is None else [read.gap], read.more)
+        return batch_of(channel, log.read(channel, start, limit))
     begins: dict[str, Position] = {}
     positions: dict[str, Position] = {}
     gaps: list[Gap] = []
@@ -63,3 +61,9 @@ def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
             del messages[limit:]
     return Batch(messages, begins, positions, gaps, more)
 
+
+
+def batch_of(channel: str, read: Read) -> Batch:
+    """The batch of one channel's ``read``."""
+    return Batch(read.messages, {channel: read.after}, {channel: read.next},
+                 [] if read.gap is None else [read.gap], read.more)
