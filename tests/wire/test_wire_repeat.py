@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import httptools
@@ -152,6 +153,51 @@ def test_match_refuses_a_value_that_is_not_a_cursor(value: bytes) -> None:
         assert shape.match(req(target.replace(b"1-2", value))) is None
 
 
+# a tagged shape: If-None-Match follows since -----------------------------------------------------
+
+
+def tagged(target: bytes, *lines: bytes) -> bytes:
+    return req(target, HEAD + b"".join(line + b"\r\n" for line in lines))
+
+
+def test_a_tagged_shape_takes_the_same_value_in_both_holes() -> None:
+    data = tagged(b"/channels/c?since=1-2", b'If-None-Match: "1-2"', b"X-After: 1")
+    shape = RequestShape.of(data, MAX_URL, tagged=True)
+    assert shape is not None and shape.between is not None
+    assert shape.before + b"1-2" + shape.between + b"1-2" + shape.after == data
+    assert shape.match(data) == b"1-2"
+    again = tagged(b"/channels/c?since=7-123456", b'If-None-Match: "7-123456"', b"X-After: 1")
+    assert shape.match(again) == b"7-123456"
+    # one hole moved without the other, or a value that differs between them
+    for since, tag in ((b"1-3", b"1-2"), (b"1-2", b"1-3"), (b"1-23", b"1-32"), (b"1", b"1-2")):
+        changed = tagged(b"/channels/c?since=" + since, b'If-None-Match: "' + tag + b'"',
+                         b"X-After: 1")
+        assert shape.match(changed) is None, (since, tag)
+    assert shape.match(tagged(b"/channels/c?since=1-2", b'If-None-Match: "1-2"')) is None
+    # an untagged shape of the same request keeps the header as it is
+    plain = RequestShape.of(data, MAX_URL)
+    assert plain is not None and plain.between is None and plain.match(again) is None
+
+
+@pytest.mark.parametrize("lines", [
+    (b'If-None-Match: "1-3"',),                       # another value
+    (b'If-None-Match: W/"1-2"',),                     # weak
+    (b'If-None-Match: "1-2", "1-5"',),                # a list
+    (b'If-None-Match: "1-2"', b'If-None-Match: "1-2"'),  # twice
+    (b'If-None-Match: "1-2"', b"if-none-match: *"),
+    (),                                               # none
+])
+def test_a_tag_that_is_not_exactly_since_makes_no_tagged_shape(lines: tuple[bytes, ...]) -> None:
+    assert RequestShape.of(tagged(b"/channels/c?since=1-2", *lines), MAX_URL, tagged=True) is None
+
+
+def test_a_tag_line_in_any_case_and_with_blanks() -> None:
+    data = tagged(b"/channels/c?since=1-2", b'if-NONE-match:  "1-2" ')
+    shape = RequestShape.of(data, MAX_URL, tagged=True)
+    assert shape is not None
+    assert shape.match(tagged(b"/channels/c?since=4-5", b'if-NONE-match:  "4-5" ')) == b"4-5"
+
+
 # against httptools and the server's query parser ---------------------------------------------
 
 
@@ -198,6 +244,33 @@ _VALUES = st.binary(min_size=0, max_size=40).map(
     lambda raw: bytes(_ALPHABET[b % len(_ALPHABET)] for b in raw))
 _TARGETS = [b"/channels/c?since=1-2&wait=30", b"/channels/c?wait=30&since=1-2",
             b"/subscribe?channel=a&channel=b&since=a%3D1-2&limit=5", b"/channels/c?since=0"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(target=st.sampled_from(_TARGETS), value=_VALUES, other=st.none() | _VALUES)
+def test_a_tagged_match_is_the_same_request_with_that_since_and_tag(
+        target: bytes, value: bytes, other: bytes | None) -> None:
+    """``other``: the value in the second hole (``None``: the same as in the first)."""
+    tag = value if other is None else other
+    since = target.partition(b"since=")[2].partition(b"&")[0]
+    first = req(target, HEAD + b'If-None-Match: "' + since + b'"\r\nX: 1\r\n')
+    shape = RequestShape.of(first, MAX_URL, tagged=True)
+    assert shape is not None and shape.between is not None
+    data = shape.before + value + shape.between + tag + shape.after
+    got = shape.match(data)
+    if got is None:
+        return
+    assert got == value == tag
+    requests = parse(data)
+    assert requests is not None and len(requests) == 1
+    _, url, headers = requests[0]
+    (_, first_url, first_headers), = parse(first) or [None]
+    assert [h for h in headers if h[0] != b"If-None-Match"] == [
+        h for h in first_headers if h[0] != b"If-None-Match"]
+    assert (b"If-None-Match", b'"' + value + b'"') in headers
+    assert url.partition(b"?")[0] == first_url.partition(b"?")[0]
+    with contextlib.suppress(UnicodeError):  # (not UTF-8: the repeat falls back on it too)
+        assert since_of(url)[1] == decoded(value)
 
 
 @settings(max_examples=400, deadline=None)

@@ -85,6 +85,10 @@ SHAPE_EVERY = 8
 class Repeatable(Protocol):
     """A request's decision that can answer the same request again (server/repeat.py)."""
 
+    @property
+    def tagged(self) -> bool:
+        """Its ``If-None-Match`` is ``"SINCE"``: the request's shape is made ``tagged``."""
+
     def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
         """Answer the request again from the ``since`` value given (``None``: it has none);
         ``False`` if it must be read in full instead, with nothing done."""
@@ -209,7 +213,7 @@ class HttpConnection(asyncio.Protocol):
             if (offered is not None and self._completed == 1 and not begun
                     and not self._request_begun
                     and (misses <= SHAPES_BEFORE_BACKING_OFF or misses % SHAPE_EVERY == 0)):
-                shape = RequestShape.of(data, self.settings.max_url_length)
+                shape = RequestShape.of(data, self.settings.max_url_length, offered.tagged)
                 if shape is not None:
                     self._repeat, self._repeat_shape = offered, _shared(shape)
 

@@ -75,6 +75,9 @@ class PollRead(NamedTuple):
     presence_since: Mapping[str, Start] | None = None
     latest: bool = False
     delta: bool = False
+    #: Its ``If-None-Match`` is its ``since`` in quotes (the ``ETag`` it was given, sent
+    #: back): the same request again changes both (wire/repeat.py, ``tagged``).
+    tagged: bool = False
 
     def start(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
               named: bool) -> None:
@@ -180,9 +183,11 @@ class Repeat:
                 else:
                     ((channel, start),) = starts.items()
                     found = broker.read(channel, start, read.page)
+            if read.tagged and since is not None:  # (its If-None-Match: the since value, quoted)
+                read = read._replace(if_none_match=f'"{since.decode("ascii")}"')
             if found is not None and not (found.messages or found.gap or found.more):
                 assert unchanged is not None
-                self._keep(unchanged, since, starts, found)
+                self._keep(unchanged, read, since, starts, found)
                 self._send(conn, unchanged)
             elif self.identity is None:
                 read.answer(conn, starts, identify(None, self.credentials)[0], False, found)
@@ -192,11 +197,16 @@ class Repeat:
             return False  # raised before anything was answered: the whole path answers it
         return True
 
-    def _keep(self, unchanged: Unchanged, since: bytes | None, starts: Mapping[str, Start],
-              found: Read) -> None:
-        """Make ``unchanged`` the answer to ``found``, a read from ``starts`` that found
-        nothing new."""
-        read = self.read
+    @property
+    def tagged(self) -> bool:
+        """Whether its ``If-None-Match`` follows its ``since`` (:attr:`PollRead.tagged`)."""
+        return self.read.tagged
+
+    @staticmethod
+    def _keep(unchanged: Unchanged, read: PollRead, since: bytes | None,
+              starts: Mapping[str, Start], found: Read) -> None:
+        """Make ``unchanged`` the answer of ``read`` to ``found``, a read from ``starts`` that
+        found nothing new."""
         unchanged.head, unchanged.tail = poll.nothing_new(found.next, read.if_none_match,
                                                           read.cors, read.keep_alive)
         (unchanged.start,) = starts.values()

@@ -406,12 +406,13 @@ class Router:
             wait = request.wait_seconds()
             self._check_enabled("poll" if wait is None else "longpoll")
             starts = self._starts(request.arg("since"), channels, recorded)
+            tag, since = request.header("if-none-match"), request.arg("since")
             read = PollRead(server, tuple(channels), multi, self._limit(request),
                             None if wait is None else min(wait, self.settings.max_wait),
-                            request.header("if-none-match"), cors, keep_alive,
-                            credentials.expires,
+                            tag, cors, keep_alive, credentials.expires,
                             parse_since(request.arg("presence_since"), channels)
-                            if presence else None, latest, delta)
+                            if presence else None, latest, delta,
+                            tag is not None and since is not None and tag == f'"{since}"')
             if (not presence and not latest and not delta and recorded is None
                     and not server.hooks.on_reads and not self.settings.access_log
                     and (credentials.claims is None or server.auth.jwks is None)):

@@ -8,6 +8,11 @@ tells whether new bytes are the same request with another value there, and
 which. The server then answers them as it answered the first, without
 parsing, routing and checking the same bytes again (server/repeat.py).
 
+A poller that sends back the ``ETag`` it was given (``If-None-Match: "NEXT"``
+with ``since=NEXT``, as tidings' own clients do) changes two places at once.
+Made ``tagged``, a shape has a second hole, the inside of that header's quotes,
+which must hold the same value as the first.
+
 Bytes only, no I/O. A shape is made only of a whole ``GET`` request with no
 body, and matches only bytes that hold exactly one such request: the hole
 takes the characters of a cursor (percent-encoded or not) and nothing that
@@ -46,12 +51,19 @@ class RequestShape(NamedTuple):
     #: The longest value the hole takes: the rest of the target and the server's
     #: ``max_url_length`` leave this much.
     longest: int
+    #: A tagged shape's bytes between its two holes (then :attr:`after` follows the
+    #: second); ``None``: one hole.
+    between: bytes | None = None
 
     @classmethod
-    def of(cls, data: bytes, max_url_length: int) -> RequestShape | None:
+    def of(cls, data: bytes, max_url_length: int, tagged: bool = False) -> RequestShape | None:
         """The shape of ``data`` if it is exactly one ``GET`` request with no body whose
         target names ``since`` at most once with a value of :data:`CURSOR_BYTES`; else
-        ``None`` (such a request is always parsed in full)."""
+        ``None`` (such a request is always parsed in full).
+
+        ``tagged``: the request must also have exactly one ``If-None-Match`` line, whose
+        value is that ``since`` value in double quotes; it becomes the second hole.
+        """
         if not data.startswith(b"GET ") or data.find(_END) != len(data) - len(_END):
             return None
         line_end = data.index(b"\r\n")
@@ -73,21 +85,38 @@ class RequestShape(NamedTuple):
         longest = max_url_length - (len(target) - len(value))
         if len(value) > longest:
             return None
-        return cls(data[:start], data[end:], True, longest)
+        if not tagged:
+            return cls(data[:start], data[end:], True, longest)
+        names = [found.start() for found in _TAG_NAME.finditer(data, line_end)]
+        line = _TAG_LINE.match(data, names[0]) if len(names) == 1 else None
+        if line is None or line.group(1) != value:
+            return None
+        tag = line.start(1)
+        return cls(data[:start], data[tag + len(value):], True, longest, data[end:tag])
 
     def match(self, data: bytes) -> bytes | None:
         """The ``since`` value of ``data`` if it is this request with another value (or,
         for a request without ``since``, the same bytes: then ``b""``); else ``None``."""
-        before, after = self.before, self.after
+        before, after, between = self.before, self.after, self.between
         if not self.has_since:
             return b"" if data == before else None
         size = len(data) - len(before) - len(after)
+        if between is not None:  # the value twice, with ``between`` between
+            size -= len(between)
+            if size % 2:
+                return None
+            size //= 2
         if not 0 < size <= self.longest or not data.startswith(before) or (
                 not data.endswith(after)):
             return None
-        value = data[len(before):len(data) - len(after)]
+        start = len(before)
+        value = data[start:start + size]
         if value.translate(None, _CURSOR_BYTES):
             return None
+        if between is not None:
+            tag = start + size + len(between)
+            if data[start + size:tag] != between or data[tag:tag + size] != value:
+                return None
         return value
 
 
@@ -107,6 +136,11 @@ def _since_at(target: bytes) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
+#: The start of an ``If-None-Match`` line (any case), and one whose value is ``"VALUE"``
+#: (optional blanks around it).
+_TAG_NAME = re.compile(rb"\r\nif-none-match:", re.IGNORECASE)
+_TAG_LINE = re.compile(rb"\r\nif-none-match:[ \t]*\"([^\"\r\n]*)\"[ \t]*(?=\r\n)",
+                       re.IGNORECASE)
 #: A query parameter whose name the server's parser decodes (``%``, ``+``), or a bare ``since``.
 _ODD_NAME = re.compile(rb"[?&](?:[^=&]*[%+]|since(?:&|$))")
 _AMP = ord("&")
