@@ -22,6 +22,10 @@ cache-busting parameter, so it is always read in full),
 published, every waiter is answered and polls again from the new head; the
 figure is CPU per delivered message (the publish, the answer, the next request
 parsed and parked), what a long poll's delivery costs without the sockets.
+``etag``: as many pollers of a busy channel, each with the ``ETag`` of its last answer
+(``?since=NEXT`` and ``If-None-Match: "NEXT"``, as tidings' clients poll): a message is
+published, and each poll finds it (``200``, one message), then polls from the new
+cursor with the new tag; the figure is CPU per request.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import uvloop
 from tidings import Server, Settings
 from tidings.server.connection import HttpConnection
 
-CASES = ("304", "empty", "page", "fresh", "longpoll")
+CASES = ("304", "empty", "page", "fresh", "longpoll", "etag")
 
 
 class NullTransport:
@@ -114,6 +118,41 @@ async def measure_longpoll(requests: int, waiters: int) -> dict[str, object]:
                 "us_per_request": round(1e6 * cpu / answered, 3)}
 
 
+async def measure_etag(requests: int, pollers: int) -> dict[str, object]:
+    """CPU per poll that finds one new message, sent with the tag of the last answer."""
+    async with Server(Settings(host="127.0.0.1", port=0)) as server:
+        head = (await server.broker.publish("bench", b'{"n":0}')).id
+        conns = []
+        for _ in range(pollers):
+            transport = NullTransport()
+            conn = HttpConnection(server)
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conns.append((conn, transport))
+
+        def round_trip(cursor: str) -> str:
+            following = server.broker.publish_nowait("bench", b'{"n":1}').id
+            request = (f"GET /channels/bench?since={cursor} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                       f'User-Agent: bench\r\nAccept: */*\r\nIf-None-Match: "{cursor}"\r\n\r\n'
+                       ).encode()
+            for conn, _ in conns:
+                conn.data_received(request)
+            return following
+
+        for _ in range(20):  # warm up
+            head = round_trip(head)
+        rounds = max(1, requests // pollers)
+        before = sum(t.writes for _, t in conns)
+        started = time.process_time()
+        for _ in range(rounds):
+            head = round_trip(head)
+        cpu = time.process_time() - started
+        answered = sum(t.writes for _, t in conns) - before
+        assert answered == rounds * pollers, (answered, conns[0][1].last[:300])
+        assert conns[0][1].last.startswith(b"HTTP/1.1 200"), conns[0][1].last[:300]
+        return {"case": "etag", "requests": answered,
+                "us_per_request": round(1e6 * cpu / answered, 3)}
+
+
 async def measure(case: str, requests: int) -> dict[str, object]:
     async with Server(Settings(host="127.0.0.1", port=0)) as server:
         for n in range(20):
@@ -152,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", choices=CASES, action="append")
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--waiters", type=int, default=1000,
-                        help="parked long polls in the longpoll case")
+                        help="parked long polls in the longpoll case, pollers in the etag case")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for case in args.case or CASES:
-        result = uvloop.run(measure_longpoll(args.requests, args.waiters) if case == "longpoll"
-                            else measure(case, args.requests))
+        if case == "longpoll":
+            result = uvloop.run(measure_longpoll(args.requests, args.waiters))
+        elif case == "etag":
+            result = uvloop.run(measure_etag(args.requests, args.waiters))
+        else:
+            result = uvloop.run(measure(case, args.requests))
         print(json.dumps(result) if args.json else
               f"{case:6} {result['us_per_request']} µs/request ({args.requests} requests)")
     return 0
