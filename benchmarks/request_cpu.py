@@ -81,75 +81,45 @@ class NullTransport:
         self.closed = True
 
 
-async def measure_longpoll(requests: int, waiters: int) -> dict[str, object]:
-    """CPU per long-poll delivery: ``waiters`` parked polls, one message at a time."""
+async def measure_rounds(case: str, requests: int, clients: int) -> dict[str, object]:
+    """CPU per request of ``clients`` connections of one channel, one message at a time:
+    ``longpoll``, each parked (``?since=HEAD&wait=30``) and answered by the message;
+    ``etag``, each polling after the message with the tag of its last answer."""
     async with Server(Settings(host="127.0.0.1", port=0)) as server:
         head = (await server.broker.publish("bench", b'{"n":0}')).id
         conns = []
-        for _ in range(waiters):
+        for _ in range(clients):
             transport = NullTransport()
             conn = HttpConnection(server)
             conn.connection_made(transport)  # type: ignore[arg-type]
             conns.append((conn, transport))
 
-        def poll_from(cursor: str) -> bytes:
-            return (f"GET /channels/bench?since={cursor}&wait=30 HTTP/1.1\r\n"
-                    f"Host: 127.0.0.1:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-                    ).encode()
-
-        def round_trip(cursor: str) -> str:
-            request = poll_from(cursor)
+        def ask(request: bytes) -> None:
             for conn, _ in conns:
                 conn.data_received(request)
-            return server.broker.publish_nowait("bench", b'{"n":1}').id
-
-        for _ in range(20):  # warm up
-            head = round_trip(head)
-        rounds = max(1, requests // waiters)
-        before = sum(t.writes for _, t in conns)
-        started = time.process_time()
-        for _ in range(rounds):
-            head = round_trip(head)
-        cpu = time.process_time() - started
-        answered = sum(t.writes for _, t in conns) - before
-        assert answered == rounds * waiters, (answered, conns[0][1].last[:300])
-        assert conns[0][1].last.startswith(b"HTTP/1.1 200"), conns[0][1].last[:300]
-        return {"case": "longpoll", "requests": answered,
-                "us_per_request": round(1e6 * cpu / answered, 3)}
-
-
-async def measure_etag(requests: int, pollers: int) -> dict[str, object]:
-    """CPU per poll that finds one new message, sent with the tag of the last answer."""
-    async with Server(Settings(host="127.0.0.1", port=0)) as server:
-        head = (await server.broker.publish("bench", b'{"n":0}')).id
-        conns = []
-        for _ in range(pollers):
-            transport = NullTransport()
-            conn = HttpConnection(server)
-            conn.connection_made(transport)  # type: ignore[arg-type]
-            conns.append((conn, transport))
 
         def round_trip(cursor: str) -> str:
+            if case == "longpoll":
+                ask(f"GET /channels/bench?since={cursor}&wait=30 HTTP/1.1\r\n"
+                    f"Host: 127.0.0.1:8000\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n".encode())
+                return server.broker.publish_nowait("bench", b'{"n":1}').id
             following = server.broker.publish_nowait("bench", b'{"n":1}').id
-            request = (f"GET /channels/bench?since={cursor} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
-                       f'User-Agent: bench\r\nAccept: */*\r\nIf-None-Match: "{cursor}"\r\n\r\n'
-                       ).encode()
-            for conn, _ in conns:
-                conn.data_received(request)
+            ask(f"GET /channels/bench?since={cursor} HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n"
+                f'User-Agent: bench\r\nAccept: */*\r\nIf-None-Match: "{cursor}"\r\n\r\n'.encode())
             return following
 
         for _ in range(20):  # warm up
             head = round_trip(head)
-        rounds = max(1, requests // pollers)
+        rounds = max(1, requests // clients)
         before = sum(t.writes for _, t in conns)
         started = time.process_time()
         for _ in range(rounds):
             head = round_trip(head)
         cpu = time.process_time() - started
         answered = sum(t.writes for _, t in conns) - before
-        assert answered == rounds * pollers, (answered, conns[0][1].last[:300])
+        assert answered == rounds * clients, (answered, conns[0][1].last[:300])
         assert conns[0][1].last.startswith(b"HTTP/1.1 200"), conns[0][1].last[:300]
-        return {"case": "etag", "requests": answered,
+        return {"case": case, "requests": answered,
                 "us_per_request": round(1e6 * cpu / answered, 3)}
 
 
@@ -195,12 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for case in args.case or CASES:
-        if case == "longpoll":
-            result = uvloop.run(measure_longpoll(args.requests, args.waiters))
-        elif case == "etag":
-            result = uvloop.run(measure_etag(args.requests, args.waiters))
-        else:
-            result = uvloop.run(measure(case, args.requests))
+        result = uvloop.run(measure_rounds(case, args.requests, args.waiters)
+                            if case in ("longpoll", "etag") else measure(case, args.requests))
         print(json.dumps(result) if args.json else
               f"{case:6} {result['us_per_request']} µs/request ({args.requests} requests)")
     return 0
