@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -588,6 +589,13 @@ async def test_a_since_grown_past_max_url_length_is_refused(
     assert comparable(answer) == comparable(await fresh(server, get(server, long)))
 
 
+class AServer:
+    """What a decision asks of its server when it is kept (hashable, as a ``Server`` is)."""
+
+    def __init__(self, presence: bool) -> None:
+        self.presence = SimpleNamespace(enabled=presence)
+
+
 # shared decisions ---------------------------------------------------------------------------------
 
 
@@ -595,7 +603,7 @@ def test_equal_decisions_are_one_object_and_the_table_is_bounded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Pollers that ask the same read share one decision, each with its own client id and
     token; past ``MAX_SHARED`` the table starts again."""
-    server: Any = object()
+    server: Any = AServer(False)
 
     def read(page: int = 100, channel: str = "c") -> PollRead:
         return PollRead(server, (channel,), False, page, 30.0, None, (), True, 0.0)
@@ -613,22 +621,31 @@ def test_equal_decisions_are_one_object_and_the_table_is_bounded(
     assert [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)] == kept
 
 
-def test_only_a_regular_poll_of_one_channel_keeps_its_answer() -> None:
-    server: Any = object()
+@pytest.mark.parametrize("presence", [False, True])
+def test_only_a_read_of_one_channel_keeps_its_answer_or_gathers(presence: bool) -> None:
+    """A regular poll of one channel keeps its answer when nothing is new; a long poll of
+    one channel gathers its pollers, unless presence is on (a parked poller holds it)."""
+    server: Any = AServer(presence)
     shared = Shared()
 
-    def unchanged(channels: tuple[str, ...] = ("c",), multi: bool = False,
-                  wait: float | None = None, latest: bool = False) -> object:
+    def repeat(channels: tuple[str, ...] = ("c",), multi: bool = False,
+               wait: float | None = None, latest: bool = False) -> Any:
         read = PollRead(server, channels, multi, 100, wait, None, (), True, 0.0, latest=latest)
-        return shared.repeat(read, ANONYMOUS, None).unchanged
+        return shared.repeat(read, ANONYMOUS, None)
 
-    assert unchanged() is not None
-    assert unchanged() is unchanged()  # one per decision, shared
-    assert unchanged(("d",)) is not unchanged()
-    assert unchanged(wait=30.0) is None
-    assert unchanged(("c", "d"), multi=True) is None
-    assert unchanged(multi=True) is None
-    assert unchanged(latest=True) is None
+    assert repeat().unchanged is not None and repeat().gathering is None
+    assert repeat().unchanged is repeat().unchanged  # one per decision, shared
+    assert repeat(("d",)).unchanged is not repeat().unchanged
+    assert repeat(wait=30.0).unchanged is None
+    for other in ({"channels": ("c", "d"), "multi": True}, {"multi": True}, {"latest": True}):
+        assert repeat(**other).unchanged is None
+        assert repeat(**other, wait=30.0).gathering is None
+    assert repeat(wait=0.0).gathering is None  # answered at once: never parks
+    if presence:
+        assert repeat(wait=30.0).gathering is None
+    else:
+        assert repeat(wait=30.0).gathering is not None
+        assert repeat(wait=30.0).gathering is repeat(wait=30.0).gathering
 
 
 async def test_a_client_that_never_repeats_makes_shapes_less_often_and_is_caught_again(

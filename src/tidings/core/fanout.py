@@ -41,13 +41,26 @@ logger = logging.getLogger("tidings.core")
 class Hub:
     """Channel name → subscribers, and delivery of each message to them."""
 
-    __slots__ = ("_subscribers", "delivered")
+    __slots__ = ("_more", "_subscribers", "delivered")
 
     def __init__(self) -> None:
         # dicts as ordered sets: delivery order is subscription order.
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
-        #: Messages handed to subscribers since start (one per subscriber per message).
+        #: Readers beyond one per subscriber, by channel (:meth:`add_readers`).
+        self._more: dict[str, int] = {}
+        #: Messages handed to readers since start (one per reader per message; a subscriber
+        #: that stands for several readers adds the rest itself).
         self.delivered = 0
+
+    def add_readers(self, channel: str, count: int) -> None:
+        """A subscriber of ``channel`` stands for ``count`` more readers than before (or
+        fewer, if negative): one subscription answering many long polls at once. Counted
+        in :meth:`subscribers` and :meth:`busiest`."""
+        more = self._more.get(channel, 0) + count
+        if more:
+            self._more[channel] = more
+        else:
+            self._more.pop(channel, None)
 
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
         self._subscribers.setdefault(channel, {})[subscriber] = None
@@ -60,8 +73,8 @@ class Hub:
                 del self._subscribers[channel]
 
     def subscribers(self, channel: str) -> int:
-        """How many subscribers ``channel`` has."""
-        return len(self._subscribers.get(channel, ()))
+        """How many readers ``channel`` has (subscribers, and those they stand for)."""
+        return len(self._subscribers.get(channel, ())) + self._more.get(channel, 0)
 
     def channels(self) -> int:
         """How many channels have at least one subscriber."""
@@ -69,7 +82,8 @@ class Hub:
 
     def busiest(self, count: int) -> list[tuple[str, int]]:
         """The ``count`` channels with the most subscribers, most first (O(channels))."""
-        return heapq.nlargest(count, ((channel, len(subscribers))
+        more = self._more
+        return heapq.nlargest(count, ((channel, len(subscribers) + more.get(channel, 0))
                                       for channel, subscribers in self._subscribers.items()),
                               key=lambda pair: pair[1])
 

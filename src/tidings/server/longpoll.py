@@ -20,16 +20,16 @@ import asyncio
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.core.cursor import Start
-from tidings.core.log import Gap
+from tidings.core.log import Gap, Read
 from tidings.core.presence import Identity
 from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
 from tidings.server.poll import JSON_NO_CACHE, client_line, presence_fields
-from tidings.session.batch import read_batch
+from tidings.session.batch import batch_of, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -160,6 +160,17 @@ class Waiter:
         self._server.registry.discard_waiter(self)
 
 
+class Waiting(Protocol):
+    """A parked long poll whose wait ends: a :class:`Waiter`, or a member of a gathering
+    (server/gathering.py)."""
+
+    def expire(self) -> None:
+        """The wait ended: answer with nothing new, unless answered already."""
+
+    def abort(self) -> None:
+        """:meth:`expire` raised (a bug): end this request's connection."""
+
+
 class Expiries:
     """Ends waits on time with one timer per :data:`EXPIRY_RESOLUTION` slot."""
 
@@ -167,9 +178,9 @@ class Expiries:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._slots: dict[int, list[Waiter]] = {}
+        self._slots: dict[int, list[Waiting]] = {}
 
-    def add(self, waiter: Waiter, wait: float) -> None:
+    def add(self, waiter: Waiting, wait: float) -> None:
         slot = math.ceil((self._loop.time() + wait) / EXPIRY_RESOLUTION)
         waiters = self._slots.get(slot)
         if waiters is None:
@@ -190,8 +201,10 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
            limit: int, wait: float, cors: Headers, keep_alive: bool,
            expires: float, identity: Identity, named: bool,
            presence_since: Mapping[str, Start] | None = None, *, latest: bool = False,
-           delta: bool = False) -> None:
+           delta: bool = False, found: Read | None = None) -> None:
     """Answer at once if something is there (or ``wait`` is 0), else park until it comes.
+
+    ``found``: the read of the one channel from ``starts``, made already (the repeat's).
 
     With ``delta`` (``?delta=1``) an answer at once has deltas within its page; a
     parked answer is one message, whole.
@@ -202,7 +215,10 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     if not latest and presence_since is None:
         # The reader and its waiter are built only if the request parks: under load most
         # long polls find messages already there and are answered at once, like a poll.
-        batch = read_batch(server.broker, starts, limit)
+        if found is None:
+            batch = read_batch(server.broker, starts, limit)
+        else:
+            batch = batch_of(next(iter(starts)), found)
         if batch.messages or batch.gaps or wait <= 0:
             count_page(server.stats, "longpoll", batch)
             if named:

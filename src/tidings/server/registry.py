@@ -19,6 +19,7 @@ from tidings.errors import INTERNAL_ERROR, SHUTDOWN
 
 if TYPE_CHECKING:
     from tidings.server.connection import HttpConnection
+    from tidings.server.gathering import Gathering
     from tidings.server.longpoll import Waiter
     from tidings.server.stream import Stream
 
@@ -33,13 +34,15 @@ T = TypeVar("T")
 class Registry:
     """HTTP connections, open streams (SSE, WebSocket) and parked long polls."""
 
-    __slots__ = ("_connections", "_draining", "_loop", "_streams", "_waiters")
+    __slots__ = ("_connections", "_draining", "_gatherings", "_loop", "_streams", "_waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._connections: set[HttpConnection] = set()
         self._streams: set[Stream] = set()
         self._waiters: set[Waiter] = set()
+        #: Long polls parked together (server/gathering.py), armed.
+        self._gatherings: set[Gathering] = set()
         #: Closed streams still flushing, with the loop time at which they are aborted.
         self._draining: dict[asyncio.Transport, float] = {}
 
@@ -74,6 +77,13 @@ class Registry:
     def discard_waiter(self, waiter: Waiter) -> None:
         self._waiters.discard(waiter)
 
+    def add_gathering(self, gathering: Gathering) -> None:
+        """Long polls park together: as for a waiter, for each of them."""
+        self._gatherings.add(gathering)
+
+    def discard_gathering(self, gathering: Gathering) -> None:
+        self._gatherings.discard(gathering)
+
     def streams(self) -> list[Stream]:
         """The open streams, as a list the caller may keep while they change."""
         return list(self._streams)
@@ -93,6 +103,8 @@ class Registry:
                   lambda stream: stream.token_expired(), _abort_stream)
             _each([w for w in self._waiters if 0 < w.expires <= wall],
                   lambda waiter: waiter.token_expired(), _abort_waiter)
+            _each([g for g in self._gatherings if 0 < g.expires <= wall],
+                  lambda gathering: gathering.token_expired(), _abort_gathering)
         if heartbeat:
             _each(list(self._streams), lambda stream: stream.heartbeat(now), _abort_stream)
 
@@ -101,6 +113,8 @@ class Registry:
     def say_goodbye(self) -> None:
         """End parked long polls, tell every stream to go away, close idle connections."""
         _each(list(self._waiters), lambda waiter: waiter.expire(), _abort_waiter)
+        _each(list(self._gatherings), lambda gathering: gathering.expire_all(),
+              _abort_gathering)
         _each(list(self._streams), lambda stream: stream.close_with(SHUTDOWN), _abort_stream)
         _each([c for c in self._connections if not c.busy], lambda conn: conn.close(),
               _abort_http)
@@ -110,6 +124,8 @@ class Registry:
         after the answer) and close idle connections; streams are closed one by one by
         ``Server.drain``."""
         _each(list(self._waiters), lambda waiter: waiter.expire(), _abort_waiter)
+        _each(list(self._gatherings), lambda gathering: gathering.expire_all(),
+              _abort_gathering)
         _each([c for c in self._connections if not c.busy], lambda conn: conn.close(),
               _abort_http)
 
@@ -128,7 +144,8 @@ class Registry:
     def statistics(self) -> dict[str, int]:
         """How many of each are open, and the bytes waiting in the streams' buffers."""
         return {"http": len(self._connections), "streams": len(self._streams),
-                "long_polls": len(self._waiters), "draining": len(self._draining),
+                "long_polls": len(self._waiters) + sum(len(g.members) for g in self._gatherings),
+                "draining": len(self._draining),
                 "buffered_bytes": sum(s.buffered() for s in self._streams)}
 
 
@@ -155,3 +172,7 @@ def _abort_stream(stream: Stream) -> None:
 
 def _abort_waiter(waiter: Waiter) -> None:
     waiter.abort()
+
+
+def _abort_gathering(gathering: Gathering) -> None:
+    gathering.abort()

@@ -48,6 +48,7 @@ from tidings.errors import ProtocolError
 from tidings.server import longpoll, poll
 from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
+from tidings.server.gathering import Gathering
 from tidings.server.poll import client_line
 from tidings.server.presence import identify, new_client_id
 from tidings.wire.http import Headers
@@ -94,8 +95,8 @@ class PollRead(NamedTuple):
     def answer(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
                named: bool, found: Read | None = None) -> None:
         """Answer from ``starts`` with the broker ready (:meth:`Broker.ready`); raises what
-        the driver raises before answering (``InvalidCursor``). ``found``: a poll's read of
-        its one channel, made already."""
+        the driver raises before answering (``InvalidCursor``). ``found``: the read of its
+        one channel, made already."""
         if self.wait is None:
             poll.answer(self.server, conn, starts, self.multi, self.page, self.if_none_match,
                         self.cors, self.keep_alive, identity, named, self.presence_since,
@@ -103,7 +104,8 @@ class PollRead(NamedTuple):
         else:
             longpoll.answer(self.server, conn, starts, self.multi, self.page, self.wait,
                             self.cors, self.keep_alive, self.expires, identity, named,
-                            self.presence_since, latest=self.latest, delta=self.delta)
+                            self.presence_since, latest=self.latest, delta=self.delta,
+                            found=found)
 
     def _answer_later(self, conn: HttpConnection, starts: Mapping[str, Start],
                       identity: Identity, named: bool) -> None:
@@ -148,6 +150,9 @@ class Repeat:
     #: The answer when nothing is new, shared with the decision's other pollers; ``None``
     #: for a read that is not a regular poll of one channel.
     unchanged: Unchanged | None = None
+    #: Where the decision's long polls park together at the end of its channel
+    #: (server/gathering.py); ``None`` for a read that cannot.
+    gathering: Gathering | None = None
 
     def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
         """Answer the request again from ``since`` (its raw value; ``None``: it has none)
@@ -159,7 +164,11 @@ class Repeat:
         # (PyJWT compares whole seconds: a fractional ``exp`` ends at its integer part)
         if server.draining or (expires and time.time() >= int(expires)):
             return False
-        unchanged = self.unchanged
+        unchanged, gathering = self.unchanged, self.gathering
+        if gathering is not None and gathering.armed and since == gathering.since:
+            # A long poll back at the cursor its decision's pollers wait at: nothing to read.
+            self._join(conn, gathering)
+            return True
         broker = server.broker
         try:
             if unchanged is not None and unchanged.found is not None and since == unchanged.since:
@@ -178,17 +187,22 @@ class Repeat:
                 starts = parse_since(text, read.channels)
                 if not broker.ready(starts):
                     return False
-                if unchanged is None:
+                if unchanged is None and gathering is None:
                     found = None
                 else:
                     ((channel, start),) = starts.items()
                     found = broker.read(channel, start, read.page)
             if read.tagged and since is not None:  # (its If-None-Match: the since value, quoted)
                 read = read._replace(if_none_match=f'"{since.decode("ascii")}"')
-            if found is not None and not (found.messages or found.gap or found.more):
-                assert unchanged is not None
+            nothing_new = found is not None and not (found.messages or found.gap or found.more)
+            if nothing_new and unchanged is not None:
+                assert found is not None
                 self._keep(unchanged, read, since, starts, found)
                 self._send(conn, unchanged)
+            elif nothing_new and gathering is not None and gathering.can_arm():
+                assert found is not None
+                gathering.arm(since, starts, found)
+                self._join(conn, gathering)
             elif self.identity is None:
                 read.answer(conn, starts, identify(None, self.credentials)[0], False, found)
             else:
@@ -211,6 +225,12 @@ class Repeat:
                                                           read.cors, read.keep_alive)
         (unchanged.start,) = starts.values()
         unchanged.since, unchanged.starts, unchanged.found = since, starts, found
+
+    def _join(self, conn: HttpConnection, gathering: Gathering) -> None:
+        """Park the long poll with the decision's others, as ``longpoll.answer`` would alone."""
+        identity = self.identity
+        assert self.read.wait is not None
+        gathering.join(conn, None if identity is None else identity.client, self.read.wait)
 
     def _send(self, conn: HttpConnection, unchanged: Unchanged) -> None:
         """Send ``unchanged``'s answer, as :func:`poll.answer` would have."""
@@ -237,7 +257,7 @@ class Shared:
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: dict[PollRead, tuple[PollRead, Unchanged | None]] = {}
+        self._kept: dict[PollRead, tuple[PollRead, Unchanged | None, Gathering | None]] = {}
 
     def repeat(self, read: PollRead, credentials: Credentials,
                identity: Identity | None) -> Repeat:
@@ -247,8 +267,12 @@ class Shared:
         if found is None:
             if len(kept) >= MAX_SHARED:
                 kept.clear()
-            single = (read.wait is None and not read.multi and len(read.channels) == 1
-                      and not read.latest and read.presence_since is None)
-            unchanged = Unchanged(read.channels[0]) if single else None
-            kept[read] = found = (read, unchanged)
-        return Repeat(found[0], credentials, identity, found[1])
+            one = (not read.multi and len(read.channels) == 1 and not read.latest
+                   and not read.delta and read.presence_since is None)
+            unchanged = Unchanged(read.channels[0]) if one and read.wait is None else None
+            gathering = (Gathering(read.server, read.channels[0], read.cors, read.keep_alive,
+                                   read.expires)
+                         if one and read.wait is not None and read.wait > 0
+                         and not read.server.presence.enabled else None)
+            kept[read] = found = (read, unchanged, gathering)
+        return Repeat(found[0], credentials, identity, found[1], found[2])

@@ -1,0 +1,244 @@
+"""Long polls of one decision, parked together at the end of one channel.
+
+A thousand pollers of a channel that send the same long poll (one decision,
+server/repeat.py) come back after each message with the same cursor, the
+end of the log, and wait for the next one. Each used to park on its own: a
+waiter, a reader on the hub, a read of the log that found nothing. A
+:class:`Gathering` is one reader on the hub for all of them; each poller in
+it (a :class:`Member`) is only its connection, its client id, and the end of
+its wait (server/longpoll.py, ``Expiries``).
+
+Why a poller may join without reading the log: a gathering is *armed* from
+the read that found the end of the log at its cursor until its reader is
+handed something, and its reader was put on the hub in the same step as that
+read. Every message appended to a log after that is handed to the hub's
+readers (the same rule a parked waiter relies on), so while the gathering is
+armed there is nothing after its cursor to read, and a poller that comes
+back with that very cursor (the same bytes) is simply added. The first
+message or gap answers every member with one body, encoded once; the
+gathering is then disarmed, and its pollers, coming back with the new
+cursor, arm it again from a new read.
+
+Only a long poll of one channel whose answer depends on nothing but the
+message gathers: no ``latest``, deltas or ``presence=1`` (a repeat is never
+offered for those), and no presence anywhere on the server (a parked poller
+would hold its channel's presence). Everything else about a parked long poll
+holds for a member: its wait ends with an empty answer, a token that expires
+meanwhile gets ``401 token_expired``, a draining server answers it, a client
+that leaves is forgotten, and a failure while answering one member (a bug)
+ends that member's connection only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from tidings.core.cursor import Start
+from tidings.core.log import Gap, Read
+from tidings.core.message import Message
+from tidings.errors import Unauthorized
+from tidings.server.connection import HttpConnection
+from tidings.server.metrics import DELIVERED, count_gap, count_refusal
+from tidings.server.poll import JSON_NO_CACHE, client_line
+from tidings.server.presence import new_client_id
+from tidings.session.batch import batch_of
+from tidings.session.reader import Reader, make_reader
+from tidings.wire import http, poll
+from tidings.wire.http import Headers
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+logger = logging.getLogger("tidings.server")
+
+_DELIVERED = DELIVERED + "longpoll"
+
+
+class Member:
+    """One long poll parked in a :class:`Gathering`."""
+
+    __slots__ = ("client", "conn", "gathering")
+
+    def __init__(self, gathering: Gathering, conn: HttpConnection, client: str | None) -> None:
+        self.gathering = gathering
+        self.conn = conn
+        #: The client id it chose, or ``None``: a fresh one in its answer.
+        self.client = client
+
+    def expire(self) -> None:
+        """Its wait ended (``Expiries``): an empty answer, if it is still parked."""
+        self.gathering.expire(self)
+
+    def abort(self) -> None:
+        """Ending its wait raised (a bug): forget it and end its connection."""
+        self.gathering.leave(self)
+        self.conn.abort()
+
+    def lost(self) -> None:
+        """The client went away while parked."""
+        self.gathering.leave(self)
+
+
+class Gathering:
+    """The long polls of one decision parked at the end of one channel; see the module
+    docstring. One per decision (server/repeat.py, ``Shared``)."""
+
+    __slots__ = ("_counted", "_server", "armed", "channel", "cors", "expires", "headers",
+                 "keep_alive", "members", "reader", "since")
+
+    def __init__(self, server: Server, channel: str, cors: Headers, keep_alive: bool,
+                 expires: float) -> None:
+        self._server = server
+        self.channel = channel
+        self.cors = cors
+        self.keep_alive = keep_alive
+        #: When the decision's token expires, in Unix seconds (0: never).
+        self.expires = expires
+        self.headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
+        #: The parked long polls, by connection.
+        self.members: dict[HttpConnection, Member] = {}
+        #: Whether its reader is on the hub, handed nothing yet.
+        self.armed = False
+        #: The ``since`` value (raw bytes) of the read that armed it: a poller that sends
+        #: the same joins without a read.
+        self.since: bytes | None = None
+        self.reader: Reader | None = None
+        self._counted = 0  # readers beyond its one subscription, told to the hub
+
+    # joining -------------------------------------------------------------------------
+
+    def can_arm(self) -> bool:
+        """Whether :meth:`arm` may be called: no member waits at another cursor."""
+        return not self.members
+
+    def arm(self, since: bytes | None, starts: Mapping[str, Start], found: Read) -> None:
+        """Wait at the end of the channel, where ``found`` (the read from ``starts``, the
+        ``since`` value given) ended with nothing new; :meth:`can_arm` must hold."""
+        if self.armed:
+            self._disarm()
+        server = self._server
+        reader = make_reader(server.broker, poll.ANSWERS, self, multi=False, owner=self)
+        reader.opened(batch_of(self.channel, found))
+        self.reader, self.since, self.armed = reader, since, True
+        server.broker.hub.subscribe(self.channel, self)
+        server.registry.add_gathering(self)
+
+    def join(self, conn: HttpConnection, client: str | None, wait: float) -> None:
+        """Park ``conn``'s long poll here (it must be :attr:`armed`) for ``wait`` seconds."""
+        member = Member(self, conn, client)
+        self.members[conn] = member
+        conn.park(member.lost)
+        self._server.expiries.add(member, wait)
+        self._recount()
+
+    def _disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            self._server.broker.hub.unsubscribe(self.channel, self)
+            self._server.registry.discard_gathering(self)
+        self._recount()
+
+    def _recount(self) -> None:
+        """Tell the hub how many readers it holds beyond its one subscription."""
+        counted = len(self.members) - 1 if self.armed and self.members else 0
+        if counted != self._counted:
+            self._server.broker.hub.add_readers(self.channel, counted - self._counted)
+            self._counted = counted
+
+    # what the hub hands it (as a subscriber), and what its reader writes ---------------
+
+    def deliver(self, message: Message) -> None:
+        assert self.reader is not None
+        self.reader.deliver(message)
+
+    def skip(self, gap: Gap) -> None:
+        assert self.reader is not None
+        self.reader.skip(gap)
+
+    def sent_gap(self, gap: Gap) -> None:
+        for _ in self.members:
+            count_gap(self._server.stats, gap)
+
+    def write(self, data: bytes) -> None:
+        """The reader's output: the body that answers every member (a message or a gap)."""
+        members, self.members = self.members, {}
+        sent = self.reader.sent if self.reader is not None else 0
+        self._disarm()
+        server = self._server
+        server.stats[_DELIVERED] += sent * len(members)
+        server.broker.hub.delivered += len(members) - 1  # (the hub counted one)
+        self._answer(members.values(), data)
+
+    def fail(self, error: Exception) -> None:
+        """Handing the reader a message raised (a bug; the hub has unsubscribed it): every
+        member gets ``500``."""
+        logger.error("answering gathered long polls failed", exc_info=error)
+        members, self.members = self.members, {}
+        self._disarm()
+        for member in members.values():
+            member.conn.abort()
+
+    # ending waits ----------------------------------------------------------------------
+
+    def expire(self, member: Member) -> None:
+        """``member``'s wait ended: answer it with no messages and the gathering's cursor."""
+        if self.members.get(member.conn) is not member:
+            return  # answered already (and maybe parked here again, with another member)
+        del self.members[member.conn]
+        assert self.reader is not None
+        body = poll.body((), self.reader.cursor(), (), False)
+        if not self.members:
+            self._disarm()
+        else:
+            self._recount()
+        self._answer((member,), body)
+
+    def leave(self, member: Member) -> None:
+        """``member``'s client went away, or its connection is being ended."""
+        if self.members.get(member.conn) is member:
+            del self.members[member.conn]
+            if not self.members:
+                self._disarm()
+            else:
+                self._recount()
+
+    def expire_all(self) -> None:
+        """End every wait now (a draining or stopping server)."""
+        for member in list(self.members.values()):
+            self.expire(member)
+
+    def token_expired(self) -> None:
+        """The decision's token expired: ``401 token_expired`` to every member."""
+        members, self.members = self.members, {}
+        self._disarm()
+        error = Unauthorized("the token has expired; poll again with a new one from the "
+                             "same cursor", code="token_expired")
+        for member in members.values():
+            count_refusal(self._server.stats, error)
+            try:
+                member.conn.answer_json(error.status, error.to_json(), self.cors,
+                                        self.keep_alive)
+            except Exception:
+                logger.exception("answering a long poll failed")
+                member.conn.abort()
+
+    def abort(self) -> None:
+        """Ending the waits raised (a bug): end every member's connection."""
+        members, self.members = self.members, {}
+        self._disarm()
+        for member in members.values():
+            member.conn.abort()
+
+    def _answer(self, members: Iterable[Member], body: bytes) -> None:
+        """Send ``body`` to each of ``members``; a failure ends that member's connection."""
+        headers, keep_alive = self.headers, self.keep_alive
+        for member in members:
+            try:
+                member.conn.respond(http.response(
+                    200, headers, body, keep_alive=keep_alive,
+                    lead=client_line(member.client or new_client_id())), keep_alive)
+            except Exception:
+                logger.exception("answering a long poll failed")
+                member.conn.abort()
