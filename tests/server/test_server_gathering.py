@@ -83,11 +83,13 @@ async def test_every_poller_gets_every_message_once_and_in_order(
                     assert gathered(server) == POLLERS  # all but the first round: together
                     assert server.broker.hub.subscribers("c") == POLLERS
                     assert server.statistics()["long_polls"] == POLLERS
+                delivered = server.broker.hub.delivered
                 await publish(publisher, "c", number)
                 for index, connection in enumerate(connections):
                     answer = await read_response(connection[0], WITHIN)
                     seen[index] += data_of(answer)
                     cursors[index] = json.loads(answer.body)["next"]
+                assert server.broker.hub.delivered - delivered == POLLERS  # one per reader
     finally:
         await close_all(connections)
     assert seen == [list(range(20))] * POLLERS
