@@ -97,26 +97,25 @@ class RequestShape(NamedTuple):
     def match(self, data: bytes) -> bytes | None:
         """The ``since`` value of ``data`` if it is this request with another value (or,
         for a request without ``since``, the same bytes: then ``b""``); else ``None``."""
-        before, after, between = self.before, self.after, self.between
-        if not self.has_since:
+        before, after, has_since, longest, between = self
+        if not has_since:
             return b"" if data == before else None
-        size = len(data) - len(before) - len(after)
+        start = len(before)
+        size = len(data) - start - len(after)
         if between is not None:  # the value twice, with ``between`` between
             size -= len(between)
-            if size % 2:
+            if size & 1:
                 return None
-            size //= 2
-        if not 0 < size <= self.longest or not data.startswith(before) or (
+            size >>= 1
+        if not 0 < size <= longest or not data.startswith(before) or (
                 not data.endswith(after)):
             return None
-        start = len(before)
-        value = data[start:start + size]
+        end = start + size
+        value = data[start:end]
         if value.translate(None, _CURSOR_BYTES):
             return None
-        if between is not None:
-            tag = start + size + len(between)
-            if data[start + size:tag] != between or data[tag:tag + size] != value:
-                return None
+        if between is not None and not data.startswith(between + value, end):
+            return None
         return value
 
 
