@@ -32,10 +32,9 @@ ends that member's connection only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from tidings.core.cursor import Start
 from tidings.core.log import Gap, Read
 from tidings.core.message import Message
 from tidings.errors import Unauthorized
@@ -113,9 +112,9 @@ class Gathering:
         """Whether :meth:`arm` may be called: no member waits at another cursor."""
         return not self.members
 
-    def arm(self, since: bytes | None, starts: Mapping[str, Start], found: Read) -> None:
-        """Wait at the end of the channel, where ``found`` (the read from ``starts``, the
-        ``since`` value given) ended with nothing new; :meth:`can_arm` must hold."""
+    def arm(self, since: bytes | None, found: Read) -> None:
+        """Wait at the end of the channel, where ``found`` (the read from the ``since``
+        value given) ended with nothing new; :meth:`can_arm` must hold."""
         if self.armed:
             self._disarm()
         server = self._server

@@ -24,7 +24,9 @@ request of all (a ``304``, or an empty ``200``), and its answer is the same for
 every poller of the decision until the log moves on: :class:`Unchanged` keeps
 it, once per decision, and sends it again while ``broker.read`` gives the same
 read at the end of the log (core/log.py shares it until the next message).
-Only the ``Tidings-Client`` line differs from one answer to the next.
+Only the ``Tidings-Client`` line differs from one answer to the next. Long
+polls of one channel that find nothing new park together instead, in the
+decision's :class:`~tidings.server.gathering.Gathering`.
 
 Reads are offered only when nothing outside the request bytes decides them:
 no hooks (``on_connect``, ``on_subscribe``), no access log, no joins and
@@ -201,7 +203,7 @@ class Repeat:
                 self._send(conn, unchanged)
             elif nothing_new and gathering is not None and gathering.can_arm():
                 assert found is not None
-                gathering.arm(since, starts, found)
+                gathering.arm(since, found)
                 self._join(conn, gathering)
             elif self.identity is None:
                 read.answer(conn, starts, identify(None, self.credentials)[0], False, found)
