@@ -66,6 +66,25 @@ def test_counts() -> None:
     assert hub.channels() == 0
 
 
+def test_a_subscriber_that_stands_for_several_readers_counts_as_them() -> None:
+    """One subscription answering many long polls (server/gathering.py) tells the hub how
+    many readers it stands for; the busiest channels and the counts see them."""
+    hub = Hub()
+    one, many = Recorder("one", []), Recorder("many", [])
+    hub.subscribe("x", one)
+    hub.subscribe("y", many)
+    hub.add_readers("y", 4)  # "many" is five readers
+    assert hub.subscribers("y") == 5 and hub.subscribers("x") == 1
+    assert hub.busiest(2) == [("y", 5), ("x", 1)]
+    hub.add_readers("y", -2)
+    assert hub.subscribers("y") == 3
+    hub.add_readers("y", -2)
+    assert hub.subscribers("y") == 1
+    assert sorted(hub.busiest(2)) == [("x", 1), ("y", 1)]
+    hub.unsubscribe("y", many)
+    assert hub.subscribers("y") == 0 and hub.channels() == 1
+
+
 def test_subscribing_twice_delivers_once() -> None:
     hub = Hub()
     log: list[tuple[str, str]] = []
