@@ -13,6 +13,8 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -64,6 +66,25 @@ def gathered(server: Server) -> int:
     """How many long polls wait in gatherings (the rest wait on their own)."""
     repeats = server.router.repeats
     return sum(len(kept[2].members) for kept in repeats._kept.values() if kept[2] is not None)
+
+
+@asynccontextmanager
+async def gathered_polls(server: Server, count: int) -> AsyncIterator[tuple[list[Raw], str]]:
+    """``count`` connections whose long polls of ``c`` wait together, and the cursor they
+    wait at (each asked once on the full path, was answered, and asked again)."""
+    cursor = await start_of(server)
+    connections = await open_many(server, count)
+    try:
+        await park_all(server, connections, f"/channels/c?wait=30&since={cursor}")
+        async with http_client(server) as publisher:
+            head = await publish(publisher, "c", "a")
+        for connection in connections:
+            assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
+        await park_all(server, connections, f"/channels/c?wait=30&since={head}")
+        assert gathered(server) == count
+        yield connections, head
+    finally:
+        await close_all(connections)
 
 
 async def test_every_poller_gets_every_message_once_and_in_order(
@@ -186,39 +207,19 @@ async def test_the_wait_of_an_answered_poll_does_not_end_the_next_one(server: Se
 
 async def test_a_poller_that_leaves_is_forgotten_and_the_others_are_answered(
         server: Server) -> None:
-    cursor = await start_of(server)
-    connections = await open_many(server, 3)
-    try:
-        await park_all(server, connections, f"/channels/c?wait=30&since={cursor}")
-        async with http_client(server) as publisher:
-            head = await publish(publisher, "c", "a")
-            for connection in connections:
-                assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
-            await park_all(server, connections, f"/channels/c?wait=30&since={head}")
-            assert gathered(server) == 3
-            leaving = connections.pop()
-            leaving[1].close()
-            await until(lambda: server.statistics()["long_polls"] == 2, WITHIN)
-            assert gathered(server) == 2 and server.broker.hub.subscribers("c") == 2
-            await publish(publisher, "c", "b")
-            for connection in connections:
-                assert data_of(await read_response(connection[0], WITHIN)) == ["b"]
-    finally:
-        await close_all(connections)
+    async with gathered_polls(server, 3) as (connections, _), http_client(server) as publisher:
+        leaving = connections[-1]
+        leaving[1].close()
+        await until(lambda: server.statistics()["long_polls"] == 2, WITHIN)
+        assert gathered(server) == 2 and server.broker.hub.subscribers("c") == 2
+        await publish(publisher, "c", "b")
+        for connection in connections[:-1]:
+            assert data_of(await read_response(connection[0], WITHIN)) == ["b"]
 
 
 async def test_a_gap_answers_every_member_and_is_counted_for_each(server: Server) -> None:
     """A log that lost messages under its readers (a replica reset): each member is told."""
-    cursor = await start_of(server)
-    connections = await open_many(server, 3)
-    try:
-        await park_all(server, connections, f"/channels/c?wait=30&since={cursor}")
-        async with http_client(server) as publisher:
-            head = await publish(publisher, "c", "a")
-        for connection in connections:
-            assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
-        await park_all(server, connections, f"/channels/c?wait=30&since={head}")
-        assert gathered(server) == 3
+    async with gathered_polls(server, 3) as (connections, head):
         start = parse_position(head)
         resume = Position(start.epoch, start.seq + 5)
         before = server.stats[GAPS + "expired"]
@@ -228,8 +229,6 @@ async def test_a_gap_answers_every_member_and_is_counted_for_each(server: Server
             assert answer["gap"] is True and answer["messages"] == [], answer
             assert answer["gaps"][0]["missed"] == 5 and answer["next"] == str(resume)
         assert server.stats[GAPS + "expired"] - before == 3
-    finally:
-        await close_all(connections)
 
 
 async def test_a_token_that_expires_while_gathered_gets_401(
@@ -259,16 +258,7 @@ async def test_a_token_that_expires_while_gathered_gets_401(
 
 
 async def test_drain_answers_every_member(server: Server) -> None:
-    cursor = await start_of(server)
-    connections = await open_many(server, 3)
-    try:
-        await park_all(server, connections, f"/channels/c?wait=30&since={cursor}")
-        async with http_client(server) as publisher:
-            head = await publish(publisher, "c", "a")
-        for connection in connections:
-            assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
-        await park_all(server, connections, f"/channels/c?wait=30&since={head}")
-        assert gathered(server) == 3
+    async with gathered_polls(server, 3) as (connections, _):
         draining = asyncio.create_task(server.drain(0))
         for connection in connections:
             assert data_of(await read_response(connection[0], WITHIN)) == []
@@ -276,8 +266,6 @@ async def test_drain_answers_every_member(server: Server) -> None:
                 assert await connection[0].read() == b""  # closed after the answer
         async with asyncio.timeout(WITHIN):
             await draining
-    finally:
-        await close_all(connections)
 
 
 async def test_a_failure_while_answering_one_member_stays_with_it(
