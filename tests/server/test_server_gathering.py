@@ -36,6 +36,7 @@ from conftest import ServerFactory, until
 from tidings import Server
 from tidings.core.cursor import Position, parse_position
 from tidings.core.log import Gap
+from tidings.core.presence import PresencePolicy
 from tidings.server import gathering
 from tidings.server.metrics import GAPS
 from tidings.testing import http_client, publish, read_response
@@ -311,3 +312,25 @@ async def test_a_failure_while_answering_one_member_stays_with_it(
     finally:
         await close_all(connections)
     assert "answering a long poll failed" in caplog.text
+
+
+async def test_no_gathering_on_a_channel_with_presence(make_server: ServerFactory) -> None:
+    """A parked poller holds its channel's presence on its own: with presence on for one
+    namespace, its long polls park one by one, and the other channels' gather."""
+    server = await make_server(namespace_presence={"live": PresencePolicy(True, 30.0)})
+    for channel, together in (("live:a", 0), ("c", 2)):
+        async with http_client(server) as client:
+            cursor = str((await client.get(f"/channels/{channel}")).json()["next"])
+        connections = await open_many(server, 2)
+        try:
+            await park_all(server, connections, f"/channels/{channel}?wait=30&since={cursor}")
+            head = (await server.publish(channel, "a")).id
+            for connection in connections:
+                assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
+            await park_all(server, connections, f"/channels/{channel}?wait=30&since={head}")
+            assert gathered(server) == together, channel
+            await server.publish(channel, "b")
+            for connection in connections:
+                assert data_of(await read_response(connection[0], WITHIN)) == ["b"]
+        finally:
+            await close_all(connections)

@@ -593,7 +593,8 @@ class AServer:
     """What a decision asks of its server when it is kept (hashable, as a ``Server`` is)."""
 
     def __init__(self, presence: bool) -> None:
-        self.presence = SimpleNamespace(enabled=presence)
+        policy = SimpleNamespace(enabled=presence)
+        self.presence = SimpleNamespace(enabled=presence, policy=lambda channel: policy)
 
 
 # shared decisions ---------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ cursor, arm it again from a new read.
 
 Only a long poll of one channel whose answer depends on nothing but the
 message gathers: no ``latest``, deltas or ``presence=1`` (a repeat is never
-offered for those), and no presence anywhere on the server (a parked poller
-would hold its channel's presence). Everything else about a parked long poll
+offered for those), and no presence on the channel (a parked poller would
+hold it, one by one). Everything else about a parked long poll
 holds for a member: its wait ends with an empty answer, a token that expires
 meanwhile gets ``401 token_expired``, a draining server answers it, a client
 that leaves is forgotten, and a failure while answering one member (a bug)

@@ -275,6 +275,7 @@ class Shared:
             gathering = (Gathering(read.server, read.channels[0], read.cors, read.keep_alive,
                                    read.expires)
                          if one and read.wait is not None and read.wait > 0
-                         and not read.server.presence.enabled else None)
+                         and not read.server.presence.policy(read.channels[0]).enabled
+                         else None)
             kept[read] = found = (read, unchanged, gathering)
         return Repeat(found[0], credentials, identity, found[1], found[2])
