@@ -252,9 +252,10 @@ MAX_SHARED = 1024
 
 
 class Shared:
-    """Equal poll decisions (:class:`PollRead`) as one object, each with its
-    :class:`Unchanged` answer; bounded by :data:`MAX_SHARED`, after which it starts again
-    (what was given out stays valid)."""
+    """Equal poll decisions (:class:`PollRead`) as one object, each with what its pollers
+    share: a poll's :class:`Unchanged` answer, a long poll's
+    :class:`~tidings.server.gathering.Gathering`. Bounded by :data:`MAX_SHARED`, after
+    which it starts again (what was given out stays valid)."""
 
     __slots__ = ("_kept",)
 
