@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING
 
 from tidings.core.log import Gap, Read
 from tidings.core.message import Message
-from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
+from tidings.server.longpoll import token_expired
 from tidings.server.metrics import DELIVERED, count_gap, count_refusal
 from tidings.server.poll import JSON_NO_CACHE, client_line
 from tidings.server.presence import new_client_id
@@ -212,8 +212,7 @@ class Gathering:
         """The decision's token expired: ``401 token_expired`` to every member."""
         members, self.members = self.members, {}
         self._disarm()
-        error = Unauthorized("the token has expired; poll again with a new one from the "
-                             "same cursor", code="token_expired")
+        error = token_expired()
         for member in members.values():
             count_refusal(self._server.stats, error)
             try:

@@ -29,7 +29,7 @@ from tidings.errors import Unauthorized
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import DELIVERED, count_gap, count_page, count_refusal
 from tidings.server.poll import JSON_NO_CACHE, client_line, presence_fields
-from tidings.session.batch import batch_of, read_batch
+from tidings.session.batch import read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -108,8 +108,7 @@ class Waiter:
         """The token expired during the wait: ``401 token_expired``; the client resumes."""
         if self.parked:
             self._forget()
-            error = Unauthorized("the token has expired; poll again with a new one from the "
-                                 "same cursor", code="token_expired")
+            error = token_expired()
             count_refusal(self._server.stats, error)
             self.conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
 
@@ -158,6 +157,12 @@ class Waiter:
             for channel in channels:
                 self._server.presence.unwatch(channel, self)
         self._server.registry.discard_waiter(self)
+
+
+def token_expired() -> Unauthorized:
+    """The ``401`` of a long poll whose token expired while it waited."""
+    return Unauthorized("the token has expired; poll again with a new one from the same cursor",
+                        code="token_expired")
 
 
 class Waiting(Protocol):
@@ -215,10 +220,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
     if not latest and presence_since is None:
         # The reader and its waiter are built only if the request parks: under load most
         # long polls find messages already there and are answered at once, like a poll.
-        if found is None:
-            batch = read_batch(server.broker, starts, limit)
-        else:
-            batch = batch_of(next(iter(starts)), found)
+        batch = read_batch(server.broker, starts, limit, found)
         if batch.messages or batch.gaps or wait <= 0:
             count_page(server.stats, "longpoll", batch)
             if named:

@@ -24,7 +24,7 @@ from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_page
 from tidings.server.presence import CLIENT_HEADER
-from tidings.session.batch import Batch, batch_of, read_batch
+from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
@@ -65,10 +65,7 @@ def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], mu
         batch = reader.open(starts, limit)
         cursor = reader.cursor()
     else:
-        if found is None:
-            batch = read_batch(server.broker, starts, limit)
-        else:
-            batch = batch_of(next(iter(starts)), found)
+        batch = read_batch(server.broker, starts, limit, found)
         cursor = batch.cursor(multi)
     count_page(server.stats, "poll", batch)
     if named:

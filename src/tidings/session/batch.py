@@ -32,11 +32,13 @@ class Batch:
         return str(position)
 
 
-def read_batch(log: Log, starts: Mapping[str, Start], limit: int) -> Batch:
-    """Read up to ``limit`` messages in all, oldest first across channels."""
+def read_batch(log: Log, starts: Mapping[str, Start], limit: int,
+               found: Read | None = None) -> Batch:
+    """Read up to ``limit`` messages in all, oldest first across channels; ``found``: the
+    read of the one channel of ``starts``, made already by the caller."""
     if len(starts) == 1:  # most reads: nothing to merge
         ((channel, start),) = starts.items()
-        return batch_of(channel, log.read(channel, start, limit))
+        return batch_of(channel, found or log.read(channel, start, limit))
     begins: dict[str, Position] = {}
     positions: dict[str, Position] = {}
     gaps: list[Gap] = []
