@@ -483,6 +483,23 @@ async def test_partial_request_then_silence_is_408(make_server: ServerFactory) -
                 writer.close()
 
 
+async def test_a_request_begun_on_a_kept_alive_connection_has_the_header_timeout(
+        make_server: ServerFactory) -> None:
+    """A request that stalls after another on the same connection gets its ``408`` after
+    the header timeout, not after the (longer) keep-alive timeout armed before it."""
+    server = await make_server(header_timeout=0.3, keep_alive_timeout=600.0)
+    reader, writer = await open_raw(server)
+    try:
+        # (a long poll's wait: the sweep passes its header deadline meanwhile, and its
+        # answer arms the keep-alive, filed ten minutes ahead)
+        writer.write(b"GET /channels/a?since=0&wait=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader)).status_code == 200
+        writer.write(b"GET /channels/a HTTP/1.1\r\nHost: x\r\n")
+        assert_error(await read_response(reader), 408, "request_timeout")
+    finally:
+        writer.close()
+
+
 async def test_idle_keep_alive_connection_is_closed(make_server: ServerFactory) -> None:
     server = await make_server(keep_alive_timeout=0.3)
     reader, writer = await open_raw(server)

@@ -219,6 +219,74 @@ async def test_pollers_that_find_nothing_new_share_one_answer_until_a_message(
         assert set(clients) == {client_id}
 
 
+@pytest.mark.parametrize("published", [True, False])
+async def test_the_kept_answer_is_made_once_per_end_of_the_log(
+        server: Server, published: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pollers that find nothing new are answered from one answer made once, whether the
+    channel has messages or was never published to (its log is a stand-in); a message makes
+    it again once, for the new end."""
+    made: list[object] = []
+    nothing_new = repeat.poll.nothing_new
+
+    def counting(*args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+        made.append(args[0])
+        return nothing_new(*args, **kwargs)
+
+    monkeypatch.setattr(repeat.poll, "nothing_new", counting)
+    async with http_client(server) as client:
+        cursor = await publish(client, "c", "a") if published else await start_of(server)
+        async with raw(server) as one, raw(server) as two:
+            request = get(server, f"/channels/c?since={cursor}", f'If-None-Match: "{cursor}"')
+            for _ in range(3):
+                for connection in (one, two):
+                    assert (await ask(connection, request)).status == 304
+            assert len(made) == 1
+            following = await publish(client, "c", "b")
+            for connection in (one, two):
+                assert data_of(await ask(connection, request)) == ["b"]
+            for _ in range(3):
+                for connection in (one, two):
+                    request = get(server, f"/channels/c?since={following}",
+                                  f'If-None-Match: "{following}"')
+                    assert (await ask(connection, request)).status == 304
+            assert len(made) == 2
+
+
+@pytest.mark.parametrize("kind", ["poll", "longpoll"])
+async def test_the_bytes_of_another_pollers_request_are_that_pollers_request(
+        server: Server, kind: str) -> None:
+    """Two pollers of one decision with their own client ids: a connection that sends the
+    other's request, byte for byte, is answered as that request asks (the other's id), not
+    as its own decision would have answered."""
+    cursor = await start_of(server)
+    wait = "&wait=30" if kind == "longpoll" else ""
+    alice = get(server, f"/channels/c?since={cursor}{wait}&client=alice")
+    bob = get(server, f"/channels/c?since={cursor}{wait}&client=bob")
+    async with raw(server) as one, raw(server) as two, http_client(server) as client:
+        if kind == "poll":
+            for _ in range(3):
+                assert (await ask(two, bob)).headers["tidings-client"] == "bob"
+                assert (await ask(one, alice)).headers["tidings-client"] == "alice"
+            answer = await ask(two, alice)  # (the request the kept answer last answered)
+        else:
+            for connection, request in ((one, alice), (two, bob)):
+                connection[1].write(request)
+            await parked(server, 2)
+            cursor = await publish(client, "c", "a")
+            for connection in (one, two):
+                assert data_of(await read_response(connection[0], WITHIN)) == ["a"]
+            alice = get(server, f"/channels/c?since={cursor}{wait}&client=alice")
+            one[1].write(alice)  # (it arms the decision's gathering with alice's request)
+            await parked(server, 1)
+            two[1].write(alice)
+            await parked(server, 2)
+            await publish(client, "c", "b")
+            assert data_of(await read_response(one[0], WITHIN)) == ["b"]
+            answer = await read_response(two[0], WITHIN)
+            assert data_of(answer) == ["b"]
+        assert answer.headers["tidings-client"] == "alice"
+
+
 async def test_a_poller_that_sends_back_its_etag_is_answered_by_the_repeat(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     """``since=NEXT`` with ``If-None-Match: "NEXT"`` (what tidings' clients send): both move

@@ -247,6 +247,15 @@ class MemoryBroker(Broker):
             log.trim(now)
         return log.read(start, limit)
 
+    def same_read(self, channel: str, start: Start, limit: int, found: Read) -> bool:
+        log = self._logs.get(channel)
+        if log is None:
+            return self._stand_in(channel).still_at_end(found)
+        if not log.still_at_end(found):
+            return False
+        log.touched = self._clock()  # a read, as far as forgetting idle logs goes
+        return True
+
     def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
         log = self._logs.get(channel)
         if log is None:

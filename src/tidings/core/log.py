@@ -124,6 +124,12 @@ class ChannelLog:
         """The sequence number of the oldest retained message (``last + 1`` if none)."""
         return self._last_seq - len(self) + 1
 
+    def still_at_end(self, read: Read) -> bool:
+        """Whether ``read`` is the read this log shares at its end (:meth:`read`) and
+        nothing was added since it was made: reading from where it was read would give
+        ``read`` itself again."""
+        return read is self._at_end
+
     def append(self, data: bytes, now_ms: int) -> Message:
         """Add a message (``data`` is compact JSON) and return it."""
         message = Message(self.channel, Position(self.epoch, self._last_seq + 1), data, now_ms)

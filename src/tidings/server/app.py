@@ -139,7 +139,7 @@ class Server:
     def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
         self.loop = loop
-        self.registry = Registry(loop)
+        self.registry = Registry(loop, self.tick)
         #: The streams holding bytes until the end of the loop's step (server/flush.py).
         self.flusher = Flusher(loop)
         self.admission = Admission(self.settings, loop, self.stats)
@@ -218,6 +218,15 @@ class Server:
         self.starting["jwks"] = lambda: not jwks.loaded
         self.health_extra["jwks"] = jwks.health
         self.spawn(jwks.run(), background=True)
+
+    @property
+    def tick(self) -> float:
+        """Seconds between two housekeeping steps: deadlines, heartbeats and progress
+        checks are enforced within one."""
+        settings = self.settings
+        return min(MAINTENANCE_INTERVAL, settings.heartbeat_interval,
+                   settings.header_timeout / 4, settings.keep_alive_timeout / 4,
+                   settings.slow_consumer_timeout / 4)
 
     @property
     def url(self) -> str:
@@ -340,9 +349,7 @@ class Server:
         sends can stop this task.
         """
         settings = self.settings
-        tick = min(MAINTENANCE_INTERVAL, settings.heartbeat_interval,
-                   settings.header_timeout / 4, settings.keep_alive_timeout / 4,
-                   settings.slow_consumer_timeout / 4)
+        tick = self.tick
         heartbeat_due = self.loop.time() + settings.heartbeat_interval
         maintenance_due = 0.0
         while True:

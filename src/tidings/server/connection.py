@@ -89,9 +89,9 @@ class Repeatable(Protocol):
     def tagged(self) -> bool:
         """Its ``If-None-Match`` is ``"SINCE"``: the request's shape is made ``tagged``."""
 
-    def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
-        """Answer the request again from the ``since`` value given (``None``: it has none);
-        ``False`` if it must be read in full instead, with nothing done."""
+    def answer(self, conn: HttpConnection, data: bytes, shape: RequestShape) -> bool:
+        """Answer ``data`` (one read) if it is the request of ``shape`` again with another
+        ``since`` value; ``False`` if it must be read in full instead, with nothing done."""
 
 
 class HttpConnection(asyncio.Protocol):
@@ -101,7 +101,7 @@ class HttpConnection(asyncio.Protocol):
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
         "_header_bytes", "_headers", "_misses", "_offered", "_repeat", "_repeat_shape",
         "_request_begun", "_url", "busy", "closing", "deadline", "handed_over", "on_lost",
-        "parser", "queue", "refused", "server", "settings", "transport",
+        "parser", "queue", "refused", "server", "settings", "transport", "watched",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
@@ -122,6 +122,8 @@ class HttpConnection(asyncio.Protocol):
         #: Loop time after which the connection is closed (0: no deadline);
         #: checked by the server's sweep, so a request costs no timer object.
         self.deadline = 0.0
+        #: When the sweep looks at it next (0: never; server/registry.py, ``watch``).
+        self.watched = 0.0
         #: Called when the connection is lost while a request is parked (long poll).
         self.on_lost: Any = None
         #: An error answer held back until the parked request is answered (order matters).
@@ -189,10 +191,9 @@ class HttpConnection(asyncio.Protocol):
         if self.closing or self._failure is not None:
             return
         shape = self._repeat_shape
-        if shape is not None and not self.busy and not self.queue and not self._request_begun:
-            since = shape.match(data)
-            if since is not None and self._answer_again(since if shape.has_since else None):
-                return
+        if (shape is not None and not self.busy and not self.queue and not self._request_begun
+                and self._answer_again(data, shape)):
+            return
         self._repeat = self._repeat_shape = self._offered = None
         self._completed = 0
         begun = self._request_begun  # a read that ends a request begun before is no shape
@@ -225,12 +226,12 @@ class HttpConnection(asyncio.Protocol):
         """
         self._offered = decision
 
-    def _answer_again(self, since: bytes | None) -> bool:
+    def _answer_again(self, data: bytes, shape: RequestShape) -> bool:
         """:meth:`_serve` for a request of the last one's shape; ``False``: parse it."""
         assert self._repeat is not None
         self._dispatching = True
         try:
-            if not self._repeat.answer(self, since):
+            if not self._repeat.answer(self, data, shape):
                 return False
             self._misses = 0
         except Exception:
@@ -258,7 +259,7 @@ class HttpConnection(asyncio.Protocol):
         # The fields were reset when the previous request completed (or the connection
         # opened): a parser that fails stops the connection, so nothing is left over.
         self._request_begun = True
-        self.deadline = self.server.loop.time() + self.settings.header_timeout
+        self._arm(self.settings.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -470,7 +471,9 @@ class HttpConnection(asyncio.Protocol):
     # deadlines ---------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        self.deadline = self.server.loop.time() + seconds
+        deadline = self.deadline = self.server.loop.time() + seconds
+        if deadline < self.watched or not self.watched:  # (else the sweep files it again)
+            self.server.registry.watch(self, deadline)
 
     def _disarm(self) -> None:
         self.deadline = 0.0

@@ -46,6 +46,7 @@ from tidings.session.batch import batch_of
 from tidings.session.reader import Reader, make_reader
 from tidings.wire import http, poll
 from tidings.wire.http import Headers
+from tidings.wire.repeat import RequestShape
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -85,7 +86,7 @@ class Gathering:
     docstring. One per decision (server/repeat.py, ``Shared``)."""
 
     __slots__ = ("_counted", "_server", "armed", "channel", "cors", "expires", "headers",
-                 "keep_alive", "members", "reader", "since")
+                 "keep_alive", "members", "reader", "request", "shape", "since")
 
     def __init__(self, server: Server, channel: str, cors: Headers, keep_alive: bool,
                  expires: float) -> None:
@@ -103,6 +104,11 @@ class Gathering:
         #: The ``since`` value (raw bytes) of the read that armed it: a poller that sends
         #: the same joins without a read.
         self.since: bytes | None = None
+        #: The last request let in (or that armed it), whole, and that request's shape
+        #: (server/repeat.py): the same bytes on a connection of the same shape come back
+        #: with :attr:`since`.
+        self.request = b""
+        self.shape: RequestShape | None = None
         self.reader: Reader | None = None
         self._counted = 0  # readers beyond its one subscription, told to the hub
 

@@ -74,9 +74,10 @@ _drawn: list[str] = []
 def new_client_id() -> str:
     """A fresh, unguessable client id (``CLIENT_ID_BYTES`` random bytes in base64url)."""
     if not _drawn:
-        text = base64.urlsafe_b64encode(secrets.token_bytes(CLIENT_ID_BYTES * CLIENT_IDS_PER_DRAW))
+        text = base64.urlsafe_b64encode(
+            secrets.token_bytes(CLIENT_ID_BYTES * CLIENT_IDS_PER_DRAW)).decode("ascii")
         size = CLIENT_ID_BYTES * 4 // 3
-        _drawn.extend(text[i:i + size].decode("ascii") for i in range(0, len(text), size))
+        _drawn.extend([text[i:i + size] for i in range(0, len(text), size)])
     return _drawn.pop()
 
 

@@ -54,6 +54,7 @@ from tidings.server.gathering import Gathering
 from tidings.server.poll import client_line
 from tidings.server.presence import identify, new_client_id
 from tidings.wire.http import Headers
+from tidings.wire.repeat import RequestShape
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -120,11 +121,12 @@ class Unchanged:
 
     One per decision (:class:`Shared`), for a poll of one channel: :meth:`Repeat.answer`
     sends it again to a request with the same ``since`` value while the broker's read from
-    there is the very read it was made from; a new message (a new read at the end), another
-    cursor or another log make a new one.
+    there is the very read it was made from (``Broker.same_read``); a new message (a new
+    read at the end), another cursor or another log make a new one.
     """
 
-    __slots__ = ("channel", "found", "head", "since", "start", "starts", "tail")
+    __slots__ = ("channel", "found", "head", "request", "shape", "since", "start", "starts",
+                 "tail")
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
@@ -134,6 +136,10 @@ class Unchanged:
         #: The read it answers (held, so that no other read can take its id); ``None``: none yet.
         self.found: Read | None = None
         self.head = self.tail = b""  #: the answer, before and after its ``Tidings-Client`` line
+        #: The last request answered with it, whole, and that request's shape: the same bytes
+        #: on a connection of the same shape are the same request, with the same ``since``.
+        self.request = b""
+        self.shape: RequestShape | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -156,10 +162,10 @@ class Repeat:
     #: (server/gathering.py); ``None`` for a read that cannot.
     gathering: Gathering | None = None
 
-    def answer(self, conn: HttpConnection, since: bytes | None) -> bool:
-        """Answer the request again from ``since`` (its raw value; ``None``: it has none)
-        unless something else decides otherwise; ``False``: nothing was done, the request
-        must be read in full."""
+    def answer(self, conn: HttpConnection, data: bytes, shape: RequestShape) -> bool:
+        """Answer ``data``, one whole request, if it is the request of ``shape`` (the shape
+        of the request this was decided for) with another ``since``, unless something else
+        decides otherwise; ``False``: nothing was done, the request must be read in full."""
         read = self.read
         server = read.server
         expires = read.expires
@@ -167,8 +173,24 @@ class Repeat:
         if server.draining or (expires and time.time() >= int(expires)):
             return False
         unchanged, gathering = self.unchanged, self.gathering
+        # The same bytes as the last request answered by the decision's kept answer or let
+        # into its gathering, of the same shape: the same ``since``, nothing to match.
+        if unchanged is not None and unchanged.shape is shape and data == unchanged.request:
+            since = unchanged.since
+        elif gathering is not None and gathering.shape is shape and data == gathering.request:
+            if gathering.armed:
+                self._join(conn, gathering)
+                return True
+            since = gathering.since
+        else:
+            since = shape.match(data)
+            if since is None:
+                return False
+            if not shape.has_since:
+                since = None
         if gathering is not None and gathering.armed and since == gathering.since:
             # A long poll back at the cursor its decision's pollers wait at: nothing to read.
+            gathering.request, gathering.shape = data, shape
             self._join(conn, gathering)
             return True
         broker = server.broker
@@ -178,10 +200,12 @@ class Repeat:
                 starts = unchanged.starts
                 if not broker.ready(starts):
                     return False
-                found = broker.read(unchanged.channel, unchanged.start, read.page)
-                if found is unchanged.found:
+                if broker.same_read(unchanged.channel, unchanged.start, read.page,
+                                    unchanged.found):
+                    unchanged.request, unchanged.shape = data, shape
                     self._send(conn, unchanged)
                     return True
+                found: Read | None = broker.read(unchanged.channel, unchanged.start, read.page)
             else:
                 text = None if since is None else since.decode("ascii")
                 if text is not None and "%" in text:
@@ -200,10 +224,12 @@ class Repeat:
             if nothing_new and unchanged is not None:
                 assert found is not None
                 self._keep(unchanged, read, since, starts, found)
+                unchanged.request, unchanged.shape = data, shape
                 self._send(conn, unchanged)
             elif nothing_new and gathering is not None and gathering.can_arm():
                 assert found is not None
                 gathering.arm(since, found)
+                gathering.request, gathering.shape = data, shape
                 self._join(conn, gathering)
             elif self.identity is None:
                 read.answer(conn, starts, identify(None, self.credentials)[0], False, found)

@@ -254,6 +254,10 @@ class RedisBroker(Broker):
     def read(self, channel: str, start: Start, limit: int) -> Read:
         return self._prepared(channel).read(start, limit)
 
+    def same_read(self, channel: str, start: Start, limit: int, found: Read) -> bool:
+        replica = self._replicas.get(channel)
+        return replica is not None and replica.log is not None and replica.log.still_at_end(found)
+
     def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
         # The replica holds every retained entry (its first sync fetched them
         # with XREVRANGE, newest first, up to the retention size), so reading
