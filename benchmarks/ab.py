@@ -30,7 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = {
-    "idle-poll": ("us_per_request", "server_cpu_percent", "requests_per_s", "errors"),
+    "idle-poll": ("us_per_request", "user_us_per_request", "server_cpu_percent",
+                  "requests_per_s", "errors"),
     "default": ("us_per_delivered", "server_cpu_percent", "deliveries_per_s", "latency_p50_ms",
                 "latency_p99_ms", "missing"),
 }

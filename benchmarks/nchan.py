@@ -178,6 +178,12 @@ class NginxProcess:
             total += int(fields[11]) + int(fields[12])
         return total / CLK_TCK
 
+    def user_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11])
+        return total / CLK_TCK
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -465,20 +471,22 @@ async def bench(args: argparse.Namespace, server: ServerProcess | NginxProcess
         await asyncio.sleep(args.warmup)
         profiler = start_profiler(args, server) if args.profile else None
         begin = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
-                 sum(getattr(c, "responses", 0) for c in clients))
+                 sum(getattr(c, "responses", 0) for c in clients), server.user_seconds())
         await asyncio.sleep(args.seconds)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             await asyncio.to_thread(profiler.wait, 60)
         end = (server.cpu_seconds(), own_cpu_seconds(), time.monotonic(),
-               sum(getattr(c, "responses", 0) for c in clients))
+               sum(getattr(c, "responses", 0) for c in clients), server.user_seconds())
         for client in clients:
             client.close()
-        cpu, own, seconds, requests = (e - b for e, b in zip(end, begin, strict=True))
+        cpu, own, seconds, requests, user = (e - b for e, b in zip(end, begin, strict=True))
         result.update({
             "seconds": round(seconds, 2), "requests": int(requests),
             "requests_per_s": round(requests / seconds),
             "us_per_request": round(1e6 * cpu / requests, 2) if requests else None,
+            # (the server's own code; the rest, the kernel's, is the same for any server)
+            "user_us_per_request": round(1e6 * user / requests, 2) if requests else None,
             "server_cpu_percent": round(100 * cpu / seconds, 1),
             "loadgen_cpu_percent": round(100 * own / seconds, 1),
             "errors": len(run.errors), "first_errors": run.errors[:3]})

@@ -6,7 +6,14 @@ end of the log, and wait for the next one. Each used to park on its own: a
 waiter, a reader on the hub, a read of the log that found nothing. A
 :class:`Gathering` is one reader on the hub for all of them; each poller in
 it (a :class:`Member`) is only its connection, its client id, and the end of
-its wait (server/longpoll.py, ``Expiries``).
+its wait.
+
+Every member waits as long as the decision says, so members join in the order
+their waits end: the gathering keeps them in that order and asks the server's
+expiries (server/longpoll.py, ``Expiries``) to look at it once, when its
+oldest member's wait ends, then again for the next oldest. A member answered by
+a message leaves nothing behind: a thousand pollers answered fifty times a
+second are not fifty thousand entries a second waiting for their time.
 
 Why a poller may join without reading the log: a gathering is *armed* from
 the read that found the end of the log at its cursor until its reader is
@@ -54,27 +61,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tidings.server")
 
 _DELIVERED = DELIVERED + "longpoll"
+#: A timer may fire this much before its time (the event loop rounds to milliseconds): a
+#: wait that ends within it has ended.
+EXPIRY_EARLY = 0.002
 
 
 class Member:
     """One long poll parked in a :class:`Gathering`."""
 
-    __slots__ = ("client", "conn", "gathering")
+    __slots__ = ("client", "conn", "due", "gathering")
 
-    def __init__(self, gathering: Gathering, conn: HttpConnection, client: str | None) -> None:
+    def __init__(self, gathering: Gathering, conn: HttpConnection, client: str | None,
+                 due: float) -> None:
         self.gathering = gathering
         self.conn = conn
         #: The client id it chose, or ``None``: a fresh one in its answer.
         self.client = client
-
-    def expire(self) -> None:
-        """Its wait ended (``Expiries``): an empty answer, if it is still parked."""
-        self.gathering.expire(self)
-
-    def abort(self) -> None:
-        """Ending its wait raised (a bug): forget it and end its connection."""
-        self.gathering.leave(self)
-        self.conn.abort()
+        self.due = due  #: the loop time at which its wait ends
 
     def lost(self) -> None:
         """The client went away while parked."""
@@ -85,20 +88,25 @@ class Gathering:
     """The long polls of one decision parked at the end of one channel; see the module
     docstring. One per decision (server/repeat.py, ``Shared``)."""
 
-    __slots__ = ("_counted", "_server", "armed", "channel", "cors", "expires", "headers",
-                 "keep_alive", "members", "reader", "request", "shape", "since")
+    __slots__ = ("_counted", "_looked_at", "_server", "armed", "channel", "cors", "expires",
+                 "headers", "keep_alive", "members", "reader", "request", "shape", "since",
+                 "wait")
 
-    def __init__(self, server: Server, channel: str, cors: Headers, keep_alive: bool,
-                 expires: float) -> None:
+    def __init__(self, server: Server, channel: str, wait: float, cors: Headers,
+                 keep_alive: bool, expires: float) -> None:
         self._server = server
         self.channel = channel
+        self.wait = wait  #: seconds each member waits (the decision's ``wait``)
         self.cors = cors
         self.keep_alive = keep_alive
         #: When the decision's token expires, in Unix seconds (0: never).
         self.expires = expires
         self.headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
-        #: The parked long polls, by connection.
+        #: The parked long polls, by connection, in the order they joined: the order in
+        #: which their waits end.
         self.members: dict[HttpConnection, Member] = {}
+        #: Whether the server's expiries will call :meth:`expire` (once, for the oldest).
+        self._looked_at = False
         #: Whether its reader is on the hub, handed nothing yet.
         self.armed = False
         #: The ``since`` value (raw bytes) of the read that armed it: a poller that sends
@@ -130,12 +138,15 @@ class Gathering:
         server.broker.hub.subscribe(self.channel, self)
         server.registry.add_gathering(self)
 
-    def join(self, conn: HttpConnection, client: str | None, wait: float) -> None:
-        """Park ``conn``'s long poll here (it must be :attr:`armed`) for ``wait`` seconds."""
-        member = Member(self, conn, client)
+    def join(self, conn: HttpConnection, client: str | None) -> None:
+        """Park ``conn``'s long poll here (it must be :attr:`armed`) for :attr:`wait`."""
+        server = self._server
+        member = Member(self, conn, client, server.loop.time() + self.wait)
         self.members[conn] = member
         conn.park(member.lost)
-        self._server.expiries.add(member, wait)
+        if not self._looked_at:
+            self._looked_at = True
+            server.expiries.add(self, self.wait)
         self._recount()
 
     def _disarm(self) -> None:
@@ -187,18 +198,35 @@ class Gathering:
 
     # ending waits ----------------------------------------------------------------------
 
-    def expire(self, member: Member) -> None:
-        """``member``'s wait ended: answer it with no messages and the gathering's cursor."""
-        if self.members.get(member.conn) is not member:
-            return  # answered already (and maybe parked here again, with another member)
-        del self.members[member.conn]
+    def expire(self) -> None:
+        """The server's expiries look at it (``Expiries``): answer the members whose wait
+        has ended with no messages, and be looked at again when the next one's ends."""
+        self._looked_at = False
+        members = self.members
+        now = self._server.loop.time()
+        ended = []
+        for member in members.values():
+            if member.due > now + EXPIRY_EARLY:
+                break
+            ended.append(member)
+        for member in ended:
+            del members[member.conn]
+        if ended:
+            self._end_waits(ended)
+        if members:
+            self._looked_at = True
+            oldest = next(iter(members.values()))
+            self._server.expiries.add(self, oldest.due - now)
+
+    def _end_waits(self, members: list[Member]) -> None:
+        """Answer ``members``, taken out already, with no messages and its cursor."""
         assert self.reader is not None
         body = poll.body((), self.reader.cursor(), (), False)
         if not self.members:
             self._disarm()
         else:
             self._recount()
-        self._answer((member,), body)
+        self._answer(members, body)
 
     def leave(self, member: Member) -> None:
         """``member``'s client went away, or its connection is being ended."""
@@ -211,8 +239,9 @@ class Gathering:
 
     def expire_all(self) -> None:
         """End every wait now (a draining or stopping server)."""
-        for member in list(self.members.values()):
-            self.expire(member)
+        members, self.members = list(self.members.values()), {}
+        if members:
+            self._end_waits(members)
 
     def token_expired(self) -> None:
         """The decision's token expired: ``401 token_expired`` to every member."""

@@ -166,14 +166,15 @@ def token_expired() -> Unauthorized:
 
 
 class Waiting(Protocol):
-    """A parked long poll whose wait ends: a :class:`Waiter`, or a member of a gathering
-    (server/gathering.py)."""
+    """What waits for a time: a parked long poll (a :class:`Waiter`), or the long polls
+    gathered at the end of a channel (server/gathering.py), looked at when the oldest one's
+    wait ends."""
 
     def expire(self) -> None:
-        """The wait ended: answer with nothing new, unless answered already."""
+        """The time came: answer with nothing new what has not been answered already."""
 
     def abort(self) -> None:
-        """:meth:`expire` raised (a bug): end this request's connection."""
+        """:meth:`expire` raised (a bug): end the connections of the requests it holds."""
 
 
 class Expiries:
@@ -192,6 +193,10 @@ class Expiries:
             waiters = self._slots[slot] = []
             self._loop.call_at(slot * EXPIRY_RESOLUTION, self._expire, slot)
         waiters.append(waiter)
+
+    def __len__(self) -> int:
+        """How many are waiting for their time (some of them answered already)."""
+        return sum(len(waiters) for waiters in self._slots.values())
 
     def _expire(self, slot: int) -> None:
         for waiter in self._slots.pop(slot, ()):

@@ -257,8 +257,7 @@ class Repeat:
     def _join(self, conn: HttpConnection, gathering: Gathering) -> None:
         """Park the long poll with the decision's others, as ``longpoll.answer`` would alone."""
         identity = self.identity
-        assert self.read.wait is not None
-        gathering.join(conn, None if identity is None else identity.client, self.read.wait)
+        gathering.join(conn, None if identity is None else identity.client)
 
     def _send(self, conn: HttpConnection, unchanged: Unchanged) -> None:
         """Send ``unchanged``'s answer, as :func:`poll.answer` would have."""
@@ -299,8 +298,8 @@ class Shared:
             one = (not read.multi and len(read.channels) == 1 and not read.latest
                    and not read.delta and read.presence_since is None)
             unchanged = Unchanged(read.channels[0]) if one and read.wait is None else None
-            gathering = (Gathering(read.server, read.channels[0], read.cors, read.keep_alive,
-                                   read.expires)
+            gathering = (Gathering(read.server, read.channels[0], read.wait, read.cors,
+                                   read.keep_alive, read.expires)
                          if one and read.wait is not None and read.wait > 0
                          and not read.server.presence.policy(read.channels[0]).enabled
                          else None)
