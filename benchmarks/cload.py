@@ -219,6 +219,7 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
     async def snapshot(command: str) -> dict[str, float]:
         answer = await loadgen.command(command)
         return {"time": time.monotonic(), "server_cpu": server.cpu_seconds(),
+                "server_user": server.user_seconds(),
                 "loadgen_cpu": answer["cpu"], "received": answer["received"],
                 "reads": answer["reads"],
                 "published": publisher.sent, "publisher_cpu": own_cpu_seconds()}
@@ -258,6 +259,9 @@ async def measure(args: argparse.Namespace, server: ServerProcess | NginxProcess
         "publishes_per_s": round(delta["published"] / seconds),
         "delivered_in_window": delivered, "deliveries_per_s": round(delivered / seconds),
         "us_per_delivered": round(1e6 * cpu / delivered, 2) if delivered else None,
+        # (the server's own code; the rest, the kernel's, is much the same for any server)
+        "user_us_per_delivered": (round(1e6 * delta["server_user"] / delivered, 2)
+                                  if delivered else None),
         "server_cpu_percent": round(100 * cpu / seconds, 1),
         "loadgen_cpu_percent": round(100 * delta["loadgen_cpu"] / seconds, 1),
         "publisher_cpu_percent": round(100 * delta["publisher_cpu"] / seconds, 1),

@@ -22,6 +22,12 @@ class Recorder:
         self.log.append((self.name, message.id))
 
 
+class Gathering(Recorder):
+    """A subscriber that stands for ``readers`` readers."""
+
+    readers = 1
+
+
 def test_publish_without_subscribers_delivers_nothing() -> None:
     hub = Hub()
     assert hub.publish(message("a", 1)) == 0
@@ -70,17 +76,18 @@ def test_a_subscriber_that_stands_for_several_readers_counts_as_them() -> None:
     """One subscription answering many long polls (server/gathering.py) tells the hub how
     many readers it stands for; the busiest channels and the counts see them."""
     hub = Hub()
-    one, many = Recorder("one", []), Recorder("many", [])
+    one, many = Recorder("one", []), Gathering("many", [])
     hub.subscribe("x", one)
-    hub.subscribe("y", many)
-    hub.add_readers("y", 4)  # "many" is five readers
+    hub.gather("y", many)
+    many.readers = 5
     assert hub.subscribers("y") == 5 and hub.subscribers("x") == 1
     assert hub.busiest(2) == [("y", 5), ("x", 1)]
-    hub.add_readers("y", -2)
+    many.readers = 3  # (asked when counted: nothing to tell the hub)
     assert hub.subscribers("y") == 3
-    hub.add_readers("y", -2)
-    assert hub.subscribers("y") == 1
+    many.readers = 1
     assert sorted(hub.busiest(2)) == [("x", 1), ("y", 1)]
+    assert hub.publish(message("y", 1)) == 1  # delivered once: it answers its readers
+    assert many.log == [("many", f"{EPOCH}-1")]
     hub.unsubscribe("y", many)
     assert hub.subscribers("y") == 0 and hub.channels() == 1
 

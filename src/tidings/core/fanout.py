@@ -36,34 +36,38 @@ class Subscriber(Protocol):
         """
 
 
+class Gatherer(Subscriber, Protocol):
+    """A subscriber that answers several readers at once (long polls parked together)."""
+
+    @property
+    def readers(self) -> int:
+        """How many readers it stands for now (at least one: its subscription)."""
+
+
 logger = logging.getLogger("tidings.core")
 
 class Hub:
     """Channel name → subscribers, and delivery of each message to them."""
 
-    __slots__ = ("_more", "_subscribers", "delivered")
+    __slots__ = ("_gatherers", "_subscribers", "delivered")
 
     def __init__(self) -> None:
         # dicts as ordered sets: delivery order is subscription order.
         self._subscribers: dict[str, dict[Subscriber, None]] = {}
-        #: Readers beyond one per subscriber, by channel (:meth:`add_readers`).
-        self._more: dict[str, int] = {}
+        #: The subscribers that stand for several readers, by channel (:meth:`gather`).
+        self._gatherers: dict[str, dict[Gatherer, None]] = {}
         #: Messages handed to readers since start (one per reader per message; a subscriber
         #: that stands for several readers adds the rest itself).
         self.delivered = 0
 
-    def add_readers(self, channel: str, count: int) -> None:
-        """A subscriber of ``channel`` stands for ``count`` more readers than before (or
-        fewer, if negative): one subscription answering many long polls at once. Counted
-        in :meth:`subscribers` and :meth:`busiest`."""
-        more = self._more.get(channel, 0) + count
-        if more:
-            self._more[channel] = more
-        else:
-            self._more.pop(channel, None)
-
     def subscribe(self, channel: str, subscriber: Subscriber) -> None:
         self._subscribers.setdefault(channel, {})[subscriber] = None
+
+    def gather(self, channel: str, gatherer: Gatherer) -> None:
+        """Subscribe ``gatherer``, counted in :meth:`subscribers` and :meth:`busiest` as the
+        readers it stands for when they are asked (it tells nothing as they come and go)."""
+        self.subscribe(channel, gatherer)
+        self._gatherers.setdefault(channel, {})[gatherer] = None
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         subscribers = self._subscribers.get(channel)
@@ -71,10 +75,20 @@ class Hub:
             subscribers.pop(subscriber, None)
             if not subscribers:
                 del self._subscribers[channel]
+        gatherers = self._gatherers.get(channel)
+        if gatherers is not None:
+            gatherers.pop(subscriber, None)  # type: ignore[call-overload]  # (any subscriber)
+            if not gatherers:
+                del self._gatherers[channel]
 
     def subscribers(self, channel: str) -> int:
         """How many readers ``channel`` has (subscribers, and those they stand for)."""
-        return len(self._subscribers.get(channel, ())) + self._more.get(channel, 0)
+        return len(self._subscribers.get(channel, ())) + self._more(channel)
+
+    def _more(self, channel: str) -> int:
+        """The readers of ``channel`` beyond one per subscriber."""
+        gatherers = self._gatherers.get(channel)
+        return sum(gatherer.readers - 1 for gatherer in gatherers) if gatherers else 0
 
     def channels(self) -> int:
         """How many channels have at least one subscriber."""
@@ -83,7 +97,7 @@ class Hub:
     def busiest(self, count: int) -> list[tuple[str, int]]:
         """The ``count`` channels with the most subscribers, most first (O(channels))."""
         more = self._more
-        return heapq.nlargest(count, ((channel, len(subscribers) + more.get(channel, 0))
+        return heapq.nlargest(count, ((channel, len(subscribers) + more(channel))
                                       for channel, subscribers in self._subscribers.items()),
                               key=lambda pair: pair[1])
 

@@ -88,7 +88,7 @@ class Gathering:
     """The long polls of one decision parked at the end of one channel; see the module
     docstring. One per decision (server/repeat.py, ``Shared``)."""
 
-    __slots__ = ("_counted", "_looked_at", "_server", "armed", "channel", "cors", "expires",
+    __slots__ = ("_looked_at", "_server", "armed", "channel", "cors", "expires",
                  "headers", "keep_alive", "members", "reader", "request", "shape", "since",
                  "wait")
 
@@ -118,7 +118,6 @@ class Gathering:
         self.request = b""
         self.shape: RequestShape | None = None
         self.reader: Reader | None = None
-        self._counted = 0  # readers beyond its one subscription, told to the hub
 
     # joining -------------------------------------------------------------------------
 
@@ -135,7 +134,7 @@ class Gathering:
         reader = make_reader(server.broker, poll.ANSWERS, self, multi=False, owner=self)
         reader.opened(batch_of(self.channel, found))
         self.reader, self.since, self.armed = reader, since, True
-        server.broker.hub.subscribe(self.channel, self)
+        server.broker.hub.gather(self.channel, self)
         server.registry.add_gathering(self)
 
     def join(self, conn: HttpConnection, client: str | None) -> None:
@@ -147,21 +146,17 @@ class Gathering:
         if not self._looked_at:
             self._looked_at = True
             server.expiries.add(self, self.wait)
-        self._recount()
 
     def _disarm(self) -> None:
         if self.armed:
             self.armed = False
             self._server.broker.hub.unsubscribe(self.channel, self)
             self._server.registry.discard_gathering(self)
-        self._recount()
 
-    def _recount(self) -> None:
-        """Tell the hub how many readers it holds beyond its one subscription."""
-        counted = len(self.members) - 1 if self.armed and self.members else 0
-        if counted != self._counted:
-            self._server.broker.hub.add_readers(self.channel, counted - self._counted)
-            self._counted = counted
+    @property
+    def readers(self) -> int:
+        """How many long polls it stands for on the hub (``Hub.gather``)."""
+        return len(self.members) or 1
 
     # what the hub hands it (as a subscriber), and what its reader writes ---------------
 
@@ -224,8 +219,6 @@ class Gathering:
         body = poll.body((), self.reader.cursor(), (), False)
         if not self.members:
             self._disarm()
-        else:
-            self._recount()
         self._answer(members, body)
 
     def leave(self, member: Member) -> None:
@@ -234,8 +227,6 @@ class Gathering:
             del self.members[member.conn]
             if not self.members:
                 self._disarm()
-            else:
-                self._recount()
 
     def expire_all(self) -> None:
         """End every wait now (a draining or stopping server)."""
@@ -266,12 +257,14 @@ class Gathering:
 
     def _answer(self, members: Iterable[Member], body: bytes) -> None:
         """Send ``body`` to each of ``members``; a failure ends that member's connection."""
-        headers, keep_alive = self.headers, self.keep_alive
+        keep_alive = self.keep_alive
+        # (one answer but for each member's Tidings-Client line: made once, joined around it)
+        head, tail = http.response_parts(200, self.headers, body, keep_alive=keep_alive)
         for member in members:
             try:
-                member.conn.respond(http.response(
-                    200, headers, body, keep_alive=keep_alive,
-                    lead=client_line(member.client or new_client_id())), keep_alive)
+                member.conn.respond(
+                    b"".join((head, client_line(member.client or new_client_id()), tail)),
+                    keep_alive)
             except Exception:
                 logger.exception("answering a long poll failed")
                 member.conn.abort()

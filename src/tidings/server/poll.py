@@ -122,9 +122,7 @@ def nothing_new(cursor: Position, if_none_match: str | None, cors: Headers,
     one poller to the next): what :func:`answer` sends for such a read."""
     batch = Batch([], {}, {}, [], False)
     status, headers, body = reply(batch, str(cursor), if_none_match, cors)
-    whole = http.response(status, headers, body, keep_alive=keep_alive)
-    cut = whole.index(b"\r\n") + 2
-    return whole[:cut], whole[cut:]
+    return http.response_parts(status, headers, body, keep_alive=keep_alive)
 
 
 def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,

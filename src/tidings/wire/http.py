@@ -61,6 +61,15 @@ def response(status: int, headers: Headers, body: bytes = b"", *, keep_alive: bo
     return b"".join((_STATUS_LINES[status], lead, tail))
 
 
+def response_parts(status: int, headers: Headers, body: bytes = b"", *,
+                   keep_alive: bool = True) -> tuple[bytes, bytes]:
+    """:func:`response` in two parts, before and after where its ``lead`` goes: answers
+    that differ only there (a client id each) are each the join of the two around it."""
+    whole = response(status, headers, body, keep_alive=keep_alive)
+    cut = len(_STATUS_LINES[status])
+    return whole[:cut], whole[cut:]
+
+
 #: The inputs of the last :func:`response` (status, header fields, keep-alive, body) and
 #: what follows its ``lead``. The body is compared by identity (and held, so that its id is
 #: not reused): a long poll's body is one object shared by every waiter of the message
