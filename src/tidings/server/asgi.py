@@ -344,7 +344,7 @@ class AsgiConnection(HttpConnection):
         self.closing = True
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
-            on_lost()
+            on_lost(self)
 
 
 class AsgiTransport(asyncio.Transport):

@@ -251,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
         self.server.admission.release(self.transport)
         if self.on_lost is not None:
             on_lost, self.on_lost = self.on_lost, None
-            on_lost()
+            on_lost(self)
 
     # httptools callbacks ------------------------------------------------------
 
@@ -383,10 +383,10 @@ class HttpConnection(asyncio.Protocol):
             self._access = (request, self.server.loop.time())
         self.server.router.dispatch(self, request, rest)
 
-    def park(self, on_lost: Callable[[], object] | None = None) -> None:
+    def park(self, on_lost: Callable[[HttpConnection], object] | None = None) -> None:
         """The current request will be answered later with :meth:`respond`.
 
-        ``on_lost`` is called if the client goes away first.
+        ``on_lost(conn)`` is called with this connection if the client goes away first.
         """
         self.busy = True
         self.on_lost = on_lost

@@ -5,8 +5,10 @@ server/repeat.py) come back after each message with the same cursor, the
 end of the log, and wait for the next one. Each used to park on its own: a
 waiter, a reader on the hub, a read of the log that found nothing. A
 :class:`Gathering` is one reader on the hub for all of them; each poller in
-it (a :class:`Member`) is only its connection, its client id, and the end of
-its wait.
+it, a *member*, is only an entry: its connection, the end of its wait, and the
+client id it chose if it chose one. A member is no object of its own: at ten
+thousand pollers, two objects per poll were what the garbage collector spent
+its time on.
 
 Every member waits as long as the decision says, so members join in the order
 their waits end: the gathering keeps them in that order and asks the server's
@@ -66,31 +68,13 @@ _DELIVERED = DELIVERED + "longpoll"
 EXPIRY_EARLY = 0.002
 
 
-class Member:
-    """One long poll parked in a :class:`Gathering`."""
-
-    __slots__ = ("client", "conn", "due", "gathering")
-
-    def __init__(self, gathering: Gathering, conn: HttpConnection, client: str | None,
-                 due: float) -> None:
-        self.gathering = gathering
-        self.conn = conn
-        #: The client id it chose, or ``None``: a fresh one in its answer.
-        self.client = client
-        self.due = due  #: the loop time at which its wait ends
-
-    def lost(self) -> None:
-        """The client went away while parked."""
-        self.gathering.leave(self)
-
-
 class Gathering:
     """The long polls of one decision parked at the end of one channel; see the module
     docstring. One per decision (server/repeat.py, ``Shared``)."""
 
-    __slots__ = ("_looked_at", "_server", "armed", "channel", "cors", "expires",
-                 "headers", "keep_alive", "members", "reader", "request", "shape", "since",
-                 "wait")
+    __slots__ = ("_looked_at", "_lost", "_server", "armed", "channel", "cors", "expires",
+                 "headers", "keep_alive", "members", "names", "reader", "request", "shape",
+                 "since", "wait")
 
     def __init__(self, server: Server, channel: str, wait: float, cors: Headers,
                  keep_alive: bool, expires: float) -> None:
@@ -102,9 +86,12 @@ class Gathering:
         #: When the decision's token expires, in Unix seconds (0: never).
         self.expires = expires
         self.headers = (*JSON_NO_CACHE, *cors) if cors else JSON_NO_CACHE
-        #: The parked long polls, by connection, in the order they joined: the order in
-        #: which their waits end.
-        self.members: dict[HttpConnection, Member] = {}
+        #: The parked long polls: each one's connection, and the loop time at which its
+        #: wait ends, in the order they joined (the order in which their waits end).
+        self.members: dict[HttpConnection, float] = {}
+        #: The client ids members chose (``?client=``); the others get a fresh one each.
+        self.names: dict[HttpConnection, str] = {}
+        self._lost = self.leave  # (made once: a connection calls it if its client leaves)
         #: Whether the server's expiries will call :meth:`expire` (once, for the oldest).
         self._looked_at = False
         #: Whether its reader is on the hub, handed nothing yet.
@@ -140,9 +127,10 @@ class Gathering:
     def join(self, conn: HttpConnection, client: str | None) -> None:
         """Park ``conn``'s long poll here (it must be :attr:`armed`) for :attr:`wait`."""
         server = self._server
-        member = Member(self, conn, client, server.loop.time() + self.wait)
-        self.members[conn] = member
-        conn.park(member.lost)
+        self.members[conn] = server.loop.time() + self.wait
+        if client is not None:
+            self.names[conn] = client
+        conn.park(self._lost)
         if not self._looked_at:
             self._looked_at = True
             server.expiries.add(self, self.wait)
@@ -174,22 +162,26 @@ class Gathering:
 
     def write(self, data: bytes) -> None:
         """The reader's output: the body that answers every member (a message or a gap)."""
-        members, self.members = self.members, {}
+        members, names = self._take_all()
         sent = self.reader.sent if self.reader is not None else 0
-        self._disarm()
         server = self._server
         server.stats[_DELIVERED] += sent * len(members)
         server.broker.hub.delivered += len(members) - 1  # (the hub counted one)
-        self._answer(members.values(), data)
+        self._answer(members, data, names)
 
     def fail(self, error: Exception) -> None:
         """Handing the reader a message raised (a bug; the hub has unsubscribed it): every
         member gets ``500``."""
         logger.error("answering gathered long polls failed", exc_info=error)
-        members, self.members = self.members, {}
+        for conn in self._take_all()[0]:
+            conn.abort()
+
+    def _take_all(self) -> tuple[dict[HttpConnection, float], dict[HttpConnection, str]]:
+        """Every member, taken out: the gathering is disarmed."""
+        members, names = self.members, self.names
+        self.members, self.names = {}, {}
         self._disarm()
-        for member in members.values():
-            member.conn.abort()
+        return members, names
 
     # ending waits ----------------------------------------------------------------------
 
@@ -197,74 +189,76 @@ class Gathering:
         """The server's expiries look at it (``Expiries``): answer the members whose wait
         has ended with no messages, and be looked at again when the next one's ends."""
         self._looked_at = False
-        members = self.members
+        members, names = self.members, self.names
         now = self._server.loop.time()
         ended = []
-        for member in members.values():
-            if member.due > now + EXPIRY_EARLY:
+        for conn, due in members.items():
+            if due > now + EXPIRY_EARLY:
                 break
-            ended.append(member)
-        for member in ended:
-            del members[member.conn]
+            ended.append(conn)
+        ended_names = {}
+        for conn in ended:
+            del members[conn]
+            if conn in names:
+                ended_names[conn] = names.pop(conn)
         if ended:
-            self._end_waits(ended)
+            self._end_waits(ended, ended_names)
         if members:
             self._looked_at = True
-            oldest = next(iter(members.values()))
-            self._server.expiries.add(self, oldest.due - now)
+            self._server.expiries.add(self, next(iter(members.values())) - now)
 
-    def _end_waits(self, members: list[Member]) -> None:
-        """Answer ``members``, taken out already, with no messages and its cursor."""
+    def _end_waits(self, conns: Iterable[HttpConnection], names: dict[HttpConnection, str]
+                   ) -> None:
+        """Answer the members of ``conns``, taken out already, with no messages and its
+        cursor."""
         assert self.reader is not None
         body = poll.body((), self.reader.cursor(), (), False)
         if not self.members:
             self._disarm()
-        self._answer(members, body)
+        self._answer(conns, body, names)
 
-    def leave(self, member: Member) -> None:
-        """``member``'s client went away, or its connection is being ended."""
-        if self.members.get(member.conn) is member:
-            del self.members[member.conn]
+    def leave(self, conn: HttpConnection) -> None:
+        """The client of member ``conn`` went away, or its connection is being ended."""
+        if self.members.pop(conn, None) is not None:
+            self.names.pop(conn, None)
             if not self.members:
                 self._disarm()
 
     def expire_all(self) -> None:
         """End every wait now (a draining or stopping server)."""
-        members, self.members = list(self.members.values()), {}
+        members, names = self.members, self.names
+        self.members, self.names = {}, {}
         if members:
-            self._end_waits(members)
+            self._end_waits(members, names)
 
     def token_expired(self) -> None:
         """The decision's token expired: ``401 token_expired`` to every member."""
-        members, self.members = self.members, {}
-        self._disarm()
         error = token_expired()
-        for member in members.values():
+        for conn in self._take_all()[0]:
             count_refusal(self._server.stats, error)
             try:
-                member.conn.answer_json(error.status, error.to_json(), self.cors,
-                                        self.keep_alive)
+                conn.answer_json(error.status, error.to_json(), self.cors, self.keep_alive)
             except Exception:
                 logger.exception("answering a long poll failed")
-                member.conn.abort()
+                conn.abort()
 
     def abort(self) -> None:
         """Ending the waits raised (a bug): end every member's connection."""
-        members, self.members = self.members, {}
-        self._disarm()
-        for member in members.values():
-            member.conn.abort()
+        for conn in self._take_all()[0]:
+            conn.abort()
 
-    def _answer(self, members: Iterable[Member], body: bytes) -> None:
-        """Send ``body`` to each of ``members``; a failure ends that member's connection."""
+    def _answer(self, conns: Iterable[HttpConnection], body: bytes,
+                names: dict[HttpConnection, str]) -> None:
+        """Send ``body`` to the members of ``conns`` (named in ``names``, the others with a
+        fresh client id each); a failure ends that member's connection."""
         keep_alive = self.keep_alive
         # (one answer but for each member's Tidings-Client line: made once, joined around it)
         head, tail = http.response_parts(200, self.headers, body, keep_alive=keep_alive)
-        for member in members:
+        for conn in conns:
             try:
-                member.conn.respond(
-                    b"".join((head, client_line(member.client or new_client_id()), tail)),
-                    keep_alive)
+                client = names.get(conn) if names else None
+                conn.respond(b"".join((head, client_line(client or new_client_id()), tail)),
+                             keep_alive)
             except Exception:
                 logger.exception("answering a long poll failed")
-                member.conn.abort()
+                conn.abort()

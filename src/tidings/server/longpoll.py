@@ -85,7 +85,7 @@ class Waiter:
         channels = self.channels
         for channel in channels:
             hub.subscribe(channel, reader)
-        self.conn.park(self._forget)
+        self.conn.park(self._lost)
         self.held = self._server.presence.hold(channels, self.identity, "longpoll")
         if self.presence_since is not None:
             for channel in channels:
@@ -141,6 +141,10 @@ class Waiter:
                                             keep_alive=self.keep_alive,
                                             lead=client_line(self.identity.client)),
                               self.keep_alive)
+
+    def _lost(self, conn: HttpConnection) -> None:
+        """Its client went away while parked."""
+        self._forget()
 
     def _forget(self) -> None:
         if not self.parked:
