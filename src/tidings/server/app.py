@@ -139,7 +139,7 @@ class Server:
     def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
         self.loop = loop
-        self.registry = Registry(loop, self.tick)
+        self.registry = Registry(loop)
         #: The streams holding bytes until the end of the loop's step (server/flush.py).
         self.flusher = Flusher(loop)
         self.admission = Admission(self.settings, loop, self.stats)

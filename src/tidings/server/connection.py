@@ -101,7 +101,7 @@ class HttpConnection(asyncio.Protocol):
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
         "_header_bytes", "_headers", "_misses", "_offered", "_repeat", "_repeat_shape",
         "_request_begun", "_url", "busy", "closing", "deadline", "handed_over", "on_lost",
-        "parser", "queue", "refused", "server", "settings", "transport", "watched",
+        "parser", "queue", "refused", "server", "settings", "transport",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
@@ -122,8 +122,6 @@ class HttpConnection(asyncio.Protocol):
         #: Loop time after which the connection is closed (0: no deadline);
         #: checked by the server's sweep, so a request costs no timer object.
         self.deadline = 0.0
-        #: When the sweep looks at it next (0: never; server/registry.py, ``watch``).
-        self.watched = 0.0
         #: Called when the connection is lost while a request is parked (long poll).
         self.on_lost: Any = None
         #: An error answer held back until the parked request is answered (order matters).
@@ -259,7 +257,7 @@ class HttpConnection(asyncio.Protocol):
         # The fields were reset when the previous request completed (or the connection
         # opened): a parser that fails stops the connection, so nothing is left over.
         self._request_begun = True
-        self._arm(self.settings.header_timeout)
+        self.deadline = self.server.loop.time() + self.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -471,9 +469,7 @@ class HttpConnection(asyncio.Protocol):
     # deadlines ---------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        deadline = self.deadline = self.server.loop.time() + seconds
-        if deadline < self.watched or not self.watched:  # (else the sweep files it again)
-            self.server.registry.watch(self, deadline)
+        self.deadline = self.server.loop.time() + seconds
 
     def _disarm(self) -> None:
         self.deadline = 0.0

@@ -2,15 +2,7 @@
 
 The server's one housekeeping task calls :meth:`Registry.sweep` every tick:
 request deadlines of HTTP connections, streams that stopped reading, token
-expiry, heartbeats, and streams still flushing after they were closed.
-
-A connection's deadline moves at every request (a poller re-arms its keep-alive
-once a second), so the sweep does not look at every connection every tick:
-each is filed under the first tick after its deadline (:meth:`Registry.watch`),
-and looked at only then. A deadline that moved later is filed again then; one
-that moves earlier is filed again at once. Ten thousand pollers keeping their
-connections alive cost the sweep one look each per keep-alive timeout, not one
-per tick. Each
+expiry, heartbeats, and streams still flushing after they were closed. Each
 step for each connection is guarded on its own: whatever one connection
 raises is logged, that connection is closed, and the sweep goes on with the
 others (a failure stays with its client).
@@ -42,16 +34,11 @@ T = TypeVar("T")
 class Registry:
     """HTTP connections, open streams (SSE, WebSocket) and parked long polls."""
 
-    __slots__ = ("_connections", "_draining", "_due", "_gatherings", "_loop", "_streams",
-                 "_tick", "_waiters")
+    __slots__ = ("_connections", "_draining", "_gatherings", "_loop", "_streams", "_waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        #: Seconds between two sweeps: a deadline is enforced within one tick.
-        self._tick = tick
         self._connections: set[HttpConnection] = set()
-        #: Connections by the loop time at which the sweep looks at them (a tick's end).
-        self._due: dict[float, set[HttpConnection]] = {}
         self._streams: set[Stream] = set()
         self._waiters: set[Waiter] = set()
         #: Long polls parked together (server/gathering.py), armed.
@@ -68,28 +55,6 @@ class Registry:
     def discard_connection(self, conn: HttpConnection) -> None:
         """It closed, or handed its socket to a stream."""
         self._connections.discard(conn)
-        if conn.watched:
-            self._unwatch(conn)
-
-    def watch(self, conn: HttpConnection, deadline: float) -> None:
-        """Have the sweep look at ``conn`` at the first tick after loop time ``deadline``
-        (the connection calls it when its deadline is earlier than :attr:`watched`)."""
-        if conn.watched:
-            self._unwatch(conn)
-        tick = self._tick
-        at = conn.watched = (deadline // tick + 1) * tick
-        due = self._due.get(at)
-        if due is None:
-            due = self._due[at] = set()
-        due.add(conn)
-
-    def _unwatch(self, conn: HttpConnection) -> None:
-        due = self._due.get(conn.watched)
-        if due is not None:
-            due.discard(conn)
-            if not due:
-                del self._due[conn.watched]
-        conn.watched = 0.0
 
     def add_stream(self, stream: Stream) -> None:
         """A stream started: it gets heartbeats, token expiry, progress checks, shutdown."""
@@ -127,7 +92,8 @@ class Registry:
 
     def sweep(self, now: float, wall: float, *, heartbeat: bool, check_tokens: bool) -> None:
         """One tick of housekeeping at loop time ``now`` and Unix time ``wall``."""
-        _each(self._past_deadline(now), lambda conn: conn.timed_out(), _abort_http)
+        _each([c for c in self._connections if 0 < c.deadline < now],
+              lambda conn: conn.timed_out(), _abort_http)
         for transport in [t for t, deadline in self._draining.items() if deadline < now]:
             del self._draining[transport]
             transport.abort()
@@ -141,20 +107,6 @@ class Registry:
                   lambda gathering: gathering.token_expired(), _abort_gathering)
         if heartbeat:
             _each(list(self._streams), lambda stream: stream.heartbeat(now), _abort_stream)
-
-    def _past_deadline(self, now: float) -> list[HttpConnection]:
-        """The connections whose deadline has passed; those looked at whose deadline moved
-        later are filed again."""
-        due, past = self._due, []
-        for at in [at for at in due if at <= now]:
-            for conn in due.pop(at):
-                conn.watched = 0.0
-                deadline = conn.deadline
-                if 0 < deadline < now:
-                    past.append(conn)
-                elif deadline > 0:
-                    self.watch(conn, deadline)
-        return past
 
     # shutdown ------------------------------------------------------------------
 
