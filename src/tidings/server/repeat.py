@@ -96,12 +96,14 @@ class PollRead(NamedTuple):
             conn.park()  # the requests behind it wait too
 
     def answer(self, conn: HttpConnection, starts: Mapping[str, Start], identity: Identity,
-               named: bool, found: Read | None = None) -> None:
+               named: bool, found: Read | None = None, tag: str | None = None) -> None:
         """Answer from ``starts`` with the broker ready (:meth:`Broker.ready`); raises what
         the driver raises before answering (``InvalidCursor``). ``found``: the read of its
-        one channel, made already."""
+        one channel, made already; ``tag``: a :attr:`tagged` read's ``If-None-Match`` in
+        this request (its ``since`` in quotes)."""
         if self.wait is None:
-            poll.answer(self.server, conn, starts, self.multi, self.page, self.if_none_match,
+            poll.answer(self.server, conn, starts, self.multi, self.page,
+                        self.if_none_match if tag is None else tag,
                         self.cors, self.keep_alive, identity, named, self.presence_since,
                         latest=self.latest, delta=self.delta, found=found)
         else:
@@ -218,12 +220,12 @@ class Repeat:
                 else:
                     ((channel, start),) = starts.items()
                     found = broker.read(channel, start, read.page)
-            if read.tagged and since is not None:  # (its If-None-Match: the since value, quoted)
-                read = read._replace(if_none_match=f'"{since.decode("ascii")}"')
+            # (a tagged read's If-None-Match is the since value, quoted)
+            tag = f'"{since.decode("ascii")}"' if read.tagged and since is not None else None
             nothing_new = found is not None and not (found.messages or found.gap or found.more)
             if nothing_new and unchanged is not None:
                 assert found is not None
-                self._keep(unchanged, read, since, starts, found)
+                self._keep(unchanged, read, since, starts, found, tag)
                 unchanged.request, unchanged.shape = data, shape
                 self._send(conn, unchanged)
             elif nothing_new and gathering is not None and gathering.can_arm():
@@ -232,9 +234,10 @@ class Repeat:
                 gathering.request, gathering.shape = data, shape
                 self._join(conn, gathering)
             elif self.identity is None:
-                read.answer(conn, starts, identify(None, self.credentials)[0], False, found)
+                read.answer(conn, starts, identify(None, self.credentials)[0], False, found,
+                            tag)
             else:
-                read.answer(conn, starts, self.identity, True, found)
+                read.answer(conn, starts, self.identity, True, found, tag)
         except (ProtocolError, UnicodeError):
             return False  # raised before anything was answered: the whole path answers it
         return True
@@ -246,10 +249,11 @@ class Repeat:
 
     @staticmethod
     def _keep(unchanged: Unchanged, read: PollRead, since: bytes | None,
-              starts: Mapping[str, Start], found: Read) -> None:
+              starts: Mapping[str, Start], found: Read, tag: str | None) -> None:
         """Make ``unchanged`` the answer of ``read`` to ``found``, a read from ``starts`` that
-        found nothing new."""
-        unchanged.head, unchanged.tail = poll.nothing_new(found.next, read.if_none_match,
+        found nothing new (``tag``: as for :meth:`PollRead.answer`)."""
+        if_none_match = read.if_none_match if tag is None else tag
+        unchanged.head, unchanged.tail = poll.nothing_new(found.next, if_none_match,
                                                           read.cors, read.keep_alive)
         (unchanged.start,) = starts.values()
         unchanged.since, unchanged.starts, unchanged.found = since, starts, found
