@@ -25,7 +25,9 @@ parsed and parked), what a long poll's delivery costs without the sockets.
 ``etag``: as many pollers of a busy channel, each with the ``ETag`` of its last answer
 (``?since=NEXT`` and ``If-None-Match: "NEXT"``, as tidings' clients poll): a message is
 published, and each poll finds it (``200``, one message), then polls from the new
-cursor with the new tag; the figure is CPU per request.
+cursor with the new tag; the figure is CPU per request. ``--connections N`` (the
+other cases) has N connections ask in turn instead of one again and again, so that
+each finds its objects out of the caches, as ten thousand pollers do.
 """
 
 from __future__ import annotations
@@ -123,10 +125,18 @@ async def measure_rounds(case: str, requests: int, clients: int) -> dict[str, ob
                 "us_per_request": round(1e6 * cpu / answered, 3)}
 
 
-async def measure(case: str, requests: int) -> dict[str, object]:
+async def measure(case: str, requests: int, connections: int = 1) -> dict[str, object]:
+    """CPU per request of one connection asking again and again, or of ``connections``
+    asking in turn (their objects out of the caches by the time each asks again)."""
     async with Server(Settings(host="127.0.0.1", port=0)) as server:
         for n in range(20):
             await server.broker.publish("bench", json.dumps({"n": n}).encode())
+        others, transports = [], []
+        for _ in range(connections - 1):
+            other = HttpConnection(server)
+            transports.append(NullTransport())
+            other.connection_made(transports[-1])  # type: ignore[arg-type]
+            others.append(other)
         transport = NullTransport()
         conn = HttpConnection(server)
         conn.connection_made(transport)  # type: ignore[arg-type]
@@ -145,13 +155,24 @@ async def measure(case: str, requests: int) -> dict[str, object]:
         for n in range(1000):  # warm up
             conn.data_received(versions[n % len(versions)])
         assert transport.last.startswith(expected), transport.last[:200]
-        before_writes = transport.writes
+        everyone = [*others, conn]
+        for other in others:
+            for n in range(4):
+                other.data_received(versions[n % len(versions)])
+        transports.append(transport)
+        before_writes = sum(t.writes for t in transports)
+        rounds = max(1, requests // connections)
         started = time.process_time()
-        for n in range(requests):
-            conn.data_received(versions[n % len(versions)])
+        for n in range(rounds):
+            version = versions[n % len(versions)]
+            for one in everyone:
+                one.data_received(version)
         cpu = time.process_time() - started
-        answered = transport.writes - before_writes
-        assert answered == requests and not transport.closed, (answered, transport.last[:200])
+        answered = sum(t.writes for t in transports) - before_writes
+        requests = rounds * connections
+        assert answered == requests and not any(t.closed for t in transports), (
+            answered, transport.last[:200])
+        assert all(t.last.startswith(expected) for t in transports), transport.last[:200]
         return {"case": case, "requests": requests,
                 "us_per_request": round(1e6 * cpu / requests, 3)}
 
@@ -162,11 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--waiters", type=int, default=1000,
                         help="parked long polls in the longpoll case, pollers in the etag case")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="the other cases: connections asking in turn")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     for case in args.case or CASES:
         result = uvloop.run(measure_rounds(case, args.requests, args.waiters)
-                            if case in ("longpoll", "etag") else measure(case, args.requests))
+                            if case in ("longpoll", "etag")
+                            else measure(case, args.requests, args.connections))
         print(json.dumps(result) if args.json else
               f"{case:6} {result['us_per_request']} µs/request ({args.requests} requests)")
     return 0

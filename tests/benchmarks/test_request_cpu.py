@@ -18,3 +18,12 @@ def test_every_case_answers_every_request() -> None:
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["case"] for r in results] == ["304", "empty", "page", "fresh", "longpoll", "etag"]
     assert all(r["us_per_request"] > 0 for r in results)
+
+
+def test_connections_asking_in_turn_are_each_answered() -> None:
+    out = subprocess.run([sys.executable, str(SCRIPT), "--requests", "400", "--connections", "50",
+                          "--case", "304", "--case", "fresh", "--json"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["case"], r["requests"]) for r in results] == [("304", 400), ("fresh", 400)]
