@@ -183,6 +183,38 @@ async def test_each_wait_ends_on_its_own(server: Server) -> None:
         assert data_of(await read_response(patient[0], WITHIN)) == ["y"]
 
 
+async def test_members_that_chose_their_client_id_are_answered_with_it(server: Server) -> None:
+    """Named members get their own id in the answer to a message and when their wait ends;
+    an unnamed one beside them a fresh id each time."""
+    cursor = await start_of(server)
+    names = ("alice", "bob", None)
+    async with raw(server) as one, raw(server) as two, raw(server) as three:
+        connections = (one, two, three)
+
+        def target(since: str, name: str | None) -> str:
+            return f"/channels/c?wait=1&since={since}" + (f"&client={name}" if name else "")
+
+        for connection, name in zip(connections, names, strict=True):
+            connection[1].write(get(server, target(cursor, name)))
+        await parked(server, 3)
+        async with http_client(server) as publisher:
+            head = await publish(publisher, "c", "x")
+        seen: list[str] = []
+        for connection, name in zip(connections, names, strict=True):
+            answer = await read_response(connection[0], WITHIN)
+            assert data_of(answer) == ["x"]
+            seen.append(answer.headers["tidings-client"])
+            connection[1].write(get(server, target(head, name)))
+        await parked(server, 3)
+        assert gathered(server) == 3
+        for connection, name in zip(connections, names, strict=True):
+            answer = await read_response(connection[0], 3 * WITHIN)  # (its wait ends)
+            assert json.loads(answer.body) == {"messages": [], "next": head}
+            seen.append(answer.headers["tidings-client"])
+    assert seen[:2] == ["alice", "bob"] and seen[3:5] == ["alice", "bob"]
+    assert seen[2] != seen[5] and seen[2] not in ("alice", "bob")
+
+
 async def test_the_wait_of_an_answered_poll_does_not_end_the_next_one(server: Server) -> None:
     """A member answered by a message parks again at once; the end of its first wait,
     still due, must not answer the second."""
