@@ -226,8 +226,7 @@ class Gathering:
 
     def expire_all(self) -> None:
         """End every wait now (a draining or stopping server)."""
-        members, names = self.members, self.names
-        self.members, self.names = {}, {}
+        members, names = self._take_all()
         if members:
             self._end_waits(members, names)
 
