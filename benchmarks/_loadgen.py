@@ -120,6 +120,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()  # read for its "serving on" line only
         self.config_path.unlink(missing_ok=True)
         log = self.config_path.with_suffix(".log")
         if self.process.returncode not in (0, -15):

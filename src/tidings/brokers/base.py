@@ -116,12 +116,13 @@ class Broker(abc.ABC):
         """Read up to ``limit`` messages of ``channel`` after ``start``."""
 
     def same_read(self, channel: str, start: Start, limit: int, found: Read) -> bool:
-        """Whether :meth:`read` of ``channel`` from ``start`` would give ``found`` itself,
-        a read it gave before that found nothing new (a log shares its read at the end
-        until its next message): a poll that finds nothing again is answered as before.
-        Like :meth:`read`, once :meth:`ready`; a broker may say ``False`` whenever it
-        cannot tell cheaply (the caller then reads)."""
-        return self.read(channel, start, limit) is found
+        """Whether the broker is :meth:`ready` for ``channel`` from ``start`` and
+        :meth:`read` would give ``found`` itself, a read it gave before that found nothing
+        new (a log shares its read at the end until its next message): a poll that finds
+        nothing again is answered as before, with no other question asked. A broker may
+        say ``False`` whenever it cannot tell cheaply (the caller then asks :meth:`ready`
+        and reads)."""
+        return self.ready({channel: start}) and self.read(channel, start, limit) is found
 
     @abc.abstractmethod
     def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:

@@ -49,8 +49,7 @@ from tidings.core.message import Message
 from tidings.server.connection import HttpConnection
 from tidings.server.longpoll import token_expired
 from tidings.server.metrics import DELIVERED, count_gap, count_refusal
-from tidings.server.poll import JSON_NO_CACHE, client_line
-from tidings.server.presence import new_client_id
+from tidings.server.poll import JSON_NO_CACHE, client_line, fresh_client_line
 from tidings.session.batch import batch_of
 from tidings.session.reader import Reader, make_reader
 from tidings.wire import http, poll
@@ -256,8 +255,8 @@ class Gathering:
         for conn in conns:
             try:
                 client = names.get(conn) if names else None
-                conn.respond(b"".join((head, client_line(client or new_client_id()), tail)),
-                             keep_alive)
+                line = fresh_client_line() if client is None else client_line(client)
+                conn.respond(b"".join((head, line, tail)), keep_alive)
             except Exception:
                 logger.exception("answering a long poll failed")
                 conn.abort()

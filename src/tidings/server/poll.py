@@ -15,6 +15,7 @@ reads for their ``presence_timeout`` (server/presence.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from tidings.core.log import Read
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_page
-from tidings.server.presence import CLIENT_HEADER
+from tidings.server.presence import CLIENT_HEADER, draw_client_ids
 from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
@@ -42,6 +43,21 @@ def client_line(client: str) -> bytes:
     :func:`tidings.wire.http.response`: it differs per answer, so it stays out of the
     cached heads)."""
     return _CLIENT_LINE % client.encode("ascii")
+
+
+_fresh_lines: list[bytes] = []
+
+
+def fresh_client_line() -> bytes:
+    """:func:`client_line` of a fresh client id, for a reader that chose none: made a
+    whole draw at a time (``draw_client_ids``)."""
+    if not _fresh_lines:
+        _fresh_lines.extend(map(_CLIENT_LINE.__mod__, draw_client_ids()))
+    return _fresh_lines.pop()
+
+
+# A forked worker must not hand out the lines its parent had made.
+os.register_at_fork(after_in_child=_fresh_lines.clear)
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -68,16 +69,22 @@ class Watcher(Protocol):
 #: Client ids drawn at once: every read that names no id needs a fresh one, and one
 #: ``urandom`` and base64 pass for many costs a fraction of one per request.
 CLIENT_IDS_PER_DRAW = 256
+#: One id in a draw's base64url text (whole groups of three bytes: no padding).
+_ONE_ID = re.compile(rb".{%d}" % (CLIENT_ID_BYTES * 4 // 3), re.DOTALL)
 _drawn: list[str] = []
 
 
+def draw_client_ids() -> list[bytes]:
+    """:data:`CLIENT_IDS_PER_DRAW` fresh, unguessable client ids in ASCII
+    (``CLIENT_ID_BYTES`` random bytes each, in base64url), cut from one draw in C."""
+    return _ONE_ID.findall(base64.urlsafe_b64encode(
+        secrets.token_bytes(CLIENT_ID_BYTES * CLIENT_IDS_PER_DRAW)))
+
+
 def new_client_id() -> str:
-    """A fresh, unguessable client id (``CLIENT_ID_BYTES`` random bytes in base64url)."""
+    """A fresh, unguessable client id (:func:`draw_client_ids`)."""
     if not _drawn:
-        text = base64.urlsafe_b64encode(
-            secrets.token_bytes(CLIENT_ID_BYTES * CLIENT_IDS_PER_DRAW)).decode("ascii")
-        size = CLIENT_ID_BYTES * 4 // 3
-        _drawn.extend([text[i:i + size] for i in range(0, len(text), size)])
+        _drawn.extend(map(bytes.decode, draw_client_ids()))
     return _drawn.pop()
 
 

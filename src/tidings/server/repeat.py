@@ -51,8 +51,8 @@ from tidings.server import longpoll, poll
 from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.gathering import Gathering
-from tidings.server.poll import client_line
-from tidings.server.presence import identify, new_client_id
+from tidings.server.poll import client_line, fresh_client_line
+from tidings.server.presence import identify
 from tidings.wire.http import Headers
 from tidings.wire.repeat import RequestShape
 
@@ -175,9 +175,18 @@ class Repeat:
         if server.draining or (expires and time.time() >= int(expires)):
             return False
         unchanged, gathering = self.unchanged, self.gathering
+        broker = server.broker
         # The same bytes as the last request answered by the decision's kept answer or let
         # into its gathering, of the same shape: the same ``since``, nothing to match.
-        if unchanged is not None and unchanged.shape is shape and data == unchanged.request:
+        again = (unchanged is not None and unchanged.shape is shape
+                 and data == unchanged.request)
+        if again:
+            assert unchanged is not None and unchanged.found is not None
+            # The most frequent request of all: the same poll, most often with nothing new.
+            if broker.same_read(unchanged.channel, unchanged.start, read.page,
+                                unchanged.found):
+                self._send(conn, unchanged)
+                return True
             since = unchanged.since
         elif gathering is not None and gathering.shape is shape and data == gathering.request:
             if gathering.armed:
@@ -195,18 +204,18 @@ class Repeat:
             gathering.request, gathering.shape = data, shape
             self._join(conn, gathering)
             return True
-        broker = server.broker
         try:
             if unchanged is not None and unchanged.found is not None and since == unchanged.since:
-                # The most frequent request: the same poll again, most often still at the end.
-                starts = unchanged.starts
-                if not broker.ready(starts):
-                    return False
-                if broker.same_read(unchanged.channel, unchanged.start, read.page,
-                                    unchanged.found):
+                # The same poll again in other bytes (another ``?client=`` or other headers
+                # on a connection of another shape), or the log moved on (``again``).
+                if not again and broker.same_read(unchanged.channel, unchanged.start,
+                                                  read.page, unchanged.found):
                     unchanged.request, unchanged.shape = data, shape
                     self._send(conn, unchanged)
                     return True
+                starts = unchanged.starts
+                if not broker.ready(starts):
+                    return False
                 found: Read | None = broker.read(unchanged.channel, unchanged.start, read.page)
             else:
                 text = None if since is None else since.decode("ascii")
@@ -267,12 +276,11 @@ class Repeat:
         """Send ``unchanged``'s answer, as :func:`poll.answer` would have."""
         identity = self.identity
         if identity is None:
-            client = new_client_id()
+            line = fresh_client_line()
         else:
             self.read.server.presence.touch(unchanged.starts, identity, "poll")
-            client = identity.client
-        conn.respond(b"".join((unchanged.head, client_line(client), unchanged.tail)),
-                     self.read.keep_alive)
+            line = client_line(identity.client)
+        conn.respond(b"".join((unchanged.head, line, unchanged.tail)), self.read.keep_alive)
 
 
 #: Decisions kept once for every connection that asks the same read in the same way (the same

@@ -255,8 +255,14 @@ class RedisBroker(Broker):
         return self._prepared(channel).read(start, limit)
 
     def same_read(self, channel: str, start: Start, limit: int, found: Read) -> bool:
+        # (``ready`` holds: the start was read from this very log, which has not moved)
         replica = self._replicas.get(channel)
-        return replica is not None and replica.log is not None and replica.log.still_at_end(found)
+        if replica is None or (log := replica.log) is None or not log.still_at_end(found):
+            return False
+        if self._presence is not None and not self._presence.ready(channel):
+            return False
+        replica.used = time.monotonic()
+        return True
 
     def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
         # The replica holds every retained entry (its first sync fetched them
