@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import multiprocessing
-import re
 
 from tidings.core.presence import check_client_id
-from tidings.server import poll, presence
-from tidings.server.poll import fresh_client_line
-from tidings.server.presence import CLIENT_IDS_PER_DRAW, new_client_id
+from tidings.server import presence
+from tidings.server.presence import CLIENT_IDS_PER_DRAW, new_client_id, new_client_id_ascii
 
 
 def test_ids_are_valid_and_distinct_across_draws() -> None:
@@ -17,14 +15,10 @@ def test_ids_are_valid_and_distinct_across_draws() -> None:
     assert all(check_client_id(client) == client and len(client) == 16 for client in ids)
 
 
-def test_fresh_client_lines_name_valid_and_distinct_ids() -> None:
-    """The ``Tidings-Client`` lines of pollers that chose no id, made a draw at a time."""
-    lines = [fresh_client_line() for _ in range(3 * CLIENT_IDS_PER_DRAW + 7)]
-    ids = []
-    for line in lines:
-        found = re.fullmatch(rb"Tidings-Client: (.*)\r\n", line)
-        assert found is not None, line
-        ids.append(found[1].decode("ascii"))
+def test_ids_in_ascii_are_valid_and_distinct_across_draws() -> None:
+    """The ids joined into kept answers (pollers that chose none), drawn in their own pool."""
+    ids = [new_client_id_ascii().decode("ascii") for _ in range(3 * CLIENT_IDS_PER_DRAW + 7)]
+    ids += [new_client_id() for _ in range(CLIENT_IDS_PER_DRAW)]
     assert len(set(ids)) == len(ids)
     assert all(check_client_id(client) == client and len(client) == 16 for client in ids)
 
@@ -33,8 +27,8 @@ def _draw_in_child(queue: multiprocessing.Queue[str]) -> None:
     queue.put(new_client_id())
 
 
-def _line_in_child(queue: multiprocessing.Queue[bytes]) -> None:
-    queue.put(fresh_client_line())
+def _ascii_in_child(queue: multiprocessing.Queue[bytes]) -> None:
+    queue.put(new_client_id_ascii())
 
 
 def test_a_forked_worker_does_not_reuse_its_parents_ids() -> None:
@@ -53,17 +47,17 @@ def test_a_forked_worker_does_not_reuse_its_parents_ids() -> None:
     assert check_client_id(drawn) == drawn
 
 
-def test_a_forked_worker_does_not_reuse_its_parents_client_lines() -> None:
-    fresh_client_line()
-    pending = set(poll._fresh_lines)
+def test_a_forked_worker_does_not_reuse_its_parents_ids_in_ascii() -> None:
+    new_client_id_ascii()
+    pending = set(presence._drawn_ascii)
     assert pending
     context = multiprocessing.get_context("fork")
     queue: multiprocessing.Queue[bytes] = context.Queue()
-    child = context.Process(target=_line_in_child, args=(queue,))
+    child = context.Process(target=_ascii_in_child, args=(queue,))
     child.start()
     try:
         drawn = queue.get(timeout=30)
     finally:
         child.join(30)
     assert drawn not in pending
-    assert drawn.startswith(b"Tidings-Client: ")
+    assert check_client_id(drawn.decode("ascii"))

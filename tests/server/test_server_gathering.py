@@ -37,7 +37,7 @@ from tidings import Server
 from tidings.core.cursor import Position, parse_position
 from tidings.core.log import Gap
 from tidings.core.presence import PresencePolicy
-from tidings.server import gathering
+from tidings.server.connection import HttpConnection
 from tidings.server.metrics import GAPS
 from tidings.testing import http_client, publish, read_response
 
@@ -323,14 +323,14 @@ async def test_a_failure_while_answering_one_member_stays_with_it(
                     get(server, f"/channels/c?wait=30&since={head}&client=p{index}"))
             await parked(server, 3)
             assert gathered(server) == 3
-            line = gathering.client_line
+            respond = HttpConnection.respond
 
-            def broken(client_id: str) -> bytes:
-                if client_id == "p0":
+            def broken(conn: HttpConnection, data: bytes, keep_alive: bool = True) -> None:
+                if b"\r\nTidings-Client: p0\r\n" in data:
                     raise RuntimeError("a bug")
-                return line(client_id)
+                respond(conn, data, keep_alive)
 
-            monkeypatch.setattr(gathering, "client_line", broken)
+            monkeypatch.setattr(HttpConnection, "respond", broken)
             async with client.stream("GET", "/channels/c", params={"since": head},
                                      headers={"Accept": "text/event-stream"}) as stream:
                 assert (await client.post("/channels/c", json="b")).status_code == 201

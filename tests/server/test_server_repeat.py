@@ -765,7 +765,7 @@ async def test_a_failure_while_answering_again_stays_with_its_client(
 
             monkeypatch.setattr(PollRead, "answer", broken_poll)
         else:
-            monkeypatch.setattr(repeat, "fresh_client_line", broken)
+            monkeypatch.setattr(repeat, "new_client_id_ascii", broken)
         refused = await ask(failing, first)  # the same request: answered again, and fails
         assert refused.status == 500
         assert await failing[0].read() == b""  # closed

@@ -49,10 +49,11 @@ from tidings.core.message import Message
 from tidings.server.connection import HttpConnection
 from tidings.server.longpoll import token_expired
 from tidings.server.metrics import DELIVERED, count_gap, count_refusal
-from tidings.server.poll import JSON_NO_CACHE, client_line, fresh_client_line
+from tidings.server.poll import JSON_NO_CACHE, around_client_id
+from tidings.server.presence import new_client_id_ascii
 from tidings.session.batch import batch_of
 from tidings.session.reader import Reader, make_reader
-from tidings.wire import http, poll
+from tidings.wire import poll
 from tidings.wire.http import Headers
 from tidings.wire.repeat import RequestShape
 
@@ -88,8 +89,9 @@ class Gathering:
         #: The parked long polls: each one's connection, and the loop time at which its
         #: wait ends, in the order they joined (the order in which their waits end).
         self.members: dict[HttpConnection, float] = {}
-        #: The client ids members chose (``?client=``); the others get a fresh one each.
-        self.names: dict[HttpConnection, str] = {}
+        #: The client ids members chose (``?client=``), in ASCII; the others get a fresh
+        #: one each.
+        self.names: dict[HttpConnection, bytes] = {}
         self._lost = self.leave  # (made once: a connection calls it if its client leaves)
         #: Whether the server's expiries will call :meth:`expire` (once, for the oldest).
         self._looked_at = False
@@ -128,7 +130,7 @@ class Gathering:
         server = self._server
         self.members[conn] = server.loop.time() + self.wait
         if client is not None:
-            self.names[conn] = client
+            self.names[conn] = client.encode("ascii")
         conn.park(self._lost)
         if not self._looked_at:
             self._looked_at = True
@@ -175,7 +177,7 @@ class Gathering:
         for conn in self._take_all()[0]:
             conn.abort()
 
-    def _take_all(self) -> tuple[dict[HttpConnection, float], dict[HttpConnection, str]]:
+    def _take_all(self) -> tuple[dict[HttpConnection, float], dict[HttpConnection, bytes]]:
         """Every member, taken out: the gathering is disarmed."""
         members, names = self.members, self.names
         self.members, self.names = {}, {}
@@ -206,7 +208,7 @@ class Gathering:
             self._looked_at = True
             self._server.expiries.add(self, next(iter(members.values())) - now)
 
-    def _end_waits(self, conns: Iterable[HttpConnection], names: dict[HttpConnection, str]
+    def _end_waits(self, conns: Iterable[HttpConnection], names: dict[HttpConnection, bytes]
                    ) -> None:
         """Answer the members of ``conns``, taken out already, with no messages and its
         cursor."""
@@ -246,17 +248,17 @@ class Gathering:
             conn.abort()
 
     def _answer(self, conns: Iterable[HttpConnection], body: bytes,
-                names: dict[HttpConnection, str]) -> None:
+                names: dict[HttpConnection, bytes]) -> None:
         """Send ``body`` to the members of ``conns`` (named in ``names``, the others with a
         fresh client id each); a failure ends that member's connection."""
         keep_alive = self.keep_alive
-        # (one answer but for each member's Tidings-Client line: made once, joined around it)
-        head, tail = http.response_parts(200, self.headers, body, keep_alive=keep_alive)
+        # (one answer but for each member's client id: made once, joined around it)
+        head, tail = around_client_id(200, self.headers, body, keep_alive)
         for conn in conns:
             try:
                 client = names.get(conn) if names else None
-                line = fresh_client_line() if client is None else client_line(client)
-                conn.respond(b"".join((head, line, tail)), keep_alive)
+                conn.respond(b"".join((head, client or new_client_id_ascii(), tail)),
+                             keep_alive)
             except Exception:
                 logger.exception("answering a long poll failed")
                 conn.abort()

@@ -15,7 +15,6 @@ reads for their ``presence_timeout`` (server/presence.py).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ from tidings.core.log import Read
 from tidings.core.presence import Identity
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import count_page
-from tidings.server.presence import CLIENT_HEADER, draw_client_ids
+from tidings.server.presence import CLIENT_HEADER
 from tidings.session.batch import Batch, read_batch
 from tidings.session.reader import make_reader
 from tidings.wire import http, poll
@@ -45,19 +44,14 @@ def client_line(client: str) -> bytes:
     return _CLIENT_LINE % client.encode("ascii")
 
 
-_fresh_lines: list[bytes] = []
-
-
-def fresh_client_line() -> bytes:
-    """:func:`client_line` of a fresh client id, for a reader that chose none: made a
-    whole draw at a time (``draw_client_ids``)."""
-    if not _fresh_lines:
-        _fresh_lines.extend(map(_CLIENT_LINE.__mod__, draw_client_ids()))
-    return _fresh_lines.pop()
-
-
-# A forked worker must not hand out the lines its parent had made.
-os.register_at_fork(after_in_child=_fresh_lines.clear)
+def around_client_id(status: int, headers: Headers, body: bytes, keep_alive: bool
+                     ) -> tuple[bytes, bytes]:
+    """An answer as the bytes before and after the client id in its ``Tidings-Client``
+    line: answers that differ only in the id (one per poller) are each the join of the
+    two around it (``new_client_id_ascii``, or an id the poller chose, in ASCII)."""
+    head, tail = http.response_parts(status, headers, body, keep_alive=keep_alive)
+    before, after = _CLIENT_LINE.split(b"%s")
+    return head + before, after + tail
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
@@ -134,11 +128,11 @@ def reply(batch: Batch, cursor: str, if_none_match: str | None, cors: Headers,
 def nothing_new(cursor: Position, if_none_match: str | None, cors: Headers,
                 keep_alive: bool) -> tuple[bytes, bytes]:
     """The answer to a poll of one channel that found nothing after ``cursor``, as the
-    bytes before and after its ``Tidings-Client`` line (the one part that may differ from
-    one poller to the next): what :func:`answer` sends for such a read."""
+    bytes before and after its client id (the one part that may differ from one poller
+    to the next, :func:`around_client_id`): what :func:`answer` sends for such a read."""
     batch = Batch([], {}, {}, [], False)
     status, headers, body = reply(batch, str(cursor), if_none_match, cors)
-    return http.response_parts(status, headers, body, keep_alive=keep_alive)
+    return around_client_id(status, headers, body, keep_alive)
 
 
 def _send(conn: HttpConnection, status: int, headers: Headers, body: bytes, keep_alive: bool,

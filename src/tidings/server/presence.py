@@ -17,8 +17,8 @@ import asyncio
 import base64
 import logging
 import os
-import re
 import secrets
+import struct
 import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
@@ -69,15 +69,16 @@ class Watcher(Protocol):
 #: Client ids drawn at once: every read that names no id needs a fresh one, and one
 #: ``urandom`` and base64 pass for many costs a fraction of one per request.
 CLIENT_IDS_PER_DRAW = 256
-#: One id in a draw's base64url text (whole groups of three bytes: no padding).
-_ONE_ID = re.compile(rb".{%d}" % (CLIENT_ID_BYTES * 4 // 3), re.DOTALL)
+#: A draw's base64url text cut into its ids (whole groups of three bytes: no padding).
+_DRAW = struct.Struct(f"{CLIENT_ID_BYTES * 4 // 3}s" * CLIENT_IDS_PER_DRAW)
 _drawn: list[str] = []
+_drawn_ascii: list[bytes] = []
 
 
-def draw_client_ids() -> list[bytes]:
+def draw_client_ids() -> tuple[bytes, ...]:
     """:data:`CLIENT_IDS_PER_DRAW` fresh, unguessable client ids in ASCII
     (``CLIENT_ID_BYTES`` random bytes each, in base64url), cut from one draw in C."""
-    return _ONE_ID.findall(base64.urlsafe_b64encode(
+    return _DRAW.unpack(base64.urlsafe_b64encode(
         secrets.token_bytes(CLIENT_ID_BYTES * CLIENT_IDS_PER_DRAW)))
 
 
@@ -88,8 +89,21 @@ def new_client_id() -> str:
     return _drawn.pop()
 
 
+def new_client_id_ascii() -> bytes:
+    """:func:`new_client_id` in ASCII, for an answer joined around it (the kept answer of
+    a poll, a gathering's): its own pool, so that it is never decoded or encoded."""
+    if not _drawn_ascii:
+        _drawn_ascii.extend(draw_client_ids())
+    return _drawn_ascii.pop()
+
+
+def _forget_draws() -> None:
+    _drawn.clear()
+    _drawn_ascii.clear()
+
+
 # A forked worker must not hand out the ids its parent had drawn.
-os.register_at_fork(after_in_child=_drawn.clear)
+os.register_at_fork(after_in_child=_forget_draws)
 
 
 def identify(client: str | None, credentials: Credentials) -> tuple[Identity, bool]:

@@ -51,8 +51,7 @@ from tidings.server import longpoll, poll
 from tidings.server.auth import Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.gathering import Gathering
-from tidings.server.poll import client_line, fresh_client_line
-from tidings.server.presence import identify
+from tidings.server.presence import identify, new_client_id_ascii
 from tidings.wire.http import Headers
 from tidings.wire.repeat import RequestShape
 
@@ -137,7 +136,7 @@ class Unchanged:
         self.start: Start = END
         #: The read it answers (held, so that no other read can take its id); ``None``: none yet.
         self.found: Read | None = None
-        self.head = self.tail = b""  #: the answer, before and after its ``Tidings-Client`` line
+        self.head = self.tail = b""  #: the answer, before and after its client id
         #: The last request answered with it, whole, and that request's shape: the same bytes
         #: on a connection of the same shape are the same request, with the same ``since``.
         self.request = b""
@@ -276,11 +275,11 @@ class Repeat:
         """Send ``unchanged``'s answer, as :func:`poll.answer` would have."""
         identity = self.identity
         if identity is None:
-            line = fresh_client_line()
+            client = new_client_id_ascii()
         else:
             self.read.server.presence.touch(unchanged.starts, identity, "poll")
-            line = client_line(identity.client)
-        conn.respond(b"".join((unchanged.head, line, unchanged.tail)), self.read.keep_alive)
+            client = identity.client.encode("ascii")
+        conn.respond(b"".join((unchanged.head, client, unchanged.tail)), self.read.keep_alive)
 
 
 #: Decisions kept once for every connection that asks the same read in the same way (the same
