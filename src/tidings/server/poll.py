@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 JSON_NO_CACHE: Headers = (http.JSON, ("Cache-Control", "no-cache"))
 _CLIENT_LINE = b"%s: %%s\r\n" % CLIENT_HEADER.encode("ascii")
+_BEFORE_ID, _AFTER_ID = _CLIENT_LINE.split(b"%s")
 
 
 def client_line(client: str) -> bytes:
@@ -50,8 +51,7 @@ def around_client_id(status: int, headers: Headers, body: bytes, keep_alive: boo
     line: answers that differ only in the id (one per poller) are each the join of the
     two around it (``new_client_id_ascii``, or an id the poller chose, in ASCII)."""
     head, tail = http.response_parts(status, headers, body, keep_alive=keep_alive)
-    before, after = _CLIENT_LINE.split(b"%s")
-    return head + before, after + tail
+    return head + _BEFORE_ID, _AFTER_ID + tail
 
 
 def answer(server: Server, conn: HttpConnection, starts: Mapping[str, Start], multi: bool,
