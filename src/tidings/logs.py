@@ -145,10 +145,18 @@ def configure(level: str = "info", log_format: str = "text", *, access_log: bool
     handler.tidings = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    access = logging.getLogger(ACCESS_LOGGER)
-    access.disabled = not access_log
     if access_log:
-        access.setLevel(logging.INFO)  # an access log asked for is written at any level
+        turn_on_access_log()
+    else:
+        logging.getLogger(ACCESS_LOGGER).disabled = True
+
+
+def turn_on_access_log() -> None:
+    """Let the access log through (a server with ``access_log = true`` calls it as it
+    starts, whatever an earlier :func:`configure` said): written at any level."""
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.disabled = False
+    access.setLevel(logging.INFO)
 
 
 def notice(text: str, level: int = logging.INFO) -> None:

@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from conftest import UNIT
-from tidings import logs
+from tidings import Server, Settings, logs
 
 API_KEY = "api-key-that-must-never-be-logged-1234"
 WRONG_KEY = "wrong-key-that-must-never-be-logged-5678"
@@ -141,6 +141,20 @@ async def test_the_access_log_is_off_by_default() -> None:
     records = [json.loads(line) for line in err.splitlines()]
     assert records  # debug lines are there
     assert not [r for r in records if r["logger"] == "tidings.access"]
+
+
+async def test_a_server_with_the_access_log_writes_it_after_a_configure_without(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``access_log = true`` on a server started after ``configure`` turned the access log
+    off (as ``tidings serve`` does without it, in the same process): the lines are written."""
+    logs.configure("warning", "text", stream=io.StringIO(), access_log=False)
+    assert logging.getLogger(logs.ACCESS_LOGGER).disabled
+    caplog.set_level(logging.INFO, logger=logs.ACCESS_LOGGER)
+    async with (Server(Settings(host="127.0.0.1", port=0, access_log=True)) as server,
+                httpx.AsyncClient(base_url=server.url, timeout=10 * UNIT) as http):
+        assert (await http.get("/channels/c")).status_code == 200
+    assert [r.status for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == logs.ACCESS_LOGGER] == [200]
 
 
 async def test_text_format_keeps_its_shape_with_fields() -> None:

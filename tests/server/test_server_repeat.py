@@ -524,8 +524,6 @@ async def test_not_offered_with_the_access_log(make_server: ServerFactory,
                                                monkeypatch: pytest.MonkeyPatch,
                                                caplog: pytest.LogCaptureFixture) -> None:
     server = await make_server(access_log=True)
-    # (An earlier test's configure_logging may have turned the logger off: it is global.)
-    monkeypatch.setattr(logging.getLogger(ACCESS_LOGGER), "disabled", False)
     caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
     dispatches = await three_times(server, "/channels/c?since=0", monkeypatch)
     assert len(dispatches) == 3

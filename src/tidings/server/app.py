@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from tidings import logs
 from tidings.brokers import make_broker
 from tidings.brokers.base import Broker
 from tidings.core.cursor import Start
@@ -175,6 +176,8 @@ class Server:
         if not hasattr(self, "registry"):
             self._bind_loop(loop)
         self.started = True
+        if self.settings.access_log:
+            logs.turn_on_access_log()
         await self.broker.start()
         if self._sock is not None:
             self._listener = await self.loop.create_server(
