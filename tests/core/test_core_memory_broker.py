@@ -392,6 +392,46 @@ def test_expiry_and_forgetting_happen_at_their_times() -> None:
     assert at(400_001) == (0, -1, -1)
 
 
+def test_the_same_read_again_keeps_a_log_as_the_clock_last_read() -> None:
+    """``same_read`` (a poll repeated with nothing new) counts as a read for forgetting idle
+    logs, stamped with the clock's last reading (by maintain, a read, a publish): no
+    earlier than the read it repeats, and reading no clock of its own."""
+    clock = Clock()
+    start = clock.now
+    broker = make(clock, idle=100)
+    broker.log("news")
+    found = broker.read("news", END, 10)  # at 0 s
+
+    def at(ms: int) -> int:
+        clock.now = start + ms
+        broker.maintain()
+        return broker.channels()
+
+    assert at(60_000) == 1
+    clock.now = start + 90_000  # read by nobody: same_read stamps 60 s, maintain's reading
+    assert broker.same_read("news", END, 10, found)
+    assert at(100_001) == 1  # idle since 0 s, had the poll not counted
+    assert at(160_000) == 1
+    assert at(160_001) == 0
+    assert not broker.same_read("news", END, 10, found)  # forgotten: another log's end
+
+
+def test_the_same_read_again_is_stamped_no_earlier_than_the_read_it_repeats() -> None:
+    clock = Clock()
+    start = clock.now
+    broker = make(clock, idle=100)
+    broker.log("news")
+    clock.now = start + 70_000
+    found = broker.read("news", END, 10)  # read at 70 s, after maintain last ran (never)
+    assert broker.same_read("news", END, 10, found)
+    clock.now = start + 170_000
+    broker.maintain()
+    assert broker.channels() == 1
+    clock.now = start + 170_001
+    broker.maintain()
+    assert broker.channels() == 0
+
+
 def test_one_late_maintain_does_all_that_is_due() -> None:
     clock = Clock()
     broker = make(clock, Settings(history_ttl=10), idle=100)

@@ -39,7 +39,11 @@ and scheduled again) but never late, so publishes and reads need not move
 it; only a wall clock going back leaves a stale entry, skipped when popped.
 Reads still trim by age on the spot, so no read returns an expired message,
 whenever ``maintain`` runs. A log that has hub subscribers when it is due to
-be forgotten is looked at again ``idle_log_seconds`` later.
+be forgotten is looked at again ``idle_log_seconds`` later. Publishes and
+reads stamp a log with the clock; the same read again (``same_read``, a poll
+repeated with nothing new, the most frequent request of all) stamps it with the
+clock's last reading instead of reading it, which in a server is at most a
+second old (``maintain`` runs every second).
 """
 
 from __future__ import annotations
@@ -128,6 +132,9 @@ class MemoryBroker(Broker):
         self.hub = Hub()
         self._retention = retention
         self._clock = clock
+        #: The clock's last reading (every one is kept): what :meth:`same_read` stamps a
+        #: log with, reading no clock.
+        self._clock_seen = 0
         self._logs: dict[str, _HeldLog] = {}
         self._idle_ms = int(idle_log_seconds * 1000)
         # Heaps of (due, channel): when the oldest message of a log expires, and
@@ -161,7 +168,8 @@ class MemoryBroker(Broker):
         """
         log = self._logs.get(channel)
         if log is None:
-            log = self._create(channel, self._clock())
+            now = self._clock_seen = self._clock()
+            log = self._create(channel, now)
             self._forget_after(channel, log, log.touched + self._idle_ms + 1)
         return log
 
@@ -172,7 +180,7 @@ class MemoryBroker(Broker):
     def publish_nowait(self, channel: str, data: bytes, *,
                        idempotency_key: str | None = None) -> Message:
         """Like :meth:`publish`, for callers without an event loop."""
-        now = self._clock()
+        now = self._clock_seen = self._clock()
         log = self._logs.get(channel)
         if idempotency_key is not None:
             replayed = self._replay(channel, log, idempotency_key, data, now)
@@ -242,7 +250,7 @@ class MemoryBroker(Broker):
         log = self._logs.get(channel)
         if log is None:
             return self._stand_in(channel).read(start, limit)
-        now = log.touched = self._clock()
+        now = log.touched = self._clock_seen = self._clock()
         if len(log):
             log.trim(now)
         return log.read(start, limit)
@@ -253,20 +261,23 @@ class MemoryBroker(Broker):
             return self._stand_in(channel).still_at_end(found)
         if not log.still_at_end(found):
             return False
-        log.touched = self._clock()  # a read, as far as forgetting idle logs goes
+        # A read, as far as forgetting idle logs goes, stamped with the clock's last
+        # reading: no earlier than the read it repeats, and at most a second old in a
+        # server, whose maintain() reads it every second.
+        log.touched = self._clock_seen
         return True
 
     def read_back(self, channel: str, before: Start, since: Start, limit: int) -> BackRead:
         log = self._logs.get(channel)
         if log is None:
             return self._stand_in(channel).read_back(before, since, limit)
-        now = log.touched = self._clock()
+        now = log.touched = self._clock_seen = self._clock()
         if len(log):
             log.trim(now)
         return log.read_back(before, since, limit)
 
     def maintain(self) -> None:
-        now = self._clock()
+        now = self._clock_seen = self._clock()
         logs, idle_ms = self._logs, self._idle_ms
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:

@@ -189,9 +189,24 @@ class HttpConnection(asyncio.Protocol):
         if self.closing or self._failure is not None:
             return
         shape = self._repeat_shape
-        if (shape is not None and not self.busy and not self.queue and not self._request_begun
-                and self._answer_again(data, shape)):
-            return
+        if shape is not None and not self.busy and not self.queue and not self._request_begun:
+            # The last request's shape again: answered from its decision (server/repeat.py)
+            # unless it says the request must be read in full.
+            assert self._repeat is not None
+            self._dispatching = True
+            try:
+                answered = self._repeat.answer(self, data, shape)
+            except Exception:
+                logger.exception("answering a repeated request failed")
+                self.abort()
+                return
+            finally:
+                self._dispatching = False
+            if answered:
+                self._misses = 0
+                if not self.busy and not self.closing:
+                    self.deadline = self.server.loop.time() + self.settings.keep_alive_timeout
+                return
         self._repeat = self._repeat_shape = self._offered = None
         self._completed = 0
         begun = self._request_begun  # a read that ends a request begun before is no shape
@@ -223,24 +238,6 @@ class HttpConnection(asyncio.Protocol):
         of the same shape is then handed to it instead of the parser and the router.
         """
         self._offered = decision
-
-    def _answer_again(self, data: bytes, shape: RequestShape) -> bool:
-        """:meth:`_serve` for a request of the last one's shape; ``False``: parse it."""
-        assert self._repeat is not None
-        self._dispatching = True
-        try:
-            if not self._repeat.answer(self, data, shape):
-                return False
-            self._misses = 0
-        except Exception:
-            logger.exception("answering a repeated request failed")
-            self.abort()
-            return True
-        finally:
-            self._dispatching = False
-        if not self.busy and not self.closing:
-            self._arm(self.settings.keep_alive_timeout)
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
