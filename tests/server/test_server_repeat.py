@@ -632,6 +632,26 @@ async def test_repeated_polls_count_in_the_metrics(server: Server,
     assert 'tidings_delivered_messages_total{technique="longpoll"} 5.0' in text
 
 
+async def test_repeated_polls_keep_their_connection_past_the_keep_alive_timeout(
+        make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keep-alive deadline a repeated answer files (``Server.keep_alive_deadline``, one
+    for every connection, renewed each tick) moves on with every answer; once the polls
+    stop, the connection is closed after the timeout, not before."""
+    server = await make_server(keep_alive_timeout=0.8)  # a tick of 0.2 s
+    dispatches = Dispatches(server, monkeypatch)
+    request = get(server, "/channels/c?since=0")
+    async with raw(server) as (reader, writer):
+        started = server.loop.time()
+        while server.loop.time() - started < 2.0:  # two and a half timeouts
+            assert (await ask((reader, writer), request)).status == 200
+            await asyncio.sleep(0.1)
+        last = server.loop.time()
+        assert len(dispatches) == 1  # the first: every other was answered again
+        async with asyncio.timeout(0.8 + 3 * server.tick + WITHIN):
+            assert await reader.read() == b""
+        assert server.loop.time() - last >= 0.8 - server.tick  # (less a late tick at most)
+
+
 async def test_a_since_grown_past_max_url_length_is_refused(
         make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     limit = 100
@@ -679,10 +699,15 @@ def test_equal_decisions_are_one_object_and_the_table_is_bounded(
     first = shared.repeat(read(), ANONYMOUS, None)
     assert shared.repeat(read(), ANONYMOUS, None).read is first.read
     assert shared.repeat(read(channel="d"), ANONYMOUS, None).read is not first.read
+    # Anonymous pollers that name no client id share one Repeat (it holds nothing of theirs).
+    assert shared.repeat(read(), Credentials(), None) is first
     named = shared.repeat(read(), ANONYMOUS, Identity("me"))
     assert named.read is first.read and named.identity == Identity("me")
+    assert named is not first and first.identity is None
     token = Credentials(Claims(sub="alice", info={"name": "A"}))
     assert shared.repeat(read(), token, None).credentials is token
+    assert first.credentials is ANONYMOUS
+    assert shared.repeat(read(), Credentials(api_key=True), None).credentials.api_key
     monkeypatch.setattr(repeat, "MAX_SHARED", 4)
     kept = [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)]
     assert [shared.repeat(read(page), ANONYMOUS, None).read for page in range(1, 10)] == kept

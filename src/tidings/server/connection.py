@@ -205,7 +205,7 @@ class HttpConnection(asyncio.Protocol):
             if answered:
                 self._misses = 0
                 if not self.busy and not self.closing:
-                    self.deadline = self.server.loop.time() + self.settings.keep_alive_timeout
+                    self.deadline = self.server.keep_alive_deadline
                 return
         self._repeat = self._repeat_shape = self._offered = None
         self._completed = 0
@@ -347,7 +347,7 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self._dispatching = False
         if not self.busy and not self.queue and not self.closing and not self.handed_over:
-            self._arm(self.settings.keep_alive_timeout)
+            self.deadline = self.server.keep_alive_deadline
 
     def _serve(self, request: Request) -> None:
         """:meth:`_next` for a request that arrived with none queued before it."""
@@ -362,7 +362,7 @@ class HttpConnection(asyncio.Protocol):
             self._dispatching = False
         # (Nothing is queued meanwhile: the parser hands over the next request after this.)
         if not self.busy and not self.closing and not self.handed_over:
-            self._arm(self.settings.keep_alive_timeout)
+            self.deadline = self.server.keep_alive_deadline
 
     def _upgrade(self, rest: bytes) -> None:
         """The parser stopped at an ``Upgrade`` request; ``rest`` follows it."""
@@ -409,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
             # served in a step of its own, never inside the code that answered this one.
             self.server.loop.call_soon(self._next)
         elif not self._dispatching:
-            self._arm(self.settings.keep_alive_timeout)
+            self.deadline = self.server.keep_alive_deadline
 
     def answer(self, status: int, headers: http.Headers, body: bytes = b"",
                keep_alive: bool = True) -> None:

@@ -48,7 +48,7 @@ from tidings.core.log import Read
 from tidings.core.presence import Identity
 from tidings.errors import ProtocolError
 from tidings.server import longpoll, poll
-from tidings.server.auth import Credentials
+from tidings.server.auth import ANONYMOUS, Credentials
 from tidings.server.connection import HttpConnection
 from tidings.server.gathering import Gathering
 from tidings.server.presence import identify, new_client_id_ascii
@@ -296,7 +296,11 @@ class Shared:
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: dict[PollRead, tuple[PollRead, Unchanged | None, Gathering | None]] = {}
+        #: Per decision: its :class:`Repeat` for anonymous pollers that name no client id
+        #: (one for all of them: under load, one of its own per connection would be one
+        #: more object out of the CPU's caches at each request), its :class:`Unchanged`
+        #: and its :class:`Gathering`.
+        self._kept: dict[PollRead, tuple[Repeat, Unchanged | None, Gathering | None]] = {}
 
     def repeat(self, read: PollRead, credentials: Credentials,
                identity: Identity | None) -> Repeat:
@@ -314,5 +318,9 @@ class Shared:
                          if one and read.wait is not None and read.wait > 0
                          and not read.server.presence.policy(read.channels[0]).enabled
                          else None)
-            kept[read] = found = (read, unchanged, gathering)
-        return Repeat(found[0], credentials, identity, found[1], found[2])
+            anonymous = Repeat(read, ANONYMOUS, None, unchanged, gathering)
+            kept[read] = found = (anonymous, unchanged, gathering)
+        anonymous = found[0]
+        if identity is None and credentials == ANONYMOUS:
+            return anonymous
+        return Repeat(anonymous.read, credentials, identity, found[1], found[2])
