@@ -66,7 +66,8 @@ async def close_all(connections: list[Raw]) -> None:
 def gathered(server: Server) -> int:
     """How many long polls wait in gatherings (the rest wait on their own)."""
     repeats = server.router.repeats
-    return sum(len(kept[2].members) for kept in repeats._kept.values() if kept[2] is not None)
+    return sum(len(kept.gathering.members) for kept in repeats._kept.values()
+               if kept.gathering is not None)
 
 
 @asynccontextmanager

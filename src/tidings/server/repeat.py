@@ -296,18 +296,18 @@ class Shared:
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        #: Per decision: its :class:`Repeat` for anonymous pollers that name no client id
+        #: Per decision, its :class:`Repeat` for anonymous pollers that name no client id
         #: (one for all of them: under load, one of its own per connection would be one
-        #: more object out of the CPU's caches at each request), its :class:`Unchanged`
-        #: and its :class:`Gathering`.
-        self._kept: dict[PollRead, tuple[Repeat, Unchanged | None, Gathering | None]] = {}
+        #: more object out of the CPU's caches at each request), which holds what the
+        #: decision's pollers share: its :class:`Unchanged` and its :class:`Gathering`.
+        self._kept: dict[PollRead, Repeat] = {}
 
     def repeat(self, read: PollRead, credentials: Credentials,
                identity: Identity | None) -> Repeat:
         """The :class:`Repeat` of ``read`` (which must hold no ``presence_since``: a dict)."""
         kept = self._kept
-        found = kept.get(read)
-        if found is None:
+        anonymous = kept.get(read)
+        if anonymous is None:
             if len(kept) >= MAX_SHARED:
                 kept.clear()
             one = (not read.multi and len(read.channels) == 1 and not read.latest
@@ -318,9 +318,8 @@ class Shared:
                          if one and read.wait is not None and read.wait > 0
                          and not read.server.presence.policy(read.channels[0]).enabled
                          else None)
-            anonymous = Repeat(read, ANONYMOUS, None, unchanged, gathering)
-            kept[read] = found = (anonymous, unchanged, gathering)
-        anonymous = found[0]
+            kept[read] = anonymous = Repeat(read, ANONYMOUS, None, unchanged, gathering)
         if identity is None and credentials == ANONYMOUS:
             return anonymous
-        return Repeat(anonymous.read, credentials, identity, found[1], found[2])
+        return Repeat(anonymous.read, credentials, identity, anonymous.unchanged,
+                      anonymous.gathering)
