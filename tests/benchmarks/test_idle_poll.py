@@ -9,6 +9,7 @@ its floor (benchmarks/_floor.py) run and count what they should.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,15 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "nchan.py"
 
 
-@pytest.mark.parametrize("server", ["tidings", "floor"])
-def test_idle_poll_runs_against(server: str) -> None:
+@pytest.mark.parametrize(("server", "write"), [("tidings", ""), ("floor", ""),
+                                               ("floor", "direct")])
+def test_idle_poll_runs_against(server: str, write: str) -> None:
+    """(``FLOOR_WRITE=direct``: the floor writes on the socket, not through the transport.)"""
     out = subprocess.run(
         [sys.executable, str(SCRIPT), "idle-poll", "--server", server, "--subscribers", "20",
          "--seconds", "1", "--warmup", "0.5", "--poll-interval", "0.1", "--json"],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "FLOOR_WRITE": write})
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     assert out.returncode == 0 and lines, out.stdout + out.stderr
     result = json.loads(lines[-1])

@@ -534,6 +534,26 @@ async def test_expect_100_continue(server: Server, client: httpx.AsyncClient) ->
     assert [(m["id"], m["data"]) for m in poll.json()["messages"]] == [(created["id"], {"a": 1})]
 
 
+async def test_expect_100_continue_is_answered_for_content_only(server: Server) -> None:
+    """A chunked body is content: ``100`` first. A ``GET`` has none (RFC 9110, 10.1.1):
+    straight to its answer, whichever path answers it (server/repeat.py)."""
+    reader, writer = await open_raw(server)
+    try:
+        writer.write(b"POST /channels/go HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                     b"\r\nExpect: 100-continue\r\n\r\n")
+        async with asyncio.timeout(5 * UNIT):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"7\r\n{\"a\":1}\r\n0\r\n\r\n")
+        assert (await read_response(reader)).status_code == 201
+        for _ in range(2):
+            writer.write(b"GET /channels/go?since=0 HTTP/1.1\r\nHost: x\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            response = await read_response(reader)
+            assert response.status_code == 200 and len(response.json()["messages"]) == 1
+    finally:
+        writer.close()
+
+
 async def test_expect_100_continue_over_limit_gets_413_not_100(
         make_server: ServerFactory) -> None:
     server = await make_server(max_message_size=1024)

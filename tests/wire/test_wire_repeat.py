@@ -179,6 +179,23 @@ def test_a_tagged_shape_takes_the_same_value_in_both_holes() -> None:
     assert plain is not None and plain.between is None and plain.match(again) is None
 
 
+def test_a_tagged_value_grows_the_header_fields_only_as_far_as_their_room() -> None:
+    data = tagged(b"/channels/c?since=1-2", b'If-None-Match: "1-2"')
+    for room in (0, 5):
+        shape = RequestShape.of(data, MAX_URL, tagged=True, header_room=room)
+        assert shape is not None and shape.longest == 3 + room
+        assert shape.match(data) == b"1-2"
+        fits = b"1-" + b"2" * (1 + room)
+        assert shape.match(tagged(b"/channels/c?since=" + fits,
+                                  b'If-None-Match: "' + fits + b'"')) == fits
+        over = fits + b"3"
+        assert shape.match(tagged(b"/channels/c?since=" + over,
+                                  b'If-None-Match: "' + over + b'"')) is None
+    # an untagged shape's value is in the target only: the header fields do not grow
+    plain = RequestShape.of(req(b"/channels/c?since=1-2"), MAX_URL, header_room=0)
+    assert plain is not None and plain.longest == MAX_URL - len(b"/channels/c?since=")
+
+
 @pytest.mark.parametrize("lines", [
     (b'If-None-Match: "1-3"',),                       # another value
     (b'If-None-Match: W/"1-2"',),                     # weak

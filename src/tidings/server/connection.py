@@ -135,12 +135,14 @@ class HttpConnection(asyncio.Protocol):
         self._offered: Repeatable | None = None
         self._completed = 0  # requests completed by the parser in this read
         self._misses = 0  # requests read in full since the last one answered again
+        #: The size of the request's header fields, as ``max_header_size`` counts it; kept
+        #: once it is complete (reset when the next begins), for its shape.
+        self._header_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
         self._headers: dict[str, str] = {}
-        self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
         self._error: ProtocolError | None = None
@@ -227,7 +229,9 @@ class HttpConnection(asyncio.Protocol):
             if (offered is not None and self._completed == 1 and not begun
                     and not self._request_begun
                     and (misses <= SHAPES_BEFORE_BACKING_OFF or misses % SHAPE_EVERY == 0)):
-                shape = RequestShape.of(data, self.settings.max_url_length, offered.tagged)
+                settings = self.settings
+                shape = RequestShape.of(data, settings.max_url_length, offered.tagged,
+                                        settings.max_header_size - self._header_bytes)
                 if shape is not None:
                     self._repeat, self._repeat_shape = offered, _shared(shape)
 
@@ -253,7 +257,9 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # The fields were reset when the previous request completed (or the connection
         # opened): a parser that fails stops the connection, so nothing is left over.
+        # All but the size of its header fields, kept for its shape (data_received).
         self._request_begun = True
+        self._header_bytes = 0
         self.deadline = self.server.loop.time() + self.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -293,7 +299,12 @@ class HttpConnection(asyncio.Protocol):
             )
             raise self._error
         expect = self._headers.get("expect")
-        if expect is not None and expect.lower() == "100-continue" and self.transport:
+        if (expect is not None and expect.lower() == "100-continue" and self.transport
+                and ("transfer-encoding" in self._headers
+                     or (length is not None and length.strip("0") != ""))):
+            # Only for a request with content: its framing says there is none otherwise,
+            # nothing waits for the go-ahead (RFC 9110, 10.1.1), and a repeated request
+            # answered without being parsed (server/repeat.py) is answered alike.
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:

@@ -56,13 +56,16 @@ class RequestShape(NamedTuple):
     between: bytes | None = None
 
     @classmethod
-    def of(cls, data: bytes, max_url_length: int, tagged: bool = False) -> RequestShape | None:
+    def of(cls, data: bytes, max_url_length: int, tagged: bool = False,
+           header_room: int | None = None) -> RequestShape | None:
         """The shape of ``data`` if it is exactly one ``GET`` request with no body whose
         target names ``since`` at most once with a value of :data:`CURSOR_BYTES`; else
         ``None`` (such a request is always parsed in full).
 
         ``tagged``: the request must also have exactly one ``If-None-Match`` line, whose
-        value is that ``since`` value in double quotes; it becomes the second hole.
+        value is that ``since`` value in double quotes; it becomes the second hole. The
+        header fields grow with the value there: ``header_room`` is how much more they
+        may hold under the server's ``max_header_size`` (``None``: no limit).
         """
         if not data.startswith(b"GET ") or data.find(_END) != len(data) - len(_END):
             return None
@@ -92,6 +95,8 @@ class RequestShape(NamedTuple):
         if line is None or line.group(1) != value:
             return None
         tag = line.start(1)
+        if header_room is not None:
+            longest = min(longest, len(value) + header_room)
         return cls(data[:start], data[tag + len(value):], True, longest, data[end:tag])
 
     def match(self, data: bytes) -> bytes | None:
