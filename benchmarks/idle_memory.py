@@ -12,9 +12,14 @@ stable, and prints the growth divided by the connections:
   is raised to 600 s for the run);
 * ``keepalive``: keep-alive connections idle after one poll.
 
+With ``--idle-cpu SECONDS``, it also reads the server's CPU time over that
+many seconds while the connections are open and nothing happens: what they
+cost when idle (the housekeeping sweep, heartbeats), in ms per second.
+
 Example::
 
     .venv/bin/python benchmarks/idle_memory.py --connections 1000 10000
+    .venv/bin/python benchmarks/idle_memory.py --connections 15000 --kinds sse --idle-cpu 10
 """
 
 from __future__ import annotations
@@ -100,7 +105,15 @@ async def settled_rss(server: ServerProcess, seconds: float = 1.0) -> int:
     return previous
 
 
-async def measure(kind: str, count: int, server: ServerProcess) -> dict[str, object]:
+async def idle_cpu_ms_per_second(server: ServerProcess, seconds: float) -> float:
+    """The server's CPU time over ``seconds`` of nothing happening, in ms per second."""
+    cpu, began = server.cpu_seconds(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (server.cpu_seconds() - cpu) / (time.monotonic() - began) * 1000
+
+
+async def measure(kind: str, count: int, server: ServerProcess,
+                  idle_cpu: float = 0.0) -> dict[str, object]:
     run = Run(server.host, server.port)
     warm = await connect_all(run, [factory(kind, run) for _ in range(WARMUP_CONNECTIONS)])
     await wait_count(run, kind, WARMUP_CONNECTIONS)
@@ -113,6 +126,7 @@ async def measure(kind: str, count: int, server: ServerProcess) -> dict[str, obj
     await wait_count(run, kind, count)
     connect_seconds = time.monotonic() - started
     after = await settled_rss(server)
+    idle_ms = await idle_cpu_ms_per_second(server, idle_cpu) if idle_cpu else None
     still_open = sum(not c.lost for c in clients)
     for client in clients:
         client.close()
@@ -125,6 +139,7 @@ async def measure(kind: str, count: int, server: ServerProcess) -> dict[str, obj
         "still_open": still_open,
         "errors": len(run.errors),
         "connect_seconds": round(connect_seconds, 2),
+        "idle_cpu_ms_per_second": None if idle_ms is None else round(idle_ms, 2),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -136,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="also print JSON result lines")
+    parser.add_argument("--idle-cpu", type=float, default=0.0, metavar="SECONDS",
+                        help="also read the server's CPU time over SECONDS with the "
+                             "connections open and idle")
     args = parser.parse_args(argv)
     failed = False
     for count in args.connections:
@@ -143,12 +161,15 @@ def main(argv: list[str] | None = None) -> int:
             server = ServerProcess.start(cpu=args.server_cpu, config=SERVER_CONFIG)
             pin_to_cpu(args.client_cpu)
             try:
-                result = uvloop.run(measure(kind, count, server))
+                result = uvloop.run(measure(kind, count, server, args.idle_cpu))
             finally:
                 server.stop()
             print(f"{kind:9} {count:>6} idle connections: {result['kb_per_connection']} KB each "
                   f"(RSS {result['rss_before_kb']} -> {result['rss_after_kb']} KB, "
-                  f"open {result['still_open']}, errors {result['errors']})", flush=True)
+                  f"open {result['still_open']}, errors {result['errors']})"
+                  + ("" if result["idle_cpu_ms_per_second"] is None else
+                     f"; idle CPU {result['idle_cpu_ms_per_second']} ms per second"),
+                  flush=True)
             if args.json:
                 print(json.dumps(result), flush=True)
             failed = failed or result["still_open"] != count or bool(result["errors"])

@@ -256,8 +256,8 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         # The fields were reset when the previous request completed (or the connection
-        # opened): a parser that fails stops the connection, so nothing is left over.
-        # All but the size of its header fields, kept for its shape (data_received).
+        # opened): a parser that fails stops the connection, so nothing is left over;
+        # but for the size of its header fields, kept for its shape (data_received).
         self._request_begun = True
         self._header_bytes = 0
         self.deadline = self.server.loop.time() + self.settings.header_timeout
