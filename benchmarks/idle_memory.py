@@ -14,7 +14,8 @@ stable, and prints the growth divided by the connections:
 
 With ``--idle-cpu SECONDS``, it also reads the server's CPU time over that
 many seconds while the connections are open and nothing happens: what they
-cost when idle (the housekeeping sweep, heartbeats), in ms per second.
+cost when idle, in ms per second (the housekeeping sweep: heartbeats are
+every 600 s here, see ``SERVER_CONFIG``).
 
 Example::
 
