@@ -58,6 +58,7 @@ CONFIG_VARIABLE = "TIDINGS_CONFIG"
 NOT_SETTINGS = frozenset({
     "TIDINGS_URL",  # tidings publish / subscribe / bridge run
     "TIDINGS_TEST_UNIT",  # the test kit's time unit
+    "TIDINGS_NO_SPEEDUPS",  # answer every request in Python (server/connection.py)
     CONFIG_VARIABLE,
 })
 #: A Kubernetes service named ``tidings`` gives every pod these variables ("service

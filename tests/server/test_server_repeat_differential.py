@@ -11,6 +11,10 @@ access log on, which never offers the fast path (test_server_repeat.py,
 but for what differs between any two servers: the epochs of message ids, the time of a
 message, and a client id the client did not choose.
 
+The fast server runs each program twice over: with the very request again answered in C
+(server/speedups.c, as built), and with C off (the Python path alone, as where it is not
+built). With C on, C must have answered some requests.
+
 Hypothesis drives synchronous functions: it runs in a thread of its own, and runs each
 program in the test's event loop, where the servers are.
 
@@ -35,6 +39,7 @@ from hypothesis import strategies as st
 
 from conftest import ServerFactory, until
 from tidings import Server
+from tidings.server import connection as http_connection
 from tidings.server.connection import HttpConnection
 from tidings.server.request import Request
 from tidings.testing import (
@@ -501,8 +506,20 @@ def comparable(run: Run) -> list[tuple[int, Answer]]:
 # the property ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("in_c", [True, False], ids=["c", "python"])
 async def test_the_fast_path_answers_as_the_full_path(
-        make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, in_c: bool) -> None:
+    answer_again = http_connection.answer_again
+    assert answer_again is not None, "the C extension is not built (see setup.py)"
+    in_c_answers = 0
+
+    def counting(conn: HttpConnection, data: bytes) -> bool:
+        nonlocal in_c_answers
+        answered = answer_again(conn, data)
+        in_c_answers += answered
+        return answered
+
+    monkeypatch.setattr(http_connection, "answer_again", counting if in_c else None)
     fast = await make_server(**LIMITS)
     full = await make_server(access_log=True, **LIMITS)  # every request read in full
     dispatches = {fast: Dispatches(fast, monkeypatch), full: Dispatches(full, monkeypatch)}
@@ -551,6 +568,7 @@ async def test_the_fast_path_answers_as_the_full_path(
     assert any(kind.startswith("poll 200") for kind in taken), kinds
     assert any(kind.startswith("poll 304") for kind in taken), kinds
     assert any(kind.startswith("long poll 200 messages") for kind in taken), kinds
+    assert (in_c_answers > 0) == in_c, in_c_answers
 
 
 # discrepancies -----------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
@@ -38,6 +40,17 @@ from tidings.wire.repeat import RequestShape
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+
+# The very request again, answered in C (server/speedups.c, configured by server/repeat.py);
+# without it (not built, or TIDINGS_NO_SPEEDUPS set), in Python: the same answers.
+speedups: ModuleType | None
+try:
+    from tidings.server import speedups
+except ImportError:
+    speedups = None
+if os.environ.get("TIDINGS_NO_SPEEDUPS"):
+    speedups = None
+answer_again = None if speedups is None else speedups.answer_again
 
 logger = logging.getLogger("tidings.server")
 
@@ -188,6 +201,13 @@ class HttpConnection(asyncio.Protocol):
         self._arm(min(REFUSAL_LINGER, self.settings.header_timeout))
 
     def data_received(self, data: bytes) -> None:
+        try:
+            if answer_again is not None and answer_again(self, data):
+                return
+        except Exception:
+            logger.exception("answering a repeated request failed")
+            self.abort()
+            return
         if self.closing or self._failure is not None:
             return
         shape = self._repeat_shape

@@ -97,6 +97,12 @@ def new_client_id_ascii() -> bytes:
     return _drawn_ascii.pop()
 
 
+def ascii_client_ids() -> list[bytes]:
+    """The pool :func:`new_client_id_ascii` pops from, for server/speedups.c, which pops
+    from it too (and leaves it to this module to fill)."""
+    return _drawn_ascii
+
+
 def _forget_draws() -> None:
     _drawn.clear()
     _drawn_ascii.clear()

@@ -49,9 +49,10 @@ from tidings.core.presence import Identity
 from tidings.errors import ProtocolError
 from tidings.server import longpoll, poll
 from tidings.server.auth import ANONYMOUS, Credentials
-from tidings.server.connection import HttpConnection
+from tidings.server.connection import HttpConnection, speedups
 from tidings.server.gathering import Gathering
-from tidings.server.presence import identify, new_client_id_ascii
+from tidings.server.metrics import BYTES_HTTP
+from tidings.server.presence import ascii_client_ids, identify, new_client_id_ascii
 from tidings.wire.http import Headers
 from tidings.wire.repeat import RequestShape
 
@@ -323,3 +324,8 @@ class Shared:
             return anonymous
         return Repeat(anonymous.read, credentials, identity, anonymous.unchanged,
                       anonymous.gathering)
+
+
+if speedups is not None:
+    speedups.configure(connection=HttpConnection, repeat=Repeat, unchanged=Unchanged,
+                       read=PollRead, client_ids=ascii_client_ids(), bytes_key=BYTES_HTTP)

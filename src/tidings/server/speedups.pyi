@@ -1,0 +1,6 @@
+# The C extension src/tidings/server/speedups.c (optional: see setup.py).
+from typing import Any
+
+def answer_again(conn: Any, data: bytes) -> bool: ...
+def configure(*, connection: type, repeat: type, unchanged: type, read: type,
+              client_ids: list[bytes], bytes_key: str) -> None: ...
