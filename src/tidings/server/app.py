@@ -145,7 +145,10 @@ class Server:
     def _bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Make the parts that need the event loop (at construction, or at :meth:`start`)."""
         self.loop = loop
-        self.registry = Registry(loop)
+        settings = self.settings
+        # (every deadline a connection sets itself is at least this far: server/registry.py)
+        self.registry = Registry(loop, self.tick, min(
+            settings.header_timeout, settings.keep_alive_timeout) - self.tick)
         #: The streams holding bytes until the end of the loop's step (server/flush.py).
         self.flusher = Flusher(loop)
         self.admission = Admission(self.settings, loop, self.stats)

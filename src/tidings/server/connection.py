@@ -40,6 +40,7 @@ from tidings.wire.repeat import RequestShape
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+    from tidings.server.registry import Check
 
 # The very request again, answered in C (server/speedups.c, configured by server/repeat.py);
 # without it (not built, or TIDINGS_NO_SPEEDUPS set), in Python: the same answers.
@@ -113,8 +114,8 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_access", "_body", "_body_size", "_completed", "_dispatching", "_error", "_failure",
         "_header_bytes", "_headers", "_misses", "_offered", "_repeat", "_repeat_shape",
-        "_request_begun", "_url", "busy", "closing", "deadline", "handed_over", "on_lost",
-        "parser", "queue", "refused", "server", "settings", "transport",
+        "_request_begun", "_url", "busy", "checked_in", "closing", "deadline", "handed_over",
+        "on_lost", "parser", "queue", "refused", "server", "transport",
     )
     #: Whether tidings writes this connection's WebSocket frames itself, and so may agree
     #: to WebSocket extensions (compression); under ASGI the ASGI server frames them.
@@ -122,7 +123,6 @@ class HttpConnection(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.settings = server.settings
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpRequestParser(self)
         #: Requests received but not answered yet (pipelining); a list, as it stays tiny.
@@ -135,6 +135,8 @@ class HttpConnection(asyncio.Protocol):
         #: Loop time after which the connection is closed (0: no deadline);
         #: checked by the server's sweep, so a request costs no timer object.
         self.deadline = 0.0
+        #: Where the sweep looks at it next (server/registry.py); ``None``: nowhere.
+        self.checked_in: Check | None = None
         #: Called when the connection is lost while a request is parked (long poll).
         self.on_lost: Any = None
         #: An error answer held back until the parked request is answered (order matters).
@@ -170,7 +172,7 @@ class HttpConnection(asyncio.Protocol):
         if refusal is not None:
             self._refuse(refusal)
             return
-        self._arm(self.settings.header_timeout)
+        self._arm(self.server.settings.header_timeout)
 
     def _refuse(self, error: ProtocolError) -> None:
         """Answer ``error`` before any request, then close once the client has read it.
@@ -198,7 +200,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = None
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._arm(min(REFUSAL_LINGER, self.settings.header_timeout))
+        self._arm(min(REFUSAL_LINGER, self.server.settings.header_timeout))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -249,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
             if (offered is not None and self._completed == 1 and not begun
                     and not self._request_begun
                     and (misses <= SHAPES_BEFORE_BACKING_OFF or misses % SHAPE_EVERY == 0)):
-                settings = self.settings
+                settings = self.server.settings
                 shape = RequestShape.of(data, settings.max_url_length, offered.tagged,
                                         settings.max_header_size - self._header_bytes)
                 if shape is not None:
@@ -280,26 +282,27 @@ class HttpConnection(asyncio.Protocol):
         # but for the size of its header fields, kept for its shape (data_received).
         self._request_begun = True
         self._header_bytes = 0
-        self.deadline = self.server.loop.time() + self.settings.header_timeout
+        self.deadline = self.server.loop.time() + self.server.settings.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.settings.max_url_length:
+        if len(self._url) > self.server.settings.max_url_length:
             self._error = BadRequest(
-                f"request line is longer than {self.settings.max_url_length} bytes",
+                f"request line is longer than {self.server.settings.max_url_length} bytes",
                 code="request_line_too_long",
             )
             raise self._error
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.settings.max_header_size:
+        settings = self.server.settings
+        if self._header_bytes > settings.max_header_size:
             self._error = HeadersTooLarge(
-                f"request headers are larger than {self.settings.max_header_size} bytes"
+                f"request headers are larger than {settings.max_header_size} bytes"
             )
             raise self._error
-        if len(self._headers) >= self.settings.max_headers:
-            self._error = HeadersTooLarge(f"more than {self.settings.max_headers} header fields")
+        if len(self._headers) >= settings.max_headers:
+            self._error = HeadersTooLarge(f"more than {settings.max_headers} header fields")
             raise self._error
         key = _FIELD_NAMES.get(name)
         if key is None:
@@ -312,10 +315,10 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.settings.max_message_size:
+        most = self.server.settings.max_message_size
+        if length is not None and length.isdigit() and int(length) > most:
             self._error = PayloadTooLarge(
-                f"body of {length} bytes is over the limit of "
-                f"{self.settings.max_message_size} bytes"
+                f"body of {length} bytes is over the limit of {most} bytes"
             )
             raise self._error
         expect = self._headers.get("expect")
@@ -329,9 +332,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self.settings.max_message_size:
+        if self._body_size > self.server.settings.max_message_size:
             self._error = PayloadTooLarge(
-                f"body is over the limit of {self.settings.max_message_size} bytes"
+                f"body is over the limit of {self.server.settings.max_message_size} bytes"
             )
             raise self._error
         self._body.append(body)
@@ -384,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         """:meth:`_next` for a request that arrived with none queued before it."""
         if self.closing or self.handed_over:
             return
-        if self.settings.access_log:
+        if self.server.settings.access_log:
             self._access = (request, self.server.loop.time())
         self._dispatching = True
         try:
@@ -498,6 +501,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm(self, seconds: float) -> None:
         self.deadline = self.server.loop.time() + seconds
+        registry = self.server.registry
+        if seconds < registry.recheck:  # (the sweep looks at it sooner than it would)
+            registry.watch(self)
 
     def _disarm(self) -> None:
         self.deadline = 0.0
@@ -512,7 +518,7 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._request_begun:
             self.fail(RequestTimeout(
-                f"request not received within {self.settings.header_timeout} seconds"
+                f"request not received within {self.server.settings.header_timeout} seconds"
             ))
         else:
             self.closing = True

@@ -6,6 +6,19 @@ expiry, heartbeats, and streams still flushing after they were closed. Each
 step for each connection is guarded on its own: whatever one connection
 raises is logged, that connection is closed, and the sweep goes on with the
 others (a failure stays with its client).
+
+An HTTP connection's deadline is one attribute that a request sets without
+telling anyone (a poll answered again files the server's keep-alive deadline,
+one store). Looking at every connection every tick would cost the sweep as
+many cache misses as there are connections, each second. Instead each
+connection is filed under the tick at which it must be looked at next
+(:meth:`Registry.watch`): its deadline, or ``recheck`` seconds on, whichever
+comes first. A deadline set meanwhile cannot be nearer than that: every
+deadline a connection sets itself is at least ``recheck`` away (the shortest
+of ``header_timeout`` and ``keep_alive_timeout``, less a tick), and
+:meth:`HttpConnection._arm` files a shorter one (a refused connection's
+linger) at once. So a connection is looked at about once per ``recheck``,
+not once per tick, and still closed by the first sweep after its deadline.
 """
 
 from __future__ import annotations
@@ -31,14 +44,37 @@ CLOSE_GRACE = 5.0
 T = TypeVar("T")
 
 
+class Check:
+    """The HTTP connections the sweep looks at once loop time reaches tick ``number``.
+
+    A connection filed again for a sooner tick stays in the list it left; the one it is
+    filed in is its ``checked_in`` (``None``: none, while the sweep looks at it, or gone).
+    """
+
+    __slots__ = ("connections", "number")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.connections: list[HttpConnection] = []
+
+
 class Registry:
     """HTTP connections, open streams (SSE, WebSocket) and parked long polls."""
 
-    __slots__ = ("_connections", "_draining", "_gatherings", "_loop", "_streams", "_waiters")
+    __slots__ = ("_checks", "_connections", "_draining", "_gatherings", "_loop", "_next_check",
+                 "_streams", "_tick", "_waiters", "recheck")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 1.0,
+                 recheck: float = 9.0) -> None:
+        """``tick``: seconds between two sweeps; ``recheck``: the nearest deadline an HTTP
+        connection sets itself, less a tick (see the module docstring)."""
         self._loop = loop
+        self._tick = tick
+        self.recheck = recheck
         self._connections: set[HttpConnection] = set()
+        #: Tick number (loop time // tick) -> the HTTP connections to look at then.
+        self._checks: dict[int, Check] = {}
+        self._next_check = int(loop.time() // tick)  #: the first tick number not looked at
         self._streams: set[Stream] = set()
         self._waiters: set[Waiter] = set()
         #: Long polls parked together (server/gathering.py), armed.
@@ -51,10 +87,19 @@ class Registry:
     def add_connection(self, conn: HttpConnection) -> None:
         """An HTTP connection opened; its :attr:`deadline` is watched from now on."""
         self._connections.add(conn)
+        self._file(conn, self._loop.time(), conn.deadline)
 
     def discard_connection(self, conn: HttpConnection) -> None:
         """It closed, or handed its socket to a stream."""
         self._connections.discard(conn)
+        conn.checked_in = None
+
+    def watch(self, conn: HttpConnection) -> None:
+        """``conn`` set a deadline that may be nearer than ``recheck``: look at it in time."""
+        if conn.deadline > 0 and conn in self._connections:
+            number = self._number(conn.deadline)
+            if conn.checked_in is None or number < conn.checked_in.number:
+                self._put(conn, number)
 
     def add_stream(self, stream: Stream) -> None:
         """A stream started: it gets heartbeats, token expiry, progress checks, shutdown."""
@@ -92,8 +137,9 @@ class Registry:
 
     def sweep(self, now: float, wall: float, *, heartbeat: bool, check_tokens: bool) -> None:
         """One tick of housekeeping at loop time ``now`` and Unix time ``wall``."""
-        _each([c for c in self._connections if 0 < c.deadline < now],
-              lambda conn: conn.timed_out(), _abort_http)
+        due = self._connections_due(now)
+        _each(due, lambda conn: conn.timed_out(), _abort_http)
+        self._refile(due, now)
         for transport in [t for t, deadline in self._draining.items() if deadline < now]:
             del self._draining[transport]
             transport.abort()
@@ -107,6 +153,53 @@ class Registry:
                   lambda gathering: gathering.token_expired(), _abort_gathering)
         if heartbeat:
             _each(list(self._streams), lambda stream: stream.heartbeat(now), _abort_stream)
+
+    def _connections_due(self, now: float) -> list[HttpConnection]:
+        """The HTTP connections past their deadline at ``now``; the others looked at
+        are filed again (see the module docstring)."""
+        due: list[HttpConnection] = []
+        first, last = self._next_check, int(now // self._tick)
+        self._next_check = max(first, last + 1)  # (what is filed again goes after these)
+        for number in range(first, last + 1):
+            check = self._checks.pop(number, None)
+            if check is None:
+                continue
+            for conn in check.connections:
+                if conn.checked_in is not check:
+                    continue  # filed since for a sooner tick, or gone
+                conn.checked_in = None
+                deadline = conn.deadline
+                if 0 < deadline < now:
+                    due.append(conn)
+                else:
+                    self._file(conn, now, deadline)
+        return due
+
+    def _refile(self, conns: list[HttpConnection], now: float) -> None:
+        """Connections the sweep found due and that are still open: look at them again."""
+        for conn in conns:
+            if conn.checked_in is None and conn in self._connections:
+                self._file(conn, now, conn.deadline)
+
+    def _file(self, conn: HttpConnection, now: float, deadline: float) -> None:
+        """Look at ``conn`` again at ``deadline`` (its own) or ``recheck`` from ``now``,
+        whichever comes first."""
+        at = now + self.recheck
+        if 0 < deadline < at:
+            at = deadline
+        self._put(conn, self._number(at))
+
+    def _number(self, at: float) -> int:
+        """The number of the tick in which loop time ``at`` falls, or of the next one the
+        sweep will look at if that one was looked at already."""
+        return max(int(at // self._tick), self._next_check)
+
+    def _put(self, conn: HttpConnection, number: int) -> None:
+        check = self._checks.get(number)
+        if check is None:
+            check = self._checks[number] = Check(number)
+        check.connections.append(conn)
+        conn.checked_in = check
 
     # shutdown ------------------------------------------------------------------
 
