@@ -9,37 +9,29 @@ tests/server/test_server_repeat_differential.py runs its programs with C and wit
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from test_server_repeat import WITHIN, ask, raw
 
 from tidings import Server
 from tidings.server import connection, presence, repeat
 from tidings.server.connection import HttpConnection
 from tidings.server.metrics import BYTES_HTTP
 from tidings.testing import (
-    UNIT,
     RawResponse,
-    close_raw,
     http_client,
-    open_raw,
     poll,
     publish,
     read_response,
     request_head,
 )
-
-WITHIN = 3 * UNIT
-Raw = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class CAnswers:
@@ -56,21 +48,6 @@ class CAnswers:
             return answered
 
         monkeypatch.setattr(connection, "answer_again", counting)
-
-
-@asynccontextmanager
-async def raw(server: Server) -> AsyncIterator[Raw]:
-    reader, writer = await open_raw(server)
-    try:
-        yield reader, writer
-    finally:
-        await close_raw(writer)
-
-
-async def ask(on: Raw, data: bytes) -> RawResponse:
-    on[1].write(data)
-    await on[1].drain()
-    return await read_response(on[0], WITHIN)
 
 
 async def tagged_poll(server: Server, channel: str = "c", query: str = "") -> bytes:
