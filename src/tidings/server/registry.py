@@ -64,8 +64,7 @@ class Registry:
     __slots__ = ("_checks", "_connections", "_draining", "_gatherings", "_loop", "_next_check",
                  "_streams", "_tick", "_waiters", "recheck")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 1.0,
-                 recheck: float = 9.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float, recheck: float) -> None:
         """``tick``: seconds between two sweeps; ``recheck``: the nearest deadline an HTTP
         connection sets itself, less a tick (see the module docstring)."""
         self._loop = loop
